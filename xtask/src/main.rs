@@ -1,0 +1,78 @@
+//! Project automation, run as `cargo xtask <task>` (alias in `.cargo/config.toml`).
+//!
+//! One module per task; Rust instead of shell scripts so that the tasks behave the same on
+//! every machine with a Rust toolchain.
+#![allow(
+    clippy::disallowed_methods,
+    reason = "xtask drives cargo and other tools as child processes"
+)]
+
+mod proto;
+mod test;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+use anyhow::{Context, Result, bail};
+
+const USAGE: &str = "\
+usage: cargo xtask <task>
+
+tasks:
+  test            formatting, clippy (warnings denied), generated-code freshness, all tests
+  proto           regenerate crates/protocol/src/generated from proto/
+  proto --check   fail if the committed generated code is stale
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let result = match args.as_slice() {
+        ["test"] => test::run(),
+        ["proto"] => proto::run(proto::Mode::Write),
+        ["proto", "--check"] => proto::run(proto::Mode::Check),
+        ["help" | "--help" | "-h"] | [] => {
+            print!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        _ => {
+            eprint!("unknown task {args:?}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The workspace root (the parent of `xtask/`).
+fn project_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// A `cargo` command run from the workspace root, using the cargo that runs xtask.
+fn cargo() -> Command {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(project_root());
+    cmd
+}
+
+/// Runs a command to completion, printing what runs; fails with the command line on error.
+fn run_step(step: &str, cmd: &mut Command) -> Result<()> {
+    println!("==> {step}");
+    let status = cmd
+        .status()
+        .with_context(|| format!("could not run {cmd:?}"))?;
+    if !status.success() {
+        bail!("{step} failed ({status}): {cmd:?}");
+    }
+    Ok(())
+}
