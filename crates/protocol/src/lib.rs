@@ -25,6 +25,10 @@ pub const CORE_PROTOCOL_VERSION: u32 = 1;
 /// The health-service name a plugin must report as `SERVING`: the host's ping.
 pub const HEALTH_SERVICE: &str = "plugin";
 
+/// The largest gRPC message either side decodes or encodes unless configured otherwise:
+/// 4 MiB, tonic's decoding default, stated explicitly so both sides agree.
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 4 * 1024 * 1024;
+
 /// The longest handshake line a host reads before giving up. A line with an AutoMTLS
 /// certificate is about 1.2 KB; anything this long is not a handshake.
 pub const MAX_HANDSHAKE_LINE: usize = 16 * 1024;

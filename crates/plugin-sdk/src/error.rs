@@ -1,0 +1,65 @@
+use std::io;
+use std::path::PathBuf;
+
+/// Why a plugin could not serve.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The magic cookie is missing or wrong: the binary was not started by its host.
+    #[error(
+        "This binary is a tether plugin: its host application starts it and talks to it.\n\
+         It was started without the environment variable {key} that its host sets, so it\n\
+         is most likely being run by hand. Run the host application instead; it will start\n\
+         this plugin when it needs it."
+    )]
+    NotLaunchedByHost {
+        /// The cookie's environment variable.
+        key: String,
+    },
+    /// The plugin registered no app protocol version.
+    #[error("the plugin serves no app protocol version: call `Plugin::version` at least once")]
+    NoVersions,
+    /// The socket directory could not be created.
+    #[error("could not create a private socket directory: {source}")]
+    SocketDir {
+        /// The IO error.
+        #[source]
+        source: io::Error,
+    },
+    /// The socket could not be bound.
+    #[error("could not listen on {path}: {source}")]
+    Bind {
+        /// The socket path.
+        path: PathBuf,
+        /// The IO error.
+        #[source]
+        source: io::Error,
+    },
+    /// Redirecting stdout and stderr failed.
+    #[error("could not redirect stdout and stderr to the host's stdio stream: {source}")]
+    Stdio {
+        /// The IO error.
+        #[source]
+        source: io::Error,
+    },
+    /// Writing the handshake line failed (the host closed our stdout?).
+    #[error("could not write the handshake line to stdout: {source}")]
+    Handshake {
+        /// The IO error.
+        #[source]
+        source: io::Error,
+    },
+    /// The async runtime could not start.
+    #[error("could not start the async runtime: {source}")]
+    Runtime {
+        /// The IO error.
+        #[source]
+        source: io::Error,
+    },
+    /// The gRPC server failed.
+    #[error("the gRPC server failed: {source}")]
+    Serve {
+        /// The transport error.
+        #[source]
+        source: tonic::transport::Error,
+    },
+}

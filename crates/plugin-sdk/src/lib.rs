@@ -1,0 +1,64 @@
+//! Write a tether plugin: a process that a host starts, that speaks go-plugin's protocol,
+//! and that serves your gRPC services.
+//!
+//! A plugin's `main` builds a [`Plugin`] from its handshake configuration and the tonic
+//! services it serves for each app protocol version, then calls [`Plugin::run`]:
+//!
+//! ```no_run
+//! use tether_plugin_sdk::{HandshakeConfig, Plugin, Routes};
+//! use tether_plugin_sdk::protocol::testing::{self, testing_server::TestingServer};
+//! # use tether_plugin_sdk::tonic::{Request, Response, Status};
+//! # struct Hello;
+//! # #[tether_plugin_sdk::tonic::async_trait]
+//! # impl testing::testing_server::Testing for Hello {
+//! #     async fn echo(&self, r: Request<testing::EchoRequest>) -> Result<Response<testing::EchoResponse>, Status> {
+//! #         Ok(Response::new(testing::EchoResponse { message: r.into_inner().message, protocol_version: 1 }))
+//! #     }
+//! #     async fn print(&self, _: Request<testing::PrintRequest>) -> Result<Response<testing::PrintResponse>, Status> { unimplemented!() }
+//! #     async fn log(&self, _: Request<testing::LogRequest>) -> Result<Response<testing::LogResponse>, Status> { unimplemented!() }
+//! #     async fn spawn_child(&self, _: Request<testing::SpawnChildRequest>) -> Result<Response<testing::SpawnChildResponse>, Status> { unimplemented!() }
+//! # }
+//!
+//! const HANDSHAKE: HandshakeConfig = HandshakeConfig::new("BASIC_PLUGIN", "hello");
+//!
+//! fn main() -> std::process::ExitCode {
+//!     Plugin::new(HANDSHAKE)
+//!         .version(1, Routes::new(TestingServer::new(Hello)))
+//!         .run()
+//! }
+//! ```
+//!
+//! What `run` does for you, in order:
+//! - checks the magic cookie; run by hand, the binary explains on stderr that it is a
+//!   plugin and exits with status 1;
+//! - picks the highest app protocol version both the host (`PLUGIN_PROTOCOL_VERSIONS`) and
+//!   the plugin serve;
+//! - listens on a Unix socket in `PLUGIN_UNIX_SOCKET_DIR` (else a private temporary
+//!   directory) and prints the handshake line on the real stdout;
+//! - from then on sends whatever the process writes on stdout and stderr to the host over
+//!   go-plugin's stdio stream, so a stray `println!` neither breaks the protocol nor blocks;
+//! - writes `tracing` events as go-plugin's JSON log lines on the real stderr, so the host
+//!   shows them at their level;
+//! - serves health (`"plugin"` = SERVING), the controller's `Shutdown`, stdio and the broker
+//!   stream next to your services;
+//! - ignores SIGINT (the host owns Ctrl-C), stops gracefully on SIGTERM or `Shutdown`, and
+//!   removes its socket on every exit path it controls.
+//!
+//! What it does not do: start processes, or talk to anything but its host.
+
+mod builtin;
+mod error;
+mod log;
+mod serve;
+mod stdio;
+
+pub use error::ServeError;
+pub use log::JsonLogLayer;
+pub use serve::Plugin;
+pub use tether_protocol::HandshakeConfig;
+pub use tonic::service::Routes;
+
+/// The protocol crate, re-exported so plugins need only this one dependency for it.
+pub use tether_protocol as protocol;
+/// The tonic version this SDK serves with.
+pub use tonic;

@@ -1,0 +1,322 @@
+//! The plugin's side of the lifecycle: cookie, negotiation, socket, handshake, serving.
+
+use std::collections::BTreeMap;
+use std::fs::Permissions;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tether_protocol::plugin::grpc_broker_server::GrpcBrokerServer;
+use tether_protocol::plugin::grpc_controller_server::GrpcControllerServer;
+use tether_protocol::plugin::grpc_stdio_server::GrpcStdioServer;
+use tether_protocol::{
+    CORE_PROTOCOL_VERSION, DEFAULT_MAX_MESSAGE_SIZE, HEALTH_SERVICE, Handshake, HandshakeConfig,
+    Network, Protocol, env, format_versions, negotiate, parse_versions,
+};
+use tokio::net::UnixListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_stream::wrappers::UnixListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::service::Routes;
+use tonic::transport::Server;
+use tonic_health::ServingStatus;
+use tracing::level_filters::LevelFilter;
+use tracing_subscriber::Layer;
+use tracing_subscriber::layer::SubscriberExt;
+
+use crate::builtin::{Broker, Controller};
+use crate::error::ServeError;
+use crate::log::JsonLogLayer;
+use crate::stdio::{self, StdioService};
+
+/// A plugin, described by its handshake and the services it serves per app protocol version.
+pub struct Plugin {
+    handshake: HandshakeConfig,
+    versions: BTreeMap<u32, Routes>,
+    max_message_size: usize,
+    log_level: Option<LevelFilter>,
+    shutdown_grace: Duration,
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin")
+            .field("handshake", &self.handshake)
+            .field("versions", &self.versions.keys().collect::<Vec<_>>())
+            .field("max_message_size", &self.max_message_size)
+            .field("log_level", &self.log_level)
+            .field("shutdown_grace", &self.shutdown_grace)
+            .finish()
+    }
+}
+
+impl Plugin {
+    /// A plugin with this handshake and no services yet.
+    pub fn new(handshake: HandshakeConfig) -> Self {
+        Plugin {
+            handshake,
+            versions: BTreeMap::new(),
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            log_level: Some(LevelFilter::INFO),
+            shutdown_grace: Duration::from_secs(2),
+        }
+    }
+
+    /// Serves `routes` when the host negotiates app protocol `version`.
+    ///
+    /// Call once per version the plugin supports; the highest version the host also
+    /// accepts wins.
+    pub fn version(mut self, version: u32, routes: Routes) -> Self {
+        self.versions.insert(version, routes);
+        self
+    }
+
+    /// The largest message the built-in services decode or encode. Set the same limit on
+    /// your own services with their generated `max_decoding_message_size`.
+    pub fn max_message_size(mut self, bytes: usize) -> Self {
+        self.max_message_size = bytes;
+        self
+    }
+
+    /// The most verbose `tracing` level sent to the host (default `INFO`).
+    pub fn log_level(mut self, level: LevelFilter) -> Self {
+        self.log_level = Some(level);
+        self
+    }
+
+    /// Do not install the JSON log layer as the global `tracing` subscriber; install your
+    /// own, for example with [`crate::JsonLogLayer`] on a stderr you duplicated earlier.
+    pub fn without_default_logging(mut self) -> Self {
+        self.log_level = None;
+        self
+    }
+
+    /// How long in-flight calls may take to finish after a shutdown request (default 2 s).
+    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
+        self.shutdown_grace = grace;
+        self
+    }
+
+    /// Serves until the host shuts the plugin down: the whole `main` of a plugin.
+    ///
+    /// Starts a multi-threaded runtime and runs [`Plugin::serve`]. Run by hand (without the
+    /// host's magic cookie) it prints an explanation on stderr and returns status 1.
+    pub fn run(self) -> ExitCode {
+        if let Err(err @ ServeError::NotLaunchedByHost { .. }) = self.check_cookie() {
+            eprintln!("{err}");
+            return ExitCode::FAILURE;
+        }
+        let runtime = match tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+        {
+            Ok(runtime) => runtime,
+            Err(source) => {
+                eprintln!("{}", ServeError::Runtime { source });
+                return ExitCode::FAILURE;
+            }
+        };
+        match runtime.block_on(self.serve()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                // stderr may be captured by now; the log line reaches the host either way.
+                tracing::error!(%err, "plugin stopped with an error");
+                eprintln!("error: {err}");
+                ExitCode::FAILURE
+            }
+        }
+    }
+
+    fn check_cookie(&self) -> Result<(), ServeError> {
+        let key = self.handshake.magic_cookie_key.as_ref();
+        match std::env::var_os(key) {
+            Some(value) if value == self.handshake.magic_cookie_value.as_ref() => Ok(()),
+            _ => Err(ServeError::NotLaunchedByHost {
+                key: key.to_owned(),
+            }),
+        }
+    }
+
+    /// Serves on the current tokio runtime until the host shuts the plugin down.
+    pub async fn serve(mut self) -> Result<(), ServeError> {
+        self.check_cookie()?;
+        let served: Vec<u32> = self.versions.keys().copied().collect();
+        let lowest = *served.first().ok_or(ServeError::NoVersions)?;
+        let host_accepts = std::env::var(env::PROTOCOL_VERSIONS)
+            .map(|value| parse_versions(&value))
+            .unwrap_or_default();
+        let negotiated = negotiate(&host_accepts, &served);
+        // Like go-plugin: without a common version answer with our lowest, and let the host
+        // report the mismatch; the log line below tells it which versions we serve.
+        let version = negotiated.unwrap_or(lowest);
+        let routes = self
+            .versions
+            .remove(&version)
+            .ok_or(ServeError::NoVersions)?;
+
+        let socket_dir = SocketDir::new()?;
+        let socket_path = socket_dir
+            .path()
+            .join(format!("plugin-{}.sock", std::process::id()));
+        let listener = UnixListener::bind(&socket_path).map_err(|source| ServeError::Bind {
+            path: socket_path.clone(),
+            source,
+        })?;
+        let _socket = RemoveOnDrop(socket_path.clone());
+
+        let capture = stdio::capture().map_err(|source| ServeError::Stdio { source })?;
+        if let Some(level) = self.log_level {
+            let layer = JsonLogLayer::new(capture.real_stderr).with_filter(level);
+            // A plugin that installed its own subscriber keeps it.
+            let _ =
+                tracing::subscriber::set_global_default(tracing_subscriber::registry().with(layer));
+        }
+        if negotiated.is_none() {
+            tracing::error!(
+                tether_host_versions = format_versions(&host_accepts),
+                tether_plugin_versions = format_versions(&served),
+                "no app protocol version in common with the host: the host accepts [{}], \
+                 this plugin serves [{}]",
+                format_versions(&host_accepts),
+                format_versions(&served),
+            );
+        }
+
+        let shutdown = CancellationToken::new();
+        watch_signals(&shutdown)?;
+        write_handshake(capture.real_stdout, version, &socket_path)?;
+        tracing::debug!(version, socket = %socket_path.display(), "plugin serving");
+
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health
+            .set_service_status(HEALTH_SERVICE, ServingStatus::Serving)
+            .await;
+        let limit = self.max_message_size;
+        let routes = routes
+            .add_service(health_service)
+            .add_service(
+                GrpcControllerServer::new(Controller {
+                    shutdown: shutdown.clone(),
+                })
+                .max_decoding_message_size(limit)
+                .max_encoding_message_size(limit),
+            )
+            .add_service(
+                GrpcBrokerServer::new(Broker {
+                    shutdown: shutdown.clone(),
+                    outgoing: Mutex::new(None),
+                })
+                .max_decoding_message_size(limit)
+                .max_encoding_message_size(limit),
+            )
+            .add_service(
+                GrpcStdioServer::new(StdioService::new(capture.output, shutdown.clone()))
+                    .max_decoding_message_size(limit)
+                    .max_encoding_message_size(limit),
+            );
+
+        let server = Server::builder()
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(
+                UnixListenerStream::new(listener),
+                shutdown.clone().cancelled_owned(),
+            );
+        let grace = self.shutdown_grace;
+        let result = tokio::select! {
+            result = server => result.map_err(|source| ServeError::Serve { source }),
+            () = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
+                tracing::warn!(?grace, "calls still running after the shutdown grace period; stopping anyway");
+                Ok(())
+            }
+        };
+        health
+            .set_service_status(HEALTH_SERVICE, ServingStatus::NotServing)
+            .await;
+        tracing::debug!("plugin stopped");
+        result
+    }
+}
+
+/// SIGINT is ignored (the host owns Ctrl-C); SIGTERM starts a graceful stop.
+fn watch_signals(shutdown: &CancellationToken) -> Result<(), ServeError> {
+    let runtime = |source| ServeError::Runtime { source };
+    // Registering a tokio handler replaces the default action for the rest of the process.
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(runtime)?;
+    let mut terminate = signal(SignalKind::terminate()).map_err(runtime)?;
+    let shutdown = shutdown.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                Some(()) = interrupt.recv() => tracing::debug!("ignoring SIGINT: the host owns Ctrl-C"),
+                Some(()) = terminate.recv() => {
+                    tracing::debug!("SIGTERM: shutting down");
+                    shutdown.cancel();
+                }
+                else => return,
+            }
+        }
+    });
+    Ok(())
+}
+
+fn write_handshake(
+    mut stdout: std::fs::File,
+    version: u32,
+    socket: &Path,
+) -> Result<(), ServeError> {
+    let line = Handshake {
+        core_version: CORE_PROTOCOL_VERSION,
+        app_version: version,
+        network: Network::Unix,
+        address: socket.display().to_string(),
+        protocol: Protocol::Grpc,
+        server_cert: None,
+        multiplex: false,
+    };
+    // One write, so the host never sees half a line; then the real stdout is closed.
+    stdout
+        .write_all(format!("{line}\n").as_bytes())
+        .and_then(|()| stdout.flush())
+        .map_err(|source| ServeError::Handshake { source })
+}
+
+/// The directory the socket lives in: the host's (`PLUGIN_UNIX_SOCKET_DIR`), or a private
+/// temporary one that is removed when the plugin stops.
+enum SocketDir {
+    Host(PathBuf),
+    Own(tempfile::TempDir),
+}
+
+impl SocketDir {
+    fn new() -> Result<Self, ServeError> {
+        match std::env::var_os(env::UNIX_SOCKET_DIR) {
+            Some(dir) if !dir.is_empty() => Ok(SocketDir::Host(dir.into())),
+            _ => tempfile::Builder::new()
+                .prefix("tether-plugin-")
+                .permissions(Permissions::from_mode(0o700))
+                .tempdir()
+                .map(SocketDir::Own)
+                .map_err(|source| ServeError::SocketDir { source }),
+        }
+    }
+
+    fn path(&self) -> &Path {
+        match self {
+            SocketDir::Host(path) => path,
+            SocketDir::Own(dir) => dir.path(),
+        }
+    }
+}
+
+/// Removes the socket file on every exit path that unwinds or returns.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
