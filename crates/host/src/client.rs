@@ -1,0 +1,676 @@
+//! [`PluginClient`]: one running plugin process and the gRPC connection to it.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use rustix::process::Signal;
+use tether_protocol::plugin::grpc_broker_client::GrpcBrokerClient;
+use tether_protocol::plugin::grpc_controller_client::GrpcControllerClient;
+use tether_protocol::plugin::grpc_stdio_client::GrpcStdioClient;
+use tether_protocol::plugin::{ConnInfo, Empty};
+use tether_protocol::{
+    CORE_PROTOCOL_VERSION, DEFAULT_MAX_MESSAGE_SIZE, HEALTH_SERVICE, Handshake, HandshakeConfig,
+    MAX_HANDSHAKE_LINE, Network, Protocol, env, format_versions,
+};
+use tokio::io::{AsyncRead, BufReader};
+use tokio::process::Command;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, timeout, timeout_at};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+use crate::error::Error;
+use crate::lines::{self, Read, Tail, excerpt};
+use crate::logs::{self, LogParser};
+use crate::spawn::{self, signal_group};
+use crate::stdio::{self, StdioSink};
+use crate::transport;
+
+/// Longest stderr line kept whole; longer lines are split.
+const MAX_LOG_LINE: usize = 64 * 1024;
+/// How long to wait for a dead plugin's stderr to close before reporting its tail.
+const STDERR_SETTLE: Duration = Duration::from_secs(1);
+
+/// How a plugin process came to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// It exited after the controller's `Shutdown`, within the graceful timeout.
+    Graceful,
+    /// It exited after SIGTERM to its process group.
+    Terminated,
+    /// It was killed with SIGKILL.
+    Killed,
+    /// It had already exited before `shutdown` was called.
+    AlreadyExited,
+}
+
+/// The end of a plugin process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PluginExit {
+    /// The process's exit status (`ExitStatusExt::signal` tells a signal death).
+    pub status: ExitStatus,
+    /// What ended it.
+    pub stop: Stop,
+}
+
+/// Configures and starts a plugin process; from [`PluginClient::builder`].
+#[derive(Debug)]
+pub struct PluginBuilder {
+    name: String,
+    program: PathBuf,
+    args: Vec<OsString>,
+    handshake: HandshakeConfig,
+    versions: Vec<u32>,
+    env: Vec<(OsString, OsString)>,
+    start_timeout: Duration,
+    graceful_timeout: Duration,
+    kill_timeout: Duration,
+    max_message_size: usize,
+    stdio: StdioSink,
+    socket_base: Option<PathBuf>,
+}
+
+impl PluginBuilder {
+    /// Appends a command-line argument.
+    pub fn arg(mut self, arg: impl Into<OsString>) -> Self {
+        self.args.push(arg.into());
+        self
+    }
+
+    /// Appends command-line arguments.
+    pub fn args<I: IntoIterator<Item = S>, S: Into<OsString>>(mut self, args: I) -> Self {
+        self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// The magic cookie the plugin expects (go-plugin's `HandshakeConfig`).
+    pub fn handshake(mut self, handshake: HandshakeConfig) -> Self {
+        self.handshake = handshake;
+        self
+    }
+
+    /// The app protocol versions this host accepts (default `[1]`).
+    pub fn protocol_versions(mut self, versions: &[u32]) -> Self {
+        self.versions = versions.to_vec();
+        self
+    }
+
+    /// Sets a variable in the plugin's environment, which otherwise starts empty.
+    pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// Passes the host's value of `key` to the plugin, if the host has one.
+    pub fn inherit_env(self, key: impl Into<OsString>) -> Self {
+        let key = key.into();
+        match std::env::var_os(&key) {
+            Some(value) => self.env(key, value),
+            None => self,
+        }
+    }
+
+    /// How long the plugin has to print its handshake line (default 60 s, go-plugin's).
+    pub fn start_timeout(mut self, timeout: Duration) -> Self {
+        self.start_timeout = timeout;
+        self
+    }
+
+    /// How long `shutdown` waits after the controller's `Shutdown` (default 2 s).
+    pub fn graceful_timeout(mut self, timeout: Duration) -> Self {
+        self.graceful_timeout = timeout;
+        self
+    }
+
+    /// How long `shutdown` waits after SIGTERM before SIGKILL (default 2 s).
+    pub fn kill_timeout(mut self, timeout: Duration) -> Self {
+        self.kill_timeout = timeout;
+        self
+    }
+
+    /// The largest gRPC message the built-in clients send or accept (default 4 MiB). Use
+    /// [`PluginClient::max_message_size`] to give your own clients the same limit.
+    pub fn max_message_size(mut self, bytes: usize) -> Self {
+        self.max_message_size = bytes;
+        self
+    }
+
+    /// Where the plugin's stdio goes (default: `tracing`).
+    pub fn stdio(mut self, sink: StdioSink) -> Self {
+        self.stdio = sink;
+        self
+    }
+
+    /// Where private socket directories are created (default: the system temp dir).
+    pub fn socket_base_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.socket_base = Some(dir.into());
+        self
+    }
+
+    /// Starts the plugin, completes the handshake, connects and checks its health.
+    pub async fn start(self) -> Result<PluginClient, Error> {
+        let name = self.name.clone();
+        let internal = |reason: &str| Error::Internal {
+            plugin: name.clone(),
+            reason: reason.to_owned(),
+        };
+        let base = self.socket_base.clone().unwrap_or_else(std::env::temp_dir);
+        let socket_dir = transport::socket_dir(&name, &base)?;
+
+        let mut command = Command::new(&self.program);
+        command
+            .args(&self.args)
+            .env_clear()
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .env(
+                self.handshake.magic_cookie_key.as_ref(),
+                self.handshake.magic_cookie_value.as_ref(),
+            )
+            .env(env::PROTOCOL_VERSIONS, format_versions(&self.versions))
+            .env(env::UNIX_SOCKET_DIR, socket_dir.path())
+            .env(env::TMPDIR, socket_dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = spawn::spawn(command).await.map_err(|source| Error::Spawn {
+            plugin: name.clone(),
+            program: self.program.clone(),
+            source,
+        })?;
+        let pid = child
+            .id()
+            .ok_or_else(|| internal("the new process has no pid"))?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| internal("no stdout pipe"))?;
+        let stderr = child
+            .stderr
+            .take()
+            .ok_or_else(|| internal("no stderr pipe"))?;
+
+        let (exit_sender, exit) = watch::channel(None);
+        let mut process = Process {
+            pid,
+            exit,
+            tail: Arc::default(),
+            stderr_closed: watch::channel(false).1,
+            tasks: Vec::new(),
+            socket_dir: Some(socket_dir),
+        };
+        process.tasks.push(tokio::spawn(async move {
+            match child.wait().await {
+                Ok(status) => {
+                    let _ = exit_sender.send(Some(status));
+                }
+                Err(err) => tracing::warn!(pid, %err, "waiting for the plugin process failed"),
+            }
+        }));
+        let (closed_sender, closed) = watch::channel(false);
+        process.stderr_closed = closed;
+        process.tasks.push(tokio::spawn(read_stderr(
+            name.clone(),
+            stderr,
+            Arc::clone(&process.tail),
+            closed_sender,
+        )));
+
+        let mut stdout = BufReader::new(stdout);
+        let handshake = self.read_handshake(&mut process, &mut stdout).await?;
+        process
+            .tasks
+            .push(tokio::spawn(drain_stdout(name.clone(), stdout)));
+        let dir = process.socket_dir.as_ref().map(|d| d.path().to_owned());
+        let dir = dir.ok_or_else(|| internal("socket directory missing"))?;
+        let address = match handshake.network {
+            Network::Unix => transport::check_address(&name, &handshake.address, &dir)?,
+            Network::Tcp => {
+                return Err(Error::UnexpectedNetwork {
+                    plugin: name,
+                    network: handshake.network.to_string(),
+                    address: handshake.address,
+                });
+            }
+        };
+        let channel = transport::connect(&name, &address, pid).await?;
+        let limit = self.max_message_size;
+
+        // The broker and stdio streams are opened in the background: a Go plugin sends no
+        // response headers on them until it has something to send.
+        let (broker, outgoing) = mpsc::channel::<ConnInfo>(16);
+        let broker_client = GrpcBrokerClient::new(channel.clone())
+            .max_decoding_message_size(limit)
+            .max_encoding_message_size(limit);
+        process.tasks.push(tokio::spawn(run_broker(
+            name.clone(),
+            broker_client,
+            outgoing,
+        )));
+        let stdio_client = GrpcStdioClient::new(channel.clone())
+            .max_decoding_message_size(limit)
+            .max_encoding_message_size(limit);
+        process.tasks.push(tokio::spawn(run_stdio(
+            name.clone(),
+            stdio_client,
+            self.stdio,
+        )));
+
+        let client = PluginClient {
+            controller: GrpcControllerClient::new(channel.clone())
+                .max_decoding_message_size(limit)
+                .max_encoding_message_size(limit),
+            health: HealthClient::new(channel.clone())
+                .max_decoding_message_size(limit)
+                .max_encoding_message_size(limit),
+            name,
+            version: handshake.app_version,
+            channel,
+            max_message_size: limit,
+            graceful_timeout: self.graceful_timeout,
+            kill_timeout: self.kill_timeout,
+            _broker: broker,
+            process,
+        };
+        client.health().await?;
+        tracing::debug!(
+            plugin = client.name,
+            pid,
+            version = client.version,
+            "plugin started"
+        );
+        Ok(client)
+    }
+
+    /// Reads and checks the handshake line, failing early when the process exits.
+    async fn read_handshake(
+        &self,
+        process: &mut Process,
+        stdout: &mut BufReader<impl AsyncRead + Unpin>,
+    ) -> Result<Handshake, Error> {
+        let name = &self.name;
+        let deadline = Instant::now() + self.start_timeout;
+        let timed_out = |tail: String| Error::HandshakeTimeout {
+            plugin: name.clone(),
+            timeout: self.start_timeout,
+            stderr_tail: tail,
+        };
+        let mut exit = process.exit.clone();
+        let read = tokio::select! {
+            biased;
+            read = lines::read_line(stdout, MAX_HANDSHAKE_LINE) => read,
+            status = exit.wait_for(Option::is_some) => {
+                let status = status.ok().and_then(|s| *s);
+                return Err(process.exited_early(name, status).await);
+            }
+            () = tokio::time::sleep_until(deadline) => {
+                return Err(timed_out(process.settled_tail(false).await));
+            }
+        };
+        let line = match read {
+            Ok(Read::Line(line)) => line,
+            Ok(Read::Eof(line)) if !line.is_empty() => line,
+            Ok(Read::Eof(_)) | Err(_) => {
+                // stdout closed: the process is exiting, or misbehaving until the deadline.
+                return match timeout_at(deadline, exit.wait_for(Option::is_some)).await {
+                    Ok(status) => {
+                        let status = status.ok().and_then(|s| *s);
+                        Err(process.exited_early(name, status).await)
+                    }
+                    Err(_) => Err(timed_out(process.settled_tail(false).await)),
+                };
+            }
+            Ok(Read::TooLong(prefix)) => {
+                return Err(Error::HandshakeTooLong {
+                    plugin: name.clone(),
+                    limit: MAX_HANDSHAKE_LINE,
+                    prefix: excerpt(&prefix, 200),
+                });
+            }
+        };
+        let text = String::from_utf8_lossy(&line);
+        let handshake: Handshake = text.parse().map_err(|reason| Error::NotAHandshake {
+            plugin: name.clone(),
+            line: excerpt(&line, 200),
+            reason,
+        })?;
+        if handshake.core_version != CORE_PROTOCOL_VERSION {
+            return Err(Error::CoreVersion {
+                plugin: name.clone(),
+                got: handshake.core_version,
+                expected: CORE_PROTOCOL_VERSION,
+            });
+        }
+        if handshake.protocol == Protocol::NetRpc {
+            return Err(Error::NetRpc {
+                plugin: name.clone(),
+            });
+        }
+        if !self.versions.contains(&handshake.app_version) {
+            // A tether plugin said on stderr which versions it serves; collect that.
+            let tail = process.settled_tail(true).await;
+            return Err(Error::IncompatibleVersion {
+                plugin: name.clone(),
+                offered: handshake.app_version,
+                accepted: self.versions.clone(),
+                plugin_serves: logs::plugin_versions(&tail),
+            });
+        }
+        Ok(handshake)
+    }
+}
+
+/// A running plugin process and the gRPC channel to it.
+///
+/// Dropping the client kills the plugin's whole process group and removes its socket
+/// directory; [`PluginClient::shutdown`] stops it gracefully first.
+#[derive(Debug)]
+pub struct PluginClient {
+    name: String,
+    version: u32,
+    channel: Channel,
+    max_message_size: usize,
+    graceful_timeout: Duration,
+    kill_timeout: Duration,
+    controller: GrpcControllerClient<Channel>,
+    health: HealthClient<Channel>,
+    /// Keeps the host's side of the broker stream open.
+    _broker: mpsc::Sender<ConnInfo>,
+    process: Process,
+}
+
+impl PluginClient {
+    /// Describes a plugin to start: its name (used in logs and errors) and its executable.
+    pub fn builder(name: impl Into<String>, program: impl Into<PathBuf>) -> PluginBuilder {
+        PluginBuilder {
+            name: name.into(),
+            program: program.into(),
+            args: Vec::new(),
+            handshake: HandshakeConfig::new("TETHER_PLUGIN", "tether"),
+            versions: vec![1],
+            env: Vec::new(),
+            start_timeout: Duration::from_secs(60),
+            graceful_timeout: Duration::from_secs(2),
+            kill_timeout: Duration::from_secs(2),
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            stdio: StdioSink::default(),
+            socket_base: None,
+        }
+    }
+
+    /// The plugin's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The plugin process's pid (also its process group id).
+    pub fn pid(&self) -> u32 {
+        self.process.pid
+    }
+
+    /// The negotiated app protocol version.
+    pub fn protocol_version(&self) -> u32 {
+        self.version
+    }
+
+    /// The gRPC channel to the plugin: build your service clients on it.
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
+    /// The message-size limit this client was configured with, for your own clients'
+    /// `max_decoding_message_size` and `max_encoding_message_size`.
+    pub fn max_message_size(&self) -> usize {
+        self.max_message_size
+    }
+
+    /// The private socket directory the host made for this plugin.
+    pub fn socket_dir(&self) -> Option<&Path> {
+        self.process.socket_dir.as_ref().map(|dir| dir.path())
+    }
+
+    /// The last lines the plugin wrote on stderr.
+    pub fn stderr_tail(&self) -> String {
+        self.process.tail_text()
+    }
+
+    /// How the process exited, if it has.
+    pub fn exit_status(&self) -> Option<ExitStatus> {
+        *self.process.exit.borrow()
+    }
+
+    /// Waits until the process exits.
+    pub async fn wait(&self) -> Option<ExitStatus> {
+        let mut exit = self.process.exit.clone();
+        exit.wait_for(Option::is_some).await.ok().and_then(|s| *s)
+    }
+
+    /// Pings the plugin's health service (`"plugin"` must be SERVING).
+    pub async fn health(&self) -> Result<(), Error> {
+        let response = self
+            .health
+            .clone()
+            .check(HealthCheckRequest {
+                service: HEALTH_SERVICE.to_owned(),
+            })
+            .await
+            .map_err(|status| Error::Rpc {
+                plugin: self.name.clone(),
+                call: "its health check",
+                status,
+            })?;
+        match response.into_inner().status() {
+            ServingStatus::Serving => Ok(()),
+            other => Err(Error::NotServing {
+                plugin: self.name.clone(),
+                status: other.as_str_name().to_owned(),
+            }),
+        }
+    }
+
+    /// Stops the plugin: the controller's `Shutdown`, up to the graceful timeout; then
+    /// SIGTERM to its process group, up to the kill timeout; then SIGKILL. Anything left in
+    /// its process group is killed and its socket directory removed.
+    pub async fn shutdown(mut self) -> Result<PluginExit, Error> {
+        let result = self.stop().await;
+        signal_group(self.process.pid, Signal::KILL);
+        if let Some(dir) = self.process.socket_dir.take() {
+            let path = dir.path().to_owned();
+            if let Err(err) = dir.close() {
+                tracing::warn!(plugin = self.name, path = %path.display(), %err, "could not remove the socket directory");
+            }
+        }
+        result
+    }
+
+    async fn stop(&mut self) -> Result<PluginExit, Error> {
+        if let Some(status) = self.exit_status() {
+            return Ok(PluginExit {
+                status,
+                stop: Stop::AlreadyExited,
+            });
+        }
+        let mut exit = self.process.exit.clone();
+        let deadline = Instant::now() + self.graceful_timeout;
+        match timeout_at(deadline, self.controller.shutdown(Empty {})).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(status)) => tracing::debug!(plugin = self.name, %status, "Shutdown failed"),
+            Err(_) => tracing::debug!(plugin = self.name, "Shutdown did not answer in time"),
+        }
+        let steps = [
+            (None, deadline, Stop::Graceful),
+            (
+                Some(Signal::TERM),
+                Instant::now() + self.kill_timeout,
+                Stop::Terminated,
+            ),
+            (
+                Some(Signal::KILL),
+                Instant::now() + Duration::from_secs(10),
+                Stop::Killed,
+            ),
+        ];
+        for (signal, deadline, stop) in steps {
+            if let Some(signal) = signal {
+                tracing::debug!(
+                    plugin = self.name,
+                    ?signal,
+                    "signalling the plugin's process group"
+                );
+                signal_group(self.process.pid, signal);
+            }
+            let deadline = deadline.max(Instant::now());
+            if let Ok(Ok(status)) = timeout_at(deadline, exit.wait_for(Option::is_some)).await
+                && let Some(status) = *status
+            {
+                return Ok(PluginExit { status, stop });
+            }
+        }
+        Err(Error::Internal {
+            plugin: self.name.clone(),
+            reason: format!("pid {} did not exit after SIGKILL", self.process.pid),
+        })
+    }
+}
+
+/// The process and the tasks that watch it. Dropping it kills the process group.
+#[derive(Debug)]
+struct Process {
+    pid: u32,
+    exit: watch::Receiver<Option<ExitStatus>>,
+    tail: Arc<Mutex<Tail>>,
+    stderr_closed: watch::Receiver<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    socket_dir: Option<tempfile::TempDir>,
+}
+
+impl Process {
+    fn tail_text(&self) -> String {
+        self.tail.lock().map(|tail| tail.text()).unwrap_or_default()
+    }
+
+    /// The stderr tail once stderr has closed (bounded wait); kills the process first when
+    /// asked, so that a live process's last words are read too.
+    async fn settled_tail(&mut self, kill: bool) -> String {
+        if kill {
+            signal_group(self.pid, Signal::KILL);
+        }
+        let _ = timeout(STDERR_SETTLE, self.stderr_closed.wait_for(|closed| *closed)).await;
+        self.tail_text()
+    }
+
+    async fn exited_early(&mut self, plugin: &str, status: Option<ExitStatus>) -> Error {
+        let stderr_tail = self.settled_tail(false).await;
+        match status {
+            Some(status) => Error::ExitedBeforeHandshake {
+                plugin: plugin.to_owned(),
+                status,
+                stderr_tail,
+            },
+            None => Error::Internal {
+                plugin: plugin.to_owned(),
+                reason: "the process ended but its exit status was lost".into(),
+            },
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        // Whether or not the leader exited, nothing of the plugin may outlive its client.
+        signal_group(self.pid, Signal::KILL);
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// Re-levels the plugin's stderr log lines and keeps their tail.
+async fn read_stderr(
+    plugin: String,
+    stderr: impl AsyncRead + Unpin,
+    tail: Arc<Mutex<Tail>>,
+    closed: watch::Sender<bool>,
+) {
+    let mut stderr = BufReader::new(stderr);
+    let mut parser = LogParser::default();
+    loop {
+        let (line, last) = match lines::read_line(&mut stderr, MAX_LOG_LINE).await {
+            Ok(Read::Line(line) | Read::TooLong(line)) => (line, false),
+            Ok(Read::Eof(line)) => (line, true),
+            Err(err) => {
+                tracing::debug!(plugin, %err, "reading the plugin's stderr failed");
+                (Vec::new(), true)
+            }
+        };
+        if !line.is_empty() {
+            if let Ok(mut tail) = tail.lock() {
+                tail.push(&line);
+            }
+            logs::emit(&plugin, &parser.parse(&String::from_utf8_lossy(&line)));
+        }
+        if last {
+            let _ = closed.send(true);
+            return;
+        }
+    }
+}
+
+/// Reads whatever the plugin writes on its real stdout after the handshake, so it never
+/// blocks on a full pipe.
+async fn drain_stdout(plugin: String, stdout: BufReader<impl AsyncRead + Unpin>) {
+    let mut stdout = stdout;
+    while let Ok(Read::Line(line) | Read::TooLong(line)) =
+        lines::read_line(&mut stdout, MAX_LOG_LINE).await
+    {
+        let line = String::from_utf8_lossy(&line);
+        tracing::debug!(target: "tether::stdout", plugin, "{line}");
+    }
+}
+
+async fn run_broker(
+    plugin: String,
+    mut client: GrpcBrokerClient<Channel>,
+    outgoing: mpsc::Receiver<ConnInfo>,
+) {
+    let mut incoming = match client.start_stream(ReceiverStream::new(outgoing)).await {
+        Ok(response) => response.into_inner(),
+        Err(status) => {
+            tracing::debug!(plugin, %status, "the plugin's broker stream could not be opened");
+            return;
+        }
+    };
+    while let Some(message) = incoming.next().await {
+        match message {
+            Ok(info) => tracing::debug!(
+                plugin,
+                service_id = info.service_id,
+                "broker: the plugin offered a connection nobody asked for"
+            ),
+            Err(status) => {
+                tracing::debug!(plugin, %status, "the plugin's broker stream ended");
+                return;
+            }
+        }
+    }
+}
+
+async fn run_stdio(plugin: String, mut client: GrpcStdioClient<Channel>, sink: StdioSink) {
+    match client.stream_stdio(()).await {
+        Ok(response) => stdio::forward(plugin, response.into_inner(), sink).await,
+        Err(status) if status.code() == tonic::Code::Unimplemented => {
+            tracing::debug!(
+                plugin,
+                "the plugin does not mirror its stdio (go-plugin before 1.5)"
+            );
+        }
+        Err(status) => tracing::debug!(plugin, %status, "the plugin's stdio stream failed"),
+    }
+}

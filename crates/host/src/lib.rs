@@ -1,0 +1,48 @@
+//! Launch and own plugin processes that speak go-plugin's gRPC protocol: tether plugins and
+//! Go plugins built with go-plugin alike.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), tether_host::Error> {
+//! use std::time::Duration;
+//! use tether_host::{HandshakeConfig, PluginClient};
+//!
+//! let plugin = PluginClient::builder("kv", "./plugins/kv")
+//!     .handshake(HandshakeConfig::new("BASIC_PLUGIN", "hello"))
+//!     .protocol_versions(&[1])
+//!     .graceful_timeout(Duration::from_secs(2))
+//!     .start()
+//!     .await?;
+//! // Build any generated tonic client on `plugin.channel()`.
+//! let exit = plugin.shutdown().await?;
+//! println!("plugin stopped: {:?}", exit.stop);
+//! # Ok(()) }
+//! ```
+//!
+//! What `start` does: creates a private socket directory (mode 0700); spawns the plugin
+//! from a long-lived thread in its own process group, with a parent-death signal and a
+//! cleared environment (plus the variables you allow); reads the handshake line under the
+//! start timeout while watching for an early exit; checks the core version, `grpc`, the app
+//! version, that the address lies in the private directory and that the socket belongs to
+//! the spawned process (`SO_PEERCRED`); connects; opens the stdio and broker streams; and
+//! pings health. The plugin's stderr log lines become `tracing` events at their own level
+//! (target `tether::plugin`), its stdio goes to a [`StdioSink`].
+//!
+//! What it does not do yet: sandboxing, supervision and restarts, reattach, brokered
+//! connections and TCP or multiplexed transports arrive with their own issues.
+//!
+//! The transport (listening directory, address check, connect with peer credentials) is
+//! confined to one private module so other platforms can be added there.
+
+mod client;
+mod error;
+mod lines;
+mod logs;
+mod spawn;
+mod stdio;
+mod transport;
+
+pub use client::{PluginBuilder, PluginClient, PluginExit, Stop};
+pub use error::Error;
+pub use logs::LogLine;
+pub use stdio::StdioSink;
+pub use tether_protocol::HandshakeConfig;
