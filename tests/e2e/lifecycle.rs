@@ -1,0 +1,274 @@
+//! Start, call, observe, stop: the plugin lifecycle with real processes.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tether_host::{StdioSink, Stop};
+use tether_plugin_sdk::protocol::testing::testing_client::TestingClient;
+use tether_plugin_sdk::protocol::testing::{
+    EchoRequest, LogRequest, PrintRequest, SpawnChildRequest,
+};
+use tracing::Level;
+
+use crate::support::*;
+
+/// Generous bound for "eventually": failures are noticed, nothing is timed.
+const PATIENCE: Duration = Duration::from_secs(10);
+
+#[tokio::test]
+async fn start_call_observe_and_stop_gracefully() {
+    let stdio = SharedBuffer::default();
+    let plugin = test_plugin("lifecycle")
+        .stdio(StdioSink::Writer(Box::new(stdio.clone())))
+        .start()
+        .await
+        .expect("the test plugin starts");
+    let pid = plugin.pid();
+    let socket_dir = plugin.socket_dir().expect("socket dir").to_owned();
+    let mode = std::fs::metadata(&socket_dir)
+        .expect("dir")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o700, "the socket directory is private");
+    plugin.health().await.expect("healthy");
+
+    let mut testing = TestingClient::new(plugin.channel());
+    let reply = testing
+        .echo(EchoRequest {
+            message: "ping".into(),
+        })
+        .await
+        .expect("echo")
+        .into_inner();
+    assert_eq!(reply.message, "ping");
+
+    // What the plugin's code prints arrives over the stdio stream, not as protocol noise.
+    testing
+        .print(PrintRequest {
+            stdout: "to stdout\n".into(),
+            stderr: "to stderr\n".into(),
+            repeat: 0,
+        })
+        .await
+        .expect("print");
+    assert!(
+        eventually(PATIENCE, || {
+            let text = stdio.text();
+            text.contains("to stdout\n") && text.contains("to stderr\n")
+        })
+        .await,
+        "stdio did not arrive: {:?}",
+        stdio.text()
+    );
+
+    // Log lines keep their level and fields.
+    testing.log(LogRequest {}).await.expect("log");
+    let expected = [
+        ("a trace line", Level::TRACE, "n=0"),
+        ("a debug line", Level::DEBUG, "n=1"),
+        ("an info line", Level::INFO, "n=2"),
+        ("a warn line", Level::WARN, "n=3"),
+        ("an error line", Level::ERROR, "n=4"),
+    ];
+    assert!(
+        eventually(PATIENCE, || {
+            let events = recorded("lifecycle");
+            expected.iter().all(|(message, level, field)| {
+                events.iter().any(|e| {
+                    e.target == "tether::plugin"
+                        && e.message == *message
+                        && e.level == *level
+                        && e.fields.contains(field)
+                })
+            })
+        })
+        .await,
+        "log lines not re-levelled: {:#?}",
+        recorded("lifecycle")
+    );
+
+    let exit = plugin.shutdown().await.expect("shutdown");
+    assert_eq!(exit.stop, Stop::Graceful);
+    assert!(exit.status.success(), "{:?}", exit.status);
+    assert!(is_gone(pid));
+    assert!(!socket_dir.exists(), "the socket directory is removed");
+}
+
+#[tokio::test]
+async fn a_plugin_that_ignores_shutdown_is_killed_after_the_timeouts() {
+    let plugin = test_plugin("stubborn")
+        .arg("--ignore-shutdown")
+        .graceful_timeout(Duration::from_millis(300))
+        .kill_timeout(Duration::from_millis(300))
+        .start()
+        .await
+        .expect("start");
+    let pid = plugin.pid();
+    let exit = plugin.shutdown().await.expect("shutdown");
+    assert_eq!(exit.stop, Stop::Killed);
+    assert_eq!(exit.status.signal(), Some(9), "{:?}", exit.status);
+    assert!(is_gone(pid));
+}
+
+#[tokio::test]
+async fn a_forked_child_does_not_outlive_shutdown() {
+    let plugin = test_plugin("forker").start().await.expect("start");
+    let child = TestingClient::new(plugin.channel())
+        .spawn_child(SpawnChildRequest {})
+        .await
+        .expect("spawn child")
+        .into_inner()
+        .pid;
+    assert!(!is_gone(child), "the child runs before shutdown");
+    plugin.shutdown().await.expect("shutdown");
+    assert!(
+        eventually(PATIENCE, || is_gone(child)).await,
+        "child {child} outlived its plugin"
+    );
+}
+
+#[tokio::test]
+async fn dropping_the_client_kills_the_plugin() {
+    let plugin = test_plugin("dropped").start().await.expect("start");
+    let pid = plugin.pid();
+    let dir = plugin.socket_dir().expect("dir").to_owned();
+    drop(plugin);
+    assert!(
+        eventually(PATIENCE, || is_gone(pid)).await,
+        "pid {pid} survived"
+    );
+    assert!(!dir.exists());
+}
+
+#[tokio::test]
+async fn sigterm_stops_the_plugin_gracefully_and_removes_its_socket() {
+    let plugin = test_plugin("terminated").start().await.expect("start");
+    let dir = plugin.socket_dir().expect("dir").to_owned();
+    assert!(!is_empty_dir(&dir), "the socket exists while serving");
+    let pid = rustix::process::Pid::from_raw(plugin.pid() as i32).expect("pid");
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM");
+    let status = plugin.wait().await.expect("exit status");
+    assert!(status.success(), "SIGTERM is a graceful stop: {status:?}");
+    assert!(is_empty_dir(&dir), "the plugin removed its socket");
+}
+
+#[tokio::test]
+async fn sigint_is_ignored() {
+    let plugin = test_plugin("interrupted").start().await.expect("start");
+    let pid = rustix::process::Pid::from_raw(plugin.pid() as i32).expect("pid");
+    rustix::process::kill_process(pid, rustix::process::Signal::INT).expect("SIGINT");
+    // A health check after the signal was delivered proves the plugin is still serving.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    plugin.health().await.expect("still healthy after SIGINT");
+    assert_eq!(plugin.exit_status(), None);
+    assert_eq!(
+        plugin.shutdown().await.expect("shutdown").stop,
+        Stop::Graceful
+    );
+}
+
+#[tokio::test]
+async fn a_flood_of_prints_neither_blocks_the_plugin_nor_breaks_the_protocol() {
+    let plugin = test_plugin("chatty")
+        .stdio(StdioSink::Discard)
+        .start()
+        .await
+        .expect("start");
+    let mut testing = TestingClient::new(plugin.channel());
+    // 8 MiB of println!-style output in one call: far more than any pipe holds.
+    testing
+        .print(PrintRequest {
+            stdout: format!("{}\n", "y".repeat(1023)),
+            stderr: String::new(),
+            repeat: 8 * 1024,
+        })
+        .await
+        .expect("printing does not block the call");
+    let reply = testing
+        .echo(EchoRequest {
+            message: "still here".into(),
+        })
+        .await
+        .expect("echo after flood");
+    assert_eq!(reply.into_inner().message, "still here");
+    plugin.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+async fn plugins_die_when_their_host_is_killed() {
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "the test starts a host process in order to kill it"
+    )]
+    let mut host = Command::new(HOST_HELPER)
+        .arg(TEST_PLUGIN)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the host helper");
+    let mut line = String::new();
+    BufReader::new(host.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("read the plugin pid");
+    let pid: u32 = line
+        .trim()
+        .strip_prefix("plugin-pid ")
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected host output {line:?}"));
+    assert!(!is_gone(pid));
+
+    host.kill().expect("SIGKILL the host");
+    host.wait().expect("reap the host");
+    let killed = Instant::now();
+    assert!(
+        eventually(Duration::from_secs(1), || is_gone(pid)).await,
+        "plugin {pid} still alive {:?} after its host was killed",
+        killed.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn versions_are_negotiated_to_the_highest_common_one() {
+    let plugin = test_plugin("negotiated")
+        .args(["--versions", "1,2"])
+        .protocol_versions(&[2, 3])
+        .start()
+        .await
+        .expect("start");
+    assert_eq!(plugin.protocol_version(), 2);
+    let reply = TestingClient::new(plugin.channel())
+        .echo(EchoRequest {
+            message: String::new(),
+        })
+        .await
+        .expect("echo")
+        .into_inner();
+    assert_eq!(
+        reply.protocol_version, 2,
+        "the plugin serves its v2 services"
+    );
+    plugin.shutdown().await.expect("shutdown");
+}
+
+#[test]
+fn a_plugin_run_by_hand_explains_itself_and_exits_1() {
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "running the plugin by hand, as a confused user would"
+    )]
+    let output = Command::new(TEST_PLUGIN)
+        .env_clear()
+        .output()
+        .expect("run the plugin");
+    assert_eq!(output.status.code(), Some(1));
+    assert!(output.stdout.is_empty(), "no handshake for a human");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("This binary is a tether plugin"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("TETHER_TEST_PLUGIN"), "{stderr}");
+}

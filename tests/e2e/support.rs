@@ -1,0 +1,156 @@
+//! Shared helpers: plugin paths, a recording `tracing` layer, process checks.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use tether_host::{HandshakeConfig, PluginBuilder, PluginClient};
+use tracing::field::{Field, Visit};
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::Layer;
+use tracing_subscriber::layer::{Context, SubscriberExt};
+
+pub(crate) const TEST_PLUGIN: &str = env!("CARGO_BIN_EXE_test-plugin");
+pub(crate) const BAD_PLUGIN: &str = env!("CARGO_BIN_EXE_bad-plugin");
+pub(crate) const HOST_HELPER: &str = env!("CARGO_BIN_EXE_host-helper");
+
+pub(crate) const HANDSHAKE: HandshakeConfig = HandshakeConfig::new("TETHER_TEST_PLUGIN", "e2e");
+
+/// A builder for the well-behaved test plugin, named `name`.
+pub(crate) fn test_plugin(name: &str) -> PluginBuilder {
+    record_events();
+    PluginClient::builder(name, TEST_PLUGIN).handshake(HANDSHAKE)
+}
+
+/// One `tracing` event the host emitted about a plugin.
+#[derive(Debug, Clone)]
+pub(crate) struct Recorded {
+    pub(crate) target: String,
+    pub(crate) level: Level,
+    pub(crate) plugin: String,
+    pub(crate) message: String,
+    pub(crate) fields: String,
+}
+
+fn events() -> &'static Mutex<Vec<Recorded>> {
+    static EVENTS: OnceLock<Mutex<Vec<Recorded>>> = OnceLock::new();
+    EVENTS.get_or_init(Mutex::default)
+}
+
+/// Installs (once) a global subscriber that records the host's plugin events.
+pub(crate) fn record_events() {
+    static INSTALLED: OnceLock<()> = OnceLock::new();
+    INSTALLED.get_or_init(|| {
+        let subscriber = tracing_subscriber::registry().with(Recorder);
+        tracing::subscriber::set_global_default(subscriber).expect("no other global subscriber");
+    });
+}
+
+/// Events recorded so far for `plugin`.
+pub(crate) fn recorded(plugin: &str) -> Vec<Recorded> {
+    events()
+        .lock()
+        .expect("events lock")
+        .iter()
+        .filter(|e| e.plugin == plugin)
+        .cloned()
+        .collect()
+}
+
+struct Recorder;
+
+impl<S: Subscriber> Layer<S> for Recorder {
+    fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
+        let target = event.metadata().target();
+        if !target.starts_with("tether::") {
+            return;
+        }
+        let mut visitor = Fields::default();
+        event.record(&mut visitor);
+        events().lock().expect("events lock").push(Recorded {
+            target: target.to_owned(),
+            level: *event.metadata().level(),
+            plugin: visitor.plugin,
+            message: visitor.message,
+            fields: visitor.fields,
+        });
+    }
+}
+
+#[derive(Default)]
+struct Fields {
+    plugin: String,
+    message: String,
+    fields: String,
+}
+
+impl Visit for Fields {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        match field.name() {
+            "plugin" => self.plugin = value.to_owned(),
+            "fields" => self.fields = value.to_owned(),
+            "message" => self.message = value.to_owned(),
+            _ => {}
+        }
+    }
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        let value = format!("{value:?}");
+        match field.name() {
+            "message" => self.message = value,
+            "plugin" => self.plugin = value.trim_matches('"').to_owned(),
+            "fields" => self.fields = value.trim_matches('"').to_owned(),
+            _ => {}
+        }
+    }
+}
+
+/// Polls `check` until it holds or `limit` passes; returns whether it held. Used to wait
+/// on readiness (never to measure speed).
+pub(crate) async fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    loop {
+        if check() {
+            return true;
+        }
+        if start.elapsed() > limit {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Whether `pid` is gone (no such process, or a zombie nobody has reaped yet).
+pub(crate) fn is_gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        // The state follows the parenthesised command name.
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z') || rest.starts_with('X')),
+    }
+}
+
+/// A shared byte buffer usable as a `StdioSink::Writer`.
+#[derive(Clone, Default)]
+pub(crate) struct SharedBuffer(pub(crate) Arc<Mutex<Vec<u8>>>);
+
+impl SharedBuffer {
+    pub(crate) fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().expect("buffer lock")).into_owned()
+    }
+}
+
+impl std::io::Write for SharedBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("buffer lock").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Whether `dir` exists and holds no entries.
+pub(crate) fn is_empty_dir(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_none())
+}
