@@ -7,6 +7,7 @@
     reason = "xtask drives cargo and other tools as child processes"
 )]
 
+mod demo;
 mod proto;
 mod test;
 
@@ -19,6 +20,7 @@ const USAGE: &str = "\
 usage: cargo xtask <task>
 
 tasks:
+  demo            build and run the walkthrough of a plugin's lifecycle
   test            formatting, clippy (warnings denied), generated-code freshness, all tests
   proto           regenerate crates/protocol/src/generated from proto/
   proto --check   fail if the committed generated code is stale
@@ -29,6 +31,7 @@ fn main() -> ExitCode {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let result = match args.as_slice() {
         ["test"] => test::run(),
+        ["demo"] => demo::run(),
         ["proto"] => proto::run(proto::Mode::Write),
         ["proto", "--check"] => proto::run(proto::Mode::Check),
         ["help" | "--help" | "-h"] | [] => {

@@ -112,6 +112,7 @@ pub(crate) fn emit(plugin: &str, line: &LogLine) {
         .map(|(key, value)| format!("{key}={value}"))
         .collect::<Vec<_>>()
         .join(" ");
+    let fields = (!fields.is_empty()).then_some(fields.as_str());
     let message = &line.message;
     macro_rules! event {
         ($level:expr) => {

@@ -25,6 +25,7 @@ use tonic::transport::Server;
 use tonic_health::ServingStatus;
 use tracing::level_filters::LevelFilter;
 use tracing_subscriber::Layer;
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt;
 
 use crate::builtin::{Broker, Controller};
@@ -81,7 +82,8 @@ impl Plugin {
         self
     }
 
-    /// The most verbose `tracing` level sent to the host (default `INFO`).
+    /// The most verbose `tracing` level sent to the host (default `INFO`); the transport
+    /// crates (`h2`, `hyper`, `tower`, `tonic`) send at most `INFO`.
     pub fn log_level(mut self, level: LevelFilter) -> Self {
         self.log_level = Some(level);
         self
@@ -170,7 +172,12 @@ impl Plugin {
 
         let capture = stdio::capture().map_err(|source| ServeError::Stdio { source })?;
         if let Some(level) = self.log_level {
-            let layer = JsonLogLayer::new(capture.real_stderr).with_filter(level);
+            // The transport's frame-level events are noise to the host, and costly.
+            let quiet = level.min(LevelFilter::INFO);
+            let filter = Targets::new()
+                .with_default(level)
+                .with_targets(["h2", "hyper", "hyper_util", "tower", "tonic"].map(|t| (t, quiet)));
+            let layer = JsonLogLayer::new(capture.real_stderr).with_filter(filter);
             // A plugin that installed its own subscriber keeps it.
             let _ =
                 tracing::subscriber::set_global_default(tracing_subscriber::registry().with(layer));
