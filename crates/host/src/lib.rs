@@ -43,6 +43,5 @@ mod transport;
 
 pub use client::{PluginBuilder, PluginClient, PluginExit, Stop};
 pub use error::Error;
-pub use logs::LogLine;
 pub use stdio::StdioSink;
 pub use tether_protocol::HandshakeConfig;

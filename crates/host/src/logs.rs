@@ -9,13 +9,13 @@ use tracing::Level;
 
 /// One parsed log line.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LogLine {
+pub(crate) struct LogLine {
     /// The level the plugin gave it.
-    pub level: Level,
+    pub(crate) level: Level,
     /// The message.
-    pub message: String,
+    pub(crate) message: String,
     /// The other key/value pairs, in the plugin's order (`@module` included).
-    pub fields: Vec<(String, String)>,
+    pub(crate) fields: Vec<(String, String)>,
 }
 
 /// Parses a stream of stderr lines; stateful because of Go panics.
