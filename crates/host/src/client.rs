@@ -197,12 +197,14 @@ impl PluginBuilder {
             .take()
             .ok_or_else(|| internal("no stderr pipe"))?;
 
+        let dir = socket_dir.path().to_owned();
         let (exit_sender, exit) = watch::channel(None);
+        let (closed_sender, stderr_closed) = watch::channel(false);
         let mut process = Process {
             pid,
             exit,
             tail: Arc::default(),
-            stderr_closed: watch::channel(false).1,
+            stderr_closed,
             tasks: Vec::new(),
             socket_dir: Some(socket_dir),
         };
@@ -214,8 +216,6 @@ impl PluginBuilder {
                 Err(err) => tracing::warn!(pid, %err, "waiting for the plugin process failed"),
             }
         }));
-        let (closed_sender, closed) = watch::channel(false);
-        process.stderr_closed = closed;
         process.tasks.push(tokio::spawn(read_stderr(
             name.clone(),
             stderr,
@@ -228,8 +228,6 @@ impl PluginBuilder {
         process
             .tasks
             .push(tokio::spawn(drain_stdout(name.clone(), stdout)));
-        let dir = process.socket_dir.as_ref().map(|d| d.path().to_owned());
-        let dir = dir.ok_or_else(|| internal("socket directory missing"))?;
         let address = match handshake.network {
             Network::Unix => transport::check_address(&name, &handshake.address, &dir)?,
             Network::Tcp => {
