@@ -1,0 +1,460 @@
+//! [`Broker`]: one side of the shared `plugin.GRPCBroker/StartStream` stream.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures_util::{Stream, StreamExt};
+use tether_protocol::plugin::ConnInfo;
+use tether_protocol::plugin::grpc_broker_client::GrpcBrokerClient;
+use tether_protocol::plugin::grpc_broker_server::{GrpcBroker, GrpcBrokerServer};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::error::BrokerError;
+use crate::serve::Served;
+use crate::unix::{self, Listener, Peer};
+
+/// go-plugin's dial timeout, and how long it keeps an unclaimed connection info.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The most connection infos kept unclaimed at once; more are dropped (and logged), so a
+/// peer flooding the stream cannot grow the buffer without bound.
+const MAX_UNCLAIMED: usize = 1024;
+
+/// Outgoing connection infos queued before the stream is open.
+const OUTGOING_QUEUE: usize = 64;
+
+/// How a [`Broker`] listens and dials.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    peer_name: Arc<str>,
+    socket_dir: PathBuf,
+    peer: Peer,
+    confine_dialed: bool,
+    dial_timeout: Duration,
+    unclaimed_ttl: Duration,
+}
+
+impl BrokerConfig {
+    /// A broker whose sockets live in `socket_dir`, that accepts connections only from
+    /// `peer` and dials only sockets `peer` serves. `peer_name` names the other side in logs
+    /// and errors: the plugin's name on the host, `"host"` in a plugin.
+    pub fn new(peer_name: impl Into<Arc<str>>, socket_dir: impl Into<PathBuf>, peer: Peer) -> Self {
+        BrokerConfig {
+            peer_name: peer_name.into(),
+            socket_dir: socket_dir.into(),
+            peer,
+            confine_dialed: false,
+            dial_timeout: DEFAULT_TIMEOUT,
+            unclaimed_ttl: DEFAULT_TIMEOUT,
+        }
+    }
+
+    /// Dial only addresses directly inside the socket directory (the host's rule for the
+    /// plugin's private directory). Off by default: a plugin dials wherever its host listens.
+    pub fn confine_dialed_addresses(mut self, confine: bool) -> Self {
+        self.confine_dialed = confine;
+        self
+    }
+
+    /// How long `dial` waits for the other side's connection info (default 5 s).
+    pub fn dial_timeout(mut self, timeout: Duration) -> Self {
+        self.dial_timeout = timeout;
+        self
+    }
+
+    /// How long a received connection info waits to be dialed before it is dropped
+    /// (default 5 s).
+    pub fn unclaimed_ttl(mut self, ttl: Duration) -> Self {
+        self.unclaimed_ttl = ttl;
+        self
+    }
+}
+
+/// One side of go-plugin's broker: hands out ids, listens for the other side
+/// ([`Broker::accept`]) and connects to what the other side offers ([`Broker::dial`]).
+///
+/// Cheap to clone; every clone is the same broker. Attach it to the stream once: on the
+/// host with [`Broker::start_stream`], in a plugin by serving [`Broker::grpc_service`].
+#[derive(Clone)]
+pub struct Broker {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    config: BrokerConfig,
+    next_id: AtomicU32,
+    outgoing: mpsc::Sender<ConnInfo>,
+    /// The receiving half of `outgoing`, until the stream takes it.
+    unsent: Mutex<Option<mpsc::Receiver<ConnInfo>>>,
+    pending: Mutex<Pending>,
+    closed: CancellationToken,
+}
+
+/// Connection infos that arrived before anyone dialed them, and dials waiting for theirs.
+#[derive(Default)]
+struct Pending {
+    arrived: HashMap<u32, (ConnInfo, Instant)>,
+    waiting: HashMap<u32, oneshot::Sender<ConnInfo>>,
+}
+
+impl fmt::Debug for Broker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Broker")
+            .field("config", &self.shared.config)
+            .field("closed", &self.shared.closed.is_cancelled())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Broker {
+    /// A broker not yet attached to a stream. Connection infos sent before the stream
+    /// opens are queued.
+    pub fn new(config: BrokerConfig) -> Self {
+        let (outgoing, unsent) = mpsc::channel(OUTGOING_QUEUE);
+        Broker {
+            shared: Arc::new(Shared {
+                config,
+                next_id: AtomicU32::new(1),
+                outgoing,
+                unsent: Mutex::new(Some(unsent)),
+                pending: Mutex::default(),
+                closed: CancellationToken::new(),
+            }),
+        }
+    }
+
+    /// Host side: opens `StartStream` on the plugin's `channel` in the background and runs
+    /// the broker on it until either side closes. The task is returned so its owner can
+    /// abort it; it also ends on its own when the stream ends.
+    pub fn start_stream(&self, channel: Channel, max_message_size: usize) -> JoinHandle<()> {
+        let broker = self.clone();
+        let unsent = self.take_unsent();
+        tokio::spawn(async move {
+            let Some(unsent) = unsent else {
+                tracing::warn!(target: "tether::broker", plugin = %broker.peer_name(), "the broker is already attached to a stream");
+                return;
+            };
+            let closed = broker.shared.closed.clone();
+            let mut client = GrpcBrokerClient::new(channel)
+                .max_decoding_message_size(max_message_size)
+                .max_encoding_message_size(max_message_size);
+            let outgoing = ReceiverStream::new(unsent).take_until(closed.clone().cancelled_owned());
+            // A Go plugin sends no response headers until it has something to send, so
+            // this waits in the background.
+            let opened = tokio::select! {
+                () = closed.cancelled() => return,
+                opened = client.start_stream(outgoing) => opened,
+            };
+            match opened {
+                Ok(response) => broker.receive_all(response.into_inner()).await,
+                Err(status) => tracing::debug!(
+                    target: "tether::broker",
+                    plugin = %broker.peer_name(),
+                    %status,
+                    "the broker stream could not be opened"
+                ),
+            }
+            broker.close();
+        })
+    }
+
+    /// Plugin side: the `plugin.GRPCBroker` service to serve next to the plugin's own. The
+    /// host opens its stream once; a second `StartStream` is refused.
+    pub fn grpc_service(&self) -> GrpcBrokerServer<BrokerService> {
+        GrpcBrokerServer::new(BrokerService {
+            broker: self.clone(),
+        })
+    }
+
+    /// The next unused broker id, counting from 1.
+    pub fn next_id(&self) -> u32 {
+        self.shared.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Listens on a new socket in the socket directory and tells the other side that `id`
+    /// is served there. Only the configured peer may connect; others are refused and
+    /// logged with their pid.
+    pub async fn accept(&self, id: u32) -> Result<Listener, BrokerError> {
+        let config = &self.shared.config;
+        let closed = || BrokerError::Closed {
+            peer: self.peer_name().to_owned(),
+        };
+        if self.is_closed() {
+            return Err(closed());
+        }
+        let prefix = format!("broker-{}-{id}-", std::process::id());
+        let listener = Listener::bind(
+            &config.socket_dir,
+            &prefix,
+            config.peer,
+            Arc::clone(&config.peer_name),
+        )
+        .map_err(|source| BrokerError::Listen {
+            peer: self.peer_name().to_owned(),
+            id,
+            socket_dir: config.socket_dir.clone(),
+            source,
+        })?;
+        let info = ConnInfo {
+            service_id: id,
+            network: "unix".to_owned(),
+            address: listener.path().display().to_string(),
+            knock: None,
+        };
+        tokio::select! {
+            biased;
+            () = self.shared.closed.cancelled() => return Err(closed()),
+            sent = self.shared.outgoing.send(info) => sent.map_err(|_| closed())?,
+        }
+        tracing::debug!(target: "tether::broker", plugin = %self.peer_name(), id, socket = %listener.path().display(), "accepting");
+        Ok(listener)
+    }
+
+    /// [`Broker::accept`], then serves `routes` on the socket until the returned [`Served`]
+    /// is stopped or dropped, or the broker closes.
+    pub async fn accept_and_serve(
+        &self,
+        id: u32,
+        routes: tonic::service::Routes,
+    ) -> Result<Served, BrokerError> {
+        let listener = self.accept(id).await?;
+        Ok(Served::start(self, id, listener, Ok, routes))
+    }
+
+    /// Waits (up to the dial timeout) for the other side to offer `id`, then connects to it,
+    /// checking that the configured peer serves the socket. The channel reconnects on its
+    /// own, with the same check, if the connection drops; dial once and reuse it.
+    pub async fn dial(&self, id: u32) -> Result<Channel, BrokerError> {
+        let peer = || self.peer_name().to_owned();
+        let receiver = {
+            let mut pending = self.pending();
+            pending.purge(self.shared.config.unclaimed_ttl, self.peer_name());
+            if let Some((info, _)) = pending.arrived.remove(&id) {
+                Ok(info)
+            } else if pending.waiting.get(&id).is_some_and(|w| !w.is_closed()) {
+                return Err(BrokerError::DialInProgress { peer: peer(), id });
+            } else {
+                let (sender, receiver) = oneshot::channel();
+                pending.waiting.insert(id, sender);
+                Err(receiver)
+            }
+        };
+        let info = match receiver {
+            Ok(info) => info,
+            Err(receiver) => {
+                let timeout = self.shared.config.dial_timeout;
+                let outcome = tokio::select! {
+                    biased;
+                    () = self.shared.closed.cancelled() => Err(BrokerError::Closed { peer: peer() }),
+                    received = tokio::time::timeout(timeout, receiver) => match received {
+                        Ok(Ok(info)) => Ok(info),
+                        Ok(Err(_)) => Err(BrokerError::Closed { peer: peer() }),
+                        Err(_) => Err(BrokerError::DialTimeout { peer: peer(), id, timeout }),
+                    },
+                };
+                if outcome.is_err() {
+                    self.pending().waiting.remove(&id);
+                }
+                outcome?
+            }
+        };
+        self.connect(id, info).await
+    }
+
+    /// Stops the broker: the stream to the other side ends, waiting dials fail with
+    /// [`BrokerError::Closed`], and endpoints served with [`Broker::accept_and_serve`] stop.
+    pub fn close(&self) {
+        if !self.shared.closed.is_cancelled() {
+            tracing::debug!(target: "tether::broker", plugin = %self.peer_name(), "broker closed");
+        }
+        self.shared.closed.cancel();
+    }
+
+    /// Whether the broker is closed.
+    pub fn is_closed(&self) -> bool {
+        self.shared.closed.is_cancelled()
+    }
+
+    /// Resolves when the broker closes.
+    pub async fn closed(&self) {
+        self.shared.closed.cancelled().await;
+    }
+
+    /// The name of the other side, for logs and errors.
+    pub fn peer_name(&self) -> &str {
+        &self.shared.config.peer_name
+    }
+
+    /// Where this broker's sockets live.
+    pub fn socket_dir(&self) -> &Path {
+        &self.shared.config.socket_dir
+    }
+
+    pub(crate) fn closed_token(&self) -> &CancellationToken {
+        &self.shared.closed
+    }
+
+    fn take_unsent(&self) -> Option<mpsc::Receiver<ConnInfo>> {
+        self.shared
+            .unsent
+            .lock()
+            .ok()
+            .and_then(|mut unsent| unsent.take())
+    }
+
+    fn pending(&self) -> MutexGuard<'_, Pending> {
+        // The lock is never held across a panic-prone call; recover the data if it was.
+        self.shared
+            .pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Runs the receiving half of the stream until it ends or the broker closes.
+    async fn receive_all(
+        &self,
+        mut incoming: impl Stream<Item = Result<ConnInfo, Status>> + Unpin,
+    ) {
+        loop {
+            let message = tokio::select! {
+                () = self.shared.closed.cancelled() => return,
+                message = incoming.next() => message,
+            };
+            match message {
+                Some(Ok(info)) => self.receive(info),
+                Some(Err(status)) => {
+                    tracing::debug!(target: "tether::broker", plugin = %self.peer_name(), %status, "the broker stream failed");
+                    return;
+                }
+                None => return,
+            }
+        }
+    }
+
+    /// Hands a received connection info to its waiting dial, or keeps it for a later one.
+    pub(crate) fn receive(&self, info: ConnInfo) {
+        let id = info.service_id;
+        if info.knock.is_some() {
+            // Knocks belong to go-plugin's multiplexed mode, which this broker never asks for.
+            tracing::debug!(target: "tether::broker", plugin = %self.peer_name(), id, "ignoring a multiplexing knock");
+            return;
+        }
+        let mut pending = self.pending();
+        let info = match pending.waiting.remove(&id) {
+            Some(waiter) => match waiter.send(info) {
+                Ok(()) => return,
+                // The dial gave up a moment ago: keep the info like any other.
+                Err(info) => info,
+            },
+            None => info,
+        };
+        pending.purge(self.shared.config.unclaimed_ttl, self.peer_name());
+        if pending.arrived.len() >= MAX_UNCLAIMED {
+            tracing::warn!(
+                target: "tether::broker",
+                plugin = %self.peer_name(),
+                id,
+                "dropping a connection info: {MAX_UNCLAIMED} are already waiting unclaimed"
+            );
+            return;
+        }
+        if pending.arrived.insert(id, (info, Instant::now())).is_some() {
+            tracing::debug!(target: "tether::broker", plugin = %self.peer_name(), id, "a newer connection info replaced an unclaimed one");
+        }
+    }
+
+    /// Checks an offered connection info and connects to it.
+    async fn connect(&self, id: u32, info: ConnInfo) -> Result<Channel, BrokerError> {
+        let config = &self.shared.config;
+        let peer = || self.peer_name().to_owned();
+        if info.network != "unix" {
+            return Err(BrokerError::UnsupportedNetwork {
+                peer: peer(),
+                id,
+                network: info.network,
+                address: info.address,
+            });
+        }
+        let path = if config.confine_dialed {
+            unix::address_in_dir(&info.address, &config.socket_dir).ok_or_else(|| {
+                BrokerError::AddressOutsideSocketDir {
+                    peer: peer(),
+                    id,
+                    address: info.address.clone(),
+                    socket_dir: config.socket_dir.clone(),
+                }
+            })?
+        } else {
+            PathBuf::from(&info.address)
+        };
+        let channel =
+            unix::connect(&path, config.peer)
+                .await
+                .map_err(|source| BrokerError::Connect {
+                    peer: peer(),
+                    id,
+                    source,
+                })?;
+        tracing::debug!(target: "tether::broker", plugin = %self.peer_name(), id, socket = %path.display(), "dialed");
+        Ok(channel)
+    }
+}
+
+impl Pending {
+    /// Drops connection infos nobody dialed within `ttl`.
+    fn purge(&mut self, ttl: Duration, peer: &str) {
+        self.arrived.retain(|id, (_, at)| {
+            let keep = at.elapsed() < ttl;
+            if !keep {
+                tracing::debug!(target: "tether::broker", plugin = %peer, id, "dropping a connection info nobody dialed within {ttl:?}");
+            }
+            keep
+        });
+        self.waiting.retain(|_, waiter| !waiter.is_closed());
+    }
+}
+
+type ConnInfoStream = Pin<Box<dyn Stream<Item = Result<ConnInfo, Status>> + Send>>;
+
+/// `plugin.GRPCBroker` on the plugin side; from [`Broker::grpc_service`].
+#[derive(Debug)]
+pub struct BrokerService {
+    broker: Broker,
+}
+
+#[tonic::async_trait]
+impl GrpcBroker for BrokerService {
+    type StartStreamStream = ConnInfoStream;
+
+    async fn start_stream(
+        &self,
+        request: Request<Streaming<ConnInfo>>,
+    ) -> Result<Response<Self::StartStreamStream>, Status> {
+        let Some(unsent) = self.broker.take_unsent() else {
+            return Err(Status::failed_precondition(
+                "the broker stream is already open; it is opened once per plugin",
+            ));
+        };
+        let broker = self.broker.clone();
+        let incoming = request.into_inner();
+        tokio::spawn(async move {
+            broker.receive_all(incoming).await;
+            broker.close();
+        });
+        let stream = ReceiverStream::new(unsent)
+            .map(Ok)
+            .take_until(self.broker.shared.closed.clone().cancelled_owned());
+        Ok(Response::new(Box::pin(stream)))
+    }
+}

@@ -1,0 +1,232 @@
+//! Both sides of the broker in one process, over real Unix sockets and a real tonic server.
+
+use std::time::Duration;
+
+use tether_protocol::plugin::ConnInfo;
+use tokio::net::UnixListener;
+use tokio_stream::wrappers::UnixListenerStream;
+use tonic::service::Routes;
+use tonic::transport::{Channel, Server};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
+
+use super::*;
+
+/// A "plugin" serving the broker service on a socket, and a "host" attached to it.
+struct Pair {
+    host: Broker,
+    plugin: Broker,
+    host_dir: tempfile::TempDir,
+    _plugin_dir: tempfile::TempDir,
+}
+
+fn dirs() -> (tempfile::TempDir, tempfile::TempDir) {
+    (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap())
+}
+
+/// Starts the pair; `host_config` and `plugin_config` adjust the default configurations.
+async fn start(
+    host_config: impl FnOnce(BrokerConfig) -> BrokerConfig,
+    plugin_config: impl FnOnce(BrokerConfig) -> BrokerConfig,
+    plugin_shares_dir: bool,
+) -> Pair {
+    let (host_dir, plugin_dir) = dirs();
+    let plugin_sockets = if plugin_shares_dir {
+        host_dir.path()
+    } else {
+        plugin_dir.path()
+    };
+    let plugin = Broker::new(plugin_config(BrokerConfig::new(
+        "host",
+        plugin_sockets,
+        Peer::SameUser,
+    )));
+    let main_socket = host_dir.path().join("plugin.sock");
+    let listener = UnixListener::bind(&main_socket).unwrap();
+    let service = plugin.grpc_service();
+    tokio::spawn(
+        Server::builder()
+            .add_service(service)
+            .serve_with_incoming(UnixListenerStream::new(listener)),
+    );
+    let channel = unix::connect(&main_socket, Peer::Process(std::process::id()))
+        .await
+        .unwrap();
+    let host = Broker::new(host_config(
+        BrokerConfig::new(
+            "test-plugin",
+            host_dir.path(),
+            Peer::Process(std::process::id()),
+        )
+        .confine_dialed_addresses(true),
+    ));
+    host.start_stream(channel, 4 << 20);
+    Pair {
+        host,
+        plugin,
+        host_dir,
+        _plugin_dir: plugin_dir,
+    }
+}
+
+fn health_routes() -> Routes {
+    let (_, service) = tonic_health::server::health_reporter();
+    Routes::new(service)
+}
+
+async fn healthy(channel: Channel) -> bool {
+    HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .is_ok()
+}
+
+#[tokio::test]
+async fn either_side_serves_and_the_other_dials() {
+    let pair = start(|c| c, |c| c, true).await;
+
+    let id = pair.host.next_id();
+    let served = pair
+        .host
+        .accept_and_serve(id, health_routes())
+        .await
+        .unwrap();
+    assert!(served.address().starts_with(pair.host_dir.path()));
+    let channel = pair.plugin.dial(id).await.unwrap();
+    assert!(healthy(channel.clone()).await);
+    assert!(healthy(channel).await);
+    assert_eq!(served.connections().accepted(), 1, "one connection, reused");
+
+    let id = pair.plugin.next_id();
+    let _served = pair
+        .plugin
+        .accept_and_serve(id, health_routes())
+        .await
+        .unwrap();
+    let channel = pair.host.dial(id).await.unwrap();
+    assert!(healthy(channel).await);
+}
+
+#[tokio::test]
+async fn dialing_an_id_never_offered_times_out_naming_it() {
+    let pair = start(|c| c.dial_timeout(Duration::from_millis(200)), |c| c, true).await;
+    let err = pair.host.dial(4711).await.unwrap_err();
+    assert!(
+        matches!(err, BrokerError::DialTimeout { id: 4711, .. }),
+        "{err:?}"
+    );
+    let message = err.to_string();
+    assert!(
+        message.contains("id 4711") && message.contains("test-plugin"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn unclaimed_connection_infos_expire() {
+    let pair = start(
+        |c| c,
+        |c| {
+            c.unclaimed_ttl(Duration::from_millis(50))
+                .dial_timeout(Duration::from_millis(300))
+        },
+        true,
+    )
+    .await;
+    let id = pair.host.next_id();
+    let fresh = pair
+        .host
+        .accept_and_serve(id, health_routes())
+        .await
+        .unwrap();
+    let stale_id = pair.host.next_id();
+    let _stale = pair
+        .host
+        .accept_and_serve(stale_id, health_routes())
+        .await
+        .unwrap();
+    // The fresh one is claimed at once; the stale one waits past its time to live.
+    assert!(healthy(pair.plugin.dial(id).await.unwrap()).await);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let err = pair.plugin.dial(stale_id).await.unwrap_err();
+    assert!(matches!(err, BrokerError::DialTimeout { .. }), "{err:?}");
+    drop(fresh);
+}
+
+#[tokio::test]
+async fn the_host_dials_only_inside_the_private_socket_dir() {
+    // The plugin's sockets live elsewhere than the host's private directory.
+    let pair = start(|c| c, |c| c, false).await;
+    let id = pair.plugin.next_id();
+    let _served = pair
+        .plugin
+        .accept_and_serve(id, health_routes())
+        .await
+        .unwrap();
+    let err = pair.host.dial(id).await.unwrap_err();
+    assert!(
+        matches!(err, BrokerError::AddressOutsideSocketDir { id: got, .. } if got == id),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn offers_on_other_networks_are_refused() {
+    let pair = start(|c| c, |c| c, true).await;
+    pair.host.receive(ConnInfo {
+        service_id: 9,
+        network: "tcp".into(),
+        address: "127.0.0.1:1".into(),
+        knock: None,
+    });
+    let err = pair.host.dial(9).await.unwrap_err();
+    assert!(
+        matches!(err, BrokerError::UnsupportedNetwork { id: 9, .. }),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_second_dial_of_the_same_id_is_refused_while_the_first_waits() {
+    let pair = start(|c| c.dial_timeout(Duration::from_secs(2)), |c| c, true).await;
+    let host = pair.host.clone();
+    let first = tokio::spawn(async move { host.dial(5).await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let err = pair.host.dial(5).await.unwrap_err();
+    assert!(
+        matches!(err, BrokerError::DialInProgress { id: 5, .. }),
+        "{err:?}"
+    );
+    pair.host.close();
+    let first = first.await.unwrap().unwrap_err();
+    assert!(matches!(first, BrokerError::Closed { .. }), "{first:?}");
+}
+
+#[tokio::test]
+async fn closing_one_side_closes_the_other_and_stops_served_endpoints() {
+    let pair = start(|c| c, |c| c.dial_timeout(Duration::from_secs(30)), true).await;
+    let id = pair.plugin.next_id();
+    let served = pair
+        .plugin
+        .accept_and_serve(id, health_routes())
+        .await
+        .unwrap();
+    let address = served.address().to_owned();
+    // The stream is open once an offer has crossed it.
+    assert!(healthy(pair.host.dial(id).await.unwrap()).await);
+    let plugin = pair.plugin.clone();
+    let waiting = tokio::spawn(async move { plugin.dial(999).await });
+
+    pair.host.close();
+    tokio::time::timeout(Duration::from_secs(10), pair.plugin.closed())
+        .await
+        .expect("the plugin's broker closes when the host's stream ends");
+    let err = waiting.await.unwrap().unwrap_err();
+    assert!(matches!(err, BrokerError::Closed { .. }), "{err:?}");
+    let err = pair.plugin.accept(pair.plugin.next_id()).await.unwrap_err();
+    assert!(matches!(err, BrokerError::Closed { .. }), "{err:?}");
+    served.stop().await;
+    assert!(!address.exists(), "the served socket is removed");
+}

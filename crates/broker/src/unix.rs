@@ -1,0 +1,443 @@
+//! The Unix-socket transport under the broker, and the host's main connection: who may be on
+//! the other end of a socket ([`Peer`]), connecting with that check on every connection
+//! ([`connect`]), listening with it on every accepted connection ([`Listener`]), and the
+//! check that an address lies directly in a socket directory ([`address_in_dir`]).
+
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use futures_util::Stream;
+use hyper_util::rt::TokioIo;
+use tempfile::NamedTempFile;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{UnixListener, UnixStream};
+use tonic::transport::server::Connected;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+/// Who may be on the other end of a socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peer {
+    /// Exactly this process: the host's view of the plugin it spawned.
+    Process(u32),
+    /// Any process of the same user: the plugin's view of its host, which it did not start
+    /// and whose pid it cannot know for sure.
+    SameUser,
+}
+
+impl Peer {
+    /// Whether a process with these credentials is this peer.
+    pub fn admits(&self, credentials: &PeerCredentials) -> bool {
+        match *self {
+            Peer::Process(pid) => credentials.pid == Some(pid),
+            Peer::SameUser => credentials.uid == rustix::process::getuid().as_raw(),
+        }
+    }
+}
+
+impl fmt::Display for Peer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Peer::Process(pid) => write!(f, "pid {pid}"),
+            Peer::SameUser => write!(f, "uid {}", rustix::process::getuid().as_raw()),
+        }
+    }
+}
+
+/// The kernel's word (`SO_PEERCRED`) on the process at the other end of a connection, taken
+/// when it connected. It is also the connection info tonic puts in each request's
+/// extensions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerCredentials {
+    /// The peer's pid in this process's pid namespace, if the kernel could translate it.
+    pub pid: Option<u32>,
+    /// The peer's effective user id.
+    pub uid: u32,
+    /// The peer's effective group id.
+    pub gid: u32,
+}
+
+impl PeerCredentials {
+    /// The credentials of the process at the other end of `stream`.
+    pub fn of(stream: &UnixStream) -> io::Result<Self> {
+        let cred = stream.peer_cred()?;
+        Ok(PeerCredentials {
+            pid: cred.pid().and_then(|pid| u32::try_from(pid).ok()),
+            uid: cred.uid(),
+            gid: cred.gid(),
+        })
+    }
+}
+
+impl fmt::Display for PeerCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.pid {
+            Some(pid) => write!(f, "pid {pid} (uid {})", self.uid),
+            None => write!(f, "an unknown pid (uid {})", self.uid),
+        }
+    }
+}
+
+/// Why [`connect`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The socket could not be reached.
+    #[error("could not connect to {address}: {source}")]
+    Io {
+        /// The socket path.
+        address: String,
+        /// What the OS said.
+        #[source]
+        source: io::Error,
+    },
+    /// Somebody else serves the socket.
+    #[error("{address} is served by {found}, not by {expected}")]
+    WrongPeer {
+        /// The socket path.
+        address: String,
+        /// Who should serve it.
+        expected: Peer,
+        /// Who does.
+        found: PeerCredentials,
+    },
+    /// The HTTP/2 connection could not be set up.
+    #[error("could not open a gRPC connection on {address}: {source}")]
+    Channel {
+        /// The socket path.
+        address: String,
+        /// What tonic said.
+        #[source]
+        source: tonic::transport::Error,
+    },
+}
+
+/// Connects to the socket at `path` and checks that `peer` serves it.
+async fn connect_checked(path: &Path, peer: Peer) -> Result<UnixStream, ConnectError> {
+    let address = || path.display().to_string();
+    let stream = UnixStream::connect(path)
+        .await
+        .map_err(|source| ConnectError::Io {
+            address: address(),
+            source,
+        })?;
+    let found = PeerCredentials::of(&stream).map_err(|source| ConnectError::Io {
+        address: address(),
+        source,
+    })?;
+    if !peer.admits(&found) {
+        return Err(ConnectError::WrongPeer {
+            address: address(),
+            expected: peer,
+            found,
+        });
+    }
+    Ok(stream)
+}
+
+/// A gRPC channel to the socket at `path`. Every connection the channel makes (the first,
+/// and any reconnection) is checked to be served by `peer`; the first is made before this
+/// returns, so a wrong peer or a missing socket is an error here, not on the first call.
+pub async fn connect(path: &Path, peer: Peer) -> Result<Channel, ConnectError> {
+    let first = connect_checked(path, peer).await?;
+    let first = Arc::new(Mutex::new(Some(first)));
+    let socket = path.to_owned();
+    let connector = tower::service_fn(move |_: Uri| {
+        let first = first.lock().ok().and_then(|mut first| first.take());
+        let socket = socket.clone();
+        async move {
+            let stream = match first {
+                Some(stream) => stream,
+                None => connect_checked(&socket, peer)
+                    .await
+                    .map_err(io::Error::other)?,
+            };
+            Ok::<_, io::Error>(TokioIo::new(stream))
+        }
+    });
+    // tonic requires a URI but the connector decides where to connect.
+    Endpoint::from_static("http://tether.invalid")
+        .connect_with_connector(connector)
+        .await
+        .map_err(|source| ConnectError::Channel {
+            address: path.display().to_string(),
+            source,
+        })
+}
+
+/// `address` as a path, if it is spelled exactly `dir/<name>`: no `.`, `..`, doubled or
+/// trailing `/`, nothing in a subdirectory.
+pub fn address_in_dir(address: &str, dir: &Path) -> Option<PathBuf> {
+    let path = Path::new(address);
+    // `Path::components` hides `.` and `//`, so compare with the canonical spelling.
+    path.file_name()
+        .map(|name| dir.join(name))
+        .filter(|joined| joined.as_os_str() == path.as_os_str() && joined.parent() == Some(dir))
+}
+
+/// How many connections a [`Listener`] accepted and refused.
+#[derive(Debug, Default)]
+pub struct ConnectionCounts {
+    accepted: AtomicU64,
+    refused: AtomicU64,
+}
+
+impl ConnectionCounts {
+    /// Connections accepted from the expected peer.
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::Relaxed)
+    }
+
+    /// Connections refused because another process made them.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+}
+
+/// A listening Unix socket whose connections are checked against a [`Peer`]: others are
+/// closed at once and logged with their pid. The socket file is removed when the listener
+/// is dropped.
+#[derive(Debug)]
+pub struct Listener {
+    socket: NamedTempFile<UnixListener>,
+    peer: Peer,
+    label: Arc<str>,
+    counts: Arc<ConnectionCounts>,
+}
+
+impl Listener {
+    /// Listens on a new socket with a fresh, unguessable name `<prefix>…​.sock` in `dir`.
+    /// `label` names the other side in logs.
+    pub fn bind(dir: &Path, prefix: &str, peer: Peer, label: Arc<str>) -> io::Result<Self> {
+        let socket = tempfile::Builder::new()
+            .prefix(prefix)
+            .suffix(".sock")
+            .rand_bytes(8)
+            .make_in(dir, |path| UnixListener::bind(path))?;
+        Ok(Listener {
+            socket,
+            peer,
+            label,
+            counts: Arc::default(),
+        })
+    }
+
+    /// The socket's path.
+    pub fn path(&self) -> &Path {
+        self.socket.path()
+    }
+
+    /// Who may connect.
+    pub fn peer(&self) -> Peer {
+        self.peer
+    }
+
+    /// Accepted and refused connections so far; shared, so it stays readable while the
+    /// listener is being served.
+    pub fn counts(&self) -> Arc<ConnectionCounts> {
+        Arc::clone(&self.counts)
+    }
+
+    /// Polls for the next connection from the expected peer, refusing all others.
+    fn poll_next_conn(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Conn>> {
+        loop {
+            let (stream, _) = match self.socket.as_file().poll_accept(cx) {
+                Poll::Ready(Ok(accepted)) => accepted,
+                Poll::Ready(Err(err)) => return Poll::Ready(Err(err)),
+                Poll::Pending => return Poll::Pending,
+            };
+            let credentials = match PeerCredentials::of(&stream) {
+                Ok(credentials) => credentials,
+                Err(err) => {
+                    tracing::warn!(
+                        target: "tether::broker",
+                        plugin = %self.label,
+                        socket = %self.path().display(),
+                        %err,
+                        "refused a connection whose peer credentials could not be read"
+                    );
+                    self.counts.refused.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+            };
+            if !self.peer.admits(&credentials) {
+                tracing::warn!(
+                    target: "tether::broker",
+                    plugin = %self.label,
+                    peer_pid = credentials.pid,
+                    peer_uid = credentials.uid,
+                    expected = %self.peer,
+                    socket = %self.path().display(),
+                    "refused a connection from {credentials}: only {} may connect here",
+                    self.peer,
+                );
+                self.counts.refused.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            self.counts.accepted.fetch_add(1, Ordering::Relaxed);
+            return Poll::Ready(Ok(Conn {
+                stream,
+                credentials,
+                info: credentials,
+            }));
+        }
+    }
+}
+
+impl Stream for Listener {
+    type Item = io::Result<Conn>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.get_mut().poll_next_conn(cx).map(Some)
+    }
+}
+
+/// A connection accepted by a [`Listener`], from its expected peer.
+///
+/// tonic puts its `info` (by default the peer's [`PeerCredentials`]) into the extensions of
+/// every request that arrives on it; [`Conn::with_info`] replaces it with what the services
+/// should see instead, such as the identity of the plugin the endpoint serves.
+#[derive(Debug)]
+pub struct Conn<T = PeerCredentials> {
+    stream: UnixStream,
+    credentials: PeerCredentials,
+    info: T,
+}
+
+impl<T> Conn<T> {
+    /// Who connected.
+    pub fn credentials(&self) -> PeerCredentials {
+        self.credentials
+    }
+
+    /// The same connection, carrying `info` into its requests' extensions.
+    pub fn with_info<U>(self, info: U) -> Conn<U> {
+        Conn {
+            stream: self.stream,
+            credentials: self.credentials,
+            info,
+        }
+    }
+}
+
+impl<T: Clone + Send + Sync + 'static> Connected for Conn<T> {
+    type ConnectInfo = T;
+
+    fn connect_info(&self) -> T {
+        self.info.clone()
+    }
+}
+
+impl<T: Unpin> AsyncRead for Conn<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+    }
+}
+
+impl<T: Unpin> AsyncWrite for Conn<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_must_be_directly_inside_the_dir() {
+        let dir = Path::new("/tmp/tether-x-abc");
+        assert_eq!(
+            address_in_dir("/tmp/tether-x-abc/plugin-1.sock", dir),
+            Some(PathBuf::from("/tmp/tether-x-abc/plugin-1.sock"))
+        );
+        for bad in [
+            "/tmp/elsewhere.sock",
+            "/tmp/tether-x-abc/../elsewhere.sock",
+            "/tmp/tether-x-abc/./plugin.sock",
+            "/tmp/tether-x-abc//plugin.sock",
+            "/tmp/tether-x-abc/plugin.sock/",
+            "/tmp//tether-x-abc/plugin.sock",
+            "/tmp/tether-x-abc/sub/plugin.sock",
+            "tmp/tether-x-abc/plugin.sock",
+            "/tmp/tether-x-abc",
+            "127.0.0.1:1234",
+            "",
+        ] {
+            assert_eq!(address_in_dir(bad, dir), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn peers_admit_only_whom_they_name() {
+        let me = PeerCredentials {
+            pid: Some(std::process::id()),
+            uid: rustix::process::getuid().as_raw(),
+            gid: 0,
+        };
+        assert!(Peer::Process(std::process::id()).admits(&me));
+        assert!(!Peer::Process(1).admits(&me));
+        assert!(!Peer::Process(std::process::id()).admits(&PeerCredentials { pid: None, ..me }));
+        assert!(Peer::SameUser.admits(&me));
+        assert!(!Peer::SameUser.admits(&PeerCredentials {
+            uid: me.uid.wrapping_add(1),
+            ..me
+        }));
+    }
+
+    #[tokio::test]
+    async fn a_listener_refuses_the_wrong_process_and_removes_its_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        // Only pid 1 may connect: this test process is refused.
+        let listener = Listener::bind(dir.path(), "t-", Peer::Process(1), "test".into()).unwrap();
+        let path = listener.path().to_owned();
+        assert!(path.starts_with(dir.path()));
+        let counts = listener.counts();
+        let serving = tokio::spawn(async move {
+            use futures_util::StreamExt;
+            let mut listener = listener;
+            listener.next().await.map(|conn| conn.map(|_| ()))
+        });
+        let stream = UnixStream::connect(&path).await.unwrap();
+        let mut buf = [0u8; 1];
+        // The refused connection is closed: the read ends.
+        let read = tokio::io::AsyncReadExt::read(&mut { stream }, &mut buf).await;
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+        assert_eq!(counts.refused(), 1);
+        assert_eq!(counts.accepted(), 0);
+        serving.abort();
+        let _ = serving.await;
+        assert!(!path.exists(), "socket file left behind");
+    }
+}
