@@ -3,25 +3,24 @@
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use rustix::process::Signal;
-use tether_protocol::plugin::grpc_broker_client::GrpcBrokerClient;
+use tether_broker::{Broker, BrokerConfig, Peer};
+use tether_protocol::plugin::Empty;
 use tether_protocol::plugin::grpc_controller_client::GrpcControllerClient;
 use tether_protocol::plugin::grpc_stdio_client::GrpcStdioClient;
-use tether_protocol::plugin::{ConnInfo, Empty};
 use tether_protocol::{
     CORE_PROTOCOL_VERSION, DEFAULT_MAX_MESSAGE_SIZE, HEALTH_SERVICE, Handshake, HandshakeConfig,
     MAX_HANDSHAKE_LINE, Network, Protocol, env, format_versions,
 };
 use tokio::io::{AsyncRead, BufReader};
 use tokio::process::Command;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, timeout, timeout_at};
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -76,6 +75,7 @@ pub struct PluginBuilder {
     max_message_size: usize,
     stdio: StdioSink,
     socket_base: Option<PathBuf>,
+    broker_timeout: Duration,
 }
 
 impl PluginBuilder {
@@ -146,6 +146,13 @@ impl PluginBuilder {
     /// Where the plugin's stdio goes (default: `tracing`).
     pub fn stdio(mut self, sink: StdioSink) -> Self {
         self.stdio = sink;
+        self
+    }
+
+    /// How long the broker waits for the plugin to offer a dialed id, and keeps an offer
+    /// nobody dialed (default 5 s, go-plugin's).
+    pub fn broker_timeout(mut self, timeout: Duration) -> Self {
+        self.broker_timeout = timeout;
         self
     }
 
@@ -243,15 +250,15 @@ impl PluginBuilder {
 
         // The broker and stdio streams are opened in the background: a Go plugin sends no
         // response headers on them until it has something to send.
-        let (broker, outgoing) = mpsc::channel::<ConnInfo>(16);
-        let broker_client = GrpcBrokerClient::new(channel.clone())
-            .max_decoding_message_size(limit)
-            .max_encoding_message_size(limit);
-        process.tasks.push(tokio::spawn(run_broker(
-            name.clone(),
-            broker_client,
-            outgoing,
-        )));
+        let broker = Broker::new(
+            BrokerConfig::new(name.as_str(), &dir, Peer::Process(pid))
+                .confine_dialed_addresses(true)
+                .dial_timeout(self.broker_timeout)
+                .unclaimed_ttl(self.broker_timeout),
+        );
+        process
+            .tasks
+            .push(broker.start_stream(channel.clone(), limit));
         let stdio_client = GrpcStdioClient::new(channel.clone())
             .max_decoding_message_size(limit)
             .max_encoding_message_size(limit);
@@ -269,12 +276,13 @@ impl PluginBuilder {
                 .max_decoding_message_size(limit)
                 .max_encoding_message_size(limit),
             name,
+            instance: NEXT_INSTANCE.fetch_add(1, Ordering::Relaxed),
             version: handshake.app_version,
             channel,
             max_message_size: limit,
             graceful_timeout: self.graceful_timeout,
             kill_timeout: self.kill_timeout,
-            _broker: broker,
+            broker,
             process,
         };
         client.health().await?;
@@ -379,10 +387,13 @@ pub struct PluginClient {
     kill_timeout: Duration,
     controller: GrpcControllerClient<Channel>,
     health: HealthClient<Channel>,
-    /// Keeps the host's side of the broker stream open.
-    _broker: mpsc::Sender<ConnInfo>,
+    instance: u64,
+    broker: Broker,
     process: Process,
 }
+
+/// Numbers each started plugin, so two runs of one plugin (or a reused pid) are told apart.
+static NEXT_INSTANCE: AtomicU64 = AtomicU64::new(1);
 
 impl PluginClient {
     /// Describes a plugin to start: its name (used in logs and errors) and its executable.
@@ -400,12 +411,26 @@ impl PluginClient {
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             stdio: StdioSink::default(),
             socket_base: None,
+            broker_timeout: tether_broker::DEFAULT_TIMEOUT,
         }
     }
 
     /// The plugin's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// A number unique to this start of this plugin within the host process, from 1.
+    pub fn instance(&self) -> u64 {
+        self.instance
+    }
+
+    /// The host's side of the plugin's broker: serve something the plugin dials
+    /// ([`Broker::accept_and_serve`]), or dial something the plugin serves
+    /// ([`Broker::dial`]). Only the plugin process may connect to what it serves, and dialed
+    /// sockets must lie in the plugin's private socket directory and be served by it.
+    pub fn broker(&self) -> &Broker {
+        &self.broker
     }
 
     /// The plugin process's pid (also its process group id).
@@ -478,6 +503,7 @@ impl PluginClient {
     /// its process group is killed and its socket directory removed.
     pub async fn shutdown(mut self) -> Result<PluginExit, Error> {
         let result = self.stop().await;
+        self.broker.close();
         signal_group(self.process.pid, Signal::KILL);
         if let Some(dir) = self.process.socket_dir.take() {
             let path = dir.path().to_owned();
@@ -535,6 +561,13 @@ impl PluginClient {
             plugin: self.name.clone(),
             reason: format!("pid {} did not exit after SIGKILL", self.process.pid),
         })
+    }
+}
+
+impl Drop for PluginClient {
+    fn drop(&mut self) {
+        // Waiting dials fail at once, and endpoints served for the plugin stop.
+        self.broker.close();
     }
 }
 
@@ -630,33 +663,6 @@ async fn drain_stdout(plugin: String, stdout: BufReader<impl AsyncRead + Unpin>)
     {
         let line = String::from_utf8_lossy(&line);
         tracing::debug!(target: "tether::stdout", plugin, "{line}");
-    }
-}
-
-async fn run_broker(
-    plugin: String,
-    mut client: GrpcBrokerClient<Channel>,
-    outgoing: mpsc::Receiver<ConnInfo>,
-) {
-    let mut incoming = match client.start_stream(ReceiverStream::new(outgoing)).await {
-        Ok(response) => response.into_inner(),
-        Err(status) => {
-            tracing::debug!(plugin, %status, "the plugin's broker stream could not be opened");
-            return;
-        }
-    };
-    while let Some(message) = incoming.next().await {
-        match message {
-            Ok(info) => tracing::debug!(
-                plugin,
-                service_id = info.service_id,
-                "broker: the plugin offered a connection nobody asked for"
-            ),
-            Err(status) => {
-                tracing::debug!(plugin, %status, "the plugin's broker stream ended");
-                return;
-            }
-        }
     }
 }
 

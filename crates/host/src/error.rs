@@ -143,7 +143,7 @@ pub enum Error {
         /// The pid of the process the host started.
         expected_pid: u32,
         /// The pid on the other end of the socket.
-        peer_pid: Option<i32>,
+        peer_pid: Option<u32>,
     },
     /// No handshake line arrived in time.
     #[error(

@@ -27,8 +27,12 @@
 //! pings health. The plugin's stderr log lines become `tracing` events at their own level
 //! (target `tether::plugin`), its stdio goes to a [`StdioSink`].
 //!
-//! What it does not do yet: sandboxing, supervision and restarts, reattach, brokered
-//! connections and TCP or multiplexed transports arrive with their own issues.
+//! [`PluginClient::broker`] is the host's side of go-plugin's broker (see `tether-broker`):
+//! serve something the plugin dials, or dial something it serves. Host services in one line
+//! are `tether-hostconn`'s `establish_host_services`.
+//!
+//! What it does not do yet: sandboxing, supervision and restarts, reattach, and TCP or
+//! multiplexed transports arrive with their own issues.
 //!
 //! The transport (listening directory, address check, connect with peer credentials) is
 //! confined to one private module so other platforms can be added there.
@@ -44,4 +48,5 @@ mod transport;
 pub use client::{PluginBuilder, PluginClient, PluginExit, Stop};
 pub use error::Error;
 pub use stdio::StdioSink;
+pub use tether_broker::{Broker, BrokerError};
 pub use tether_protocol::HandshakeConfig;

@@ -1,16 +1,14 @@
 //! The transport, kept in one place so another platform (named pipes on Windows, or
 //! loopback TCP as go-plugin does) can be added without touching the rest: the private
-//! socket directory, the address check, and connecting with the peer-credential check.
+//! socket directory, the address check, and connecting with the peer-credential check
+//! (the socket code itself is shared with the broker, in `tether_broker::unix`).
 
 use std::fs::Permissions;
-use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 
-use hyper_util::rt::TokioIo;
-use tokio::net::UnixStream;
-use tonic::transport::{Channel, Endpoint, Uri};
+use tether_broker::unix::{self, ConnectError, Peer};
+use tonic::transport::Channel;
 
 use crate::error::Error;
 
@@ -34,52 +32,11 @@ pub(crate) fn socket_dir(plugin: &str, base: &Path) -> Result<tempfile::TempDir,
 
 /// Accepts only `dir/<name>`, spelled exactly so: no `.`, `..`, doubled or trailing `/`.
 pub(crate) fn check_address(plugin: &str, address: &str, dir: &Path) -> Result<PathBuf, Error> {
-    let path = Path::new(address);
-    // `Path::components` hides `.` and `//`, so compare with the canonical spelling.
-    let exact = path
-        .file_name()
-        .map(|name| dir.join(name))
-        .filter(|joined| joined.as_os_str() == path.as_os_str() && joined.parent() == Some(dir));
-    exact.ok_or_else(|| Error::AddressOutsideSocketDir {
+    unix::address_in_dir(address, dir).ok_or_else(|| Error::AddressOutsideSocketDir {
         plugin: plugin.to_owned(),
         address: address.to_owned(),
         socket_dir: dir.to_owned(),
     })
-}
-
-/// The pid on the other end of a connected socket.
-pub(crate) fn peer_pid(stream: &UnixStream) -> io::Result<Option<i32>> {
-    Ok(stream.peer_cred()?.pid())
-}
-
-/// Connects to `path` and checks that `expected_pid` serves it.
-async fn connect_checked(
-    plugin: &str,
-    path: &Path,
-    expected_pid: u32,
-) -> Result<UnixStream, Error> {
-    let address = || path.display().to_string();
-    let stream = UnixStream::connect(path)
-        .await
-        .map_err(|source| Error::Connect {
-            plugin: plugin.to_owned(),
-            address: address(),
-            source: Box::new(source),
-        })?;
-    let peer = peer_pid(&stream).map_err(|source| Error::Connect {
-        plugin: plugin.to_owned(),
-        address: address(),
-        source: Box::new(source),
-    })?;
-    if peer != i32::try_from(expected_pid).ok() {
-        return Err(Error::SocketNotOwnedByPlugin {
-            plugin: plugin.to_owned(),
-            address: address(),
-            expected_pid,
-            peer_pid: peer,
-        });
-    }
-    Ok(stream)
 }
 
 /// A gRPC channel to the plugin's socket. Every connection the channel makes (the first,
@@ -89,31 +46,20 @@ pub(crate) async fn connect(
     path: &Path,
     expected_pid: u32,
 ) -> Result<Channel, Error> {
-    // The first connection is made here so that a wrong peer is a typed error.
-    let first = connect_checked(plugin, path, expected_pid).await?;
-    let first = Arc::new(Mutex::new(Some(first)));
-    let (name, socket) = (plugin.to_owned(), path.to_owned());
-    let connector = tower::service_fn(move |_: Uri| {
-        let first = first.lock().ok().and_then(|mut first| first.take());
-        let (name, socket) = (name.clone(), socket.clone());
-        async move {
-            let stream = match first {
-                Some(stream) => stream,
-                None => connect_checked(&name, &socket, expected_pid)
-                    .await
-                    .map_err(io::Error::other)?,
-            };
-            Ok::<_, io::Error>(TokioIo::new(stream))
-        }
-    });
-    // The URI is required by tonic but unused: the connector decides where to connect.
-    Endpoint::from_static("http://plugin.invalid")
-        .connect_with_connector(connector)
+    unix::connect(path, Peer::Process(expected_pid))
         .await
-        .map_err(|source| Error::Connect {
-            plugin: plugin.to_owned(),
-            address: path.display().to_string(),
-            source: Box::new(source),
+        .map_err(|err| match err {
+            ConnectError::WrongPeer { address, found, .. } => Error::SocketNotOwnedByPlugin {
+                plugin: plugin.to_owned(),
+                address,
+                expected_pid,
+                peer_pid: found.pid,
+            },
+            other => Error::Connect {
+                plugin: plugin.to_owned(),
+                address: path.display().to_string(),
+                source: Box::new(other),
+            },
         })
 }
 
@@ -122,29 +68,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn addresses_must_be_directly_inside_the_socket_dir() {
+    fn an_address_outside_the_socket_dir_is_a_typed_error() {
+        // The spelling rules themselves are tested in `tether_broker::unix`.
         let dir = Path::new("/tmp/tether-x-abc");
         assert!(check_address("p", "/tmp/tether-x-abc/plugin-1.sock", dir).is_ok());
-        for bad in [
-            "/tmp/elsewhere.sock",
-            "/tmp/tether-x-abc/../elsewhere.sock",
-            "/tmp/tether-x-abc/./plugin.sock",
-            "/tmp/tether-x-abc//plugin.sock",
-            "/tmp/tether-x-abc/plugin.sock/",
-            "/tmp//tether-x-abc/plugin.sock",
-            "/tmp/tether-x-abc/sub/plugin.sock",
-            "tmp/tether-x-abc/plugin.sock",
-            "/tmp/tether-x-abc",
-            "127.0.0.1:1234",
-        ] {
-            assert!(
-                matches!(
-                    check_address("p", bad, dir),
-                    Err(Error::AddressOutsideSocketDir { .. })
-                ),
-                "{bad}"
-            );
-        }
+        assert!(matches!(
+            check_address("p", "/tmp/tether-x-abc/../elsewhere.sock", dir),
+            Err(Error::AddressOutsideSocketDir { .. })
+        ));
     }
 
     #[test]

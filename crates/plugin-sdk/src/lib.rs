@@ -17,6 +17,8 @@
 //! #     async fn print(&self, _: Request<testing::PrintRequest>) -> Result<Response<testing::PrintResponse>, Status> { unimplemented!() }
 //! #     async fn log(&self, _: Request<testing::LogRequest>) -> Result<Response<testing::LogResponse>, Status> { unimplemented!() }
 //! #     async fn spawn_child(&self, _: Request<testing::SpawnChildRequest>) -> Result<Response<testing::SpawnChildResponse>, Status> { unimplemented!() }
+//! #     async fn call_host(&self, _: Request<testing::CallHostRequest>) -> Result<Response<testing::CallHostResponse>, Status> { unimplemented!() }
+//! #     async fn serve_brokered(&self, _: Request<testing::ServeBrokeredRequest>) -> Result<Response<testing::ServeBrokeredResponse>, Status> { unimplemented!() }
 //! # }
 //!
 //! const HANDSHAKE: HandshakeConfig = HandshakeConfig::new("BASIC_PLUGIN", "hello");
@@ -44,17 +46,48 @@
 //! - ignores SIGINT (the host owns Ctrl-C), stops gracefully on SIGTERM or `Shutdown`, and
 //!   removes its socket on every exit path it controls.
 //!
+//! # Host services
+//!
+//! A plugin that calls back into its host opts in with one call, and gets a cheap,
+//! cloneable [`HostServices`] handle that hands out a typed client once the host has
+//! connected (the host's side is one line too: `tether_hostconn::establish_host_services`):
+//!
+//! ```no_run
+//! use tether_plugin_sdk::protocol::testing::WhoAmIRequest;
+//! use tether_plugin_sdk::protocol::testing::host_testing_client::HostTestingClient;
+//! use tether_plugin_sdk::tonic::{Status, transport::Channel};
+//! use tether_plugin_sdk::{HandshakeConfig, HostServices, Plugin};
+//!
+//! # const HANDSHAKE: HandshakeConfig = HandshakeConfig::new("BASIC_PLUGIN", "hello");
+//! let (plugin, host) = Plugin::new(HANDSHAKE).with_host_services(HostTestingClient::new);
+//!
+//! // In any of the plugin's services, holding a clone of `host`:
+//! async fn ask(host: &HostServices<HostTestingClient<Channel>>) -> Result<String, Status> {
+//!     // Before the host connects, or after it disconnects, `client()` says so.
+//!     let reply = host.client()?.who_am_i(WhoAmIRequest::default()).await?;
+//!     Ok(reply.into_inner().plugin)
+//! }
+//! ```
+//!
+//! The client rides one brokered connection, dialed once when the host establishes the
+//! services and reused by every call. A plugin that does not call
+//! [`Plugin::with_host_services`] has no host-service code and serves no host-service
+//! contract. For other brokered services in either direction, see [`Plugin::broker`].
+//!
 //! What it does not do: start processes, or talk to anything but its host.
 
 mod builtin;
 mod error;
+mod host;
 mod log;
 mod serve;
 mod stdio;
 
 pub use error::ServeError;
+pub use host::{HostServices, HostServicesError};
 pub use log::JsonLogLayer;
 pub use serve::Plugin;
+pub use tether_broker::{Broker, BrokerError};
 pub use tether_protocol::HandshakeConfig;
 pub use tonic::service::Routes;
 

@@ -6,10 +6,10 @@ use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Mutex;
 use std::time::Duration;
 
-use tether_protocol::plugin::grpc_broker_server::GrpcBrokerServer;
+use tether_broker::{Broker, BrokerConfig, Peer};
+use tether_protocol::hostconn::host_connection_server::HostConnectionServer;
 use tether_protocol::plugin::grpc_controller_server::GrpcControllerServer;
 use tether_protocol::plugin::grpc_stdio_server::GrpcStdioServer;
 use tether_protocol::{
@@ -21,15 +21,16 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio_stream::wrappers::UnixListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
-use tonic::transport::Server;
+use tonic::transport::{Channel, Server};
 use tonic_health::ServingStatus;
 use tracing::level_filters::LevelFilter;
 use tracing_subscriber::Layer;
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt;
 
-use crate::builtin::{Broker, Controller};
+use crate::builtin::Controller;
 use crate::error::ServeError;
+use crate::host::{HostConnectionService, HostServices, LinkSetter};
 use crate::log::JsonLogLayer;
 use crate::stdio::{self, StdioService};
 
@@ -40,6 +41,8 @@ pub struct Plugin {
     max_message_size: usize,
     log_level: Option<LevelFilter>,
     shutdown_grace: Duration,
+    broker: Broker,
+    host_link: Option<LinkSetter>,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -50,6 +53,8 @@ impl std::fmt::Debug for Plugin {
             .field("max_message_size", &self.max_message_size)
             .field("log_level", &self.log_level)
             .field("shutdown_grace", &self.shutdown_grace)
+            .field("broker", &self.broker)
+            .field("host_services", &self.host_link.is_some())
             .finish()
     }
 }
@@ -63,7 +68,45 @@ impl Plugin {
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             log_level: Some(LevelFilter::INFO),
             shutdown_grace: Duration::from_secs(2),
+            broker: Broker::new(BrokerConfig::new(
+                "host",
+                broker_socket_dir(),
+                Peer::SameUser,
+            )),
+            host_link: None,
         }
+    }
+
+    /// Opts in to host services: the plugin serves the `HostConnection` contract, dials the
+    /// host's services when the host establishes them, and hands your code the returned
+    /// [`HostServices`], which gives out `make(channel)` (typically a generated client's
+    /// `new`) once connected.
+    ///
+    /// ```no_run
+    /// # use tether_plugin_sdk::{HandshakeConfig, Plugin};
+    /// # use tether_plugin_sdk::protocol::testing::host_testing_client::HostTestingClient;
+    /// # const HANDSHAKE: HandshakeConfig = HandshakeConfig::new("BASIC_PLUGIN", "hello");
+    /// let (plugin, host) = Plugin::new(HANDSHAKE).with_host_services(HostTestingClient::new);
+    /// // Give `host` (cheap to clone) to your services; in a call: `host.client()?.who_am_i(...)`.
+    /// ```
+    ///
+    /// A plugin that does not call this serves no host-service code at all, and the host's
+    /// `establish_host_services` reports that it did not request them.
+    pub fn with_host_services<C, F>(mut self, make: F) -> (Self, HostServices<C>)
+    where
+        F: Fn(Channel) -> C + Send + Sync + 'static,
+        C: Clone + Send + Sync + 'static,
+    {
+        let (host, set) = HostServices::new(make);
+        self.host_link = Some(set);
+        (self, host)
+    }
+
+    /// The plugin's side of go-plugin's broker, for services the plugin offers the host
+    /// ([`Broker::accept_and_serve`], then send the id in a response) or dials
+    /// ([`Broker::dial`]). Usable once [`Plugin::run`] serves; clones share one broker.
+    pub fn broker(&self) -> Broker {
+        self.broker.clone()
     }
 
     /// Serves `routes` when the host negotiates app protocol `version`.
@@ -213,18 +256,35 @@ impl Plugin {
                 .max_encoding_message_size(limit),
             )
             .add_service(
-                GrpcBrokerServer::new(Broker {
-                    shutdown: shutdown.clone(),
-                    outgoing: Mutex::new(None),
-                })
-                .max_decoding_message_size(limit)
-                .max_encoding_message_size(limit),
+                self.broker
+                    .grpc_service()
+                    .max_decoding_message_size(limit)
+                    .max_encoding_message_size(limit),
             )
             .add_service(
                 GrpcStdioServer::new(StdioService::new(capture.output, shutdown.clone()))
                     .max_decoding_message_size(limit)
                     .max_encoding_message_size(limit),
             );
+
+        let routes = match self.host_link.take() {
+            Some(set) => routes.add_service(
+                HostConnectionServer::new(HostConnectionService {
+                    broker: self.broker.clone(),
+                    set,
+                })
+                .max_decoding_message_size(limit)
+                .max_encoding_message_size(limit),
+            ),
+            None => routes,
+        };
+        // Stopping ends the broker stream (so the server can drain) and brokered endpoints.
+        let broker = self.broker.clone();
+        let stopping = shutdown.clone();
+        tokio::spawn(async move {
+            stopping.cancelled().await;
+            broker.close();
+        });
 
         let server = Server::builder()
             .add_routes(routes)
@@ -316,6 +376,15 @@ impl SocketDir {
             SocketDir::Host(path) => path,
             SocketDir::Own(dir) => dir.path(),
         }
+    }
+}
+
+/// Where brokered sockets go: the host's private directory (`PLUGIN_UNIX_SOCKET_DIR`), else
+/// `$TMPDIR` as in go-plugin. Read without side effects, so [`Plugin::new`] stays pure.
+fn broker_socket_dir() -> PathBuf {
+    match std::env::var_os(env::UNIX_SOCKET_DIR) {
+        Some(dir) if !dir.is_empty() => dir.into(),
+        _ => std::env::temp_dir(),
     }
 }
 

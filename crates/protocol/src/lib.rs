@@ -3,7 +3,8 @@
 //! This crate holds what both sides of a plugin connection must agree on:
 //!
 //! - the generated gRPC code for go-plugin's internal services ([`plugin`]: broker,
-//!   controller, stdio) and for tether's own test service ([`testing`]);
+//!   controller, stdio), for the host-services contract ([`hostconn`]) and for tether's own
+//!   test services ([`testing`]);
 //! - the handshake line a plugin prints on stdout ([`Handshake`]), with its codec;
 //! - the magic-cookie configuration ([`HandshakeConfig`]), app-protocol version
 //!   negotiation ([`negotiate`]) and the protocol constants ([`env`], [`CORE_PROTOCOL_VERSION`]).
@@ -63,6 +64,9 @@ mod generated {
     pub mod plugin {
         include!("generated/plugin.rs");
     }
+    pub mod hostconn {
+        include!("generated/tether.hostconn.v1.rs");
+    }
     pub mod testing {
         include!("generated/tether.testing.v1.rs");
     }
@@ -72,6 +76,13 @@ mod generated {
 /// `GRPCStdio` and their messages.
 pub mod plugin {
     pub use crate::generated::plugin::*;
+}
+
+/// `tether.hostconn.v1`: the contract a plugin serves to accept host services
+/// (`Establish(broker_id)`, `Disconnect`). The host side is `tether-hostconn`; the plugin
+/// side is served by `tether-plugin-sdk` when a plugin opts in.
+pub mod hostconn {
+    pub use crate::generated::hostconn::*;
 }
 
 /// `tether.testing.v1`: a small service served by tether's test plugins. Not a public
