@@ -101,7 +101,7 @@ async fn a_socket_owned_by_another_process() {
             expected_pid,
             peer_pid: Some(peer),
             ..
-        } => assert_ne!(*peer as u32, *expected_pid),
+        } => assert_ne!(*peer, *expected_pid),
         other => panic!("expected SocketNotOwnedByPlugin, got {other}"),
     }
     early("foreign-socket", elapsed);

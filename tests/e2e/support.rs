@@ -13,6 +13,7 @@ use tracing_subscriber::layer::{Context, SubscriberExt};
 pub(crate) const TEST_PLUGIN: &str = env!("CARGO_BIN_EXE_test-plugin");
 pub(crate) const BAD_PLUGIN: &str = env!("CARGO_BIN_EXE_bad-plugin");
 pub(crate) const HOST_HELPER: &str = env!("CARGO_BIN_EXE_host-helper");
+pub(crate) const PLAIN_PLUGIN: &str = env!("CARGO_BIN_EXE_plain-plugin");
 
 pub(crate) const HANDSHAKE: HandshakeConfig = HandshakeConfig::new("TETHER_TEST_PLUGIN", "e2e");
 
@@ -30,6 +31,8 @@ pub(crate) struct Recorded {
     pub(crate) plugin: String,
     pub(crate) message: String,
     pub(crate) fields: String,
+    /// Every other field, as `name=value` (debug-formatted).
+    pub(crate) others: Vec<String>,
 }
 
 fn events() -> &'static Mutex<Vec<Recorded>> {
@@ -73,6 +76,7 @@ impl<S: Subscriber> Layer<S> for Recorder {
             plugin: visitor.plugin,
             message: visitor.message,
             fields: visitor.fields,
+            others: visitor.others,
         });
     }
 }
@@ -82,6 +86,7 @@ struct Fields {
     plugin: String,
     message: String,
     fields: String,
+    others: Vec<String>,
 }
 
 impl Visit for Fields {
@@ -90,7 +95,7 @@ impl Visit for Fields {
             "plugin" => self.plugin = value.to_owned(),
             "fields" => self.fields = value.to_owned(),
             "message" => self.message = value.to_owned(),
-            _ => {}
+            other => self.others.push(format!("{other}={value}")),
         }
     }
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
@@ -99,7 +104,7 @@ impl Visit for Fields {
             "message" => self.message = value,
             "plugin" => self.plugin = value.trim_matches('"').to_owned(),
             "fields" => self.fields = value.trim_matches('"').to_owned(),
-            _ => {}
+            other => self.others.push(format!("{other}={value}")),
         }
     }
 }
