@@ -2,5 +2,6 @@
 
 mod handshake;
 mod hostconn;
+mod hostserve;
 mod lifecycle;
 mod support;

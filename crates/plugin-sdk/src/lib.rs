@@ -19,6 +19,7 @@
 //! #     async fn spawn_child(&self, _: Request<testing::SpawnChildRequest>) -> Result<Response<testing::SpawnChildResponse>, Status> { unimplemented!() }
 //! #     async fn call_host(&self, _: Request<testing::CallHostRequest>) -> Result<Response<testing::CallHostResponse>, Status> { unimplemented!() }
 //! #     async fn serve_brokered(&self, _: Request<testing::ServeBrokeredRequest>) -> Result<Response<testing::ServeBrokeredResponse>, Status> { unimplemented!() }
+//! #     async fn host_op(&self, _: Request<testing::HostOpRequest>) -> Result<Response<testing::HostOpResponse>, Status> { unimplemented!() }
 //! # }
 //!
 //! const HANDSHAKE: HandshakeConfig = HandshakeConfig::new("BASIC_PLUGIN", "hello");
@@ -78,12 +79,14 @@
 
 mod builtin;
 mod error;
+mod files;
 mod host;
 mod log;
 mod serve;
 mod stdio;
 
 pub use error::ServeError;
+pub use files::{FileChunks, HostCallError, HostFiles};
 pub use host::{HostServices, HostServicesError};
 pub use log::JsonLogLayer;
 pub use serve::Plugin;

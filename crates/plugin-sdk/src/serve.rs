@@ -30,6 +30,7 @@ use tracing_subscriber::layer::SubscriberExt;
 
 use crate::builtin::Controller;
 use crate::error::ServeError;
+use crate::files::HostFiles;
 use crate::host::{HostConnectionService, HostServices, LinkSetter};
 use crate::log::JsonLogLayer;
 use crate::stdio::{self, StdioService};
@@ -100,6 +101,21 @@ impl Plugin {
         let (host, set) = HostServices::new(make);
         self.host_link = Some(set);
         (self, host)
+    }
+
+    /// Opts in to tether's ready-made host services (files beneath the plugin's workspace,
+    /// named environment variables): [`Plugin::with_host_services`] with [`HostFiles`].
+    ///
+    /// ```no_run
+    /// # use tether_plugin_sdk::{HandshakeConfig, HostCallError, HostFiles, HostServices, Plugin};
+    /// # const HANDSHAKE: HandshakeConfig = HandshakeConfig::new("BASIC_PLUGIN", "hello");
+    /// let (plugin, host) = Plugin::new(HANDSHAKE).with_host_files();
+    /// async fn config(host: &HostServices<HostFiles>) -> Result<Vec<u8>, HostCallError> {
+    ///     host.client()?.read_file_to_vec("config/app.toml", 1 << 20).await
+    /// }
+    /// ```
+    pub fn with_host_files(self) -> (Self, HostServices<HostFiles>) {
+        self.with_host_services(HostFiles::new)
     }
 
     /// The plugin's side of go-plugin's broker, for services the plugin offers the host

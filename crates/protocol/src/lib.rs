@@ -3,7 +3,8 @@
 //! This crate holds what both sides of a plugin connection must agree on:
 //!
 //! - the generated gRPC code for go-plugin's internal services ([`plugin`]: broker,
-//!   controller, stdio), for the host-services contract ([`hostconn`]) and for tether's own
+//!   controller, stdio), for the host-services contract ([`hostconn`]) and tether's ready-made
+//!   host services ([`hostserve`]), and for tether's own
 //!   test services ([`testing`]);
 //! - the handshake line a plugin prints on stdout ([`Handshake`]), with its codec;
 //! - the magic-cookie configuration ([`HandshakeConfig`]), app-protocol version
@@ -67,6 +68,9 @@ mod generated {
     pub mod hostconn {
         include!("generated/tether.hostconn.v1.rs");
     }
+    pub mod hostserve {
+        include!("generated/tether.hostserve.v1.rs");
+    }
     pub mod testing {
         include!("generated/tether.testing.v1.rs");
     }
@@ -83,6 +87,13 @@ pub mod plugin {
 /// side is served by `tether-plugin-sdk` when a plugin opts in.
 pub mod hostconn {
     pub use crate::generated::hostconn::*;
+}
+
+/// `tether.hostserve.v1`: tether's ready-made host services (files beneath the plugin's
+/// workspace, named environment variables). Served by `tether-hostserve`; called through
+/// the SDK's typed `HostFiles` client.
+pub mod hostserve {
+    pub use crate::generated::hostserve::*;
 }
 
 /// `tether.testing.v1`: a small service served by tether's test plugins. Not a public

@@ -5,6 +5,9 @@
 //! - `host-helper dial <socket>`: a foreign local process (neither host nor plugin) that
 //!   tries to call `HostTesting.WhoAmI` on a plugin's host-service socket; prints
 //!   `answered <plugin>` and exits 0, or `refused: <error>` and exits 3.
+//! - `host-helper gibibyte <test-plugin path> <dir>`: gives a test plugin tether's host
+//!   services on a workspace in `dir`, has it write and then read 1 GiB through them, and
+//!   prints `written`, `read`, `host_peak_kib` and `plugin_peak_kib` (VmHWM).
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -21,6 +24,7 @@ async fn main() -> anyhow::Result<ExitCode> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.as_slice() {
         [mode, socket] if mode == "dial" => Ok(dial(Path::new(socket)).await),
+        [mode, program, dir] if mode == "gibibyte" => gibibyte(program, Path::new(dir)).await,
         [program] => host(program).await,
         _ => anyhow::bail!("usage: host-helper <test-plugin path> | host-helper dial <socket>"),
     }
@@ -62,4 +66,65 @@ async fn dial(socket: &Path) -> ExitCode {
             ExitCode::from(3)
         }
     }
+}
+
+async fn gibibyte(program: &str, dir: &Path) -> anyhow::Result<ExitCode> {
+    use std::sync::Arc;
+    use tether_hostserve::{Audit, HostServices, Limits, Policy};
+    use tether_plugin_sdk::protocol::testing::HostOpRequest;
+    use tether_plugin_sdk::protocol::testing::testing_client::TestingClient;
+    use tether_plugin_sdk::tonic::Response;
+
+    const GIB: u64 = 1 << 30;
+    let workspace = dir.join("workspace");
+    std::fs::create_dir_all(workspace.join("output"))?;
+    let policy = Policy::new();
+    policy.set_workspace("gib", &workspace);
+    policy.grant("gib", "write:output/**")?;
+    policy.grant("gib", "read:output/**")?;
+    let limits = Limits {
+        write_quota: 2 * GIB,
+        ..Limits::default()
+    };
+    let services = Arc::new(HostServices::new(policy, Audit::tracing_only(), limits));
+    let plugin = PluginClient::builder("gib", program)
+        .handshake(HandshakeConfig::new("TETHER_TEST_PLUGIN", "e2e"))
+        .arg("--host-files")
+        .start()
+        .await?;
+    let _host = tether_hostconn::establish_host_services(&plugin, services.routes())
+        .await?
+        .connection()
+        .context("the test plugin did not request host services")?;
+    let client = TestingClient::new(plugin.channel());
+    let ask = |op: &str, size: u64| {
+        let request = HostOpRequest {
+            op: op.into(),
+            path: b"output/big".to_vec(),
+            data: Vec::new(),
+            size,
+        };
+        let mut client = client.clone();
+        async move { client.host_op(request).await.map(Response::into_inner) }
+    };
+    let written = ask("write_zeros", GIB).await?;
+    anyhow::ensure!(written.outcome == "ok", "write: {}", written.message);
+    let read = ask("read_stream", 0).await?;
+    anyhow::ensure!(read.outcome == "ok", "read: {}", read.message);
+    let host_peak = std::fs::read_to_string("/proc/self/status")?
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:").map(str::to_owned))
+        .context("no VmHWM")?;
+    println!("written {}", written.size);
+    println!("read {}", read.size);
+    println!(
+        "host_peak_kib {}",
+        host_peak.trim().trim_end_matches("kB").trim()
+    );
+    println!(
+        "plugin_peak_kib {}",
+        read.peak_rss_kib.max(written.peak_rss_kib)
+    );
+    plugin.shutdown().await?;
+    Ok(ExitCode::SUCCESS)
 }

@@ -2,6 +2,7 @@
 //!
 //! Arguments: `--versions 1,2` (the app protocol versions it serves, default `1`);
 //! `--host-services` (opts in to host services: `CallHost` calls the host's `HostTesting`);
+//! `--host-files` (opts in to tether's host services instead: `HostOp` calls them);
 //! `--ignore-shutdown` (after a graceful stop, stays alive and ignores SIGTERM, so the host
 //! must kill it); `sleep-forever` (used for the child it spawns).
 
@@ -17,7 +18,9 @@ use tether_plugin_sdk::protocol::testing::*;
 use tether_plugin_sdk::tonic::metadata::MetadataValue;
 use tether_plugin_sdk::tonic::transport::Channel;
 use tether_plugin_sdk::tonic::{self, Request, Response, Status};
-use tether_plugin_sdk::{Broker, HandshakeConfig, HostServices, Plugin, Routes};
+use tether_plugin_sdk::{
+    Broker, HandshakeConfig, HostCallError, HostFiles, HostServices, Plugin, Routes,
+};
 use tracing::level_filters::LevelFilter;
 
 /// The cookie the end-to-end tests use.
@@ -28,6 +31,8 @@ struct Service {
     version: u32,
     /// Present when started with `--host-services`.
     host: Option<HostServices<HostTestingClient<Channel>>>,
+    /// Present when started with `--host-files`.
+    files: Option<HostServices<HostFiles>>,
     broker: Broker,
     /// Endpoints served for the host with `ServeBrokered`, kept alive.
     served: Arc<Mutex<Vec<Served>>>,
@@ -123,6 +128,166 @@ impl Testing for Service {
             .push(served);
         Ok(Response::new(ServeBrokeredResponse { broker_id: id }))
     }
+
+    async fn host_op(
+        &self,
+        request: Request<HostOpRequest>,
+    ) -> Result<Response<HostOpResponse>, Status> {
+        let request = request.into_inner();
+        let mut response = match self.run_host_op(&request).await {
+            Ok(response) => response,
+            Err(err) => failure(err),
+        };
+        response.peak_rss_kib = peak_rss_kib();
+        Ok(Response::new(response))
+    }
+}
+
+/// The outcome of a failed host-service call, by kind.
+fn failure(err: HostCallError) -> HostOpResponse {
+    let (outcome, capability) = match &err {
+        HostCallError::Denied { capability, .. } => ("denied", capability.clone()),
+        HostCallError::Invalid(_) => ("invalid", String::new()),
+        HostCallError::NotFound(_) => ("not_found", String::new()),
+        HostCallError::Exhausted(_) => ("exhausted", String::new()),
+        HostCallError::TooLarge { .. } => ("too_large", String::new()),
+        HostCallError::NotConnected(_) => ("not_connected", String::new()),
+        HostCallError::Other { .. } => ("other", String::new()),
+    };
+    HostOpResponse {
+        outcome: outcome.into(),
+        message: err.to_string(),
+        capability,
+        ..HostOpResponse::default()
+    }
+}
+
+/// This process's peak resident set size, from `/proc/self/status`.
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("VmHWM:"))
+                .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+impl Service {
+    async fn run_host_op(&self, request: &HostOpRequest) -> Result<HostOpResponse, HostCallError> {
+        use futures_util::StreamExt;
+        let ok = HostOpResponse {
+            outcome: "ok".into(),
+            ..HostOpResponse::default()
+        };
+        if request.op == "own_env" {
+            return Ok(HostOpResponse {
+                names: std::env::vars_os()
+                    .map(|(key, _)| key.to_string_lossy().into_owned())
+                    .collect(),
+                ..ok
+            });
+        }
+        let files = self
+            .files
+            .as_ref()
+            .ok_or_else(|| HostCallError::Invalid("started without --host-files".into()))?
+            .client()?;
+        let path = request.path.clone();
+        Ok(match request.op.as_str() {
+            "read_dir" => HostOpResponse {
+                names: files
+                    .read_dir(&path)
+                    .await?
+                    .into_iter()
+                    .map(|entry| entry.name)
+                    .collect(),
+                ..ok
+            },
+            "read_file" => HostOpResponse {
+                data: files.read_file_to_vec(&path, 16 << 20).await?,
+                ..ok
+            },
+            "read_stream" => {
+                let mut stream = files.read_file(&path).await?;
+                let mut size = 0u64;
+                while let Some(chunk) = stream.next().await {
+                    size += chunk?.len() as u64;
+                }
+                HostOpResponse { size, ..ok }
+            }
+            "write_file" => HostOpResponse {
+                size: files.write_file(&path, &request.data).await?,
+                ..ok
+            },
+            "write_chunk" => {
+                let chunk = futures_util::stream::iter([request.data.clone()]);
+                HostOpResponse {
+                    size: files.write_file_stream(&path, 0o600, chunk).await?,
+                    ..ok
+                }
+            }
+            "write_zeros" => {
+                const CHUNK: u64 = 64 * 1024;
+                let total = request.size;
+                let chunks = futures_util::stream::iter(0..total.div_ceil(CHUNK)).map(move |i| {
+                    let len = CHUNK.min(total - i * CHUNK);
+                    vec![0u8; usize::try_from(len).unwrap_or(0)]
+                });
+                HostOpResponse {
+                    size: files.write_file_stream(&path, 0o644, chunks).await?,
+                    ..ok
+                }
+            }
+            "delete_file" => {
+                files.delete_file(&path).await?;
+                ok
+            }
+            "get_env" => {
+                let name = String::from_utf8_lossy(&path).into_owned();
+                match files.get_env(&name).await? {
+                    Some(value) => HostOpResponse {
+                        data: value.into_bytes(),
+                        size: 1,
+                        ..ok
+                    },
+                    None => ok,
+                }
+            }
+            "stat" => {
+                let stat = files.stat(&path).await?;
+                HostOpResponse {
+                    size: stat.size,
+                    names: vec![format!("{:?}", stat.kind())],
+                    ..ok
+                }
+            }
+            "race_read" => {
+                // Reads `path` `size` times; reports every distinct content and error seen.
+                let mut seen = std::collections::BTreeSet::new();
+                let mut successes = 0u64;
+                for _ in 0..request.size {
+                    match files.read_file_to_vec(&path, 1 << 16).await {
+                        Ok(data) => {
+                            successes += 1;
+                            seen.insert(String::from_utf8_lossy(&data).into_owned());
+                        }
+                        Err(err) => {
+                            seen.insert(format!("error: {}", failure(err).outcome));
+                        }
+                    }
+                }
+                HostOpResponse {
+                    names: seen.into_iter().collect(),
+                    size: successes,
+                    ..ok
+                }
+            }
+            other => return Err(HostCallError::Invalid(format!("unknown op {other:?}"))),
+        })
+    }
 }
 
 fn main() -> ExitCode {
@@ -139,9 +304,15 @@ fn main() -> ExitCode {
         .map(|list| list.split(',').filter_map(|v| v.parse().ok()).collect())
         .unwrap_or_else(|| vec![1]);
     let plugin = Plugin::new(HANDSHAKE).log_level(LevelFilter::TRACE);
-    let (mut plugin, host) = if args.iter().any(|a| a == "--host-services") {
+    let (plugin, host) = if args.iter().any(|a| a == "--host-services") {
         let (plugin, host) = plugin.with_host_services(HostTestingClient::new);
         (plugin, Some(host))
+    } else {
+        (plugin, None)
+    };
+    let (mut plugin, files) = if args.iter().any(|a| a == "--host-files") {
+        let (plugin, files) = plugin.with_host_files();
+        (plugin, Some(files))
     } else {
         (plugin, None)
     };
@@ -150,6 +321,7 @@ fn main() -> ExitCode {
         let service = Service {
             version,
             host: host.clone(),
+            files: files.clone(),
             broker: plugin.broker(),
             served: Arc::clone(&served),
         };

@@ -81,6 +81,40 @@ pub struct WhoAmIResponse {
     #[prost(uint32, tag = "2")]
     pub pid: u32,
 }
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct HostOpRequest {
+    /// One of: read_dir, read_file, read_stream (counts bytes without keeping them), write_file,
+    /// write_zeros (`size` bytes, streamed), write_chunk (`data` as one message), delete_file,
+    /// get_env (`path` is the name), stat, race_read (`size` reads of `path`), own_env.
+    #[prost(string, tag = "1")]
+    pub op: ::prost::alloc::string::String,
+    #[prost(bytes = "vec", tag = "2")]
+    pub path: ::prost::alloc::vec::Vec<u8>,
+    #[prost(bytes = "vec", tag = "3")]
+    pub data: ::prost::alloc::vec::Vec<u8>,
+    #[prost(uint64, tag = "4")]
+    pub size: u64,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct HostOpResponse {
+    /// ok, denied, invalid, not_found, exhausted, too_large, not_connected or other.
+    #[prost(string, tag = "1")]
+    pub outcome: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub message: ::prost::alloc::string::String,
+    /// For `denied`: the capability the host named.
+    #[prost(string, tag = "3")]
+    pub capability: ::prost::alloc::string::String,
+    #[prost(bytes = "vec", tag = "4")]
+    pub data: ::prost::alloc::vec::Vec<u8>,
+    #[prost(string, repeated, tag = "5")]
+    pub names: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    #[prost(uint64, tag = "6")]
+    pub size: u64,
+    /// The plugin's peak resident memory (VmHWM) after the operation, in KiB.
+    #[prost(uint64, tag = "7")]
+    pub peak_rss_kib: u64,
+}
 /// Generated client implementations.
 pub mod testing_client {
     #![allow(
@@ -302,6 +336,28 @@ pub mod testing_client {
                 .insert(GrpcMethod::new("tether.testing.v1.Testing", "ServeBrokered"));
             self.inner.unary(req, path, codec).await
         }
+        /// Performs one operation through tether's host services (needs --host-files).
+        pub async fn host_op(
+            &mut self,
+            request: impl tonic::IntoRequest<super::HostOpRequest>,
+        ) -> std::result::Result<tonic::Response<super::HostOpResponse>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/tether.testing.v1.Testing/HostOp",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("tether.testing.v1.Testing", "HostOp"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -355,6 +411,11 @@ pub mod testing_server {
             tonic::Response<super::ServeBrokeredResponse>,
             tonic::Status,
         >;
+        /// Performs one operation through tether's host services (needs --host-files).
+        async fn host_op(
+            &self,
+            request: tonic::Request<super::HostOpRequest>,
+        ) -> std::result::Result<tonic::Response<super::HostOpResponse>, tonic::Status>;
     }
     /// Test-only service.
     #[derive(Debug)]
@@ -680,6 +741,49 @@ pub mod testing_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = ServeBrokeredSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/tether.testing.v1.Testing/HostOp" => {
+                    #[allow(non_camel_case_types)]
+                    struct HostOpSvc<T: Testing>(pub Arc<T>);
+                    impl<T: Testing> tonic::server::UnaryService<super::HostOpRequest>
+                    for HostOpSvc<T> {
+                        type Response = super::HostOpResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::HostOpRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Testing>::host_op(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = HostOpSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

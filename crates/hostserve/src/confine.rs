@@ -1,0 +1,139 @@
+//! Reaching a requested path beneath the plugin's workspace through directory handles.
+//!
+//! Every component is opened relative to the handle of the one before it (`cap_std`), and
+//! no symbolic link is ever followed (`O_NOFOLLOW` on each step and on the target), so the
+//! object reached is exactly the one the lexical path names: the grant that matched the
+//! path is the grant for the object. A link, or a directory swapped for a link while the
+//! walk runs, ends the walk with an error; it can never lead outside.
+
+use std::io;
+use std::path::Path;
+
+use cap_std::ambient_authority;
+use cap_std::fs::{Dir, File, Metadata, OpenOptions, OpenOptionsExt};
+use rustix::fs::OFlags;
+
+use crate::path::RequestPath;
+
+/// The directory that holds the requested object, and the object's name in it.
+pub(crate) struct Target {
+    parent: Dir,
+    name: String,
+}
+
+fn nofollow(options: &mut OpenOptions, extra: OFlags) -> &mut OpenOptions {
+    // The flags are small positive constants; the cast cannot change their bits.
+    #[allow(clippy::cast_possible_wrap, reason = "open(2) flags fit in an i32")]
+    let flags = (OFlags::NOFOLLOW | OFlags::CLOEXEC | extra).bits() as i32;
+    options.custom_flags(flags)
+}
+
+fn open_dir_in(dir: &Dir, name: &str) -> io::Result<Dir> {
+    match dir.open_with(
+        name,
+        nofollow(OpenOptions::new().read(true), OFlags::DIRECTORY),
+    ) {
+        Ok(file) => Ok(Dir::from_std_file(file.into_std())),
+        // With O_DIRECTORY, a symlink is reported as "not a directory"; say what it is.
+        Err(err)
+            if err.raw_os_error() == Some(rustix::io::Errno::NOTDIR.raw_os_error())
+                && dir
+                    .symlink_metadata(name)
+                    .is_ok_and(|meta| meta.file_type().is_symlink()) =>
+        {
+            Err(rustix::io::Errno::LOOP.into())
+        }
+        Err(err) => Err(err),
+    }
+}
+
+impl Target {
+    /// Walks from the workspace to the directory holding `path`'s last component.
+    pub(crate) fn locate(workspace: &Path, path: &RequestPath) -> io::Result<Self> {
+        let mut dir = Dir::open_ambient_dir(workspace, ambient_authority())?;
+        let mut components = path.components().peekable();
+        let mut name = "";
+        while let Some(component) = components.next() {
+            if components.peek().is_none() {
+                name = component;
+            } else {
+                dir = open_dir_in(&dir, component)?;
+            }
+        }
+        Ok(Target {
+            parent: dir,
+            name: name.to_owned(),
+        })
+    }
+
+    /// Opens the target as a directory.
+    pub(crate) fn open_dir(&self) -> io::Result<Dir> {
+        open_dir_in(&self.parent, &self.name)
+    }
+
+    /// Opens the target, a regular file, for reading.
+    pub(crate) fn open_file(&self) -> io::Result<File> {
+        let file = self.parent.open_with(
+            &self.name,
+            nofollow(OpenOptions::new().read(true), OFlags::empty()),
+        )?;
+        if !file.metadata()?.is_file() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a regular file",
+            ));
+        }
+        Ok(file)
+    }
+
+    /// Describes the target without following it.
+    pub(crate) fn stat(&self) -> io::Result<Metadata> {
+        self.parent.symlink_metadata(&self.name)
+    }
+
+    /// Deletes the target, which must not be a directory.
+    pub(crate) fn remove_file(&self) -> io::Result<()> {
+        if self.stat()?.is_dir() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "is a directory; DeleteFile deletes files",
+            ));
+        }
+        self.parent.remove_file(&self.name)
+    }
+
+    /// Creates a fresh temporary file next to the target, with `mode`.
+    pub(crate) fn create_temp(&self, mode: u32) -> io::Result<(String, File)> {
+        for attempt in 0..16u32 {
+            let temp = format!(
+                ".{}.tether-{}-{attempt}.tmp",
+                self.name.chars().take(64).collect::<String>(),
+                std::process::id()
+            );
+            let mut options = OpenOptions::new();
+            options.write(true).create_new(true).mode(mode);
+            match self
+                .parent
+                .open_with(&temp, nofollow(&mut options, OFlags::empty()))
+            {
+                Ok(file) => return Ok((temp, file)),
+                Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(err) => return Err(err),
+            }
+        }
+        Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "could not find a free temporary name",
+        ))
+    }
+
+    /// Renames the finished temporary file over the target.
+    pub(crate) fn commit(&self, temp: &str) -> io::Result<()> {
+        self.parent.rename(temp, &self.parent, &self.name)
+    }
+
+    /// Removes an abandoned temporary file.
+    pub(crate) fn discard(&self, temp: &str) {
+        let _ = self.parent.remove_file(temp);
+    }
+}

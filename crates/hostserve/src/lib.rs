@@ -1,0 +1,49 @@
+//! tether's ready-made host services, made safe for third-party plugins.
+//!
+//! The services of `tether.hostserve.v1.HostServices` (`ReadDir`, `ReadFile`, `WriteFile`,
+//! `DeleteFile`, `GetEnv`, `Stat`), shared by every plugin, where every call:
+//!
+//! 1. is attributed to the calling plugin by its endpoint (`tether_hostconn::PluginIdentity`),
+//!    never by anything the plugin sends;
+//! 2. names a path relative to the plugin's workspace, which is checked lexically first
+//!    ([`PathError`]: empty, `.`/`..`/empty components, absolute, NUL, not UTF-8, too long);
+//! 3. is checked against the capabilities the operator granted that plugin ([`Policy`];
+//!    deny by default, denials win, grant and revoke apply to the next call), with the
+//!    grammar in [`capability`];
+//! 4. runs beneath the workspace through directory handles (`cap_std`), following no
+//!    symbolic link at any step, so the object reached is the one the path names;
+//! 5. stays within [`Limits`] (message size, per-plugin concurrency, per-plugin write
+//!    quota, capped directory pages, streamed file contents);
+//! 6. leaves exactly one audit record ([`Audit`]): a JSON line and a `tracing` event.
+//!
+//! ```no_run
+//! # async fn demo(plugin: tether_host::PluginClient) -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//! use tether_hostserve::{Audit, HostServices, Limits, Policy};
+//!
+//! let policy = Policy::load("policy.toml".as_ref())?;
+//! let audit = Audit::to_file("audit.jsonl", 64 << 20)?;
+//! let services = Arc::new(HostServices::new(policy, audit, Limits::default()));
+//! let host = tether_hostconn::establish_host_services(&plugin, services.routes()).await?;
+//! # drop(host); Ok(()) }
+//! ```
+//!
+//! Denials are `PERMISSION_DENIED` statuses whose message names the missing capability,
+//! which is also in the `tether-capability` metadata; the SDK turns them into a typed error.
+//! What this crate does not do: confine the plugin process itself (that is the sandbox's
+//! job), or follow symbolic links.
+
+mod audit;
+pub mod capability;
+mod confine;
+mod manifest;
+mod path;
+mod policy;
+mod service;
+
+pub use audit::{Audit, AuditRecord};
+pub use capability::{Capability, CapabilityError, Verb};
+pub use manifest::{Manifest, ManifestError};
+pub use path::{MAX_COMPONENT, MAX_PATH, PathError};
+pub use policy::{Policy, PolicyError};
+pub use service::{CAPABILITY_METADATA, HostServices, Limits};

@@ -1,0 +1,266 @@
+//! The operator's grants and denials per plugin, changeable at runtime.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, PoisonError, RwLock};
+
+use serde::Deserialize;
+
+use crate::capability::{Capability, CapabilityError, Verb};
+
+/// What the operator decided for one plugin: its workspace, what it may do, what it may
+/// never do (denials win over grants).
+#[derive(Debug, Clone)]
+struct PluginGrants {
+    workspace: PathBuf,
+    grants: Vec<Capability>,
+    denies: Vec<Capability>,
+}
+
+/// The capability policy: per plugin name, a workspace directory, grants and denials.
+///
+/// Cheap to clone; clones share the policy, so a grant or revocation made through any
+/// clone applies to the next call of every plugin. Deny by default: a plugin without an
+/// entry, or a call no grant covers, is denied.
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    plugins: Arc<RwLock<BTreeMap<String, PluginGrants>>>,
+}
+
+/// Why a policy could not be loaded or changed.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    /// The policy file could not be read.
+    #[error("could not read the policy file {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The policy file is not valid TOML of the expected shape.
+    #[error("the policy file {} is not valid: {message}", path.display())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What the parser said.
+        message: String,
+    },
+    /// Capabilities for `plugin` are malformed.
+    #[error("plugin `{plugin}`: {}", errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Capabilities {
+        /// The plugin whose entry is bad.
+        plugin: String,
+        /// Every bad capability.
+        errors: Vec<CapabilityError>,
+    },
+    /// A grant was made for a plugin that has no workspace yet.
+    #[error("plugin `{plugin}` has no workspace; call Policy::set_workspace first")]
+    NoWorkspace {
+        /// The plugin.
+        plugin: String,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyFile {
+    #[serde(default)]
+    plugins: BTreeMap<String, PluginEntry>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PluginEntry {
+    workspace: PathBuf,
+    #[serde(default)]
+    grant: Vec<String>,
+    #[serde(default)]
+    deny: Vec<String>,
+}
+
+/// Parses every capability, collecting all errors.
+pub(crate) fn parse_all(list: &[String]) -> Result<Vec<Capability>, Vec<CapabilityError>> {
+    let mut errors = Vec::new();
+    let mut parsed = Vec::new();
+    for text in list {
+        match text.parse() {
+            Ok(capability) => parsed.push(capability),
+            Err(err) => errors.push(err),
+        }
+    }
+    if errors.is_empty() {
+        Ok(parsed)
+    } else {
+        Err(errors)
+    }
+}
+
+/// The outcome of a policy check.
+#[derive(Debug, Clone)]
+pub(crate) enum Decision {
+    /// Allowed by `grant`; operate beneath `workspace`.
+    Allow { workspace: PathBuf, grant: String },
+    /// Denied; `needed` is the capability that would allow it.
+    Deny { reason: String, needed: String },
+}
+
+impl Policy {
+    /// An empty policy: everything is denied.
+    pub fn new() -> Self {
+        Policy::default()
+    }
+
+    /// Loads a policy file:
+    ///
+    /// ```toml
+    /// [plugins.filelister]
+    /// workspace = "workspace"          # relative to the policy file's directory
+    /// grant = ["read:config/**", "write:output/**"]
+    /// deny = ["read:config/private/**"]
+    /// ```
+    pub fn load(path: &Path) -> Result<Self, PolicyError> {
+        let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Policy::from_toml(&text, base).map_err(|err| match err {
+            PolicyError::Parse { message, .. } => PolicyError::Parse {
+                path: path.to_owned(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses a policy from TOML text; relative workspaces are resolved against `base`.
+    pub fn from_toml(text: &str, base: &Path) -> Result<Self, PolicyError> {
+        let file: PolicyFile = toml::from_str(text).map_err(|err| PolicyError::Parse {
+            path: PathBuf::new(),
+            message: err.to_string(),
+        })?;
+        let policy = Policy::new();
+        for (plugin, entry) in file.plugins {
+            let bad = |errors| PolicyError::Capabilities {
+                plugin: plugin.clone(),
+                errors,
+            };
+            let grants = parse_all(&entry.grant).map_err(bad)?;
+            let denies = parse_all(&entry.deny).map_err(bad)?;
+            policy.write().insert(
+                plugin,
+                PluginGrants {
+                    workspace: base.join(entry.workspace),
+                    grants,
+                    denies,
+                },
+            );
+        }
+        Ok(policy)
+    }
+
+    /// Assigns `plugin` its workspace (keeping its grants, if any).
+    pub fn set_workspace(&self, plugin: &str, workspace: impl Into<PathBuf>) {
+        let workspace = workspace.into();
+        self.write()
+            .entry(plugin.to_owned())
+            .and_modify(|entry| entry.workspace.clone_from(&workspace))
+            .or_insert_with(|| PluginGrants {
+                workspace,
+                grants: Vec::new(),
+                denies: Vec::new(),
+            });
+    }
+
+    /// Grants `capability` to `plugin`, from its next call on.
+    pub fn grant(&self, plugin: &str, capability: &str) -> Result<(), PolicyError> {
+        self.add(plugin, capability, false)
+    }
+
+    /// Denies `capability` to `plugin` whatever it is granted, from its next call on.
+    pub fn deny(&self, plugin: &str, capability: &str) -> Result<(), PolicyError> {
+        self.add(plugin, capability, true)
+    }
+
+    /// Revokes a grant made earlier (spelled the same); returns whether there was one.
+    pub fn revoke(&self, plugin: &str, capability: &str) -> bool {
+        let mut plugins = self.write();
+        let Some(entry) = plugins.get_mut(plugin) else {
+            return false;
+        };
+        let before = entry.grants.len();
+        entry.grants.retain(|grant| grant.as_str() != capability);
+        entry.grants.len() != before
+    }
+
+    /// The capabilities granted to `plugin`, as written.
+    pub fn grants(&self, plugin: &str) -> Vec<String> {
+        self.read()
+            .get(plugin)
+            .map(|entry| entry.grants.iter().map(|c| c.as_str().to_owned()).collect())
+            .unwrap_or_default()
+    }
+
+    fn add(&self, plugin: &str, capability: &str, deny: bool) -> Result<(), PolicyError> {
+        let parsed: Capability = capability
+            .parse()
+            .map_err(|err| PolicyError::Capabilities {
+                plugin: plugin.to_owned(),
+                errors: vec![err],
+            })?;
+        let mut plugins = self.write();
+        let entry = plugins
+            .get_mut(plugin)
+            .ok_or_else(|| PolicyError::NoWorkspace {
+                plugin: plugin.to_owned(),
+            })?;
+        let list = if deny {
+            &mut entry.denies
+        } else {
+            &mut entry.grants
+        };
+        if !list.contains(&parsed) {
+            list.push(parsed);
+        }
+        Ok(())
+    }
+
+    /// Decides whether `plugin` may do `verb` on `resource` (a checked workspace-relative
+    /// path, or a variable name for `env`).
+    pub(crate) fn decide(&self, plugin: &str, verb: Verb, resource: &str) -> Decision {
+        let needed = format!("{verb}:{resource}");
+        let plugins = self.read();
+        let Some(entry) = plugins.get(plugin) else {
+            return Decision::Deny {
+                reason: format!("plugin `{plugin}` has no grants"),
+                needed,
+            };
+        };
+        if let Some(deny) = entry.denies.iter().find(|d| d.covers(verb, resource)) {
+            return Decision::Deny {
+                reason: format!("denied by the operator's rule `{deny}`"),
+                needed,
+            };
+        }
+        match entry.grants.iter().find(|g| g.covers(verb, resource)) {
+            Some(grant) => Decision::Allow {
+                workspace: entry.workspace.clone(),
+                grant: grant.as_str().to_owned(),
+            },
+            None => Decision::Deny {
+                reason: format!("no grant covers `{needed}`"),
+                needed,
+            },
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, PluginGrants>> {
+        self.plugins.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, PluginGrants>> {
+        self.plugins.write().unwrap_or_else(PoisonError::into_inner)
+    }
+}

@@ -1,0 +1,597 @@
+//! [`HostServices`]: the `tether.hostserve.v1.HostServices` implementation.
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, UNIX_EPOCH};
+
+use cap_std::fs::{FileType, Metadata, PermissionsExt};
+use tether_hostconn::PluginIdentity;
+use tether_protocol::hostserve::host_services_server::{
+    HostServices as HostServicesRpc, HostServicesServer,
+};
+use tether_protocol::hostserve::{
+    DeleteFileRequest, DeleteFileResponse, DirEntry, EntryKind, GetEnvRequest, GetEnvResponse,
+    ReadDirRequest, ReadDirResponse, ReadFileChunk, ReadFileRequest, StatRequest, StatResponse,
+    WriteFileChunk, WriteFileResponse,
+};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::metadata::MetadataValue;
+use tonic::service::Routes;
+use tonic::{Code, Request, Response, Status, Streaming};
+
+use crate::audit::{Audit, AuditRecord};
+use crate::capability::{Verb, is_env_name};
+use crate::confine::Target;
+use crate::path::{self, RequestPath};
+use crate::policy::{Decision, Policy};
+
+/// The metadata key of a denial's missing capability.
+pub const CAPABILITY_METADATA: &str = "tether-capability";
+
+/// Bounds on what one plugin can make the host do.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Calls (including open streams) one plugin instance may have in flight.
+    pub max_concurrent_calls: usize,
+    /// How long a call waits for a free slot before `RESOURCE_EXHAUSTED`.
+    pub queue_wait: Duration,
+    /// Bytes one plugin (by name) may write through `WriteFile` over the life of this
+    /// `HostServices`.
+    pub write_quota: u64,
+    /// Largest gRPC message decoded or encoded.
+    pub max_message_size: usize,
+    /// Bytes per `ReadFile` chunk.
+    pub read_chunk: usize,
+    /// Most entries in one `ReadDir` page.
+    pub max_page: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_concurrent_calls: 16,
+            queue_wait: Duration::from_secs(2),
+            write_quota: 256 * 1024 * 1024,
+            max_message_size: tether_protocol::DEFAULT_MAX_MESSAGE_SIZE,
+            read_chunk: 64 * 1024,
+            max_page: 1000,
+        }
+    }
+}
+
+/// tether's host services, shared by every plugin: each call is checked against the
+/// calling plugin's capabilities (from its [`PluginIdentity`], never its own claims),
+/// confined beneath its workspace, bounded by [`Limits`], and audited.
+#[derive(Debug)]
+pub struct HostServices {
+    policy: Policy,
+    audit: Audit,
+    limits: Limits,
+    plugins: Mutex<HashMap<(String, u64), Arc<Semaphore>>>,
+    written: Mutex<HashMap<String, Arc<AtomicU64>>>,
+}
+
+impl HostServices {
+    /// Host services deciding with `policy` and recording to `audit`.
+    pub fn new(policy: Policy, audit: Audit, limits: Limits) -> Self {
+        HostServices {
+            policy,
+            audit,
+            limits,
+            plugins: Mutex::default(),
+            written: Mutex::default(),
+        }
+    }
+
+    /// The routes to hand to `establish_host_services`; clones of the `Arc` share one
+    /// implementation among all plugins.
+    pub fn routes(self: &Arc<Self>) -> Routes {
+        let limit = self.limits.max_message_size;
+        Routes::new(
+            HostServicesServer::from_arc(Arc::clone(self))
+                .max_decoding_message_size(limit)
+                .max_encoding_message_size(limit),
+        )
+    }
+
+    /// The policy (clones share it: grant and revoke through it at runtime).
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// Bytes `plugin` has written so far.
+    pub fn bytes_written(&self, plugin: &str) -> u64 {
+        self.written_counter(plugin).load(Ordering::Relaxed)
+    }
+
+    fn written_counter(&self, plugin: &str) -> Arc<AtomicU64> {
+        let mut written = self.written.lock().unwrap_or_else(PoisonError::into_inner);
+        Arc::clone(written.entry(plugin.to_owned()).or_default())
+    }
+
+    /// Starts a call: who is calling, and a slot under the plugin's concurrency limit.
+    async fn begin<T>(
+        &self,
+        request: &Request<T>,
+        operation: &'static str,
+        resource: &str,
+    ) -> Result<Call<'_>, Status> {
+        let identity = PluginIdentity::of(request)?.clone();
+        let semaphore = {
+            let mut plugins = self.plugins.lock().unwrap_or_else(PoisonError::into_inner);
+            Arc::clone(
+                plugins
+                    .entry((identity.name().to_owned(), identity.instance()))
+                    .or_insert_with(|| Arc::new(Semaphore::new(self.limits.max_concurrent_calls))),
+            )
+        };
+        let call = Call {
+            host: self,
+            identity,
+            operation,
+            resource: resource.to_owned(),
+            permit: None,
+        };
+        match tokio::time::timeout(self.limits.queue_wait, semaphore.acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(Call {
+                permit: Some(permit),
+                ..call
+            }),
+            _ => Err(call.deny(
+                Status::resource_exhausted(format!(
+                    "too many host-service calls in flight for this plugin (limit {}); \
+                     wait for some to finish",
+                    self.limits.max_concurrent_calls
+                )),
+                "concurrency limit reached",
+            )),
+        }
+    }
+}
+
+/// One call in progress: identity, what it asks, and its concurrency slot.
+struct Call<'a> {
+    host: &'a HostServices,
+    identity: PluginIdentity,
+    operation: &'static str,
+    resource: String,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Call<'_> {
+    fn audit(&self, decision: &'static str, reason: String) {
+        self.host.audit.record(AuditRecord {
+            time: AuditRecord::now(),
+            plugin: self.identity.name().to_owned(),
+            instance: self.identity.instance(),
+            pid: self.identity.pid(),
+            operation: self.operation,
+            resource: self.resource.clone(),
+            decision,
+            reason,
+        });
+    }
+
+    /// Audits a denial and returns `status`.
+    fn deny(&self, status: Status, reason: &str) -> Status {
+        self.audit("denied", format!("{reason}: {}", status.message()));
+        status
+    }
+
+    /// The lexical check.
+    fn path(&self, raw: &[u8]) -> Result<RequestPath, Status> {
+        RequestPath::parse(raw).map_err(|err| {
+            self.deny(
+                Status::invalid_argument(format!("invalid path {:?}: {err}", self.resource)),
+                "invalid path",
+            )
+        })
+    }
+
+    /// The policy check; returns the workspace and the grant that allowed it.
+    fn authorize(
+        &self,
+        verb: Verb,
+        resource: &str,
+    ) -> Result<(std::path::PathBuf, String), Status> {
+        match self
+            .host
+            .policy
+            .decide(self.identity.name(), verb, resource)
+        {
+            Decision::Allow { workspace, grant } => Ok((workspace, grant)),
+            Decision::Deny { reason, needed } => {
+                let mut status = Status::permission_denied(format!(
+                    "plugin `{}` lacks the capability `{needed}` ({reason}); the operator can \
+                     grant it",
+                    self.identity.name()
+                ));
+                if let Ok(value) = MetadataValue::try_from(needed.as_str()) {
+                    status.metadata_mut().insert(CAPABILITY_METADATA, value);
+                }
+                self.audit("denied", reason);
+                Err(status)
+            }
+        }
+    }
+
+    /// Audits the end of an allowed operation: done, or failed with `status`.
+    fn finish<T>(&self, grant: &str, result: Result<T, Status>) -> Result<T, Status> {
+        match &result {
+            Ok(_) => self.audit("allowed", format!("granted by `{grant}`")),
+            // Confinement refused it (a symlink on the way): that is a denial too.
+            Err(status) if status.code() == Code::PermissionDenied => self.audit(
+                "denied",
+                format!("granted by `{grant}` but refused: {}", status.message()),
+            ),
+            Err(status) => self.audit(
+                "allowed",
+                format!("granted by `{grant}`; failed: {}", status.message()),
+            ),
+        }
+        result
+    }
+}
+
+/// An OS error as a status that says what happened to which path.
+fn io_status(path: &str, err: &io::Error) -> Status {
+    let message = format!("{path:?}: {err}");
+    match (err.kind(), err.raw_os_error()) {
+        (_, Some(code)) if code == rustix::io::Errno::LOOP.raw_os_error() => {
+            Status::permission_denied(format!(
+                "{path:?} is or passes through a symbolic link; host services never follow links"
+            ))
+        }
+        (io::ErrorKind::NotFound, _) => Status::not_found(message),
+        (io::ErrorKind::PermissionDenied, _) => Status::permission_denied(message),
+        (
+            io::ErrorKind::InvalidInput
+            | io::ErrorKind::NotADirectory
+            | io::ErrorKind::IsADirectory,
+            _,
+        ) => Status::failed_precondition(message),
+        (_, Some(code)) if code == rustix::io::Errno::NOTDIR.raw_os_error() => {
+            Status::failed_precondition(message)
+        }
+        _ => Status::internal(message),
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|err| Status::internal(format!("a host-service worker failed: {err}")))
+}
+
+fn kind(file_type: FileType) -> EntryKind {
+    if file_type.is_symlink() {
+        EntryKind::Symlink
+    } else if file_type.is_dir() {
+        EntryKind::Dir
+    } else if file_type.is_file() {
+        EntryKind::File
+    } else {
+        EntryKind::Other
+    }
+}
+
+fn stat_response(metadata: &Metadata) -> StatResponse {
+    let modified = metadata
+        .modified()
+        .ok()
+        .and_then(|time| time.into_std().duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |since| {
+            i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+        });
+    StatResponse {
+        kind: kind(metadata.file_type()).into(),
+        size: if metadata.is_file() {
+            metadata.len()
+        } else {
+            0
+        },
+        mode: metadata.permissions().mode() & 0o7777,
+        modified_unix_ms: modified,
+    }
+}
+
+type ChunkStream = Pin<Box<dyn Stream<Item = Result<ReadFileChunk, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl HostServicesRpc for HostServices {
+    async fn read_dir(
+        &self,
+        request: Request<ReadDirRequest>,
+    ) -> Result<Response<ReadDirResponse>, Status> {
+        let resource = path::display(&request.get_ref().path);
+        let call = self.begin(&request, "read_dir", &resource).await?;
+        let ReadDirRequest {
+            path,
+            page_size,
+            page_token,
+        } = request.into_inner();
+        let path = call.path(&path)?;
+        let (workspace, grant) = call.authorize(Verb::Read, path.as_str())?;
+        let skip: usize = if page_token.is_empty() {
+            0
+        } else {
+            page_token.parse().map_err(|_| {
+                call.deny(
+                    Status::invalid_argument(format!("invalid page token {page_token:?}")),
+                    "invalid page token",
+                )
+            })?
+        };
+        let max = self.limits.max_page;
+        let size = match usize::try_from(page_size) {
+            Ok(0) | Err(_) => max,
+            Ok(n) => n.min(max),
+        };
+        let shown = path.as_str().to_owned();
+        let result = blocking(move || -> io::Result<ReadDirResponse> {
+            let dir = Target::locate(&workspace, &path)?.open_dir()?;
+            let mut entries = Vec::with_capacity(size);
+            let mut more = false;
+            for entry in dir.entries()?.skip(skip) {
+                let entry = entry?;
+                if entries.len() == size {
+                    more = true;
+                    break;
+                }
+                let file_type = entry.file_type()?;
+                let size = if file_type.is_file() {
+                    entry.metadata()?.len()
+                } else {
+                    0
+                };
+                entries.push(DirEntry {
+                    name: entry.file_name().to_string_lossy().into_owned(),
+                    kind: kind(file_type).into(),
+                    size,
+                });
+            }
+            let next_page_token = if more {
+                (skip + entries.len()).to_string()
+            } else {
+                String::new()
+            };
+            Ok(ReadDirResponse {
+                entries,
+                next_page_token,
+            })
+        })
+        .await?
+        .map_err(|err| io_status(&shown, &err));
+        call.finish(&grant, result).map(Response::new)
+    }
+
+    type ReadFileStream = ChunkStream;
+
+    async fn read_file(
+        &self,
+        request: Request<ReadFileRequest>,
+    ) -> Result<Response<ChunkStream>, Status> {
+        let resource = path::display(&request.get_ref().path);
+        let mut call = self.begin(&request, "read_file", &resource).await?;
+        let path = call.path(&request.get_ref().path)?;
+        let (workspace, grant) = call.authorize(Verb::Read, path.as_str())?;
+        let shown = path.as_str().to_owned();
+        let opened = blocking(move || Target::locate(&workspace, &path)?.open_file())
+            .await?
+            .map_err(|err| io_status(&shown, &err));
+        let mut file = call.finish(&grant, opened)?;
+        let shown = path::display(&request.get_ref().path);
+        let (sender, receiver) = mpsc::channel(4);
+        let chunk = self.limits.read_chunk;
+        let permit = call.permit.take();
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            loop {
+                let mut buffer = vec![0; chunk];
+                let message = match file.read(&mut buffer) {
+                    Ok(0) => return,
+                    Ok(n) => {
+                        buffer.truncate(n);
+                        Ok(ReadFileChunk { data: buffer })
+                    }
+                    Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(err) => Err(io_status(&shown, &err)),
+                };
+                let failed = message.is_err();
+                // The plugin stopped reading or went away: stop too.
+                if sender.blocking_send(message).is_err() || failed {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+    }
+
+    async fn write_file(
+        &self,
+        request: Request<Streaming<WriteFileChunk>>,
+    ) -> Result<Response<WriteFileResponse>, Status> {
+        let identity = PluginIdentity::of(&request)?.clone();
+        let mut stream = request.into_inner();
+        let first = stream.message().await?.unwrap_or_default();
+        // The call is identified from the connection; the first message names the file.
+        let resource = path::display(&first.path);
+        let mut probe = Request::new(());
+        probe.extensions_mut().insert(identity.clone());
+        let call = self.begin(&probe, "write_file", &resource).await?;
+        let path = call.path(&first.path)?;
+        let (workspace, grant) = call.authorize(Verb::Write, path.as_str())?;
+        let mode = if first.mode == 0 {
+            0o644
+        } else {
+            first.mode & 0o777
+        };
+        let shown = path.as_str().to_owned();
+        let written = self.written_counter(identity.name());
+        let quota = self.limits.write_quota;
+        let result = self
+            .write_stream(
+                workspace,
+                path,
+                mode,
+                first.data,
+                &mut stream,
+                &written,
+                quota,
+            )
+            .await
+            .map_err(|status| match status.code() {
+                Code::ResourceExhausted | Code::Cancelled | Code::Unknown => status,
+                _ => Status::new(status.code(), format!("{shown:?}: {}", status.message())),
+            });
+        call.finish(&grant, result)
+            .map(|bytes_written| Response::new(WriteFileResponse { bytes_written }))
+    }
+
+    async fn delete_file(
+        &self,
+        request: Request<DeleteFileRequest>,
+    ) -> Result<Response<DeleteFileResponse>, Status> {
+        let resource = path::display(&request.get_ref().path);
+        let call = self.begin(&request, "delete_file", &resource).await?;
+        let path = call.path(&request.get_ref().path)?;
+        let (workspace, grant) = call.authorize(Verb::Delete, path.as_str())?;
+        let shown = path.as_str().to_owned();
+        let result = blocking(move || Target::locate(&workspace, &path)?.remove_file())
+            .await?
+            .map_err(|err| io_status(&shown, &err));
+        call.finish(&grant, result)
+            .map(|()| Response::new(DeleteFileResponse {}))
+    }
+
+    async fn get_env(
+        &self,
+        request: Request<GetEnvRequest>,
+    ) -> Result<Response<GetEnvResponse>, Status> {
+        let name = request.get_ref().name.clone();
+        let call = self
+            .begin(&request, "get_env", &name.escape_debug().to_string())
+            .await?;
+        if !is_env_name(&name) {
+            return Err(call.deny(
+                Status::invalid_argument(format!(
+                    "{:?} is not a variable name ([A-Za-z_][A-Za-z0-9_]*)",
+                    name.escape_debug().to_string()
+                )),
+                "invalid variable name",
+            ));
+        }
+        let (_, grant) = call.authorize(Verb::Env, &name)?;
+        let value = std::env::var_os(&name);
+        let response = GetEnvResponse {
+            present: value.is_some(),
+            value: value
+                .map(|v| v.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        };
+        call.finish(&grant, Ok(response)).map(Response::new)
+    }
+
+    async fn stat(&self, request: Request<StatRequest>) -> Result<Response<StatResponse>, Status> {
+        let resource = path::display(&request.get_ref().path);
+        let call = self.begin(&request, "stat", &resource).await?;
+        let path = call.path(&request.get_ref().path)?;
+        let (workspace, grant) = call.authorize(Verb::Read, path.as_str())?;
+        let shown = path.as_str().to_owned();
+        let result = blocking(move || Target::locate(&workspace, &path)?.stat())
+            .await?
+            .map(|metadata| stat_response(&metadata))
+            .map_err(|err| io_status(&shown, &err));
+        call.finish(&grant, result).map(Response::new)
+    }
+}
+
+impl HostServices {
+    /// Streams chunks into a temporary file beside the target, then renames it into place;
+    /// on any failure the temporary file is removed and the target left untouched.
+    #[allow(clippy::too_many_arguments, reason = "one private step of write_file")]
+    async fn write_stream(
+        &self,
+        workspace: std::path::PathBuf,
+        path: RequestPath,
+        mode: u32,
+        first: Vec<u8>,
+        stream: &mut Streaming<WriteFileChunk>,
+        written: &AtomicU64,
+        quota: u64,
+    ) -> Result<u64, Status> {
+        let (target, temp, file) = blocking(move || -> io::Result<_> {
+            let target = Target::locate(&workspace, &path)?;
+            let (temp, file) = target.create_temp(mode)?;
+            Ok((target, temp, file))
+        })
+        .await?
+        .map_err(|err| io_status("", &err))?;
+        let target = Arc::new(target);
+        let mut file = Some(file);
+        let mut total = 0u64;
+        let mut next = Some(first);
+        let outcome: Result<(), Status> = async {
+            loop {
+                let data = match next.take() {
+                    Some(data) => data,
+                    None => match stream.message().await? {
+                        Some(chunk) => chunk.data,
+                        None => return Ok(()),
+                    },
+                };
+                if data.is_empty() {
+                    continue;
+                }
+                let len = data.len() as u64;
+                let before = written.fetch_add(len, Ordering::Relaxed);
+                if before + len > quota {
+                    written.fetch_sub(len, Ordering::Relaxed);
+                    return Err(Status::resource_exhausted(format!(
+                        "write quota exhausted: this plugin may write {quota} bytes and has \
+                         written {before}; nothing was written to the target"
+                    )));
+                }
+                total += len;
+                let mut taken = file
+                    .take()
+                    .ok_or_else(|| Status::internal("the temporary file was lost"))?;
+                let (back, result) = blocking(move || {
+                    let result = taken.write_all(&data);
+                    (taken, result)
+                })
+                .await?;
+                file = Some(back);
+                result.map_err(|err| io_status("", &err))?;
+            }
+        }
+        .await;
+        let finished = match outcome {
+            Ok(()) => {
+                let target = Arc::clone(&target);
+                let temp = temp.clone();
+                blocking(move || -> io::Result<()> {
+                    if let Some(file) = file {
+                        file.sync_all()?;
+                    }
+                    target.commit(&temp)
+                })
+                .await?
+                .map_err(|err| io_status("", &err))
+            }
+            Err(status) => Err(status),
+        };
+        if finished.is_err() {
+            // Nothing reached the target: give the quota back.
+            written.fetch_sub(total, Ordering::Relaxed);
+            let target = Arc::clone(&target);
+            let _ = blocking(move || target.discard(&temp)).await;
+        }
+        finished.map(|()| total)
+    }
+}

@@ -1,0 +1,239 @@
+//! [`HostFiles`]: typed access to tether's ready-made host services (`tether.hostserve.v1`).
+
+use futures_util::{Stream, StreamExt};
+use tether_protocol::hostserve::host_services_client::HostServicesClient;
+use tether_protocol::hostserve::{
+    DeleteFileRequest, DirEntry, GetEnvRequest, ReadDirRequest, ReadFileRequest, StatRequest,
+    StatResponse, WriteFileChunk,
+};
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+/// A file's contents, chunk by chunk, from [`HostFiles::read_file`].
+pub type FileChunks = std::pin::Pin<Box<dyn Stream<Item = Result<Vec<u8>, HostCallError>> + Send>>;
+
+/// Bytes per chunk `write_file` sends.
+const WRITE_CHUNK: usize = 64 * 1024;
+
+/// The metadata key in which the host names a missing capability.
+const CAPABILITY_METADATA: &str = "tether-capability";
+
+/// Why a host-service call failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum HostCallError {
+    /// The plugin lacks a capability; `capability` is the one that would allow the call.
+    #[error("denied: missing capability `{capability}`: {message}")]
+    Denied {
+        /// For example `read:config/app.toml`.
+        capability: String,
+        /// The host's explanation.
+        message: String,
+    },
+    /// The path or name is malformed (absolute, `..`, NUL, not UTF-8, too long, ...).
+    #[error("invalid argument: {0}")]
+    Invalid(String),
+    /// The file or directory does not exist.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// A limit was reached: write quota, concurrency, message size.
+    #[error("limit reached: {0}")]
+    Exhausted(String),
+    /// `read_file_to_vec`'s cap was exceeded.
+    #[error("the file is larger than the {cap}-byte cap given to read_file_to_vec")]
+    TooLarge {
+        /// The cap.
+        cap: usize,
+    },
+    /// Host services are not connected (see [`crate::HostServicesError`]).
+    #[error(transparent)]
+    NotConnected(#[from] crate::HostServicesError),
+    /// Anything else the host or the transport reported.
+    #[error("host service call failed ({code:?}): {message}")]
+    Other {
+        /// The gRPC code.
+        code: Code,
+        /// The message.
+        message: String,
+    },
+}
+
+impl From<Status> for HostCallError {
+    fn from(status: Status) -> Self {
+        let message = status.message().to_owned();
+        match status.code() {
+            Code::PermissionDenied => HostCallError::Denied {
+                capability: status
+                    .metadata()
+                    .get(CAPABILITY_METADATA)
+                    .and_then(|value| value.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned(),
+                message,
+            },
+            Code::InvalidArgument => HostCallError::Invalid(message),
+            Code::NotFound => HostCallError::NotFound(message),
+            Code::ResourceExhausted => HostCallError::Exhausted(message),
+            code => HostCallError::Other { code, message },
+        }
+    }
+}
+
+impl From<HostCallError> for Status {
+    fn from(err: HostCallError) -> Self {
+        let code = match &err {
+            HostCallError::Denied { .. } => Code::PermissionDenied,
+            HostCallError::Invalid(_) => Code::InvalidArgument,
+            HostCallError::NotFound(_) => Code::NotFound,
+            HostCallError::Exhausted(_) | HostCallError::TooLarge { .. } => Code::ResourceExhausted,
+            HostCallError::NotConnected(_) => Code::FailedPrecondition,
+            HostCallError::Other { code, .. } => *code,
+        };
+        Status::new(code, err.to_string())
+    }
+}
+
+/// The host's files and environment, through tether's host services. Build it with
+/// [`crate::Plugin::with_host_files`]; cheap to clone. Paths are relative to the workspace
+/// the host assigned to this plugin, with `/` between components.
+#[derive(Debug, Clone)]
+pub struct HostFiles {
+    client: HostServicesClient<Channel>,
+}
+
+impl HostFiles {
+    /// A client on a brokered channel to the host's services.
+    pub fn new(channel: Channel) -> Self {
+        let limit = tether_protocol::DEFAULT_MAX_MESSAGE_SIZE;
+        HostFiles {
+            client: HostServicesClient::new(channel)
+                .max_decoding_message_size(limit)
+                .max_encoding_message_size(limit),
+        }
+    }
+
+    /// Every entry of a directory (all pages).
+    pub async fn read_dir(&self, path: impl AsRef<[u8]>) -> Result<Vec<DirEntry>, HostCallError> {
+        let mut entries = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let page = self
+                .client
+                .clone()
+                .read_dir(ReadDirRequest {
+                    path: path.as_ref().to_vec(),
+                    page_size: 0,
+                    page_token,
+                })
+                .await?
+                .into_inner();
+            entries.extend(page.entries);
+            if page.next_page_token.is_empty() {
+                return Ok(entries);
+            }
+            page_token = page.next_page_token;
+        }
+    }
+
+    /// A file's contents as a stream of chunks, for files of any size.
+    pub async fn read_file(&self, path: impl AsRef<[u8]>) -> Result<FileChunks, HostCallError> {
+        let stream = self
+            .client
+            .clone()
+            .read_file(ReadFileRequest {
+                path: path.as_ref().to_vec(),
+            })
+            .await?
+            .into_inner();
+        Ok(Box::pin(stream.map(|chunk| {
+            chunk.map(|c| c.data).map_err(HostCallError::from)
+        })))
+    }
+
+    /// A whole file, refusing (with [`HostCallError::TooLarge`]) past `cap` bytes.
+    pub async fn read_file_to_vec(
+        &self,
+        path: impl AsRef<[u8]>,
+        cap: usize,
+    ) -> Result<Vec<u8>, HostCallError> {
+        let mut stream = self.read_file(path).await?;
+        let mut contents = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            if contents.len() + chunk.len() > cap {
+                return Err(HostCallError::TooLarge { cap });
+            }
+            contents.extend_from_slice(&chunk);
+        }
+        Ok(contents)
+    }
+
+    /// Writes `contents` to `path` (mode `0o644`), replacing it atomically.
+    pub async fn write_file(
+        &self,
+        path: impl AsRef<[u8]>,
+        contents: &[u8],
+    ) -> Result<u64, HostCallError> {
+        let chunks: Vec<Vec<u8>> = contents.chunks(WRITE_CHUNK).map(<[u8]>::to_vec).collect();
+        self.write_file_stream(path, 0o644, futures_util::stream::iter(chunks))
+            .await
+    }
+
+    /// Writes a stream of chunks to `path` with `mode`: the host writes a temporary file
+    /// and renames it into place when the stream ends, so readers never see half a file.
+    pub async fn write_file_stream(
+        &self,
+        path: impl AsRef<[u8]>,
+        mode: u32,
+        chunks: impl Stream<Item = Vec<u8>> + Send + 'static,
+    ) -> Result<u64, HostCallError> {
+        let first = WriteFileChunk {
+            path: path.as_ref().to_vec(),
+            mode,
+            data: Vec::new(),
+        };
+        let messages =
+            futures_util::stream::iter([first]).chain(chunks.map(|data| WriteFileChunk {
+                path: Vec::new(),
+                mode: 0,
+                data,
+            }));
+        let response = self.client.clone().write_file(messages).await?;
+        Ok(response.into_inner().bytes_written)
+    }
+
+    /// Deletes a file.
+    pub async fn delete_file(&self, path: impl AsRef<[u8]>) -> Result<(), HostCallError> {
+        self.client
+            .clone()
+            .delete_file(DeleteFileRequest {
+                path: path.as_ref().to_vec(),
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// One host environment variable, by exact name (`None` if the host does not have it).
+    pub async fn get_env(&self, name: &str) -> Result<Option<String>, HostCallError> {
+        let reply = self
+            .client
+            .clone()
+            .get_env(GetEnvRequest {
+                name: name.to_owned(),
+            })
+            .await?
+            .into_inner();
+        Ok(reply.present.then_some(reply.value))
+    }
+
+    /// Describes a file or directory, without following a final symlink.
+    pub async fn stat(&self, path: impl AsRef<[u8]>) -> Result<StatResponse, HostCallError> {
+        Ok(self
+            .client
+            .clone()
+            .stat(StatRequest {
+                path: path.as_ref().to_vec(),
+            })
+            .await?
+            .into_inner())
+    }
+}

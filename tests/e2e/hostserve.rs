@@ -1,0 +1,610 @@
+//! tether's host services against real plugin processes: the bad-input corpus of
+//! security.md (A, B, C), the symlink swap race, revocation at runtime, two plugins with
+//! different grants, and 1 GiB through the services in bounded memory.
+
+use std::os::unix::fs::symlink;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use serde_json::Value;
+use tether_host::PluginClient;
+use tether_hostconn::{HostConnection, Outcome, establish_host_services};
+use tether_hostserve::{Audit, HostServices, Limits, Manifest, ManifestError, Policy};
+use tether_plugin_sdk::protocol::testing::testing_client::TestingClient;
+use tether_plugin_sdk::protocol::testing::{HostOpRequest, HostOpResponse};
+
+use crate::support::{HOST_HELPER, TEST_PLUGIN, eventually, test_plugin};
+
+/// The grant the corpus assumes, plus `env:PATH` for an allowed environment read.
+const GRANTS: [&str; 4] = [
+    "read:config/**",
+    "write:output/**",
+    "env:API_KEY",
+    "env:PATH",
+];
+
+struct Fixture {
+    _root: tempfile::TempDir,
+    workspace: PathBuf,
+    outside: PathBuf,
+    audit: PathBuf,
+    services: Arc<HostServices>,
+}
+
+impl Fixture {
+    fn new(limits: Limits) -> Self {
+        let root = tempfile::tempdir().expect("fixture setup");
+        let workspace = root.path().join("workspace");
+        let outside = root.path().join("outside");
+        let w = |p: &str| workspace.join(p);
+        for dir in ["config/sub", "config/many", "secrets", "output"] {
+            std::fs::create_dir_all(w(dir)).expect("fixture setup");
+        }
+        std::fs::create_dir_all(outside.join("dir")).expect("fixture setup");
+        std::fs::write(outside.join("dir/f"), "OUTSIDE").expect("fixture setup");
+        std::fs::write(w("config/a.txt"), "config a").expect("fixture setup");
+        std::fs::write(w("config/sub/b.txt"), "config b").expect("fixture setup");
+        std::fs::write(w("secrets/key"), "SECRET-KEY").expect("fixture setup");
+        for i in 0..2500 {
+            std::fs::write(w(&format!("config/many/{i:05}")), "").expect("fixture setup");
+        }
+        symlink("/etc/passwd", w("config/link_out")).expect("fixture setup");
+        symlink("../secrets/key", w("config/link_secret")).expect("fixture setup");
+        symlink("loop2", w("config/loop1")).expect("fixture setup");
+        symlink("loop1", w("config/loop2")).expect("fixture setup");
+        symlink("nothing-here", w("config/dangling")).expect("fixture setup");
+        symlink("/proc/self/root", w("config/proc")).expect("fixture setup");
+        symlink("/proc/self/fd/0", w("config/fd")).expect("fixture setup");
+
+        let audit = root.path().join("audit.jsonl");
+        let policy = Policy::new();
+        Fixture {
+            services: Arc::new(HostServices::new(
+                policy,
+                Audit::to_file(&audit, 64 << 20).expect("fixture setup"),
+                limits,
+            )),
+            _root: root,
+            workspace,
+            outside,
+            audit,
+        }
+    }
+
+    fn grant(&self, plugin: &str, grants: &[&str]) {
+        let policy = self.services.policy();
+        policy.set_workspace(plugin, &self.workspace);
+        for grant in grants {
+            policy.grant(plugin, grant).expect("fixture setup");
+        }
+    }
+
+    async fn start(&self, name: &str) -> (PluginClient, HostConnection) {
+        let plugin = test_plugin(name)
+            .arg("--host-files")
+            .start()
+            .await
+            .expect("fixture setup");
+        let connection = match establish_host_services(&plugin, self.services.routes())
+            .await
+            .expect("fixture setup")
+        {
+            Outcome::Connected(connection) => connection,
+            Outcome::NotRequested => panic!("the test plugin did not request host services"),
+        };
+        (plugin, connection)
+    }
+
+    /// The audit records so far.
+    fn audit_lines(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.audit)
+            .unwrap_or_default()
+            .lines()
+            .map(|line| serde_json::from_str(line).expect("fixture setup"))
+            .collect()
+    }
+
+    /// Waits until the audit file holds `count` records, and returns them.
+    async fn audit_records(&self, count: usize) -> Vec<Value> {
+        let complete = eventually(Duration::from_secs(10), || {
+            self.audit_lines().len() >= count
+        })
+        .await;
+        let lines = self.audit_lines();
+        assert!(
+            complete,
+            "expected {count} audit records, found {}",
+            lines.len()
+        );
+        lines
+    }
+}
+
+async fn op(plugin: &PluginClient, op: &str, path: &[u8]) -> HostOpResponse {
+    op_with(plugin, op, path, Vec::new(), 0).await
+}
+
+async fn op_with(
+    plugin: &PluginClient,
+    op: &str,
+    path: &[u8],
+    data: Vec<u8>,
+    size: u64,
+) -> HostOpResponse {
+    TestingClient::new(plugin.channel())
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20)
+        .host_op(HostOpRequest {
+            op: op.into(),
+            path: path.to_vec(),
+            data,
+            size,
+        })
+        .await
+        .expect("the plugin answers")
+        .into_inner()
+}
+
+/// One row of the corpus: what the plugin asks, and what must come of it.
+struct Row {
+    item: &'static str,
+    op: &'static str,
+    path: Vec<u8>,
+    outcome: &'static str,
+    /// The audit decision: `allowed` or `denied`.
+    decision: &'static str,
+}
+
+fn row(
+    item: &'static str,
+    op: &'static str,
+    path: impl Into<Vec<u8>>,
+    outcome: &'static str,
+) -> Row {
+    let decision = match outcome {
+        "ok" | "not_found" | "other" => "allowed",
+        _ => "denied",
+    };
+    Row {
+        item,
+        op,
+        path: path.into(),
+        outcome,
+        decision,
+    }
+}
+
+fn corpus() -> Vec<Row> {
+    let long_name = format!("config/{}", "a".repeat(5000));
+    let long_component = format!("config/{}", "a".repeat(300));
+    let deep = format!("config{}", "/a".repeat(10_000));
+    let long_path = format!("config/{}", "a/".repeat(2100)) + "x";
+    vec![
+        row("A1", "read_file", "../secret", "invalid"),
+        row("A1", "read_file", "config/../../etc/passwd", "invalid"),
+        row("A1", "read_file", "config/../secrets/key", "invalid"),
+        row("A2", "read_file", "/etc/passwd", "invalid"),
+        row("A2", "read_file", "//etc/passwd", "invalid"),
+        row("A2", "read_file", "/config/x", "invalid"),
+        row("A3", "read_dir", "", "invalid"),
+        row("A3", "read_dir", ".", "invalid"),
+        row("A3", "read_dir", "./", "invalid"),
+        row("A3", "read_dir", "config", "ok"),
+        row("A3", "read_dir", "config/", "invalid"),
+        row("A3", "read_file", "config", "other"),
+        row("A4", "read_file", "config/./a.txt", "invalid"),
+        row("A4", "read_file", "config//a.txt", "invalid"),
+        row("A4", "read_file", "config/a.txt/", "invalid"),
+        row("A4", "read_file", "config/a.txt\0", "invalid"),
+        row("A4", "read_file", "config/a.txt", "ok"),
+        row("A5", "read_file", "config/%2e%2e/secrets/key", "not_found"),
+        row("A5", "read_file", "config\\..\\secrets\\key", "denied"),
+        row(
+            "A5",
+            "read_file",
+            "config/\u{2024}\u{2024}/secrets/key",
+            "not_found",
+        ),
+        row("A6", "read_file", "config/*", "not_found"),
+        row("A6", "read_file", "config/[a].txt", "not_found"),
+        row("A6", "read_dir", "config/*", "not_found"),
+        row("A7", "read_file", long_name, "invalid"),
+        row("A7", "read_file", long_component, "invalid"),
+        row("A7", "read_file", long_path, "invalid"),
+        row("A7", "read_file", deep, "invalid"),
+        row("A9", "read_file", "config/link_out", "denied"),
+        row("A9", "read_file", "config/link_secret", "denied"),
+        row("A9", "read_file", "secrets/key", "denied"),
+        row("A10", "read_file", "config/loop1", "denied"),
+        row("A10", "read_file", "config/dangling", "denied"),
+        row("A10", "read_dir", "config/loop1", "denied"),
+        row("A11", "read_file", "config/proc/etc/passwd", "denied"),
+        row("A11", "read_file", "config/fd", "denied"),
+        row("A11", "read_file", "/proc/self/root/etc/passwd", "invalid"),
+        row("A13", "read_file", b"config/\xffa.txt".to_vec(), "invalid"),
+        row("A13", "read_dir", b"config/\xc0\xaf".to_vec(), "invalid"),
+        row("B14", "get_env", "api_key", "denied"),
+        row("B14", "get_env", "API_KEY ", "invalid"),
+        row("B14", "get_env", "API_*", "invalid"),
+        row("B14", "get_env", "*", "invalid"),
+        row("B14", "get_env", "", "invalid"),
+        row("B14", "get_env", "API_KEY=x", "invalid"),
+        row("B14", "get_env", "API_KEY\0", "invalid"),
+        row("B14", "get_env", "HOME", "denied"),
+        row("B14", "get_env", "API_KEY", "ok"),
+        row("B14", "get_env", "PATH", "ok"),
+        row("write", "write_file", "output/new.txt", "ok"),
+        row("write", "write_file", "config/a.txt", "denied"),
+        row("write", "write_file", "output/../config/a.txt", "invalid"),
+        row("write", "delete_file", "output/new.txt", "denied"),
+        row("stat", "stat", "config/link_out", "ok"),
+        row("stat", "stat", "secrets/key", "denied"),
+    ]
+}
+
+#[tokio::test]
+async fn the_bad_input_corpus_gets_clear_answers_and_one_audit_record_each() {
+    let fixture = Fixture::new(Limits::default());
+    fixture.grant("corpus", &GRANTS);
+    let (plugin, _connection) = fixture.start("corpus").await;
+
+    let rows = corpus();
+    let mut failures = Vec::new();
+    for row in &rows {
+        let answer = op_with(&plugin, row.op, &row.path, b"written".to_vec(), 0).await;
+        if answer.outcome != row.outcome {
+            failures.push(format!(
+                "{} {} {:?}: expected {}, got {} ({})",
+                row.item,
+                row.op,
+                String::from_utf8_lossy(&row.path),
+                row.outcome,
+                answer.outcome,
+                answer.message
+            ));
+        }
+        if answer.outcome == "denied"
+            && row.op != "stat"
+            && !answer.message.contains("symbolic link")
+        {
+            assert!(
+                !answer.capability.is_empty() && answer.message.contains(&answer.capability),
+                "a policy denial names the missing capability: {answer:?}"
+            );
+        }
+        // Nothing outside the grants ever comes back.
+        let data = String::from_utf8_lossy(&answer.data);
+        assert!(
+            !data.contains("SECRET") && !data.contains("root:"),
+            "{} leaked: {data}",
+            row.item
+        );
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+
+    // One audit record per call, in order, with the expected decision.
+    let records = fixture.audit_records(rows.len()).await;
+    assert_eq!(records.len(), rows.len());
+    for (row, record) in rows.iter().zip(&records) {
+        assert_eq!(record["plugin"], "corpus");
+        assert_eq!(record["instance"], plugin.instance());
+        assert_eq!(record["pid"], plugin.pid());
+        assert_eq!(record["operation"], row.op, "{record}");
+        assert_eq!(
+            record["decision"], row.decision,
+            "{} {}: {record}",
+            row.item, row.op
+        );
+        assert!(
+            record["time"].as_str().is_some_and(|t| t.ends_with('Z')),
+            "{record}"
+        );
+        assert!(
+            !record["reason"].as_str().unwrap_or_default().is_empty(),
+            "{record}"
+        );
+    }
+
+    // The host still serves: a good call after the whole corpus.
+    let after = op(&plugin, "read_file", b"config/sub/b.txt").await;
+    assert_eq!(
+        (after.outcome.as_str(), after.data.as_slice()),
+        ("ok", &b"config b"[..])
+    );
+    assert_eq!(
+        std::fs::read_to_string(fixture.workspace.join("output/new.txt")).unwrap(),
+        "written"
+    );
+}
+
+#[tokio::test]
+async fn a_large_directory_is_paged() {
+    let fixture = Fixture::new(Limits::default());
+    fixture.grant("pager", &GRANTS);
+    let (plugin, _connection) = fixture.start("pager").await;
+    let listing = op(&plugin, "read_dir", b"config/many").await;
+    assert_eq!(listing.outcome, "ok", "{}", listing.message);
+    let mut names = listing.names.clone();
+    names.sort();
+    names.dedup();
+    assert_eq!(names.len(), 2500, "every entry once, over three pages");
+}
+
+#[tokio::test]
+async fn the_plugin_environment_holds_only_what_the_host_allowed() {
+    let fixture = Fixture::new(Limits::default());
+    fixture.grant("env", &GRANTS);
+    let (plugin, _connection) = fixture.start("env").await;
+    let own = op(&plugin, "own_env", b"").await;
+    let unexpected: Vec<&String> = own
+        .names
+        .iter()
+        .filter(|name| {
+            !name.starts_with("PLUGIN_")
+                && !["TMPDIR", "TETHER_TEST_PLUGIN"].contains(&name.as_str())
+        })
+        .collect();
+    assert!(unexpected.is_empty(), "the plugin inherited {unexpected:?}");
+}
+
+#[tokio::test]
+async fn messages_over_the_limit_are_refused_and_the_connection_survives() {
+    let fixture = Fixture::new(Limits {
+        max_message_size: 1 << 20,
+        ..Limits::default()
+    });
+    fixture.grant("big", &GRANTS);
+    let (plugin, _connection) = fixture.start("big").await;
+    let too_big = op_with(&plugin, "write_chunk", b"output/big", vec![7; 2 << 20], 0).await;
+    assert!(
+        ["exhausted", "other"].contains(&too_big.outcome.as_str()),
+        "{too_big:?}"
+    );
+    assert!(!fixture.workspace.join("output/big").exists());
+    let after = op(&plugin, "read_file", b"config/a.txt").await;
+    assert_eq!(after.outcome, "ok", "{}", after.message);
+}
+
+#[tokio::test]
+async fn the_write_quota_holds_and_leaves_no_partial_file() {
+    let fixture = Fixture::new(Limits {
+        write_quota: 1 << 20,
+        ..Limits::default()
+    });
+    fixture.grant("quota", &GRANTS);
+    let (plugin, _connection) = fixture.start("quota").await;
+    let fits = op_with(
+        &plugin,
+        "write_zeros",
+        b"output/fits",
+        Vec::new(),
+        600 << 10,
+    )
+    .await;
+    assert_eq!(fits.outcome, "ok", "{}", fits.message);
+    let over = op_with(
+        &plugin,
+        "write_zeros",
+        b"output/over",
+        Vec::new(),
+        600 << 10,
+    )
+    .await;
+    assert_eq!(over.outcome, "exhausted", "{}", over.message);
+    assert!(over.message.contains("quota"), "{}", over.message);
+    assert!(!fixture.workspace.join("output/over").exists());
+    let leftovers: Vec<_> = std::fs::read_dir(fixture.workspace.join("output"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(leftovers, ["fits"], "temporary files are cleaned up");
+    assert_eq!(fixture.services.bytes_written("quota"), 600 << 10);
+}
+
+#[tokio::test]
+async fn a_directory_swapped_for_a_symlink_never_leaks_outside_content() {
+    let fixture = Fixture::new(Limits::default());
+    fixture.grant("racer", &GRANTS);
+    let (plugin, _connection) = fixture.start("racer").await;
+
+    let swap = fixture.workspace.join("config/swap");
+    std::fs::create_dir_all(&swap).unwrap();
+    std::fs::write(swap.join("f"), "inside").unwrap();
+    let real = fixture.workspace.join("config/swap-real");
+    let link = fixture.workspace.join("config/swap-link");
+    symlink(fixture.outside.join("dir"), &link).unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let swapper = {
+        let (stop, swap, real, link) =
+            (Arc::clone(&stop), swap.clone(), real.clone(), link.clone());
+        std::thread::spawn(move || {
+            let mut swaps = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                // Directory out, symlink in; then back.
+                let _ = std::fs::rename(&swap, &real);
+                let _ = std::fs::rename(&link, &swap);
+                let _ = std::fs::rename(&swap, &link);
+                let _ = std::fs::rename(&real, &swap);
+                swaps += 1;
+            }
+            swaps
+        })
+    };
+    let answer = op_with(&plugin, "race_read", b"config/swap/f", Vec::new(), 10_000).await;
+    stop.store(true, Ordering::Relaxed);
+    let swaps = swapper.join().unwrap();
+    assert_eq!(answer.outcome, "ok", "{}", answer.message);
+    assert!(swaps > 100, "the swapper barely ran ({swaps} swaps)");
+    assert!(
+        !answer.names.iter().any(|seen| seen.contains("OUTSIDE")),
+        "outside content came back: {:?}",
+        answer.names
+    );
+    assert!(
+        answer.names.iter().any(|seen| seen == "inside"),
+        "{:?}",
+        answer.names
+    );
+    assert!(answer.size > 0);
+}
+
+#[tokio::test]
+async fn revoking_a_grant_applies_to_the_next_call_and_both_decisions_are_audited() {
+    let fixture = Fixture::new(Limits::default());
+    fixture.grant("revoked", &GRANTS);
+    let (plugin, _connection) = fixture.start("revoked").await;
+    let before = op(&plugin, "read_file", b"config/a.txt").await;
+    assert_eq!(before.outcome, "ok", "{}", before.message);
+    assert!(
+        fixture
+            .services
+            .policy()
+            .revoke("revoked", "read:config/**")
+    );
+    let after = op(&plugin, "read_file", b"config/a.txt").await;
+    assert_eq!(after.outcome, "denied", "{}", after.message);
+    assert_eq!(after.capability, "read:config/a.txt");
+
+    let records = fixture.audit_records(2).await;
+    let decisions: Vec<&str> = records
+        .iter()
+        .map(|r| r["decision"].as_str().unwrap())
+        .collect();
+    assert_eq!(decisions, ["allowed", "denied"]);
+    assert!(
+        records[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("read:config/**")
+    );
+}
+
+#[tokio::test]
+async fn two_plugins_with_different_grants_share_one_host_services_value() {
+    let fixture = Fixture::new(Limits::default());
+    fixture.grant("reader", &["read:config/**"]);
+    fixture.grant("writer", &["write:output/**"]);
+    let (reader, _r) = fixture.start("reader").await;
+    let (writer, _w) = fixture.start("writer").await;
+
+    assert_eq!(
+        op(&reader, "read_file", b"config/a.txt").await.outcome,
+        "ok"
+    );
+    assert_eq!(
+        op(&writer, "read_file", b"config/a.txt").await.outcome,
+        "denied"
+    );
+    assert_eq!(
+        op_with(&writer, "write_file", b"output/w", b"w".to_vec(), 0)
+            .await
+            .outcome,
+        "ok"
+    );
+    assert_eq!(
+        op_with(&reader, "write_file", b"output/r", b"r".to_vec(), 0)
+            .await
+            .outcome,
+        "denied"
+    );
+
+    let records = fixture.audit_records(4).await;
+    let by = |plugin: &str| -> Vec<String> {
+        records
+            .iter()
+            .filter(|r| r["plugin"] == plugin)
+            .map(|r| {
+                format!(
+                    "{} {}",
+                    r["operation"].as_str().unwrap(),
+                    r["decision"].as_str().unwrap()
+                )
+            })
+            .collect()
+    };
+    assert_eq!(by("reader"), ["read_file allowed", "write_file denied"]);
+    assert_eq!(by("writer"), ["read_file denied", "write_file allowed"]);
+}
+
+#[tokio::test]
+async fn bad_manifests_are_rejected_naming_each_bad_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("plugin.toml");
+    std::fs::write(
+        &path,
+        r#"name = "p"
+version = "1.0.0"
+protocol_version = 1
+capabilities = ["read:config/**", "read:/**", "read:../**", "read:", "READ:x", "exec:x", "env:API_*"]
+"#,
+    )
+    .unwrap();
+    let err = Manifest::load(&path).unwrap_err();
+    let ManifestError::Capabilities { errors, .. } = &err else {
+        panic!("expected a capabilities error, got {err}");
+    };
+    let named: Vec<&str> = errors.iter().map(|e| e.capability.as_str()).collect();
+    assert_eq!(
+        named,
+        [
+            "read:/**",
+            "read:../**",
+            "read:",
+            "READ:x",
+            "exec:x",
+            "env:API_*"
+        ]
+    );
+    let message = err.to_string();
+    for bad in named {
+        assert!(message.contains(bad), "{message}");
+    }
+
+    std::fs::write(
+        &path,
+        "name = \"p\"\nversion = \"1\"\nprotocol_version = 1\ncapabilities = [\"read:config/**\", \"env:API_KEY\"]\n",
+    )
+    .unwrap();
+    let manifest = Manifest::load(&path).unwrap();
+    assert_eq!(manifest.capabilities.len(), 2);
+}
+
+#[tokio::test]
+async fn a_gibibyte_written_and_read_through_host_services_in_bounded_memory() {
+    // The host runs in its own process, so its peak memory is its own, not this test
+    // binary's (which runs many tests at once).
+    let dir = tempfile::tempdir().unwrap();
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "the host side must be a separate process to measure its own peak memory"
+    )]
+    let output = tokio::process::Command::new(HOST_HELPER)
+        .arg("gibibyte")
+        .arg(TEST_PLUGIN)
+        .arg(dir.path())
+        .output()
+        .await
+        .unwrap();
+    let report = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{report}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let value = |key: &str| -> u64 {
+        report
+            .lines()
+            .find_map(|line| line.strip_prefix(key))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {key} in {report}"))
+    };
+    assert_eq!(value("written"), 1 << 30);
+    assert_eq!(value("read"), 1 << 30);
+    let (host, plugin) = (value("host_peak_kib"), value("plugin_peak_kib"));
+    println!("1 GiB through host services: host peak {host} KiB, plugin peak {plugin} KiB");
+    assert!(host < 64 * 1024, "host peak {host} KiB");
+    assert!(plugin < 64 * 1024, "plugin peak {plugin} KiB");
+}
