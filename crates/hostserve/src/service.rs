@@ -122,6 +122,16 @@ impl HostServices {
         resource: &str,
     ) -> Result<Call<'_>, Status> {
         let identity = PluginIdentity::of(request)?.clone();
+        self.begin_as(identity, operation, resource).await
+    }
+
+    /// [`HostServices::begin`] for a caller already identified.
+    async fn begin_as(
+        &self,
+        identity: PluginIdentity,
+        operation: &'static str,
+        resource: &str,
+    ) -> Result<Call<'_>, Status> {
         let semaphore = {
             let mut plugins = self.plugins.lock().unwrap_or_else(PoisonError::into_inner);
             Arc::clone(
@@ -421,9 +431,9 @@ impl HostServicesRpc for HostServices {
         let first = stream.message().await?.unwrap_or_default();
         // The call is identified from the connection; the first message names the file.
         let resource = path::display(&first.path);
-        let mut probe = Request::new(());
-        probe.extensions_mut().insert(identity.clone());
-        let call = self.begin(&probe, "write_file", &resource).await?;
+        let call = self
+            .begin_as(identity.clone(), "write_file", &resource)
+            .await?;
         let path = call.path(&first.path)?;
         let (workspace, grant) = call.authorize(Verb::Write, path.as_str())?;
         let mode = if first.mode == 0 {
