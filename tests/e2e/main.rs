@@ -1,5 +1,6 @@
 //! End-to-end tests: every test here starts real plugin processes.
 
+mod corpus_rows;
 mod handshake;
 mod hostconn;
 mod hostserve;

@@ -44,7 +44,7 @@ pub mod unix;
 pub use broker::{Broker, BrokerConfig, BrokerService, DEFAULT_TIMEOUT};
 pub use error::BrokerError;
 pub use serve::Served;
-pub use unix::{ConnectError, ConnectionCounts, Peer, PeerCredentials};
+pub use unix::{ConnectError, ConnectionCounts, Peer, PeerCredentials, Refusal, RefusalHook};
 
 #[cfg(test)]
 mod tests;

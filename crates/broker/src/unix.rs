@@ -197,15 +197,45 @@ impl ConnectionCounts {
     }
 }
 
+/// A connection a [`Listener`] refused: who tried, where, and why.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    /// The other side's name (the `label` the listener was bound with).
+    pub label: Arc<str>,
+    /// The listening socket.
+    pub socket: PathBuf,
+    /// The process that connected, if the kernel could say.
+    pub credentials: Option<PeerCredentials>,
+    /// Who was expected.
+    pub expected: Peer,
+    /// Why it was refused, in words.
+    pub reason: String,
+}
+
+/// Called for each refused connection, on the task accepting connections: keep it quick.
+pub type RefusalHook = Arc<dyn Fn(&Refusal) + Send + Sync>;
+
 /// A listening Unix socket whose connections are checked against a [`Peer`]: others are
-/// closed at once and logged with their pid. The socket file is removed when the listener
-/// is dropped.
-#[derive(Debug)]
+/// closed at once, logged with their pid, and passed to the [`RefusalHook`] if one is set.
+/// The socket file is removed when the listener is dropped.
 pub struct Listener {
     socket: NamedTempFile<UnixListener>,
     peer: Peer,
     label: Arc<str>,
     counts: Arc<ConnectionCounts>,
+    on_refused: Option<RefusalHook>,
+}
+
+impl fmt::Debug for Listener {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Listener")
+            .field("socket", &self.socket.path())
+            .field("peer", &self.peer)
+            .field("label", &self.label)
+            .field("counts", &self.counts)
+            .field("on_refused", &self.on_refused.is_some())
+            .finish()
+    }
 }
 
 impl Listener {
@@ -222,7 +252,28 @@ impl Listener {
             peer,
             label,
             counts: Arc::default(),
+            on_refused: None,
         })
+    }
+
+    /// Calls `hook` for every refused connection (for example, to audit it).
+    #[must_use]
+    pub fn on_refused(mut self, hook: RefusalHook) -> Self {
+        self.on_refused = Some(hook);
+        self
+    }
+
+    fn refuse(&self, credentials: Option<PeerCredentials>, reason: String) {
+        self.counts.refused.fetch_add(1, Ordering::Relaxed);
+        if let Some(hook) = &self.on_refused {
+            hook(&Refusal {
+                label: Arc::clone(&self.label),
+                socket: self.path().to_owned(),
+                credentials,
+                expected: self.peer,
+                reason,
+            });
+        }
     }
 
     /// The socket's path.
@@ -259,7 +310,10 @@ impl Listener {
                         %err,
                         "refused a connection whose peer credentials could not be read"
                     );
-                    self.counts.refused.fetch_add(1, Ordering::Relaxed);
+                    self.refuse(
+                        None,
+                        format!("its peer credentials could not be read: {err}"),
+                    );
                     continue;
                 }
             };
@@ -274,7 +328,13 @@ impl Listener {
                     "refused a connection from {credentials}: only {} may connect here",
                     self.peer,
                 );
-                self.counts.refused.fetch_add(1, Ordering::Relaxed);
+                self.refuse(
+                    Some(credentials),
+                    format!(
+                        "refused a connection from {credentials}: only {} may connect here",
+                        self.peer
+                    ),
+                );
                 continue;
             }
             self.counts.accepted.fetch_add(1, Ordering::Relaxed);

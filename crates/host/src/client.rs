@@ -4,7 +4,7 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use rustix::process::Signal;
@@ -73,7 +73,9 @@ pub struct PluginBuilder {
     graceful_timeout: Duration,
     kill_timeout: Duration,
     max_message_size: usize,
-    stdio: StdioSink,
+    /// In a mutex only so the builder is `Sync` (a sink's writer need only be `Send`), which
+    /// keeps `start`'s future `Send`.
+    stdio: Mutex<StdioSink>,
     socket_base: Option<PathBuf>,
     broker_timeout: Duration,
 }
@@ -145,7 +147,7 @@ impl PluginBuilder {
 
     /// Where the plugin's stdio goes (default: `tracing`).
     pub fn stdio(mut self, sink: StdioSink) -> Self {
-        self.stdio = sink;
+        self.stdio = Mutex::new(sink);
         self
     }
 
@@ -265,7 +267,9 @@ impl PluginBuilder {
         process.tasks.push(tokio::spawn(run_stdio(
             name.clone(),
             stdio_client,
-            self.stdio,
+            self.stdio
+                .into_inner()
+                .unwrap_or_else(PoisonError::into_inner),
         )));
 
         let client = PluginClient {
@@ -309,27 +313,29 @@ impl PluginBuilder {
             stderr_tail: tail,
         };
         let mut exit = process.exit.clone();
-        let read = tokio::select! {
+        // Each branch yields a plain value: a `watch::Ref` held across the awaits below
+        // would make this future (and `start`'s) not `Send`.
+        let first = tokio::select! {
             biased;
-            read = lines::read_line(stdout, MAX_HANDSHAKE_LINE) => read,
-            status = exit.wait_for(Option::is_some) => {
-                let status = status.ok().and_then(|s| *s);
-                return Err(process.exited_early(name, status).await);
-            }
-            () = tokio::time::sleep_until(deadline) => {
-                return Err(timed_out(process.settled_tail(false).await));
-            }
+            read = lines::read_line(stdout, MAX_HANDSHAKE_LINE) => Ok(read),
+            status = exit.wait_for(Option::is_some) => Err(Some(status.ok().and_then(|s| *s))),
+            () = tokio::time::sleep_until(deadline) => Err(None),
+        };
+        let read = match first {
+            Ok(read) => read,
+            Err(Some(status)) => return Err(process.exited_early(name, status).await),
+            Err(None) => return Err(timed_out(process.settled_tail(false).await)),
         };
         let line = match read {
             Ok(Read::Line(line)) => line,
             Ok(Read::Eof(line)) if !line.is_empty() => line,
             Ok(Read::Eof(_)) | Err(_) => {
                 // stdout closed: the process is exiting, or misbehaving until the deadline.
-                return match timeout_at(deadline, exit.wait_for(Option::is_some)).await {
-                    Ok(status) => {
-                        let status = status.ok().and_then(|s| *s);
-                        Err(process.exited_early(name, status).await)
-                    }
+                let exited = timeout_at(deadline, exit.wait_for(Option::is_some))
+                    .await
+                    .map(|status| status.ok().and_then(|s| *s));
+                return match exited {
+                    Ok(status) => Err(process.exited_early(name, status).await),
                     Err(_) => Err(timed_out(process.settled_tail(false).await)),
                 };
             }
@@ -409,7 +415,7 @@ impl PluginClient {
             graceful_timeout: Duration::from_secs(2),
             kill_timeout: Duration::from_secs(2),
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
-            stdio: StdioSink::default(),
+            stdio: Mutex::default(),
             socket_base: None,
             broker_timeout: tether_broker::DEFAULT_TIMEOUT,
         }
@@ -676,5 +682,25 @@ async fn run_stdio(plugin: String, mut client: GrpcStdioClient<Channel>, sink: S
             );
         }
         Err(status) => tracing::debug!(plugin, %status, "the plugin's stdio stream failed"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send<T: Send>(_: &T) {}
+    fn assert_send_sync<T: Send + Sync>() {}
+
+    /// A host starts and drives plugins from spawned tasks, so these futures must be `Send`
+    /// (a `watch::Ref` held across an await once made `start`'s not).
+    #[test]
+    fn start_and_the_client_futures_are_send() {
+        assert_send_sync::<PluginBuilder>();
+        assert_send_sync::<PluginClient>();
+        let builder = PluginClient::builder("p", "/nonexistent")
+            .stdio(StdioSink::Writer(Box::new(std::io::sink())));
+        let start = builder.start();
+        assert_send(&start);
     }
 }

@@ -30,6 +30,7 @@ use std::time::Duration;
 
 use tether_broker::unix::Conn;
 use tether_broker::{BrokerError, ConnectionCounts, Served};
+pub use tether_broker::{Refusal, RefusalHook};
 use tether_host::PluginClient;
 use tether_protocol::hostconn::host_connection_client::HostConnectionClient;
 use tether_protocol::hostconn::{DisconnectRequest, EstablishRequest};
@@ -225,13 +226,50 @@ pub async fn establish_host_services(
     plugin: &PluginClient,
     services: Routes,
 ) -> Result<Outcome, Error> {
+    establish_host_services_with(plugin, services, Options::default()).await
+}
+
+/// Optional settings of [`establish_host_services_with`].
+#[derive(Default, Clone)]
+pub struct Options {
+    on_refused: Option<RefusalHook>,
+}
+
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("on_refused", &self.on_refused.is_some())
+            .finish()
+    }
+}
+
+impl Options {
+    /// Calls `hook` for every connection to the plugin's host-service socket that the
+    /// peer-credential check refuses (any process but the plugin's), for example to audit
+    /// it. Refusals are always logged (target `tether::broker`) either way.
+    #[must_use]
+    pub fn on_refused(mut self, hook: RefusalHook) -> Self {
+        self.on_refused = Some(hook);
+        self
+    }
+}
+
+/// [`establish_host_services`] with [`Options`].
+pub async fn establish_host_services_with(
+    plugin: &PluginClient,
+    services: Routes,
+    options: Options,
+) -> Result<Outcome, Error> {
     let name = plugin.name().to_owned();
     let broker = plugin.broker();
     let id = broker.next_id();
-    let listener = broker.accept(id).await.map_err(|source| Error::Offer {
+    let mut listener = broker.accept(id).await.map_err(|source| Error::Offer {
         plugin: name.clone(),
         source,
     })?;
+    if let Some(hook) = options.on_refused {
+        listener = listener.on_refused(hook);
+    }
     let (name_arc, instance) = (Arc::<str>::from(name.as_str()), plugin.instance());
     let identify = move |conn: Conn| {
         let identity = PluginIdentity {

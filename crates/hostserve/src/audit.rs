@@ -26,9 +26,10 @@ pub struct AuditRecord {
     pub plugin: String,
     /// The plugin's instance number.
     pub instance: u64,
-    /// The calling process.
+    /// The calling process (for `connect`, the process that was refused).
     pub pid: u32,
-    /// The operation: `read_dir`, `read_file`, `write_file`, `delete_file`, `get_env`, `stat`.
+    /// The operation: `read_dir`, `read_file`, `write_file`, `delete_file`, `get_env`, `stat`,
+    /// or `connect` (a refused connection to the plugin's host-service socket).
     pub operation: &'static str,
     /// The path or variable, as requested (escaped if not UTF-8, capped).
     pub resource: String,

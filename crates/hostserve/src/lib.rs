@@ -13,8 +13,12 @@
 //! 4. runs beneath the workspace through directory handles (`cap_std`), following no
 //!    symbolic link at any step, so the object reached is the one the path names;
 //! 5. stays within [`Limits`] (message size, per-plugin concurrency, per-plugin write
-//!    quota, capped directory pages, streamed file contents);
+//!    quota, capped directory pages, streamed file contents, and a stall timeout that ends
+//!    a stream the plugin stops reading or sending);
 //! 6. leaves exactly one audit record ([`Audit`]): a JSON line and a `tracing` event.
+//!
+//! [`HostServices::connect`] gives a plugin these services in one line, and also audits
+//! every other process refused at the plugin's host-service socket (operation `connect`).
 //!
 //! ```no_run
 //! # async fn demo(plugin: tether_host::PluginClient) -> Result<(), Box<dyn std::error::Error>> {
@@ -24,7 +28,7 @@
 //! let policy = Policy::load("policy.toml".as_ref())?;
 //! let audit = Audit::to_file("audit.jsonl", 64 << 20)?;
 //! let services = Arc::new(HostServices::new(policy, audit, Limits::default()));
-//! let host = tether_hostconn::establish_host_services(&plugin, services.routes()).await?;
+//! let host = services.connect(&plugin).await?;
 //! # drop(host); Ok(()) }
 //! ```
 //!

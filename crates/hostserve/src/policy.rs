@@ -264,3 +264,90 @@ impl Policy {
         self.plugins.write().unwrap_or_else(PoisonError::into_inner)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn allowed(policy: &Policy, plugin: &str, verb: Verb, resource: &str) -> Option<PathBuf> {
+        match policy.decide(plugin, verb, resource) {
+            Decision::Allow { workspace, .. } => Some(workspace),
+            Decision::Deny { .. } => None,
+        }
+    }
+
+    #[test]
+    fn a_policy_file_loads_with_workspaces_relative_to_it_and_denials_winning() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("policy.toml");
+        std::fs::write(
+            &path,
+            r#"
+[plugins.filelister]
+workspace = "work"
+grant = ["read:config/**", "env:API_KEY"]
+deny = ["read:config/private/**"]
+
+[plugins.other]
+workspace = "/abs/elsewhere"
+"#,
+        )
+        .unwrap();
+        let policy = Policy::load(&path).unwrap();
+        assert_eq!(
+            allowed(&policy, "filelister", Verb::Read, "config/a.toml"),
+            Some(dir.path().join("work"))
+        );
+        assert_eq!(
+            allowed(&policy, "filelister", Verb::Read, "config/private/key"),
+            None
+        );
+        assert!(allowed(&policy, "filelister", Verb::Env, "API_KEY").is_some());
+        assert!(allowed(&policy, "filelister", Verb::Write, "config/a.toml").is_none());
+        // A plugin with a workspace and no grants, and a plugin the file never names.
+        assert!(allowed(&policy, "other", Verb::Read, "config/a.toml").is_none());
+        assert!(allowed(&policy, "stranger", Verb::Read, "config/a.toml").is_none());
+        assert_eq!(
+            policy.grants("filelister"),
+            ["read:config/**", "env:API_KEY"]
+        );
+    }
+
+    #[test]
+    fn a_bad_policy_file_says_which_file_and_what_is_wrong() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.toml");
+        let err = Policy::load(&missing).unwrap_err();
+        assert!(matches!(err, PolicyError::Read { .. }), "{err:?}");
+        assert!(err.to_string().contains("missing.toml"), "{err}");
+
+        let path = dir.path().join("policy.toml");
+        for (text, expected) in [
+            ("[plugins.p]\ngrant = [\"read:x/**\"]\n", "workspace"),
+            ("[plugins.p]\nworkspace = \"w\"\ngrants = []\n", "grants"),
+            ("[plugins.p\n", "policy.toml"),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let err = Policy::load(&path).unwrap_err();
+            assert!(matches!(err, PolicyError::Parse { .. }), "{text}: {err:?}");
+            let message = err.to_string();
+            assert!(
+                message.contains("policy.toml") && message.contains(expected),
+                "{text}: {message}"
+            );
+        }
+
+        std::fs::write(
+            &path,
+            "[plugins.p]\nworkspace = \"w\"\ngrant = [\"read:/**\", \"read:ok/**\", \"nope:x\"]\n",
+        )
+        .unwrap();
+        let err = Policy::load(&path).unwrap_err();
+        let PolicyError::Capabilities { plugin, errors } = &err else {
+            panic!("expected a capabilities error, got {err:?}");
+        };
+        assert_eq!(plugin, "p");
+        let named: Vec<&str> = errors.iter().map(|e| e.capability.as_str()).collect();
+        assert_eq!(named, ["read:/**", "nope:x"]);
+    }
+}

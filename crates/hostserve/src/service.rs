@@ -8,7 +8,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, UNIX_EPOCH};
 
 use cap_std::fs::{FileType, Metadata, PermissionsExt};
-use tether_hostconn::PluginIdentity;
+use tether_host::PluginClient;
+use tether_hostconn::{
+    Options, Outcome, PluginIdentity, Refusal, RefusalHook, establish_host_services_with,
+};
 use tether_protocol::hostserve::host_services_server::{
     HostServices as HostServicesRpc, HostServicesServer,
 };
@@ -19,7 +22,6 @@ use tether_protocol::hostserve::{
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_stream::Stream;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::MetadataValue;
 use tonic::service::Routes;
 use tonic::{Code, Request, Response, Status, Streaming};
@@ -49,6 +51,11 @@ pub struct Limits {
     pub read_chunk: usize,
     /// Most entries in one `ReadDir` page.
     pub max_page: usize,
+    /// How long a streaming call waits on the plugin (to take the next `ReadFile` chunk,
+    /// or to send the next `WriteFile` chunk) before the host ends it with
+    /// `DEADLINE_EXCEEDED` and frees its slot: a plugin that stops reading cannot hold
+    /// host resources.
+    pub stall_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -60,6 +67,7 @@ impl Default for Limits {
             max_message_size: tether_protocol::DEFAULT_MAX_MESSAGE_SIZE,
             read_chunk: 64 * 1024,
             max_page: 1000,
+            stall_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -97,6 +105,40 @@ impl HostServices {
                 .max_decoding_message_size(limit)
                 .max_encoding_message_size(limit),
         )
+    }
+
+    /// Gives `plugin` these host services: the one line of host-service setup.
+    ///
+    /// [`tether_hostconn::establish_host_services`] with [`HostServices::routes`], plus an
+    /// audit record (operation `connect`, decision `denied`) for every process other than
+    /// the plugin's that connects to its host-service socket. Keep the returned connection:
+    /// dropping it disconnects the plugin.
+    pub async fn connect(
+        self: &Arc<Self>,
+        plugin: &PluginClient,
+    ) -> Result<Outcome, tether_hostconn::Error> {
+        let audit = self.audit.clone();
+        let (instance, pid) = (plugin.instance(), plugin.pid());
+        let hook: RefusalHook = Arc::new(move |refusal: &Refusal| {
+            audit.record(AuditRecord {
+                time: AuditRecord::now(),
+                plugin: refusal.label.to_string(),
+                instance,
+                pid: refusal
+                    .credentials
+                    .and_then(|credentials| credentials.pid)
+                    .unwrap_or_default(),
+                operation: "connect",
+                resource: refusal.socket.display().to_string(),
+                decision: "denied",
+                reason: format!(
+                    "{} (the plugin's host-service socket; the plugin is pid {pid})",
+                    refusal.reason
+                ),
+            });
+        });
+        establish_host_services_with(plugin, self.routes(), Options::default().on_refused(hook))
+            .await
     }
 
     /// The policy (clones share it: grant and revoke through it at runtime).
@@ -312,6 +354,104 @@ fn stat_response(metadata: &Metadata) -> StatResponse {
 
 type ChunkStream = Pin<Box<dyn Stream<Item = Result<ReadFileChunk, Status>> + Send>>;
 
+/// Sends `file` in chunks of `chunk` bytes; fails if the plugin takes none for `stall`.
+async fn pump_file(
+    file: cap_std::fs::File,
+    chunk: usize,
+    stall: Duration,
+    sender: &mpsc::Sender<ReadFileChunk>,
+    shown: &str,
+) -> Result<(), Status> {
+    let mut file = Some(file);
+    loop {
+        let mut taken = file
+            .take()
+            .ok_or_else(|| Status::internal("the file being read was lost"))?;
+        let (back, read) = blocking(move || {
+            let mut buffer = vec![0; chunk];
+            let read = loop {
+                match taken.read(&mut buffer) {
+                    Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                    other => break other,
+                }
+            };
+            (
+                taken,
+                read.map(|n| {
+                    buffer.truncate(n);
+                    buffer
+                }),
+            )
+        })
+        .await?;
+        file = Some(back);
+        let data = read.map_err(|err| io_status(shown, &err))?;
+        if data.is_empty() {
+            return Ok(());
+        }
+        match tokio::time::timeout(stall, sender.send(ReadFileChunk { data })).await {
+            Ok(Ok(())) => {}
+            // The plugin cancelled the call or went away: nobody to tell.
+            Ok(Err(_)) => return Ok(()),
+            Err(_) => {
+                return Err(Status::deadline_exceeded(format!(
+                    "{shown:?}: the plugin took no data for {stall:?}; the host ended the \
+                     read (the file was not sent completely)"
+                )));
+            }
+        }
+    }
+}
+
+/// The plugin's next `WriteFile` message, waiting at most `stall`.
+async fn next_chunk(
+    stream: &mut Streaming<WriteFileChunk>,
+    stall: Duration,
+) -> Result<Option<WriteFileChunk>, Status> {
+    tokio::time::timeout(stall, stream.message())
+        .await
+        .map_err(|_| {
+            Status::deadline_exceeded(format!(
+                "the plugin sent nothing for {stall:?} in the middle of a write; the host \
+                 ended it and wrote nothing"
+            ))
+        })?
+}
+
+/// The `ReadFile` response: the chunks, then the error that ended the read early, if any,
+/// so a stalled or failed read never looks like a complete file.
+struct Chunks {
+    receiver: mpsc::Receiver<ReadFileChunk>,
+    ending: Arc<Mutex<Option<Status>>>,
+    done: bool,
+}
+
+impl Stream for Chunks {
+    type Item = Result<ReadFileChunk, Status>;
+
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        if self.done {
+            return std::task::Poll::Ready(None);
+        }
+        match self.receiver.poll_recv(cx) {
+            std::task::Poll::Ready(Some(chunk)) => std::task::Poll::Ready(Some(Ok(chunk))),
+            std::task::Poll::Ready(None) => {
+                self.done = true;
+                let ending = self
+                    .ending
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .take();
+                std::task::Poll::Ready(ending.map(Err))
+            }
+            std::task::Poll::Pending => std::task::Poll::Pending,
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl HostServicesRpc for HostServices {
     async fn read_dir(
@@ -394,32 +534,35 @@ impl HostServicesRpc for HostServices {
         let opened = blocking(move || Target::locate(&workspace, &path)?.open_file())
             .await?
             .map_err(|err| io_status(&shown, &err));
-        let mut file = call.finish(&grant, opened)?;
+        let file = call.finish(&grant, opened)?;
         let shown = path::display(&request.get_ref().path);
         let (sender, receiver) = mpsc::channel(4);
         let chunk = self.limits.read_chunk;
+        let stall = self.limits.stall_timeout;
         let permit = call.permit.take();
-        tokio::task::spawn_blocking(move || {
+        let ending = Arc::new(Mutex::new(None));
+        let pump_ending = Arc::clone(&ending);
+        let plugin = call.identity.name().to_owned();
+        tokio::spawn(async move {
+            // The slot is held until the file is sent or the plugin stops taking it.
             let _permit = permit;
-            loop {
-                let mut buffer = vec![0; chunk];
-                let message = match file.read(&mut buffer) {
-                    Ok(0) => return,
-                    Ok(n) => {
-                        buffer.truncate(n);
-                        Ok(ReadFileChunk { data: buffer })
-                    }
-                    Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(err) => Err(io_status(&shown, &err)),
-                };
-                let failed = message.is_err();
-                // The plugin stopped reading or went away: stop too.
-                if sender.blocking_send(message).is_err() || failed {
-                    return;
-                }
+            let ended = pump_file(file, chunk, stall, &sender, &shown).await;
+            if let Err(status) = ended {
+                tracing::warn!(
+                    target: "tether::hostserve",
+                    plugin,
+                    path = shown,
+                    %status,
+                    "ReadFile ended early"
+                );
+                *pump_ending.lock().unwrap_or_else(PoisonError::into_inner) = Some(status);
             }
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+        Ok(Response::new(Box::pin(Chunks {
+            receiver,
+            ending,
+            done: false,
+        })))
     }
 
     async fn write_file(
@@ -428,7 +571,14 @@ impl HostServicesRpc for HostServices {
     ) -> Result<Response<WriteFileResponse>, Status> {
         let identity = PluginIdentity::of(&request)?.clone();
         let mut stream = request.into_inner();
-        let first = stream.message().await?.unwrap_or_default();
+        let stall = self.limits.stall_timeout;
+        let first = match next_chunk(&mut stream, stall).await {
+            Ok(first) => first.unwrap_or_default(),
+            Err(status) => {
+                let call = self.begin_as(identity, "write_file", "").await?;
+                return Err(call.deny(status, "no first message"));
+            }
+        };
         // The call is identified from the connection; the first message names the file.
         let resource = path::display(&first.path);
         let call = self
@@ -535,6 +685,7 @@ impl HostServices {
         written: &AtomicU64,
         quota: u64,
     ) -> Result<u64, Status> {
+        let stall = self.limits.stall_timeout;
         let (target, temp, file) = blocking(move || -> io::Result<_> {
             let target = Target::locate(&workspace, &path)?;
             let (temp, file) = target.create_temp(mode)?;
@@ -550,7 +701,7 @@ impl HostServices {
             loop {
                 let data = match next.take() {
                     Some(data) => data,
-                    None => match stream.message().await? {
+                    None => match next_chunk(stream, stall).await? {
                         Some(chunk) => chunk.data,
                         None => return Ok(()),
                     },

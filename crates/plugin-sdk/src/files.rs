@@ -101,9 +101,16 @@ pub struct HostFiles {
 }
 
 impl HostFiles {
-    /// A client on a brokered channel to the host's services.
+    /// A client on a brokered channel to the host's services, with the default message
+    /// limit ([`tether_protocol::DEFAULT_MAX_MESSAGE_SIZE`]).
     pub fn new(channel: Channel) -> Self {
-        let limit = tether_protocol::DEFAULT_MAX_MESSAGE_SIZE;
+        HostFiles::with_max_message_size(channel, tether_protocol::DEFAULT_MAX_MESSAGE_SIZE)
+    }
+
+    /// A client whose messages (each way) may be up to `limit` bytes; match the host's
+    /// `Limits::max_message_size`. Use it as
+    /// `plugin.with_host_services(|channel| HostFiles::with_max_message_size(channel, limit))`.
+    pub fn with_max_message_size(channel: Channel, limit: usize) -> Self {
         HostFiles {
             client: HostServicesClient::new(channel)
                 .max_decoding_message_size(limit)

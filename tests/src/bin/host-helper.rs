@@ -92,7 +92,8 @@ async fn gibibyte(program: &str, dir: &Path) -> anyhow::Result<ExitCode> {
         .arg("--host-files")
         .start()
         .await?;
-    let _host = tether_hostconn::establish_host_services(&plugin, services.routes())
+    let _host = services
+        .connect(&plugin)
         .await?
         .connection()
         .context("the test plugin did not request host services")?;

@@ -3,6 +3,7 @@
 //! Arguments: `--versions 1,2` (the app protocol versions it serves, default `1`);
 //! `--host-services` (opts in to host services: `CallHost` calls the host's `HostTesting`);
 //! `--host-files` (opts in to tether's host services instead: `HostOp` calls them);
+//! `--host-message-limit N` (with `--host-files`: the largest message to or from them);
 //! `--ignore-shutdown` (after a graceful stop, stays alive and ignores SIGTERM, so the host
 //! must kill it); `sleep-forever` (used for the child it spawns).
 
@@ -19,7 +20,7 @@ use tether_plugin_sdk::tonic::metadata::MetadataValue;
 use tether_plugin_sdk::tonic::transport::Channel;
 use tether_plugin_sdk::tonic::{self, Request, Response, Status};
 use tether_plugin_sdk::{
-    Broker, HandshakeConfig, HostCallError, HostFiles, HostServices, Plugin, Routes,
+    Broker, FileChunks, HandshakeConfig, HostCallError, HostFiles, HostServices, Plugin, Routes,
 };
 use tracing::level_filters::LevelFilter;
 
@@ -36,6 +37,8 @@ struct Service {
     broker: Broker,
     /// Endpoints served for the host with `ServeBrokered`, kept alive.
     served: Arc<Mutex<Vec<Served>>>,
+    /// `ReadFile` streams opened by `hold_reads` and not read yet.
+    held: Arc<Mutex<Vec<FileChunks>>>,
 }
 
 #[tonic::async_trait]
@@ -162,6 +165,10 @@ fn failure(err: HostCallError) -> HostOpResponse {
     }
 }
 
+fn poisoned() -> HostCallError {
+    HostCallError::Invalid("a lock was poisoned".into())
+}
+
 /// This process's peak resident set size, from `/proc/self/status`.
 fn peak_rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -182,6 +189,17 @@ impl Service {
             outcome: "ok".into(),
             ..HostOpResponse::default()
         };
+        if request.op == "dial_broker" {
+            let id = u32::try_from(request.size).unwrap_or(u32::MAX);
+            return Ok(match self.broker.dial(id).await {
+                Ok(_) => ok,
+                Err(err) => HostOpResponse {
+                    outcome: "other".into(),
+                    message: err.to_string(),
+                    ..HostOpResponse::default()
+                },
+            });
+        }
         if request.op == "own_env" {
             return Ok(HostOpResponse {
                 names: std::env::vars_os()
@@ -285,6 +303,70 @@ impl Service {
                     ..ok
                 }
             }
+            "hold_reads" => {
+                // Opens `size` reads of `path` and never reads them (until `drain_held`).
+                let mut outcomes = Vec::new();
+                for _ in 0..request.size {
+                    match files.read_file(&path).await {
+                        Ok(stream) => {
+                            self.held.lock().map_err(|_| poisoned())?.push(stream);
+                            outcomes.push("ok".to_owned());
+                        }
+                        Err(err) => outcomes.push(failure(err).outcome),
+                    }
+                }
+                HostOpResponse {
+                    names: outcomes,
+                    ..ok
+                }
+            }
+            "drain_held" => {
+                // Reads every held stream to its end: `<bytes> <outcome>: <message>` each.
+                let held = std::mem::take(&mut *self.held.lock().map_err(|_| poisoned())?);
+                let mut endings = Vec::new();
+                for mut stream in held {
+                    let mut size = 0;
+                    let mut ending = "ok: complete".to_owned();
+                    while let Some(chunk) = stream.next().await {
+                        match chunk {
+                            Ok(chunk) => size += chunk.len(),
+                            Err(err) => {
+                                let failed = failure(err);
+                                ending = format!("{}: {}", failed.outcome, failed.message);
+                            }
+                        }
+                    }
+                    endings.push(format!("{size} {ending}"));
+                }
+                HostOpResponse {
+                    names: endings,
+                    ..ok
+                }
+            }
+            "flood" => {
+                // `size` concurrent `stat` calls of `path`: the outcome of each.
+                let calls = (0..request.size).map(|_| files.stat(&path));
+                let outcomes = futures_util::future::join_all(calls).await;
+                HostOpResponse {
+                    names: outcomes
+                        .into_iter()
+                        .map(|outcome| match outcome {
+                            Ok(_) => "ok".to_owned(),
+                            Err(err) => failure(err).outcome,
+                        })
+                        .collect(),
+                    ..ok
+                }
+            }
+            "write_stall" => {
+                // Sends the first chunk, then nothing, for as long as the host waits.
+                let chunks = futures_util::stream::iter([request.data.clone()])
+                    .chain(futures_util::stream::pending());
+                HostOpResponse {
+                    size: files.write_file_stream(&path, 0o644, chunks).await?,
+                    ..ok
+                }
+            }
             other => return Err(HostCallError::Invalid(format!("unknown op {other:?}"))),
         })
     }
@@ -311,12 +393,24 @@ fn main() -> ExitCode {
         (plugin, None)
     };
     let (mut plugin, files) = if args.iter().any(|a| a == "--host-files") {
-        let (plugin, files) = plugin.with_host_files();
+        // `--host-message-limit N`: the largest message to and from the host services.
+        let limit = args
+            .iter()
+            .position(|a| a == "--host-message-limit")
+            .and_then(|i| args.get(i + 1))
+            .and_then(|n| n.parse().ok());
+        let (plugin, files) = match limit {
+            Some(limit) => plugin.with_host_services(move |channel| {
+                HostFiles::with_max_message_size(channel, limit)
+            }),
+            None => plugin.with_host_files(),
+        };
         (plugin, Some(files))
     } else {
         (plugin, None)
     };
     let served = Arc::default();
+    let held = Arc::default();
     for version in versions {
         let service = Service {
             version,
@@ -324,8 +418,13 @@ fn main() -> ExitCode {
             files: files.clone(),
             broker: plugin.broker(),
             served: Arc::clone(&served),
+            held: Arc::clone(&held),
         };
-        plugin = plugin.version(version, Routes::new(TestingServer::new(service)));
+        // Tests send large `HostOp` payloads to exercise the host services' own limits.
+        let server = TestingServer::new(service)
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20);
+        plugin = plugin.version(version, Routes::new(server));
     }
     let code = plugin.run();
     if args.iter().any(|a| a == "--ignore-shutdown") {

@@ -85,7 +85,10 @@ pub struct WhoAmIResponse {
 pub struct HostOpRequest {
     /// One of: read_dir, read_file, read_stream (counts bytes without keeping them), write_file,
     /// write_zeros (`size` bytes, streamed), write_chunk (`data` as one message), delete_file,
-    /// get_env (`path` is the name), stat, race_read (`size` reads of `path`), own_env.
+    /// get_env (`path` is the name), stat, race_read (`size` reads of `path`), own_env,
+    /// hold_reads (opens `size` reads of `path` and leaves them unread), drain_held (reads
+    /// them to the end), flood (`size` concurrent stats of `path`), write_stall (sends `data`
+    /// as the first chunk, then nothing), dial_broker (dials broker id `size`).
     #[prost(string, tag = "1")]
     pub op: ::prost::alloc::string::String,
     #[prost(bytes = "vec", tag = "2")]
