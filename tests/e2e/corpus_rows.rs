@@ -8,6 +8,7 @@
 //!   `hostconn::two_plugins_share_one_service_and_each_call_is_attributed_to_its_caller`.
 //! - C18, first half (an id never issued): `hostconn::dialing_an_id_never_issued_times_out_naming_the_id`.
 //! - C19 (handshake abuse): one test per kind of abuse in `handshake.rs`.
+//! - B15, second half (`/proc/<host>/environ`): a row of the sandbox table in `sandbox.rs`.
 
 #![allow(
     clippy::unwrap_used,

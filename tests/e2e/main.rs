@@ -5,4 +5,5 @@ mod handshake;
 mod hostconn;
 mod hostserve;
 mod lifecycle;
+mod sandbox;
 mod support;

@@ -4,7 +4,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use tether_host::{HandshakeConfig, PluginBuilder, PluginClient};
+use tether_host::{HandshakeConfig, PluginBuilder, PluginClient, Sandbox};
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::Layer;
@@ -14,13 +14,17 @@ pub(crate) const TEST_PLUGIN: &str = env!("CARGO_BIN_EXE_test-plugin");
 pub(crate) const BAD_PLUGIN: &str = env!("CARGO_BIN_EXE_bad-plugin");
 pub(crate) const HOST_HELPER: &str = env!("CARGO_BIN_EXE_host-helper");
 pub(crate) const PLAIN_PLUGIN: &str = env!("CARGO_BIN_EXE_plain-plugin");
+pub(crate) const HOSTILE_PLUGIN: &str = env!("CARGO_BIN_EXE_hostile-plugin");
 
 pub(crate) const HANDSHAKE: HandshakeConfig = HandshakeConfig::new("TETHER_TEST_PLUGIN", "e2e");
 
-/// A builder for the well-behaved test plugin, named `name`.
+/// A builder for the well-behaved test plugin, named `name`, under the strict sandbox:
+/// every test of the other features also proves they work sandboxed.
 pub(crate) fn test_plugin(name: &str) -> PluginBuilder {
     record_events();
-    PluginClient::builder(name, TEST_PLUGIN).handshake(HANDSHAKE)
+    PluginClient::builder(name, TEST_PLUGIN)
+        .handshake(HANDSHAKE)
+        .sandbox(Sandbox::strict())
 }
 
 /// One `tracing` event the host emitted about a plugin.

@@ -29,6 +29,7 @@ use tonic_health::pb::health_client::HealthClient;
 use crate::error::Error;
 use crate::lines::{self, Read, Tail, excerpt};
 use crate::logs::{self, LogParser};
+use crate::sandbox::{self, Sandbox, SandboxMode, SandboxStatus};
 use crate::spawn::{self, signal_group};
 use crate::stdio::{self, StdioSink};
 use crate::transport;
@@ -78,6 +79,7 @@ pub struct PluginBuilder {
     stdio: Mutex<StdioSink>,
     socket_base: Option<PathBuf>,
     broker_timeout: Duration,
+    sandbox: Sandbox,
 }
 
 impl PluginBuilder {
@@ -158,6 +160,13 @@ impl PluginBuilder {
         self
     }
 
+    /// How the plugin process is confined (default [`Sandbox::best_effort`]: every layer
+    /// this kernel offers).
+    pub fn sandbox(mut self, sandbox: Sandbox) -> Self {
+        self.sandbox = sandbox;
+        self
+    }
+
     /// Where private socket directories are created (default: the system temp dir).
     pub fn socket_base_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.socket_base = Some(dir.into());
@@ -172,9 +181,23 @@ impl PluginBuilder {
             reason: reason.to_owned(),
         };
         let base = self.socket_base.clone().unwrap_or_else(std::env::temp_dir);
+        let program = sandbox::resolve_program(&self.program).map_err(|source| Error::Spawn {
+            plugin: name.clone(),
+            program: self.program.clone(),
+            source,
+        })?;
         let socket_dir = transport::socket_dir(&name, &base)?;
+        let sandbox =
+            sandbox::prepare(&self.sandbox, &program, socket_dir.path()).map_err(|source| {
+                Error::Sandbox {
+                    plugin: name.clone(),
+                    source,
+                }
+            })?;
+        let sandbox_status = sandbox.status.clone();
+        log_sandbox(&name, &sandbox_status);
 
-        let mut command = Command::new(&self.program);
+        let mut command = Command::new(&program);
         command
             .args(&self.args)
             .env_clear()
@@ -189,11 +212,13 @@ impl PluginBuilder {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let mut child = spawn::spawn(command).await.map_err(|source| Error::Spawn {
-            plugin: name.clone(),
-            program: self.program.clone(),
-            source,
-        })?;
+        let mut child = spawn::spawn(command, sandbox)
+            .await
+            .map_err(|source| Error::Spawn {
+                plugin: name.clone(),
+                program: self.program.clone(),
+                source,
+            })?;
         let pid = child
             .id()
             .ok_or_else(|| internal("the new process has no pid"))?;
@@ -288,6 +313,7 @@ impl PluginBuilder {
             kill_timeout: self.kill_timeout,
             broker,
             process,
+            sandbox: sandbox_status,
         };
         client.health().await?;
         tracing::debug!(
@@ -396,6 +422,18 @@ pub struct PluginClient {
     instance: u64,
     broker: Broker,
     process: Process,
+    sandbox: SandboxStatus,
+}
+
+/// One line per start: what confines the plugin (a warning when something does not).
+fn log_sandbox(plugin: &str, status: &SandboxStatus) {
+    if status.mode == SandboxMode::Off {
+        tracing::warn!(target: "tether::sandbox", plugin, sandbox = %status, "the plugin runs without a sandbox");
+    } else if status.is_complete() {
+        tracing::info!(target: "tether::sandbox", plugin, sandbox = %status, "plugin sandboxed");
+    } else {
+        tracing::warn!(target: "tether::sandbox", plugin, sandbox = %status, "plugin sandboxed partially: this kernel lacks some layers");
+    }
 }
 
 /// Numbers each started plugin, so two runs of one plugin (or a reused pid) are told apart.
@@ -418,6 +456,7 @@ impl PluginClient {
             stdio: Mutex::default(),
             socket_base: None,
             broker_timeout: tether_broker::DEFAULT_TIMEOUT,
+            sandbox: Sandbox::default(),
         }
     }
 
@@ -437,6 +476,11 @@ impl PluginClient {
     /// sockets must lie in the plugin's private socket directory and be served by it.
     pub fn broker(&self) -> &Broker {
         &self.broker
+    }
+
+    /// What confines the plugin process: each sandbox layer and whether it is enforced.
+    pub fn sandbox(&self) -> &SandboxStatus {
+        &self.sandbox
     }
 
     /// The plugin process's pid (also its process group id).

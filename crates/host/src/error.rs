@@ -22,6 +22,15 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// The sandbox could not be built, or (under `Strict`) a layer is missing on this kernel.
+    #[error("could not sandbox plugin `{plugin}`: {source}")]
+    Sandbox {
+        /// The plugin's name.
+        plugin: String,
+        /// Which layer, and why.
+        #[source]
+        source: crate::SandboxError,
+    },
     /// The private socket directory could not be created.
     #[error("could not create a socket directory for plugin `{plugin}` in {}: {source}", base.display())]
     SocketDir {

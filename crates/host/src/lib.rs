@@ -31,8 +31,14 @@
 //! serve something the plugin dials, or dial something it serves. Host services in one line
 //! are `tether-hostconn`'s `establish_host_services`.
 //!
-//! What it does not do yet: sandboxing, supervision and restarts, reattach, and TCP or
-//! multiplexed transports arrive with their own issues.
+//! Every plugin is sandboxed by default ([`Sandbox`], Linux): resource limits, only fds
+//! 0-2, Landlock (its own binary and libraries, sockets in its private directory, no TCP,
+//! no signals out) and a seccomp filter, applied between fork and exec.
+//! [`PluginClient::sandbox`] tells which layers hold on this kernel; `Strict` refuses to
+//! start a plugin if any does not.
+//!
+//! What it does not do yet: supervision and restarts, reattach, and TCP or multiplexed
+//! transports arrive with their own issues.
 //!
 //! The transport (listening directory, address check, connect with peer credentials) is
 //! confined to one private module so other platforms can be added there.
@@ -41,12 +47,16 @@ mod client;
 mod error;
 mod lines;
 mod logs;
+mod sandbox;
 mod spawn;
 mod stdio;
 mod transport;
 
 pub use client::{PluginBuilder, PluginClient, PluginExit, Stop};
 pub use error::Error;
+pub use sandbox::{
+    Layer, LayerStatus, ResourceLimits, Sandbox, SandboxError, SandboxMode, SandboxStatus,
+};
 pub use stdio::StdioSink;
 pub use tether_broker::{Broker, BrokerError};
 pub use tether_protocol::HandshakeConfig;

@@ -14,6 +14,8 @@ use tokio::process::{Child, Command};
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 
+use crate::sandbox::Prepared;
+
 struct Request {
     command: Command,
     runtime: Handle,
@@ -44,12 +46,14 @@ fn spawner() -> io::Result<&'static mpsc::Sender<Request>> {
     Ok(SPAWNER.get_or_init(|| sender))
 }
 
-/// Spawns `command` in a new process group, with SIGKILL as its parent-death signal.
-pub(crate) async fn spawn(mut command: Command) -> io::Result<Child> {
+/// Spawns `command` in a new process group, with SIGKILL as its parent-death signal, then
+/// confined by `sandbox` (built by the caller, applied between fork and exec).
+pub(crate) async fn spawn(mut command: Command, mut sandbox: Prepared) -> io::Result<Child> {
     let host = rustix::process::getpid();
     command.process_group(0).kill_on_drop(false);
     // SAFETY: the closure runs between fork and exec and makes only async-signal-safe raw
-    // system calls (prctl, getppid); it allocates nothing and touches no lock.
+    // system calls (prctl, getppid, and the sandbox's: see `Prepared::apply`); it allocates
+    // nothing and touches no lock.
     unsafe {
         command.pre_exec(move || {
             set_parent_process_death_signal(Some(Signal::KILL))
@@ -60,7 +64,7 @@ pub(crate) async fn spawn(mut command: Command) -> io::Result<Child> {
                     rustix::io::Errno::SRCH.raw_os_error(),
                 ));
             }
-            Ok(())
+            sandbox.apply()
         });
     }
     let (reply, child) = oneshot::channel();

@@ -169,17 +169,16 @@ fn poisoned() -> HostCallError {
     HostCallError::Invalid("a lock was poisoned".into())
 }
 
-/// This process's peak resident set size, from `/proc/self/status`.
+/// This process's peak resident set size (VmHWM), from `getrusage`: a sandboxed plugin
+/// cannot read `/proc`.
 fn peak_rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|line| line.strip_prefix("VmHWM:"))
-                .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
+    // SAFETY: getrusage writes into the zeroed struct it is given.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    u64::try_from(usage.ru_maxrss).unwrap_or(0)
 }
 
 impl Service {

@@ -1,0 +1,918 @@
+//! OS confinement of plugin processes (Linux), applied by the host between fork and exec,
+//! so a plugin is confined from its first instruction without cooperating.
+//!
+//! Everything is built in the parent ([`prepare`]): the Landlock ruleset (with its file
+//! descriptors), the seccomp programs, the resource limits. Between fork and exec
+//! ([`Prepared::apply`]) the child makes only raw system calls on that prepared state:
+//! `prlimit64`, `close_range`, `landlock_restrict_self`, `prctl` and `seccomp`.
+//!
+//! The layers, and what each covers:
+//! - resource limits: address space, open files, file size, no core dumps;
+//! - file descriptors: everything but 0-2 is closed at exec (`close_range` with
+//!   `CLOSE_RANGE_CLOEXEC`), whatever the host process inherited or leaked;
+//! - Landlock filesystem: execute and read on the plugin binary and its loader, read on its
+//!   shared libraries and `/etc/ld.so.cache`, create and remove sockets in its private
+//!   socket directory, and nothing else (no `/proc`, so not the host's environment either);
+//! - Landlock network: no TCP bind or connect (ABI 4);
+//! - Landlock scopes: no abstract Unix sockets or signals outside the sandbox (ABI 6);
+//! - seccomp: no sockets but `AF_UNIX`, no `ptrace`, `process_vm_*`, namespaces, mounts,
+//!   `bpf`, `perf_event_open`, `userfaultfd`, keyrings, `io_uring`, the chmod, chown, xattr
+//!   and utime families, `memfd_create`, `execveat`, `ioctl(TIOCSTI)`, module and clock
+//!   changes; and, unless processes are allowed, no new processes (threads only).
+//!
+//! The environment (cleared, plus an allowlist) and the process group with a parent-death
+//! signal are applied by the host for every plugin, sandbox or not.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock, PoisonError};
+use std::time::SystemTime;
+
+use landlock::{
+    ABI, Access, AccessFs, AccessNet, CompatLevel, Compatible, PathBeneath, PathFd, Ruleset,
+    RulesetAttr, RulesetCreated, RulesetCreatedAttr, Scope,
+};
+use rustix::process::{Resource, Rlimit};
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
+};
+
+/// How strictly a plugin is confined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SandboxMode {
+    /// Every layer, or the plugin does not start (the error names the missing layer).
+    Strict,
+    /// Every layer this kernel offers; the others are reported as not enforced.
+    #[default]
+    BestEffort,
+    /// No confinement beyond the cleared environment and the process group (logged as a
+    /// warning at every start).
+    Off,
+}
+
+/// Resource limits set on the plugin process (`None`: inherited from the host).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResourceLimits {
+    /// `RLIMIT_AS`: bytes of address space (default 4 GiB).
+    pub address_space: Option<u64>,
+    /// `RLIMIT_NOFILE`: open file descriptors (default 1024).
+    pub open_files: Option<u64>,
+    /// `RLIMIT_FSIZE`: the largest file the process may write (default 1 GiB).
+    pub file_size: Option<u64>,
+    /// `RLIMIT_NPROC`: processes and threads of the plugin's user (default unset: shared by
+    /// every process of that user, and ignored for root).
+    pub processes: Option<u64>,
+    /// Whether the plugin may dump core (default no).
+    pub core_dumps: bool,
+}
+
+impl Default for ResourceLimits {
+    fn default() -> Self {
+        ResourceLimits {
+            address_space: Some(4 << 30),
+            open_files: Some(1024),
+            file_size: Some(1 << 30),
+            processes: None,
+            core_dumps: false,
+        }
+    }
+}
+
+/// The sandbox settings of one plugin. The default is [`SandboxMode::BestEffort`] with
+/// [`ResourceLimits::default`], no new processes, and no extra paths.
+#[derive(Debug, Clone, Default)]
+pub struct Sandbox {
+    mode: SandboxMode,
+    limits: ResourceLimits,
+    allow_processes: bool,
+    read_paths: Vec<PathBuf>,
+}
+
+impl Sandbox {
+    /// Every layer, or refuse to start.
+    pub fn strict() -> Self {
+        Sandbox {
+            mode: SandboxMode::Strict,
+            ..Sandbox::default()
+        }
+    }
+
+    /// Every layer this kernel offers (the default).
+    pub fn best_effort() -> Self {
+        Sandbox::default()
+    }
+
+    /// No confinement (logged as a warning).
+    pub fn off() -> Self {
+        Sandbox {
+            mode: SandboxMode::Off,
+            ..Sandbox::default()
+        }
+    }
+
+    /// The mode.
+    pub fn mode(&self) -> SandboxMode {
+        self.mode
+    }
+
+    /// Replaces the resource limits.
+    #[must_use]
+    pub fn limits(mut self, limits: ResourceLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Lets the plugin start processes (by default it may start threads only). They stay in
+    /// its sandbox and process group; note that nothing then bounds how many it starts
+    /// unless [`ResourceLimits::processes`] is set and the plugin does not run as root.
+    #[must_use]
+    pub fn allow_processes(mut self, allow: bool) -> Self {
+        self.allow_processes = allow;
+        self
+    }
+
+    /// Lets the plugin read (and execute, for files) beneath `path` directly.
+    #[must_use]
+    pub fn allow_read(mut self, path: impl Into<PathBuf>) -> Self {
+        self.read_paths.push(path.into());
+        self
+    }
+}
+
+/// One layer of the sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Layer {
+    /// `setrlimit`: address space, open files, file size, core dumps.
+    ResourceLimits,
+    /// Only fds 0-2 survive exec.
+    FileDescriptors,
+    /// Landlock: the filesystem.
+    LandlockFilesystem,
+    /// Landlock: TCP bind and connect.
+    LandlockNetwork,
+    /// Landlock: abstract Unix sockets and signals.
+    LandlockScopes,
+    /// seccomp: the system call filter.
+    Seccomp,
+}
+
+impl Layer {
+    /// Every layer, in the order they are reported.
+    pub const ALL: [Layer; 6] = [
+        Layer::ResourceLimits,
+        Layer::FileDescriptors,
+        Layer::LandlockFilesystem,
+        Layer::LandlockNetwork,
+        Layer::LandlockScopes,
+        Layer::Seccomp,
+    ];
+}
+
+impl fmt::Display for Layer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Layer::ResourceLimits => "resource limits",
+            Layer::FileDescriptors => "file descriptors",
+            Layer::LandlockFilesystem => "landlock filesystem",
+            Layer::LandlockNetwork => "landlock network",
+            Layer::LandlockScopes => "landlock scopes",
+            Layer::Seccomp => "seccomp",
+        })
+    }
+}
+
+/// Whether one layer is enforced on this plugin, and why or why not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerStatus {
+    /// The layer.
+    pub layer: Layer,
+    /// Whether it confines the plugin.
+    pub enforced: bool,
+    /// What it enforces, or why it does not.
+    pub detail: String,
+}
+
+/// What confines a plugin: every layer and whether it is enforced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxStatus {
+    /// The mode asked for.
+    pub mode: SandboxMode,
+    /// Every layer, in [`Layer::ALL`] order.
+    pub layers: Vec<LayerStatus>,
+}
+
+impl SandboxStatus {
+    /// Whether `layer` is enforced.
+    pub fn is_enforced(&self, layer: Layer) -> bool {
+        self.layers
+            .iter()
+            .any(|status| status.layer == layer && status.enforced)
+    }
+
+    /// Whether every layer is enforced.
+    pub fn is_complete(&self) -> bool {
+        self.layers.iter().all(|status| status.enforced)
+    }
+}
+
+impl fmt::Display for SandboxStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}:", self.mode)?;
+        for (i, status) in self.layers.iter().enumerate() {
+            let sep = if i == 0 { " " } else { "; " };
+            let state = if status.enforced { "on" } else { "OFF" };
+            write!(f, "{sep}{} {state} ({})", status.layer, status.detail)?;
+        }
+        Ok(())
+    }
+}
+
+/// Why a sandbox could not be prepared.
+#[derive(Debug, thiserror::Error)]
+#[error("sandbox layer `{layer}`: {reason}")]
+pub struct SandboxError {
+    /// The layer.
+    pub layer: Layer,
+    /// What went wrong, or what this kernel lacks.
+    pub reason: String,
+}
+
+/// A sandbox built in the parent, ready to apply between fork and exec.
+pub(crate) struct Prepared {
+    rlimits: Vec<(Resource, Rlimit)>,
+    close_fds: bool,
+    ruleset: Option<RulesetCreated>,
+    filters: Vec<BpfProgram>,
+    pub(crate) status: SandboxStatus,
+}
+
+impl fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Prepared")
+            .field("status", &self.status)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `landlock_create_ruleset(NULL, 0, LANDLOCK_CREATE_RULESET_VERSION)`: the kernel's
+/// Landlock ABI, or 0 if it has none (or it is disabled).
+fn landlock_abi() -> i64 {
+    const LANDLOCK_CREATE_RULESET_VERSION: libc::c_uint = 1;
+    // SAFETY: with a null attribute pointer and size 0, this call only reports a version.
+    let version = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<libc::c_void>(),
+            0usize,
+            LANDLOCK_CREATE_RULESET_VERSION,
+        )
+    };
+    version.max(0)
+}
+
+/// Whether seccomp filters are available (`PR_GET_SECCOMP` answers).
+fn seccomp_available() -> bool {
+    // SAFETY: PR_GET_SECCOMP reads this thread's mode; it fails only without seccomp.
+    unsafe { libc::prctl(libc::PR_GET_SECCOMP, 0, 0, 0, 0) >= 0 }
+}
+
+/// Whether `close_range(…, CLOSE_RANGE_CLOEXEC)` works here (Linux 5.11).
+fn close_range_cloexec_available() -> bool {
+    // An empty range: changes nothing, fails only if the call or flag is unknown.
+    // SAFETY: closes nothing (first > last is rejected, so use a range past every fd).
+    let result = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            libc::c_uint::MAX,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    result == 0
+}
+
+/// The executable `program` names: itself if it has a `/`, else the first match on the
+/// host's `PATH` (as `execvp` would find it). The sandbox allows exactly this file.
+pub(crate) fn resolve_program(program: &Path) -> io::Result<PathBuf> {
+    let resolved = if program.as_os_str().as_encoded_bytes().contains(&b'/') {
+        program.to_owned()
+    } else {
+        std::env::var_os("PATH")
+            .iter()
+            .flat_map(std::env::split_paths)
+            .map(|dir| dir.join(program))
+            .find(|candidate| candidate.is_file())
+            .ok_or_else(|| {
+                io::Error::new(io::ErrorKind::NotFound, "not found on the host's PATH")
+            })?
+    };
+    let metadata = std::fs::metadata(&resolved)?;
+    if !metadata.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    std::fs::canonicalize(&resolved)
+}
+
+/// Builds the sandbox of a plugin started from `program` (resolved by [`resolve_program`]), whose private socket directory
+/// is `socket_dir`.
+pub(crate) fn prepare(
+    sandbox: &Sandbox,
+    program: &Path,
+    socket_dir: &Path,
+) -> Result<Prepared, SandboxError> {
+    let mut status = SandboxStatus {
+        mode: sandbox.mode,
+        layers: Vec::new(),
+    };
+    if sandbox.mode == SandboxMode::Off {
+        status.layers = Layer::ALL
+            .iter()
+            .map(|&layer| LayerStatus {
+                layer,
+                enforced: false,
+                detail: "sandbox off".into(),
+            })
+            .collect();
+        return Ok(Prepared {
+            rlimits: Vec::new(),
+            close_fds: false,
+            ruleset: None,
+            filters: Vec::new(),
+            status,
+        });
+    }
+    let strict = sandbox.mode == SandboxMode::Strict;
+    let mut report = |layer: Layer, enforced: bool, detail: String| {
+        if strict && !enforced {
+            return Err(SandboxError {
+                layer,
+                reason: format!("{detail}; the plugin is not started (its sandbox is Strict)"),
+            });
+        }
+        status.layers.push(LayerStatus {
+            layer,
+            enforced,
+            detail,
+        });
+        Ok(())
+    };
+
+    let rlimits = rlimits(&sandbox.limits);
+    report(
+        Layer::ResourceLimits,
+        true,
+        describe_limits(&sandbox.limits),
+    )?;
+
+    let close_fds = close_range_cloexec_available();
+    report(
+        Layer::FileDescriptors,
+        close_fds,
+        if close_fds {
+            "only 0-2 survive exec".into()
+        } else {
+            "close_range(CLOSE_RANGE_CLOEXEC) needs Linux 5.11".into()
+        },
+    )?;
+
+    let abi = landlock_abi();
+    let ruleset = if abi >= 1 {
+        let (ruleset, paths) = landlock_ruleset(sandbox, program, socket_dir, abi)?;
+        report(
+            Layer::LandlockFilesystem,
+            true,
+            format!("ABI {abi}; {paths} paths readable, sockets in its own directory"),
+        )?;
+        Some(ruleset)
+    } else {
+        report(
+            Layer::LandlockFilesystem,
+            false,
+            "this kernel has no Landlock (or it is not enabled in the `lsm=` boot list)".into(),
+        )?;
+        None
+    };
+    report(
+        Layer::LandlockNetwork,
+        abi >= 4,
+        if abi >= 4 {
+            "no TCP bind or connect".into()
+        } else {
+            format!("needs Landlock ABI 4 (this kernel: {abi})")
+        },
+    )?;
+    report(
+        Layer::LandlockScopes,
+        abi >= 6,
+        if abi >= 6 {
+            "no abstract Unix sockets or signals outside its sandbox".into()
+        } else {
+            format!("needs Landlock ABI 6 (this kernel: {abi})")
+        },
+    )?;
+
+    let filters = if seccomp_available() {
+        let filters = seccomp_filters(sandbox.allow_processes)?;
+        report(
+            Layer::Seccomp,
+            true,
+            if sandbox.allow_processes {
+                "system call filter (processes allowed)".into()
+            } else {
+                "system call filter (threads only)".into()
+            },
+        )?;
+        filters
+    } else {
+        report(
+            Layer::Seccomp,
+            false,
+            "this kernel has no seccomp filters".into(),
+        )?;
+        Vec::new()
+    };
+
+    Ok(Prepared {
+        rlimits,
+        close_fds,
+        ruleset,
+        filters,
+        status,
+    })
+}
+
+fn rlimits(limits: &ResourceLimits) -> Vec<(Resource, Rlimit)> {
+    let fixed = |value: u64| Rlimit {
+        current: Some(value),
+        maximum: Some(value),
+    };
+    let mut all = Vec::new();
+    if let Some(bytes) = limits.address_space {
+        all.push((Resource::As, fixed(bytes)));
+    }
+    if let Some(files) = limits.open_files {
+        all.push((Resource::Nofile, fixed(files)));
+    }
+    if let Some(bytes) = limits.file_size {
+        all.push((Resource::Fsize, fixed(bytes)));
+    }
+    if let Some(count) = limits.processes {
+        all.push((Resource::Nproc, fixed(count)));
+    }
+    if !limits.core_dumps {
+        all.push((Resource::Core, fixed(0)));
+    }
+    all
+}
+
+fn describe_limits(limits: &ResourceLimits) -> String {
+    let show = |value: Option<u64>| value.map_or_else(|| "inherited".to_owned(), |v| v.to_string());
+    format!(
+        "address space {}, open files {}, file size {}, processes {}, core dumps {}",
+        show(limits.address_space),
+        show(limits.open_files),
+        show(limits.file_size),
+        show(limits.processes),
+        if limits.core_dumps { "on" } else { "off" }
+    )
+}
+
+fn landlock_ruleset(
+    sandbox: &Sandbox,
+    program: &Path,
+    socket_dir: &Path,
+    abi: i64,
+) -> Result<(RulesetCreated, usize), SandboxError> {
+    let fail = |reason: String| SandboxError {
+        layer: Layer::LandlockFilesystem,
+        reason,
+    };
+    // Up to ABI 9 (pathname Unix sockets); BestEffort drops what the kernel lacks, and
+    // the status reports what holds from the kernel's own answer.
+    let all = ABI::V9;
+    let executable = AccessFs::Execute | AccessFs::ReadFile;
+    let mut ruleset = Ruleset::default()
+        .set_compatibility(CompatLevel::BestEffort)
+        .handle_access(AccessFs::from_all(all))
+        .map_err(|err| fail(err.to_string()))?;
+    if abi >= 4 {
+        ruleset = ruleset
+            .handle_access(AccessNet::from_all(all))
+            .map_err(|err| fail(err.to_string()))?;
+    }
+    if abi >= 6 {
+        ruleset = ruleset
+            .scope(Scope::from_all(all))
+            .map_err(|err| fail(err.to_string()))?;
+    }
+    let mut created = ruleset.create().map_err(|err| fail(err.to_string()))?;
+
+    let binaries = executable_closure(program).map_err(fail)?;
+    let mut paths = 0;
+    for (path, access) in binaries {
+        let fd = PathFd::new(&path).map_err(|err| fail(format!("{}: {err}", path.display())))?;
+        let access = if access {
+            executable
+        } else {
+            AccessFs::ReadFile.into()
+        };
+        created = created
+            .add_rule(PathBeneath::new(fd, access))
+            .map_err(|err| fail(format!("{}: {err}", path.display())))?;
+        paths += 1;
+    }
+    for path in &sandbox.read_paths {
+        let fd = PathFd::new(path).map_err(|err| fail(format!("{}: {err}", path.display())))?;
+        created = created
+            .add_rule(PathBeneath::new(fd, AccessFs::from_read(all)))
+            .map_err(|err| fail(format!("{}: {err}", path.display())))?;
+        paths += 1;
+    }
+    let fd =
+        PathFd::new(socket_dir).map_err(|err| fail(format!("{}: {err}", socket_dir.display())))?;
+    created = created
+        // ResolveUnix (ABI 9): connecting to the host's sockets, which live here too.
+        .add_rule(PathBeneath::new(
+            fd,
+            AccessFs::MakeSock | AccessFs::RemoveFile | AccessFs::ResolveUnix,
+        ))
+        .map_err(|err| fail(format!("{}: {err}", socket_dir.display())))?;
+    Ok((created, paths))
+}
+
+/// The files a dynamically linked `program` needs to start: itself and its loader (to
+/// execute, `true`), its shared libraries and the loader's cache (to read, `false`).
+/// Cached per program version, since a debug binary can be large.
+fn executable_closure(program: &Path) -> Result<Vec<(PathBuf, bool)>, String> {
+    type Key = (PathBuf, Option<SystemTime>, u64);
+    type Files = Vec<(PathBuf, bool)>;
+    static CACHE: OnceLock<Mutex<HashMap<Key, Files>>> = OnceLock::new();
+    let program = std::fs::canonicalize(program).map_err(|err| {
+        format!(
+            "cannot resolve the plugin program {}: {err}",
+            program.display()
+        )
+    })?;
+    let metadata =
+        std::fs::metadata(&program).map_err(|err| format!("{}: {err}", program.display()))?;
+    let key = (program.clone(), metadata.modified().ok(), metadata.len());
+    let cache = CACHE.get_or_init(Mutex::default);
+    if let Some(found) = cache
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(&key)
+    {
+        return Ok(found.clone());
+    }
+
+    let mut files: BTreeMap<PathBuf, bool> = BTreeMap::new();
+    files.insert(program.clone(), true);
+    let search = library_dirs();
+    let mut queue = vec![program];
+    let mut seen = BTreeSet::new();
+    while let Some(object) = queue.pop() {
+        if !seen.insert(object.clone()) {
+            continue;
+        }
+        let bytes = std::fs::read(&object).map_err(|err| format!("{}: {err}", object.display()))?;
+        let elf = match goblin::elf::Elf::parse(&bytes) {
+            Ok(elf) => elf,
+            // Not ELF (a script, say): nothing more we can tell; the plugin may then fail
+            // to start under Landlock, and says so on stderr.
+            Err(_) => continue,
+        };
+        if let Some(interpreter) = elf.interpreter {
+            let loader = std::fs::canonicalize(interpreter)
+                .map_err(|err| format!("the loader {interpreter}: {err}"))?;
+            files.insert(loader, true);
+            if let Ok(cache) = std::fs::canonicalize("/etc/ld.so.cache") {
+                files.entry(cache).or_insert(false);
+            }
+        }
+        let origin = object.parent().unwrap_or(Path::new("/")).to_owned();
+        let own: Vec<PathBuf> = elf
+            .runpaths
+            .iter()
+            .chain(&elf.rpaths)
+            .flat_map(|list| list.split(':'))
+            .map(|dir| PathBuf::from(dir.replace("$ORIGIN", &origin.to_string_lossy())))
+            .collect();
+        for library in &elf.libraries {
+            let found = own
+                .iter()
+                .chain(&search)
+                .map(|dir| dir.join(library))
+                .find(|candidate| candidate.is_file())
+                .ok_or_else(|| {
+                    format!(
+                        "cannot find the shared library {library} needed by {}",
+                        object.display()
+                    )
+                })?;
+            let found = std::fs::canonicalize(&found)
+                .map_err(|err| format!("{}: {err}", found.display()))?;
+            files.entry(found.clone()).or_insert(false);
+            queue.push(found);
+        }
+    }
+    let files: Vec<(PathBuf, bool)> = files.into_iter().collect();
+    cache
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .insert(key, files.clone());
+    Ok(files)
+}
+
+/// Where the loader looks for libraries: `/etc/ld.so.conf` (and what it includes), then the
+/// default directories.
+fn library_dirs() -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    read_ld_conf(Path::new("/etc/ld.so.conf"), &mut dirs, 0);
+    for default in ["/lib64", "/usr/lib64", "/lib", "/usr/lib"] {
+        dirs.push(PathBuf::from(default));
+    }
+    dirs
+}
+
+fn read_ld_conf(path: &Path, dirs: &mut Vec<PathBuf>, depth: usize) {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return;
+    };
+    for line in text.lines() {
+        let line = line.split('#').next().unwrap_or_default().trim();
+        if let Some(pattern) = line.strip_prefix("include ") {
+            if depth > 4 {
+                continue;
+            }
+            // Only the `dir/*.conf` form is common; expand it by hand.
+            let pattern = Path::new(pattern.trim());
+            let (Some(dir), Some(name)) = (pattern.parent(), pattern.file_name()) else {
+                continue;
+            };
+            let suffix = name.to_string_lossy().trim_start_matches('*').to_owned();
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                continue;
+            };
+            let mut included: Vec<PathBuf> = entries
+                .filter_map(Result::ok)
+                .map(|entry| entry.path())
+                .filter(|p| p.to_string_lossy().ends_with(&suffix))
+                .collect();
+            included.sort();
+            for file in included {
+                read_ld_conf(&file, dirs, depth + 1);
+            }
+        } else if line.starts_with('/') {
+            dirs.push(PathBuf::from(line));
+        }
+    }
+}
+
+fn seccomp_filters(allow_processes: bool) -> Result<Vec<BpfProgram>, SandboxError> {
+    let fail = |err: seccompiler::BackendError| SandboxError {
+        layer: Layer::Seccomp,
+        reason: err.to_string(),
+    };
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => TargetArch::x86_64,
+        "aarch64" => TargetArch::aarch64,
+        "riscv64" => TargetArch::riscv64,
+        other => {
+            return Err(SandboxError {
+                layer: Layer::Seccomp,
+                reason: format!("no seccomp filter for the {other} architecture"),
+            });
+        }
+    };
+    let condition = |arg: u8, op: SeccompCmpOp, value: u64| {
+        SeccompCondition::new(arg, SeccompCmpArgLen::Dword, op, value).map_err(fail)
+    };
+    let mut denied: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+    for syscall in denied_syscalls(allow_processes) {
+        denied.insert(syscall, Vec::new());
+    }
+    let unix = u64::try_from(libc::AF_UNIX).unwrap_or_default();
+    for syscall in [libc::SYS_socket, libc::SYS_socketpair] {
+        denied.insert(
+            syscall,
+            vec![SeccompRule::new(vec![condition(0, SeccompCmpOp::Ne, unix)?]).map_err(fail)?],
+        );
+    }
+    denied.insert(
+        libc::SYS_ioctl,
+        vec![SeccompRule::new(vec![condition(1, SeccompCmpOp::Eq, libc::TIOCSTI)?]).map_err(fail)?],
+    );
+    if !allow_processes {
+        // Threads (CLONE_THREAD) only: no new processes.
+        let thread = u64::try_from(libc::CLONE_THREAD).unwrap_or_default();
+        denied.insert(
+            libc::SYS_clone,
+            vec![
+                SeccompRule::new(vec![condition(0, SeccompCmpOp::MaskedEq(thread), 0)?])
+                    .map_err(fail)?,
+            ],
+        );
+    }
+    let eperm = u32::try_from(libc::EPERM).unwrap_or(1);
+    let mut programs = vec![
+        BpfProgram::try_from(
+            SeccompFilter::new(
+                denied,
+                SeccompAction::Allow,
+                SeccompAction::Errno(eperm),
+                arch,
+            )
+            .map_err(fail)?,
+        )
+        .map_err(fail)?,
+    ];
+    if !allow_processes {
+        // clone3's flags are in memory, out of a filter's reach: refuse it with ENOSYS so
+        // the C library falls back to clone, whose flags the filter above checks.
+        let enosys = u32::try_from(libc::ENOSYS).unwrap_or(38);
+        let clone3 = BTreeMap::from([(libc::SYS_clone3, Vec::new())]);
+        programs.push(
+            BpfProgram::try_from(
+                SeccompFilter::new(
+                    clone3,
+                    SeccompAction::Allow,
+                    SeccompAction::Errno(enosys),
+                    arch,
+                )
+                .map_err(fail)?,
+            )
+            .map_err(fail)?,
+        );
+    }
+    Ok(programs)
+}
+
+fn denied_syscalls(allow_processes: bool) -> Vec<i64> {
+    let mut denied = vec![
+        libc::SYS_ptrace,
+        libc::SYS_process_vm_readv,
+        libc::SYS_process_vm_writev,
+        libc::SYS_unshare,
+        libc::SYS_setns,
+        libc::SYS_mount,
+        libc::SYS_umount2,
+        libc::SYS_pivot_root,
+        libc::SYS_chroot,
+        libc::SYS_bpf,
+        libc::SYS_perf_event_open,
+        libc::SYS_userfaultfd,
+        libc::SYS_keyctl,
+        libc::SYS_add_key,
+        libc::SYS_request_key,
+        libc::SYS_io_uring_setup,
+        libc::SYS_io_uring_enter,
+        libc::SYS_io_uring_register,
+        libc::SYS_fchmod,
+        libc::SYS_fchmodat,
+        libc::SYS_fchmodat2,
+        libc::SYS_fchown,
+        libc::SYS_fchownat,
+        libc::SYS_setxattr,
+        libc::SYS_lsetxattr,
+        libc::SYS_fsetxattr,
+        libc::SYS_removexattr,
+        libc::SYS_lremovexattr,
+        libc::SYS_fremovexattr,
+        libc::SYS_utimensat,
+        libc::SYS_memfd_create,
+        libc::SYS_execveat,
+        libc::SYS_kexec_load,
+        libc::SYS_kexec_file_load,
+        libc::SYS_init_module,
+        libc::SYS_finit_module,
+        libc::SYS_delete_module,
+        libc::SYS_reboot,
+        libc::SYS_swapon,
+        libc::SYS_swapoff,
+        libc::SYS_acct,
+        libc::SYS_mknodat,
+        libc::SYS_open_by_handle_at,
+        libc::SYS_name_to_handle_at,
+        libc::SYS_fanotify_init,
+        libc::SYS_quotactl,
+        libc::SYS_settimeofday,
+        libc::SYS_clock_settime,
+        libc::SYS_clock_adjtime,
+        libc::SYS_adjtimex,
+        libc::SYS_sethostname,
+        libc::SYS_setdomainname,
+    ];
+    #[cfg(target_arch = "x86_64")]
+    denied.extend([
+        libc::SYS_chmod,
+        libc::SYS_chown,
+        libc::SYS_lchown,
+        libc::SYS_utime,
+        libc::SYS_utimes,
+        libc::SYS_futimesat,
+        libc::SYS_mknod,
+        libc::SYS_iopl,
+        libc::SYS_ioperm,
+    ]);
+    #[cfg(target_arch = "x86_64")]
+    if !allow_processes {
+        denied.extend([libc::SYS_fork, libc::SYS_vfork]);
+    }
+    let _ = allow_processes;
+    denied
+}
+
+impl Prepared {
+    /// Confines the calling process. Runs between fork and exec: raw system calls only on
+    /// state built by [`prepare`]; no allocation, no lock.
+    pub(crate) fn apply(&mut self) -> io::Result<()> {
+        let os = |errno: rustix::io::Errno| io::Error::from_raw_os_error(errno.raw_os_error());
+        for (resource, limit) in &self.rlimits {
+            rustix::process::setrlimit(*resource, *limit).map_err(os)?;
+        }
+        if self.close_fds {
+            // SAFETY: marks fds 3.. close-on-exec; std's own error pipe is already so.
+            let result = unsafe {
+                libc::syscall(
+                    libc::SYS_close_range,
+                    3 as libc::c_uint,
+                    libc::c_uint::MAX,
+                    libc::CLOSE_RANGE_CLOEXEC,
+                )
+            };
+            if result != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        if let Some(ruleset) = self.ruleset.take() {
+            ruleset
+                .restrict_self()
+                .map_err(|_| io::Error::from_raw_os_error(libc::EPERM))?;
+        }
+        for filter in &self.filters {
+            seccompiler::apply_filter(filter)
+                .map_err(|_| io::Error::from_raw_os_error(libc::EPERM))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dynamic_executable_needs_itself_its_loader_and_its_libraries() {
+        let exe = std::env::current_exe().unwrap();
+        let files = executable_closure(&exe).unwrap();
+        let canonical = std::fs::canonicalize(&exe).unwrap();
+        assert!(files.contains(&(canonical, true)), "{files:?}");
+        // This test binary is dynamically linked against the C library.
+        assert!(
+            files
+                .iter()
+                .any(|(path, exec)| *exec && path.to_string_lossy().contains("ld-linux")),
+            "no loader in {files:?}"
+        );
+        assert!(
+            files
+                .iter()
+                .any(|(path, exec)| !*exec && path.to_string_lossy().contains("libc.so")),
+            "no libc in {files:?}"
+        );
+    }
+
+    #[test]
+    fn programs_resolve_by_path_or_on_path_and_missing_ones_are_not_found() {
+        let sh = resolve_program(Path::new("sh")).unwrap();
+        assert!(sh.is_absolute() && sh.is_file(), "{sh:?}");
+        let err = resolve_program(Path::new("/nonexistent/plugin")).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound);
+        let err = resolve_program(Path::new("tether-no-such-program")).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound);
+        let err = resolve_program(Path::new("/")).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+    }
+
+    #[test]
+    fn off_enforces_nothing_and_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let exe = std::env::current_exe().unwrap();
+        let prepared = prepare(&Sandbox::off(), &exe, dir.path()).unwrap();
+        assert_eq!(prepared.status.layers.len(), Layer::ALL.len());
+        assert!(prepared.status.layers.iter().all(|layer| !layer.enforced));
+        assert!(prepared.filters.is_empty() && prepared.ruleset.is_none());
+    }
+
+    #[test]
+    fn the_seccomp_filters_build_with_and_without_processes() {
+        assert_eq!(seccomp_filters(false).unwrap().len(), 2);
+        assert_eq!(seccomp_filters(true).unwrap().len(), 1);
+    }
+}

@@ -1,0 +1,228 @@
+//! The sandbox against a hostile plugin: every direct access of security.md sections D and
+//! E (items 23-28) and B15's `/proc/<host>/environ`, each a row with the errno the kernel
+//! must answer under `Strict`; the same plugin unconfined (`Off`) to prove the rows can
+//! fail; memory and fork bombs; a plugin that never answers.
+
+use std::net::{TcpListener, UdpSocket};
+use std::os::unix::process::ExitStatusExt;
+use std::time::Duration;
+
+use tether_host::{
+    Error, Layer, PluginBuilder, PluginClient, ResourceLimits, Sandbox, SandboxMode,
+};
+use tether_plugin_sdk::protocol::testing::testing_client::TestingClient;
+use tether_plugin_sdk::protocol::testing::{EchoRequest, HostOpRequest, HostOpResponse};
+
+use crate::support::{HANDSHAKE, HOSTILE_PLUGIN, is_gone, record_events};
+
+const EPERM: &str = "errno 1";
+const EACCES: &str = "errno 13";
+
+fn hostile(name: &str, sandbox: Sandbox) -> PluginBuilder {
+    record_events();
+    PluginClient::builder(name, HOSTILE_PLUGIN)
+        .handshake(HANDSHAKE)
+        .sandbox(sandbox)
+}
+
+async fn attempt(plugin: &PluginClient, op: &str, arg: &str) -> HostOpResponse {
+    TestingClient::new(plugin.channel())
+        .host_op(HostOpRequest {
+            op: op.into(),
+            path: arg.as_bytes().to_vec(),
+            ..HostOpRequest::default()
+        })
+        .await
+        .unwrap_or_else(|status| panic!("{op} {arg}: the plugin did not answer: {status}"))
+        .into_inner()
+}
+
+/// What the host offers to be attacked: a file, a TCP and a UDP socket, its own pid.
+struct Targets {
+    _dir: tempfile::TempDir,
+    secret: String,
+    tcp: TcpListener,
+    udp: UdpSocket,
+}
+
+impl Targets {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().expect("fixture setup");
+        let secret = dir.path().join("host-secret");
+        std::fs::write(&secret, "HOST-SECRET").expect("fixture setup");
+        Targets {
+            secret: secret.to_string_lossy().into_owned(),
+            _dir: dir,
+            tcp: TcpListener::bind("127.0.0.1:0").expect("fixture setup"),
+            udp: UdpSocket::bind("127.0.0.1:0").expect("fixture setup"),
+        }
+    }
+
+    /// Each attempt: item, operation, argument, the outcome under `Strict`.
+    fn rows(&self) -> Vec<(&'static str, &'static str, String, &'static str)> {
+        let host = std::process::id().to_string();
+        let tcp = self.tcp.local_addr().expect("bound").to_string();
+        let udp = self.udp.local_addr().expect("bound").to_string();
+        vec![
+            ("D23", "read", "/etc/passwd".into(), EACCES),
+            ("D23", "read", self.secret.clone(), EACCES),
+            ("D23", "read", format!("/proc/{host}/cmdline"), EACCES),
+            ("B15", "read", format!("/proc/{host}/environ"), EACCES),
+            ("D24", "tcp_connect", tcp, EPERM),
+            ("D24", "tcp_bind", String::new(), EPERM),
+            ("D24", "udp_send", udp, EPERM),
+            ("D24", "netlink", String::new(), EPERM),
+            ("D25", "signal", host.clone(), EPERM),
+            ("D25", "ptrace", host.clone(), EPERM),
+            ("D25", "vm_read", host, EPERM),
+            ("D27", "write_exec", String::new(), EACCES),
+            ("D27", "write_exec", "/tmp".into(), EACCES),
+            ("D27", "memfd_exec", String::new(), EPERM),
+            ("E28", "fork", String::new(), EPERM),
+            ("E28", "fork_bomb", String::new(), EPERM),
+        ]
+    }
+}
+
+#[tokio::test]
+async fn under_strict_every_direct_access_fails_with_the_expected_errno() {
+    let targets = Targets::new();
+    let plugin = hostile("hostile-strict", Sandbox::strict())
+        .start()
+        .await
+        .expect("the hostile plugin starts under Strict");
+
+    let status = plugin.sandbox();
+    assert_eq!(status.mode, SandboxMode::Strict);
+    assert!(status.is_complete(), "{status}");
+    for layer in Layer::ALL {
+        assert!(status.is_enforced(layer), "{layer}: {status}");
+    }
+
+    let mut failures = Vec::new();
+    for (item, op, arg, expected) in targets.rows() {
+        let answer = attempt(&plugin, op, &arg).await;
+        if answer.outcome != expected {
+            failures.push(format!(
+                "{item} {op} {arg:?}: expected {expected}, got {} ({})",
+                answer.outcome, answer.message
+            ));
+        }
+        if String::from_utf8_lossy(&answer.data).contains("SECRET") {
+            failures.push(format!("{item} {op} {arg:?}: the host's secret leaked"));
+        }
+    }
+    // D26: only fds 0-2 were inherited.
+    let fds = attempt(&plugin, "fds", "").await;
+    if fds.names != ["0", "1", "2"] {
+        failures.push(format!("D26 fds: inherited {:?}", fds.names));
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+
+    // The plugin and the host are both still fine.
+    let echo = TestingClient::new(plugin.channel())
+        .echo(EchoRequest {
+            message: "still here".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(echo.message, "still here");
+    plugin.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn unconfined_the_same_plugin_reads_the_host_files_so_the_rows_can_fail() {
+    let targets = Targets::new();
+    let plugin = hostile("hostile-off", Sandbox::off())
+        .start()
+        .await
+        .unwrap();
+    assert!(!plugin.sandbox().is_enforced(Layer::LandlockFilesystem));
+
+    let read = attempt(&plugin, "read", &targets.secret).await;
+    assert_eq!(read.outcome, "ok", "{}", read.message);
+    assert_eq!(read.data, b"HOST-SECRET");
+    let passwd = attempt(&plugin, "read", "/etc/passwd").await;
+    assert_eq!(passwd.outcome, "ok", "{}", passwd.message);
+    let tcp = targets.tcp.local_addr().unwrap().to_string();
+    assert_eq!(attempt(&plugin, "tcp_connect", &tcp).await.outcome, "ok");
+    plugin.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_memory_bomb_kills_only_the_plugin_and_the_host_reports_it() {
+    let sandbox = Sandbox::strict().limits(ResourceLimits {
+        address_space: Some(1 << 30),
+        ..ResourceLimits::default()
+    });
+    let plugin = hostile("memory-bomb", sandbox).start().await.unwrap();
+    let pid = plugin.pid();
+    let call = TestingClient::new(plugin.channel())
+        .host_op(HostOpRequest {
+            op: "memory_bomb".into(),
+            ..HostOpRequest::default()
+        })
+        .await;
+    assert!(call.is_err(), "the bomb returned: {call:?}");
+    let status = tokio::time::timeout(Duration::from_secs(30), plugin.wait())
+        .await
+        .expect("the plugin died")
+        .expect("an exit status");
+    // The allocator aborts when the address-space limit refuses more.
+    assert_eq!(status.signal(), Some(libc::SIGABRT), "{status:?}");
+    assert!(is_gone(pid));
+
+    // The host goes on starting plugins.
+    let next = hostile("after-the-bomb", Sandbox::strict())
+        .start()
+        .await
+        .unwrap();
+    next.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_fork_bomb_never_starts_a_single_process() {
+    let plugin = hostile("fork-bomb", Sandbox::strict())
+        .start()
+        .await
+        .unwrap();
+    let bomb = attempt(&plugin, "fork_bomb", "").await;
+    assert_eq!(bomb.outcome, EPERM, "{}", bomb.message);
+    assert_eq!(bomb.size, 0, "processes started");
+    plugin.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_plugin_that_never_answers_is_bounded_by_the_callers_deadline_and_killed() {
+    let plugin = hostile("hanger", Sandbox::strict()).start().await.unwrap();
+    let pid = plugin.pid();
+    let call = tokio::time::timeout(Duration::from_millis(500), attempt(&plugin, "hang", "")).await;
+    assert!(call.is_err(), "the hang answered");
+    let exit = tokio::time::timeout(Duration::from_secs(30), plugin.shutdown())
+        .await
+        .expect("shutdown is bounded")
+        .unwrap();
+    assert!(exit.status.code().is_some() || exit.status.signal().is_some());
+    assert!(is_gone(pid));
+}
+
+#[tokio::test]
+async fn strict_refuses_to_start_when_a_layer_cannot_be_built_and_says_which() {
+    let err = hostile(
+        "unbuildable",
+        Sandbox::strict().allow_read("/nonexistent/tether-path"),
+    )
+    .start()
+    .await
+    .expect_err("a rule on a missing path cannot be built");
+    let Error::Sandbox { source, .. } = &err else {
+        panic!("expected a sandbox error, got {err}");
+    };
+    assert_eq!(source.layer, Layer::LandlockFilesystem);
+    let message = err.to_string();
+    assert!(
+        message.contains("unbuildable") && message.contains("/nonexistent/tether-path"),
+        "{message}"
+    );
+}
