@@ -78,6 +78,8 @@ impl Targets {
             ("D27", "write_exec", String::new(), EACCES),
             ("D27", "write_exec", "/tmp".into(), EACCES),
             ("D27", "memfd_exec", String::new(), EPERM),
+            ("D25", "unshare", String::new(), EPERM),
+            ("D25", "clone_namespace", String::new(), EPERM),
             ("E28", "fork", String::new(), EPERM),
             ("E28", "fork_bomb", String::new(), EPERM),
         ]
@@ -147,6 +149,20 @@ async fn unconfined_the_same_plugin_reads_the_host_files_so_the_rows_can_fail() 
     assert_eq!(passwd.outcome, "ok", "{}", passwd.message);
     let tcp = targets.tcp.local_addr().unwrap().to_string();
     assert_eq!(attempt(&plugin, "tcp_connect", &tcp).await.outcome, "ok");
+    plugin.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn allowed_processes_still_cannot_enter_new_namespaces() {
+    let plugin = hostile("hostile-forker", Sandbox::strict().allow_processes(true))
+        .start()
+        .await
+        .unwrap();
+    assert_eq!(attempt(&plugin, "fork", "").await.outcome, "ok");
+    for op in ["clone_namespace", "unshare", "memfd_exec"] {
+        let answer = attempt(&plugin, op, "").await;
+        assert_eq!(answer.outcome, EPERM, "{op}: {}", answer.message);
+    }
     plugin.shutdown().await.unwrap();
 }
 

@@ -708,17 +708,32 @@ fn seccomp_filters(allow_processes: bool) -> Result<Vec<BpfProgram>, SandboxErro
         libc::SYS_ioctl,
         vec![SeccompRule::new(vec![condition(1, SeccompCmpOp::Eq, libc::TIOCSTI)?]).map_err(fail)?],
     );
-    if !allow_processes {
-        // Threads (CLONE_THREAD) only: no new processes.
-        let thread = u64::try_from(libc::CLONE_THREAD).unwrap_or_default();
-        denied.insert(
-            libc::SYS_clone,
-            vec![
-                SeccompRule::new(vec![condition(0, SeccompCmpOp::MaskedEq(thread), 0)?])
-                    .map_err(fail)?,
-            ],
+    // No new namespaces through clone (unshare and setns are denied outright); and, unless
+    // processes are allowed, threads (CLONE_THREAD) only. Rules are alternatives.
+    let mut clone_rules = Vec::new();
+    for flag in [
+        libc::CLONE_NEWNS,
+        libc::CLONE_NEWCGROUP,
+        libc::CLONE_NEWUTS,
+        libc::CLONE_NEWIPC,
+        libc::CLONE_NEWUSER,
+        libc::CLONE_NEWPID,
+        libc::CLONE_NEWNET,
+    ] {
+        let flag = u64::try_from(flag).unwrap_or_default();
+        clone_rules.push(
+            SeccompRule::new(vec![condition(0, SeccompCmpOp::MaskedEq(flag), flag)?])
+                .map_err(fail)?,
         );
     }
+    if !allow_processes {
+        let thread = u64::try_from(libc::CLONE_THREAD).unwrap_or_default();
+        clone_rules.push(
+            SeccompRule::new(vec![condition(0, SeccompCmpOp::MaskedEq(thread), 0)?])
+                .map_err(fail)?,
+        );
+    }
+    denied.insert(libc::SYS_clone, clone_rules);
     let eperm = u32::try_from(libc::EPERM).unwrap_or(1);
     let mut programs = vec![
         BpfProgram::try_from(
@@ -732,7 +747,7 @@ fn seccomp_filters(allow_processes: bool) -> Result<Vec<BpfProgram>, SandboxErro
         )
         .map_err(fail)?,
     ];
-    if !allow_processes {
+    {
         // clone3's flags are in memory, out of a filter's reach: refuse it with ENOSYS so
         // the C library falls back to clone, whose flags the filter above checks.
         let enosys = u32::try_from(libc::ENOSYS).unwrap_or(38);
@@ -824,6 +839,7 @@ fn denied_syscalls(allow_processes: bool) -> Vec<i64> {
     if !allow_processes {
         denied.extend([libc::SYS_fork, libc::SYS_vfork]);
     }
+    #[cfg(not(target_arch = "x86_64"))]
     let _ = allow_processes;
     denied
 }
@@ -913,6 +929,6 @@ mod tests {
     #[test]
     fn the_seccomp_filters_build_with_and_without_processes() {
         assert_eq!(seccomp_filters(false).unwrap().len(), 2);
-        assert_eq!(seccomp_filters(true).unwrap().len(), 1);
+        assert_eq!(seccomp_filters(true).unwrap().len(), 2);
     }
 }

@@ -7,7 +7,8 @@
 //! - `signal <pid>`, `ptrace <pid>`, `vm_read <pid>`: another process;
 //! - `write_exec <dir>`: write an executable into `dir` and run it; `memfd_exec`: the same
 //!   through an anonymous file;
-//! - `fork`: start a process; `fork_bomb`: start them without end;
+//! - `fork`: start a process; `fork_bomb`: start them without end; `unshare`,
+//!   `clone_namespace`: enter new namespaces;
 //! - `memory_bomb`: allocate and touch memory without end;
 //! - `fds`: the file descriptors open when `main` began;
 //! - `hang`: never answer.
@@ -173,6 +174,23 @@ fn attempt(op: &str, arg: &str) -> HostOpResponse {
                 return last_errno();
             }
             ok("memfd created")
+        }
+        "unshare" => {
+            // SAFETY: a plain system call with no pointers.
+            if unsafe { libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNET) } != 0 {
+                return last_errno();
+            }
+            ok("new namespaces")
+        }
+        "clone_namespace" => {
+            let flags = libc::CLONE_NEWUSER | libc::SIGCHLD;
+            // SAFETY: a fork-like clone (no new stack); the child only exits.
+            match unsafe { libc::syscall(libc::SYS_clone, flags, 0usize, 0usize, 0usize, 0usize) } {
+                -1 => last_errno(),
+                // SAFETY: the child only exits.
+                0 => unsafe { libc::_exit(0) },
+                _ => ok("cloned into a new user namespace"),
+            }
         }
         "fork" => {
             // SAFETY: the child exits at once without touching anything.
