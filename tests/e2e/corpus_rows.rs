@@ -17,14 +17,13 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use tether_hostserve::{Limits, Manifest, ManifestError};
 use tether_plugin_sdk::protocol::testing::HostOpResponse;
 
 use crate::hostserve::{Fixture, GRANTS, op, op_with};
-use crate::support::{HOST_HELPER, eventually, recorded};
+use crate::support::{eventually, intrude, recorded};
 
 type Scenario = fn() -> Pin<Box<dyn Future<Output = ()> + Send>>;
 
@@ -176,23 +175,14 @@ async fn a_foreign_process_is_refused_and_audited() {
     let (plugin, connection) = fixture.start("guarded-files").await;
     let socket = connection.address().unwrap().to_owned();
 
-    #[allow(
-        clippy::disallowed_methods,
-        reason = "the test needs a separate local process that is neither host nor plugin"
-    )]
-    let intruder = Command::new(HOST_HELPER)
-        .arg("dial")
-        .arg(&socket)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let intruder_pid = intruder.id();
-    let output = tokio::task::spawn_blocking(move || intruder.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(3), "the intruder got through");
+    let intruder = intrude(&socket).await;
+    assert_eq!(
+        intruder.code,
+        Some(3),
+        "the intruder got through: {}",
+        intruder.said
+    );
+    let intruder_pid = intruder.pid;
 
     let records = fixture.audit_records(1).await;
     let refused = records

@@ -1,7 +1,6 @@
 //! Host services through the broker: `establish_host_services`, identity, reuse, refusal,
 //! and brokered services in both directions, with real plugin processes.
 
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,7 +16,7 @@ use tonic::service::Routes;
 use tonic::{Code, Request, Response, Status};
 
 use crate::support::{
-    HANDSHAKE, HOST_HELPER, PLAIN_PLUGIN, eventually, record_events, recorded, test_plugin,
+    HANDSHAKE, PLAIN_PLUGIN, eventually, intrude, record_events, recorded, test_plugin,
 };
 
 /// One call as the host's service saw it.
@@ -182,28 +181,9 @@ async fn a_foreign_process_is_refused_at_the_host_service_socket_and_logged() {
     );
     let socket = host.address().unwrap().to_owned();
 
-    #[allow(
-        clippy::disallowed_methods,
-        reason = "the test needs a separate local process that is neither host nor plugin"
-    )]
-    let intruder = Command::new(HOST_HELPER)
-        .arg("dial")
-        .arg(&socket)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let intruder_pid = intruder.id();
-    let output = tokio::task::spawn_blocking(move || intruder.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
-    let said = String::from_utf8_lossy(&output.stdout);
-    assert_eq!(
-        output.status.code(),
-        Some(3),
-        "the intruder got through: {said}"
-    );
+    let intruder = intrude(&socket).await;
+    let (intruder_pid, said) = (intruder.pid, intruder.said);
+    assert_eq!(intruder.code, Some(3), "the intruder got through: {said}");
     assert!(said.starts_with("refused"), "{said}");
 
     let connections = host.connections().unwrap();

@@ -163,3 +163,36 @@ impl std::io::Write for SharedBuffer {
 pub(crate) fn is_empty_dir(dir: &Path) -> bool {
     std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_none())
 }
+
+/// What a foreign process (`host-helper dial`) got when it tried `socket`.
+pub(crate) struct Intrusion {
+    pub(crate) pid: u32,
+    /// 3 when it was refused.
+    pub(crate) code: Option<i32>,
+    pub(crate) said: String,
+}
+
+/// Runs `host-helper dial socket`: a local process that is neither host nor plugin.
+pub(crate) async fn intrude(socket: &Path) -> Intrusion {
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "the test needs a separate local process that is neither host nor plugin"
+    )]
+    let intruder = std::process::Command::new(HOST_HELPER)
+        .arg("dial")
+        .arg(socket)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("host-helper starts");
+    let pid = intruder.id();
+    let output = tokio::task::spawn_blocking(move || intruder.wait_with_output())
+        .await
+        .expect("the waiting task")
+        .expect("host-helper ends");
+    Intrusion {
+        pid,
+        code: output.status.code(),
+        said: String::from_utf8_lossy(&output.stdout).into_owned(),
+    }
+}
