@@ -4,7 +4,7 @@
 //! serves afterwards. The single-call rows (A1-A13, B14) are the table in `hostserve.rs`.
 //!
 //! Also covered elsewhere, each by its own test:
-//! - C16 (a plugin names another plugin in the body and in metadata):
+//! - C16 with a custom host service (the claim in the body and in metadata):
 //!   `hostconn::two_plugins_share_one_service_and_each_call_is_attributed_to_its_caller`.
 //! - C18, first half (an id never issued): `hostconn::dialing_an_id_never_issued_times_out_naming_the_id`.
 //! - C19 (handshake abuse): one test per kind of abuse in `handshake.rs`.
@@ -45,6 +45,11 @@ fn rows() -> Vec<Row> {
             item: "B15",
             what: "the plugin starts with a cleared environment plus the allowlist",
             run: || Box::pin(a_cleared_environment()),
+        },
+        Row {
+            item: "C16",
+            what: "a plugin names another plugin in its request metadata",
+            run: || Box::pin(a_plugin_claiming_another_name()),
         },
         Row {
             item: "C17",
@@ -167,6 +172,42 @@ async fn a_cleared_environment() {
     assert_eq!(granted.outcome, "ok", "{}", granted.message);
     let records = fixture.audit_records(1).await;
     assert_eq!(records[0]["operation"], "get_env");
+}
+
+async fn a_plugin_claiming_another_name() {
+    let fixture = Fixture::new(Limits::default());
+    fixture.grant("alice", &GRANTS);
+    fixture.grant("mallory", &[]);
+    let (alice, _a) = fixture.start("alice").await;
+    let (mallory, _m) = fixture.start("mallory").await;
+
+    let forged = op_with(
+        &mallory,
+        "claim_read",
+        b"config/a.txt",
+        b"alice".to_vec(),
+        0,
+    )
+    .await;
+    assert_eq!(forged.outcome, "denied", "{forged:?}");
+    assert!(forged.message.contains("`mallory`"), "{}", forged.message);
+    assert!(forged.data.is_empty());
+    let own = op_with(&alice, "claim_read", b"config/a.txt", b"alice".to_vec(), 0).await;
+    assert_eq!(own.outcome, "ok", "{}", own.message);
+
+    let records = fixture.audit_records(2).await;
+    let by_pid = |pid: u32| -> Vec<(String, String)> {
+        records
+            .iter()
+            .filter(|record| record["pid"] == pid)
+            .map(|record| {
+                let field = |name: &str| record[name].as_str().unwrap_or_default().to_owned();
+                (field("plugin"), field("decision"))
+            })
+            .collect()
+    };
+    assert_eq!(by_pid(mallory.pid()), [("mallory".into(), "denied".into())]);
+    assert_eq!(by_pid(alice.pid()), [("alice".into(), "allowed".into())]);
 }
 
 async fn a_foreign_process_is_refused_and_audited() {

@@ -20,10 +20,19 @@ async fn start_bad(mode: &str) -> (Error, Duration) {
         .start_timeout(START_TIMEOUT)
         .start()
         .await;
-    match result {
+    let elapsed = started.elapsed();
+    let err = match result {
         Ok(_) => panic!("bad plugin {mode} started"),
-        Err(err) => (err, started.elapsed()),
-    }
+        Err(err) => err,
+    };
+    // Each failure at the trust boundary also leaves a trace in the host's log.
+    let logged = recorded(&format!("bad-{mode}")).iter().any(|event| {
+        event.target == "tether::host"
+            && event.level == tracing::Level::WARN
+            && event.others.iter().any(|field| field.starts_with("error="))
+    });
+    assert!(logged, "no start failure logged for {mode}");
+    (err, elapsed)
 }
 
 fn early(mode: &str, elapsed: Duration) {

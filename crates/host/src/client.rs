@@ -174,7 +174,20 @@ impl PluginBuilder {
     }
 
     /// Starts the plugin, completes the handshake, connects and checks its health.
+    ///
+    /// A failure is also logged (target `tether::host`, WARN, with the plugin's name): a
+    /// plugin that misbehaves at the trust boundary leaves a trace even if the caller
+    /// drops the error.
     pub async fn start(self) -> Result<PluginClient, Error> {
+        let name = self.name.clone();
+        let started = self.start_process().await;
+        if let Err(err) = &started {
+            tracing::warn!(target: "tether::host", plugin = name, error = %err, "plugin failed to start");
+        }
+        started
+    }
+
+    async fn start_process(self) -> Result<PluginClient, Error> {
         let name = self.name.clone();
         let internal = |reason: &str| Error::Internal {
             plugin: name.clone(),

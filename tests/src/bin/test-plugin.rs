@@ -13,6 +13,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tether_broker::Served;
+use tether_plugin_sdk::protocol::hostserve::ReadFileRequest;
+use tether_plugin_sdk::protocol::hostserve::host_services_client::HostServicesClient;
 use tether_plugin_sdk::protocol::testing::host_testing_client::HostTestingClient;
 use tether_plugin_sdk::protocol::testing::testing_server::{Testing, TestingServer};
 use tether_plugin_sdk::protocol::testing::*;
@@ -24,6 +26,8 @@ use tether_plugin_sdk::{
 };
 use tracing::level_filters::LevelFilter;
 
+type RawHostServices = HostServicesClient<Channel>;
+
 /// The cookie the end-to-end tests use.
 const HANDSHAKE: HandshakeConfig = HandshakeConfig::new("TETHER_TEST_PLUGIN", "e2e");
 
@@ -32,8 +36,9 @@ struct Service {
     version: u32,
     /// Present when started with `--host-services`.
     host: Option<HostServices<HostTestingClient<Channel>>>,
-    /// Present when started with `--host-files`.
-    files: Option<HostServices<HostFiles>>,
+    /// Present when started with `--host-files`: the SDK's client, and a raw one for
+    /// requests the SDK would never send (forged identities).
+    files: Option<HostServices<(HostFiles, RawHostServices)>>,
     broker: Broker,
     /// Endpoints served for the host with `ServeBrokered`, kept alive.
     served: Arc<Mutex<Vec<Served>>>,
@@ -207,13 +212,30 @@ impl Service {
                 ..ok
             });
         }
-        let files = self
+        let (files, raw) = self
             .files
             .as_ref()
             .ok_or_else(|| HostCallError::Invalid("started without --host-files".into()))?
             .client()?;
         let path = request.path.clone();
         Ok(match request.op.as_str() {
+            "claim_read" => {
+                // Reads `path` claiming to be the plugin named in `data`, in the metadata
+                // keys a naive host might trust.
+                let claim = String::from_utf8_lossy(&request.data).into_owned();
+                let mut call = Request::new(ReadFileRequest { path: path.clone() });
+                for key in ["x-plugin-name", "tether-plugin", "plugin"] {
+                    if let Ok(value) = MetadataValue::try_from(claim.as_str()) {
+                        call.metadata_mut().insert(key, value);
+                    }
+                }
+                let mut stream = raw.clone().read_file(call).await?.into_inner();
+                let mut data = Vec::new();
+                while let Some(chunk) = stream.message().await? {
+                    data.extend(chunk.data);
+                }
+                HostOpResponse { data, ..ok }
+            }
             "read_dir" => HostOpResponse {
                 names: files
                     .read_dir(&path)
@@ -398,12 +420,13 @@ fn main() -> ExitCode {
             .position(|a| a == "--host-message-limit")
             .and_then(|i| args.get(i + 1))
             .and_then(|n| n.parse().ok());
-        let (plugin, files) = match limit {
-            Some(limit) => plugin.with_host_services(move |channel| {
-                HostFiles::with_max_message_size(channel, limit)
-            }),
-            None => plugin.with_host_files(),
-        };
+        let limit = limit.unwrap_or(tether_plugin_sdk::protocol::DEFAULT_MAX_MESSAGE_SIZE);
+        let (plugin, files) = plugin.with_host_services(move |channel| {
+            (
+                HostFiles::with_max_message_size(channel.clone(), limit),
+                RawHostServices::new(channel),
+            )
+        });
         (plugin, Some(files))
     } else {
         (plugin, None)
