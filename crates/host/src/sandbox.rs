@@ -581,10 +581,21 @@ fn executable_closure(program: &Path) -> Result<Vec<(PathBuf, bool)>, String> {
             continue;
         }
         let bytes = std::fs::read(&object).map_err(|err| format!("{}: {err}", object.display()))?;
+        if let Some(script) = bytes.strip_prefix(b"#!") {
+            // A script: its interpreter runs it, so it needs the same.
+            let line = script.split(|&b| b == b'\n').next().unwrap_or_default();
+            let line = String::from_utf8_lossy(line);
+            if let Some(interpreter) = line.split_whitespace().next() {
+                let interpreter = std::fs::canonicalize(interpreter)
+                    .map_err(|err| format!("the script interpreter {interpreter}: {err}"))?;
+                files.insert(interpreter.clone(), true);
+                queue.push(interpreter);
+            }
+            continue;
+        }
         let elf = match goblin::elf::Elf::parse(&bytes) {
             Ok(elf) => elf,
-            // Not ELF (a script, say): nothing more we can tell; the plugin may then fail
-            // to start under Landlock, and says so on stderr.
+            // Neither ELF nor a script: the kernel will refuse to run it anyway.
             Err(_) => continue,
         };
         if let Some(interpreter) = elf.interpreter {
@@ -901,6 +912,22 @@ mod tests {
                 .iter()
                 .any(|(path, exec)| !*exec && path.to_string_lossy().contains("libc.so")),
             "no libc in {files:?}"
+        );
+    }
+
+    #[test]
+    fn a_script_needs_its_interpreter_and_the_interpreter_s_libraries() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("plugin.sh");
+        std::fs::write(&script, "#!/bin/sh -e\necho hi\n").unwrap();
+        let files = executable_closure(&script).unwrap();
+        let sh = std::fs::canonicalize("/bin/sh").unwrap();
+        assert!(files.contains(&(sh, true)), "{files:?}");
+        assert!(
+            files
+                .iter()
+                .any(|(path, exec)| !*exec && path.to_string_lossy().contains("libc.so")),
+            "{files:?}"
         );
     }
 
