@@ -281,8 +281,8 @@ fn seccomp_available() -> bool {
 
 /// Whether `close_range(…, CLOSE_RANGE_CLOEXEC)` works here (Linux 5.11).
 fn close_range_cloexec_available() -> bool {
-    // An empty range: changes nothing, fails only if the call or flag is unknown.
-    // SAFETY: closes nothing (first > last is rejected, so use a range past every fd).
+    // SAFETY: the range holds only fd u32::MAX, which no process has: nothing changes, and
+    // the call fails only if the kernel does not know it or its flag.
     let result = unsafe {
         libc::syscall(
             libc::SYS_close_range,
@@ -319,8 +319,8 @@ pub(crate) fn resolve_program(program: &Path) -> io::Result<PathBuf> {
     std::fs::canonicalize(&resolved)
 }
 
-/// Builds the sandbox of a plugin started from `program` (resolved by [`resolve_program`]), whose private socket directory
-/// is `socket_dir`.
+/// Builds the sandbox of a plugin started from `program` (resolved by
+/// [`resolve_program`]), whose private socket directory is `socket_dir`.
 pub(crate) fn prepare(
     sandbox: &Sandbox,
     program: &Path,
