@@ -18,9 +18,10 @@ use tether_plugin_sdk::protocol::testing::{HostOpRequest, HostOpResponse};
 use crate::support::{HOST_HELPER, TEST_PLUGIN, eventually, test_plugin};
 
 /// The grant the corpus assumes, plus `env:PATH` for an allowed environment read.
-pub(crate) const GRANTS: [&str; 4] = [
+pub(crate) const GRANTS: [&str; 5] = [
     "read:config/**",
     "write:output/**",
+    "write:links/**",
     "env:API_KEY",
     "env:PATH",
 ];
@@ -39,7 +40,7 @@ impl Fixture {
         let workspace = root.path().join("workspace");
         let outside = root.path().join("outside");
         let w = |p: &str| workspace.join(p);
-        for dir in ["config/sub", "config/many", "secrets", "output"] {
+        for dir in ["config/sub", "config/many", "secrets", "output", "links"] {
             std::fs::create_dir_all(w(dir)).expect("fixture setup");
         }
         std::fs::create_dir_all(outside.join("dir")).expect("fixture setup");
@@ -57,6 +58,7 @@ impl Fixture {
         symlink("nothing-here", w("config/dangling")).expect("fixture setup");
         symlink("/proc/self/root", w("config/proc")).expect("fixture setup");
         symlink("/proc/self/fd/0", w("config/fd")).expect("fixture setup");
+        symlink(outside.join("dir"), w("links/out")).expect("fixture setup");
 
         let audit = root.path().join("audit.jsonl");
         let policy = Policy::new();
@@ -171,7 +173,7 @@ fn row(
     outcome: &'static str,
 ) -> Row {
     let decision = match outcome {
-        "ok" | "not_found" | "other" => "allowed",
+        "ok" | "not_found" | "already_exists" | "other" => "allowed",
         _ => "denied",
     };
     Row {
@@ -246,6 +248,13 @@ fn corpus() -> Vec<Row> {
         row("write", "write_file", "config/a.txt", "denied"),
         row("write", "write_file", "output/../config/a.txt", "invalid"),
         row("write", "delete_file", "output/new.txt", "denied"),
+        row("create", "create_dir", "output/made", "ok"),
+        row("create", "create_dir", "output/made", "already_exists"),
+        row("create", "create_dir", "output/made/deeper", "ok"),
+        row("create", "create_dir", "output/missing/x", "not_found"),
+        row("create", "create_dir", "output/../x", "invalid"),
+        row("create", "create_dir", "config/new", "denied"),
+        row("create", "create_dir", "links/out/x", "denied"),
         row("stat", "stat", "config/link_out", "ok"),
         row("stat", "stat", "secrets/key", "denied"),
     ]
@@ -324,6 +333,10 @@ async fn the_bad_input_corpus_gets_clear_answers_and_one_audit_record_each() {
         std::fs::read_to_string(fixture.workspace.join("output/new.txt")).unwrap(),
         "written"
     );
+    // CreateDir made what it was allowed to, and nothing through the link.
+    assert!(fixture.workspace.join("output/made/deeper").is_dir());
+    assert!(!fixture.workspace.join("config/new").exists());
+    assert!(!fixture.workspace.join("../outside/dir/x").exists());
 }
 
 #[tokio::test]

@@ -29,7 +29,7 @@ pub struct AuditRecord {
     /// The calling process (for `connect`, the process that was refused).
     pub pid: u32,
     /// The operation: `read_dir`, `read_file`, `write_file`, `delete_file`, `get_env`, `stat`,
-    /// or `connect` (a refused connection to the plugin's host-service socket).
+    /// `create_dir`, or `connect` (a refused connection to the plugin's host-service socket).
     pub operation: &'static str,
     /// The path or variable, as requested (escaped if not UTF-8, capped).
     pub resource: String,
@@ -37,6 +37,13 @@ pub struct AuditRecord {
     pub decision: &'static str,
     /// Why: the grant that allowed it, or what denied it, and how the operation ended.
     pub reason: String,
+    /// The request id the call carried (`tether-request-id`), if any: the plugin passes on
+    /// the id of the host's call it is working for. A correlation aid, not an identity.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    /// The time the caller had left (its `grpc-timeout`) when the call arrived, if it set one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
 }
 
 impl AuditRecord {
@@ -85,11 +92,13 @@ impl Audit {
         if record.decision == "denied" {
             tracing::warn!(target: "tether::audit", plugin = record.plugin, instance = record.instance,
                 operation = record.operation, resource = record.resource, decision = record.decision,
-                reason = record.reason, "host service call denied");
+                reason = record.reason, request_id = record.request_id, timeout_ms = record.timeout_ms,
+                "host service call denied");
         } else {
             tracing::info!(target: "tether::audit", plugin = record.plugin, instance = record.instance,
                 operation = record.operation, resource = record.resource, decision = record.decision,
-                reason = record.reason, "host service call allowed");
+                reason = record.reason, request_id = record.request_id, timeout_ms = record.timeout_ms,
+                "host service call allowed");
         }
         if let Some(sender) = &self.sender {
             match sender.try_send(record) {

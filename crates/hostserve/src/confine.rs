@@ -102,6 +102,12 @@ impl Target {
         self.parent.remove_file(&self.name)
     }
 
+    /// Creates the target as a directory (mode `0o755`, less the umask); its parent must
+    /// exist, and the target must not (`mkdirat` never follows a link there either).
+    pub(crate) fn create_dir(&self) -> io::Result<()> {
+        self.parent.create_dir(&self.name)
+    }
+
     /// Creates a fresh temporary file next to the target, with `mode`.
     pub(crate) fn create_temp(&self, mode: u32) -> io::Result<(String, File)> {
         for attempt in 0..16u32 {

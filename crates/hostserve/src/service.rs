@@ -16,9 +16,9 @@ use tether_protocol::hostserve::host_services_server::{
     HostServices as HostServicesRpc, HostServicesServer,
 };
 use tether_protocol::hostserve::{
-    DeleteFileRequest, DeleteFileResponse, DirEntry, EntryKind, GetEnvRequest, GetEnvResponse,
-    ReadDirRequest, ReadDirResponse, ReadFileChunk, ReadFileRequest, StatRequest, StatResponse,
-    WriteFileChunk, WriteFileResponse,
+    CreateDirRequest, CreateDirResponse, DeleteFileRequest, DeleteFileResponse, DirEntry,
+    EntryKind, GetEnvRequest, GetEnvResponse, ReadDirRequest, ReadDirResponse, ReadFileChunk,
+    ReadFileRequest, StatRequest, StatResponse, WriteFileChunk, WriteFileResponse,
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_stream::Stream;
@@ -135,6 +135,8 @@ impl HostServices {
                     "{} (the plugin's host-service socket; the plugin is pid {pid})",
                     refusal.reason
                 ),
+                request_id: None,
+                timeout_ms: None,
             });
         });
         establish_host_services_with(plugin, self.routes(), Options::default().on_refused(hook))
@@ -164,13 +166,15 @@ impl HostServices {
         resource: &str,
     ) -> Result<Call<'_>, Status> {
         let identity = PluginIdentity::of(request)?.clone();
-        self.begin_as(identity, operation, resource).await
+        let context = Correlation::of(request);
+        self.begin_as(identity, context, operation, resource).await
     }
 
     /// [`HostServices::begin`] for a caller already identified.
     async fn begin_as(
         &self,
         identity: PluginIdentity,
+        context: Correlation,
         operation: &'static str,
         resource: &str,
     ) -> Result<Call<'_>, Status> {
@@ -185,10 +189,19 @@ impl HostServices {
         let call = Call {
             host: self,
             identity,
+            context,
             operation,
             resource: resource.to_owned(),
             permit: None,
         };
+        if let Some(bad) = &call.context.invalid_request_id {
+            return Err(call.deny(
+                Status::invalid_argument(format!(
+                    "invalid request id {bad}: use 1 to 64 characters of A-Z a-z 0-9 . _ : -"
+                )),
+                "invalid request id",
+            ));
+        }
         match tokio::time::timeout(self.limits.queue_wait, semaphore.acquire_owned()).await {
             Ok(Ok(permit)) => Ok(Call {
                 permit: Some(permit),
@@ -206,10 +219,50 @@ impl HostServices {
     }
 }
 
+/// What a call carries to correlate it with the work it is part of (see
+/// [`tether_protocol::CallContext`]): recorded in its audit record, never trusted.
+#[derive(Debug, Default)]
+struct Correlation {
+    request_id: Option<String>,
+    /// A `tether-request-id` that is not well formed, escaped and capped for the message.
+    invalid_request_id: Option<String>,
+    timeout_ms: Option<u64>,
+}
+
+impl Correlation {
+    fn of<T>(request: &Request<T>) -> Self {
+        let metadata = request.metadata();
+        let mut correlation = Correlation {
+            timeout_ms: metadata
+                .get("grpc-timeout")
+                .and_then(|value| value.to_str().ok())
+                .and_then(tether_protocol::parse_grpc_timeout)
+                .map(|timeout| u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX)),
+            ..Correlation::default()
+        };
+        if let Some(value) = metadata.get(tether_protocol::REQUEST_ID_METADATA) {
+            match value.to_str() {
+                Ok(id) if tether_protocol::valid_request_id(id) => {
+                    correlation.request_id = Some(id.to_owned());
+                }
+                Ok(id) => {
+                    correlation.invalid_request_id =
+                        Some(format!("{:?}", id.chars().take(80).collect::<String>()));
+                }
+                Err(_) => {
+                    correlation.invalid_request_id = Some("(not visible ASCII)".to_owned());
+                }
+            }
+        }
+        correlation
+    }
+}
+
 /// One call in progress: identity, what it asks, and its concurrency slot.
 struct Call<'a> {
     host: &'a HostServices,
     identity: PluginIdentity,
+    context: Correlation,
     operation: &'static str,
     resource: String,
     permit: Option<OwnedSemaphorePermit>,
@@ -226,6 +279,8 @@ impl Call<'_> {
             resource: self.resource.clone(),
             decision,
             reason,
+            request_id: self.context.request_id.clone(),
+            timeout_ms: self.context.timeout_ms,
         });
     }
 
@@ -300,6 +355,7 @@ fn io_status(path: &str, err: &io::Error) -> Status {
             ))
         }
         (io::ErrorKind::NotFound, _) => Status::not_found(message),
+        (io::ErrorKind::AlreadyExists, _) => Status::already_exists(message),
         (io::ErrorKind::PermissionDenied, _) => Status::permission_denied(message),
         (
             io::ErrorKind::InvalidInput
@@ -570,19 +626,20 @@ impl HostServicesRpc for HostServices {
         request: Request<Streaming<WriteFileChunk>>,
     ) -> Result<Response<WriteFileResponse>, Status> {
         let identity = PluginIdentity::of(&request)?.clone();
+        let context = Correlation::of(&request);
         let mut stream = request.into_inner();
         let stall = self.limits.stall_timeout;
         let first = match next_chunk(&mut stream, stall).await {
             Ok(first) => first.unwrap_or_default(),
             Err(status) => {
-                let call = self.begin_as(identity, "write_file", "").await?;
+                let call = self.begin_as(identity, context, "write_file", "").await?;
                 return Err(call.deny(status, "no first message"));
             }
         };
         // The call is identified from the connection; the first message names the file.
         let resource = path::display(&first.path);
         let call = self
-            .begin_as(identity.clone(), "write_file", &resource)
+            .begin_as(identity.clone(), context, "write_file", &resource)
             .await?;
         let path = call.path(&first.path)?;
         let (workspace, grant) = call.authorize(Verb::Write, path.as_str())?;
@@ -668,6 +725,22 @@ impl HostServicesRpc for HostServices {
             .map(|metadata| stat_response(&metadata))
             .map_err(|err| io_status(&shown, &err));
         call.finish(&grant, result).map(Response::new)
+    }
+
+    async fn create_dir(
+        &self,
+        request: Request<CreateDirRequest>,
+    ) -> Result<Response<CreateDirResponse>, Status> {
+        let resource = path::display(&request.get_ref().path);
+        let call = self.begin(&request, "create_dir", &resource).await?;
+        let path = call.path(&request.get_ref().path)?;
+        let (workspace, grant) = call.authorize(Verb::Write, path.as_str())?;
+        let shown = path.as_str().to_owned();
+        let result = blocking(move || Target::locate(&workspace, &path)?.create_dir())
+            .await?
+            .map_err(|err| io_status(&shown, &err));
+        call.finish(&grant, result)
+            .map(|()| Response::new(CreateDirResponse {}))
     }
 }
 

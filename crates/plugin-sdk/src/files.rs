@@ -1,10 +1,11 @@
 //! [`HostFiles`]: typed access to tether's ready-made host services (`tether.hostserve.v1`).
 
 use futures_util::{Stream, StreamExt};
+use tether_protocol::CallContext;
 use tether_protocol::hostserve::host_services_client::HostServicesClient;
 use tether_protocol::hostserve::{
-    DeleteFileRequest, DirEntry, GetEnvRequest, ReadDirRequest, ReadFileRequest, StatRequest,
-    StatResponse, WriteFileChunk,
+    CreateDirRequest, DeleteFileRequest, DirEntry, GetEnvRequest, ReadDirRequest, ReadFileRequest,
+    StatRequest, StatResponse, WriteFileChunk,
 };
 use tonic::transport::Channel;
 use tonic::{Code, Status};
@@ -35,6 +36,9 @@ pub enum HostCallError {
     /// The file or directory does not exist.
     #[error("not found: {0}")]
     NotFound(String),
+    /// The file or directory exists already (`create_dir`).
+    #[error("already exists: {0}")]
+    AlreadyExists(String),
     /// A limit was reached: write quota, concurrency, message size.
     #[error("limit reached: {0}")]
     Exhausted(String),
@@ -72,6 +76,7 @@ impl From<Status> for HostCallError {
             },
             Code::InvalidArgument => HostCallError::Invalid(message),
             Code::NotFound => HostCallError::NotFound(message),
+            Code::AlreadyExists => HostCallError::AlreadyExists(message),
             Code::ResourceExhausted => HostCallError::Exhausted(message),
             code => HostCallError::Other { code, message },
         }
@@ -84,6 +89,7 @@ impl From<HostCallError> for Status {
             HostCallError::Denied { .. } => Code::PermissionDenied,
             HostCallError::Invalid(_) => Code::InvalidArgument,
             HostCallError::NotFound(_) => Code::NotFound,
+            HostCallError::AlreadyExists(_) => Code::AlreadyExists,
             HostCallError::Exhausted(_) | HostCallError::TooLarge { .. } => Code::ResourceExhausted,
             HostCallError::NotConnected(_) => Code::FailedPrecondition,
             HostCallError::Other { code, .. } => *code,
@@ -95,9 +101,13 @@ impl From<HostCallError> for Status {
 /// The host's files and environment, through tether's host services. Build it with
 /// [`crate::Plugin::with_host_files`]; cheap to clone. Paths are relative to the workspace
 /// the host assigned to this plugin, with `/` between components.
+///
+/// To pass on the request id and deadline of the call a plugin is serving, make its
+/// host-service calls through [`HostFiles::with_context`].
 #[derive(Debug, Clone)]
 pub struct HostFiles {
     client: HostServicesClient<Channel>,
+    context: CallContext,
 }
 
 impl HostFiles {
@@ -115,6 +125,18 @@ impl HostFiles {
             client: HostServicesClient::new(channel)
                 .max_decoding_message_size(limit)
                 .max_encoding_message_size(limit),
+            context: CallContext::new(),
+        }
+    }
+
+    /// These host files, with every call carrying `context`: its request id, and the time
+    /// left before its deadline (a call made after the deadline fails at once with
+    /// `DEADLINE_EXCEEDED`). Use it with the context of the request being served:
+    /// `files.with_context(&CallContext::of(&request))`.
+    pub fn with_context(&self, context: &CallContext) -> HostFiles {
+        HostFiles {
+            client: self.client.clone(),
+            context: context.clone(),
         }
     }
 
@@ -126,11 +148,11 @@ impl HostFiles {
             let page = self
                 .client
                 .clone()
-                .read_dir(ReadDirRequest {
+                .read_dir(self.context.request(ReadDirRequest {
                     path: path.as_ref().to_vec(),
                     page_size: 0,
                     page_token,
-                })
+                })?)
                 .await?
                 .into_inner();
             entries.extend(page.entries);
@@ -146,9 +168,9 @@ impl HostFiles {
         let stream = self
             .client
             .clone()
-            .read_file(ReadFileRequest {
+            .read_file(self.context.request(ReadFileRequest {
                 path: path.as_ref().to_vec(),
-            })
+            })?)
             .await?
             .into_inner();
         Ok(Box::pin(stream.map(|chunk| {
@@ -204,7 +226,11 @@ impl HostFiles {
                 mode: 0,
                 data,
             }));
-        let response = self.client.clone().write_file(messages).await?;
+        let response = self
+            .client
+            .clone()
+            .write_file(self.context.request(messages)?)
+            .await?;
         Ok(response.into_inner().bytes_written)
     }
 
@@ -212,9 +238,9 @@ impl HostFiles {
     pub async fn delete_file(&self, path: impl AsRef<[u8]>) -> Result<(), HostCallError> {
         self.client
             .clone()
-            .delete_file(DeleteFileRequest {
+            .delete_file(self.context.request(DeleteFileRequest {
                 path: path.as_ref().to_vec(),
-            })
+            })?)
             .await?;
         Ok(())
     }
@@ -224,9 +250,9 @@ impl HostFiles {
         let reply = self
             .client
             .clone()
-            .get_env(GetEnvRequest {
+            .get_env(self.context.request(GetEnvRequest {
                 name: name.to_owned(),
-            })
+            })?)
             .await?
             .into_inner();
         Ok(reply.present.then_some(reply.value))
@@ -237,10 +263,22 @@ impl HostFiles {
         Ok(self
             .client
             .clone()
-            .stat(StatRequest {
+            .stat(self.context.request(StatRequest {
                 path: path.as_ref().to_vec(),
-            })
+            })?)
             .await?
             .into_inner())
+    }
+
+    /// Creates a directory, whose parent must exist; [`HostCallError::AlreadyExists`] if
+    /// something has that name already.
+    pub async fn create_dir(&self, path: impl AsRef<[u8]>) -> Result<(), HostCallError> {
+        self.client
+            .clone()
+            .create_dir(self.context.request(CreateDirRequest {
+                path: path.as_ref().to_vec(),
+            })?)
+            .await?;
+        Ok(())
     }
 }

@@ -91,7 +91,7 @@ pub use host::{HostServices, HostServicesError};
 pub use log::JsonLogLayer;
 pub use serve::Plugin;
 pub use tether_broker::{Broker, BrokerError};
-pub use tether_protocol::HandshakeConfig;
+pub use tether_protocol::{CallContext, HandshakeConfig};
 pub use tonic::service::Routes;
 
 /// The protocol crate, re-exported so plugins need only this one dependency for it.

@@ -4,9 +4,11 @@
 //!
 //! - the generated gRPC code for go-plugin's internal services ([`plugin`]: broker,
 //!   controller, stdio), for the host-services contract ([`hostconn`]) and tether's ready-made
-//!   host services ([`hostserve`]), and for tether's own
-//!   test services ([`testing`]);
+//!   host services ([`hostserve`]), the demo plugins' interface ([`filelister`]), and
+//!   tether's own test services ([`testing`]);
 //! - the handshake line a plugin prints on stdout ([`Handshake`]), with its codec;
+//! - the context a call carries across processes ([`CallContext`]: a request id and a
+//!   deadline, passed from a host's call through the plugin into its host-service calls);
 //! - the magic-cookie configuration ([`HandshakeConfig`]), app-protocol version
 //!   negotiation ([`negotiate`]) and the protocol constants ([`env`], [`CORE_PROTOCOL_VERSION`]).
 //!
@@ -15,9 +17,11 @@
 //! is described field by field in `shared/design/go-plugin-protocol.md`; the `.proto` files
 //! in `proto/` are the only place it is edited, and `cargo xtask proto` regenerates the code.
 
+mod context;
 mod handshake;
 mod version;
 
+pub use context::{CallContext, REQUEST_ID_METADATA, parse_grpc_timeout, valid_request_id};
 pub use handshake::{Handshake, HandshakeParseError, Network, Protocol};
 pub use version::{HandshakeConfig, format_versions, negotiate, parse_versions};
 
@@ -71,6 +75,9 @@ mod generated {
     pub mod hostserve {
         include!("generated/tether.hostserve.v1.rs");
     }
+    pub mod filelister {
+        include!("generated/tether.filelister.v1.rs");
+    }
     pub mod testing {
         include!("generated/tether.testing.v1.rs");
     }
@@ -94,6 +101,12 @@ pub mod hostconn {
 /// the SDK's typed `HostFiles` client.
 pub mod hostserve {
     pub use crate::generated::hostserve::*;
+}
+
+/// `tether.filelister.v1`: the demo plugins' interface (`ListFiles`), served by
+/// `plugins/filelister` and `plugins/colorlister` and called by `tether-demo`.
+pub mod filelister {
+    pub use crate::generated::filelister::*;
 }
 
 /// `tether.testing.v1`: a small service served by tether's test plugins. Not a public

@@ -157,6 +157,7 @@ fn failure(err: HostCallError) -> HostOpResponse {
         HostCallError::Denied { capability, .. } => ("denied", capability.clone()),
         HostCallError::Invalid(_) => ("invalid", String::new()),
         HostCallError::NotFound(_) => ("not_found", String::new()),
+        HostCallError::AlreadyExists(_) => ("already_exists", String::new()),
         HostCallError::Exhausted(_) => ("exhausted", String::new()),
         HostCallError::TooLarge { .. } => ("too_large", String::new()),
         HostCallError::NotConnected(_) => ("not_connected", String::new()),
@@ -294,6 +295,10 @@ impl Service {
                     },
                     None => ok,
                 }
+            }
+            "create_dir" => {
+                files.create_dir(&path).await?;
+                ok
             }
             "stat" => {
                 let stat = files.stat(&path).await?;

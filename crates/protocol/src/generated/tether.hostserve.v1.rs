@@ -78,6 +78,13 @@ pub struct GetEnvResponse {
     pub value: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct CreateDirRequest {
+    #[prost(bytes = "vec", tag = "1")]
+    pub path: ::prost::alloc::vec::Vec<u8>,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct CreateDirResponse {}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct StatRequest {
     #[prost(bytes = "vec", tag = "1")]
     pub path: ::prost::alloc::vec::Vec<u8>,
@@ -358,6 +365,33 @@ pub mod host_services_client {
                 .insert(GrpcMethod::new("tether.hostserve.v1.HostServices", "Stat"));
             self.inner.unary(req, path, codec).await
         }
+        /// Creates a directory, whose parent must exist. Needs `write:` on the new directory.
+        pub async fn create_dir(
+            &mut self,
+            request: impl tonic::IntoRequest<super::CreateDirRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::CreateDirResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/tether.hostserve.v1.HostServices/CreateDir",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(
+                    GrpcMethod::new("tether.hostserve.v1.HostServices", "CreateDir"),
+                );
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -415,6 +449,14 @@ pub mod host_services_server {
             &self,
             request: tonic::Request<super::StatRequest>,
         ) -> std::result::Result<tonic::Response<super::StatResponse>, tonic::Status>;
+        /// Creates a directory, whose parent must exist. Needs `write:` on the new directory.
+        async fn create_dir(
+            &self,
+            request: tonic::Request<super::CreateDirRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::CreateDirResponse>,
+            tonic::Status,
+        >;
     }
     #[derive(Debug)]
     pub struct HostServicesServer<T> {
@@ -748,6 +790,51 @@ pub mod host_services_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = StatSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/tether.hostserve.v1.HostServices/CreateDir" => {
+                    #[allow(non_camel_case_types)]
+                    struct CreateDirSvc<T: HostServices>(pub Arc<T>);
+                    impl<
+                        T: HostServices,
+                    > tonic::server::UnaryService<super::CreateDirRequest>
+                    for CreateDirSvc<T> {
+                        type Response = super::CreateDirResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::CreateDirRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as HostServices>::create_dir(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = CreateDirSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

@@ -1,0 +1,244 @@
+//! [`CallContext`]: what a call carries from process to process besides its message, so
+//! that a host's request id and deadline follow the work through a plugin and into the
+//! plugin's calls back to the host (the gRPC equivalent of passing Go's `ctx` along).
+//!
+//! The deadline travels as gRPC's own `grpc-timeout` header (tonic enforces it on the
+//! server side), the request id as `tether-request-id` metadata. A request id is a
+//! correlation aid chosen by the caller, never an identity: hosts identify plugins by
+//! their connection.
+
+use std::time::{Duration, Instant};
+
+use tonic::metadata::MetadataValue;
+use tonic::{Request, Status};
+
+/// The metadata key of a request id.
+pub const REQUEST_ID_METADATA: &str = "tether-request-id";
+
+/// The longest request id accepted.
+const MAX_REQUEST_ID: usize = 64;
+
+/// Whether `id` is a well-formed request id: 1 to 64 characters of `A-Z a-z 0-9 . _ : -`.
+pub fn valid_request_id(id: &str) -> bool {
+    (1..=MAX_REQUEST_ID).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+}
+
+/// Parses a `grpc-timeout` header value: at most 8 digits and a unit (`H`, `M`, `S`, `m`,
+/// `u`, `n`), as the gRPC over HTTP/2 specification writes it.
+pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
+    let split = value.len().checked_sub(1)?;
+    let (digits, unit) = value.split_at_checked(split)?;
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let amount: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(amount * 3600),
+        "M" => Duration::from_secs(amount * 60),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
+/// A request id and a deadline, read from an incoming request and applied to outgoing ones.
+///
+/// ```
+/// use std::time::Duration;
+/// use tether_protocol::CallContext;
+///
+/// // A host starts a call with an id and a 5 s budget...
+/// let context = CallContext::new().with_request_id("demo-1")?.with_timeout(Duration::from_secs(5));
+/// let outgoing = context.request("payload")?;
+///
+/// // ...a plugin reads both from the request it receives, and passes them on.
+/// let received = CallContext::of(&outgoing);
+/// assert_eq!(received.request_id(), Some("demo-1"));
+/// assert!(received.remaining().is_some_and(|left| left <= Duration::from_secs(5)));
+/// let onward = received.request(())?;
+/// assert_eq!(CallContext::of(&onward).request_id(), Some("demo-1"));
+/// # Ok::<(), tonic::Status>(())
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CallContext {
+    request_id: Option<String>,
+    deadline: Option<Instant>,
+}
+
+impl CallContext {
+    /// No request id and no deadline.
+    pub fn new() -> Self {
+        CallContext::default()
+    }
+
+    /// The context `request` carries: its request id, if well formed (others are ignored),
+    /// and its deadline, counted from now.
+    pub fn of<T>(request: &Request<T>) -> Self {
+        let metadata = request.metadata();
+        let request_id = metadata
+            .get(REQUEST_ID_METADATA)
+            .and_then(|value| value.to_str().ok())
+            .filter(|id| valid_request_id(id))
+            .map(str::to_owned);
+        let deadline = metadata
+            .get("grpc-timeout")
+            .and_then(|value| value.to_str().ok())
+            .and_then(parse_grpc_timeout)
+            .and_then(|timeout| Instant::now().checked_add(timeout));
+        CallContext {
+            request_id,
+            deadline,
+        }
+    }
+
+    /// This context with `id` as its request id; `INVALID_ARGUMENT` if `id` is not well
+    /// formed (see [`valid_request_id`]).
+    pub fn with_request_id(mut self, id: impl Into<String>) -> Result<Self, Status> {
+        let id = id.into();
+        if !valid_request_id(&id) {
+            return Err(Status::invalid_argument(format!(
+                "invalid request id {:?}: use 1 to {MAX_REQUEST_ID} characters of \
+                 A-Z a-z 0-9 . _ : -",
+                id.escape_debug().to_string()
+            )));
+        }
+        self.request_id = Some(id);
+        Ok(self)
+    }
+
+    /// This context with a deadline `timeout` from now (or the current one, if sooner).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        let deadline = Instant::now().checked_add(timeout);
+        self.deadline = match (self.deadline, deadline) {
+            (Some(current), Some(new)) => Some(current.min(new)),
+            (current, new) => current.or(new),
+        };
+        self
+    }
+
+    /// The request id, if any.
+    pub fn request_id(&self) -> Option<&str> {
+        self.request_id.as_deref()
+    }
+
+    /// The deadline, if any.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// Time left before the deadline (zero once it has passed); `None` without a deadline.
+    pub fn remaining(&self) -> Option<Duration> {
+        self.deadline
+            .map(|deadline| deadline.saturating_duration_since(Instant::now()))
+    }
+
+    /// Puts this context on an outgoing request: the request id, and the time left as its
+    /// timeout. Fails with `DEADLINE_EXCEEDED`, sending nothing, once the deadline has passed.
+    pub fn apply<T>(&self, request: &mut Request<T>) -> Result<(), Status> {
+        if let Some(id) = &self.request_id {
+            if let Ok(value) = MetadataValue::try_from(id.as_str()) {
+                request.metadata_mut().insert(REQUEST_ID_METADATA, value);
+            }
+        }
+        if let Some(left) = self.remaining() {
+            if left.is_zero() {
+                return Err(Status::deadline_exceeded(match &self.request_id {
+                    Some(id) => format!("the deadline of request {id} has passed"),
+                    None => "the caller's deadline has passed".to_owned(),
+                }));
+            }
+            request.set_timeout(left);
+        }
+        Ok(())
+    }
+
+    /// A new request for `message`, carrying this context (see [`CallContext::apply`]).
+    pub fn request<T>(&self, message: T) -> Result<Request<T>, Status> {
+        let mut request = Request::new(message);
+        self.apply(&mut request)?;
+        Ok(request)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_parse_in_every_unit() {
+        assert_eq!(parse_grpc_timeout("2H"), Some(Duration::from_secs(7200)));
+        assert_eq!(parse_grpc_timeout("3M"), Some(Duration::from_secs(180)));
+        assert_eq!(parse_grpc_timeout("5S"), Some(Duration::from_secs(5)));
+        assert_eq!(
+            parse_grpc_timeout("4999m"),
+            Some(Duration::from_millis(4999))
+        );
+        assert_eq!(parse_grpc_timeout("7u"), Some(Duration::from_micros(7)));
+        assert_eq!(
+            parse_grpc_timeout("99999999n"),
+            Some(Duration::from_nanos(99_999_999))
+        );
+        for bad in ["", "S", "5", "5s", "123456789S", "-5S", "5 S", "1.5S", "5é"] {
+            assert_eq!(parse_grpc_timeout(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn request_ids_are_short_and_plain() {
+        assert!(valid_request_id("demo-1"));
+        assert!(valid_request_id("a.b_c:d-E9"));
+        assert!(valid_request_id(&"x".repeat(64)));
+        for bad in ["", "has space", "new\nline", "ü", &"x".repeat(65)] {
+            assert!(!valid_request_id(bad), "{bad:?}");
+        }
+        assert!(CallContext::new().with_request_id("bad id").is_err());
+    }
+
+    #[test]
+    fn context_travels_through_a_request_and_on() {
+        let context = CallContext::new()
+            .with_request_id("req-7")
+            .expect("valid id")
+            .with_timeout(Duration::from_secs(5));
+        let request = context.request(()).expect("deadline not passed");
+        let timeout = request
+            .metadata()
+            .get("grpc-timeout")
+            .and_then(|value| value.to_str().ok())
+            .and_then(parse_grpc_timeout)
+            .expect("the timeout is on the request");
+        assert!(timeout <= Duration::from_secs(5) && timeout > Duration::from_secs(4));
+        let received = CallContext::of(&request);
+        assert_eq!(received.request_id(), Some("req-7"));
+        assert!(received.remaining().expect("deadline") <= Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_passed_deadline_stops_the_next_call() {
+        let context = CallContext::new()
+            .with_request_id("late")
+            .expect("valid id")
+            .with_timeout(Duration::ZERO);
+        let status = context.request(()).expect_err("the deadline has passed");
+        assert_eq!(status.code(), tonic::Code::DeadlineExceeded);
+        assert!(status.message().contains("late"), "{}", status.message());
+    }
+
+    #[test]
+    fn a_malformed_incoming_id_is_ignored_and_a_sooner_deadline_wins() {
+        let mut request = Request::new(());
+        request
+            .metadata_mut()
+            .insert(REQUEST_ID_METADATA, MetadataValue::from_static("two words"));
+        assert_eq!(CallContext::of(&request).request_id(), None);
+        let sooner = CallContext::new()
+            .with_timeout(Duration::from_secs(1))
+            .with_timeout(Duration::from_secs(60));
+        assert!(sooner.remaining().expect("deadline") <= Duration::from_secs(1));
+    }
+}
