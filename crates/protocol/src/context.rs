@@ -140,10 +140,10 @@ impl CallContext {
     /// Puts this context on an outgoing request: the request id, and the time left as its
     /// timeout. Fails with `DEADLINE_EXCEEDED`, sending nothing, once the deadline has passed.
     pub fn apply<T>(&self, request: &mut Request<T>) -> Result<(), Status> {
-        if let Some(id) = &self.request_id {
-            if let Ok(value) = MetadataValue::try_from(id.as_str()) {
-                request.metadata_mut().insert(REQUEST_ID_METADATA, value);
-            }
+        if let Some(id) = &self.request_id
+            && let Ok(value) = MetadataValue::try_from(id.as_str())
+        {
+            request.metadata_mut().insert(REQUEST_ID_METADATA, value);
         }
         if let Some(left) = self.remaining() {
             if left.is_zero() {
