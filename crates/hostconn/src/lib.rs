@@ -23,6 +23,13 @@
 //! Identity: every request that reaches `services` through this endpoint carries the
 //! [`PluginIdentity`] of the plugin the endpoint was made for, decided by the host, never by
 //! anything the plugin writes. Read it with [`PluginIdentity::of`].
+//!
+//! To test a plugin's logic against real host services without a process, serve them in
+//! the test's own process with [`in_process`].
+
+mod local;
+
+pub use local::{InProcess, in_process};
 
 use std::path::Path;
 use std::sync::Arc;

@@ -107,6 +107,13 @@ pub mod hostserve {
 /// `plugins/filelister` and `plugins/colorlister` and called by `tether-demo`.
 pub mod filelister {
     pub use crate::generated::filelister::*;
+
+    /// The demo's handshake configuration, shared by `tether-demo` and both demo plugins.
+    pub const HANDSHAKE: crate::HandshakeConfig =
+        crate::HandshakeConfig::new("TETHER_DEMO_PLUGIN", "filelister-colorlister-v1");
+
+    /// The app protocol version in which the demo plugins serve `FileLister`.
+    pub const VERSION: u32 = 1;
 }
 
 /// `tether.testing.v1`: a small service served by tether's test plugins. Not a public

@@ -1,0 +1,351 @@
+//! colorlister, a tether demo plugin: lists a directory of its workspace through the host's
+//! `ReadDir`, reads each file through `ReadFile`, and returns a colored listing with each
+//! file's line count and first line.
+//!
+//! It shows context propagation: the request id and the deadline of the host's call travel
+//! on, through [`CallContext`], into every host-service call the plugin makes for it, so
+//! the host's audit records and the plugin's log lines carry the same id, and the plugin's
+//! calls give up when the host's caller would. Its `plugin.toml` asks for `read:docs/**`
+//! only.
+
+use std::fmt::Write as _;
+
+use tether_plugin_sdk::protocol::filelister::file_lister_server::{FileLister, FileListerServer};
+use tether_plugin_sdk::protocol::filelister::{
+    HANDSHAKE, ListFilesRequest, ListFilesResponse, ListedFile, VERSION,
+};
+use tether_plugin_sdk::protocol::hostserve::EntryKind;
+use tether_plugin_sdk::tonic::{Request, Response, Status};
+use tether_plugin_sdk::{CallContext, HostCallError, HostFiles, HostServices, Plugin, Routes};
+
+/// Files larger than this are listed without a preview.
+pub const PREVIEW_CAP: usize = 64 * 1024;
+
+/// The longest first line shown, in characters.
+const PREVIEW_WIDTH: usize = 40;
+
+/// The plugin, ready to [`Plugin::run`]: `FileLister` on the demo's protocol version, with
+/// host files.
+pub fn plugin() -> Plugin {
+    let (plugin, files) = Plugin::new(HANDSHAKE).with_host_files();
+    plugin.version(
+        VERSION,
+        Routes::new(FileListerServer::new(ColorListerService { files })),
+    )
+}
+
+/// The `FileLister` service.
+#[derive(Debug, Clone)]
+pub struct ColorListerService {
+    files: HostServices<HostFiles>,
+}
+
+#[tether_plugin_sdk::tonic::async_trait]
+impl FileLister for ColorListerService {
+    async fn list_files(
+        &self,
+        request: Request<ListFilesRequest>,
+    ) -> Result<Response<ListFilesResponse>, Status> {
+        let context = CallContext::of(&request);
+        let request_id = context.request_id().unwrap_or_default().to_owned();
+        let deadline_ms = context.remaining().map(|left| left.as_millis());
+        let ListFilesRequest { dir, color } = request.into_inner();
+        tracing::info!(dir, request_id, deadline_ms, "listing a directory");
+        let files = self
+            .files
+            .client()
+            .map_err(HostCallError::from)?
+            .with_context(&context);
+        match list(&files, &dir, color).await {
+            Ok(response) => Ok(Response::new(ListFilesResponse {
+                request_id,
+                ..response
+            })),
+            Err(err) => {
+                tracing::warn!(dir, request_id, %err, "could not list the directory");
+                Err(err.into())
+            }
+        }
+    }
+}
+
+/// One file's line count and first line, read through the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Preview {
+    /// Lines in the file.
+    pub lines: usize,
+    /// The first non-empty line, shortened to 40 characters.
+    pub first: String,
+}
+
+/// Lists `dir` through `files`, reading every file for its preview.
+pub async fn list(
+    files: &HostFiles,
+    dir: &str,
+    color: bool,
+) -> Result<ListFilesResponse, HostCallError> {
+    let mut entries = files.read_dir(dir).await?;
+    entries.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut listed = Vec::with_capacity(entries.len());
+    let mut previews = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let is_dir = entry.kind() == EntryKind::Dir;
+        let preview = if entry.kind() == EntryKind::File {
+            let path = format!("{dir}/{}", entry.name);
+            match files.read_file_to_vec(&path, PREVIEW_CAP).await {
+                Ok(contents) => Some(preview(&contents)),
+                Err(HostCallError::TooLarge { .. }) => None,
+                Err(err) => return Err(err),
+            }
+        } else {
+            None
+        };
+        previews.push(preview);
+        listed.push(ListedFile {
+            name: entry.name,
+            size: entry.size,
+            is_dir,
+        });
+    }
+    let report = render(dir, &listed, &previews, color);
+    Ok(ListFilesResponse {
+        files: listed,
+        report,
+        written_to: String::new(),
+        request_id: String::new(),
+    })
+}
+
+/// The line count and first non-empty line of `contents`.
+pub fn preview(contents: &[u8]) -> Preview {
+    let text = String::from_utf8_lossy(contents);
+    let first = text
+        .lines()
+        .map(str::trim)
+        .find(|line| !line.is_empty())
+        .unwrap_or_default();
+    let mut shown: String = first.chars().take(PREVIEW_WIDTH).collect();
+    if first.chars().count() > PREVIEW_WIDTH {
+        shown.push('…');
+    }
+    Preview {
+        lines: text.lines().count(),
+        first: shown,
+    }
+}
+
+/// ANSI color of a name: directories bold blue, then by extension.
+fn paint(name: &str, is_dir: bool) -> &'static str {
+    if is_dir {
+        return "\x1b[1;34m";
+    }
+    match name.rsplit_once('.').map(|(_, ext)| ext) {
+        Some("md") => "\x1b[36m",
+        Some("toml" | "json" | "yaml") => "\x1b[33m",
+        Some("txt") => "\x1b[32m",
+        _ => "\x1b[0m",
+    }
+}
+
+/// The listing: a header line, then one line per entry, colored if `color`.
+pub fn render(
+    dir: &str,
+    files: &[ListedFile],
+    previews: &[Option<Preview>],
+    color: bool,
+) -> String {
+    let names: Vec<String> = files
+        .iter()
+        .map(|file| {
+            if file.is_dir {
+                format!("{}/", file.name)
+            } else {
+                file.name.clone()
+            }
+        })
+        .collect();
+    let width = names
+        .iter()
+        .map(|name| name.chars().count())
+        .max()
+        .unwrap_or(0);
+    let mut report = format!(
+        "{dir}: {} {}\n",
+        files.len(),
+        if files.len() == 1 { "entry" } else { "entries" }
+    );
+    for ((file, name), preview) in files.iter().zip(&names).zip(previews) {
+        let padded = format!("{name:<width$}");
+        let name = if color {
+            format!("{}{padded}\x1b[0m", paint(&file.name, file.is_dir))
+        } else {
+            padded
+        };
+        let detail = match preview {
+            Some(Preview { lines, first }) => {
+                let lines = format!("{lines:>3} {}", if *lines == 1 { "line " } else { "lines" });
+                if color {
+                    format!("{lines}  \x1b[2m{first}\x1b[0m")
+                } else {
+                    format!("{lines}  {first}")
+                }
+            }
+            None if file.is_dir => String::new(),
+            None => format!("{} B, no preview", file.size),
+        };
+        let line = format!("  {name}  {detail}");
+        let _ = writeln!(report, "{}", line.trim_end());
+    }
+    report
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use tether_hostserve::{Audit, HostServices as Services, Limits, Policy};
+
+    use super::*;
+
+    struct Host {
+        dir: tempfile::TempDir,
+        local: tether_hostconn::InProcess,
+    }
+
+    async fn host(grants: &[&str]) -> Host {
+        let dir = tempfile::tempdir().unwrap();
+        let workspace = dir.path().join("workspace");
+        std::fs::create_dir_all(workspace.join("docs/sub")).unwrap();
+        std::fs::create_dir_all(workspace.join("secrets")).unwrap();
+        std::fs::write(workspace.join("docs/guide.md"), "\n# Guide\n\nRead me.\n").unwrap();
+        std::fs::write(workspace.join("docs/big.bin"), vec![b'x'; PREVIEW_CAP + 1]).unwrap();
+        std::fs::write(workspace.join("secrets/key"), "SECRET").unwrap();
+        let policy = Policy::new();
+        policy.set_workspace("colorlister", &workspace);
+        for grant in grants {
+            policy.grant("colorlister", grant).unwrap();
+        }
+        let audit = Audit::to_file(dir.path().join("audit.jsonl"), 1 << 20).unwrap();
+        let services = Arc::new(Services::new(policy, audit, Limits::default()));
+        let local = tether_hostconn::in_process("colorlister", services.routes())
+            .await
+            .unwrap();
+        Host { dir, local }
+    }
+
+    impl Host {
+        fn files(&self) -> HostFiles {
+            HostFiles::new(self.local.channel())
+        }
+
+        async fn audit(&self, at_least: usize) -> Vec<serde_json::Value> {
+            for _ in 0..200 {
+                let text = std::fs::read_to_string(self.dir.path().join("audit.jsonl"))
+                    .unwrap_or_default();
+                let records: Vec<serde_json::Value> = text
+                    .lines()
+                    .map(|line| serde_json::from_str(line).unwrap())
+                    .collect();
+                if records.len() >= at_least {
+                    return records;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            panic!("fewer than {at_least} audit records");
+        }
+    }
+
+    #[tokio::test]
+    async fn reads_each_file_through_the_host() {
+        let host = host(&["read:docs/**"]).await;
+        let response = list(&host.files(), "docs", false).await.unwrap();
+        assert_eq!(
+            response.report,
+            "docs: 3 entries\n  big.bin   65537 B, no preview\n  guide.md    4 lines  # Guide\n  sub/\n"
+        );
+        // One ReadDir, then one ReadFile per file (directories are not read).
+        let ops: Vec<_> = host
+            .audit(3)
+            .await
+            .iter()
+            .map(|r| (r["operation"].clone(), r["resource"].clone()))
+            .collect();
+        assert_eq!(
+            ops,
+            [
+                ("read_dir".into(), "docs".into()),
+                ("read_file".into(), "docs/big.bin".into()),
+                ("read_file".into(), "docs/guide.md".into()),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn colors_only_when_asked() {
+        let host = host(&["read:docs/**"]).await;
+        let colored = list(&host.files(), "docs", true).await.unwrap().report;
+        assert!(colored.contains("\x1b[36mguide.md"), "{colored:?}");
+        assert!(colored.contains("\x1b[1;34msub/"), "{colored:?}");
+        let plain = list(&host.files(), "docs", false).await.unwrap().report;
+        assert!(!plain.contains('\x1b'), "{plain:?}");
+    }
+
+    #[tokio::test]
+    async fn an_ungranted_directory_is_denied_by_the_host() {
+        let host = host(&["read:docs/**"]).await;
+        match list(&host.files(), "secrets", false).await.unwrap_err() {
+            HostCallError::Denied { capability, .. } => assert_eq!(capability, "read:secrets"),
+            other => panic!("expected a denial, got {other}"),
+        }
+        assert_eq!(host.audit(1).await[0]["decision"], "denied");
+    }
+
+    #[tokio::test]
+    async fn the_callers_context_reaches_every_host_call() {
+        let host = host(&["read:docs/**"]).await;
+        let context = CallContext::new()
+            .with_request_id("color-7")
+            .unwrap()
+            .with_timeout(Duration::from_secs(20));
+        list(&host.files().with_context(&context), "docs", false)
+            .await
+            .unwrap();
+        let records = host.audit(3).await;
+        assert_eq!(records.len(), 3);
+        for record in records {
+            assert_eq!(record["request_id"], "color-7", "{record}");
+            let left = record["timeout_ms"].as_u64().unwrap();
+            assert!(left > 0 && left <= 20_000, "{record}");
+        }
+
+        // Once the caller's deadline has passed, the plugin's next call is not even sent.
+        let late = CallContext::new().with_timeout(Duration::ZERO);
+        match list(&host.files().with_context(&late), "docs", false)
+            .await
+            .unwrap_err()
+        {
+            HostCallError::Other { code, .. } => {
+                assert_eq!(code, tether_plugin_sdk::tonic::Code::DeadlineExceeded);
+            }
+            other => panic!("expected a deadline error, got {other}"),
+        }
+    }
+
+    #[test]
+    fn previews_take_the_first_non_empty_line() {
+        assert_eq!(
+            preview(b"\n\n  hello  \nworld"),
+            Preview {
+                lines: 4,
+                first: "hello".into()
+            }
+        );
+        let long = "y".repeat(50);
+        assert_eq!(
+            preview(long.as_bytes()).first.chars().count(),
+            PREVIEW_WIDTH + 1
+        );
+        assert_eq!(preview(b"").lines, 0);
+    }
+}

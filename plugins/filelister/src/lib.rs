@@ -1,0 +1,278 @@
+//! filelister, a tether demo plugin: lists a directory of its workspace through the host's
+//! `ReadDir` and writes the listing back as a report through `WriteFile`, creating the
+//! report directory with `CreateDir` the first time.
+//!
+//! It never touches a file itself: every access is a host-service call, checked against
+//! the capabilities the operator granted it (its `plugin.toml` asks for `read:docs/**` and
+//! `write:reports/**`) and audited by the host. Under tether's sandbox it could not open a
+//! file directly if it tried.
+
+use tether_plugin_sdk::protocol::filelister::file_lister_server::{FileLister, FileListerServer};
+use tether_plugin_sdk::protocol::filelister::{
+    HANDSHAKE, ListFilesRequest, ListFilesResponse, ListedFile, VERSION,
+};
+use tether_plugin_sdk::protocol::hostserve::EntryKind;
+use tether_plugin_sdk::tonic::{Request, Response, Status};
+use tether_plugin_sdk::{CallContext, HostCallError, HostFiles, HostServices, Plugin, Routes};
+
+/// The directory of the workspace where reports go.
+pub const REPORT_DIR: &str = "reports";
+
+/// The plugin, ready to [`Plugin::run`]: `FileLister` on the demo's protocol version, with
+/// host files.
+pub fn plugin() -> Plugin {
+    let (plugin, files) = Plugin::new(HANDSHAKE).with_host_files();
+    plugin.version(
+        VERSION,
+        Routes::new(FileListerServer::new(FileListerService { files })),
+    )
+}
+
+/// The `FileLister` service.
+#[derive(Debug, Clone)]
+pub struct FileListerService {
+    files: HostServices<HostFiles>,
+}
+
+#[tether_plugin_sdk::tonic::async_trait]
+impl FileLister for FileListerService {
+    async fn list_files(
+        &self,
+        request: Request<ListFilesRequest>,
+    ) -> Result<Response<ListFilesResponse>, Status> {
+        // The host's request id and deadline go on to every host-service call below.
+        let context = CallContext::of(&request);
+        let files = self
+            .files
+            .client()
+            .map_err(HostCallError::from)?
+            .with_context(&context);
+        let dir = request.into_inner().dir;
+        let request_id = context.request_id().unwrap_or_default().to_owned();
+        match list_and_report(&files, &dir).await {
+            Ok(response) => {
+                tracing::info!(
+                    dir,
+                    request_id,
+                    entries = response.files.len(),
+                    written_to = response.written_to,
+                    "listed a directory and wrote the report"
+                );
+                Ok(Response::new(ListFilesResponse {
+                    request_id,
+                    ..response
+                }))
+            }
+            Err(err) => {
+                tracing::warn!(dir, request_id, %err, "could not list the directory");
+                Err(err.into())
+            }
+        }
+    }
+}
+
+/// Lists `dir` through `files` and writes the report to `reports/<dir>.txt` (with `/` in
+/// `dir` written as `_`).
+pub async fn list_and_report(
+    files: &HostFiles,
+    dir: &str,
+) -> Result<ListFilesResponse, HostCallError> {
+    let mut entries = files.read_dir(dir).await?;
+    entries.sort_by(|a, b| a.name.cmp(&b.name));
+    let listed: Vec<ListedFile> = entries
+        .into_iter()
+        .map(|entry| ListedFile {
+            is_dir: entry.kind() == EntryKind::Dir,
+            size: entry.size,
+            name: entry.name,
+        })
+        .collect();
+    let report = render(dir, &listed);
+    match files.create_dir(REPORT_DIR).await {
+        Ok(()) | Err(HostCallError::AlreadyExists(_)) => {}
+        Err(err) => return Err(err),
+    }
+    let written_to = format!("{REPORT_DIR}/{}.txt", dir.replace('/', "_"));
+    files.write_file(&written_to, report.as_bytes()).await?;
+    Ok(ListFilesResponse {
+        files: listed,
+        report,
+        written_to,
+        request_id: String::new(),
+    })
+}
+
+/// The report: a header line, then one line per entry (directories end in `/`).
+pub fn render(dir: &str, files: &[ListedFile]) -> String {
+    let width = files
+        .iter()
+        .map(|file| file.name.chars().count() + usize::from(file.is_dir))
+        .max()
+        .unwrap_or(0);
+    let mut report = format!(
+        "{dir}: {} {}\n",
+        files.len(),
+        if files.len() == 1 { "entry" } else { "entries" }
+    );
+    for file in files {
+        let name = if file.is_dir {
+            format!("{}/", file.name)
+        } else {
+            file.name.clone()
+        };
+        if file.is_dir {
+            report.push_str(&format!("  {name}\n"));
+        } else {
+            report.push_str(&format!("  {name:<width$}  {:>6} B\n", file.size));
+        }
+    }
+    report
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use tether_hostserve::{Audit, HostServices as Services, Limits, Policy};
+
+    use super::*;
+
+    /// A workspace with `docs/`, real host services over it granting `grants` to
+    /// filelister, and the audit file.
+    struct Host {
+        dir: tempfile::TempDir,
+        services: Arc<Services>,
+        local: tether_hostconn::InProcess,
+    }
+
+    async fn host(grants: &[&str]) -> Host {
+        let dir = tempfile::tempdir().unwrap();
+        let workspace = dir.path().join("workspace");
+        std::fs::create_dir_all(workspace.join("docs/drafts")).unwrap();
+        std::fs::write(workspace.join("docs/guide.md"), "# Guide\n").unwrap();
+        std::fs::write(workspace.join("docs/a.txt"), "a").unwrap();
+        let policy = Policy::new();
+        policy.set_workspace("filelister", &workspace);
+        for grant in grants {
+            policy.grant("filelister", grant).unwrap();
+        }
+        let audit = Audit::to_file(dir.path().join("audit.jsonl"), 1 << 20).unwrap();
+        let services = Arc::new(Services::new(policy, audit, Limits::default()));
+        let local = tether_hostconn::in_process("filelister", services.routes())
+            .await
+            .unwrap();
+        Host {
+            dir,
+            services,
+            local,
+        }
+    }
+
+    impl Host {
+        fn files(&self) -> HostFiles {
+            HostFiles::new(self.local.channel())
+        }
+
+        fn read(&self, path: &str) -> String {
+            std::fs::read_to_string(self.dir.path().join("workspace").join(path)).unwrap()
+        }
+
+        /// The audit records so far (the writer thread may lag a little).
+        async fn audit(&self, at_least: usize) -> Vec<serde_json::Value> {
+            for _ in 0..200 {
+                let text = std::fs::read_to_string(self.dir.path().join("audit.jsonl"))
+                    .unwrap_or_default();
+                let records: Vec<serde_json::Value> = text
+                    .lines()
+                    .map(|line| serde_json::from_str(line).unwrap())
+                    .collect();
+                if records.len() >= at_least {
+                    return records;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            panic!("fewer than {at_least} audit records");
+        }
+    }
+
+    #[tokio::test]
+    async fn lists_through_the_host_and_writes_the_report_back() {
+        let host = host(&["read:docs/**", "write:reports/**"]).await;
+        let response = list_and_report(&host.files(), "docs").await.unwrap();
+        let names: Vec<_> = response.files.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, ["a.txt", "drafts", "guide.md"]);
+        assert_eq!(response.written_to, "reports/docs.txt");
+        assert_eq!(
+            response.report,
+            "docs: 3 entries\n  a.txt          1 B\n  drafts/\n  guide.md       8 B\n"
+        );
+        assert_eq!(host.read("reports/docs.txt"), response.report);
+
+        // A second run finds the report directory and replaces the report.
+        list_and_report(&host.files(), "docs/drafts").await.unwrap();
+        assert_eq!(
+            host.read("reports/docs_drafts.txt"),
+            "docs/drafts: 0 entries\n"
+        );
+        let ops: Vec<_> = host
+            .audit(6)
+            .await
+            .iter()
+            .map(|r| r["operation"].clone())
+            .collect();
+        assert_eq!(
+            ops,
+            [
+                "read_dir",
+                "create_dir",
+                "write_file",
+                "read_dir",
+                "create_dir",
+                "write_file"
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn without_the_write_grant_it_lists_but_is_denied_the_report() {
+        let host = host(&["read:docs/**"]).await;
+        let err = list_and_report(&host.files(), "docs").await.unwrap_err();
+        match err {
+            HostCallError::Denied { capability, .. } => assert_eq!(capability, "write:reports"),
+            other => panic!("expected a denial, got {other}"),
+        }
+        assert!(!host.dir.path().join("workspace/reports").exists());
+        let records = host.audit(2).await;
+        assert_eq!(records[0]["decision"], "allowed");
+        assert_eq!(records[1]["decision"], "denied");
+        assert_eq!(host.services.bytes_written("filelister"), 0);
+    }
+
+    #[tokio::test]
+    async fn the_request_id_and_deadline_reach_the_audit_records() {
+        let host = host(&["read:docs/**", "write:reports/**"]).await;
+        let context = CallContext::new()
+            .with_request_id("test-42")
+            .unwrap()
+            .with_timeout(std::time::Duration::from_secs(30));
+        list_and_report(&host.files().with_context(&context), "docs")
+            .await
+            .unwrap();
+        for record in host.audit(3).await {
+            assert_eq!(record["request_id"], "test-42", "{record}");
+            let left = record["timeout_ms"].as_u64().unwrap();
+            assert!(left > 0 && left <= 30_000, "{record}");
+        }
+    }
+
+    #[test]
+    fn an_empty_directory_and_a_single_entry_read_well() {
+        assert_eq!(render("x", &[]), "x: 0 entries\n");
+        let one = [ListedFile {
+            name: "only.txt".into(),
+            size: 1234,
+            is_dir: false,
+        }];
+        assert_eq!(render("x", &one), "x: 1 entry\n  only.txt    1234 B\n");
+    }
+}
