@@ -1,26 +1,70 @@
-//! `cargo xtask demo`: builds the plugins and runs the demo.
-//!
-//! Until the filelister/colorlister demo lands, this is the lifecycle walkthrough in
-//! `tests/src/bin/walkthrough.rs`, run against the real test plugins.
+//! `cargo xtask demo`: builds the demo host and its two plugins, stages the plugins (each
+//! executable beside its `plugin.toml`) in a temporary directory, and runs the demo on its
+//! embedded sample workspace. Extra arguments go to `tether-demo` (try `-- --help`).
 
-use anyhow::Result;
+use std::path::{Path, PathBuf};
 
-use crate::{cargo, run_step};
+use anyhow::{Context, Result};
 
-pub(crate) fn run() -> Result<()> {
+use crate::{cargo, project_root, run_step};
+
+/// The demo's plugins: their directories under `plugins/`, and their executables' names.
+pub(crate) const PLUGINS: [&str; 2] = ["filelister", "colorlister"];
+
+pub(crate) fn run(extra: &[&str]) -> Result<()> {
     run_step(
-        "building the plugins and the walkthrough host",
-        cargo().args(["build", "--quiet", "--package", "tether-e2e", "--bins"]),
-    )?;
-    run_step(
-        "running the walkthrough",
+        "building tether-demo and its plugins",
         cargo().args([
-            "run",
+            "build",
             "--quiet",
             "--package",
-            "tether-e2e",
-            "--bin",
-            "walkthrough",
+            "tether-demo",
+            "--package",
+            "tether-filelister",
+            "--package",
+            "tether-colorlister",
         ]),
+    )?;
+    let staging = tempfile::Builder::new()
+        .prefix("tether-demo-plugins-")
+        .tempdir()
+        .context("creating a temporary directory for the plugins")?;
+    let bin_dir = target_dir().join("debug");
+    stage_plugins(&bin_dir, staging.path())?;
+    let plugins = staging.path().to_string_lossy().into_owned();
+    let mut args = vec!["--plugins", plugins.as_str()];
+    args.extend_from_slice(extra);
+    run_step(
+        "running tether-demo",
+        std::process::Command::new(bin_dir.join("tether-demo")).args(&args),
     )
+}
+
+/// Copies each plugin's executable from `bin_dir` and its manifest from `plugins/<name>/`
+/// into `into/<name>/`.
+pub(crate) fn stage_plugins(bin_dir: &Path, into: &Path) -> Result<()> {
+    for name in PLUGINS {
+        let dir = into.join(name);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let manifest = project_root()
+            .join("plugins")
+            .join(name)
+            .join("plugin.toml");
+        std::fs::copy(&manifest, dir.join("plugin.toml"))
+            .with_context(|| format!("copying {}", manifest.display()))?;
+        let program = bin_dir.join(name);
+        std::fs::copy(&program, dir.join(name))
+            .with_context(|| format!("copying {}", program.display()))?;
+    }
+    Ok(())
+}
+
+/// Cargo's target directory (`CARGO_TARGET_DIR`, else `target/` in the workspace).
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map_or_else(
+            || project_root().join("target"),
+            |dir| project_root().join(dir),
+        )
 }

@@ -20,7 +20,8 @@ const USAGE: &str = "\
 usage: cargo xtask <task>
 
 tasks:
-  demo            build and run the walkthrough of a plugin's lifecycle
+  demo [-- ARGS]  build and run the demo (two plugins, shared host services, a denial,
+                  a revocation, shutdown); ARGS go to tether-demo, e.g. -- --help
   test            formatting, clippy (warnings denied), generated-code freshness, all tests
   proto           regenerate crates/protocol/src/generated from proto/
   proto --check   fail if the committed generated code is stale
@@ -31,7 +32,7 @@ fn main() -> ExitCode {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let result = match args.as_slice() {
         ["test"] => test::run(),
-        ["demo"] => demo::run(),
+        ["demo", extra @ ..] => demo::run(extra),
         ["proto"] => proto::run(proto::Mode::Write),
         ["proto", "--check"] => proto::run(proto::Mode::Check),
         ["help" | "--help" | "-h"] | [] => {
