@@ -1,6 +1,7 @@
 //! End-to-end tests: every test here starts real plugin processes.
 
 mod corpus_rows;
+mod demo;
 mod handshake;
 mod hostconn;
 mod hostserve;
