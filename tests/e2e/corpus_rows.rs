@@ -62,6 +62,11 @@ fn rows() -> Vec<Row> {
             run: || Box::pin(a_broker_id_issued_to_another_plugin()),
         },
         Row {
+            item: "C16",
+            what: "a request id is recorded, never trusted; a malformed one is refused",
+            run: || Box::pin(request_ids_are_recorded_and_checked()),
+        },
+        Row {
             item: "C20",
             what: "a message over the host's limit",
             run: || Box::pin(a_message_over_the_limit()),
@@ -208,6 +213,54 @@ async fn a_plugin_claiming_another_name() {
     };
     assert_eq!(by_pid(mallory.pid()), [("mallory".into(), "denied".into())]);
     assert_eq!(by_pid(alice.pid()), [("alice".into(), "allowed".into())]);
+}
+
+async fn request_ids_are_recorded_and_checked() {
+    let fixture = Fixture::new(Limits::default());
+    fixture.grant("tagger", &GRANTS);
+    let (plugin, _connection) = fixture.start("tagger").await;
+    let read = |id: &str| op_with(&plugin, "tagged_read", b"config/a.txt", id.into(), 0);
+
+    let good = read("job-17").await;
+    assert_eq!(
+        (good.outcome.as_str(), good.data.as_slice()),
+        ("ok", &b"config a"[..])
+    );
+    let spaced = read("two words").await;
+    assert_eq!(spaced.outcome, "invalid", "{spaced:?}");
+    assert!(
+        spaced.message.contains("invalid request id"),
+        "{}",
+        spaced.message
+    );
+    let long = read(&"x".repeat(65)).await;
+    assert_eq!(long.outcome, "invalid", "{long:?}");
+    assert!(long.data.is_empty());
+
+    let records = fixture.audit_records(3).await;
+    let summary: Vec<_> = records
+        .iter()
+        .map(|r| (r["decision"].clone(), r["request_id"].clone()))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("allowed".into(), "job-17".into()),
+            ("denied".into(), serde_json::Value::Null),
+            ("denied".into(), serde_json::Value::Null),
+        ]
+    );
+    assert!(
+        records[1]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("invalid request id"),
+        "{}",
+        records[1]
+    );
+    // The id is the caller's to choose; who the caller is stays the host's decision.
+    assert_eq!(records[0]["plugin"], "tagger");
+    assert_eq!(records[0]["pid"], plugin.pid());
 }
 
 async fn a_foreign_process_is_refused_and_audited() {

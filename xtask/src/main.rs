@@ -8,6 +8,7 @@
 )]
 
 mod demo;
+mod guides;
 mod proto;
 mod test;
 

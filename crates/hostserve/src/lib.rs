@@ -1,7 +1,7 @@
 //! tether's ready-made host services, made safe for third-party plugins.
 //!
 //! The services of `tether.hostserve.v1.HostServices` (`ReadDir`, `ReadFile`, `WriteFile`,
-//! `DeleteFile`, `GetEnv`, `Stat`), shared by every plugin, where every call:
+//! `DeleteFile`, `CreateDir`, `GetEnv`, `Stat`), shared by every plugin, where every call:
 //!
 //! 1. is attributed to the calling plugin by its endpoint (`tether_hostconn::PluginIdentity`),
 //!    never by anything the plugin sends;
@@ -15,7 +15,9 @@
 //! 5. stays within [`Limits`] (message size, per-plugin concurrency, per-plugin write
 //!    quota, capped directory pages, streamed file contents, and a stall timeout that ends
 //!    a stream the plugin stops reading or sending);
-//! 6. leaves exactly one audit record ([`Audit`]): a JSON line and a `tracing` event.
+//! 6. leaves exactly one audit record ([`Audit`]): a JSON line and a `tracing` event, with
+//!    the call's request id and remaining deadline when it carries them
+//!    (`tether_protocol::CallContext`).
 //!
 //! [`HostServices::connect`] gives a plugin these services in one line, and also audits
 //! every other process refused at the plugin's host-service socket (operation `connect`).

@@ -5,28 +5,27 @@
 //! services it serves for each app protocol version, then calls [`Plugin::run`]:
 //!
 //! ```no_run
-//! use tether_plugin_sdk::{HandshakeConfig, Plugin, Routes};
-//! use tether_plugin_sdk::protocol::testing::{self, testing_server::TestingServer};
-//! # use tether_plugin_sdk::tonic::{Request, Response, Status};
-//! # struct Hello;
-//! # #[tether_plugin_sdk::tonic::async_trait]
-//! # impl testing::testing_server::Testing for Hello {
-//! #     async fn echo(&self, r: Request<testing::EchoRequest>) -> Result<Response<testing::EchoResponse>, Status> {
-//! #         Ok(Response::new(testing::EchoResponse { message: r.into_inner().message, protocol_version: 1 }))
-//! #     }
-//! #     async fn print(&self, _: Request<testing::PrintRequest>) -> Result<Response<testing::PrintResponse>, Status> { unimplemented!() }
-//! #     async fn log(&self, _: Request<testing::LogRequest>) -> Result<Response<testing::LogResponse>, Status> { unimplemented!() }
-//! #     async fn spawn_child(&self, _: Request<testing::SpawnChildRequest>) -> Result<Response<testing::SpawnChildResponse>, Status> { unimplemented!() }
-//! #     async fn call_host(&self, _: Request<testing::CallHostRequest>) -> Result<Response<testing::CallHostResponse>, Status> { unimplemented!() }
-//! #     async fn serve_brokered(&self, _: Request<testing::ServeBrokeredRequest>) -> Result<Response<testing::ServeBrokeredResponse>, Status> { unimplemented!() }
-//! #     async fn host_op(&self, _: Request<testing::HostOpRequest>) -> Result<Response<testing::HostOpResponse>, Status> { unimplemented!() }
-//! # }
+//! use tether_plugin_sdk::protocol::filelister::file_lister_server::{FileLister, FileListerServer};
+//! use tether_plugin_sdk::protocol::filelister::{HANDSHAKE, ListFilesRequest, ListFilesResponse};
+//! use tether_plugin_sdk::tonic::{self, Request, Response, Status};
+//! use tether_plugin_sdk::{Plugin, Routes};
 //!
-//! const HANDSHAKE: HandshakeConfig = HandshakeConfig::new("BASIC_PLUGIN", "hello");
+//! struct Hello;
+//!
+//! #[tonic::async_trait]
+//! impl FileLister for Hello {
+//!     async fn list_files(
+//!         &self,
+//!         request: Request<ListFilesRequest>,
+//!     ) -> Result<Response<ListFilesResponse>, Status> {
+//!         let report = format!("hello from a plugin, asked about {}", request.into_inner().dir);
+//!         Ok(Response::new(ListFilesResponse { report, ..Default::default() }))
+//!     }
+//! }
 //!
 //! fn main() -> std::process::ExitCode {
 //!     Plugin::new(HANDSHAKE)
-//!         .version(1, Routes::new(TestingServer::new(Hello)))
+//!         .version(1, Routes::new(FileListerServer::new(Hello)))
 //!         .run()
 //! }
 //! ```
@@ -74,6 +73,22 @@
 //! services and reused by every call. A plugin that does not call
 //! [`Plugin::with_host_services`] has no host-service code and serves no host-service
 //! contract. For other brokered services in either direction, see [`Plugin::broker`].
+//!
+//! # Passing the caller's context on
+//!
+//! A host may send a request id and a deadline with its call. [`CallContext::of`] reads
+//! them from the request being served, and [`HostFiles::with_context`] (or
+//! [`CallContext::request`] for other clients) puts them on the plugin's calls back to the
+//! host, so the host's audit records carry the id, and the plugin's calls stop when the
+//! host's caller would have given up:
+//!
+//! ```no_run
+//! # use tether_plugin_sdk::{CallContext, HostFiles, HostCallError};
+//! # async fn serve(files: HostFiles, request: tonic::Request<()>) -> Result<(), HostCallError> {
+//! let files = files.with_context(&CallContext::of(&request));
+//! let entries = files.read_dir("docs").await?;
+//! # drop(entries); Ok(()) }
+//! ```
 //!
 //! What it does not do: start processes, or talk to anything but its host.
 

@@ -237,6 +237,21 @@ impl Service {
                 }
                 HostOpResponse { data, ..ok }
             }
+            "tagged_read" => {
+                // Reads `path` with the request id in `data`, as sent, well formed or not.
+                let id = String::from_utf8_lossy(&request.data).into_owned();
+                let mut call = Request::new(ReadFileRequest { path: path.clone() });
+                if let Ok(value) = MetadataValue::try_from(id.as_str()) {
+                    call.metadata_mut()
+                        .insert(tether_plugin_sdk::protocol::REQUEST_ID_METADATA, value);
+                }
+                let mut stream = raw.clone().read_file(call).await?.into_inner();
+                let mut data = Vec::new();
+                while let Some(chunk) = stream.message().await? {
+                    data.extend(chunk.data);
+                }
+                HostOpResponse { data, ..ok }
+            }
             "read_dir" => HostOpResponse {
                 names: files
                     .read_dir(&path)
