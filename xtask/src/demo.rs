@@ -33,7 +33,8 @@ pub(crate) fn run(extra: &[&str]) -> Result<()> {
     stage_plugins(&bin_dir, staging.path())?;
     let plugins = staging.path().to_string_lossy().into_owned();
     let mut args = vec!["--plugins", plugins.as_str()];
-    args.extend_from_slice(extra);
+    // `cargo xtask demo -- --help`: the `--` only separates xtask's arguments from the demo's.
+    args.extend(extra.iter().skip_while(|arg| **arg == "--"));
     run_step(
         "running tether-demo",
         std::process::Command::new(bin_dir.join("tether-demo")).args(&args),
