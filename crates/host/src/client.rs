@@ -29,7 +29,7 @@ use tonic_health::pb::health_client::HealthClient;
 use crate::error::Error;
 use crate::lines::{self, Read, Tail, excerpt};
 use crate::logs::{self, LogParser};
-use crate::sandbox::{self, Sandbox, SandboxMode, SandboxStatus};
+use crate::sandbox::{self, Layer, Sandbox, SandboxMode, SandboxStatus};
 use crate::spawn::{self, signal_group};
 use crate::stdio::{self, StdioSink};
 use crate::transport;
@@ -254,6 +254,8 @@ impl PluginBuilder {
             stderr_closed,
             tasks: Vec::new(),
             socket_dir: Some(socket_dir),
+            files_confined: sandbox_status.is_enforced(Layer::LandlockFilesystem)
+                && !self.sandbox.socket_dir_files(),
         };
         process.tasks.push(tokio::spawn(async move {
             match child.wait().await {
@@ -643,6 +645,8 @@ struct Process {
     stderr_closed: watch::Receiver<bool>,
     tasks: Vec<JoinHandle<()>>,
     socket_dir: Option<tempfile::TempDir>,
+    /// Landlock confines its files, and no files may be made in the socket directory.
+    files_confined: bool,
 }
 
 impl Process {
@@ -660,12 +664,27 @@ impl Process {
         self.tail_text()
     }
 
+    /// Why a plugin may have died before its handshake, when its last words suggest the
+    /// sandbox refused it a file.
+    fn sandbox_hint(&self, stderr_tail: &str) -> Option<&'static str> {
+        (self.files_confined
+            && stderr_tail
+                .to_ascii_lowercase()
+                .contains("permission denied"))
+        .then_some(
+            "the sandbox denies plugins the filesystem; a plugin built with go-plugin \
+                 needs Sandbox::allow_socket_dir_files(true) (it makes a temporary file where \
+                 it binds its socket); for other files, Sandbox::allow_read or host services",
+        )
+    }
+
     async fn exited_early(&mut self, plugin: &str, status: Option<ExitStatus>) -> Error {
         let stderr_tail = self.settled_tail(false).await;
         match status {
             Some(status) => Error::ExitedBeforeHandshake {
                 plugin: plugin.to_owned(),
                 status,
+                hint: self.sandbox_hint(&stderr_tail),
                 stderr_tail,
             },
             None => Error::Internal {
@@ -734,11 +753,14 @@ async fn run_stdio(plugin: String, mut client: GrpcStdioClient<Channel>, sink: S
         Ok(response) => stdio::forward(plugin, response.into_inner(), sink).await,
         Err(status) if status.code() == tonic::Code::Unimplemented => {
             tracing::debug!(
+                target: "tether::host",
                 plugin,
                 "the plugin does not mirror its stdio (go-plugin before 1.5)"
             );
         }
-        Err(status) => tracing::debug!(plugin, %status, "the plugin's stdio stream failed"),
+        Err(status) => {
+            tracing::debug!(target: "tether::host", plugin, %status, "the plugin's stdio stream failed");
+        }
     }
 }
 

@@ -170,8 +170,9 @@ pub enum Error {
     },
     /// The process exited before its handshake.
     #[error(
-        "plugin `{plugin}` exited ({status}) before its handshake{}",
-        tail_suffix(stderr_tail)
+        "plugin `{plugin}` exited ({status}) before its handshake{}{}",
+        tail_suffix(stderr_tail),
+        hint.map(|hint| format!("\nhint: {hint}")).unwrap_or_default()
     )]
     ExitedBeforeHandshake {
         /// The plugin's name.
@@ -180,6 +181,8 @@ pub enum Error {
         status: ExitStatus,
         /// The last lines of its stderr.
         stderr_tail: String,
+        /// What may have caused it, when the host can tell (for example the sandbox).
+        hint: Option<&'static str>,
     },
     /// Connecting to the plugin's socket failed.
     #[error("could not connect to plugin `{plugin}` at {address:?}: {source}")]

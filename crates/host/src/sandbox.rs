@@ -88,6 +88,7 @@ pub struct Sandbox {
     mode: SandboxMode,
     limits: ResourceLimits,
     allow_processes: bool,
+    socket_dir_files: bool,
     read_paths: Vec<PathBuf>,
 }
 
@@ -132,6 +133,24 @@ impl Sandbox {
     pub fn allow_processes(mut self, allow: bool) -> Self {
         self.allow_processes = allow;
         self
+    }
+
+    /// Lets the plugin create, read and write regular files in its private socket
+    /// directory (by default it may only make and remove sockets there).
+    ///
+    /// Plugins built with HashiCorp's go-plugin need it: they create a temporary file in
+    /// that directory and bind their socket in its place. The cost: such a plugin can
+    /// write files there, each up to [`ResourceLimits::file_size`], and so fill the
+    /// filesystem that holds the directory (it is removed when the plugin stops).
+    #[must_use]
+    pub fn allow_socket_dir_files(mut self, allow: bool) -> Self {
+        self.socket_dir_files = allow;
+        self
+    }
+
+    /// Whether [`Sandbox::allow_socket_dir_files`] is on.
+    pub fn socket_dir_files(&self) -> bool {
+        self.socket_dir_files
     }
 
     /// Lets the plugin read (and execute, for files) beneath `path` directly.
@@ -536,12 +555,13 @@ fn landlock_ruleset(
     }
     let fd =
         PathFd::new(socket_dir).map_err(|err| fail(format!("{}: {err}", socket_dir.display())))?;
+    // ResolveUnix (ABI 9): connecting to the host's sockets, which live here too.
+    let mut socket_access = AccessFs::MakeSock | AccessFs::RemoveFile | AccessFs::ResolveUnix;
+    if sandbox.socket_dir_files {
+        socket_access |= AccessFs::MakeReg | AccessFs::ReadFile | AccessFs::WriteFile;
+    }
     created = created
-        // ResolveUnix (ABI 9): connecting to the host's sockets, which live here too.
-        .add_rule(PathBeneath::new(
-            fd,
-            AccessFs::MakeSock | AccessFs::RemoveFile | AccessFs::ResolveUnix,
-        ))
+        .add_rule(PathBeneath::new(fd, socket_access))
         .map_err(|err| fail(format!("{}: {err}", socket_dir.display())))?;
     Ok((created, paths))
 }
