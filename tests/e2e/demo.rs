@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 const PLUGINS: [&str; 2] = ["filelister", "colorlister"];
 
 /// The directory of cargo's build outputs for this profile (`target/debug`).
-fn bin_dir() -> PathBuf {
+pub(crate) fn bin_dir() -> PathBuf {
     // This test binary is `<target>/debug/deps/e2e-<hash>`.
     let exe = std::env::current_exe().expect("the test binary's path");
     exe.parent()

@@ -5,6 +5,7 @@ mod demo;
 mod handshake;
 mod hostconn;
 mod hostserve;
+mod interop;
 mod lifecycle;
 mod sandbox;
 mod support;

@@ -26,6 +26,89 @@ fn generated_dir() -> PathBuf {
 }
 
 pub(crate) fn run(mode: Mode) -> Result<()> {
+    rust(mode)?;
+    go(mode)
+}
+
+/// The Go stubs of `proto/interop/` for the Go interop fixtures, made by `protoc` with
+/// Debian's `protoc-gen-go` and `protoc-gen-go-grpc` when they are installed.
+fn go(mode: Mode) -> Result<()> {
+    let dir = project_root().join("tests/go/src/tetherinterop/proto");
+    let tools = ["protoc", "protoc-gen-go", "protoc-gen-go-grpc"];
+    if let Some(missing) = tools.iter().find(|tool| !on_path(tool)) {
+        println!(
+            "Go stubs in {} not {}: `{missing}` is missing (apt-get install -y \
+             protobuf-compiler protoc-gen-go protoc-gen-go-grpc)",
+            dir.display(),
+            if mode == Mode::Check {
+                "checked"
+            } else {
+                "regenerated"
+            }
+        );
+        return Ok(());
+    }
+    let out = tempfile::tempdir().context("creating a temporary directory")?;
+    let proto_dir = project_root().join("proto/interop");
+    let mut protos: Vec<String> = fs::read_dir(&proto_dir)
+        .with_context(|| format!("reading {}", proto_dir.display()))?
+        .filter_map(|entry| {
+            entry
+                .ok()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+        })
+        .filter(|name| name.ends_with(".proto"))
+        .collect();
+    protos.sort();
+    let status = std::process::Command::new("protoc")
+        .arg("-I")
+        .arg(&proto_dir)
+        .arg(format!("--go_out={}", out.path().display()))
+        .arg("--go_opt=paths=source_relative")
+        .arg(format!("--go-grpc_out={}", out.path().display()))
+        .arg("--go-grpc_opt=paths=source_relative")
+        .args(&protos)
+        .status()
+        .context("running protoc")?;
+    if !status.success() {
+        bail!("protoc failed ({status}) on {}", proto_dir.display());
+    }
+    let fresh = read_dir_ext(out.path(), "go")?;
+    let committed = read_dir_ext(&dir, "go")?;
+    match mode {
+        Mode::Check => {
+            let stale = diff(&fresh, &committed);
+            if !stale.is_empty() {
+                bail!(
+                    "Go stubs in {} are stale ({}): {FIX}",
+                    dir.display(),
+                    stale.join(", ")
+                );
+            }
+            println!("Go stubs are fresh ({} files)", fresh.len());
+        }
+        Mode::Write => {
+            fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            for name in committed.keys().filter(|name| !fresh.contains_key(*name)) {
+                fs::remove_file(dir.join(name))
+                    .with_context(|| format!("removing stale {name}"))?;
+            }
+            for (name, text) in &fresh {
+                fs::write(dir.join(name), text).with_context(|| format!("writing {name}"))?;
+            }
+            println!("wrote {} Go files to {}", fresh.len(), dir.display());
+        }
+    }
+    Ok(())
+}
+
+/// Whether `program` is on the `PATH`.
+pub(crate) fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
+}
+
+fn rust(mode: Mode) -> Result<()> {
     let fresh = generate()?;
     let dir = generated_dir();
     let committed = read_dir_rs(&dir)?;
@@ -102,13 +185,17 @@ fn collect_protos(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<()> 
 }
 
 fn read_dir_rs(dir: &Path) -> Result<BTreeMap<String, String>> {
+    read_dir_ext(dir, "rs")
+}
+
+fn read_dir_ext(dir: &Path, ext: &str) -> Result<BTreeMap<String, String>> {
     let mut files = BTreeMap::new();
     if !dir.exists() {
         return Ok(files);
     }
     for entry in fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
         let path = entry?.path();
-        if path.extension().is_some_and(|ext| ext == "rs") {
+        if path.extension().is_some_and(|found| found == ext) {
             let name = path
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())

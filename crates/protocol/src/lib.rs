@@ -78,6 +78,9 @@ mod generated {
     pub mod filelister {
         include!("generated/tether.filelister.v1.rs");
     }
+    pub mod interop {
+        include!("generated/proto.rs");
+    }
     pub mod testing {
         include!("generated/tether.testing.v1.rs");
     }
@@ -114,6 +117,13 @@ pub mod filelister {
 
     /// The app protocol version in which the demo plugins serve `FileLister`.
     pub const VERSION: u32 = 1;
+}
+
+/// Package `proto`: go-plugin's example interfaces (`proto.KV`; `proto.Counter` with its
+/// brokered callback `proto.AddHelper`), for the interoperability tests with Go plugins
+/// and Go hosts. Not a tether contract.
+pub mod interop {
+    pub use crate::generated::interop::*;
 }
 
 /// `tether.testing.v1`: a small service served by tether's test plugins. Not a public
