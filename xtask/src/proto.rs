@@ -75,28 +75,39 @@ fn go(mode: Mode) -> Result<()> {
     }
     let fresh = read_dir_ext(out.path(), "go")?;
     let committed = read_dir_ext(&dir, "go")?;
+    settle(mode, "Go stubs", &dir, &fresh, &committed)
+}
+
+/// Checks `fresh` against `committed` (the files in `dir`), or writes it there.
+fn settle(
+    mode: Mode,
+    what: &str,
+    dir: &Path,
+    fresh: &BTreeMap<String, String>,
+    committed: &BTreeMap<String, String>,
+) -> Result<()> {
     match mode {
         Mode::Check => {
-            let stale = diff(&fresh, &committed);
+            let stale = diff(fresh, committed);
             if !stale.is_empty() {
                 bail!(
-                    "Go stubs in {} are stale ({}): {FIX}",
+                    "{what} in {} is stale ({}): {FIX}",
                     dir.display(),
                     stale.join(", ")
                 );
             }
-            println!("Go stubs are fresh ({} files)", fresh.len());
+            println!("{what} is fresh ({} files)", fresh.len());
         }
         Mode::Write => {
-            fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
             for name in committed.keys().filter(|name| !fresh.contains_key(*name)) {
                 fs::remove_file(dir.join(name))
                     .with_context(|| format!("removing stale {name}"))?;
             }
-            for (name, text) in &fresh {
+            for (name, text) in fresh {
                 fs::write(dir.join(name), text).with_context(|| format!("writing {name}"))?;
             }
-            println!("wrote {} Go files to {}", fresh.len(), dir.display());
+            println!("wrote {} files of {what} to {}", fresh.len(), dir.display());
         }
     }
     Ok(())
@@ -112,31 +123,7 @@ fn rust(mode: Mode) -> Result<()> {
     let fresh = generate()?;
     let dir = generated_dir();
     let committed = read_dir_rs(&dir)?;
-    match mode {
-        Mode::Check => {
-            let stale = diff(&fresh, &committed);
-            if !stale.is_empty() {
-                bail!(
-                    "generated code in {} is stale ({}): {FIX}",
-                    dir.display(),
-                    stale.join(", ")
-                );
-            }
-            println!("generated code is fresh ({} files)", fresh.len());
-        }
-        Mode::Write => {
-            fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-            for name in committed.keys().filter(|name| !fresh.contains_key(*name)) {
-                fs::remove_file(dir.join(name))
-                    .with_context(|| format!("removing stale {name}"))?;
-            }
-            for (name, text) in &fresh {
-                fs::write(dir.join(name), text).with_context(|| format!("writing {name}"))?;
-            }
-            println!("wrote {} files to {}", fresh.len(), dir.display());
-        }
-    }
-    Ok(())
+    settle(mode, "generated code", &dir, &fresh, &committed)
 }
 
 /// Names of the files that differ between the two sets.
