@@ -91,12 +91,12 @@ fn settle(
             let stale = diff(fresh, committed);
             if !stale.is_empty() {
                 bail!(
-                    "{what} in {} is stale ({}): {FIX}",
+                    "{what} in {}: stale ({}): {FIX}",
                     dir.display(),
                     stale.join(", ")
                 );
             }
-            println!("{what} is fresh ({} files)", fresh.len());
+            println!("{what}: fresh ({} files)", fresh.len());
         }
         Mode::Write => {
             fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
