@@ -2,7 +2,7 @@
 //! executable beside its `plugin.toml`) in a temporary directory, and runs the demo on its
 //! embedded sample workspace. Extra arguments go to `tether-demo` (try `-- --help`).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context, Result};
 
@@ -29,7 +29,7 @@ pub(crate) fn run(extra: &[&str]) -> Result<()> {
         .prefix("tether-demo-plugins-")
         .tempdir()
         .context("creating a temporary directory for the plugins")?;
-    let bin_dir = target_dir().join("debug");
+    let bin_dir = crate::bench::target_dir().join("debug");
     stage_plugins(&bin_dir, staging.path())?;
     let plugins = staging.path().to_string_lossy().into_owned();
     let mut args = vec!["--plugins", plugins.as_str()];
@@ -58,14 +58,4 @@ pub(crate) fn stage_plugins(bin_dir: &Path, into: &Path) -> Result<()> {
             .with_context(|| format!("copying {}", program.display()))?;
     }
     Ok(())
-}
-
-/// Cargo's target directory (`CARGO_TARGET_DIR`, else `target/` in the workspace).
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .map_or_else(
-            || project_root().join("target"),
-            |dir| project_root().join(dir),
-        )
 }

@@ -7,6 +7,7 @@
     reason = "xtask drives cargo and other tools as child processes"
 )]
 
+mod bench;
 mod demo;
 mod guides;
 mod proto;
@@ -23,6 +24,8 @@ usage: cargo xtask <task>
 tasks:
   demo [-- ARGS]  build and run the demo (two plugins, shared host services, a denial,
                   a revocation, shutdown); ARGS go to tether-demo, e.g. -- --help
+  bench [-- ARGS] build in release mode and measure tether against the socket floor and
+                  go-plugin; writes docs/benchmarks.md and docs/benchmarks.json
   test            formatting, clippy (warnings denied), generated-code freshness, all tests
   proto           regenerate crates/protocol/src/generated from proto/
   proto --check   fail if the committed generated code is stale
@@ -34,6 +37,7 @@ fn main() -> ExitCode {
     let result = match args.as_slice() {
         ["test"] => test::run(),
         ["demo", extra @ ..] => demo::run(extra),
+        ["bench", extra @ ..] => bench::run(extra),
         ["proto"] => proto::run(proto::Mode::Write),
         ["proto", "--check"] => proto::run(proto::Mode::Check),
         ["help" | "--help" | "-h"] | [] => {

@@ -81,6 +81,9 @@ mod generated {
     pub mod interop {
         include!("generated/proto.rs");
     }
+    pub mod bench {
+        include!("generated/tether.bench.v1.rs");
+    }
     pub mod testing {
         include!("generated/tether.testing.v1.rs");
     }
@@ -124,6 +127,12 @@ pub mod filelister {
 /// and Go hosts. Not a tether contract.
 pub mod interop {
     pub use crate::generated::interop::*;
+}
+
+/// `tether.bench.v1`: what `cargo xtask bench` asks its benchmark plugin to do. Not a
+/// public contract.
+pub mod bench {
+    pub use crate::generated::bench::*;
 }
 
 /// `tether.testing.v1`: a small service served by tether's test plugins. Not a public

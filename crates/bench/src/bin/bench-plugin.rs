@@ -1,0 +1,145 @@
+//! The benchmark plugin: answers pings, and makes host-service calls on request, timing
+//! them where they happen (see `proto/tether/bench/v1`).
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use tether_plugin_sdk::protocol::bench::bench_server::{Bench, BenchServer};
+use tether_plugin_sdk::protocol::bench::{
+    HostCallsRequest, HostCallsResponse, HostLoadRequest, HostLoadResponse, PingRequest,
+    PingResponse, TransferRequest, TransferResponse,
+};
+use tether_plugin_sdk::tonic::{self, Request, Response, Status};
+use tether_plugin_sdk::{HandshakeConfig, HostCallError, HostFiles, HostServices, Plugin, Routes};
+
+/// The benchmark's handshake.
+const HANDSHAKE: HandshakeConfig = HandshakeConfig::new("TETHER_BENCH_PLUGIN", "bench");
+
+/// The variable the host grants for host-service calls.
+const VARIABLE: &str = "PATH";
+
+struct Service {
+    files: HostServices<HostFiles>,
+}
+
+impl Service {
+    fn files(&self) -> Result<HostFiles, Status> {
+        Ok(self.files.client().map_err(HostCallError::from)?)
+    }
+}
+
+fn nanos(elapsed: Duration) -> u64 {
+    u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX)
+}
+
+#[tonic::async_trait]
+impl Bench for Service {
+    async fn ping(&self, request: Request<PingRequest>) -> Result<Response<PingResponse>, Status> {
+        Ok(Response::new(PingResponse {
+            payload: request.into_inner().payload,
+        }))
+    }
+
+    async fn host_calls(
+        &self,
+        request: Request<HostCallsRequest>,
+    ) -> Result<Response<HostCallsResponse>, Status> {
+        let HostCallsRequest { warmup, calls } = request.into_inner();
+        let files = self.files()?;
+        for _ in 0..warmup {
+            files.get_env(VARIABLE).await?;
+        }
+        let mut latencies = Vec::with_capacity(calls as usize);
+        for _ in 0..calls {
+            let began = Instant::now();
+            files.get_env(VARIABLE).await?;
+            latencies.push(nanos(began.elapsed()));
+        }
+        Ok(Response::new(HostCallsResponse { nanos: latencies }))
+    }
+
+    async fn host_load(
+        &self,
+        request: Request<HostLoadRequest>,
+    ) -> Result<Response<HostLoadResponse>, Status> {
+        let HostLoadRequest {
+            concurrency,
+            millis,
+        } = request.into_inner();
+        let files = self.files()?;
+        let calls = Arc::new(AtomicU64::new(0));
+        let errors = Arc::new(AtomicU64::new(0));
+        let began = Instant::now();
+        let until = began + Duration::from_millis(millis);
+        let workers = (0..concurrency.max(1)).map(|_| {
+            let (files, calls, errors) = (files.clone(), Arc::clone(&calls), Arc::clone(&errors));
+            tokio::spawn(async move {
+                while Instant::now() < until {
+                    match files.get_env(VARIABLE).await {
+                        Ok(_) => calls.fetch_add(1, Ordering::Relaxed),
+                        Err(_) => errors.fetch_add(1, Ordering::Relaxed),
+                    };
+                }
+            })
+        });
+        futures_util::future::join_all(workers).await;
+        Ok(Response::new(HostLoadResponse {
+            calls: calls.load(Ordering::Relaxed),
+            errors: errors.load(Ordering::Relaxed),
+            nanos: nanos(began.elapsed()),
+        }))
+    }
+
+    async fn transfer(
+        &self,
+        request: Request<TransferRequest>,
+    ) -> Result<Response<TransferResponse>, Status> {
+        let TransferRequest { path, bytes, chunk } = request.into_inner();
+        let files = self.files()?;
+        let chunk = u64::from(chunk.max(1));
+        let count = bytes.div_ceil(chunk);
+        // Chunks are made as they are sent: the plugin never holds the whole file.
+        let chunks = futures_util::stream::iter(0..count).map(move |i| {
+            let len = chunk.min(bytes - i * chunk);
+            vec![0x5a; usize::try_from(len).unwrap_or(0)]
+        });
+        let began = Instant::now();
+        let written = files.write_file_stream(&path, 0o644, chunks).await?;
+        let write_nanos = nanos(began.elapsed());
+        let began = Instant::now();
+        let mut stream = files.read_file(&path).await?;
+        let mut read = 0u64;
+        while let Some(chunk) = stream.next().await {
+            read += chunk?.len() as u64;
+        }
+        let read_nanos = nanos(began.elapsed());
+        Ok(Response::new(TransferResponse {
+            written,
+            read,
+            write_nanos,
+            read_nanos,
+            peak_rss_kib: peak_rss_kib(),
+        }))
+    }
+}
+
+/// This process's peak resident memory, KiB (a sandboxed plugin cannot read `/proc`).
+fn peak_rss_kib() -> u64 {
+    // SAFETY: getrusage writes into the zeroed struct it is given.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    u64::try_from(usage.ru_maxrss).unwrap_or(0)
+}
+
+fn main() -> ExitCode {
+    let (plugin, files) = Plugin::new(HANDSHAKE).with_host_files();
+    plugin
+        .version(1, Routes::new(BenchServer::new(Service { files })))
+        .run()
+}

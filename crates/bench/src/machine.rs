@@ -1,0 +1,63 @@
+//! The machine a benchmark ran on, for the top of the report.
+
+use std::process::Command;
+
+use serde::Serialize;
+
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Machine {
+    pub(crate) date: String,
+    pub(crate) cpu: String,
+    pub(crate) cores: usize,
+    pub(crate) memory_gib: f64,
+    pub(crate) kernel: String,
+    pub(crate) rustc: String,
+    pub(crate) go: String,
+    pub(crate) go_plugin: String,
+}
+
+fn command(program: &str, args: &[&str]) -> Option<String> {
+    let output = Command::new(program).args(args).output().ok()?;
+    output
+        .status
+        .success()
+        .then(|| String::from_utf8_lossy(&output.stdout).trim().to_owned())
+}
+
+impl Machine {
+    pub(crate) fn describe() -> Machine {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu = cpuinfo
+            .lines()
+            .find_map(|line| line.strip_prefix("model name"))
+            .and_then(|rest| rest.split_once(':'))
+            .map_or_else(|| "unknown".to_owned(), |(_, name)| name.trim().to_owned());
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let memory_kib: f64 = meminfo
+            .lines()
+            .find_map(|line| line.strip_prefix("MemTotal:"))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|kib| kib.parse().ok())
+            .unwrap_or(0.0);
+        Machine {
+            date: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+            cpu,
+            cores: std::thread::available_parallelism().map_or(1, usize::from),
+            memory_gib: (memory_kib / 1024.0 / 1024.0 * 10.0).round() / 10.0,
+            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .map_or_else(|_| "unknown".to_owned(), |k| k.trim().to_owned()),
+            rustc: command("rustc", &["--version"]).unwrap_or_else(|| "unknown".to_owned()),
+            go: command("go", &["version"]).unwrap_or_else(|| "not installed".to_owned()),
+            go_plugin: command(
+                "dpkg-query",
+                &[
+                    "-W",
+                    "-f=${Version}",
+                    "golang-github-hashicorp-go-plugin-dev",
+                ],
+            )
+            .filter(|version| !version.is_empty())
+            .map_or_else(|| "not installed".to_owned(), |v| format!("{v} (Debian)")),
+        }
+    }
+}

@@ -1,0 +1,356 @@
+//! tether's side of each measurement, with real plugin processes (`bench-plugin`).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use serde::{Deserialize, Serialize};
+use tether_host::{PluginClient, Sandbox, StdioSink};
+use tether_hostconn::{HostConnection, Outcome};
+use tether_hostserve::{Audit, HostServices, Limits, Policy};
+use tether_protocol::HandshakeConfig;
+use tether_protocol::bench::bench_client::BenchClient;
+use tether_protocol::bench::{HostCallsRequest, HostLoadRequest, PingRequest, TransferRequest};
+use tonic::transport::Channel;
+
+/// The benchmark plugin's handshake (see `bench-plugin`).
+const HANDSHAKE: HandshakeConfig = HandshakeConfig::new("TETHER_BENCH_PLUGIN", "bench");
+
+/// Where `bench-plugin` is: beside this program.
+pub(crate) fn plugin_program() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("finding tether-bench")?;
+    let program = exe
+        .parent()
+        .context("tether-bench has no directory")?
+        .join("bench-plugin");
+    ensure!(
+        program.is_file(),
+        "{} is missing: build it with `cargo build --release -p tether-bench` (cargo xtask \
+         bench does)",
+        program.display()
+    );
+    Ok(program)
+}
+
+/// Host services for benchmark plugins: `env:PATH` and files under `data/` for each name,
+/// audited to a file like a real host's.
+pub(crate) struct Host {
+    _dir: tempfile::TempDir,
+    pub(crate) services: Arc<HostServices>,
+    pub(crate) audit: Audit,
+}
+
+impl Host {
+    pub(crate) fn new(names: &[String], limits: Limits) -> Result<Host> {
+        let dir = tempfile::Builder::new()
+            .prefix("tether-bench-")
+            .tempdir()
+            .context("a directory for the benchmark's workspace")?;
+        let workspace = dir.path().join("workspace");
+        std::fs::create_dir_all(workspace.join("data")).context("the workspace")?;
+        let policy = Policy::new();
+        for name in names {
+            policy.set_workspace(name, &workspace);
+            for grant in ["env:PATH", "read:data/**", "write:data/**"] {
+                policy.grant(name, grant)?;
+            }
+        }
+        let audit = Audit::to_file(dir.path().join("audit.jsonl"), 1 << 40)
+            .context("the benchmark's audit log")?;
+        let services = Arc::new(HostServices::new(policy, audit.clone(), limits));
+        Ok(Host {
+            _dir: dir,
+            services,
+            audit,
+        })
+    }
+}
+
+/// A started benchmark plugin, with its host services if it has them.
+pub(crate) struct Running {
+    pub(crate) client: PluginClient,
+    pub(crate) connection: Option<HostConnection>,
+}
+
+impl Running {
+    pub(crate) fn bench(&self) -> BenchClient<Channel> {
+        BenchClient::new(self.client.channel())
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20)
+    }
+
+    pub(crate) async fn stop(self) -> Result<()> {
+        if let Some(connection) = self.connection {
+            connection.close().await;
+        }
+        self.client.shutdown().await?;
+        Ok(())
+    }
+}
+
+pub(crate) async fn start(
+    program: &Path,
+    name: &str,
+    sandbox: Sandbox,
+    host: Option<&Host>,
+) -> Result<Running> {
+    let client = PluginClient::builder(name, program)
+        .handshake(HANDSHAKE)
+        .sandbox(sandbox)
+        .stdio(StdioSink::Discard)
+        .start()
+        .await
+        .with_context(|| format!("starting {name}"))?;
+    let connection = match host {
+        Some(host) => match host.services.connect(&client).await? {
+            Outcome::Connected(connection) => Some(connection),
+            Outcome::NotRequested => bail!("{name} did not take host services"),
+        },
+        None => None,
+    };
+    Ok(Running { client, connection })
+}
+
+/// Host -> plugin: the health check (go-plugin's Ping) and a 32-byte unary call.
+pub(crate) async fn unary(program: &Path, calls: usize) -> Result<(Vec<u64>, Vec<u64>)> {
+    let plugin = start(program, "bench-unary", Sandbox::best_effort(), None).await?;
+    let mut health = Vec::with_capacity(calls);
+    for i in 0..calls / 10 + calls {
+        let began = Instant::now();
+        plugin.client.health().await?;
+        if i >= calls / 10 {
+            health.push(nanos(began.elapsed()));
+        }
+    }
+    let mut bench = plugin.bench();
+    let mut ping = Vec::with_capacity(calls);
+    for i in 0..calls / 10 + calls {
+        let began = Instant::now();
+        bench
+            .ping(PingRequest {
+                payload: vec![0x42; 32],
+            })
+            .await?;
+        if i >= calls / 10 {
+            ping.push(nanos(began.elapsed()));
+        }
+    }
+    plugin.stop().await?;
+    Ok((health, ping))
+}
+
+/// Plugin -> host: `GetEnv` over the reused brokered connection, timed in the plugin.
+pub(crate) async fn host_calls(program: &Path, calls: usize) -> Result<Vec<u64>> {
+    let name = "bench-callback".to_owned();
+    let host = Host::new(std::slice::from_ref(&name), Limits::default())?;
+    let plugin = start(program, &name, Sandbox::best_effort(), Some(&host)).await?;
+    let count = u32::try_from(calls).context("too many calls")?;
+    let nanos = plugin
+        .bench()
+        .host_calls(HostCallsRequest {
+            warmup: count / 10,
+            calls: count,
+        })
+        .await?
+        .into_inner()
+        .nanos;
+    plugin.stop().await?;
+    Ok(nanos)
+}
+
+/// Spawn to first successful call (`start` ends with a health check), `starts` times.
+pub(crate) async fn cold_start(
+    program: &Path,
+    starts: usize,
+    sandbox: &Sandbox,
+) -> Result<Vec<u64>> {
+    let mut nanos = Vec::with_capacity(starts);
+    for i in 0..starts + 1 {
+        let began = Instant::now();
+        let plugin = start(program, "bench-cold", sandbox.clone(), None).await?;
+        // The first start fills caches (the sandbox's ELF walk, the page cache): a warm-up.
+        if i > 0 {
+            nanos.push(self::nanos(began.elapsed()));
+        }
+        plugin.stop().await?;
+    }
+    Ok(nanos)
+}
+
+/// What the throughput run measured, from its own process.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Transfer {
+    pub(crate) bytes: u64,
+    pub(crate) write_seconds: f64,
+    pub(crate) read_seconds: f64,
+    pub(crate) host_peak_rss_kib: u64,
+    pub(crate) plugin_peak_rss_kib: u64,
+}
+
+/// Runs the throughput measurement in a fresh process (`transfer-host`), so that the
+/// host's peak memory is its own.
+pub(crate) fn transfer(bytes: u64) -> Result<Transfer> {
+    let exe = std::env::current_exe().context("finding tether-bench")?;
+    let output = std::process::Command::new(exe)
+        .arg("transfer-host")
+        .arg(bytes.to_string())
+        .output()
+        .context("running the throughput host")?;
+    if !output.status.success() {
+        bail!(
+            "the throughput host failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    serde_json::from_slice(&output.stdout).context("reading the throughput host's figures")
+}
+
+/// The host side of [`transfer`], in its own process: writes then reads `bytes` through
+/// host services, and prints the figures as JSON.
+pub(crate) async fn transfer_host(bytes: u64) -> Result<()> {
+    let program = plugin_program()?;
+    let name = "bench-transfer".to_owned();
+    let limits = Limits {
+        write_quota: bytes.saturating_mul(2),
+        ..Limits::default()
+    };
+    let host = Host::new(std::slice::from_ref(&name), limits)?;
+    let plugin = start(&program, &name, Sandbox::best_effort(), Some(&host)).await?;
+    let done = plugin
+        .bench()
+        .transfer(TransferRequest {
+            path: "data/big.bin".into(),
+            bytes,
+            chunk: 64 * 1024,
+        })
+        .await?
+        .into_inner();
+    ensure!(
+        done.written == bytes && done.read == bytes,
+        "wrote {} and read {} of {bytes} bytes",
+        done.written,
+        done.read
+    );
+    plugin.stop().await?;
+    let figures = Transfer {
+        bytes,
+        write_seconds: done.write_nanos as f64 / 1e9,
+        read_seconds: done.read_nanos as f64 / 1e9,
+        host_peak_rss_kib: status_kib("self", "VmHWM:")?,
+        plugin_peak_rss_kib: done.peak_rss_kib,
+    };
+    println!("{}", serde_json::to_string(&figures)?);
+    Ok(())
+}
+
+/// What starting many plugins at once measured.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Many {
+    pub(crate) plugins: usize,
+    pub(crate) healthy: usize,
+    pub(crate) start_seconds: f64,
+    pub(crate) rss_per_plugin_kib_mean: u64,
+    pub(crate) rss_per_plugin_kib_max: u64,
+}
+
+/// Starts `count` plugins at once, checks each answers health, and reads their memory.
+pub(crate) async fn many(program: &Path, count: usize) -> Result<Many> {
+    let began = Instant::now();
+    let started = futures_util::future::join_all((0..count).map(|i| {
+        let name = format!("bench-many-{i}");
+        async move { start(program, &name, Sandbox::best_effort(), None).await }
+    }))
+    .await;
+    let start_seconds = began.elapsed().as_secs_f64();
+    let plugins: Vec<Running> = started.into_iter().collect::<Result<_>>()?;
+    let health =
+        futures_util::future::join_all(plugins.iter().map(|plugin| plugin.client.health())).await;
+    let healthy = health.iter().filter(|result| result.is_ok()).count();
+    // Idle: let start-up allocations settle before reading resident memory.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss: Vec<u64> = plugins
+        .iter()
+        .map(|plugin| status_kib(&plugin.client.pid().to_string(), "VmRSS:"))
+        .collect::<Result<_>>()?;
+    futures_util::future::join_all(plugins.into_iter().map(Running::stop)).await;
+    Ok(Many {
+        plugins: count,
+        healthy,
+        start_seconds,
+        rss_per_plugin_kib_mean: rss.iter().sum::<u64>() / rss.len().max(1) as u64,
+        rss_per_plugin_kib_max: rss.iter().copied().max().unwrap_or(0),
+    })
+}
+
+/// What the aggregate host-service load measured.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Load {
+    pub(crate) plugins: usize,
+    pub(crate) concurrency_per_plugin: u32,
+    pub(crate) calls: u64,
+    pub(crate) errors: u64,
+    pub(crate) seconds: f64,
+    pub(crate) calls_per_second: f64,
+    pub(crate) audit_records_dropped: u64,
+}
+
+/// `plugins` plugins each making host-service calls, 16 at a time, for `millis`.
+pub(crate) async fn load(program: &Path, plugins: usize, millis: u64) -> Result<Load> {
+    let names: Vec<String> = (0..plugins).map(|i| format!("bench-load-{i}")).collect();
+    let host = Host::new(&names, Limits::default())?;
+    let mut running = Vec::new();
+    for name in &names {
+        running.push(start(program, name, Sandbox::best_effort(), Some(&host)).await?);
+    }
+    let concurrency = 16;
+    let began = Instant::now();
+    let results = futures_util::future::join_all(running.iter().map(|plugin| {
+        let mut bench = plugin.bench();
+        async move {
+            bench
+                .host_load(HostLoadRequest {
+                    concurrency,
+                    millis,
+                })
+                .await
+                .map(tonic::Response::into_inner)
+        }
+    }))
+    .await;
+    let seconds = began.elapsed().as_secs_f64();
+    let mut calls = 0;
+    let mut errors = 0;
+    for result in results {
+        let result = result?;
+        calls += result.calls;
+        errors += result.errors;
+    }
+    futures_util::future::join_all(running.into_iter().map(Running::stop)).await;
+    Ok(Load {
+        plugins,
+        concurrency_per_plugin: concurrency,
+        calls,
+        errors,
+        seconds,
+        calls_per_second: calls as f64 / seconds,
+        audit_records_dropped: host.audit.dropped(),
+    })
+}
+
+fn nanos(elapsed: Duration) -> u64 {
+    u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// A `kB` figure of `/proc/<pid>/status`.
+pub(crate) fn status_kib(pid: &str, key: &str) -> Result<u64> {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(key))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|kib| kib.parse().ok())
+        .with_context(|| format!("no {key} in {path}"))
+}

@@ -1,0 +1,73 @@
+//! Keeps the benchmark harness from rotting: every measurement on a tiny size, both files
+//! written with every row. Asserts what was written, never how fast anything ran.
+
+use std::path::Path;
+use std::process::Command;
+
+#[test]
+fn the_harness_runs_every_measurement_and_writes_both_files() {
+    let out = tempfile::tempdir().expect("a temporary directory");
+    #[allow(clippy::disallowed_methods, reason = "runs the benchmark harness")]
+    let output = Command::new(env!("CARGO_BIN_EXE_tether-bench"))
+        .arg("--out")
+        .arg(out.path())
+        .args(["--calls", "50", "--starts", "3", "--bytes", "1048576"])
+        .args([
+            "--plugins",
+            "4",
+            "--load-plugins",
+            "2",
+            "--load-millis",
+            "200",
+        ])
+        .output()
+        .expect("tether-bench runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("==> floor"), "progress is shown: {stdout}");
+
+    let markdown = std::fs::read_to_string(out.path().join("benchmarks.md")).expect("markdown");
+    for figure in [
+        "host -> plugin unary call (health) p50",
+        "plugin -> host service call (GetEnv, reused connection) p50",
+        "cold start (spawn to first call, sandboxed) p50",
+        "sandboxing overhead on cold start p50",
+        "WriteFile of",
+        "ReadFile of",
+        "4 plugins started at once, answering health",
+        "resident memory per idle plugin",
+        "aggregate host-service calls across 2 plugins",
+        "## Analysis",
+    ] {
+        assert!(markdown.contains(figure), "{figure:?} missing:\n{markdown}");
+    }
+    assert!(
+        markdown.contains("4/4 in"),
+        "every plugin answered:\n{markdown}"
+    );
+    // Without --go-bin the go-plugin rows say why they are empty.
+    assert!(markdown.contains("skipped: no Go toolchain"), "{markdown}");
+
+    let json: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.path().join("benchmarks.json")).expect("json"),
+    )
+    .expect("valid JSON");
+    assert_eq!(json["figures"]["settings"]["calls"], 50);
+    assert_eq!(json["figures"]["floor"]["samples"], 50);
+    assert_eq!(json["figures"]["host_call"]["samples"], 50);
+    assert_eq!(json["figures"]["transfer"]["bytes"], 1_048_576);
+    assert_eq!(json["figures"]["many"]["healthy"], 4);
+    let rows = json["rows"].as_array().expect("rows");
+    assert_eq!(
+        rows.len(),
+        markdown
+            .lines()
+            .filter(|l| l.starts_with("| ") && !l.starts_with("| figure"))
+            .count()
+    );
+    assert!(Path::new(&out.path().join("benchmarks.md")).is_file());
+}
