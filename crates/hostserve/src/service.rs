@@ -32,6 +32,9 @@ use crate::confine::Target;
 use crate::path::{self, RequestPath};
 use crate::policy::{Decision, Policy};
 
+/// Bytes of `WriteFile` data handed to the disk at a time.
+const WRITE_BATCH: usize = 1024 * 1024;
+
 /// The metadata key of a denial's missing capability.
 pub const CAPABILITY_METADATA: &str = "tether-capability";
 
@@ -56,6 +59,10 @@ pub struct Limits {
     /// `DEADLINE_EXCEEDED` and frees its slot: a plugin that stops reading cannot hold
     /// host resources.
     pub stall_timeout: Duration,
+    /// Whether `WriteFile` flushes the new file to disk (`fsync`) before renaming it into
+    /// place, so that a crash never leaves an empty or partial file at the target. On by
+    /// default; it bounds write throughput by the disk's (see docs/benchmarks.md).
+    pub durable_writes: bool,
 }
 
 impl Default for Limits {
@@ -68,6 +75,7 @@ impl Default for Limits {
             read_chunk: 64 * 1024,
             max_page: 1000,
             stall_timeout: Duration::from_secs(30),
+            durable_writes: true,
         }
     }
 }
@@ -770,38 +778,48 @@ impl HostServices {
         let mut file = Some(file);
         let mut total = 0u64;
         let mut next = Some(first);
+        // Chunks are written in batches of about WRITE_BATCH bytes: one hand-off to a
+        // blocking thread per batch, not per chunk, with at most one batch in memory.
+        let mut batch: Vec<Vec<u8>> = Vec::new();
+        let mut batched = 0usize;
         let outcome: Result<(), Status> = async {
             loop {
                 let data = match next.take() {
-                    Some(data) => data,
-                    None => match next_chunk(stream, stall).await? {
-                        Some(chunk) => chunk.data,
-                        None => return Ok(()),
-                    },
+                    Some(data) => Some(data),
+                    None => next_chunk(stream, stall).await?.map(|chunk| chunk.data),
                 };
-                if data.is_empty() {
-                    continue;
+                let end = data.is_none();
+                if let Some(data) = data.filter(|data| !data.is_empty()) {
+                    let len = data.len() as u64;
+                    let before = written.fetch_add(len, Ordering::Relaxed);
+                    if before + len > quota {
+                        written.fetch_sub(len, Ordering::Relaxed);
+                        return Err(Status::resource_exhausted(format!(
+                            "write quota exhausted: this plugin may write {quota} bytes and \
+                             has written {before}; nothing was written to the target"
+                        )));
+                    }
+                    total += len;
+                    batched += data.len();
+                    batch.push(data);
                 }
-                let len = data.len() as u64;
-                let before = written.fetch_add(len, Ordering::Relaxed);
-                if before + len > quota {
-                    written.fetch_sub(len, Ordering::Relaxed);
-                    return Err(Status::resource_exhausted(format!(
-                        "write quota exhausted: this plugin may write {quota} bytes and has \
-                         written {before}; nothing was written to the target"
-                    )));
+                if batched >= WRITE_BATCH || (end && batched > 0) {
+                    let chunks = std::mem::take(&mut batch);
+                    batched = 0;
+                    let mut taken = file
+                        .take()
+                        .ok_or_else(|| Status::internal("the temporary file was lost"))?;
+                    let (back, result) = blocking(move || {
+                        let result = chunks.iter().try_for_each(|chunk| taken.write_all(chunk));
+                        (taken, result)
+                    })
+                    .await?;
+                    file = Some(back);
+                    result.map_err(|err| io_status("", &err))?;
                 }
-                total += len;
-                let mut taken = file
-                    .take()
-                    .ok_or_else(|| Status::internal("the temporary file was lost"))?;
-                let (back, result) = blocking(move || {
-                    let result = taken.write_all(&data);
-                    (taken, result)
-                })
-                .await?;
-                file = Some(back);
-                result.map_err(|err| io_status("", &err))?;
+                if end {
+                    return Ok(());
+                }
             }
         }
         .await;
@@ -809,8 +827,11 @@ impl HostServices {
             Ok(()) => {
                 let target = Arc::clone(&target);
                 let temp = temp.clone();
+                let durable = self.limits.durable_writes;
                 blocking(move || -> io::Result<()> {
-                    if let Some(file) = file {
+                    if let Some(file) = file
+                        && durable
+                    {
                         file.sync_all()?;
                     }
                     target.commit(&temp)
