@@ -42,6 +42,7 @@ pub struct Plugin {
     max_message_size: usize,
     log_level: Option<LevelFilter>,
     shutdown_grace: Duration,
+    worker_threads: usize,
     broker: Broker,
     host_link: Option<LinkSetter>,
 }
@@ -54,6 +55,7 @@ impl std::fmt::Debug for Plugin {
             .field("max_message_size", &self.max_message_size)
             .field("log_level", &self.log_level)
             .field("shutdown_grace", &self.shutdown_grace)
+            .field("worker_threads", &self.worker_threads)
             .field("broker", &self.broker)
             .field("host_services", &self.host_link.is_some())
             .finish()
@@ -69,6 +71,7 @@ impl Plugin {
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             log_level: Some(LevelFilter::INFO),
             shutdown_grace: Duration::from_secs(2),
+            worker_threads: 1,
             broker: Broker::new(BrokerConfig::new(
                 "host",
                 broker_socket_dir(),
@@ -141,6 +144,19 @@ impl Plugin {
         self
     }
 
+    /// How many threads [`Plugin::run`] serves calls on. `1`, the default, is tokio's
+    /// current-thread runtime: every call, the broker and the host-service client run on
+    /// one thread, with no hand-off between cores, which measured fastest on small
+    /// machines (lower latency and more host-service calls per second; see
+    /// docs/benchmarks.md). More than one gives a multi-thread runtime with that many workers, for
+    /// plugins that do heavy work inside their handlers (blocking work belongs in
+    /// `tokio::task::spawn_blocking` either way).
+    #[must_use]
+    pub fn worker_threads(mut self, threads: usize) -> Self {
+        self.worker_threads = threads.max(1);
+        self
+    }
+
     /// The most verbose `tracing` level sent to the host (default `INFO`); the transport
     /// crates (`h2`, `hyper`, `tower`, `tonic`) send at most `INFO`.
     pub fn log_level(mut self, level: LevelFilter) -> Self {
@@ -170,11 +186,17 @@ impl Plugin {
             eprintln!("{err}");
             return ExitCode::FAILURE;
         }
-        let runtime = match tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-        {
+        let runtime = if self.worker_threads == 1 {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+        } else {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(self.worker_threads)
+                .enable_all()
+                .build()
+        };
+        let runtime = match runtime {
             Ok(runtime) => runtime,
             Err(source) => {
                 eprintln!("{}", ServeError::Runtime { source });
