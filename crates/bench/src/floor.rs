@@ -13,8 +13,39 @@ use anyhow::{Context, Result, bail};
 const MESSAGE: usize = 32;
 
 /// Measures `calls` round trips (after `calls / 10` to warm up) against an echo child
-/// (this program, `floor-echo`); returns the latencies in nanoseconds.
-pub(crate) fn measure(calls: usize) -> Result<Vec<u64>> {
+/// (this program, `floor-echo`); returns the latencies in nanoseconds. With `pinned`,
+/// both processes run on CPU 0, so no wake-up crosses cores.
+pub(crate) fn measure(calls: usize, pinned: bool) -> Result<Vec<u64>> {
+    let previous = pinned.then(pin_to_cpu0).transpose()?;
+    let result = measure_here(calls);
+    if let Some(previous) = previous {
+        // SAFETY: restores the affinity mask read before.
+        unsafe {
+            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &previous);
+        }
+    }
+    result
+}
+
+/// Pins this thread (and the processes it starts) to CPU 0; returns the previous mask.
+fn pin_to_cpu0() -> Result<libc::cpu_set_t> {
+    // SAFETY: the masks are plain bitsets, written by the calls they are given to.
+    unsafe {
+        let mut previous: libc::cpu_set_t = std::mem::zeroed();
+        let size = size_of::<libc::cpu_set_t>();
+        if libc::sched_getaffinity(0, size, &mut previous) != 0 {
+            bail!("sched_getaffinity: {}", std::io::Error::last_os_error());
+        }
+        let mut one: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut one);
+        if libc::sched_setaffinity(0, size, &one) != 0 {
+            bail!("sched_setaffinity: {}", std::io::Error::last_os_error());
+        }
+        Ok(previous)
+    }
+}
+
+fn measure_here(calls: usize) -> Result<Vec<u64>> {
     let dir = tempfile::tempdir().context("a directory for the floor's socket")?;
     let path = dir.path().join("floor.sock");
     let listener = UnixListener::bind(&path).context("binding the floor's socket")?;

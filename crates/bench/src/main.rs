@@ -100,11 +100,28 @@ fn main() -> ExitCode {
     }
 }
 
+/// The host's runtime: current-thread, which measured fastest (the report also measures
+/// host -> plugin calls from a multi-thread runtime, for comparison).
 fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")
+}
+
+/// Host -> plugin calls made from a multi-thread host runtime (tokio's default), on a
+/// thread of their own.
+fn unary_multi_thread(program: PathBuf, calls: usize) -> Result<Vec<u64>> {
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("starting a multi-thread runtime")?
+            .block_on(runs::unary(&program, calls))
+            .map(|(health, _)| health)
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the multi-thread measurement panicked"))?
 }
 
 /// Lifts the soft limit on open files to the hard one: 200 plugins need a few fds each.
@@ -142,7 +159,12 @@ async fn run(args: &Args) -> Result<()> {
         "floor: 32-byte round trips over a Unix socket ({} calls)",
         args.calls
     ));
-    let floor = latency("the floor", floor::measure(args.calls)?)?;
+    let floor = latency("the floor", floor::measure(args.calls, false)?)?;
+    step(&format!(
+        "floor again, both processes on CPU 0 ({} calls)",
+        args.calls
+    ));
+    let floor_pinned = latency("the pinned floor", floor::measure(args.calls, true)?)?;
     step(&format!(
         "host -> plugin: health checks and 32-byte calls ({} each)",
         args.calls
@@ -150,10 +172,24 @@ async fn run(args: &Args) -> Result<()> {
     let (health, ping) = runs::unary(&program, args.calls).await?;
     let (health, ping) = (latency("health", health)?, latency("ping", ping)?);
     step(&format!(
+        "host -> plugin from a multi-thread host runtime ({} calls)",
+        args.calls
+    ));
+    let health_multi_thread = latency(
+        "health (multi-thread host)",
+        unary_multi_thread(program.clone(), args.calls)?,
+    )?;
+    step(&format!(
         "plugin -> host: GetEnv over the brokered connection ({} calls)",
         args.calls
     ));
     let host_call = latency("host calls", runs::host_calls(&program, args.calls).await?)?;
+    step(&format!("spawn floor: /bin/true ({} starts)", args.starts));
+    let starts = args.starts;
+    let spawn_floor = latency(
+        "the spawn floor",
+        tokio::task::spawn_blocking(move || runs::spawn_floor(starts)).await??,
+    )?;
     step(&format!("cold start, sandboxed ({} starts)", args.starts));
     let cold_sandboxed = latency(
         "cold start",
@@ -220,9 +256,12 @@ async fn run(args: &Args) -> Result<()> {
             load_millis: args.load_millis,
         },
         floor,
+        floor_pinned,
         health,
+        health_multi_thread,
         ping,
         host_call,
+        spawn_floor,
         cold_start_sandboxed: cold_sandboxed,
         cold_start_unsandboxed: cold_unsandboxed,
         transfer,

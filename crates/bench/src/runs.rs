@@ -182,8 +182,15 @@ pub(crate) async fn cold_start(
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Transfer {
     pub(crate) bytes: u64,
+    /// WriteFile with the default `durable_writes` (fsync before the rename).
     pub(crate) write_seconds: f64,
+    /// WriteFile with `durable_writes` off.
+    pub(crate) write_unsynced_seconds: f64,
     pub(crate) read_seconds: f64,
+    /// The disk's floor: the same bytes written with `std::fs` in 1 MiB blocks, then fsync.
+    pub(crate) disk_write_sync_seconds: f64,
+    /// The same, without the fsync.
+    pub(crate) disk_write_seconds: f64,
     pub(crate) host_peak_rss_kib: u64,
     pub(crate) plugin_peak_rss_kib: u64,
 }
@@ -211,38 +218,102 @@ pub(crate) fn transfer(bytes: u64) -> Result<Transfer> {
 /// host services, and prints the figures as JSON.
 pub(crate) async fn transfer_host(bytes: u64) -> Result<()> {
     let program = plugin_program()?;
-    let name = "bench-transfer".to_owned();
-    let limits = Limits {
-        write_quota: bytes.saturating_mul(2),
-        ..Limits::default()
-    };
-    let host = Host::new(std::slice::from_ref(&name), limits)?;
-    let plugin = start(&program, &name, Sandbox::best_effort(), Some(&host)).await?;
-    let done = plugin
-        .bench()
-        .transfer(TransferRequest {
-            path: "data/big.bin".into(),
-            bytes,
-            chunk: 64 * 1024,
-        })
-        .await?
-        .into_inner();
-    ensure!(
-        done.written == bytes && done.read == bytes,
-        "wrote {} and read {} of {bytes} bytes",
-        done.written,
-        done.read
-    );
-    plugin.stop().await?;
+    let (disk_write_sync_seconds, disk_write_seconds) = disk_floor(bytes)?;
+    let mut durable = (0.0, 0.0, 0);
+    let mut unsynced = 0.0;
+    for durable_writes in [true, false] {
+        let name = "bench-transfer".to_owned();
+        let limits = Limits {
+            write_quota: bytes.saturating_mul(2),
+            durable_writes,
+            ..Limits::default()
+        };
+        let host = Host::new(std::slice::from_ref(&name), limits)?;
+        let plugin = start(&program, &name, Sandbox::best_effort(), Some(&host)).await?;
+        let done = plugin
+            .bench()
+            .transfer(TransferRequest {
+                path: "data/big.bin".into(),
+                bytes,
+                chunk: 64 * 1024,
+            })
+            .await?
+            .into_inner();
+        ensure!(
+            done.written == bytes && done.read == bytes,
+            "wrote {} and read {} of {bytes} bytes",
+            done.written,
+            done.read
+        );
+        plugin.stop().await?;
+        if durable_writes {
+            durable = (
+                done.write_nanos as f64 / 1e9,
+                done.read_nanos as f64 / 1e9,
+                done.peak_rss_kib,
+            );
+        } else {
+            unsynced = done.write_nanos as f64 / 1e9;
+        }
+    }
     let figures = Transfer {
         bytes,
-        write_seconds: done.write_nanos as f64 / 1e9,
-        read_seconds: done.read_nanos as f64 / 1e9,
+        write_seconds: durable.0,
+        write_unsynced_seconds: unsynced,
+        read_seconds: durable.1,
+        disk_write_sync_seconds,
+        disk_write_seconds,
         host_peak_rss_kib: status_kib("self", "VmHWM:")?,
-        plugin_peak_rss_kib: done.peak_rss_kib,
+        plugin_peak_rss_kib: durable.2,
     };
     println!("{}", serde_json::to_string(&figures)?);
     Ok(())
+}
+
+/// Writes `bytes` to a file in 1 MiB blocks with `std::fs`: seconds with a final fsync,
+/// and seconds without.
+fn disk_floor(bytes: u64) -> Result<(f64, f64)> {
+    use std::io::Write;
+    let dir = tempfile::Builder::new()
+        .prefix("tether-bench-disk-")
+        .tempdir()
+        .context("a directory for the disk floor")?;
+    let block = vec![0x5a_u8; 1 << 20];
+    let mut seconds = [0.0; 2];
+    for (i, sync) in [true, false].into_iter().enumerate() {
+        let path = dir.path().join(format!("floor-{i}.bin"));
+        let began = Instant::now();
+        let mut file = std::fs::File::create(&path).context("the disk floor's file")?;
+        let mut left = bytes;
+        while left > 0 {
+            let n = left.min(block.len() as u64) as usize;
+            file.write_all(&block[..n])?;
+            left -= n as u64;
+        }
+        if sync {
+            file.sync_all()?;
+        }
+        seconds[i] = began.elapsed().as_secs_f64();
+        drop(file);
+        std::fs::remove_file(&path)?;
+    }
+    Ok((seconds[0], seconds[1]))
+}
+
+/// The floor of a cold start: starting `/bin/true` and waiting for it, `starts` times.
+pub(crate) fn spawn_floor(starts: usize) -> Result<Vec<u64>> {
+    let mut nanos = Vec::with_capacity(starts);
+    for i in 0..starts + 1 {
+        let began = Instant::now();
+        let status = std::process::Command::new("/bin/true")
+            .status()
+            .context("running /bin/true")?;
+        ensure!(status.success(), "/bin/true failed: {status}");
+        if i > 0 {
+            nanos.push(self::nanos(began.elapsed()));
+        }
+    }
+    Ok(nanos)
 }
 
 /// What starting many plugins at once measured.
@@ -253,6 +324,9 @@ pub(crate) struct Many {
     pub(crate) start_seconds: f64,
     pub(crate) rss_per_plugin_kib_mean: u64,
     pub(crate) rss_per_plugin_kib_max: u64,
+    /// Proportional set size: each shared page (the binary's code) divided among the
+    /// processes that map it, so the sum over plugins is the memory they take together.
+    pub(crate) pss_per_plugin_kib_mean: u64,
 }
 
 /// Starts `count` plugins at once, checks each answers health, and reads their memory.
@@ -274,6 +348,15 @@ pub(crate) async fn many(program: &Path, count: usize) -> Result<Many> {
         .iter()
         .map(|plugin| status_kib(&plugin.client.pid().to_string(), "VmRSS:"))
         .collect::<Result<_>>()?;
+    let pss: Vec<u64> = plugins
+        .iter()
+        .map(|plugin| {
+            kib_of(
+                &format!("/proc/{}/smaps_rollup", plugin.client.pid()),
+                "Pss:",
+            )
+        })
+        .collect::<Result<_>>()?;
     futures_util::future::join_all(plugins.into_iter().map(Running::stop)).await;
     Ok(Many {
         plugins: count,
@@ -281,6 +364,7 @@ pub(crate) async fn many(program: &Path, count: usize) -> Result<Many> {
         start_seconds,
         rss_per_plugin_kib_mean: rss.iter().sum::<u64>() / rss.len().max(1) as u64,
         rss_per_plugin_kib_max: rss.iter().copied().max().unwrap_or(0),
+        pss_per_plugin_kib_mean: pss.iter().sum::<u64>() / pss.len().max(1) as u64,
     })
 }
 
@@ -345,8 +429,12 @@ fn nanos(elapsed: Duration) -> u64 {
 
 /// A `kB` figure of `/proc/<pid>/status`.
 pub(crate) fn status_kib(pid: &str, key: &str) -> Result<u64> {
-    let path = format!("/proc/{pid}/status");
-    let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    kib_of(&format!("/proc/{pid}/status"), key)
+}
+
+/// A `kB` figure of a `/proc` file of `key: value kB` lines.
+fn kib_of(path: &str, key: &str) -> Result<u64> {
+    let status = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
     status
         .lines()
         .find_map(|line| line.strip_prefix(key))

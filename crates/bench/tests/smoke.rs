@@ -39,7 +39,7 @@ fn the_harness_runs_every_measurement_and_writes_both_files() {
         "WriteFile of",
         "ReadFile of",
         "4 plugins started at once, answering health",
-        "resident memory per idle plugin",
+        "resident memory per idle plugin (PSS mean",
         "aggregate host-service calls across 2 plugins",
         "## Analysis",
     ] {
