@@ -36,7 +36,7 @@ use crate::stats::Latency;
 
 /// Measures tether against the Unix-socket floor and go-plugin; writes the report.
 #[derive(Debug, Parser)]
-#[command(name = "tether-bench", about)]
+#[command(name = "tether-bench", about, args_override_self = true)]
 struct Args {
     /// Where to write benchmarks.md and benchmarks.json.
     #[arg(long, value_name = "DIR", default_value = "docs")]
