@@ -44,8 +44,8 @@ struct Args {
     /// Calls per latency figure (after a tenth as many to warm up).
     #[arg(long, default_value_t = 10_000)]
     calls: usize,
-    /// Cold starts per cold-start figure.
-    #[arg(long, default_value_t = 1_000)]
+    /// Cold starts per cold-start figure (after one to warm up).
+    #[arg(long, default_value_t = 10_000)]
     starts: usize,
     /// Bytes written and read through host services.
     #[arg(long, default_value_t = 1 << 30)]
