@@ -29,7 +29,7 @@ pub(crate) fn run(extra: &[&str]) -> Result<()> {
         .prefix("tether-demo-plugins-")
         .tempdir()
         .context("creating a temporary directory for the plugins")?;
-    let bin_dir = crate::bench::target_dir().join("debug");
+    let bin_dir = crate::target_dir().join("debug");
     stage_plugins(&bin_dir, staging.path())?;
     let plugins = staging.path().to_string_lossy().into_owned();
     let mut args = vec!["--plugins", plugins.as_str()];

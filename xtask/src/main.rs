@@ -9,6 +9,7 @@
 
 mod bench;
 mod demo;
+mod go;
 mod guides;
 mod proto;
 mod test;
@@ -64,6 +65,16 @@ fn project_root() -> PathBuf {
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// Cargo's target directory (`CARGO_TARGET_DIR`, else `target/` in the workspace).
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map_or_else(
+            || project_root().join("target"),
+            |dir| project_root().join(dir),
+        )
 }
 
 /// A `cargo` command run from the workspace root, using the cargo that runs xtask.

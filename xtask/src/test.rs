@@ -4,19 +4,11 @@
 //! packages. Where they are missing, they are skipped, counted, and the line says what to
 //! install; `.ci/run` installs them, so CI always runs them.
 
-use std::path::Path;
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-use crate::{cargo, project_root, proto, run_step};
-
-/// The Debian packages the Go interop tests need (go-plugin-protocol.md, section 10).
-const GO_PACKAGES: &str = "golang-go golang-github-hashicorp-go-plugin-dev golang-google-grpc-dev \
-    golang-github-golang-protobuf-1-5-dev golang-google-protobuf-dev";
-
-/// Where Debian installs go-plugin's sources.
-const GO_PLUGIN: &str = "/usr/share/gocode/src/github.com/hashicorp/go-plugin";
+use crate::{cargo, go, project_root, proto, run_step};
 
 /// The name prefix of the Go interop tests in the `e2e` test binary.
 const INTEROP: &str = "interop::";
@@ -28,7 +20,7 @@ pub(crate) fn run() -> Result<()> {
     )?;
     println!("==> generated code freshness");
     proto::run(proto::Mode::Check)?;
-    let go = proto::on_path("go") && Path::new(GO_PLUGIN).is_dir();
+    let go = go::available();
     if go {
         gofmt()?;
     }
@@ -57,7 +49,8 @@ pub(crate) fn run() -> Result<()> {
     )?;
     println!(
         "skipped: {skipped} Go interop tests: no Go toolchain (install: apt-get install -y \
-         {GO_PACKAGES})"
+         {})",
+        go::PACKAGES
     );
     Ok(())
 }
