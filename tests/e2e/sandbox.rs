@@ -153,13 +153,14 @@ async fn unconfined_the_same_plugin_reads_the_host_files_so_the_rows_can_fail() 
 }
 
 #[tokio::test]
-async fn allowed_processes_still_cannot_enter_new_namespaces() {
+async fn allowed_processes_still_cannot_enter_new_namespaces_or_leave_the_group() {
     let plugin = hostile("hostile-forker", Sandbox::strict().allow_processes(true))
         .start()
         .await
         .unwrap();
     assert_eq!(attempt(&plugin, "fork", "").await.outcome, "ok");
-    for op in ["clone_namespace", "unshare", "memfd_exec"] {
+    // Nor leave the process group, which would let a process outlive the plugin.
+    for op in ["clone_namespace", "unshare", "memfd_exec", "leave_group"] {
         let answer = attempt(&plugin, op, "").await;
         assert_eq!(answer.outcome, EPERM, "{op}: {}", answer.message);
     }

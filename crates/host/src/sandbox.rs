@@ -15,7 +15,8 @@
 //!   socket directory, and nothing else (no `/proc`, so not the host's environment either);
 //! - Landlock network: no TCP bind or connect (ABI 4);
 //! - Landlock scopes: no abstract Unix sockets or signals outside the sandbox (ABI 6);
-//! - seccomp: no sockets but `AF_UNIX`, no `ptrace`, `process_vm_*`, namespaces, mounts,
+//! - seccomp: no sockets but `AF_UNIX`, no `ptrace`, `process_vm_*`, namespaces, leaving
+//!   the process group (`setsid`, `setpgid`), mounts,
 //!   `bpf`, `perf_event_open`, `userfaultfd`, keyrings, `io_uring`, the chmod, chown, xattr
 //!   and utime families, `memfd_create`, `execveat`, `ioctl(TIOCSTI)`, module and clock
 //!   changes; and, unless processes are allowed, no new processes (threads only).
@@ -806,6 +807,9 @@ fn denied_syscalls(allow_processes: bool) -> Vec<i64> {
         libc::SYS_process_vm_writev,
         libc::SYS_unshare,
         libc::SYS_setns,
+        // Leaving the process group would let a process outlive the plugin.
+        libc::SYS_setsid,
+        libc::SYS_setpgid,
         libc::SYS_mount,
         libc::SYS_umount2,
         libc::SYS_pivot_root,

@@ -201,6 +201,34 @@ fn attempt(op: &str, arg: &str) -> HostOpResponse {
                 _ => ok("forked"),
             }
         }
+        "leave_group" => {
+            // A forked child (not a group leader, so nothing else stops it) tries to leave
+            // the plugin's process group with setsid; it exits with the errno, 0 if it left.
+            // SAFETY: the child makes two system calls and exits.
+            match unsafe { libc::fork() } {
+                -1 => last_errno(),
+                // SAFETY: the child makes one system call, reads errno and exits.
+                0 => unsafe {
+                    let code = if libc::setsid() == -1 {
+                        *libc::__errno_location()
+                    } else {
+                        0
+                    };
+                    libc::_exit(code)
+                },
+                child => {
+                    let mut status = 0;
+                    // SAFETY: waits for the child just forked.
+                    if unsafe { libc::waitpid(child, &mut status, 0) } == -1 {
+                        return last_errno();
+                    }
+                    match libc::WEXITSTATUS(status) {
+                        0 => ok("left the process group"),
+                        code => errno(&std::io::Error::from_raw_os_error(code)),
+                    }
+                }
+            }
+        }
         "fork_bomb" => {
             let mut started = 0u64;
             loop {
