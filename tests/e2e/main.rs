@@ -2,6 +2,7 @@
 
 mod corpus_rows;
 mod demo;
+mod exits;
 mod handshake;
 mod hostconn;
 mod hostserve;

@@ -1,6 +1,7 @@
 //! [`PluginClient`]: one running plugin process and the gRPC connection to it.
 
 use std::ffi::OsString;
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,7 +18,6 @@ use tether_protocol::{
     MAX_HANDSHAKE_LINE, Network, Protocol, env, format_versions,
 };
 use tokio::io::{AsyncRead, BufReader};
-use tokio::process::Command;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, timeout, timeout_at};
@@ -26,11 +26,11 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-use crate::error::Error;
+use crate::error::{Error, ExitReport};
 use crate::lines::{self, Read, Tail, excerpt};
 use crate::logs::{self, LogParser};
 use crate::sandbox::{self, Layer, Sandbox, SandboxMode, SandboxStatus};
-use crate::spawn::{self, signal_group};
+use crate::spawn::{self, Group};
 use crate::stdio::{self, StdioSink};
 use crate::transport;
 
@@ -210,7 +210,7 @@ impl PluginBuilder {
         let sandbox_status = sandbox.status.clone();
         log_sandbox(&name, &sandbox_status);
 
-        let mut command = Command::new(&program);
+        let mut command = std::process::Command::new(&program);
         command
             .args(&self.args)
             .env_clear()
@@ -232,23 +232,29 @@ impl PluginBuilder {
                 program: self.program.clone(),
                 source,
             })?;
-        let pid = child
-            .id()
-            .ok_or_else(|| internal("the new process has no pid"))?;
+        let pid = child.id();
+        // The process is watched and reaped through its `Group`; the std handle only hands
+        // over the pipes (dropping it neither waits nor kills).
         let stdout = child
             .stdout
             .take()
+            .and_then(|pipe| tokio::process::ChildStdout::from_std(pipe).ok())
             .ok_or_else(|| internal("no stdout pipe"))?;
         let stderr = child
             .stderr
             .take()
+            .and_then(|pipe| tokio::process::ChildStderr::from_std(pipe).ok())
             .ok_or_else(|| internal("no stderr pipe"))?;
+        drop(child);
+        let group = Arc::new(Group::new(pid));
 
         let dir = socket_dir.path().to_owned();
         let (exit_sender, exit) = watch::channel(None);
         let (closed_sender, stderr_closed) = watch::channel(false);
+        let watcher = Arc::clone(&group);
         let mut process = Process {
             pid,
+            group,
             exit,
             tail: Arc::default(),
             stderr_closed,
@@ -257,14 +263,15 @@ impl PluginBuilder {
             files_confined: sandbox_status.is_enforced(Layer::LandlockFilesystem)
                 && !self.sandbox.socket_dir_files(),
         };
-        process.tasks.push(tokio::spawn(async move {
-            match child.wait().await {
+        // Not among `tasks`: it must outlive the client to reap the process it kills.
+        tokio::spawn(async move {
+            match watcher.exited().await {
                 Ok(status) => {
                     let _ = exit_sender.send(Some(status));
                 }
                 Err(err) => tracing::warn!(pid, %err, "waiting for the plugin process failed"),
             }
-        }));
+        });
         process.tasks.push(tokio::spawn(read_stderr(
             name.clone(),
             stderr,
@@ -540,6 +547,60 @@ impl PluginClient {
         exit.wait_for(Option::is_some).await.ok().and_then(|s| *s)
     }
 
+    /// Waits until the process ends, and says how: its status or signal and the end of its
+    /// stderr. The host learns of the end from a pidfd as it happens; by then the rest of
+    /// the plugin's process group has been killed too.
+    pub async fn exited(&self) -> ExitReport {
+        let status = self.wait().await;
+        // Its last words may still be in the pipe: wait (a little) for stderr to close.
+        let mut closed = self.process.stderr_closed.clone();
+        let _ = timeout(STDERR_SETTLE, closed.wait_for(|closed| *closed)).await;
+        ExitReport {
+            plugin: self.name.clone(),
+            status: status.unwrap_or_else(|| ExitStatus::from_raw(0)),
+            stderr_tail: self.process.tail_text(),
+        }
+    }
+
+    /// Runs a call to the plugin (any generated client's future) so that, if the plugin
+    /// process ends before the call does, the call fails at once with [`Error::Exited`]
+    /// (its status or signal and stderr), instead of with a transport error or a hang.
+    /// Other failures are [`Error::Call`].
+    ///
+    /// ```no_run
+    /// # async fn demo(plugin: tether_host::PluginClient) -> Result<(), tether_host::Error> {
+    /// use tether_protocol::testing::{EchoRequest, testing_client::TestingClient};
+    /// let mut client = TestingClient::new(plugin.channel());
+    /// let reply = plugin.guard(client.echo(EchoRequest::default())).await?;
+    /// # drop(reply); Ok(()) }
+    /// ```
+    pub async fn guard<T>(
+        &self,
+        call: impl Future<Output = Result<T, tonic::Status>>,
+    ) -> Result<T, Error> {
+        let result = tokio::select! {
+            biased;
+            result = call => result,
+            report = self.exited() => return Err(Error::Exited(report)),
+        };
+        match result {
+            Ok(value) => Ok(value),
+            Err(status) => {
+                // A broken connection usually means the process is ending: give its exit a
+                // moment to arrive, and report that rather than the transport's words.
+                if broken(&status)
+                    && let Ok(report) = timeout(EXIT_SETTLE, self.exited()).await
+                {
+                    return Err(Error::Exited(report));
+                }
+                Err(Error::Call {
+                    plugin: self.name.clone(),
+                    status,
+                })
+            }
+        }
+    }
+
     /// Pings the plugin's health service (`"plugin"` must be SERVING).
     pub async fn health(&self) -> Result<(), Error> {
         let response = self
@@ -569,7 +630,7 @@ impl PluginClient {
     pub async fn shutdown(mut self) -> Result<PluginExit, Error> {
         let result = self.stop().await;
         self.broker.close();
-        signal_group(self.process.pid, Signal::KILL);
+        self.process.group.signal(Signal::KILL);
         if let Some(dir) = self.process.socket_dir.take() {
             let path = dir.path().to_owned();
             if let Err(err) = dir.close() {
@@ -613,7 +674,7 @@ impl PluginClient {
                     ?signal,
                     "signalling the plugin's process group"
                 );
-                signal_group(self.process.pid, signal);
+                self.process.group.signal(signal);
             }
             let deadline = deadline.max(Instant::now());
             if let Ok(Ok(status)) = timeout_at(deadline, exit.wait_for(Option::is_some)).await
@@ -636,10 +697,23 @@ impl Drop for PluginClient {
     }
 }
 
+/// How long [`PluginClient::guard`] waits for the exit of a plugin whose connection broke.
+const EXIT_SETTLE: Duration = Duration::from_secs(1);
+
+/// Whether `status` is what a call gets when the connection to the plugin breaks.
+fn broken(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+    )
+}
+
 /// The process and the tasks that watch it. Dropping it kills the process group.
 #[derive(Debug)]
 struct Process {
     pid: u32,
+    /// Signals the process group while its leader is unreaped; see `spawn::Group`.
+    group: Arc<Group>,
     exit: watch::Receiver<Option<ExitStatus>>,
     tail: Arc<Mutex<Tail>>,
     stderr_closed: watch::Receiver<bool>,
@@ -658,7 +732,7 @@ impl Process {
     /// asked, so that a live process's last words are read too.
     async fn settled_tail(&mut self, kill: bool) -> String {
         if kill {
-            signal_group(self.pid, Signal::KILL);
+            self.group.signal(Signal::KILL);
         }
         let _ = timeout(STDERR_SETTLE, self.stderr_closed.wait_for(|closed| *closed)).await;
         self.tail_text()
@@ -697,8 +771,9 @@ impl Process {
 
 impl Drop for Process {
     fn drop(&mut self) {
-        // Whether or not the leader exited, nothing of the plugin may outlive its client.
-        signal_group(self.pid, Signal::KILL);
+        // Whether or not the leader exited, nothing of the plugin may outlive its client
+        // (the exit watcher then reaps the leader).
+        self.group.signal(Signal::KILL);
         for task in &self.tasks {
             task.abort();
         }

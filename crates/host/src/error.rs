@@ -216,6 +216,18 @@ pub enum Error {
         /// The status it reported.
         status: String,
     },
+    /// The plugin process ended (a call in flight, or the one guarded, could not finish).
+    #[error("{0}")]
+    Exited(ExitReport),
+    /// A call to the plugin failed, and the plugin is still running.
+    #[error("a call to plugin `{plugin}` failed: {status}")]
+    Call {
+        /// The plugin's name.
+        plugin: String,
+        /// The gRPC status.
+        #[source]
+        status: tonic::Status,
+    },
     /// The host could not start its spawner thread or runtime task.
     #[error("internal error while starting plugin `{plugin}`: {reason}")]
     Internal {
@@ -224,6 +236,31 @@ pub enum Error {
         /// What went wrong.
         reason: String,
     },
+}
+
+/// How a plugin process ended, as the host saw it.
+#[derive(Debug, Clone)]
+pub struct ExitReport {
+    /// The plugin's name.
+    pub plugin: String,
+    /// The process's exit status (`ExitStatusExt::signal` for a signal).
+    pub status: ExitStatus,
+    /// The last lines it wrote on stderr.
+    pub stderr_tail: String,
+}
+
+impl std::fmt::Display for ExitReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use std::os::unix::process::ExitStatusExt;
+        match (self.status.code(), self.status.signal()) {
+            (Some(code), _) => write!(f, "plugin `{}` exited with status {code}", self.plugin)?,
+            (None, Some(signal)) => {
+                write!(f, "plugin `{}` was killed by signal {signal}", self.plugin)?;
+            }
+            (None, None) => write!(f, "plugin `{}` ended ({})", self.plugin, self.status)?,
+        }
+        f.write_str(&tail_suffix(&self.stderr_tail))
+    }
 }
 
 fn join(versions: &[u32]) -> String {

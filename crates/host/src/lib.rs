@@ -53,7 +53,7 @@ mod stdio;
 mod transport;
 
 pub use client::{PluginBuilder, PluginClient, PluginExit, Stop};
-pub use error::Error;
+pub use error::{Error, ExitReport};
 pub use sandbox::{
     Layer, LayerStatus, ResourceLimits, Sandbox, SandboxError, SandboxMode, SandboxStatus,
 };

@@ -1,24 +1,34 @@
-//! Starting plugin processes from one long-lived thread.
+//! Starting plugin processes from one long-lived thread, and watching them end.
 //!
 //! `PR_SET_PDEATHSIG` fires when the *thread* that forked the child exits, and tokio's
 //! blocking-pool threads exit when idle; so every plugin is forked from a dedicated thread
 //! that lives as long as the host process. The child gets its own process group (so the
 //! host can signal it and everything it forks) and SIGKILL when the host dies.
+//!
+//! A plugin's end is watched through a pidfd without reaping it ([`Group::exited`]): while
+//! the leader is a zombie its pid, and so its process group id, cannot be reused, so the
+//! host kills the rest of the group then, and reaps the leader only after. Every signal the
+//! host sends goes through [`Group::signal`], which refuses once the leader is reaped: a
+//! signal can never reach a process group that reused the id.
 
 use std::io;
-use std::sync::OnceLock;
+use std::os::fd::AsFd;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Child, Command, ExitStatus};
 use std::sync::mpsc;
+use std::sync::{Mutex, OnceLock, PoisonError};
 
-use rustix::process::{Signal, getppid, set_parent_process_death_signal};
-use tokio::process::{Child, Command};
-use tokio::runtime::Handle;
+use rustix::process::{
+    Pid, PidfdFlags, Signal, WaitId, WaitIdOptions, getppid, pidfd_open,
+    set_parent_process_death_signal, waitid,
+};
+use tokio::io::unix::AsyncFd;
 use tokio::sync::oneshot;
 
 use crate::sandbox::Prepared;
 
 struct Request {
     command: Command,
-    runtime: Handle,
     reply: oneshot::Sender<io::Result<Child>>,
 }
 
@@ -33,7 +43,6 @@ fn spawner() -> io::Result<&'static mpsc::Sender<Request>> {
         .spawn(move || {
             // Lives until the process exits: the sender is in a static.
             for request in requests {
-                let _runtime = request.runtime.enter();
                 #[allow(
                     clippy::disallowed_methods,
                     reason = "the one place where tether starts plugin processes"
@@ -50,7 +59,7 @@ fn spawner() -> io::Result<&'static mpsc::Sender<Request>> {
 /// confined by `sandbox` (built by the caller, applied between fork and exec).
 pub(crate) async fn spawn(mut command: Command, mut sandbox: Prepared) -> io::Result<Child> {
     let host = rustix::process::getpid();
-    command.process_group(0).kill_on_drop(false);
+    command.process_group(0);
     // SAFETY: the closure runs between fork and exec and makes only async-signal-safe raw
     // system calls (prctl, getppid, and the sandbox's: see `Prepared::apply`); it allocates
     // nothing and touches no lock.
@@ -69,23 +78,90 @@ pub(crate) async fn spawn(mut command: Command, mut sandbox: Prepared) -> io::Re
     }
     let (reply, child) = oneshot::channel();
     spawner()?
-        .send(Request {
-            command,
-            runtime: Handle::current(),
-            reply,
-        })
+        .send(Request { command, reply })
         .map_err(|_| io::Error::other("the tether-spawner thread is gone"))?;
     child
         .await
         .map_err(|_| io::Error::other("the tether-spawner thread dropped the request"))?
 }
 
+/// A plugin's process group, led by the spawned process, until the host reaps the leader.
+#[derive(Debug)]
+pub(crate) struct Group {
+    pid: u32,
+    /// Whether the leader has been reaped; held while reaping and while signalling.
+    reaped: Mutex<bool>,
+}
+
+impl Group {
+    pub(crate) fn new(pid: u32) -> Group {
+        Group {
+            pid,
+            reaped: Mutex::new(false),
+        }
+    }
+
+    /// Sends `signal` to the whole process group, unless the leader has been reaped (then
+    /// the group was killed already, and its id may belong to someone else).
+    pub(crate) fn signal(&self, signal: Signal) {
+        let reaped = self.reaped.lock().unwrap_or_else(PoisonError::into_inner);
+        if !*reaped {
+            signal_group(self.pid, signal);
+        }
+    }
+
+    /// Waits for the leader to end, kills what is left of its group, reaps the leader, and
+    /// returns how it ended.
+    pub(crate) async fn exited(&self) -> io::Result<ExitStatus> {
+        let pid = Pid::from_raw(i32::try_from(self.pid).map_err(io::Error::other)?)
+            .ok_or_else(|| io::Error::other("pid 0"))?;
+        match pidfd_open(pid, PidfdFlags::empty()) {
+            Ok(pidfd) => {
+                // Readable once the process has ended (it stays a zombie until reaped).
+                // SAFETY: `pidfd` is an open descriptor that the AsyncFd owns from here on,
+                // and an OwnedFd always returns that same descriptor.
+                let ready = unsafe {
+                    AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE)
+                }
+                .map_err(io::Error::from)?;
+                let _ = ready.readable().await?;
+                self.reap(WaitId::PidFd(ready.get_ref().as_fd()))
+            }
+            // Before Linux 5.3: wait on a blocking thread, still without reaping first.
+            Err(_) => {
+                let blocking_pid = pid;
+                tokio::task::spawn_blocking(move || {
+                    waitid(
+                        WaitId::Pid(blocking_pid),
+                        WaitIdOptions::EXITED | WaitIdOptions::NOWAIT,
+                    )
+                })
+                .await
+                .map_err(io::Error::other)??;
+                self.reap(WaitId::Pid(pid))
+            }
+        }
+    }
+
+    fn reap(&self, id: WaitId<'_>) -> io::Result<ExitStatus> {
+        let mut reaped = self.reaped.lock().unwrap_or_else(PoisonError::into_inner);
+        // The leader is a zombie: its pid still names this group.
+        signal_group(self.pid, Signal::KILL);
+        let status = waitid(id, WaitIdOptions::EXITED)?
+            .ok_or_else(|| io::Error::other("waitid returned no status"))?;
+        *reaped = true;
+        let raw = match (status.exit_status(), status.terminating_signal()) {
+            (Some(code), _) => (code & 0xff) << 8,
+            (None, Some(signal)) => signal | if status.dumped() { 0x80 } else { 0 },
+            (None, None) => 0,
+        };
+        Ok(ExitStatus::from_raw(raw))
+    }
+}
+
 /// Sends `signal` to the plugin's whole process group; a group that is gone is not an error.
-pub(crate) fn signal_group(pgid: u32, signal: Signal) {
-    let Some(pid) = i32::try_from(pgid)
-        .ok()
-        .and_then(rustix::process::Pid::from_raw)
-    else {
+fn signal_group(pgid: u32, signal: Signal) {
+    let Some(pid) = i32::try_from(pgid).ok().and_then(Pid::from_raw) else {
         return;
     };
     match rustix::process::kill_process_group(pid, signal) {

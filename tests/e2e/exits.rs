@@ -1,0 +1,133 @@
+//! A plugin's end, as the host sees it: the exit is noticed as it happens (pidfd), a call
+//! in flight fails with the exit instead of a transport error or a hang, the report says
+//! how the process ended and what it last wrote, and nothing else of the plugin's process
+//! group survives its leader.
+
+use std::os::unix::process::ExitStatusExt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tether_host::{Error, PluginClient, Sandbox};
+use tether_plugin_sdk::protocol::testing::testing_client::TestingClient;
+use tether_plugin_sdk::protocol::testing::{HostOpRequest, LogRequest, SpawnChildRequest};
+
+use crate::support::{HANDSHAKE, HOSTILE_PLUGIN, eventually, is_gone, record_events, test_plugin};
+
+/// Generous bound on noticing a failure: no test waits longer than this for one.
+const PATIENCE: Duration = Duration::from_secs(10);
+
+fn kill(pid: u32, signal: i32) {
+    let pid = libc::pid_t::try_from(pid).expect("a pid");
+    // SAFETY: kill(2) with a pid this test started; it touches no memory.
+    assert_eq!(unsafe { libc::kill(pid, signal) }, 0, "kill {pid}");
+}
+
+#[tokio::test]
+async fn a_call_in_flight_fails_with_the_plugins_exit_within_a_second() {
+    record_events();
+    let plugin = Arc::new(
+        PluginClient::builder("killed-mid-call", HOSTILE_PLUGIN)
+            .handshake(HANDSHAKE)
+            .sandbox(Sandbox::strict())
+            .start()
+            .await
+            .expect("start"),
+    );
+    let pid = plugin.pid();
+    let caller = Arc::clone(&plugin);
+    let call = tokio::spawn(async move {
+        let mut client = TestingClient::new(caller.channel());
+        // This plugin never answers "hang".
+        caller
+            .guard(client.host_op(HostOpRequest {
+                op: "hang".into(),
+                ..HostOpRequest::default()
+            }))
+            .await
+    });
+    // Let the call reach the plugin (nothing to observe: it hangs either way).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!call.is_finished(), "the hang answered");
+    let killed = Instant::now();
+    kill(pid, libc::SIGKILL);
+    let result = tokio::time::timeout(PATIENCE, call)
+        .await
+        .expect("the call ended")
+        .expect("the task ran");
+    let noticed = killed.elapsed();
+    match result {
+        Err(Error::Exited(report)) => {
+            assert_eq!(report.status.signal(), Some(libc::SIGKILL), "{report}");
+            assert_eq!(report.plugin, "killed-mid-call");
+            assert!(
+                report.to_string().contains("killed by signal 9"),
+                "{report}"
+            );
+        }
+        Err(other) => panic!("expected Error::Exited, got {other}"),
+        Ok(_) => panic!("the call succeeded after the plugin was killed"),
+    }
+    assert!(
+        noticed <= Duration::from_secs(1),
+        "the call failed {noticed:?} after the kill"
+    );
+    assert!(is_gone(pid));
+}
+
+#[tokio::test]
+async fn the_exit_report_has_the_signal_and_the_last_words_on_stderr() {
+    let plugin = test_plugin("last-words").start().await.expect("start");
+    // The test plugin logs one line per level on stderr.
+    TestingClient::new(plugin.channel())
+        .log(LogRequest {})
+        .await
+        .expect("log");
+    kill(plugin.pid(), libc::SIGKILL);
+    let report = tokio::time::timeout(PATIENCE, plugin.exited())
+        .await
+        .expect("the exit is noticed");
+    assert_eq!(report.status.signal(), Some(libc::SIGKILL));
+    assert!(report.stderr_tail.contains("an error line"), "{report}");
+    // Reaped, not left a zombie: the exit is published only after the host reaps it.
+    let proc_dir = format!("/proc/{}", plugin.pid());
+    assert!(
+        !std::path::Path::new(&proc_dir).exists(),
+        "{proc_dir} remains"
+    );
+    assert_eq!(plugin.exit_status().and_then(|s| s.signal()), Some(9));
+
+    // A call after the end fails with the same report, not a transport error.
+    let after = plugin
+        .guard(TestingClient::new(plugin.channel()).log(LogRequest {}))
+        .await;
+    assert!(matches!(after, Err(Error::Exited(_))), "{after:?}");
+}
+
+#[tokio::test]
+async fn nothing_the_plugin_forked_outlives_its_leader() {
+    let plugin = test_plugin("orphan-maker")
+        .sandbox(Sandbox::strict().allow_processes(true))
+        .start()
+        .await
+        .expect("start");
+    let child = TestingClient::new(plugin.channel())
+        .spawn_child(SpawnChildRequest {})
+        .await
+        .expect("spawn child")
+        .into_inner()
+        .pid;
+    assert!(!is_gone(child), "the child runs");
+    // Only the leader is killed, and the host is not asked to shut anything down.
+    kill(plugin.pid(), libc::SIGKILL);
+    tokio::time::timeout(PATIENCE, plugin.exited())
+        .await
+        .expect("the exit is noticed");
+    assert!(
+        eventually(PATIENCE, || is_gone(child)).await,
+        "child {child} outlived its plugin's leader"
+    );
+    // The client is still usable, and dropping it later signals nothing (the leader is
+    // reaped: its process group id may belong to someone else by now).
+    assert!(plugin.exit_status().is_some());
+    drop(plugin);
+}
