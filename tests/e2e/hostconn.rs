@@ -21,9 +21,9 @@ use crate::support::{
 
 /// One call as the host's service saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Call {
+pub(crate) struct Call {
     /// Who the endpoint says called.
-    identity: PluginIdentity,
+    pub(crate) identity: PluginIdentity,
     /// Who the plugin claimed to be in the request body.
     claimed: String,
     /// Who the plugin claimed to be in its metadata.
@@ -32,7 +32,7 @@ struct Call {
 
 /// A host service shared by every plugin, recording who called.
 #[derive(Default)]
-struct WhoAmI {
+pub(crate) struct WhoAmI {
     calls: Mutex<Vec<Call>>,
 }
 
@@ -62,7 +62,7 @@ impl HostTesting for WhoAmI {
 }
 
 impl WhoAmI {
-    fn calls_by(&self, plugin: &str) -> Vec<Call> {
+    pub(crate) fn calls_by(&self, plugin: &str) -> Vec<Call> {
         let calls = self.calls.lock().expect("calls lock");
         calls
             .iter()
@@ -72,7 +72,7 @@ impl WhoAmI {
     }
 }
 
-fn services(shared: &Arc<WhoAmI>) -> Routes {
+pub(crate) fn services(shared: &Arc<WhoAmI>) -> Routes {
     Routes::new(HostTestingServer::from_arc(Arc::clone(shared)))
 }
 
@@ -84,7 +84,7 @@ async fn start_with_host_services(name: &str) -> PluginClient {
         .expect("the test plugin starts")
 }
 
-async fn call_host(
+pub(crate) async fn call_host(
     plugin: &PluginClient,
     count: u32,
     claim: &str,

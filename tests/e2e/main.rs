@@ -9,4 +9,5 @@ mod hostserve;
 mod interop;
 mod lifecycle;
 mod sandbox;
+mod supervision;
 mod support;

@@ -547,6 +547,13 @@ impl PluginClient {
         exit.wait_for(Option::is_some).await.ok().and_then(|s| *s)
     }
 
+    /// Kills the plugin's whole process group at once (SIGKILL), without asking; the end
+    /// is then reported by [`PluginClient::exited`]. For a graceful stop, use
+    /// [`PluginClient::shutdown`].
+    pub fn kill(&self) {
+        self.process.group.signal(Signal::KILL);
+    }
+
     /// Waits until the process ends, and says how: its status or signal and the end of its
     /// stderr. The host learns of the end from a pidfd as it happens; by then the rest of
     /// the plugin's process group has been killed too.

@@ -50,6 +50,7 @@ mod logs;
 mod sandbox;
 mod spawn;
 mod stdio;
+mod supervisor;
 mod transport;
 
 pub use client::{PluginBuilder, PluginClient, PluginExit, Stop};
@@ -58,5 +59,8 @@ pub use sandbox::{
     Layer, LayerStatus, ResourceLimits, Sandbox, SandboxError, SandboxMode, SandboxStatus,
 };
 pub use stdio::StdioSink;
+pub use supervisor::{
+    Restart, RestartPolicy, Setup, SetupError, State, Supervisor, SupervisorError,
+};
 pub use tether_broker::{Broker, BrokerError};
 pub use tether_protocol::HandshakeConfig;

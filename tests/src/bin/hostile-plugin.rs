@@ -314,6 +314,10 @@ impl Testing for Hostile {
         if op == "hang" {
             std::future::pending::<()>().await;
         }
+        if op == "freeze" {
+            // Blocks the plugin's only runtime thread: nothing, health included, answers.
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+        }
         let arg = String::from_utf8_lossy(&path).into_owned();
         let response = tokio::task::spawn_blocking(move || attempt(&op, &arg))
             .await

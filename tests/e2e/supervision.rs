@@ -1,0 +1,186 @@
+//! The supervisor, with real processes: a killed plugin comes back with its host services,
+//! a hung one is killed and restarted, one that crashes on every start is marked failed
+//! while the host keeps serving the others.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tether_host::{
+    PluginClient, Restart, RestartPolicy, Sandbox, State, Supervisor, SupervisorError,
+};
+use tether_hostconn::{Outcome, establish_host_services};
+use tether_plugin_sdk::protocol::testing::HostOpRequest;
+use tether_plugin_sdk::protocol::testing::testing_client::TestingClient;
+use tonic::Code;
+
+use crate::hostconn::{WhoAmI, call_host, services};
+use crate::support::{BAD_PLUGIN, HANDSHAKE, HOSTILE_PLUGIN, is_gone, record_events, test_plugin};
+
+/// Generous bound on noticing a failure or a recovery.
+const PATIENCE: Duration = Duration::from_secs(20);
+
+fn quick() -> RestartPolicy {
+    RestartPolicy {
+        initial_backoff: Duration::from_millis(20),
+        max_backoff: Duration::from_millis(200),
+        health_interval: Some(Duration::from_millis(200)),
+        health_timeout: Duration::from_millis(300),
+        ..RestartPolicy::default()
+    }
+}
+
+/// The running instance other than `old` (by pid), once there is one.
+async fn next_instance(supervisor: &Supervisor, old: u32) -> Arc<PluginClient> {
+    let mut states = supervisor.watch();
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            if let State::Running { plugin, .. } = &*states.borrow_and_update()
+                && plugin.pid() != old
+            {
+                return Arc::clone(plugin);
+            }
+            states.changed().await.expect("the supervisor runs");
+        }
+    })
+    .await
+    .expect("a new instance starts")
+}
+
+fn kill(pid: u32) {
+    let pid = libc::pid_t::try_from(pid).expect("a pid");
+    // SAFETY: kill(2) on a pid this test started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+}
+
+#[tokio::test]
+async fn a_killed_plugin_is_restarted_and_its_host_services_come_back() {
+    let shared = Arc::new(WhoAmI::default());
+    let routes = Arc::clone(&shared);
+    let supervisor = Supervisor::start(
+        "phoenix",
+        || test_plugin("phoenix").arg("--host-services"),
+        quick(),
+        move |plugin| {
+            let routes = services(&routes);
+            Box::pin(async move {
+                match establish_host_services(&plugin, routes).await? {
+                    Outcome::Connected(connection) => Ok(connection),
+                    Outcome::NotRequested => Err("no host services requested".into()),
+                }
+            })
+        },
+    );
+    let first = supervisor.plugin().await.expect("the first instance");
+    call_host(&first, 1, "").await.expect("a callback works");
+    let old = first.pid();
+
+    kill(old);
+    let report = tokio::time::timeout(PATIENCE, first.exited())
+        .await
+        .expect("the exit is noticed");
+    assert!(report.to_string().contains("signal 9"), "{report}");
+    drop(first);
+
+    let second = next_instance(&supervisor, old).await;
+    // The new instance has its host services again, without the host's code doing anything.
+    let reply = call_host(&second, 2, "")
+        .await
+        .expect("a callback after the restart");
+    assert_eq!(reply.seen_as, "phoenix");
+    let pids: Vec<u32> = shared
+        .calls_by("phoenix")
+        .iter()
+        .map(|call| call.identity.pid())
+        .collect();
+    assert_eq!(pids, [old, second.pid(), second.pid()]);
+    assert!(matches!(
+        supervisor.state(),
+        State::Running { restarts: 1, .. }
+    ));
+    assert!(is_gone(old));
+    drop(second);
+    supervisor.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_hung_plugin_misses_its_deadline_then_is_killed_and_restarted() {
+    record_events();
+    let supervisor = Supervisor::start(
+        "frozen",
+        || {
+            PluginClient::builder("frozen", HOSTILE_PLUGIN)
+                .handshake(HANDSHAKE)
+                .sandbox(Sandbox::strict())
+        },
+        quick(),
+        |_| Box::pin(async { Ok(()) }),
+    );
+    let first = supervisor.plugin().await.expect("the first instance");
+    let old = first.pid();
+    // The call's deadline fires: the plugin blocks its only thread.
+    let mut request = tonic::Request::new(HostOpRequest {
+        op: "freeze".into(),
+        ..HostOpRequest::default()
+    });
+    request.set_timeout(Duration::from_millis(500));
+    let status = TestingClient::new(first.channel())
+        .host_op(request)
+        .await
+        .expect_err("a frozen plugin does not answer");
+    // tonic's client enforces the deadline itself (Cancelled, "Timeout expired"), or the
+    // server does (DeadlineExceeded), whichever is first.
+    assert!(
+        status.code() == Code::DeadlineExceeded
+            || (status.code() == Code::Cancelled && status.message().contains("Timeout")),
+        "{status}"
+    );
+    drop(first);
+
+    // The health checks notice, and the supervisor kills and replaces it.
+    let second = next_instance(&supervisor, old).await;
+    second.health().await.expect("the new instance answers");
+    assert!(is_gone(old), "the hung instance was killed");
+    drop(second);
+    supervisor.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_plugin_that_crashes_on_every_start_is_marked_failed_and_others_keep_serving() {
+    record_events();
+    let policy = RestartPolicy {
+        restart: Restart::OnFailure,
+        max_restarts: 3,
+        ..quick()
+    };
+    let supervisor = Supervisor::start(
+        "crasher",
+        || {
+            PluginClient::builder("crasher", BAD_PLUGIN)
+                .arg("exit-early")
+                .sandbox(Sandbox::strict())
+        },
+        policy,
+        |_| Box::pin(async { Ok(()) }),
+    );
+    let healthy = test_plugin("bystander").start().await.expect("start");
+    let err = tokio::time::timeout(PATIENCE, supervisor.plugin())
+        .await
+        .expect("the supervisor decides")
+        .expect_err("it never runs");
+    match &err {
+        SupervisorError::Failed {
+            restarts, reason, ..
+        } => {
+            assert_eq!(*restarts, 3);
+            assert!(reason.contains("exited"), "{reason}");
+        }
+        other => panic!("expected Failed, got {other}"),
+    }
+    // The host is still up, and its other plugin answers.
+    healthy
+        .health()
+        .await
+        .expect("the other plugin still answers");
+    healthy.shutdown().await.expect("shutdown");
+    supervisor.shutdown().await;
+}
