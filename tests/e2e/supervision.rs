@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tether_host::{
-    PluginClient, Restart, RestartPolicy, Sandbox, State, Supervisor, SupervisorError,
+    PluginClient, Restart, RestartPolicy, Sandbox, State, Stop, Supervisor, SupervisorError,
 };
 use tether_hostconn::{Outcome, establish_host_services};
 use tether_plugin_sdk::protocol::testing::HostOpRequest;
@@ -14,7 +14,10 @@ use tether_plugin_sdk::protocol::testing::testing_client::TestingClient;
 use tonic::Code;
 
 use crate::hostconn::{WhoAmI, call_host, services};
-use crate::support::{BAD_PLUGIN, HANDSHAKE, HOSTILE_PLUGIN, is_gone, record_events, test_plugin};
+use crate::support::{
+    BAD_PLUGIN, HANDSHAKE, HOST_HELPER, HOSTILE_PLUGIN, TEST_PLUGIN, is_gone, record_events,
+    test_plugin,
+};
 
 /// Generous bound on noticing a failure or a recovery.
 const PATIENCE: Duration = Duration::from_secs(20);
@@ -99,7 +102,12 @@ async fn a_killed_plugin_is_restarted_and_its_host_services_come_back() {
     ));
     assert!(is_gone(old));
     drop(second);
-    supervisor.shutdown().await;
+    // With no other handle left, the supervisor stops the plugin gracefully.
+    let exit = supervisor
+        .shutdown()
+        .await
+        .expect("an instance was running");
+    assert_eq!(exit.stop, Stop::Graceful, "{exit:?}");
 }
 
 #[tokio::test]
@@ -183,4 +191,72 @@ async fn a_plugin_that_crashes_on_every_start_is_marked_failed_and_others_keep_s
         .expect("the other plugin still answers");
     healthy.shutdown().await.expect("shutdown");
     supervisor.shutdown().await;
+}
+
+/// Runs `host-helper <args>` (a host in a process of its own, so its resources are its
+/// own) and returns its `key value...` lines.
+async fn helper(args: &[&str]) -> Vec<(String, Vec<u64>)> {
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "the host must be a separate process to measure its own resources"
+    )]
+    let output = tokio::time::timeout(
+        Duration::from_secs(300),
+        tokio::process::Command::new(HOST_HELPER)
+            .args(args)
+            .output(),
+    )
+    .await
+    .expect("the helper host finishes")
+    .expect("the helper host runs");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+        .lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            let key = words.next()?.to_owned();
+            Some((key, words.filter_map(|w| w.parse().ok()).collect()))
+        })
+        .collect()
+}
+
+fn value<'a>(report: &'a [(String, Vec<u64>)], key: &str) -> &'a [u64] {
+    report
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, values)| values.as_slice())
+        .unwrap_or_else(|| panic!("no {key} in {report:?}"))
+}
+
+#[tokio::test]
+async fn a_plugin_flooding_100_mib_on_stdout_and_stderr_blocks_nothing_and_memory_stays_bounded() {
+    let report = helper(&["flood", TEST_PLUGIN, "100"]).await;
+    let (host, plugin) = (
+        value(&report, "host_peak_kib")[0],
+        value(&report, "plugin_peak_kib")[0],
+    );
+    println!("100 MiB on each stream: host peak {host} KiB, plugin peak {plugin} KiB");
+    assert!(host < 64 * 1024, "host peak {host} KiB");
+    assert!(plugin < 64 * 1024, "plugin peak {plugin} KiB");
+}
+
+#[tokio::test]
+async fn a_hundred_crash_and_restart_cycles_leave_the_host_as_it_was() {
+    let report = helper(&["cycles", TEST_PLUGIN, "100"]).await;
+    println!("100 cycles: {report:?}");
+    let fds = value(&report, "fds");
+    let threads = value(&report, "threads");
+    let rss = value(&report, "rss_kib");
+    assert!(fds[1] <= fds[0], "open fds grew: {fds:?}");
+    assert!(threads[1] <= threads[0], "threads grew: {threads:?}");
+    assert!(
+        rss[1] <= rss[0] + 4 * 1024,
+        "resident memory grew: {rss:?} KiB"
+    );
+    assert_eq!(value(&report, "socket_dirs_left"), [0]);
 }

@@ -14,7 +14,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep, timeout};
 
-use crate::client::{PluginBuilder, PluginClient};
+use crate::client::{PluginBuilder, PluginClient, PluginExit, Stop};
 
 /// When to restart a plugin that ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -160,7 +160,7 @@ pub struct Supervisor {
     name: String,
     state: watch::Receiver<State>,
     stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<()>,
+    task: JoinHandle<Option<PluginExit>>,
 }
 
 impl Supervisor {
@@ -233,12 +233,13 @@ impl Supervisor {
     }
 
     /// Stops supervising and stops the plugin (gracefully when no one else holds its
-    /// client, else by killing its process group).
-    pub async fn shutdown(mut self) {
+    /// client, else by killing its process group); how the running instance ended, if one
+    /// was running.
+    pub async fn shutdown(mut self) -> Option<PluginExit> {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        let _ = (&mut self.task).await;
+        (&mut self.task).await.ok().flatten()
     }
 }
 
@@ -262,7 +263,7 @@ async fn supervise<T: Send + 'static>(
     setup: Hook<T>,
     state: watch::Sender<State>,
     mut stop: oneshot::Receiver<()>,
-) {
+) -> Option<PluginExit> {
     let mut recent: VecDeque<Instant> = VecDeque::new();
     let mut restarts = 0u32;
     let mut backoff = policy.initial_backoff;
@@ -272,7 +273,7 @@ async fn supervise<T: Send + 'static>(
             started = factory().start() => started,
             _ = &mut stop => {
                 state.send_replace(State::Stopped { reason: "shut down".to_owned() });
-                return;
+                return None;
             }
         };
         let end = match started {
@@ -285,11 +286,12 @@ async fn supervise<T: Send + 'static>(
                 match run(&name, &client, &policy, &setup, &state, restarts, &mut stop).await {
                     Some(end) => end,
                     None => {
-                        stop_instance(client).await;
+                        // The state holds a handle too: replace it first, so that the
+                        // stop can be graceful.
                         state.send_replace(State::Stopped {
                             reason: "shut down".to_owned(),
                         });
-                        return;
+                        return stop_instance(client).await;
                     }
                 }
             }
@@ -302,7 +304,7 @@ async fn supervise<T: Send + 'static>(
         if !restart {
             tracing::info!(target: "tether::supervisor", plugin = name, reason = end.reason, "plugin ended; not restarting it");
             state.send_replace(State::Stopped { reason: end.reason });
-            return;
+            return None;
         }
         let now = Instant::now();
         recent.retain(|at| now.duration_since(*at) < policy.window);
@@ -313,7 +315,7 @@ async fn supervise<T: Send + 'static>(
                 restarts,
                 reason: end.reason,
             });
-            return;
+            return None;
         }
         recent.push_back(now);
         tracing::warn!(target: "tether::supervisor", plugin = name, reason = end.reason, delay = ?backoff, "restarting the plugin");
@@ -326,7 +328,7 @@ async fn supervise<T: Send + 'static>(
             () = sleep(backoff) => {}
             _ = &mut stop => {
                 state.send_replace(State::Stopped { reason: "shut down".to_owned() });
-                return;
+                return None;
             }
         }
         backoff = (backoff * 2).min(policy.max_backoff);
@@ -402,14 +404,16 @@ async fn hung(client: &PluginClient, policy: &RestartPolicy) {
 
 /// Stops an instance: gracefully if the supervisor holds the only handle, else by killing
 /// its process group (callers' calls then fail with the exit).
-async fn stop_instance(client: Arc<PluginClient>) {
+async fn stop_instance(client: Arc<PluginClient>) -> Option<PluginExit> {
     match Arc::try_unwrap(client) {
-        Ok(client) => {
-            let _ = client.shutdown().await;
-        }
+        Ok(client) => client.shutdown().await.ok(),
         Err(shared) => {
             shared.kill();
-            let _ = shared.exited().await;
+            let report = shared.exited().await;
+            Some(PluginExit {
+                status: report.status,
+                stop: Stop::Killed,
+            })
         }
     }
 }

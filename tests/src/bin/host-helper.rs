@@ -8,6 +8,12 @@
 //! - `host-helper gibibyte <test-plugin path> <dir>`: gives a test plugin tether's host
 //!   services on a workspace in `dir`, has it write and then read 1 GiB through them, and
 //!   prints `written`, `read`, `host_peak_kib` and `plugin_peak_kib` (VmHWM).
+//! - `host-helper flood <test-plugin path> <mib>`: has a test plugin write `mib` MiB on
+//!   stdout and as many on stderr, checks it still answers, and prints `host_peak_kib`
+//!   and `plugin_peak_kib`.
+//! - `host-helper cycles <test-plugin path> <n>`: supervises a test plugin, kills it `n`
+//!   times (each time waiting for the restart), shuts down, and prints its own open fds,
+//!   threads and resident memory before and after, and the socket directories left.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -25,6 +31,8 @@ async fn main() -> anyhow::Result<ExitCode> {
     match args.as_slice() {
         [mode, socket] if mode == "dial" => Ok(dial(Path::new(socket)).await),
         [mode, program, dir] if mode == "gibibyte" => gibibyte(program, Path::new(dir)).await,
+        [mode, program, mib] if mode == "flood" => flood(program, mib.parse()?).await,
+        [mode, program, n] if mode == "cycles" => cycles(program, n.parse()?).await,
         [program] => host(program).await,
         _ => anyhow::bail!("usage: host-helper <test-plugin path> | host-helper dial <socket>"),
     }
@@ -127,5 +135,117 @@ async fn gibibyte(program: &str, dir: &Path) -> anyhow::Result<ExitCode> {
         read.peak_rss_kib.max(written.peak_rss_kib)
     );
     plugin.shutdown().await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A `kB` figure of this process's `/proc/self/status`.
+fn own_kib(key: &str) -> anyhow::Result<u64> {
+    std::fs::read_to_string("/proc/self/status")?
+        .lines()
+        .find_map(|line| line.strip_prefix(key))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .with_context(|| format!("no {key}"))
+}
+
+fn test_plugin(name: &str, program: &str) -> tether_host::PluginBuilder {
+    PluginClient::builder(name, program)
+        .handshake(HandshakeConfig::new("TETHER_TEST_PLUGIN", "e2e"))
+}
+
+async fn flood(program: &str, mib: u32) -> anyhow::Result<ExitCode> {
+    use tether_plugin_sdk::protocol::testing::testing_client::TestingClient;
+    use tether_plugin_sdk::protocol::testing::{HostOpRequest, PrintRequest};
+
+    let plugin = test_plugin("flooder", program).start().await?;
+    let mut client = TestingClient::new(plugin.channel());
+    let line = format!("{}\n", "x".repeat((1 << 20) - 1));
+    tokio::time::timeout(
+        Duration::from_secs(120),
+        client.print(PrintRequest {
+            stdout: line.clone(),
+            stderr: line,
+            repeat: mib.saturating_sub(1),
+        }),
+    )
+    .await
+    .context("the flood blocked the plugin")??;
+    plugin.health().await?;
+    // Any host op reports the plugin's peak memory (this one fails: no host services).
+    let peak = client
+        .host_op(HostOpRequest::default())
+        .await?
+        .into_inner()
+        .peak_rss_kib;
+    println!("host_peak_kib {}", own_kib("VmHWM:")?);
+    println!("plugin_peak_kib {peak}");
+    plugin.shutdown().await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn cycles(program: &str, n: u32) -> anyhow::Result<ExitCode> {
+    use tether_host::{RestartPolicy, State, Supervisor};
+
+    let sockets = tempfile::tempdir()?;
+    let base = sockets.path().to_owned();
+    let count = |dir: &str| std::fs::read_dir(dir).map_or(0, Iterator::count);
+    let measure = || -> anyhow::Result<(usize, usize, u64)> {
+        Ok((
+            count("/proc/self/fd"),
+            count("/proc/self/task"),
+            own_kib("VmRSS:")?,
+        ))
+    };
+    let policy = RestartPolicy {
+        initial_backoff: Duration::from_millis(1),
+        max_backoff: Duration::from_millis(1),
+        max_restarts: n + 1,
+        health_interval: None,
+        ..RestartPolicy::default()
+    };
+    let program = program.to_owned();
+    let supervisor = Supervisor::start(
+        "cycler",
+        move || test_plugin("cycler", &program).socket_base_dir(&base),
+        policy,
+        |_| Box::pin(async { Ok(()) }),
+    );
+    let mut states = supervisor.watch();
+    let mut before = None;
+    // One cycle first, so that what is made once (the spawner thread, pools) is counted.
+    for cycle in 0..=n {
+        let plugin = supervisor.plugin().await?;
+        if cycle == 1 {
+            before = Some(measure()?);
+        }
+        if cycle == n {
+            break;
+        }
+        let pid = plugin.pid();
+        drop(plugin);
+        let pid_t = libc::pid_t::try_from(pid)?;
+        // SAFETY: kill(2) on the plugin this helper supervises.
+        unsafe { libc::kill(pid_t, libc::SIGKILL) };
+        // Wait for the instance that replaces it.
+        loop {
+            states.changed().await?;
+            if let State::Running { plugin, .. } = &*states.borrow_and_update()
+                && plugin.pid() != pid
+            {
+                break;
+            }
+        }
+    }
+    supervisor.shutdown().await;
+    // Let the runtime finish dropping what the last instance left.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (fds, threads, rss) = before.context("fewer than two cycles")?;
+    let (fds_after, threads_after, rss_after) = measure()?;
+    println!("fds {fds} {fds_after}");
+    println!("threads {threads} {threads_after}");
+    println!("rss_kib {rss} {rss_after}");
+    println!(
+        "socket_dirs_left {}",
+        count(&sockets.path().display().to_string())
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -61,10 +61,11 @@ impl Testing for Service {
     ) -> Result<Response<PrintResponse>, Status> {
         let request = request.into_inner();
         print!("{}", request.stdout);
+        eprint!("{}", request.stderr);
         for _ in 0..request.repeat {
             print!("{}", request.stdout);
+            eprint!("{}", request.stderr);
         }
-        eprint!("{}", request.stderr);
         let _ = std::io::stdout().flush();
         Ok(Response::new(PrintResponse {}))
     }

@@ -22,7 +22,7 @@ pub struct PrintRequest {
     /// Written to the plugin's stderr with `eprint!`.
     #[prost(string, tag = "2")]
     pub stderr: ::prost::alloc::string::String,
-    /// Written to stdout this many more times, to flood the pipe.
+    /// Both written this many more times, to flood the pipes.
     #[prost(uint32, tag = "3")]
     pub repeat: u32,
 }
