@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use tether_host::{Error, PluginClient, Sandbox};
 use tether_plugin_sdk::protocol::testing::testing_client::TestingClient;
-use tether_plugin_sdk::protocol::testing::{HostOpRequest, LogRequest, SpawnChildRequest};
+use tether_plugin_sdk::protocol::testing::{
+    HostOpRequest, LogRequest, SpawnChildRequest, TickRequest,
+};
 
 use crate::support::{HANDSHAKE, HOSTILE_PLUGIN, eventually, is_gone, record_events, test_plugin};
 
@@ -72,6 +74,48 @@ async fn a_call_in_flight_fails_with_the_plugins_exit_within_a_second() {
         "the call failed {noticed:?} after the kill"
     );
     assert!(is_gone(pid));
+}
+
+#[tokio::test]
+async fn a_stream_cut_by_the_plugins_death_fails_with_its_exit_within_a_second() {
+    let plugin = test_plugin("killed-mid-stream")
+        .start()
+        .await
+        .expect("start");
+    let mut client = TestingClient::new(plugin.channel());
+    let mut ticks = plugin
+        .guard(client.ticks(TickRequest { every_ms: 10 }))
+        .await
+        .expect("the stream opens")
+        .into_inner();
+    // Each message is read through `guard` too.
+    for expected in 0..3 {
+        let tick = plugin.guard(ticks.message()).await.expect("a tick");
+        assert_eq!(tick.map(|tick| tick.n), Some(expected));
+    }
+    let killed = Instant::now();
+    kill(plugin.pid(), libc::SIGKILL);
+    let end = loop {
+        // Ticks already on their way may still arrive; then the end.
+        match tokio::time::timeout(PATIENCE, plugin.guard(ticks.message()))
+            .await
+            .expect("the stream ends")
+        {
+            Ok(Some(_)) => {}
+            other => break other,
+        }
+    };
+    let noticed = killed.elapsed();
+    match end {
+        Err(Error::Exited(report)) => {
+            assert_eq!(report.status.signal(), Some(libc::SIGKILL), "{report}");
+        }
+        other => panic!("expected Error::Exited, got {other:?}"),
+    }
+    assert!(
+        noticed <= Duration::from_secs(1),
+        "the stream failed {noticed:?} after the kill"
+    );
 }
 
 #[tokio::test]

@@ -3,14 +3,14 @@
 //! while the host keeps serving the others.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tether_host::{
-    PluginClient, Restart, RestartPolicy, Sandbox, State, Stop, Supervisor, SupervisorError,
+    Error, PluginClient, Restart, RestartPolicy, Sandbox, State, Stop, Supervisor, SupervisorError,
 };
 use tether_hostconn::{Outcome, establish_host_services};
-use tether_plugin_sdk::protocol::testing::HostOpRequest;
 use tether_plugin_sdk::protocol::testing::testing_client::TestingClient;
+use tether_plugin_sdk::protocol::testing::{HostOpRequest, TickRequest};
 use tonic::Code;
 
 use crate::hostconn::{WhoAmI, call_host, services};
@@ -77,11 +77,39 @@ async fn a_killed_plugin_is_restarted_and_its_host_services_come_back() {
     call_host(&first, 1, "").await.expect("a callback works");
     let old = first.pid();
 
-    kill(old);
-    let report = tokio::time::timeout(PATIENCE, first.exited())
+    // Killed in the middle of a streaming call: the stream fails with the exit, promptly.
+    let mut ticks = TestingClient::new(first.channel())
+        .ticks(TickRequest { every_ms: 10 })
         .await
-        .expect("the exit is noticed");
-    assert!(report.to_string().contains("signal 9"), "{report}");
+        .expect("the stream opens")
+        .into_inner();
+    first
+        .guard(ticks.message())
+        .await
+        .expect("a first tick")
+        .expect("the stream runs");
+    let killed = Instant::now();
+    kill(old);
+    let end = loop {
+        match tokio::time::timeout(PATIENCE, first.guard(ticks.message()))
+            .await
+            .expect("the stream ends")
+        {
+            Ok(Some(_)) => {}
+            other => break other,
+        }
+    };
+    assert!(
+        killed.elapsed() <= Duration::from_secs(1),
+        "the stream failed {:?} after the kill",
+        killed.elapsed()
+    );
+    match end {
+        Err(Error::Exited(report)) => {
+            assert!(report.to_string().contains("signal 9"), "{report}");
+        }
+        other => panic!("expected Error::Exited, got {other:?}"),
+    }
     drop(first);
 
     let second = next_instance(&supervisor, old).await;

@@ -270,6 +270,13 @@ fn attempt(op: &str, arg: &str) -> HostOpResponse {
 
 #[tonic::async_trait]
 impl Testing for Hostile {
+    type TicksStream =
+        std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<Tick, Status>> + Send>>;
+
+    async fn ticks(&self, _: Request<TickRequest>) -> Result<Response<Self::TicksStream>, Status> {
+        Err(Status::unimplemented("hostile"))
+    }
+
     async fn echo(&self, request: Request<EchoRequest>) -> Result<Response<EchoResponse>, Status> {
         Ok(Response::new(EchoResponse {
             message: request.into_inner().message,

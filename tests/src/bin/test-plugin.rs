@@ -48,6 +48,21 @@ struct Service {
 
 #[tonic::async_trait]
 impl Testing for Service {
+    type TicksStream =
+        std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<Tick, Status>> + Send>>;
+
+    async fn ticks(
+        &self,
+        request: Request<TickRequest>,
+    ) -> Result<Response<Self::TicksStream>, Status> {
+        let every = Duration::from_millis(u64::from(request.into_inner().every_ms.max(1)));
+        let ticks = futures_util::stream::unfold(0u64, move |n| async move {
+            tokio::time::sleep(every).await;
+            Some((Ok(Tick { n }), n + 1))
+        });
+        Ok(Response::new(Box::pin(ticks)))
+    }
+
     async fn echo(&self, request: Request<EchoRequest>) -> Result<Response<EchoResponse>, Status> {
         Ok(Response::new(EchoResponse {
             message: request.into_inner().message,

@@ -59,6 +59,17 @@ pub struct CallHostResponse {
     pub seen_as: ::prost::alloc::string::String,
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct TickRequest {
+    /// Milliseconds between messages.
+    #[prost(uint32, tag = "1")]
+    pub every_ms: u32,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Tick {
+    #[prost(uint64, tag = "1")]
+    pub n: u64,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct ServeBrokeredRequest {}
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct ServeBrokeredResponse {
@@ -361,6 +372,31 @@ pub mod testing_client {
                 .insert(GrpcMethod::new("tether.testing.v1.Testing", "HostOp"));
             self.inner.unary(req, path, codec).await
         }
+        /// Streams numbered messages forever, one every `every_ms`.
+        pub async fn ticks(
+            &mut self,
+            request: impl tonic::IntoRequest<super::TickRequest>,
+        ) -> std::result::Result<
+            tonic::Response<tonic::codec::Streaming<super::Tick>>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/tether.testing.v1.Testing/Ticks",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("tether.testing.v1.Testing", "Ticks"));
+            self.inner.server_streaming(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -419,6 +455,17 @@ pub mod testing_server {
             &self,
             request: tonic::Request<super::HostOpRequest>,
         ) -> std::result::Result<tonic::Response<super::HostOpResponse>, tonic::Status>;
+        /// Server streaming response type for the Ticks method.
+        type TicksStream: tonic::codegen::tokio_stream::Stream<
+                Item = std::result::Result<super::Tick, tonic::Status>,
+            >
+            + std::marker::Send
+            + 'static;
+        /// Streams numbered messages forever, one every `every_ms`.
+        async fn ticks(
+            &self,
+            request: tonic::Request<super::TickRequest>,
+        ) -> std::result::Result<tonic::Response<Self::TicksStream>, tonic::Status>;
     }
     /// Test-only service.
     #[derive(Debug)]
@@ -798,6 +845,52 @@ pub mod testing_server {
                                 max_encoding_message_size,
                             );
                         let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/tether.testing.v1.Testing/Ticks" => {
+                    #[allow(non_camel_case_types)]
+                    struct TicksSvc<T: Testing>(pub Arc<T>);
+                    impl<
+                        T: Testing,
+                    > tonic::server::ServerStreamingService<super::TickRequest>
+                    for TicksSvc<T> {
+                        type Response = super::Tick;
+                        type ResponseStream = T::TicksStream;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::ResponseStream>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::TickRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Testing>::ticks(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = TicksSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.server_streaming(method, req).await;
                         Ok(res)
                     };
                     Box::pin(fut)
