@@ -288,3 +288,31 @@ async fn a_hundred_crash_and_restart_cycles_leave_the_host_as_it_was() {
     );
     assert_eq!(value(&report, "socket_dirs_left"), [0]);
 }
+
+#[tokio::test]
+async fn a_hundred_plugins_start_and_stop_at_once_while_one_never_answers() {
+    // One plugin never prints its handshake: nothing else may wait for it.
+    let stuck = tokio::spawn(
+        PluginClient::builder("stuck", BAD_PLUGIN)
+            .arg("silent")
+            .sandbox(Sandbox::strict())
+            .start_timeout(Duration::from_secs(60))
+            .start(),
+    );
+    let started =
+        futures_util::future::join_all((0..100).map(|i| test_plugin(&format!("many-{i}")).start()))
+            .await;
+    let plugins: Vec<PluginClient> = started
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .expect("every plugin starts");
+    let healthy = futures_util::future::join_all(plugins.iter().map(PluginClient::health)).await;
+    assert!(healthy.iter().all(Result::is_ok), "{healthy:?}");
+    assert!(!stuck.is_finished(), "the silent plugin is still starting");
+    let pids: Vec<u32> = plugins.iter().map(PluginClient::pid).collect();
+    let stopped =
+        futures_util::future::join_all(plugins.into_iter().map(PluginClient::shutdown)).await;
+    assert!(stopped.iter().all(Result::is_ok), "{stopped:?}");
+    assert!(pids.iter().all(|pid| is_gone(*pid)));
+    stuck.abort();
+}
