@@ -7,10 +7,11 @@ use std::os::unix::process::ExitStatusExt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tether_host::{Error, PluginClient, Sandbox};
+use tether_host::{DEFAULT_CALL_TIMEOUT, Error, PluginClient, Sandbox};
+use tether_plugin_sdk::protocol::parse_grpc_timeout;
 use tether_plugin_sdk::protocol::testing::testing_client::TestingClient;
 use tether_plugin_sdk::protocol::testing::{
-    HostOpRequest, LogRequest, SpawnChildRequest, TickRequest,
+    EchoRequest, HostOpRequest, LogRequest, SpawnChildRequest, TickRequest,
 };
 
 use crate::support::{HANDSHAKE, HOSTILE_PLUGIN, eventually, is_gone, record_events, test_plugin};
@@ -174,4 +175,89 @@ async fn nothing_the_plugin_forked_outlives_its_leader() {
     // reaped: its process group id may belong to someone else by now).
     assert!(plugin.exit_status().is_some());
     drop(plugin);
+}
+
+/// The deadline a call reached the test plugin with ("" if none).
+async fn deadline_seen(plugin: &PluginClient, own: Option<Duration>) -> String {
+    let mut request = tonic::Request::new(EchoRequest {
+        message: "grpc-timeout".into(),
+    });
+    if let Some(own) = own {
+        request.set_timeout(own);
+    }
+    TestingClient::new(plugin.channel())
+        .echo(request)
+        .await
+        .expect("echo")
+        .into_inner()
+        .message
+}
+
+#[tokio::test]
+async fn calls_get_the_default_deadline_unless_they_carry_their_own() {
+    let plugin = test_plugin("deadlines")
+        .call_timeout(Some(Duration::from_secs(2)))
+        .start()
+        .await
+        .expect("start");
+    assert_eq!(deadline_seen(&plugin, None).await, "2000000u");
+    // A call's own deadline wins, longer or shorter.
+    assert_eq!(
+        deadline_seen(&plugin, Some(Duration::from_secs(45))).await,
+        "45000000u"
+    );
+    assert_eq!(
+        deadline_seen(&plugin, Some(Duration::from_millis(700))).await,
+        "700000u"
+    );
+    plugin.shutdown().await.expect("shutdown");
+
+    let default = test_plugin("default-deadline")
+        .start()
+        .await
+        .expect("start");
+    assert_eq!(
+        parse_grpc_timeout(&deadline_seen(&default, None).await),
+        Some(DEFAULT_CALL_TIMEOUT)
+    );
+    default.shutdown().await.expect("shutdown");
+
+    let none = test_plugin("no-deadline")
+        .call_timeout(None)
+        .start()
+        .await
+        .expect("start");
+    assert_eq!(deadline_seen(&none, None).await, "");
+    none.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+async fn the_default_deadline_ends_a_call_the_plugin_never_answers() {
+    record_events();
+    let plugin = PluginClient::builder("default-deadline-hang", HOSTILE_PLUGIN)
+        .handshake(HANDSHAKE)
+        .sandbox(Sandbox::strict())
+        .call_timeout(Some(Duration::from_millis(300)))
+        .start()
+        .await
+        .expect("start");
+    let mut client = TestingClient::new(plugin.channel());
+    let result = tokio::time::timeout(
+        PATIENCE,
+        plugin.guard(client.host_op(HostOpRequest {
+            op: "hang".into(),
+            ..HostOpRequest::default()
+        })),
+    )
+    .await
+    .expect("the default deadline ends the call");
+    match result {
+        Err(Error::Call { status, .. }) => assert!(
+            status.code() == tonic::Code::DeadlineExceeded || status.message().contains("Timeout"),
+            "{status}"
+        ),
+        other => panic!("expected the deadline, got {other:?}"),
+    }
+    assert!(plugin.exit_status().is_none(), "the plugin still runs");
+    plugin.shutdown().await.expect("shutdown");
 }

@@ -321,6 +321,11 @@ async fn the_bad_input_corpus_gets_clear_answers_and_one_audit_record_each() {
             !record["reason"].as_str().unwrap_or_default().is_empty(),
             "{record}"
         );
+        // The SDK gives unary host-service calls its default deadline.
+        if ["read_dir", "get_env", "stat", "delete_file", "create_dir"].contains(&row.op) {
+            let left = record["timeout_ms"].as_u64().unwrap_or_default();
+            assert!(left > 0 && left <= 30_000, "{record}");
+        }
     }
 
     // The host still serves: a good call after the whole corpus.

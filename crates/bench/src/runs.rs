@@ -6,13 +6,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use serde::{Deserialize, Serialize};
-use tether_host::{PluginClient, Sandbox, StdioSink};
+use tether_host::{PluginChannel, PluginClient, Sandbox, StdioSink};
 use tether_hostconn::{HostConnection, Outcome};
 use tether_hostserve::{Audit, HostServices, Limits, Policy};
 use tether_protocol::HandshakeConfig;
 use tether_protocol::bench::bench_client::BenchClient;
 use tether_protocol::bench::{HostCallsRequest, HostLoadRequest, PingRequest, TransferRequest};
-use tonic::transport::Channel;
 
 /// The benchmark plugin's handshake (see `bench-plugin`).
 const HANDSHAKE: HandshakeConfig = HandshakeConfig::new("TETHER_BENCH_PLUGIN", "bench");
@@ -74,7 +73,7 @@ pub(crate) struct Running {
 }
 
 impl Running {
-    pub(crate) fn bench(&self) -> BenchClient<Channel> {
+    pub(crate) fn bench(&self) -> BenchClient<PluginChannel> {
         BenchClient::new(self.client.channel())
             .max_decoding_message_size(64 << 20)
             .max_encoding_message_size(64 << 20)
@@ -99,6 +98,8 @@ pub(crate) async fn start(
         .handshake(HANDSHAKE)
         .sandbox(sandbox)
         .stdio(StdioSink::Discard)
+        // Transfers of any size and loads of any length: no default deadline.
+        .call_timeout(None)
         .start()
         .await
         .with_context(|| format!("starting {name}"))?;

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
-use tether_host::{PluginClient, Sandbox, Stop};
+use tether_host::{PluginChannel, PluginClient, Sandbox, Stop};
 use tether_hostconn::{HostConnection, Outcome};
 use tether_hostserve::{Audit, HostServices, Limits, Manifest, Policy};
 use tether_protocol::CallContext;
@@ -380,7 +380,7 @@ fn sandbox_summary(client: &PluginClient) -> String {
     }
 }
 
-fn lister(running: &[Running], name: &str) -> Result<FileListerClient<tonic::transport::Channel>> {
+fn lister(running: &[Running], name: &str) -> Result<FileListerClient<PluginChannel>> {
     running
         .iter()
         .find(|plugin| plugin.name == name)
@@ -390,7 +390,7 @@ fn lister(running: &[Running], name: &str) -> Result<FileListerClient<tonic::tra
 
 /// One `ListFiles` call, with a request id and the demo's deadline.
 async fn call(
-    client: &FileListerClient<tonic::transport::Channel>,
+    client: &FileListerClient<PluginChannel>,
     request_id: &str,
     dir: &str,
     color: bool,
@@ -417,7 +417,7 @@ fn call_failed(plugin: &str, status: &Status) -> anyhow::Error {
 async fn expect_denied(
     out: &Out,
     audit: &AuditLog,
-    client: &FileListerClient<tonic::transport::Channel>,
+    client: &FileListerClient<PluginChannel>,
     plugin: &str,
     request_id: &str,
     dir: &str,

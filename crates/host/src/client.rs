@@ -26,6 +26,7 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
+use crate::channel::PluginChannel;
 use crate::error::{Error, ExitReport};
 use crate::lines::{self, Read, Tail, excerpt};
 use crate::logs::{self, LogParser};
@@ -72,6 +73,7 @@ pub struct PluginBuilder {
     env: Vec<(OsString, OsString)>,
     start_timeout: Duration,
     graceful_timeout: Duration,
+    call_timeout: Option<Duration>,
     kill_timeout: Duration,
     max_message_size: usize,
     /// In a mutex only so the builder is `Sync` (a sink's writer need only be `Send`), which
@@ -150,6 +152,14 @@ impl PluginBuilder {
     /// Where the plugin's stdio goes (default: `tracing`).
     pub fn stdio(mut self, sink: StdioSink) -> Self {
         self.stdio = Mutex::new(sink);
+        self
+    }
+
+    /// The deadline of every call on [`PluginClient::channel`] that has none of its own
+    /// ([`DEFAULT_CALL_TIMEOUT`], 30 s, unless set; `None`: no default). It travels to the
+    /// plugin as the call's `grpc-timeout`; a call's own deadline wins.
+    pub fn call_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.call_timeout = timeout;
         self
     }
 
@@ -332,6 +342,7 @@ impl PluginBuilder {
             channel,
             max_message_size: limit,
             graceful_timeout: self.graceful_timeout,
+            call_timeout: self.call_timeout,
             kill_timeout: self.kill_timeout,
             broker,
             process,
@@ -438,6 +449,7 @@ pub struct PluginClient {
     channel: Channel,
     max_message_size: usize,
     graceful_timeout: Duration,
+    call_timeout: Option<Duration>,
     kill_timeout: Duration,
     controller: GrpcControllerClient<Channel>,
     health: HealthClient<Channel>,
@@ -473,6 +485,7 @@ impl PluginClient {
             env: Vec::new(),
             start_timeout: Duration::from_secs(60),
             graceful_timeout: Duration::from_secs(2),
+            call_timeout: Some(DEFAULT_CALL_TIMEOUT),
             kill_timeout: Duration::from_secs(2),
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             stdio: Mutex::default(),
@@ -515,9 +528,10 @@ impl PluginClient {
         self.version
     }
 
-    /// The gRPC channel to the plugin: build your service clients on it.
-    pub fn channel(&self) -> Channel {
-        self.channel.clone()
+    /// The gRPC channel to the plugin: build your service clients on it. Calls without a
+    /// deadline of their own get the default one ([`PluginBuilder::call_timeout`]).
+    pub fn channel(&self) -> PluginChannel {
+        PluginChannel::new(self.channel.clone(), self.call_timeout)
     }
 
     /// The message-size limit this client was configured with, for your own clients'
@@ -703,6 +717,9 @@ impl Drop for PluginClient {
         self.broker.close();
     }
 }
+
+/// The deadline of a call to a plugin that has none of its own.
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long [`PluginClient::guard`] waits for the exit of a plugin whose connection broke.
 const EXIT_SETTLE: Duration = Duration::from_secs(1);

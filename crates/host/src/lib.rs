@@ -43,6 +43,7 @@
 //! The transport (listening directory, address check, connect with peer credentials) is
 //! confined to one private module so other platforms can be added there.
 
+mod channel;
 mod client;
 mod error;
 mod lines;
@@ -53,7 +54,8 @@ mod stdio;
 mod supervisor;
 mod transport;
 
-pub use client::{PluginBuilder, PluginClient, PluginExit, Stop};
+pub use channel::PluginChannel;
+pub use client::{DEFAULT_CALL_TIMEOUT, PluginBuilder, PluginClient, PluginExit, Stop};
 pub use error::{Error, ExitReport};
 pub use sandbox::{
     Layer, LayerStatus, ResourceLimits, Sandbox, SandboxError, SandboxMode, SandboxStatus,

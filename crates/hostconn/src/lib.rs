@@ -38,11 +38,10 @@ use std::time::Duration;
 use tether_broker::unix::Conn;
 use tether_broker::{BrokerError, ConnectionCounts, Served};
 pub use tether_broker::{Refusal, RefusalHook};
-use tether_host::PluginClient;
+use tether_host::{PluginChannel, PluginClient};
 use tether_protocol::hostconn::host_connection_client::HostConnectionClient;
 use tether_protocol::hostconn::{DisconnectRequest, EstablishRequest};
 use tonic::service::Routes;
-use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 
 /// How long the plugin has to dial the endpoint and answer `Establish`: its broker waits up
@@ -168,7 +167,7 @@ pub struct HostConnection {
     plugin: String,
     served: Option<Served>,
     /// Boxed: the client is large, and `Outcome` should stay small.
-    contract: Box<HostConnectionClient<Channel>>,
+    contract: Box<HostConnectionClient<PluginChannel>>,
 }
 
 impl HostConnection {
@@ -210,7 +209,7 @@ impl Drop for HostConnection {
     }
 }
 
-async fn disconnect(plugin: &str, mut contract: HostConnectionClient<Channel>) {
+async fn disconnect(plugin: &str, mut contract: HostConnectionClient<PluginChannel>) {
     match tokio::time::timeout(
         DISCONNECT_TIMEOUT,
         contract.disconnect(DisconnectRequest {}),

@@ -1,6 +1,7 @@
 //! [`HostFiles`]: typed access to tether's ready-made host services (`tether.hostserve.v1`).
 
 use futures_util::{Stream, StreamExt};
+use std::time::Duration;
 use tether_protocol::CallContext;
 use tether_protocol::hostserve::host_services_client::HostServicesClient;
 use tether_protocol::hostserve::{
@@ -8,7 +9,8 @@ use tether_protocol::hostserve::{
     StatRequest, StatResponse, WriteFileChunk,
 };
 use tonic::transport::Channel;
-use tonic::{Code, Status};
+
+use tonic::{Code, Request, Status};
 
 /// A file's contents, chunk by chunk, from [`HostFiles::read_file`].
 pub type FileChunks = std::pin::Pin<Box<dyn Stream<Item = Result<Vec<u8>, HostCallError>> + Send>>;
@@ -108,7 +110,11 @@ impl From<HostCallError> for Status {
 pub struct HostFiles {
     client: HostServicesClient<Channel>,
     context: CallContext,
+    default_timeout: Option<Duration>,
 }
+
+/// The deadline of a host-service call that has none from its context.
+pub const DEFAULT_HOST_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl HostFiles {
     /// A client on a brokered channel to the host's services, with the default message
@@ -126,7 +132,30 @@ impl HostFiles {
                 .max_decoding_message_size(limit)
                 .max_encoding_message_size(limit),
             context: CallContext::new(),
+            default_timeout: Some(DEFAULT_HOST_CALL_TIMEOUT),
         }
+    }
+
+    /// These host files with another deadline for unary calls whose context has none
+    /// (`None`: no default; [`DEFAULT_HOST_CALL_TIMEOUT`] otherwise). Streams (`read_file`,
+    /// `write_file*`) get no default: a large file may take longer, and the host ends a
+    /// stream that stalls.
+    pub fn with_default_timeout(&self, timeout: Option<Duration>) -> HostFiles {
+        HostFiles {
+            default_timeout: timeout,
+            ..self.clone()
+        }
+    }
+
+    /// A unary request carrying this handle's context, or else its default deadline.
+    fn request<T>(&self, message: T) -> Result<Request<T>, Status> {
+        let mut request = self.context.request(message)?;
+        if self.context.deadline().is_none()
+            && let Some(timeout) = self.default_timeout
+        {
+            request.set_timeout(timeout);
+        }
+        Ok(request)
     }
 
     /// These host files, with every call carrying `context`: its request id, and the time
@@ -137,6 +166,7 @@ impl HostFiles {
         HostFiles {
             client: self.client.clone(),
             context: context.clone(),
+            default_timeout: self.default_timeout,
         }
     }
 
@@ -148,7 +178,7 @@ impl HostFiles {
             let page = self
                 .client
                 .clone()
-                .read_dir(self.context.request(ReadDirRequest {
+                .read_dir(self.request(ReadDirRequest {
                     path: path.as_ref().to_vec(),
                     page_size: 0,
                     page_token,
@@ -238,7 +268,7 @@ impl HostFiles {
     pub async fn delete_file(&self, path: impl AsRef<[u8]>) -> Result<(), HostCallError> {
         self.client
             .clone()
-            .delete_file(self.context.request(DeleteFileRequest {
+            .delete_file(self.request(DeleteFileRequest {
                 path: path.as_ref().to_vec(),
             })?)
             .await?;
@@ -250,7 +280,7 @@ impl HostFiles {
         let reply = self
             .client
             .clone()
-            .get_env(self.context.request(GetEnvRequest {
+            .get_env(self.request(GetEnvRequest {
                 name: name.to_owned(),
             })?)
             .await?
@@ -263,7 +293,7 @@ impl HostFiles {
         Ok(self
             .client
             .clone()
-            .stat(self.context.request(StatRequest {
+            .stat(self.request(StatRequest {
                 path: path.as_ref().to_vec(),
             })?)
             .await?
@@ -275,7 +305,7 @@ impl HostFiles {
     pub async fn create_dir(&self, path: impl AsRef<[u8]>) -> Result<(), HostCallError> {
         self.client
             .clone()
-            .create_dir(self.context.request(CreateDirRequest {
+            .create_dir(self.request(CreateDirRequest {
                 path: path.as_ref().to_vec(),
             })?)
             .await?;

@@ -101,7 +101,7 @@ mod serve;
 mod stdio;
 
 pub use error::ServeError;
-pub use files::{FileChunks, HostCallError, HostFiles};
+pub use files::{DEFAULT_HOST_CALL_TIMEOUT, FileChunks, HostCallError, HostFiles};
 pub use host::{HostServices, HostServicesError};
 pub use log::JsonLogLayer;
 pub use serve::Plugin;

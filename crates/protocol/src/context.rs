@@ -46,6 +46,24 @@ pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
     })
 }
 
+/// Formats a duration as a `grpc-timeout` header value: the most precise unit whose
+/// amount fits in 8 digits (the inverse of [`parse_grpc_timeout`], to that precision).
+pub fn format_grpc_timeout(timeout: Duration) -> String {
+    const MAX: u128 = 99_999_999;
+    let units: [(char, u128); 6] = [
+        ('n', timeout.as_nanos()),
+        ('u', timeout.as_micros()),
+        ('m', timeout.as_millis()),
+        ('S', u128::from(timeout.as_secs())),
+        ('M', u128::from(timeout.as_secs() / 60)),
+        ('H', u128::from(timeout.as_secs() / 3600)),
+    ];
+    units.iter().find(|(_, amount)| *amount <= MAX).map_or_else(
+        || format!("{MAX}H"),
+        |(unit, amount)| format!("{amount}{unit}"),
+    )
+}
+
 /// A request id and a deadline, read from an incoming request and applied to outgoing ones.
 ///
 /// ```
@@ -185,6 +203,24 @@ mod tests {
         );
         for bad in ["", "S", "5", "5s", "123456789S", "-5S", "5 S", "1.5S", "5é"] {
             assert_eq!(parse_grpc_timeout(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn grpc_timeouts_format_in_the_most_precise_unit_that_fits() {
+        assert_eq!(format_grpc_timeout(Duration::from_millis(30)), "30000000n");
+        assert_eq!(format_grpc_timeout(Duration::from_secs(30)), "30000000u");
+        assert_eq!(format_grpc_timeout(Duration::from_secs(3600)), "3600000m");
+        assert_eq!(format_grpc_timeout(Duration::from_secs(200_000)), "200000S");
+        for timeout in [
+            Duration::from_millis(1),
+            Duration::from_secs(30),
+            Duration::from_secs(86_400),
+        ] {
+            assert_eq!(
+                parse_grpc_timeout(&format_grpc_timeout(timeout)),
+                Some(timeout)
+            );
         }
     }
 

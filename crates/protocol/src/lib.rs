@@ -21,7 +21,9 @@ mod context;
 mod handshake;
 mod version;
 
-pub use context::{CallContext, REQUEST_ID_METADATA, parse_grpc_timeout, valid_request_id};
+pub use context::{
+    CallContext, REQUEST_ID_METADATA, format_grpc_timeout, parse_grpc_timeout, valid_request_id,
+};
 pub use handshake::{Handshake, HandshakeParseError, Network, Protocol};
 pub use version::{HandshakeConfig, format_versions, negotiate, parse_versions};
 

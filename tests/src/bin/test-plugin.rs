@@ -64,8 +64,20 @@ impl Testing for Service {
     }
 
     async fn echo(&self, request: Request<EchoRequest>) -> Result<Response<EchoResponse>, Status> {
+        // "grpc-timeout" is answered with the deadline the call arrived with ("" if none).
+        let deadline = request
+            .metadata()
+            .get("grpc-timeout")
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let message = request.into_inner().message;
         Ok(Response::new(EchoResponse {
-            message: request.into_inner().message,
+            message: if message == "grpc-timeout" {
+                deadline
+            } else {
+                message
+            },
             protocol_version: self.version,
         }))
     }

@@ -1,0 +1,59 @@
+//! [`PluginChannel`]: the channel to a plugin, with a default deadline for every call.
+
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tonic::body::Body;
+use tonic::codegen::Service;
+use tonic::codegen::http::{self, HeaderValue};
+use tonic::transport::Channel;
+use tonic::transport::channel::ResponseFuture;
+
+/// The header in which gRPC carries a call's deadline.
+const GRPC_TIMEOUT: &str = "grpc-timeout";
+
+/// The gRPC channel to a plugin's main connection, from [`crate::PluginClient::channel`]:
+/// build any generated client on it (`MyClient::new(plugin.channel())`). Cheap to clone.
+///
+/// A call that carries no deadline of its own gets the plugin's default one
+/// ([`crate::PluginBuilder::call_timeout`], 30 s unless configured), sent to the plugin as
+/// the call's `grpc-timeout`, so both sides give up together. A call's own deadline
+/// (`request.set_timeout(...)`) wins, longer or shorter. The deadline covers a call until
+/// its response starts, so a long upload to a plugin (a client stream) needs its own
+/// deadline, or `call_timeout(None)`.
+#[derive(Debug, Clone)]
+pub struct PluginChannel {
+    inner: Channel,
+    deadline: Option<HeaderValue>,
+}
+
+impl PluginChannel {
+    pub(crate) fn new(inner: Channel, deadline: Option<Duration>) -> PluginChannel {
+        PluginChannel {
+            inner,
+            deadline: deadline.and_then(|deadline| {
+                HeaderValue::try_from(tether_protocol::format_grpc_timeout(deadline)).ok()
+            }),
+        }
+    }
+}
+
+impl Service<http::Request<Body>> for PluginChannel {
+    type Response = http::Response<Body>;
+    type Error = tonic::transport::Error;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Service::poll_ready(&mut self.inner, cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
+        if let Some(deadline) = &self.deadline {
+            request
+                .headers_mut()
+                .entry(GRPC_TIMEOUT)
+                .or_insert_with(|| deadline.clone());
+        }
+        Service::call(&mut self.inner, request)
+    }
+}
