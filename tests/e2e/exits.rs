@@ -261,3 +261,84 @@ async fn the_default_deadline_ends_a_call_the_plugin_never_answers() {
     assert!(plugin.exit_status().is_none(), "the plugin still runs");
     plugin.shutdown().await.expect("shutdown");
 }
+
+#[tokio::test]
+async fn a_second_host_process_attaches_to_a_running_plugin_and_leaves_it_running() {
+    let plugin = test_plugin("shared").start().await.expect("start");
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let config = dir.path().join("reattach.json");
+    std::fs::write(
+        &config,
+        serde_json::to_vec(&plugin.reattach_config()).expect("serialisable"),
+    )
+    .expect("write the config");
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "the second host is another process"
+    )]
+    let output = tokio::process::Command::new(crate::support::HOST_HELPER)
+        .arg("reattach")
+        .arg(&config)
+        .output()
+        .await
+        .expect("the second host runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("pid {}", plugin.pid())),
+        "{stdout}"
+    );
+    assert!(stdout.contains("echo from the second host"), "{stdout}");
+    // The second host is gone; the plugin is still the first host's, and still serving.
+    plugin.health().await.expect("still healthy");
+    let exit = plugin.shutdown().await.expect("shutdown");
+    assert!(exit.status.success(), "{exit:?}");
+}
+
+#[tokio::test]
+async fn attaching_to_a_plugin_that_exited_is_a_clear_error_and_signals_nothing() {
+    // The plugin's process is gone.
+    let plugin = test_plugin("gone").start().await.expect("start");
+    let config = plugin.reattach_config();
+    plugin.shutdown().await.expect("shutdown");
+    let err = PluginClient::reattach(&config)
+        .await
+        .expect_err("it exited");
+    assert!(
+        matches!(&err, Error::Reattach { plugin, reason } if plugin == "gone" && reason.contains("exited")),
+        "{err}"
+    );
+
+    // The pid now names another process (here, a live one with another start time): it
+    // must not be taken for the plugin, nor touched.
+    #[allow(
+        clippy::disallowed_methods,
+        clippy::zombie_processes,
+        reason = "a stranger process that reuses a plugin's pid; killed and reaped below"
+    )]
+    let mut stranger = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .expect("sleep runs");
+    let reused = tether_host::ReattachConfig {
+        pid: stranger.id(),
+        ..config
+    };
+    let err = PluginClient::reattach(&reused)
+        .await
+        .expect_err("another process");
+    assert!(
+        matches!(&err, Error::Reattach { reason, .. } if reason.contains("another process")),
+        "{err}"
+    );
+    assert!(
+        stranger.try_wait().expect("try_wait").is_none(),
+        "the stranger was touched"
+    );
+    stranger.kill().expect("kill the stranger");
+    stranger.wait().expect("reap the stranger");
+}

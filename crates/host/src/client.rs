@@ -272,6 +272,7 @@ impl PluginBuilder {
             socket_dir: Some(socket_dir),
             files_confined: sandbox_status.is_enforced(Layer::LandlockFilesystem)
                 && !self.sandbox.socket_dir_files(),
+            attached: false,
         };
         // Not among `tasks`: it must outlive the client to reap the process it kills.
         tokio::spawn(async move {
@@ -347,6 +348,7 @@ impl PluginBuilder {
             broker,
             process,
             sandbox: sandbox_status,
+            address,
         };
         client.health().await?;
         tracing::debug!(
@@ -457,6 +459,25 @@ pub struct PluginClient {
     broker: Broker,
     process: Process,
     sandbox: SandboxStatus,
+    /// The plugin's socket.
+    address: PathBuf,
+}
+
+/// What another host process needs to attach to a running plugin
+/// ([`PluginClient::reattach`]); serialisable, from [`PluginClient::reattach_config`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ReattachConfig {
+    /// The plugin's name.
+    pub name: String,
+    /// Its process.
+    pub pid: u32,
+    /// When that process started (clock ticks since boot): with the pid, it names one
+    /// process for good, so a reused pid is never taken for the plugin.
+    pub start_time: u64,
+    /// Its Unix socket.
+    pub address: PathBuf,
+    /// The app protocol version it serves.
+    pub protocol_version: u32,
 }
 
 /// One line per start: what confines the plugin (a warning when something does not).
@@ -559,6 +580,94 @@ impl PluginClient {
     pub async fn wait(&self) -> Option<ExitStatus> {
         let mut exit = self.process.exit.clone();
         exit.wait_for(Option::is_some).await.ok().and_then(|s| *s)
+    }
+
+    /// What another host process needs to attach to this plugin while it runs.
+    pub fn reattach_config(&self) -> ReattachConfig {
+        ReattachConfig {
+            name: self.name.clone(),
+            pid: self.process.pid,
+            start_time: spawn::process_start_time(self.process.pid).unwrap_or_default(),
+            address: self.address.clone(),
+            protocol_version: self.version,
+        }
+    }
+
+    /// Attaches to a plugin another host process started and still owns, from its
+    /// [`ReattachConfig`]: checks that the process is the plugin's (its pid and start
+    /// time; a plugin that exited is an [`Error::Reattach`], and nothing is signalled),
+    /// connects to its socket (served by that process, checked as at every connection),
+    /// and checks its health.
+    ///
+    /// The attached client calls the plugin, sees its end ([`PluginClient::exited`], with
+    /// status 0: only the starting host, its parent, learns the real one) and can stop it
+    /// ([`PluginClient::shutdown`]: `Shutdown`, then signals to that process alone, through
+    /// a pidfd). Dropping it leaves the plugin running. It has no broker (host services
+    /// stay with the starting host), no stderr and no sandbox status of its own.
+    pub async fn reattach(config: &ReattachConfig) -> Result<PluginClient, Error> {
+        let name = config.name.clone();
+        let group =
+            Group::attached(config.pid, config.start_time).map_err(|reason| Error::Reattach {
+                plugin: name.clone(),
+                reason,
+            })?;
+        let channel = transport::connect(&name, &config.address, config.pid).await?;
+        let limit = DEFAULT_MAX_MESSAGE_SIZE;
+        let dir = config
+            .address
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        let broker = Broker::new(BrokerConfig::new(
+            name.as_str(),
+            &dir,
+            Peer::Process(config.pid),
+        ));
+        broker.close();
+        let group = Arc::new(group);
+        let (exit_sender, exit) = watch::channel(None);
+        let (_, stderr_closed) = watch::channel(true);
+        let watcher = Arc::clone(&group);
+        let pid = config.pid;
+        tokio::spawn(async move {
+            match watcher.exited().await {
+                Ok(status) => {
+                    let _ = exit_sender.send(Some(status));
+                }
+                Err(err) => tracing::warn!(pid, %err, "watching the attached plugin failed"),
+            }
+        });
+        let client = PluginClient {
+            controller: GrpcControllerClient::new(channel.clone()),
+            health: HealthClient::new(channel.clone()),
+            name,
+            instance: NEXT_INSTANCE.fetch_add(1, Ordering::Relaxed),
+            version: config.protocol_version,
+            channel,
+            max_message_size: limit,
+            graceful_timeout: Duration::from_secs(2),
+            call_timeout: Some(DEFAULT_CALL_TIMEOUT),
+            kill_timeout: Duration::from_secs(5),
+            broker,
+            process: Process {
+                pid,
+                group,
+                exit,
+                tail: Arc::default(),
+                stderr_closed,
+                tasks: Vec::new(),
+                socket_dir: None,
+                files_confined: false,
+                attached: true,
+            },
+            sandbox: SandboxStatus {
+                mode: SandboxMode::BestEffort,
+                layers: Vec::new(),
+            },
+            address: config.address.clone(),
+        };
+        client.health().await?;
+        Ok(client)
     }
 
     /// Kills the plugin's whole process group at once (SIGKILL), without asking; the end
@@ -745,6 +854,8 @@ struct Process {
     socket_dir: Option<tempfile::TempDir>,
     /// Landlock confines its files, and no files may be made in the socket directory.
     files_confined: bool,
+    /// Started by another host ([`PluginClient::reattach`]): dropping the client leaves it.
+    attached: bool,
 }
 
 impl Process {
@@ -796,8 +907,10 @@ impl Process {
 impl Drop for Process {
     fn drop(&mut self) {
         // Whether or not the leader exited, nothing of the plugin may outlive its client
-        // (the exit watcher then reaps the leader).
-        self.group.signal(Signal::KILL);
+        // (the exit watcher then reaps the leader); an attached plugin is its host's.
+        if !self.attached {
+            self.group.signal(Signal::KILL);
+        }
         for task in &self.tasks {
             task.abort();
         }

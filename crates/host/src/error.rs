@@ -216,6 +216,14 @@ pub enum Error {
         /// The status it reported.
         status: String,
     },
+    /// Attaching to a running plugin failed before anything was done to any process.
+    #[error("cannot attach to plugin `{plugin}`: {reason}")]
+    Reattach {
+        /// The plugin's name.
+        plugin: String,
+        /// Why (for example: its process has exited).
+        reason: String,
+    },
     /// The plugin process ended (a call in flight, or the one guarded, could not finish).
     #[error("{0}")]
     Exited(ExitReport),

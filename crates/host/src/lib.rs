@@ -55,7 +55,9 @@ mod supervisor;
 mod transport;
 
 pub use channel::PluginChannel;
-pub use client::{DEFAULT_CALL_TIMEOUT, PluginBuilder, PluginClient, PluginExit, Stop};
+pub use client::{
+    DEFAULT_CALL_TIMEOUT, PluginBuilder, PluginClient, PluginExit, ReattachConfig, Stop,
+};
 pub use error::{Error, ExitReport};
 pub use sandbox::{
     Layer, LayerStatus, ResourceLimits, Sandbox, SandboxError, SandboxMode, SandboxStatus,

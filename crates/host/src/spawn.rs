@@ -12,7 +12,7 @@
 //! signal can never reach a process group that reused the id.
 
 use std::io;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, ExitStatus};
 use std::sync::mpsc;
@@ -85,12 +85,16 @@ pub(crate) async fn spawn(mut command: Command, mut sandbox: Prepared) -> io::Re
         .map_err(|_| io::Error::other("the tether-spawner thread dropped the request"))?
 }
 
-/// A plugin's process group, led by the spawned process, until the host reaps the leader.
+/// A plugin's process group, led by the spawned process, until the host reaps the leader;
+/// or, for a plugin another host started ([`Group::attached`]), that plugin's process.
 #[derive(Debug)]
 pub(crate) struct Group {
     pid: u32,
     /// Whether the leader has been reaped; held while reaping and while signalling.
     reaped: Mutex<bool>,
+    /// For an attached plugin: a pidfd of its process, opened after checking it is the
+    /// plugin (its start time), so signals and the exit watch can reach no other process.
+    attached: Option<OwnedFd>,
 }
 
 impl Group {
@@ -98,12 +102,47 @@ impl Group {
         Group {
             pid,
             reaped: Mutex::new(false),
+            attached: None,
+        }
+    }
+
+    /// The process of a plugin another host started, named by `pid` and its start time
+    /// (`/proc/<pid>/stat`, field 22). Fails, touching nothing, when no such process runs.
+    pub(crate) fn attached(pid: u32, start_time: u64) -> Result<Group, String> {
+        let raw = i32::try_from(pid)
+            .ok()
+            .and_then(Pid::from_raw)
+            .ok_or_else(|| format!("{pid} is not a process id"))?;
+        let pidfd = pidfd_open(raw, PidfdFlags::empty())
+            .map_err(|err| format!("no process {pid} ({err}): the plugin has exited"))?;
+        // Checked after opening: if the pidfd named another process (the pid reused), its
+        // start time differs and nothing is done with it.
+        match process_start_time(pid) {
+            Some(found) if found == start_time => Ok(Group {
+                pid,
+                reaped: Mutex::new(false),
+                attached: Some(pidfd),
+            }),
+            Some(found) => Err(format!(
+                "pid {pid} now belongs to another process (started at tick {found}, not \
+                 {start_time}): the plugin has exited"
+            )),
+            None => Err(format!("no process {pid}: the plugin has exited")),
         }
     }
 
     /// Sends `signal` to the whole process group, unless the leader has been reaped (then
-    /// the group was killed already, and its id may belong to someone else).
+    /// the group was killed already, and its id may belong to someone else). An attached
+    /// plugin's process alone gets it, through its pidfd.
     pub(crate) fn signal(&self, signal: Signal) {
+        if let Some(pidfd) = &self.attached {
+            if let Err(err) = rustix::process::pidfd_send_signal(pidfd.as_fd(), signal)
+                && err != rustix::io::Errno::SRCH
+            {
+                tracing::warn!(pid = self.pid, %err, "could not signal the attached plugin");
+            }
+            return;
+        }
         let reaped = self.reaped.lock().unwrap_or_else(PoisonError::into_inner);
         if !*reaped {
             signal_group(self.pid, signal);
@@ -111,8 +150,18 @@ impl Group {
     }
 
     /// Waits for the leader to end, kills what is left of its group, reaps the leader, and
-    /// returns how it ended.
+    /// returns how it ended. An attached plugin is not this process's child: its end is
+    /// seen, but its status is the starting host's to know (reported as 0).
     pub(crate) async fn exited(&self) -> io::Result<ExitStatus> {
+        if let Some(pidfd) = &self.attached {
+            let copy = pidfd.try_clone()?;
+            // SAFETY: `copy` is an open descriptor the AsyncFd owns from here on.
+            let ready =
+                unsafe { AsyncFd::register_with_interest(copy, tokio::io::Interest::READABLE) }
+                    .map_err(io::Error::from)?;
+            let _ = ready.readable().await?;
+            return Ok(ExitStatus::from_raw(0));
+        }
         let pid = Pid::from_raw(i32::try_from(self.pid).map_err(io::Error::other)?)
             .ok_or_else(|| io::Error::other("pid 0"))?;
         match pidfd_open(pid, PidfdFlags::empty()) {
@@ -157,6 +206,14 @@ impl Group {
         };
         Ok(ExitStatus::from_raw(raw))
     }
+}
+
+/// When process `pid` started, in clock ticks since boot (`/proc/<pid>/stat`, field 22).
+pub(crate) fn process_start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name, which may hold spaces: state is field 3.
+    let (_, rest) = stat.rsplit_once(") ")?;
+    rest.split_whitespace().nth(19)?.parse().ok()
 }
 
 /// Sends `signal` to the plugin's whole process group; a group that is gone is not an error.

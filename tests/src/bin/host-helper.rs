@@ -11,6 +11,9 @@
 //! - `host-helper flood <test-plugin path> <mib>`: has a test plugin write `mib` MiB on
 //!   stdout and as many on stderr, checks it still answers, and prints `host_peak_kib`
 //!   and `plugin_peak_kib`.
+//! - `host-helper reattach <config.json>`: attaches to a running test plugin from its
+//!   `ReattachConfig`, echoes through it, prints `pid <pid>` and `echo <message>`, and
+//!   exits, leaving the plugin running.
 //! - `host-helper cycles <test-plugin path> <n>`: supervises a test plugin, kills it `n`
 //!   times (each time waiting for the restart), shuts down, and prints its own open fds,
 //!   threads and resident memory before and after, and the socket directories left.
@@ -33,6 +36,7 @@ async fn main() -> anyhow::Result<ExitCode> {
         [mode, program, dir] if mode == "gibibyte" => gibibyte(program, Path::new(dir)).await,
         [mode, program, mib] if mode == "flood" => flood(program, mib.parse()?).await,
         [mode, program, n] if mode == "cycles" => cycles(program, n.parse()?).await,
+        [mode, config] if mode == "reattach" => reattach(Path::new(config)).await,
         [program] => host(program).await,
         _ => anyhow::bail!("usage: host-helper <test-plugin path> | host-helper dial <socket>"),
     }
@@ -247,5 +251,26 @@ async fn cycles(program: &str, n: u32) -> anyhow::Result<ExitCode> {
         "socket_dirs_left {}",
         count(&sockets.path().display().to_string())
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn reattach(config: &Path) -> anyhow::Result<ExitCode> {
+    use tether_host::ReattachConfig;
+    use tether_plugin_sdk::protocol::testing::EchoRequest;
+    use tether_plugin_sdk::protocol::testing::testing_client::TestingClient;
+
+    let config: ReattachConfig = serde_json::from_slice(&std::fs::read(config)?)?;
+    let plugin = PluginClient::reattach(&config).await?;
+    let echo = TestingClient::new(plugin.channel())
+        .echo(EchoRequest {
+            message: "from the second host".into(),
+        })
+        .await?
+        .into_inner()
+        .message;
+    println!("pid {}", plugin.pid());
+    println!("echo {echo}");
+    // Dropping the attached client leaves the plugin to the host that started it.
+    drop(plugin);
     Ok(ExitCode::SUCCESS)
 }
