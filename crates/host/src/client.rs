@@ -259,9 +259,8 @@ impl PluginBuilder {
         let group = Arc::new(Group::new(pid));
 
         let dir = socket_dir.path().to_owned();
-        let (exit_sender, exit) = watch::channel(None);
+        let exit = watch_exit(Arc::clone(&group), pid);
         let (closed_sender, stderr_closed) = watch::channel(false);
-        let watcher = Arc::clone(&group);
         let mut process = Process {
             pid,
             group,
@@ -274,15 +273,6 @@ impl PluginBuilder {
                 && !self.sandbox.socket_dir_files(),
             attached: false,
         };
-        // Not among `tasks`: it must outlive the client to reap the process it kills.
-        tokio::spawn(async move {
-            match watcher.exited().await {
-                Ok(status) => {
-                    let _ = exit_sender.send(Some(status));
-                }
-                Err(err) => tracing::warn!(pid, %err, "waiting for the plugin process failed"),
-            }
-        });
         process.tasks.push(tokio::spawn(read_stderr(
             name.clone(),
             stderr,
@@ -595,9 +585,8 @@ impl PluginClient {
 
     /// Attaches to a plugin another host process started and still owns, from its
     /// [`ReattachConfig`]: checks that the process is the plugin's (its pid and start
-    /// time; a plugin that exited is an [`Error::Reattach`], and nothing is signalled),
-    /// connects to its socket (served by that process, checked as at every connection),
-    /// and checks its health.
+    /// time, and that it serves the plugin's socket; otherwise [`Error::Reattach`], and
+    /// nothing is signalled), and checks its health.
     ///
     /// The attached client calls the plugin, sees its end ([`PluginClient::exited`], with
     /// status 0: only the starting host, its parent, learns the real one) and can stop it
@@ -611,7 +600,18 @@ impl PluginClient {
                 plugin: name.clone(),
                 reason,
             })?;
-        let channel = transport::connect(&name, &config.address, config.pid).await?;
+        // The start time is only as fine as a clock tick: the process must also serve the
+        // plugin's socket (its credentials are checked at every connection).
+        let channel = transport::connect(&name, &config.address, config.pid)
+            .await
+            .map_err(|err| Error::Reattach {
+                plugin: name.clone(),
+                reason: format!(
+                    "process {} does not serve the plugin's socket ({err}): the plugin has \
+                     exited",
+                    config.pid
+                ),
+            })?;
         let limit = DEFAULT_MAX_MESSAGE_SIZE;
         let dir = config
             .address
@@ -625,18 +625,9 @@ impl PluginClient {
         ));
         broker.close();
         let group = Arc::new(group);
-        let (exit_sender, exit) = watch::channel(None);
-        let (_, stderr_closed) = watch::channel(true);
-        let watcher = Arc::clone(&group);
         let pid = config.pid;
-        tokio::spawn(async move {
-            match watcher.exited().await {
-                Ok(status) => {
-                    let _ = exit_sender.send(Some(status));
-                }
-                Err(err) => tracing::warn!(pid, %err, "watching the attached plugin failed"),
-            }
-        });
+        let exit = watch_exit(Arc::clone(&group), pid);
+        let (_, stderr_closed) = watch::channel(true);
         let client = PluginClient {
             controller: GrpcControllerClient::new(channel.clone()),
             health: HealthClient::new(channel.clone()),
@@ -839,6 +830,21 @@ fn broken(status: &tonic::Status) -> bool {
         status.code(),
         tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
     )
+}
+
+/// Publishes how `group`'s leader ended, once it has. The task is not among a
+/// `Process`'s `tasks`: it must outlive the client to reap the process it kills.
+fn watch_exit(group: Arc<Group>, pid: u32) -> watch::Receiver<Option<ExitStatus>> {
+    let (sender, exit) = watch::channel(None);
+    tokio::spawn(async move {
+        match group.exited().await {
+            Ok(status) => {
+                let _ = sender.send(Some(status));
+            }
+            Err(err) => tracing::warn!(pid, %err, "watching the plugin process failed"),
+        }
+    });
+    exit
 }
 
 /// The process and the tasks that watch it. Dropping it kills the process group.

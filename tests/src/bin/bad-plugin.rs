@@ -57,7 +57,9 @@ fn main() {
                 .arg(&path)
                 .spawn()
                 .expect("spawn the listener");
-            while !path.exists() {
+            // Announce it once it accepts connections: bind and listen are two steps, and a
+            // connection between them is refused.
+            while std::os::unix::net::UnixStream::connect(&path).is_err() {
                 std::thread::sleep(Duration::from_millis(5));
             }
             say(&format!("1|1|unix|{}|grpc|\n", path.display()));
