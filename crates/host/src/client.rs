@@ -271,7 +271,6 @@ impl PluginBuilder {
             socket_dir: Some(socket_dir),
             files_confined: sandbox_status.is_enforced(Layer::LandlockFilesystem)
                 && !self.sandbox.socket_dir_files(),
-            attached: false,
         };
         process.tasks.push(tokio::spawn(read_stderr(
             name.clone(),
@@ -649,7 +648,6 @@ impl PluginClient {
                 tasks: Vec::new(),
                 socket_dir: None,
                 files_confined: false,
-                attached: true,
             },
             sandbox: SandboxStatus {
                 mode: SandboxMode::BestEffort,
@@ -860,8 +858,6 @@ struct Process {
     socket_dir: Option<tempfile::TempDir>,
     /// Landlock confines its files, and no files may be made in the socket directory.
     files_confined: bool,
-    /// Started by another host ([`PluginClient::reattach`]): dropping the client leaves it.
-    attached: bool,
 }
 
 impl Process {
@@ -914,7 +910,7 @@ impl Drop for Process {
     fn drop(&mut self) {
         // Whether or not the leader exited, nothing of the plugin may outlive its client
         // (the exit watcher then reaps the leader); an attached plugin is its host's.
-        if !self.attached {
+        if !self.group.is_attached() {
             self.group.signal(Signal::KILL);
         }
         for task in &self.tasks {

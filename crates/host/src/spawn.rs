@@ -154,27 +154,16 @@ impl Group {
     /// seen, but its status is the starting host's to know (reported as 0).
     pub(crate) async fn exited(&self) -> io::Result<ExitStatus> {
         if let Some(pidfd) = &self.attached {
-            let copy = pidfd.try_clone()?;
-            // SAFETY: `copy` is an open descriptor the AsyncFd owns from here on.
-            let ready =
-                unsafe { AsyncFd::register_with_interest(copy, tokio::io::Interest::READABLE) }
-                    .map_err(io::Error::from)?;
-            let _ = ready.readable().await?;
+            ended(pidfd.try_clone()?).await?;
             return Ok(ExitStatus::from_raw(0));
         }
         let pid = Pid::from_raw(i32::try_from(self.pid).map_err(io::Error::other)?)
             .ok_or_else(|| io::Error::other("pid 0"))?;
         match pidfd_open(pid, PidfdFlags::empty()) {
             Ok(pidfd) => {
-                // Readable once the process has ended (it stays a zombie until reaped).
-                // SAFETY: `pidfd` is an open descriptor that the AsyncFd owns from here on,
-                // and an OwnedFd always returns that same descriptor.
-                let ready = unsafe {
-                    AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE)
-                }
-                .map_err(io::Error::from)?;
-                let _ = ready.readable().await?;
-                self.reap(WaitId::PidFd(ready.get_ref().as_fd()))
+                // The leader stays a zombie until reaped below.
+                let pidfd = ended(pidfd).await?;
+                self.reap(WaitId::PidFd(pidfd.as_fd()))
             }
             // Before Linux 5.3: wait on a blocking thread, still without reaping first.
             Err(_) => {
@@ -192,6 +181,11 @@ impl Group {
         }
     }
 
+    /// Whether this is a plugin another host started.
+    pub(crate) fn is_attached(&self) -> bool {
+        self.attached.is_some()
+    }
+
     fn reap(&self, id: WaitId<'_>) -> io::Result<ExitStatus> {
         let mut reaped = self.reaped.lock().unwrap_or_else(PoisonError::into_inner);
         // The leader is a zombie: its pid still names this group.
@@ -206,6 +200,17 @@ impl Group {
         };
         Ok(ExitStatus::from_raw(raw))
     }
+}
+
+/// Waits until `pidfd`'s process has ended (a pidfd is readable from then on), and gives
+/// the descriptor back.
+async fn ended(pidfd: OwnedFd) -> io::Result<OwnedFd> {
+    // SAFETY: `pidfd` is an open descriptor the AsyncFd owns until `into_inner`, and an
+    // OwnedFd always returns that same descriptor.
+    let ready = unsafe { AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE) }
+        .map_err(io::Error::from)?;
+    let _ = ready.readable().await?;
+    Ok(ready.into_inner())
 }
 
 /// When process `pid` started, in clock ticks since boot (`/proc/<pid>/stat`, field 22).
