@@ -5,7 +5,7 @@
 
 use std::os::unix::process::ExitStatusExt;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tether_host::{DEFAULT_CALL_TIMEOUT, Error, PluginClient, Sandbox};
 use tether_plugin_sdk::protocol::parse_grpc_timeout;
@@ -14,10 +14,9 @@ use tether_plugin_sdk::protocol::testing::{
     EchoRequest, HostOpRequest, LogRequest, SpawnChildRequest, TickRequest,
 };
 
-use crate::support::{HANDSHAKE, HOSTILE_PLUGIN, eventually, is_gone, record_events, test_plugin};
-
-/// Generous bound on noticing a failure: no test waits longer than this for one.
-const PATIENCE: Duration = Duration::from_secs(10);
+use crate::support::{
+    HANDSHAKE, HOSTILE_PLUGIN, PATIENCE, eventually, is_gone, record_events, recorded, test_plugin,
+};
 
 fn kill(pid: u32, signal: i32) {
     let pid = libc::pid_t::try_from(pid).expect("a pid");
@@ -26,7 +25,7 @@ fn kill(pid: u32, signal: i32) {
 }
 
 #[tokio::test]
-async fn a_call_in_flight_fails_with_the_plugins_exit_within_a_second() {
+async fn a_call_in_flight_fails_with_the_plugins_exit() {
     record_events();
     let plugin = Arc::new(
         PluginClient::builder("killed-mid-call", HOSTILE_PLUGIN)
@@ -48,16 +47,21 @@ async fn a_call_in_flight_fails_with_the_plugins_exit_within_a_second() {
             }))
             .await
     });
-    // Let the call reach the plugin (nothing to observe: it hangs either way).
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The plugin says when it has the call.
+    assert!(
+        eventually(PATIENCE, || recorded("killed-mid-call")
+            .iter()
+            .any(|event| event.message.contains("hanging on the call")))
+        .await,
+        "the call never reached the plugin: {:?}",
+        recorded("killed-mid-call")
+    );
     assert!(!call.is_finished(), "the hang answered");
-    let killed = Instant::now();
     kill(pid, libc::SIGKILL);
     let result = tokio::time::timeout(PATIENCE, call)
         .await
         .expect("the call ended")
         .expect("the task ran");
-    let noticed = killed.elapsed();
     match result {
         Err(Error::Exited(report)) => {
             assert_eq!(report.status.signal(), Some(libc::SIGKILL), "{report}");
@@ -70,15 +74,11 @@ async fn a_call_in_flight_fails_with_the_plugins_exit_within_a_second() {
         Err(other) => panic!("expected Error::Exited, got {other}"),
         Ok(_) => panic!("the call succeeded after the plugin was killed"),
     }
-    assert!(
-        noticed <= Duration::from_secs(1),
-        "the call failed {noticed:?} after the kill"
-    );
     assert!(is_gone(pid));
 }
 
 #[tokio::test]
-async fn a_stream_cut_by_the_plugins_death_fails_with_its_exit_within_a_second() {
+async fn a_stream_cut_by_the_plugins_death_fails_with_its_exit() {
     let plugin = test_plugin("killed-mid-stream")
         .start()
         .await
@@ -94,7 +94,6 @@ async fn a_stream_cut_by_the_plugins_death_fails_with_its_exit_within_a_second()
         let tick = plugin.guard(ticks.message()).await.expect("a tick");
         assert_eq!(tick.map(|tick| tick.n), Some(expected));
     }
-    let killed = Instant::now();
     kill(plugin.pid(), libc::SIGKILL);
     let end = loop {
         // Ticks already on their way may still arrive; then the end.
@@ -106,17 +105,12 @@ async fn a_stream_cut_by_the_plugins_death_fails_with_its_exit_within_a_second()
             other => break other,
         }
     };
-    let noticed = killed.elapsed();
     match end {
         Err(Error::Exited(report)) => {
             assert_eq!(report.status.signal(), Some(libc::SIGKILL), "{report}");
         }
         other => panic!("expected Error::Exited, got {other:?}"),
     }
-    assert!(
-        noticed <= Duration::from_secs(1),
-        "the stream failed {noticed:?} after the kill"
-    );
 }
 
 #[tokio::test]

@@ -16,7 +16,7 @@ use tonic::service::Routes;
 use tonic::{Code, Request, Response, Status};
 
 use crate::support::{
-    HANDSHAKE, PLAIN_PLUGIN, eventually, intrude, record_events, recorded, test_plugin,
+    HANDSHAKE, PATIENCE, PLAIN_PLUGIN, eventually, intrude, record_events, recorded, test_plugin,
 };
 
 /// One call as the host's service saw it.
@@ -188,7 +188,7 @@ async fn a_foreign_process_is_refused_at_the_host_service_socket_and_logged() {
 
     let connections = host.connections().unwrap();
     assert!(connections.refused() >= 1);
-    let logged = eventually(Duration::from_secs(5), || {
+    let logged = eventually(PATIENCE, || {
         recorded("guarded").iter().any(|event| {
             event.target == "tether::broker"
                 && event.level == tracing::Level::WARN
@@ -333,11 +333,12 @@ async fn dropping_the_handle_disconnects_the_plugin() {
     call_host(&plugin, 1, "").await.unwrap();
     drop(host);
 
-    let removed = eventually(Duration::from_secs(10), || !socket.exists()).await;
+    let removed = eventually(PATIENCE, || !socket.exists()).await;
     assert!(removed, "the endpoint's socket outlived the handle");
-    // The plugin hears Disconnect from a background task: wait for it, boundedly.
+    // The plugin hears Disconnect from a background task: poll for it, boundedly.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
     let mut last = call_host(&plugin, 1, "").await;
-    for _ in 0..250 {
+    while tokio::time::Instant::now() < deadline {
         if matches!(&last, Err(status) if status.message().contains("disconnected")) {
             return;
         }

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use tether_host::{Error, PluginClient, Sandbox, Stop};
 use tether_plugin_sdk::protocol::interop::add_helper_server::{AddHelper, AddHelperServer};
@@ -24,7 +24,7 @@ use tether_plugin_sdk::tonic::{self, Code, Request, Response, Status};
 use tether_plugin_sdk::{HandshakeConfig, Routes};
 use tracing::Level;
 
-use crate::support::{eventually, is_gone, record_events, recorded};
+use crate::support::{PATIENCE, eventually, is_gone, record_events, recorded};
 
 /// go-plugin's example handshake, which the fixtures use.
 const HANDSHAKE: HandshakeConfig = HandshakeConfig::new("BASIC_PLUGIN", "hello");
@@ -197,7 +197,7 @@ async fn a_tether_host_runs_a_go_kv_plugin() {
         (Level::DEBUG, "read a value"),
         (Level::WARN, "get of a missing key"),
     ];
-    let arrived = eventually(Duration::from_secs(5), || {
+    let arrived = eventually(PATIENCE, || {
         let events = recorded("go-kv");
         expected.iter().all(|(level, message)| {
             events

@@ -16,6 +16,12 @@ pub(crate) const HOST_HELPER: &str = env!("CARGO_BIN_EXE_host-helper");
 pub(crate) const PLAIN_PLUGIN: &str = env!("CARGO_BIN_EXE_plain-plugin");
 pub(crate) const HOSTILE_PLUGIN: &str = env!("CARGO_BIN_EXE_hostile-plugin");
 
+/// How long a test waits for something that should happen (an exit noticed, a restart, a
+/// record written) before it calls the wait a failure. Generous, because a loaded 2-core
+/// machine can stall any process for seconds: it bounds how long a failure takes to be
+/// noticed, never how fast anything runs.
+pub(crate) const PATIENCE: Duration = Duration::from_secs(60);
+
 pub(crate) const HANDSHAKE: HandshakeConfig = HandshakeConfig::new("TETHER_TEST_PLUGIN", "e2e");
 
 /// A builder for the well-behaved test plugin, named `name`, under the strict sandbox:

@@ -12,6 +12,7 @@ mod demo;
 mod go;
 mod guides;
 mod proto;
+mod soak;
 mod test;
 
 use std::path::{Path, PathBuf};
@@ -28,6 +29,8 @@ tasks:
   bench [-- ARGS] build in release mode and measure tether against the socket floor and
                   go-plugin; writes docs/benchmarks.md and docs/benchmarks.json
   test            formatting, clippy (warnings denied), generated-code freshness, all tests
+  soak [RUNS]     the end-to-end suite RUNS times (default 20) with a CPU hog on every
+                  core beside it; prints failures per test
   proto           regenerate crates/protocol/src/generated from proto/
   proto --check   fail if the committed generated code is stale
 ";
@@ -37,6 +40,7 @@ fn main() -> ExitCode {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let result = match args.as_slice() {
         ["test"] => test::run(),
+        ["soak", extra @ ..] => soak::run(extra),
         ["demo", extra @ ..] => demo::run(extra),
         ["bench", extra @ ..] => bench::run(extra),
         ["proto"] => proto::run(proto::Mode::Write),

@@ -319,6 +319,8 @@ impl Testing for Hostile {
     ) -> Result<Response<HostOpResponse>, Status> {
         let HostOpRequest { op, path, .. } = request.into_inner();
         if op == "hang" {
+            // Says it has the call (the host logs the line), then never answers.
+            eprintln!("hanging on the call");
             std::future::pending::<()>().await;
         }
         if op == "freeze" {

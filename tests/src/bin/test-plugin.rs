@@ -352,23 +352,36 @@ impl Service {
                 }
             }
             "race_read" => {
-                // Reads `path` `size` times; reports every distinct content and error seen.
-                let mut seen = std::collections::BTreeSet::new();
-                let mut successes = 0u64;
-                for _ in 0..request.size {
-                    match files.read_file_to_vec(&path, 1 << 16).await {
+                // Reads `path` until it has seen at least `size` successes and `size`
+                // denials (the race met both ways), or `size * 2000` reads; reports every
+                // distinct content and error seen, and the count of each.
+                let mut seen = std::collections::BTreeMap::<String, u64>::new();
+                let (mut successes, mut denials) = (0u64, 0u64);
+                let limit = request.size.saturating_mul(2000);
+                let mut reads = 0u64;
+                while reads < limit && (successes < request.size || denials < request.size) {
+                    reads += 1;
+                    let key = match files.read_file_to_vec(&path, 1 << 16).await {
                         Ok(data) => {
                             successes += 1;
-                            seen.insert(String::from_utf8_lossy(&data).into_owned());
+                            String::from_utf8_lossy(&data).into_owned()
                         }
                         Err(err) => {
-                            seen.insert(format!("error: {}", failure(err).outcome));
+                            let outcome = failure(err).outcome;
+                            if outcome == "denied" {
+                                denials += 1;
+                            }
+                            format!("error: {outcome}")
                         }
-                    }
+                    };
+                    *seen.entry(key).or_default() += 1;
                 }
                 HostOpResponse {
-                    names: seen.into_iter().collect(),
-                    size: successes,
+                    names: seen
+                        .into_iter()
+                        .map(|(key, count)| format!("{count} {key}"))
+                        .collect(),
+                    size: reads,
                     ..ok
                 }
             }
