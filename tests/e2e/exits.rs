@@ -7,7 +7,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tether_host::{DEFAULT_CALL_TIMEOUT, Error, PluginClient, Sandbox};
+use tether_host::{DEFAULT_CALL_TIMEOUT, Error, PluginClient};
 use tether_plugin_sdk::protocol::parse_grpc_timeout;
 use tether_plugin_sdk::protocol::testing::testing_client::TestingClient;
 use tether_plugin_sdk::protocol::testing::{
@@ -15,7 +15,8 @@ use tether_plugin_sdk::protocol::testing::{
 };
 
 use crate::support::{
-    HANDSHAKE, HOSTILE_PLUGIN, PATIENCE, eventually, is_gone, record_events, recorded, test_plugin,
+    HANDSHAKE, HOSTILE_PLUGIN, PATIENCE, eventually, is_gone, record_events, recorded, sandbox,
+    test_plugin,
 };
 
 fn kill(pid: u32, signal: i32) {
@@ -30,7 +31,7 @@ async fn a_call_in_flight_fails_with_the_plugins_exit() {
     let plugin = Arc::new(
         PluginClient::builder("killed-mid-call", HOSTILE_PLUGIN)
             .handshake(HANDSHAKE)
-            .sandbox(Sandbox::strict())
+            .sandbox(sandbox())
             .start()
             .await
             .expect("start"),
@@ -145,7 +146,7 @@ async fn the_exit_report_has_the_signal_and_the_last_words_on_stderr() {
 #[tokio::test]
 async fn nothing_the_plugin_forked_outlives_its_leader() {
     let plugin = test_plugin("orphan-maker")
-        .sandbox(Sandbox::strict().allow_processes(true))
+        .sandbox(sandbox().allow_processes(true))
         .start()
         .await
         .expect("start");
@@ -230,7 +231,7 @@ async fn the_default_deadline_ends_a_call_the_plugin_never_answers() {
     record_events();
     let plugin = PluginClient::builder("default-deadline-hang", HOSTILE_PLUGIN)
         .handshake(HANDSHAKE)
-        .sandbox(Sandbox::strict())
+        .sandbox(sandbox())
         .call_timeout(Some(Duration::from_millis(300)))
         .start()
         .await

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use tether_host::{Error, PluginClient, Sandbox};
+use tether_host::{Error, PluginClient};
 
 use crate::support::*;
 
@@ -16,7 +16,7 @@ async fn start_bad(mode: &str) -> (Error, Duration) {
     let result = PluginClient::builder(format!("bad-{mode}"), BAD_PLUGIN)
         .arg(mode)
         // `foreign-socket` starts a second process to own its socket.
-        .sandbox(Sandbox::strict().allow_processes(true))
+        .sandbox(sandbox().allow_processes(true))
         .start_timeout(START_TIMEOUT)
         .start()
         .await;

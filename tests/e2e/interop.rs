@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
-use tether_host::{Error, PluginClient, Sandbox, Stop};
+use tether_host::{Error, PluginClient, Stop};
 use tether_plugin_sdk::protocol::interop::add_helper_server::{AddHelper, AddHelperServer};
 use tether_plugin_sdk::protocol::interop::counter_client::CounterClient;
 use tether_plugin_sdk::protocol::interop::kv_client::KvClient;
@@ -24,7 +24,7 @@ use tether_plugin_sdk::tonic::{self, Code, Request, Response, Status};
 use tether_plugin_sdk::{HandshakeConfig, Routes};
 use tracing::Level;
 
-use crate::support::{PATIENCE, eventually, is_gone, record_events, recorded};
+use crate::support::{PATIENCE, eventually, is_gone, record_events, recorded, sandbox};
 
 /// go-plugin's example handshake, which the fixtures use.
 const HANDSHAKE: HandshakeConfig = HandshakeConfig::new("BASIC_PLUGIN", "hello");
@@ -133,13 +133,13 @@ fn go_plugin(name: &str, program: &str) -> tether_host::PluginBuilder {
     record_events();
     PluginClient::builder(name, go_bin(program))
         .handshake(HANDSHAKE)
-        .sandbox(Sandbox::strict().allow_socket_dir_files(true))
+        .sandbox(sandbox().allow_socket_dir_files(true))
 }
 
 #[tokio::test]
 async fn without_socket_dir_files_a_go_plugin_cannot_start_and_the_error_says_why() {
     let err = go_plugin("go-confined", "kvplugin")
-        .sandbox(Sandbox::strict())
+        .sandbox(sandbox())
         .start()
         .await
         .expect_err("go-plugin cannot make its temporary file");

@@ -6,7 +6,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use tether_host::{Sandbox, StdioSink, Stop};
+use tether_host::{StdioSink, Stop};
 use tether_plugin_sdk::protocol::testing::testing_client::TestingClient;
 use tether_plugin_sdk::protocol::testing::{
     EchoRequest, LogRequest, PrintRequest, SpawnChildRequest,
@@ -113,7 +113,7 @@ async fn a_plugin_that_ignores_shutdown_is_killed_after_the_timeouts() {
 #[tokio::test]
 async fn a_forked_child_does_not_outlive_shutdown() {
     let plugin = test_plugin("forker")
-        .sandbox(Sandbox::strict().allow_processes(true))
+        .sandbox(sandbox().allow_processes(true))
         .start()
         .await
         .expect("start");

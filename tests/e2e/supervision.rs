@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tether_host::{
-    Error, PluginClient, Restart, RestartPolicy, Sandbox, State, Stop, Supervisor, SupervisorError,
+    Error, PluginClient, Restart, RestartPolicy, State, Stop, Supervisor, SupervisorError,
 };
 use tether_hostconn::{Outcome, establish_host_services};
 use tether_plugin_sdk::protocol::testing::testing_client::TestingClient;
@@ -16,7 +16,7 @@ use tonic::Code;
 use crate::hostconn::{WhoAmI, call_host, services};
 use crate::support::{
     BAD_PLUGIN, HANDSHAKE, HOST_HELPER, HOSTILE_PLUGIN, PATIENCE, TEST_PLUGIN, is_gone,
-    record_events, test_plugin,
+    record_events, sandbox, test_plugin,
 };
 
 /// Quick restarts and frequent health checks; a health check fails only after 5 s without
@@ -139,7 +139,7 @@ async fn a_hung_plugin_misses_its_deadline_then_is_killed_and_restarted() {
         || {
             PluginClient::builder("frozen", HOSTILE_PLUGIN)
                 .handshake(HANDSHAKE)
-                .sandbox(Sandbox::strict())
+                .sandbox(sandbox())
         },
         quick(),
         |_| Box::pin(async { Ok(()) }),
@@ -186,7 +186,7 @@ async fn a_plugin_that_crashes_on_every_start_is_marked_failed_and_others_keep_s
         || {
             PluginClient::builder("crasher", BAD_PLUGIN)
                 .arg("exit-early")
-                .sandbox(Sandbox::strict())
+                .sandbox(sandbox())
         },
         policy,
         |_| Box::pin(async { Ok(()) }),
@@ -288,7 +288,7 @@ async fn a_hundred_plugins_start_and_stop_at_once_while_one_never_answers() {
     let stuck = tokio::spawn(
         PluginClient::builder("stuck", BAD_PLUGIN)
             .arg("silent")
-            .sandbox(Sandbox::strict())
+            .sandbox(sandbox())
             .start_timeout(Duration::from_secs(3600))
             .start(),
     );

@@ -4,10 +4,9 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use tether_host::{HandshakeConfig, PluginBuilder, PluginClient, Sandbox};
+use tether_host::{HandshakeConfig, KernelSupport, Layer, PluginBuilder, PluginClient, Sandbox};
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
-use tracing_subscriber::Layer;
 use tracing_subscriber::layer::{Context, SubscriberExt};
 
 pub(crate) const TEST_PLUGIN: &str = env!("CARGO_BIN_EXE_test-plugin");
@@ -24,13 +23,70 @@ pub(crate) const PATIENCE: Duration = Duration::from_secs(60);
 
 pub(crate) const HANDSHAKE: HandshakeConfig = HandshakeConfig::new("TETHER_TEST_PLUGIN", "e2e");
 
-/// A builder for the well-behaved test plugin, named `name`, under the strict sandbox:
-/// every test of the other features also proves they work sandboxed.
+/// A builder for the well-behaved test plugin, named `name`, under the strict sandbox
+/// (where this kernel has every layer): every test of the other features also proves they
+/// work sandboxed.
 pub(crate) fn test_plugin(name: &str) -> PluginBuilder {
     record_events();
     PluginClient::builder(name, TEST_PLUGIN)
         .handshake(HANDSHAKE)
-        .sandbox(Sandbox::strict())
+        .sandbox(sandbox())
+}
+
+/// The environment variable that makes the suite act as on a kernel without some layers
+/// (their names as `Layer` displays them, comma-separated, e.g. `seccomp,landlock
+/// network`): how the skips below are checked on a kernel that has everything.
+pub(crate) const PRETEND_MISSING: &str = "TETHER_TEST_PRETEND_MISSING";
+
+/// What this kernel gives the sandbox (less what `PRETEND_MISSING` takes away): `None`
+/// where the layer is enforced, else why not.
+pub(crate) fn missing(layer: Layer) -> Option<String> {
+    static KERNEL: OnceLock<KernelSupport> = OnceLock::new();
+    let pretended = std::env::var(PRETEND_MISSING).unwrap_or_default();
+    if pretended
+        .split(',')
+        .any(|name| name.trim() == layer.to_string())
+    {
+        return Some(format!("{PRETEND_MISSING} takes it away"));
+    }
+    KERNEL.get_or_init(KernelSupport::probe).missing(layer)
+}
+
+/// `Strict` where this kernel enforces every layer, else `BestEffort`: the sandbox for
+/// tests whose subject is something else, so that they still run on such a kernel.
+pub(crate) fn sandbox() -> Sandbox {
+    if Layer::ALL.iter().all(|&layer| missing(layer).is_none()) {
+        Sandbox::strict()
+    } else {
+        Sandbox::best_effort()
+    }
+}
+
+/// Whether the running test can check what it needs `layer` for (`what`); if this kernel
+/// lacks the layer, records the test as skipped, saying which layer and why, and returns
+/// false. The record goes to the file `TETHER_TEST_SKIPS` names (set by `cargo xtask test`
+/// and `cargo xtask soak`, which count skips apart from passes) and to stderr.
+pub(crate) fn kernel_enforces(layer: Layer, what: &str) -> bool {
+    let Some(why) = missing(layer) else {
+        return true;
+    };
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("an e2e test")
+        .to_owned();
+    let line = format!("{test}: {what}: needs the {layer} layer ({why})\n");
+    eprint!("skipped: {line}");
+    if let Some(path) = std::env::var_os("TETHER_TEST_SKIPS") {
+        use std::io::Write;
+        // One short O_APPEND write per line: lines of concurrent tests never interleave.
+        let written = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut file| file.write_all(line.as_bytes()));
+        written.expect("recording a skipped test");
+    }
+    false
 }
 
 /// One `tracing` event the host emitted about a plugin.
@@ -72,7 +128,7 @@ pub(crate) fn recorded(plugin: &str) -> Vec<Recorded> {
 
 struct Recorder;
 
-impl<S: Subscriber> Layer<S> for Recorder {
+impl<S: Subscriber> tracing_subscriber::Layer<S> for Recorder {
     fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
         let target = event.metadata().target();
         if !target.starts_with("tether::") {

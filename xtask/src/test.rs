@@ -66,7 +66,7 @@ pub(crate) fn run() -> Result<()> {
     let skipped = read_skips(skips.path());
     if !skipped.is_empty() {
         println!(
-            "skipped: {} tests this machine cannot run (they passed nothing):",
+            "skipped: {} checks this machine cannot run (not counted as passed):",
             skipped.len()
         );
         for skip in &skipped {

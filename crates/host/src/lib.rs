@@ -60,7 +60,8 @@ pub use client::{
 };
 pub use error::{Error, ExitReport};
 pub use sandbox::{
-    Layer, LayerStatus, ResourceLimits, Sandbox, SandboxError, SandboxMode, SandboxStatus,
+    KernelSupport, Layer, LayerStatus, ResourceLimits, Sandbox, SandboxError, SandboxMode,
+    SandboxStatus,
 };
 pub use stdio::StdioSink;
 pub use supervisor::{

@@ -277,6 +277,58 @@ impl fmt::Debug for Prepared {
     }
 }
 
+/// What the running kernel offers the sandbox, probed without starting a plugin: which
+/// layers a `Strict` sandbox can build here, and why not where it cannot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KernelSupport {
+    /// The Landlock ABI version; 0 without Landlock (or with it disabled).
+    pub landlock_abi: i64,
+    /// Whether seccomp filters are available.
+    pub seccomp: bool,
+    /// Whether `close_range(..., CLOSE_RANGE_CLOEXEC)` is available (Linux 5.11).
+    pub close_range: bool,
+}
+
+impl KernelSupport {
+    /// Probes the running kernel (three cheap system calls).
+    pub fn probe() -> Self {
+        KernelSupport {
+            landlock_abi: landlock_abi(),
+            seccomp: seccomp_available(),
+            close_range: close_range_cloexec_available(),
+        }
+    }
+
+    /// Why this kernel cannot enforce `layer`, or `None` when it can.
+    pub fn missing(&self, layer: Layer) -> Option<String> {
+        let abi = self.landlock_abi;
+        let needs_abi = |needed: i64| {
+            (abi < needed).then(|| format!("needs Landlock ABI {needed} (this kernel: {abi})"))
+        };
+        match layer {
+            Layer::ResourceLimits => None,
+            Layer::FileDescriptors => (!self.close_range)
+                .then(|| "close_range(CLOSE_RANGE_CLOEXEC) needs Linux 5.11".to_owned()),
+            Layer::LandlockFilesystem => (abi < 1).then(|| {
+                "this kernel has no Landlock (or it is not enabled in the `lsm=` boot list)"
+                    .to_owned()
+            }),
+            Layer::LandlockNetwork => needs_abi(4),
+            Layer::LandlockScopes => needs_abi(6),
+            Layer::Seccomp => {
+                (!self.seccomp).then(|| "this kernel has no seccomp filters".to_owned())
+            }
+        }
+    }
+
+    /// Whether this kernel can enforce every layer, so that `Strict` can start plugins.
+    pub fn is_complete(&self) -> bool {
+        Layer::ALL
+            .iter()
+            .all(|&layer| self.missing(layer).is_none())
+    }
+}
+
 /// `landlock_create_ruleset(NULL, 0, LANDLOCK_CREATE_RULESET_VERSION)`: the kernel's
 /// Landlock ABI, or 0 if it has none (or it is disabled).
 fn landlock_abi() -> i64 {
@@ -390,18 +442,17 @@ pub(crate) fn prepare(
         describe_limits(&sandbox.limits),
     )?;
 
-    let close_fds = close_range_cloexec_available();
+    let kernel = KernelSupport::probe();
+    let close_fds = kernel.close_range;
     report(
         Layer::FileDescriptors,
         close_fds,
-        if close_fds {
-            "only 0-2 survive exec".into()
-        } else {
-            "close_range(CLOSE_RANGE_CLOEXEC) needs Linux 5.11".into()
-        },
+        kernel
+            .missing(Layer::FileDescriptors)
+            .unwrap_or_else(|| "only 0-2 survive exec".into()),
     )?;
 
-    let abi = landlock_abi();
+    let abi = kernel.landlock_abi;
     let ruleset = if abi >= 1 {
         let (ruleset, paths) = landlock_ruleset(sandbox, program, socket_dir, abi)?;
         report(
@@ -414,30 +465,28 @@ pub(crate) fn prepare(
         report(
             Layer::LandlockFilesystem,
             false,
-            "this kernel has no Landlock (or it is not enabled in the `lsm=` boot list)".into(),
+            kernel
+                .missing(Layer::LandlockFilesystem)
+                .unwrap_or_default(),
         )?;
         None
     };
     report(
         Layer::LandlockNetwork,
         abi >= 4,
-        if abi >= 4 {
-            "no TCP bind or connect".into()
-        } else {
-            format!("needs Landlock ABI 4 (this kernel: {abi})")
-        },
+        kernel
+            .missing(Layer::LandlockNetwork)
+            .unwrap_or_else(|| "no TCP bind or connect".into()),
     )?;
     report(
         Layer::LandlockScopes,
         abi >= 6,
-        if abi >= 6 {
-            "no abstract Unix sockets or signals outside its sandbox".into()
-        } else {
-            format!("needs Landlock ABI 6 (this kernel: {abi})")
-        },
+        kernel
+            .missing(Layer::LandlockScopes)
+            .unwrap_or_else(|| "no abstract Unix sockets or signals outside its sandbox".into()),
     )?;
 
-    let filters = if seccomp_available() {
+    let filters = if kernel.seccomp {
         let filters = seccomp_filters(sandbox.allow_processes)?;
         report(
             Layer::Seccomp,
@@ -453,7 +502,7 @@ pub(crate) fn prepare(
         report(
             Layer::Seccomp,
             false,
-            "this kernel has no seccomp filters".into(),
+            kernel.missing(Layer::Seccomp).unwrap_or_default(),
         )?;
         Vec::new()
     };
