@@ -122,6 +122,16 @@ fn invalid(
     }
 }
 
+/// Whether `text` could be base64 in the standard alphabet without padding, as go-plugin
+/// writes the certificate (`base64.RawStdEncoding`): anything else, whitespace included,
+/// would not survive formatting the line again, and a Go host rejects it too.
+fn is_raw_base64(text: &str) -> bool {
+    text.len() % 4 != 1
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
+}
+
 impl FromStr for Handshake {
     type Err = HandshakeParseError;
 
@@ -155,10 +165,18 @@ impl FromStr for Handshake {
             Some("grpc") => Protocol::Grpc,
             Some(other) => return Err(invalid(5, "protocol", other, "`grpc` or `netrpc`")),
         };
-        let server_cert = fields
-            .get(5)
-            .filter(|cert| !cert.is_empty())
-            .map(|cert| (*cert).to_owned());
+        let server_cert = match fields.get(5).copied() {
+            None | Some("") => None,
+            Some(cert) if is_raw_base64(cert) => Some(cert.to_owned()),
+            Some(other) => {
+                return Err(invalid(
+                    6,
+                    "server certificate",
+                    other,
+                    "base64 (standard alphabet, no padding)",
+                ));
+            }
+        };
         let multiplex = match fields.get(6).copied() {
             None | Some("false") => false,
             Some("true") => true,

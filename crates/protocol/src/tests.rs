@@ -154,3 +154,28 @@ fn version_lists_round_trip_and_skip_junk() {
     assert_eq!(parse_versions(" 1, x ,5,"), [1, 5]);
     assert!(parse_versions("").is_empty());
 }
+
+#[test]
+fn a_certificate_that_would_not_format_back_is_rejected() {
+    // Found by the `handshake` fuzz target: whitespace in the certificate field was kept,
+    // but formatting the line again made it the last field, where it was trimmed away.
+    for (line, cert) in [
+        ("1|1|unix|a|netrpc|\u{b}|false", "\u{b}"),
+        ("1|1|unix|/a|grpc|Q0VS VA|true", "Q0VS VA"),
+        ("1|1|unix|/a|grpc|Q0VSVA==", "Q0VSVA=="),
+        ("1|1|unix|/a|grpc|Q0VSV", "Q0VSV"),
+    ] {
+        assert_eq!(
+            line.parse::<Handshake>(),
+            Err(HandshakeParseError::InvalidField {
+                position: 6,
+                name: "server certificate",
+                value: cert.into(),
+                expected: "base64 (standard alphabet, no padding)",
+            }),
+            "{line:?}"
+        );
+    }
+    let line: Handshake = "1|1|unix|/a|grpc|Q0VSVA+/|true".parse().unwrap();
+    assert_eq!(line.server_cert.as_deref(), Some("Q0VSVA+/"));
+}
