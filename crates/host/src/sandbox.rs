@@ -443,54 +443,35 @@ pub(crate) fn prepare(
     )?;
 
     let kernel = KernelSupport::probe();
-    let close_fds = kernel.close_range;
-    report(
-        Layer::FileDescriptors,
-        close_fds,
-        kernel
-            .missing(Layer::FileDescriptors)
-            .unwrap_or_else(|| "only 0-2 survive exec".into()),
-    )?;
+    // Reports a layer this kernel may lack: `on` says what it enforces when it has it.
+    let mut report_kernel = |layer: Layer, on: String| match kernel.missing(layer) {
+        None => report(layer, true, on),
+        Some(why) => report(layer, false, why),
+    };
+    report_kernel(Layer::FileDescriptors, "only 0-2 survive exec".into())?;
 
     let abi = kernel.landlock_abi;
-    let ruleset = if abi >= 1 {
+    let ruleset = if kernel.missing(Layer::LandlockFilesystem).is_none() {
         let (ruleset, paths) = landlock_ruleset(sandbox, program, socket_dir, abi)?;
-        report(
+        report_kernel(
             Layer::LandlockFilesystem,
-            true,
             format!("ABI {abi}; {paths} paths readable, sockets in its own directory"),
         )?;
         Some(ruleset)
     } else {
-        report(
-            Layer::LandlockFilesystem,
-            false,
-            kernel
-                .missing(Layer::LandlockFilesystem)
-                .unwrap_or_default(),
-        )?;
+        report_kernel(Layer::LandlockFilesystem, String::new())?;
         None
     };
-    report(
-        Layer::LandlockNetwork,
-        abi >= 4,
-        kernel
-            .missing(Layer::LandlockNetwork)
-            .unwrap_or_else(|| "no TCP bind or connect".into()),
-    )?;
-    report(
+    report_kernel(Layer::LandlockNetwork, "no TCP bind or connect".into())?;
+    report_kernel(
         Layer::LandlockScopes,
-        abi >= 6,
-        kernel
-            .missing(Layer::LandlockScopes)
-            .unwrap_or_else(|| "no abstract Unix sockets or signals outside its sandbox".into()),
+        "no abstract Unix sockets or signals outside its sandbox".into(),
     )?;
 
     let filters = if kernel.seccomp {
         let filters = seccomp_filters(sandbox.allow_processes)?;
-        report(
+        report_kernel(
             Layer::Seccomp,
-            true,
             if sandbox.allow_processes {
                 "system call filter (processes allowed)".into()
             } else {
@@ -499,17 +480,13 @@ pub(crate) fn prepare(
         )?;
         filters
     } else {
-        report(
-            Layer::Seccomp,
-            false,
-            kernel.missing(Layer::Seccomp).unwrap_or_default(),
-        )?;
+        report_kernel(Layer::Seccomp, String::new())?;
         Vec::new()
     };
 
     Ok(Prepared {
         rlimits,
-        close_fds,
+        close_fds: kernel.close_range,
         ruleset,
         filters,
         status,
