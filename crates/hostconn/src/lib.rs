@@ -31,17 +31,23 @@ mod local;
 
 pub use local::{InProcess, in_process};
 
+use std::io;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tether_broker::unix::Conn;
-use tether_broker::{BrokerError, ConnectionCounts, Served};
+use tether_broker::{BrokerError, ConnectionCounts, Peer, Served};
 pub use tether_broker::{Refusal, RefusalHook};
 use tether_host::{PluginChannel, PluginClient};
 use tether_protocol::hostconn::host_connection_client::HostConnectionClient;
 use tether_protocol::hostconn::{DisconnectRequest, EstablishRequest};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tonic::service::Routes;
+use tonic::transport::server::Connected;
 use tonic::{Code, Request, Status};
 
 /// How long the plugin has to dial the endpoint and answer `Establish`: its broker waits up
@@ -50,6 +56,10 @@ pub const ESTABLISH_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// How long `close` waits for the plugin to acknowledge `Disconnect`.
 const DISCONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Connections a plugin may hold open to its host-service socket at once, unless
+/// [`Options::max_connections`] says otherwise. The SDK dials one and reuses it.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 16;
 
 /// Who made a host-service call: the plugin the endpoint was made for.
 ///
@@ -236,15 +246,26 @@ pub async fn establish_host_services(
 }
 
 /// Optional settings of [`establish_host_services_with`].
-#[derive(Default, Clone)]
+#[derive(Clone)]
 pub struct Options {
     on_refused: Option<RefusalHook>,
+    max_connections: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            on_refused: None,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+        }
+    }
 }
 
 impl std::fmt::Debug for Options {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Options")
             .field("on_refused", &self.on_refused.is_some())
+            .field("max_connections", &self.max_connections)
             .finish()
     }
 }
@@ -252,11 +273,84 @@ impl std::fmt::Debug for Options {
 impl Options {
     /// Calls `hook` for every connection to the plugin's host-service socket that the
     /// peer-credential check refuses (any process but the plugin's), for example to audit
-    /// it. Refusals are always logged (target `tether::broker`) either way.
+    /// it. Refusals are always logged (target `tether::broker`) either way. The hook is
+    /// also called for the plugin's own connections refused past
+    /// [`Options::max_connections`] (target `tether::hostconn`).
     #[must_use]
     pub fn on_refused(mut self, hook: RefusalHook) -> Self {
         self.on_refused = Some(hook);
         self
+    }
+
+    /// How many connections the plugin may hold open to its host-service socket at once
+    /// (default [`DEFAULT_MAX_CONNECTIONS`], at least 1): each costs the host a file
+    /// descriptor, so a plugin that dials without end would otherwise exhaust the host's.
+    /// Past the limit, a new connection is closed at once, logged and passed to the
+    /// refusal hook.
+    #[must_use]
+    pub fn max_connections(mut self, limit: usize) -> Self {
+        self.max_connections = limit.max(1);
+        self
+    }
+}
+
+/// A connection to a plugin's host-service endpoint, counted while it is open.
+struct Counted {
+    conn: Conn<PluginIdentity>,
+    open: Arc<AtomicUsize>,
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Connected for Counted {
+    type ConnectInfo = PluginIdentity;
+
+    fn connect_info(&self) -> PluginIdentity {
+        self.conn.connect_info()
+    }
+}
+
+impl AsyncRead for Counted {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().conn).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Counted {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().conn).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().conn).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().conn).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().conn).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.conn.is_write_vectored()
     }
 }
 
@@ -273,17 +367,52 @@ pub async fn establish_host_services_with(
         plugin: name.clone(),
         source,
     })?;
-    if let Some(hook) = options.on_refused {
-        listener = listener.on_refused(hook);
+    if let Some(hook) = &options.on_refused {
+        listener = listener.on_refused(Arc::clone(hook));
     }
     let (name_arc, instance) = (Arc::<str>::from(name.as_str()), plugin.instance());
+    let (socket, limit, pid) = (
+        listener.path().to_owned(),
+        options.max_connections,
+        plugin.pid(),
+    );
+    let open = Arc::new(AtomicUsize::new(0));
     let identify = move |conn: Conn| {
+        if open.fetch_add(1, Ordering::Relaxed) >= limit {
+            open.fetch_sub(1, Ordering::Relaxed);
+            let reason = format!(
+                "connection limit reached: plugin `{name_arc}` already has {limit} connections \
+                 open to its host-service socket (the limit); this one was closed"
+            );
+            tracing::warn!(
+                target: "tether::hostconn",
+                plugin = %name_arc,
+                instance,
+                socket = %socket.display(),
+                limit,
+                "{reason}"
+            );
+            if let Some(hook) = &options.on_refused {
+                hook(&Refusal {
+                    label: Arc::clone(&name_arc),
+                    socket: socket.clone(),
+                    credentials: Some(conn.credentials()),
+                    expected: Peer::Process(pid),
+                    reason: reason.clone(),
+                });
+            }
+            // Dropping `conn` closes it; tonic's accept loop goes on to the next.
+            return Err(io::Error::new(io::ErrorKind::ConnectionAborted, reason));
+        }
         let identity = PluginIdentity {
             name: Arc::clone(&name_arc),
             instance,
             pid: conn.credentials().pid.unwrap_or_default(),
         };
-        Ok(conn.with_info(identity))
+        Ok(Counted {
+            conn: conn.with_info(identity),
+            open: Arc::clone(&open),
+        })
     };
     let served = Served::start(broker, id, listener, identify, services);
 
