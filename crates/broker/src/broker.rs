@@ -29,7 +29,7 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The most connection infos kept unclaimed at once; more are dropped (and logged), so a
 /// peer flooding the stream cannot grow the buffer without bound.
-const MAX_UNCLAIMED: usize = 1024;
+pub(crate) const MAX_UNCLAIMED: usize = 1024;
 
 /// Outgoing connection infos queued before the stream is open.
 const OUTGOING_QUEUE: usize = 64;
@@ -374,8 +374,9 @@ impl Broker {
         }
     }
 
-    /// Checks an offered connection info and connects to it.
-    async fn connect(&self, id: u32, info: ConnInfo) -> Result<Channel, BrokerError> {
+    /// The socket an offered connection info names, if this broker may dial it: a `unix`
+    /// address, directly inside the socket directory when dialed addresses are confined.
+    pub(crate) fn check_offer(&self, id: u32, info: ConnInfo) -> Result<PathBuf, BrokerError> {
         let config = &self.shared.config;
         let peer = || self.peer_name().to_owned();
         if info.network != "unix" {
@@ -386,18 +387,24 @@ impl Broker {
                 address: info.address,
             });
         }
-        let path = if config.confine_dialed {
-            unix::address_in_dir(&info.address, &config.socket_dir).ok_or_else(|| {
-                BrokerError::AddressOutsideSocketDir {
-                    peer: peer(),
-                    id,
-                    address: info.address.clone(),
-                    socket_dir: config.socket_dir.clone(),
-                }
-            })?
-        } else {
-            PathBuf::from(&info.address)
-        };
+        if !config.confine_dialed {
+            return Ok(PathBuf::from(info.address));
+        }
+        unix::address_in_dir(&info.address, &config.socket_dir).ok_or_else(|| {
+            BrokerError::AddressOutsideSocketDir {
+                peer: peer(),
+                id,
+                address: info.address,
+                socket_dir: config.socket_dir.clone(),
+            }
+        })
+    }
+
+    /// Checks an offered connection info and connects to it.
+    async fn connect(&self, id: u32, info: ConnInfo) -> Result<Channel, BrokerError> {
+        let config = &self.shared.config;
+        let peer = || self.peer_name().to_owned();
+        let path = self.check_offer(id, info)?;
         let channel =
             unix::connect(&path, config.peer)
                 .await
@@ -408,6 +415,27 @@ impl Broker {
                 })?;
         tracing::debug!(target: "tether::broker", plugin = %self.peer_name(), id, socket = %path.display(), "dialed");
         Ok(channel)
+    }
+}
+
+/// The synchronous halves of `dial`, for tests and the fuzz targets (see `crate::fuzzing`).
+#[cfg(any(test, feature = "fuzzing"))]
+impl Broker {
+    /// What `dial` does before it waits: registers a waiter for `id`.
+    pub(crate) fn wait_for(&self, id: u32) -> oneshot::Receiver<ConnInfo> {
+        let (sender, receiver) = oneshot::channel();
+        self.pending().waiting.insert(id, sender);
+        receiver
+    }
+
+    /// What `dial` does when the info already arrived: takes it.
+    pub(crate) fn take_arrived(&self, id: u32) -> Option<ConnInfo> {
+        self.pending().arrived.remove(&id).map(|(info, _)| info)
+    }
+
+    /// How many connection infos wait unclaimed.
+    pub(crate) fn unclaimed(&self) -> usize {
+        self.pending().arrived.len()
     }
 }
 

@@ -38,6 +38,9 @@
 
 mod broker;
 mod error;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod serve;
 pub mod unix;
 

@@ -230,3 +230,60 @@ async fn closing_one_side_closes_the_other_and_stops_served_endpoints() {
     served.stop().await;
     assert!(!address.exists(), "the served socket is removed");
 }
+
+/// A broker on no stream, whose sockets live in `/run/tether-x`.
+fn offline(confine: bool) -> Broker {
+    Broker::new(
+        BrokerConfig::new("p", "/run/tether-x", Peer::SameUser).confine_dialed_addresses(confine),
+    )
+}
+
+fn info(service_id: u32, network: &str, address: &str) -> ConnInfo {
+    ConnInfo {
+        service_id,
+        network: network.into(),
+        address: address.into(),
+        knock: None,
+    }
+}
+
+#[test]
+fn a_flood_of_offers_keeps_at_most_max_unclaimed() {
+    use crate::broker::MAX_UNCLAIMED;
+
+    let broker = offline(true);
+    let extra = 10;
+    for id in 0..MAX_UNCLAIMED + extra {
+        let id = u32::try_from(id).unwrap();
+        broker.receive(info(id, "unix", &format!("/run/tether-x/{id}")));
+    }
+    assert_eq!(broker.unclaimed(), MAX_UNCLAIMED);
+    // The first ones are kept; the overflow is dropped.
+    assert!(broker.take_arrived(0).is_some());
+    assert!(
+        broker
+            .take_arrived(u32::try_from(MAX_UNCLAIMED).unwrap())
+            .is_none()
+    );
+}
+
+#[test]
+fn an_offer_goes_to_the_dial_waiting_for_it_and_a_knock_to_nobody() {
+    use tether_protocol::plugin::conn_info::Knock;
+
+    let broker = offline(true);
+    let mut waiting = broker.wait_for(3);
+    let mut knock = info(3, "unix", "/run/tether-x/k.sock");
+    knock.knock = Some(Knock {
+        knock: true,
+        ack: false,
+        error: String::new(),
+    });
+    broker.receive(knock);
+    assert!(waiting.try_recv().is_err());
+    assert_eq!(broker.unclaimed(), 0);
+    let offer = info(3, "unix", "/run/tether-x/s.sock");
+    broker.receive(offer.clone());
+    assert_eq!(waiting.try_recv().ok(), Some(offer));
+    assert_eq!(broker.unclaimed(), 0);
+}

@@ -46,6 +46,9 @@
 mod channel;
 mod client;
 mod error;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod lines;
 mod logs;
 mod sandbox;

@@ -64,7 +64,7 @@ fn plain(level: Level, message: &str) -> LogLine {
     }
 }
 
-fn parse_json(line: &str) -> Option<LogLine> {
+pub(crate) fn parse_json(line: &str) -> Option<LogLine> {
     if !line.trim_start().starts_with('{') {
         return None;
     }
