@@ -3,11 +3,15 @@
 //! must answer under `Strict`; the same plugin unconfined (`Off`) to prove the rows can
 //! fail; memory and fork bombs; a plugin that never answers.
 
+use std::collections::BTreeSet;
 use std::net::{TcpListener, UdpSocket};
 use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
 
-use tether_host::{Error, Layer, PluginBuilder, PluginClient, ResourceLimits, Sandbox};
+use tether_host::{
+    Error, Layer, PluginBuilder, PluginClient, ResourceLimits, Sandbox, allowed_syscalls,
+    conditional_syscalls, refused_syscalls,
+};
 use tether_plugin_sdk::protocol::testing::testing_client::TestingClient;
 use tether_plugin_sdk::protocol::testing::{EchoRequest, HostOpRequest, HostOpResponse};
 
@@ -264,4 +268,198 @@ async fn strict_refuses_to_start_when_a_layer_cannot_be_built_and_says_which() {
         message.contains("unbuildable") && message.contains("/nonexistent/tether-path"),
         "{message}"
     );
+}
+
+/// The C library's errno values the filter answers with.
+const EPERM_CODE: u32 = 1;
+const ENOSYS_CODE: u32 = 38;
+const ENOTTY_CODE: u32 = 25;
+
+/// `(value, errno)` pairs of two little-endian u32 each, as the hostile plugin reports them.
+fn pairs(data: &[u8]) -> Vec<(u32, u32)> {
+    data.chunks_exact(8)
+        .map(|pair| {
+            let word =
+                |at: usize| u32::from_le_bytes(pair[at..at + 4].try_into().expect("four bytes"));
+            (word(0), word(4))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn every_system_call_off_the_allowlist_is_refused() {
+    if !kernel_enforces(Layer::Seccomp, "the system call filter") {
+        return;
+    }
+    let plugin = hostile("syscall-sweep", sandbox()).start().await.unwrap();
+    let allowed: BTreeSet<i64> = allowed_syscalls(false)
+        .iter()
+        .chain(&conditional_syscalls())
+        .map(|call| call.number)
+        .collect();
+    let refused: BTreeSet<i64> = refused_syscalls(false)
+        .iter()
+        .map(|call| call.number)
+        .collect();
+    // Every number the architecture has room for, far past the newest system call, but
+    // the two the kernel never filters: x86_64's uretprobe (335) and uprobe (336) pass
+    // every seccomp filter by design, and called from anywhere but the kernel's probe
+    // trampoline they only kill the caller (SIGILL) or fail.
+    let unfiltered: &[i64] = if cfg!(target_arch = "x86_64") {
+        &[335, 336]
+    } else {
+        &[]
+    };
+    let swept: Vec<i64> = (0..1024)
+        .filter(|n| !allowed.contains(n) && !unfiltered.contains(n))
+        .collect();
+    let list = swept
+        .iter()
+        .map(i64::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    let answer = attempt(&plugin, "syscalls", &list).await;
+    let results = pairs(&answer.data);
+    assert_eq!(results.len(), swept.len(), "{}", answer.message);
+    let wrong: Vec<String> = results
+        .iter()
+        .filter_map(|&(number, errno)| {
+            let expected = if refused.contains(&i64::from(number)) {
+                EPERM_CODE
+            } else {
+                ENOSYS_CODE
+            };
+            (errno != expected).then(|| format!("{number}: errno {errno}, expected {expected}"))
+        })
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "{} calls got past the filter or the wrong answer:\n{}",
+        wrong.len(),
+        wrong.join("\n")
+    );
+    // Still serving.
+    assert_eq!(attempt(&plugin, "fds", "").await.outcome, "ok");
+    plugin.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn every_ioctl_request_off_the_allowlist_is_refused_on_files_binaries_and_sockets() {
+    if !kernel_enforces(Layer::Seccomp, "the ioctl allowlist") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("readable");
+    std::fs::write(&file, "a granted file").unwrap();
+    let plugin = hostile("ioctl-sweep", sandbox().allow_read(dir.path()))
+        .start()
+        .await
+        .unwrap();
+    let allowed = [libc::FIONREAD, libc::FIONBIO, libc::FIOCLEX, libc::FIONCLEX].map(|r| r as u32);
+    let terminal = [libc::TCGETS, libc::TIOCGWINSZ].map(|r| r as u32);
+    let binary = std::fs::canonicalize(HOSTILE_PLUGIN).unwrap();
+    for target in [file.to_str().unwrap(), binary.to_str().unwrap(), "socket"] {
+        let answer = attempt(&plugin, "ioctls", target).await;
+        assert_eq!(answer.outcome, "ok", "{target}: {}", answer.message);
+        let results = pairs(&answer.data);
+        assert!(
+            results.len() > 30_000,
+            "{target}: only {} requests",
+            results.len()
+        );
+        let wrong: Vec<String> = results
+            .iter()
+            .filter(|(request, _)| !allowed.contains(request))
+            .filter_map(|&(request, errno)| {
+                let expected = if terminal.contains(&request) {
+                    ENOTTY_CODE
+                } else {
+                    EPERM_CODE
+                };
+                (errno != expected)
+                    .then(|| format!("{request:#010x}: errno {errno}, expected {expected}"))
+            })
+            .collect();
+        assert!(
+            wrong.is_empty(),
+            "{target}: {} requests got past the filter or the wrong answer, e.g.\n{}",
+            wrong.len(),
+            wrong[..wrong.len().min(20)].join("\n")
+        );
+    }
+    plugin.shutdown().await.unwrap();
+}
+
+/// Mode, owner, times and extended attributes of `path`, as the host sees them.
+fn attributes_of(path: &std::path::Path) -> (u32, u32, i64, i64, isize) {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(path).expect("the file exists");
+    let c_path =
+        std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("a path without NUL");
+    let mut names = [0u8; 1024];
+    // SAFETY: listxattr writes at most `names.len()` bytes into `names`.
+    let listed =
+        unsafe { libc::listxattr(c_path.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
+    (
+        meta.mode(),
+        meta.uid(),
+        meta.mtime(),
+        meta.mtime_nsec(),
+        listed,
+    )
+}
+
+#[tokio::test]
+async fn attribute_calls_old_and_new_are_refused_on_host_files_and_the_plugins_own_binary() {
+    if !kernel_enforces(
+        Layer::Seccomp,
+        "the attribute calls are refused by the filter",
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // The plugin runs from a copy, so that a failure cannot damage the build's binary.
+    let binary = dir.path().join("hostile-plugin");
+    std::fs::copy(HOSTILE_PLUGIN, &binary).unwrap();
+    let readable = dir.path().join("granted/readable");
+    std::fs::create_dir(dir.path().join("granted")).unwrap();
+    std::fs::write(&readable, "granted").unwrap();
+    let secret = dir.path().join("host-secret");
+    std::fs::write(&secret, "HOST-SECRET").unwrap();
+    let plugin = PluginClient::builder("attribute-thief", &binary)
+        .handshake(HANDSHAKE)
+        .sandbox(sandbox().allow_read(dir.path().join("granted")))
+        .start()
+        .await
+        .unwrap();
+    // The *xattrat and fileattr calls are newer than any list: refused as unknown.
+    let newer = [
+        "setxattrat",
+        "getxattrat",
+        "listxattrat",
+        "removexattrat",
+        "file_getattr",
+        "file_setattr",
+    ];
+    for path in [&secret, &readable, &binary] {
+        let before = attributes_of(path);
+        let answer = attempt(&plugin, "attributes", path.to_str().unwrap()).await;
+        assert_eq!(answer.names.len(), 18, "{answer:?}");
+        for tried in &answer.names {
+            let (call, errno) = tried.split_once(' ').unwrap();
+            let expected = if newer.contains(&call) {
+                ENOSYS_CODE
+            } else {
+                EPERM_CODE
+            };
+            assert_eq!(
+                errno.parse::<u32>().unwrap(),
+                expected,
+                "{call} on {}: {tried}",
+                path.display()
+            );
+        }
+        assert_eq!(attributes_of(path), before, "{} changed", path.display());
+    }
+    plugin.shutdown().await.unwrap();
 }

@@ -55,6 +55,7 @@ mod sandbox;
 mod spawn;
 mod stdio;
 mod supervisor;
+mod syscalls;
 mod transport;
 
 pub use channel::PluginChannel;
@@ -70,5 +71,6 @@ pub use stdio::StdioSink;
 pub use supervisor::{
     Restart, RestartPolicy, Setup, SetupError, State, Supervisor, SupervisorError,
 };
+pub use syscalls::{Syscall, allowed_syscalls, conditional_syscalls, refused_syscalls};
 pub use tether_broker::{Broker, BrokerError};
 pub use tether_protocol::HandshakeConfig;

@@ -15,11 +15,10 @@
 //!   socket directory, and nothing else (no `/proc`, so not the host's environment either);
 //! - Landlock network: no TCP bind or connect (ABI 4);
 //! - Landlock scopes: no abstract Unix sockets or signals outside the sandbox (ABI 6);
-//! - seccomp: no sockets but `AF_UNIX`, no `ptrace`, `process_vm_*`, namespaces, leaving
-//!   the process group (`setsid`, `setpgid`), mounts,
-//!   `bpf`, `perf_event_open`, `userfaultfd`, keyrings, `io_uring`, the chmod, chown, xattr
-//!   and utime families, `memfd_create`, `execveat`, `ioctl(TIOCSTI)`, module and clock
-//!   changes; and, unless processes are allowed, no new processes (threads only).
+//! - seccomp: an allowlist ([`crate::allowed_syscalls`], each call with its reason);
+//!   everything else fails with `ENOSYS`, the dangerous calls by name with `EPERM`; Unix
+//!   sockets only, four ioctl requests, a few prctl options and fcntl commands, threads
+//!   only unless processes are allowed, never new namespaces or `CLONE_PARENT`.
 //!
 //! The environment (cleared, plus an allowlist) and the process group with a parent-death
 //! signal are applied by the host for every plugin, sandbox or not.
@@ -31,6 +30,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::SystemTime;
 
+use crate::syscalls;
 use landlock::{
     ABI, Access, AccessFs, AccessNet, CompatLevel, Compatible, PathBeneath, PathFd, Ruleset,
     RulesetAttr, RulesetCreated, RulesetCreatedAttr, Scope,
@@ -732,6 +732,55 @@ fn read_ld_conf(path: &Path, dirs: &mut Vec<PathBuf>, depth: usize) {
     }
 }
 
+/// The ioctl requests a plugin may make on any descriptor: none reaches a file's inode or
+/// a device.
+const ALLOWED_IOCTLS: [u64; 4] = [libc::FIONREAD, libc::FIONBIO, libc::FIOCLEX, libc::FIONCLEX];
+
+/// Terminal queries, answered `ENOTTY` so `isatty` says no without a denial.
+const TERMINAL_IOCTLS: [u64; 2] = [libc::TCGETS, libc::TIOCGWINSZ];
+
+/// The prctl options a plugin may use: thread names, the parent-death signal, and reads.
+const ALLOWED_PRCTLS: [libc::c_int; 7] = [
+    libc::PR_SET_NAME,
+    libc::PR_GET_NAME,
+    libc::PR_SET_PDEATHSIG,
+    libc::PR_GET_PDEATHSIG,
+    libc::PR_GET_DUMPABLE,
+    libc::PR_GET_SECCOMP,
+    // Installing the sandbox's later filters (a filter can only restrict further).
+    libc::PR_SET_NO_NEW_PRIVS,
+];
+
+/// The fcntl commands a plugin may use: no signals to other processes (`F_SETOWN`,
+/// `F_SETSIG`), no leases or directory notifications.
+const ALLOWED_FCNTLS: [libc::c_int; 13] = [
+    libc::F_DUPFD,
+    libc::F_DUPFD_CLOEXEC,
+    libc::F_GETFD,
+    libc::F_SETFD,
+    libc::F_GETFL,
+    libc::F_SETFL,
+    libc::F_GETLK,
+    libc::F_SETLK,
+    libc::F_SETLKW,
+    libc::F_OFD_GETLK,
+    libc::F_OFD_SETLK,
+    libc::F_OFD_SETLKW,
+    libc::F_GETPIPE_SZ,
+];
+
+/// The plugin's system call filter, as three programs applied in order:
+/// 1. the allowlist ([`syscalls`]): what is listed is allowed (some calls only with
+///    some arguments); everything else fails with `ENOSYS`, as on a kernel that lacks it,
+///    so the C library and the Go runtime fall back cleanly (`clone3` to `clone`);
+/// 2. refusals by name or argument, with `EPERM`: dangerous calls, sockets other than
+///    `AF_UNIX`, ioctl requests, prctl options and fcntl commands off the list, clone flags
+///    for namespaces or `CLONE_PARENT` (and, without processes, anything but a thread),
+///    setting resource limits;
+/// 3. terminal queries, with `ENOTTY`.
+///
+/// The kernel takes the strictest answer of all programs, and of two errors the later
+/// program's, so a refusal by name reads `EPERM` although the allowlist says `ENOSYS`.
 fn seccomp_filters(allow_processes: bool) -> Result<Vec<BpfProgram>, SandboxError> {
     let fail = |err: seccompiler::BackendError| SandboxError {
         layer: Layer::Seccomp,
@@ -748,161 +797,106 @@ fn seccomp_filters(allow_processes: bool) -> Result<Vec<BpfProgram>, SandboxErro
             });
         }
     };
-    let condition = |arg: u8, op: SeccompCmpOp, value: u64| {
+    // Every value compared is a non-negative constant of the kernel's ABI.
+    let value = |constant: i64| constant.unsigned_abs();
+    let dword = |arg: u8, op: SeccompCmpOp, value: u64| {
         SeccompCondition::new(arg, SeccompCmpArgLen::Dword, op, value).map_err(fail)
     };
-    let mut denied: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
-    for syscall in denied_syscalls(allow_processes) {
-        denied.insert(syscall, Vec::new());
-    }
-    let unix = u64::try_from(libc::AF_UNIX).unwrap_or_default();
-    for syscall in [libc::SYS_socket, libc::SYS_socketpair] {
-        denied.insert(
-            syscall,
-            vec![SeccompRule::new(vec![condition(0, SeccompCmpOp::Ne, unix)?]).map_err(fail)?],
-        );
-    }
-    denied.insert(
-        libc::SYS_ioctl,
-        vec![SeccompRule::new(vec![condition(1, SeccompCmpOp::Eq, libc::TIOCSTI)?]).map_err(fail)?],
-    );
-    // No new namespaces through clone (unshare and setns are denied outright); and, unless
-    // processes are allowed, threads (CLONE_THREAD) only. Rules are alternatives.
-    let mut clone_rules = Vec::new();
-    for flag in [
-        libc::CLONE_NEWNS,
-        libc::CLONE_NEWCGROUP,
-        libc::CLONE_NEWUTS,
-        libc::CLONE_NEWIPC,
-        libc::CLONE_NEWUSER,
-        libc::CLONE_NEWPID,
-        libc::CLONE_NEWNET,
-    ] {
-        let flag = u64::try_from(flag).unwrap_or_default();
-        clone_rules.push(
-            SeccompRule::new(vec![condition(0, SeccompCmpOp::MaskedEq(flag), flag)?])
-                .map_err(fail)?,
-        );
-    }
-    if !allow_processes {
-        let thread = u64::try_from(libc::CLONE_THREAD).unwrap_or_default();
-        clone_rules.push(
-            SeccompRule::new(vec![condition(0, SeccompCmpOp::MaskedEq(thread), 0)?])
-                .map_err(fail)?,
-        );
-    }
-    denied.insert(libc::SYS_clone, clone_rules);
-    let eperm = u32::try_from(libc::EPERM).unwrap_or(1);
-    let mut programs = vec![
-        BpfProgram::try_from(
-            SeccompFilter::new(
-                denied,
-                SeccompAction::Allow,
-                SeccompAction::Errno(eperm),
-                arch,
-            )
-            .map_err(fail)?,
-        )
-        .map_err(fail)?,
-    ];
-    {
-        // clone3's flags are in memory, out of a filter's reach: refuse it with ENOSYS so
-        // the C library falls back to clone, whose flags the filter above checks.
-        let enosys = u32::try_from(libc::ENOSYS).unwrap_or(38);
-        let clone3 = BTreeMap::from([(libc::SYS_clone3, Vec::new())]);
-        programs.push(
-            BpfProgram::try_from(
-                SeccompFilter::new(
-                    clone3,
-                    SeccompAction::Allow,
-                    SeccompAction::Errno(enosys),
-                    arch,
-                )
-                .map_err(fail)?,
-            )
-            .map_err(fail)?,
-        );
-    }
-    Ok(programs)
-}
+    let rule = |conditions: Vec<SeccompCondition>| SeccompRule::new(conditions).map_err(fail);
+    let program = |rules: BTreeMap<i64, Vec<SeccompRule>>, otherwise, matched| {
+        BpfProgram::try_from(SeccompFilter::new(rules, otherwise, matched, arch).map_err(fail)?)
+            .map_err(fail)
+    };
+    let errno = |code: libc::c_int| SeccompAction::Errno(code.unsigned_abs());
 
-fn denied_syscalls(allow_processes: bool) -> Vec<i64> {
-    let mut denied = vec![
-        libc::SYS_ptrace,
-        libc::SYS_process_vm_readv,
-        libc::SYS_process_vm_writev,
-        libc::SYS_unshare,
-        libc::SYS_setns,
-        // Leaving the process group would let a process outlive the plugin.
-        libc::SYS_setsid,
-        libc::SYS_setpgid,
-        libc::SYS_mount,
-        libc::SYS_umount2,
-        libc::SYS_pivot_root,
-        libc::SYS_chroot,
-        libc::SYS_bpf,
-        libc::SYS_perf_event_open,
-        libc::SYS_userfaultfd,
-        libc::SYS_keyctl,
-        libc::SYS_add_key,
-        libc::SYS_request_key,
-        libc::SYS_io_uring_setup,
-        libc::SYS_io_uring_enter,
-        libc::SYS_io_uring_register,
-        libc::SYS_fchmod,
-        libc::SYS_fchmodat,
-        libc::SYS_fchmodat2,
-        libc::SYS_fchown,
-        libc::SYS_fchownat,
-        libc::SYS_setxattr,
-        libc::SYS_lsetxattr,
-        libc::SYS_fsetxattr,
-        libc::SYS_removexattr,
-        libc::SYS_lremovexattr,
-        libc::SYS_fremovexattr,
-        libc::SYS_utimensat,
-        libc::SYS_memfd_create,
-        libc::SYS_execveat,
-        libc::SYS_kexec_load,
-        libc::SYS_kexec_file_load,
-        libc::SYS_init_module,
-        libc::SYS_finit_module,
-        libc::SYS_delete_module,
-        libc::SYS_reboot,
-        libc::SYS_swapon,
-        libc::SYS_swapoff,
-        libc::SYS_acct,
-        libc::SYS_mknodat,
-        libc::SYS_open_by_handle_at,
-        libc::SYS_name_to_handle_at,
-        libc::SYS_fanotify_init,
-        libc::SYS_quotactl,
-        libc::SYS_settimeofday,
-        libc::SYS_clock_settime,
-        libc::SYS_clock_adjtime,
-        libc::SYS_adjtimex,
-        libc::SYS_sethostname,
-        libc::SYS_setdomainname,
-    ];
-    #[cfg(target_arch = "x86_64")]
-    denied.extend([
-        libc::SYS_chmod,
-        libc::SYS_chown,
-        libc::SYS_lchown,
-        libc::SYS_utime,
-        libc::SYS_utimes,
-        libc::SYS_futimesat,
-        libc::SYS_mknod,
-        libc::SYS_iopl,
-        libc::SYS_ioperm,
-    ]);
-    #[cfg(target_arch = "x86_64")]
-    if !allow_processes {
-        denied.extend([libc::SYS_fork, libc::SYS_vfork]);
+    let unix = value(libc::AF_UNIX.into());
+    let ioctls = ALLOWED_IOCTLS.map(|request| request & 0xffff_ffff);
+    let terminal = TERMINAL_IOCTLS.map(|request| request & 0xffff_ffff);
+    let prctls = ALLOWED_PRCTLS.map(|option| value(option.into()));
+    let fcntls = ALLOWED_FCNTLS.map(|command| value(command.into()));
+    let forbidden_clone = value(
+        (libc::CLONE_NEWNS
+            | libc::CLONE_NEWCGROUP
+            | libc::CLONE_NEWUTS
+            | libc::CLONE_NEWIPC
+            | libc::CLONE_NEWUSER
+            | libc::CLONE_NEWPID
+            | libc::CLONE_NEWNET
+            | libc::CLONE_PARENT)
+            .into(),
+    );
+    let thread = value(libc::CLONE_THREAD.into());
+    // prlimit64(pid, resource, new_limit, old_limit): reading only, a null new_limit.
+    let no_new_limit =
+        SeccompCondition::new(2, SeccompCmpArgLen::Qword, SeccompCmpOp::Eq, 0).map_err(fail)?;
+    let some_new_limit =
+        SeccompCondition::new(2, SeccompCmpArgLen::Qword, SeccompCmpOp::Ne, 0).map_err(fail)?;
+
+    // 1. The allowlist.
+    let mut allowed: BTreeMap<i64, Vec<SeccompRule>> = syscalls::allowed_syscalls(allow_processes)
+        .iter()
+        .map(|call| (call.number, Vec::new()))
+        .collect();
+    for call in [libc::SYS_socket, libc::SYS_socketpair] {
+        allowed.insert(call, vec![rule(vec![dword(0, SeccompCmpOp::Eq, unix)?])?]);
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = allow_processes;
-    denied
+    let one_of = |arg: u8, values: &[u64]| -> Result<Vec<SeccompRule>, SandboxError> {
+        values
+            .iter()
+            .map(|&allowed| rule(vec![dword(arg, SeccompCmpOp::Eq, allowed)?]))
+            .collect()
+    };
+    allowed.insert(libc::SYS_ioctl, one_of(1, &ioctls)?);
+    allowed.insert(libc::SYS_prctl, one_of(0, &prctls)?);
+    allowed.insert(libc::SYS_fcntl, one_of(1, &fcntls)?);
+    let mut clone = vec![dword(0, SeccompCmpOp::MaskedEq(forbidden_clone), 0)?];
+    if !allow_processes {
+        clone.push(dword(0, SeccompCmpOp::MaskedEq(thread), thread)?);
+    }
+    allowed.insert(libc::SYS_clone, vec![rule(clone)?]);
+    allowed.insert(libc::SYS_prlimit64, vec![rule(vec![no_new_limit])?]);
+
+    // 2. Refusals with EPERM.
+    let mut refused: BTreeMap<i64, Vec<SeccompRule>> = syscalls::refused_syscalls(allow_processes)
+        .iter()
+        .map(|call| (call.number, Vec::new()))
+        .collect();
+    for call in [libc::SYS_socket, libc::SYS_socketpair] {
+        refused.insert(call, vec![rule(vec![dword(0, SeccompCmpOp::Ne, unix)?])?]);
+    }
+    let none_of = |arg: u8, values: &[u64]| -> Result<Vec<SeccompRule>, SandboxError> {
+        let conditions = values
+            .iter()
+            .map(|&allowed| dword(arg, SeccompCmpOp::Ne, allowed))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(vec![rule(conditions)?])
+    };
+    let answered = [ioctls.as_slice(), terminal.as_slice()].concat();
+    refused.insert(libc::SYS_ioctl, none_of(1, &answered)?);
+    refused.insert(libc::SYS_prctl, none_of(0, &prctls)?);
+    refused.insert(libc::SYS_fcntl, none_of(1, &fcntls)?);
+    // Alternatives: any forbidden flag; without processes, no CLONE_THREAD.
+    let mut clone_refusals = Vec::new();
+    let mut flags = forbidden_clone;
+    while flags != 0 {
+        let flag = flags & flags.wrapping_neg();
+        flags &= !flag;
+        clone_refusals.push(rule(vec![dword(0, SeccompCmpOp::MaskedEq(flag), flag)?])?);
+    }
+    if !allow_processes {
+        clone_refusals.push(rule(vec![dword(0, SeccompCmpOp::MaskedEq(thread), 0)?])?);
+    }
+    refused.insert(libc::SYS_clone, clone_refusals);
+    refused.insert(libc::SYS_prlimit64, vec![rule(vec![some_new_limit])?]);
+
+    // 3. Terminal queries.
+    let terminal_rules = BTreeMap::from([(libc::SYS_ioctl, one_of(1, &terminal)?)]);
+
+    Ok(vec![
+        program(allowed, errno(libc::ENOSYS), SeccompAction::Allow)?,
+        program(refused, SeccompAction::Allow, errno(libc::EPERM))?,
+        program(terminal_rules, SeccompAction::Allow, errno(libc::ENOTTY))?,
+    ])
 }
 
 impl Prepared {
@@ -1005,7 +999,21 @@ mod tests {
 
     #[test]
     fn the_seccomp_filters_build_with_and_without_processes() {
-        assert_eq!(seccomp_filters(false).unwrap().len(), 2);
-        assert_eq!(seccomp_filters(true).unwrap().len(), 2);
+        assert_eq!(seccomp_filters(false).unwrap().len(), 3);
+        assert_eq!(seccomp_filters(true).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn no_system_call_is_both_allowed_and_refused() {
+        for processes in [false, true] {
+            let allowed: BTreeSet<i64> = syscalls::allowed_syscalls(processes)
+                .iter()
+                .chain(syscalls::CONDITIONAL)
+                .map(|call| call.number)
+                .collect();
+            for call in syscalls::refused_syscalls(processes) {
+                assert!(!allowed.contains(&call.number), "{} is both", call.name);
+            }
+        }
     }
 }

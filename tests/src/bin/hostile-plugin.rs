@@ -11,6 +11,13 @@
 //!   `clone_namespace`: enter new namespaces;
 //! - `memory_bomb`: allocate and touch memory without end;
 //! - `fds`: the file descriptors open when `main` began;
+//! - `syscalls <n,n,...>`: each system call number with all-zero arguments; `data` holds,
+//!   per number, the number and the errno (0 if it succeeded), as two little-endian u32;
+//! - `ioctls <path>`: a sweep of ioctl requests on `path` opened read-only (`socket`: on a
+//!   Unix socket), in `data` as request and errno pairs likewise;
+//! - `attributes <path>`: every system call that changes or reads a file's attributes
+//!   (xattrs old and new, fileattr, modes, owners, times) on `path`; `names` holds
+//!   `<syscall> <errno>` for each, 0 if it succeeded;
 //! - `hang`: never answer.
 //!
 //! The response's `outcome` is `ok` when the attempt succeeded, else `errno <n>`; `message`
@@ -256,6 +263,60 @@ fn attempt(op: &str, arg: &str) -> HostOpResponse {
                 hoard.push(vec![1u8; 64 << 20]);
             }
         }
+        "syscalls" => {
+            let mut data = Vec::new();
+            for number in arg
+                .split(',')
+                .filter_map(|n| n.parse::<libc::c_long>().ok())
+            {
+                // SAFETY: each call is refused by the filter (that is what the test checks);
+                // with all-zero arguments none that slipped through touches memory.
+                let result = unsafe { libc::syscall(number, 0, 0, 0, 0, 0, 0) };
+                let errno = if result == -1 { raw_errno() } else { 0 };
+                data.extend_from_slice(&u32::try_from(number).unwrap_or(u32::MAX).to_le_bytes());
+                data.extend_from_slice(&errno.to_le_bytes());
+            }
+            HostOpResponse {
+                data,
+                ..ok("called")
+            }
+        }
+        "ioctls" => {
+            let fd = if arg == "socket" {
+                let mut pair = [0; 2];
+                // SAFETY: socketpair writes two fds into the array.
+                if unsafe {
+                    libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM, 0, pair.as_mut_ptr())
+                } != 0
+                {
+                    return last_errno();
+                }
+                pair[0]
+            } else {
+                match std::fs::File::open(arg) {
+                    Ok(file) => std::os::fd::IntoRawFd::into_raw_fd(file),
+                    Err(err) => return errno(&err),
+                }
+            };
+            let mut data = Vec::new();
+            let mut buffer = [0u8; 256];
+            for request in ioctl_sweep() {
+                // SAFETY: the argument points at a zeroed buffer larger than any of the
+                // swept requests' structures.
+                let result = unsafe { libc::ioctl(fd, request.into(), buffer.as_mut_ptr()) };
+                let errno = if result == -1 { raw_errno() } else { 0 };
+                data.extend_from_slice(&request.to_le_bytes());
+                data.extend_from_slice(&errno.to_le_bytes());
+            }
+            HostOpResponse {
+                data,
+                ..ok("swept")
+            }
+        }
+        "attributes" => HostOpResponse {
+            names: attributes(arg),
+            ..ok("tried")
+        },
         "fds" => HostOpResponse {
             names: INHERITED.get().cloned().unwrap_or_default(),
             ..ok("fds at start")
@@ -266,6 +327,109 @@ fn attempt(op: &str, arg: &str) -> HostOpResponse {
             ..HostOpResponse::default()
         },
     }
+}
+
+fn raw_errno() -> u32 {
+    std::io::Error::last_os_error()
+        .raw_os_error()
+        .and_then(|code| u32::try_from(code).ok())
+        .unwrap_or(u32::MAX)
+}
+
+/// The ioctl requests swept: every number of the terminal ('T'), file ('f', 'X', 0x94),
+/// version ('v'), socket (0x89) and block (0x12) types, with no argument and with 4, 8, 28
+/// and 32-byte arguments in every direction. `FIONREAD`, `FIONBIO`, `FIOCLEX` and
+/// `FIONCLEX` are among them.
+fn ioctl_sweep() -> Vec<u32> {
+    let mut requests = Vec::new();
+    for kind in [0x54u32, 0x66, 0x58, 0x94, 0x76, 0x89, 0x12] {
+        for number in 0..=255u32 {
+            for direction in 0..4u32 {
+                for size in [0u32, 4, 8, 28, 32] {
+                    requests.push(direction << 30 | size << 16 | kind << 8 | number);
+                }
+            }
+        }
+    }
+    requests.extend([1, 2]); // FIBMAP, FIGETBSZ
+    requests.sort_unstable();
+    requests.dedup();
+    requests
+}
+
+/// `syscall(number, args...)`: the return value, or `-errno`.
+fn raw_syscall(number: libc::c_long, args: [usize; 5]) -> i64 {
+    // SAFETY: every caller passes pointers to live locals at least as large as the call
+    // reads or writes; the filter is expected to refuse the call before it looks at them.
+    let result = unsafe { libc::syscall(number, args[0], args[1], args[2], args[3], args[4]) };
+    if result == -1 {
+        -i64::from(raw_errno())
+    } else {
+        result
+    }
+}
+
+/// Tries every attribute call on `path`: `<syscall> <errno>` each, 0 if it succeeded.
+fn attributes(path: &str) -> Vec<String> {
+    let Ok(c_path) = std::ffi::CString::new(path) else {
+        return vec!["bad-path 22".into()];
+    };
+    let p = c_path.as_ptr() as usize;
+    let capability = c"security.capability".as_ptr() as usize;
+    let user = c"user.tether".as_ptr() as usize;
+    // A file capability granting everything.
+    let value = [
+        1u8, 0, 0, 2, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    ];
+    let (v, len) = (value.as_ptr() as usize, value.len());
+    let mut out = [0u8; 256];
+    let o = out.as_mut_ptr() as usize;
+    // struct xattr_args { u64 value; u32 size; u32 flags; }, for the *xattrat calls.
+    let set_args: [u64; 2] = [v as u64, len as u64];
+    let get_args: [u64; 2] = [o as u64, 256];
+    // struct file_attr (fsx_xflags first): FS_XFLAG_IMMUTABLE.
+    let attr: [u32; 6] = [0x8, 0, 0, 0, 0, 0];
+    let at = libc::AT_FDCWD as usize;
+    // A descriptor for the f* calls: opening may itself be refused (Landlock).
+    let fd = std::fs::File::open(path).ok();
+    let f = fd.as_ref().map_or(usize::MAX, |file| {
+        std::os::fd::AsRawFd::as_raw_fd(file) as usize
+    });
+    let calls: [(&str, libc::c_long, [usize; 5]); 18] = [
+        ("setxattr", libc::SYS_setxattr, [p, capability, v, len, 0]),
+        ("lsetxattr", libc::SYS_lsetxattr, [p, user, v, len, 0]),
+        ("fsetxattr", libc::SYS_fsetxattr, [f, user, v, len, 0]),
+        ("getxattr", libc::SYS_getxattr, [p, user, o, 256, 0]),
+        ("listxattr", libc::SYS_listxattr, [p, o, 256, 0, 0]),
+        ("removexattr", libc::SYS_removexattr, [p, user, 0, 0, 0]),
+        (
+            "setxattrat",
+            463,
+            [at, p, 0, capability, set_args.as_ptr() as usize],
+        ),
+        (
+            "getxattrat",
+            464,
+            [at, p, 0, user, get_args.as_ptr() as usize],
+        ),
+        ("listxattrat", 465, [at, p, 0, o, 256]),
+        ("removexattrat", 466, [at, p, 0, user, 0]),
+        ("file_getattr", 468, [at, p, o, 24, 0]),
+        ("file_setattr", 469, [at, p, attr.as_ptr() as usize, 24, 0]),
+        ("fchmodat", libc::SYS_fchmodat, [at, p, 0o7777, 0, 0]),
+        ("fchmodat2", libc::SYS_fchmodat2, [at, p, 0o7777, 0, 0]),
+        ("fchmod", libc::SYS_fchmod, [f, 0o7777, 0, 0, 0]),
+        ("fchownat", libc::SYS_fchownat, [at, p, 1, 1, 0]),
+        ("fchown", libc::SYS_fchown, [f, 1, 1, 0, 0]),
+        ("utimensat", libc::SYS_utimensat, [at, p, 0, 0, 0]),
+    ];
+    calls
+        .iter()
+        .map(|(call, number, args)| {
+            let result = raw_syscall(*number, *args);
+            format!("{call} {}", if result < 0 { -result } else { 0 })
+        })
+        .collect()
 }
 
 #[tonic::async_trait]
