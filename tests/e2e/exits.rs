@@ -271,12 +271,28 @@ async fn a_second_host_process_attaches_to_a_running_plugin_and_leaves_it_runnin
         clippy::disallowed_methods,
         reason = "the second host is another process"
     )]
-    let output = tokio::process::Command::new(crate::support::HOST_HELPER)
+    let mut second = tokio::process::Command::new(crate::support::HOST_HELPER)
         .arg("reattach")
         .arg(&config)
-        .output()
-        .await
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .expect("the second host runs");
+    // The plugin refuses every process but its host, until the host admits the second one.
+    plugin
+        .admit(second.id().expect("running"))
+        .await
+        .expect("admit the second host");
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut stdin = second.stdin.take().expect("stdin");
+        stdin.write_all(b"go\n").await.expect("tell it to attach");
+    }
+    let output = second
+        .wait_with_output()
+        .await
+        .expect("the second host ends");
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),

@@ -16,7 +16,8 @@ use tether_plugin_sdk::protocol::testing::testing_client::TestingClient;
 use tether_plugin_sdk::protocol::testing::{EchoRequest, HostOpRequest, HostOpResponse};
 
 use crate::support::{
-    HANDSHAKE, HOSTILE_PLUGIN, is_gone, kernel_enforces, missing, record_events, sandbox,
+    HANDSHAKE, HOSTILE_PLUGIN, PATIENCE, eventually, is_gone, kernel_enforces, missing,
+    record_events, recorded, sandbox,
 };
 
 const EPERM: &str = "errno 1";
@@ -462,4 +463,31 @@ async fn attribute_calls_old_and_new_are_refused_on_host_files_and_the_plugins_o
         assert_eq!(attributes_of(path), before, "{} changed", path.display());
     }
     plugin.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn another_sandboxed_plugin_cannot_call_or_stop_a_plugin_and_the_attempt_is_logged() {
+    let victim = crate::support::test_plugin("victim").start().await.unwrap();
+    let socket = victim.reattach_config().address;
+    let intruder = hostile("intruder", sandbox()).start().await.unwrap();
+    let answer = attempt(&intruder, "dial_plugin", socket.to_str().unwrap()).await;
+    assert!(!answer.names.is_empty(), "{answer:?}");
+    assert!(
+        answer.names.iter().all(|said| said.contains(": refused")),
+        "the intruder got through: {:?}",
+        answer.names
+    );
+    victim.health().await.expect("the victim still serves");
+    // The victim logged the refusal, naming the intruder.
+    let intruder_pid = format!("pid {}", intruder.pid());
+    let logged = eventually(PATIENCE, || {
+        recorded("victim").iter().any(|event| {
+            event.message.contains("refused a connection") && event.message.contains(&intruder_pid)
+        })
+    })
+    .await;
+    assert!(logged, "no refusal logged: {:?}", recorded("victim"));
+    intruder.shutdown().await.unwrap();
+    let exit = victim.shutdown().await.unwrap();
+    assert!(exit.status.success(), "{exit:?}");
 }

@@ -197,7 +197,7 @@ impl Broker {
         let listener = Listener::bind(
             &config.socket_dir,
             &prefix,
-            config.peer,
+            config.peer.clone(),
             Arc::clone(&config.peer_name),
         )
         .map_err(|source| BrokerError::Listen {
@@ -405,14 +405,13 @@ impl Broker {
         let config = &self.shared.config;
         let peer = || self.peer_name().to_owned();
         let path = self.check_offer(id, info)?;
-        let channel =
-            unix::connect(&path, config.peer)
-                .await
-                .map_err(|source| BrokerError::Connect {
-                    peer: peer(),
-                    id,
-                    source,
-                })?;
+        let channel = unix::connect(&path, config.peer.clone())
+            .await
+            .map_err(|source| BrokerError::Connect {
+                peer: peer(),
+                id,
+                source,
+            })?;
         tracing::debug!(target: "tether::broker", plugin = %self.peer_name(), id, socket = %path.display(), "dialed");
         Ok(channel)
     }

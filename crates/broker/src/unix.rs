@@ -20,20 +20,24 @@ use tonic::transport::server::Connected;
 use tonic::transport::{Channel, Endpoint, Uri};
 
 /// Who may be on the other end of a socket.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Peer {
     /// Exactly this process: the host's view of the plugin it spawned.
     Process(u32),
-    /// Any process of the same user: the plugin's view of its host, which it did not start
-    /// and whose pid it cannot know for sure.
+    /// Any of a set of processes that can grow: a plugin's view of its host (the process
+    /// that started it) and of the processes that host admits later.
+    Processes(PeerSet),
+    /// Any process of the same user. Weaker than the others: on a machine where plugins run
+    /// as the host's user, another plugin is of the same user.
     SameUser,
 }
 
 impl Peer {
     /// Whether a process with these credentials is this peer.
     pub fn admits(&self, credentials: &PeerCredentials) -> bool {
-        match *self {
-            Peer::Process(pid) => credentials.pid == Some(pid),
+        match self {
+            Peer::Process(pid) => credentials.pid == Some(*pid),
+            Peer::Processes(set) => credentials.pid.is_some_and(|pid| set.contains(pid)),
             Peer::SameUser => credentials.uid == rustix::process::getuid().as_raw(),
         }
     }
@@ -43,10 +47,64 @@ impl fmt::Display for Peer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Peer::Process(pid) => write!(f, "pid {pid}"),
+            Peer::Processes(set) => {
+                let pids: Vec<String> = set.pids().iter().map(u32::to_string).collect();
+                write!(f, "pid {}", pids.join(" or "))
+            }
             Peer::SameUser => write!(f, "uid {}", rustix::process::getuid().as_raw()),
         }
     }
 }
+
+/// A set of pids, shared: every listener and dialer holding a clone sees what is admitted
+/// later. Pids are only added; a process that ends takes its pid with it only in the sense
+/// that a new process with that pid would need to be admitted again by the host to be
+/// trusted, so the host should admit only processes it keeps track of.
+#[derive(Debug, Clone, Default)]
+pub struct PeerSet(Arc<std::sync::RwLock<std::collections::BTreeSet<u32>>>);
+
+impl PeerSet {
+    /// A set holding `pid`.
+    pub fn of(pid: u32) -> Self {
+        let set = PeerSet::default();
+        set.admit(pid);
+        set
+    }
+
+    /// Adds `pid`.
+    pub fn admit(&self, pid: u32) {
+        self.0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(pid);
+    }
+
+    /// Whether `pid` is in the set.
+    pub fn contains(&self, pid: u32) -> bool {
+        self.0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(&pid)
+    }
+
+    /// The pids in the set, in order.
+    pub fn pids(&self) -> Vec<u32> {
+        self.0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .copied()
+            .collect()
+    }
+}
+
+impl PartialEq for PeerSet {
+    fn eq(&self, other: &Self) -> bool {
+        self.pids() == other.pids()
+    }
+}
+
+impl Eq for PeerSet {}
 
 /// The kernel's word (`SO_PEERCRED`) on the process at the other end of a connection, taken
 /// when it connected. It is also the connection info tonic puts in each request's
@@ -142,12 +200,13 @@ async fn connect_checked(path: &Path, peer: Peer) -> Result<UnixStream, ConnectE
 /// and any reconnection) is checked to be served by `peer`; the first is made before this
 /// returns, so a wrong peer or a missing socket is an error here, not on the first call.
 pub async fn connect(path: &Path, peer: Peer) -> Result<Channel, ConnectError> {
-    let first = connect_checked(path, peer).await?;
+    let first = connect_checked(path, peer.clone()).await?;
     let first = Arc::new(Mutex::new(Some(first)));
     let socket = path.to_owned();
     let connector = tower::service_fn(move |_: Uri| {
         let first = first.lock().ok().and_then(|mut first| first.take());
         let socket = socket.clone();
+        let peer = peer.clone();
         async move {
             let stream = match first {
                 Some(stream) => stream,
@@ -270,7 +329,7 @@ impl Listener {
                 label: Arc::clone(&self.label),
                 socket: self.path().to_owned(),
                 credentials,
-                expected: self.peer,
+                expected: self.peer.clone(),
                 reason,
             });
         }
@@ -283,7 +342,7 @@ impl Listener {
 
     /// Who may connect.
     pub fn peer(&self) -> Peer {
-        self.peer
+        self.peer.clone()
     }
 
     /// Accepted and refused connections so far; shared, so it stays readable while the

@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use rustix::process::Signal;
 use tether_broker::{Broker, BrokerConfig, Peer};
+use tether_protocol::admission::AdmitRequest;
+use tether_protocol::admission::admission_client::AdmissionClient;
 use tether_protocol::plugin::Empty;
 use tether_protocol::plugin::grpc_controller_client::GrpcControllerClient;
 use tether_protocol::plugin::grpc_stdio_client::GrpcStdioClient;
@@ -454,6 +456,8 @@ pub struct PluginClient {
 
 /// What another host process needs to attach to a running plugin
 /// ([`PluginClient::reattach`]); serialisable, from [`PluginClient::reattach_config`].
+/// A tether plugin accepts the attaching process only once the host that started it has
+/// named it with [`PluginClient::admit`].
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ReattachConfig {
     /// The plugin's name.
@@ -741,6 +745,23 @@ impl PluginClient {
                 status: other.as_str_name().to_owned(),
             }),
         }
+    }
+
+    /// Lets process `pid` connect to the plugin's socket too, for example a second host
+    /// process about to [`reattach`](Self::reattach) with this plugin's
+    /// [`reattach_config`](Self::reattach_config). A tether plugin refuses (and logs)
+    /// every other process than the one that started it and those admitted this way.
+    /// Plugins built with go-plugin do not serve this (the error says `Unimplemented`).
+    pub async fn admit(&self, pid: u32) -> Result<(), Error> {
+        AdmissionClient::new(self.channel())
+            .admit(AdmitRequest { pid })
+            .await
+            .map_err(|status| Error::Rpc {
+                plugin: self.name.clone(),
+                call: "admitting another process",
+                status,
+            })?;
+        Ok(())
     }
 
     /// Stops the plugin: the controller's `Shutdown`, up to the graceful timeout; then

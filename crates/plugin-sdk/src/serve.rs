@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+use tether_broker::unix::{Listener, PeerSet};
 use tether_broker::{Broker, BrokerConfig, Peer};
+use tether_protocol::admission::admission_server::AdmissionServer;
 use tether_protocol::hostconn::host_connection_server::HostConnectionServer;
 use tether_protocol::plugin::grpc_controller_server::GrpcControllerServer;
 use tether_protocol::plugin::grpc_stdio_server::GrpcStdioServer;
@@ -16,9 +18,7 @@ use tether_protocol::{
     CORE_PROTOCOL_VERSION, DEFAULT_MAX_MESSAGE_SIZE, HEALTH_SERVICE, Handshake, HandshakeConfig,
     Network, Protocol, env, format_versions, negotiate, parse_versions,
 };
-use tokio::net::UnixListener;
 use tokio::signal::unix::{SignalKind, signal};
-use tokio_stream::wrappers::UnixListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 use tonic::transport::{Channel, Server};
@@ -28,7 +28,7 @@ use tracing_subscriber::Layer;
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt;
 
-use crate::builtin::Controller;
+use crate::builtin::{Admission, Controller};
 use crate::error::ServeError;
 use crate::files::HostFiles;
 use crate::host::{HostConnectionService, HostServices, LinkSetter};
@@ -45,6 +45,9 @@ pub struct Plugin {
     worker_threads: usize,
     broker: Broker,
     host_link: Option<LinkSetter>,
+    /// The processes that may connect: the host that started this plugin, and whoever it
+    /// admits later.
+    admitted: PeerSet,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -65,6 +68,8 @@ impl std::fmt::Debug for Plugin {
 impl Plugin {
     /// A plugin with this handshake and no services yet.
     pub fn new(handshake: HandshakeConfig) -> Self {
+        // The host is the process that started the plugin; nobody else may connect.
+        let admitted = PeerSet::of(std::os::unix::process::parent_id());
         Plugin {
             handshake,
             versions: BTreeMap::new(),
@@ -75,9 +80,10 @@ impl Plugin {
             broker: Broker::new(BrokerConfig::new(
                 "host",
                 broker_socket_dir(),
-                Peer::SameUser,
+                Peer::Processes(admitted.clone()),
             )),
             host_link: None,
+            admitted,
         }
     }
 
@@ -242,14 +248,19 @@ impl Plugin {
             .ok_or(ServeError::NoVersions)?;
 
         let socket_dir = SocketDir::new()?;
-        let socket_path = socket_dir
-            .path()
-            .join(format!("plugin-{}.sock", std::process::id()));
-        let listener = UnixListener::bind(&socket_path).map_err(|source| ServeError::Bind {
-            path: socket_path.clone(),
+        // Only the host (and the processes it admits) may connect; everyone else is refused
+        // and logged. The socket is removed when the listener is dropped.
+        let listener = Listener::bind(
+            socket_dir.path(),
+            &format!("plugin-{}-", std::process::id()),
+            Peer::Processes(self.admitted.clone()),
+            "host".into(),
+        )
+        .map_err(|source| ServeError::Bind {
+            path: socket_dir.path().to_owned(),
             source,
         })?;
-        let _socket = RemoveOnDrop(socket_path.clone());
+        let socket_path = listener.path().to_owned();
 
         let capture = stdio::capture().map_err(|source| ServeError::Stdio { source })?;
         if let Some(level) = self.log_level {
@@ -293,6 +304,7 @@ impl Plugin {
                 .max_decoding_message_size(limit)
                 .max_encoding_message_size(limit),
             )
+            .add_service(AdmissionServer::new(Admission::new(self.admitted.clone())))
             .add_service(
                 self.broker
                     .grpc_service()
@@ -326,10 +338,7 @@ impl Plugin {
 
         let server = Server::builder()
             .add_routes(routes)
-            .serve_with_incoming_shutdown(
-                UnixListenerStream::new(listener),
-                shutdown.clone().cancelled_owned(),
-            );
+            .serve_with_incoming_shutdown(listener, shutdown.clone().cancelled_owned());
         let grace = self.shutdown_grace;
         let result = tokio::select! {
             result = server => result.map_err(|source| ServeError::Serve { source }),
@@ -423,14 +432,5 @@ fn broker_socket_dir() -> PathBuf {
     match std::env::var_os(env::UNIX_SOCKET_DIR) {
         Some(dir) if !dir.is_empty() => dir.into(),
         _ => std::env::temp_dir(),
-    }
-}
-
-/// Removes the socket file on every exit path that unwinds or returns.
-struct RemoveOnDrop(PathBuf);
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
     }
 }

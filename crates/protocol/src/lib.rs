@@ -71,6 +71,9 @@ mod generated {
     pub mod plugin {
         include!("generated/plugin.rs");
     }
+    pub mod admission {
+        include!("generated/tether.admission.v1.rs");
+    }
     pub mod hostconn {
         include!("generated/tether.hostconn.v1.rs");
     }
@@ -95,6 +98,12 @@ mod generated {
 /// `GRPCStdio` and their messages.
 pub mod plugin {
     pub use crate::generated::plugin::*;
+}
+
+/// `tether.admission.v1`: how the host names another process a tether plugin admits on its
+/// socket (for example a second host process that reattaches).
+pub mod admission {
+    pub use crate::generated::admission::*;
 }
 
 /// `tether.hostconn.v1`: the contract a plugin serves to accept host services

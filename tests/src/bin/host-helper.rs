@@ -11,8 +11,8 @@
 //! - `host-helper flood <test-plugin path> <mib>`: has a test plugin write `mib` MiB on
 //!   stdout and as many on stderr, checks it still answers, and prints `host_peak_kib`
 //!   and `plugin_peak_kib`.
-//! - `host-helper reattach <config.json>`: attaches to a running test plugin from its
-//!   `ReattachConfig`, echoes through it, prints `pid <pid>` and `echo <message>`, and
+//! - `host-helper reattach <config.json>`: once a line arrives on stdin (the first host has
+//!   admitted it), attaches to a running test plugin from its `ReattachConfig`, echoes through it, prints `pid <pid>` and `echo <message>`, and
 //!   exits, leaving the plugin running.
 //! - `host-helper cycles <test-plugin path> <n>`: supervises a test plugin, kills it `n`
 //!   times (each time waiting for the restart), shuts down, and prints its own open fds,
@@ -260,6 +260,10 @@ async fn reattach(config: &Path) -> anyhow::Result<ExitCode> {
     use tether_plugin_sdk::protocol::testing::testing_client::TestingClient;
 
     let config: ReattachConfig = serde_json::from_slice(&std::fs::read(config)?)?;
+    // The plugin admits only the host that started it, until that host admits this
+    // process: wait for the word (a line on stdin).
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
     let plugin = PluginClient::reattach(&config).await?;
     let echo = TestingClient::new(plugin.channel())
         .echo(EchoRequest {

@@ -11,6 +11,8 @@
 //!   `clone_namespace`: enter new namespaces;
 //! - `memory_bomb`: allocate and touch memory without end;
 //! - `fds`: the file descriptors open when `main` began;
+//! - `dial_plugin <socket>`: connect to another plugin's socket, ask it to shut down and
+//!   call it; `names` says how each went;
 //! - `syscalls <n,n,...>`: each system call number with all-zero arguments; `data` holds,
 //!   per number, the number and the errno (0 if it succeeded), as two little-endian u32;
 //! - `ioctls <path>`: a sweep of ioctl requests on `path` opened read-only (`socket`: on a
@@ -357,6 +359,42 @@ fn ioctl_sweep() -> Vec<u32> {
     requests
 }
 
+/// Connects to another plugin's socket and tries to stop it and to call it: one line per
+/// attempt, `<what>: ok` or `<what>: refused: <why>`.
+async fn dial_plugin(socket: &std::path::Path) -> HostOpResponse {
+    use tether_broker::unix::{self, Peer};
+    use tether_plugin_sdk::protocol::plugin::Empty;
+    use tether_plugin_sdk::protocol::plugin::grpc_controller_client::GrpcControllerClient;
+    use tether_plugin_sdk::protocol::testing::testing_client::TestingClient;
+
+    let said = |what: &str, result: Result<(), String>| match result {
+        Ok(()) => format!("{what}: ok"),
+        Err(why) => format!("{what}: refused: {why}"),
+    };
+    let names = match unix::connect(socket, Peer::SameUser).await {
+        Err(err) => vec![said("connect", Err(err.to_string()))],
+        Ok(channel) => {
+            let stop = GrpcControllerClient::new(channel.clone())
+                .shutdown(Empty {})
+                .await
+                .map(drop)
+                .map_err(|status| status.to_string());
+            let echo = TestingClient::new(channel)
+                .echo(EchoRequest {
+                    message: "from an intruder".into(),
+                })
+                .await
+                .map(drop)
+                .map_err(|status| status.to_string());
+            vec![said("shutdown", stop), said("echo", echo)]
+        }
+    };
+    HostOpResponse {
+        names,
+        ..ok("dialed")
+    }
+}
+
 /// `syscall(number, args...)`: the return value, or `-errno`.
 fn raw_syscall(number: libc::c_long, args: [usize; 5]) -> i64 {
     // SAFETY: every caller passes pointers to live locals at least as large as the call
@@ -482,6 +520,10 @@ impl Testing for Hostile {
         request: Request<HostOpRequest>,
     ) -> Result<Response<HostOpResponse>, Status> {
         let HostOpRequest { op, path, .. } = request.into_inner();
+        if op == "dial_plugin" {
+            let socket = std::path::PathBuf::from(String::from_utf8_lossy(&path).into_owned());
+            return Ok(Response::new(dial_plugin(&socket).await));
+        }
         if op == "hang" {
             // Says it has the call (the host logs the line), then never answers.
             eprintln!("hanging on the call");
