@@ -9,6 +9,7 @@
 
 mod bench;
 mod demo;
+mod fuzz;
 mod go;
 mod guides;
 mod proto;
@@ -31,6 +32,7 @@ tasks:
   test            formatting, clippy (warnings denied), generated-code freshness, all tests
   soak [RUNS]     the end-to-end suite RUNS times (default 20) with a CPU hog on every
                   core beside it; prints failures per test
+  fuzz [--seconds N] [TARGET...]  run the fuzz targets in fuzz/ (default 60 s each)
   proto           regenerate crates/protocol/src/generated from proto/
   proto --check   fail if the committed generated code is stale
 ";
@@ -42,6 +44,7 @@ fn main() -> ExitCode {
         ["test"] => test::run(),
         ["soak", extra @ ..] => soak::run(extra),
         ["demo", extra @ ..] => demo::run(extra),
+        ["fuzz", extra @ ..] => fuzz::run(extra),
         ["bench", extra @ ..] => bench::run(extra),
         ["proto"] => proto::run(proto::Mode::Write),
         ["proto", "--check"] => proto::run(proto::Mode::Check),

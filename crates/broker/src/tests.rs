@@ -287,3 +287,117 @@ fn an_offer_goes_to_the_dial_waiting_for_it_and_a_knock_to_nobody() {
     assert_eq!(waiting.try_recv().ok(), Some(offer));
     assert_eq!(broker.unclaimed(), 0);
 }
+
+mod properties {
+    use std::collections::BTreeMap;
+    use std::path::{Path, PathBuf};
+
+    use proptest::prelude::*;
+    use tether_protocol::plugin::conn_info::Knock;
+
+    use super::*;
+
+    fn name() -> impl Strategy<Value = String> {
+        "[a-zA-Z0-9._ -]{1,20}".prop_filter("a file name", |n| n != "." && n != "..")
+    }
+
+    proptest! {
+        #[test]
+        fn a_socket_directly_in_the_dir_is_dialed_as_offered(name in name(), id in any::<u32>()) {
+            let address = format!("/run/tether-x/{name}");
+            for confine in [true, false] {
+                let path = offline(confine).check_offer(id, info(id, "unix", &address));
+                prop_assert_eq!(path.ok(), Some(PathBuf::from(&address)));
+            }
+        }
+
+        #[test]
+        fn other_networks_are_refused_naming_the_offer(
+            network in "[a-z0-9]{0,6}",
+            address in any::<String>(),
+            id in any::<u32>(),
+        ) {
+            prop_assume!(network != "unix");
+            for confine in [true, false] {
+                let err = offline(confine)
+                    .check_offer(id, info(id, &network, &address))
+                    .unwrap_err();
+                let BrokerError::UnsupportedNetwork { id: got, network: n, address: a, .. } = err
+                else {
+                    panic!("expected an unsupported network, got {err:?}");
+                };
+                prop_assert_eq!((got, n.as_str(), a.as_str()), (id, network.as_str(), address.as_str()));
+            }
+        }
+
+        #[test]
+        fn a_confined_broker_refuses_every_socket_not_directly_in_its_dir(
+            name in name(),
+            shape in 0..8usize,
+            id in any::<u32>(),
+        ) {
+            let address = [
+                format!("/run/{name}"),
+                format!("/run/tether-x/../{name}"),
+                format!("/run/tether-x/./{name}"),
+                format!("/run/tether-x//{name}"),
+                format!("/run/tether-x/{name}/"),
+                format!("/run/tether-x/sub/{name}"),
+                format!("run/tether-x/{name}"),
+                format!("/run/tether-x-other/{name}"),
+            ][shape]
+                .clone();
+            let err = offline(true).check_offer(id, info(id, "unix", &address)).unwrap_err();
+            prop_assert!(
+                matches!(&err, BrokerError::AddressOutsideSocketDir { id: got, address: a, .. }
+                    if *got == id && *a == address),
+                "{:?}", err
+            );
+            // Unconfined (a plugin dialing its host), the address is taken as offered.
+            let path = offline(false).check_offer(id, info(id, "unix", &address));
+            prop_assert_eq!(path.ok(), Some(PathBuf::from(&address)));
+        }
+
+        #[test]
+        fn any_offer_is_checked_without_panicking(
+            network in prop_oneof![Just("unix".to_owned()), any::<String>()],
+            address in prop_oneof!["/run/tether-x/[^/]{0,8}", "[/.a]{0,12}", any::<String>()],
+        ) {
+            if let Ok(path) = offline(true).check_offer(1, info(1, &network, &address)) {
+                prop_assert_eq!(path.parent(), Some(Path::new("/run/tether-x")));
+                prop_assert_eq!(path.as_os_str(), address.as_str());
+            }
+        }
+
+        #[test]
+        fn received_offers_wait_per_id_and_knocks_are_never_kept(
+            offers in proptest::collection::vec((0..6u32, any::<bool>(), name()), 0..24),
+            waiting in proptest::collection::btree_set(0..6u32, 0..3),
+        ) {
+            let broker = offline(true);
+            let mut waiters: Vec<_> = waiting.iter().map(|id| (*id, broker.wait_for(*id))).collect();
+            let mut expected_waiters = BTreeMap::new();
+            let mut expected_kept = BTreeMap::new();
+            for (id, knock, name) in &offers {
+                let mut offer = info(*id, "unix", &format!("/run/tether-x/{name}"));
+                if *knock {
+                    offer.knock = Some(Knock { knock: true, ack: false, error: String::new() });
+                } else if waiting.contains(id) && !expected_waiters.contains_key(id) {
+                    // The first offer for an id goes to its waiting dial...
+                    expected_waiters.insert(*id, offer.clone());
+                } else {
+                    // ...later ones replace each other until dialed.
+                    expected_kept.insert(*id, offer.clone());
+                }
+                broker.receive(offer);
+            }
+            for (id, waiter) in &mut waiters {
+                prop_assert_eq!(waiter.try_recv().ok(), expected_waiters.get(id).cloned());
+            }
+            prop_assert_eq!(broker.unclaimed(), expected_kept.len());
+            for (id, offer) in expected_kept {
+                prop_assert_eq!(broker.take_arrived(id), Some(offer));
+            }
+        }
+    }
+}

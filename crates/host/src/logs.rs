@@ -200,4 +200,128 @@ mod tests {
         assert_eq!(plugin_versions(tail), Some(vec![1, 2]));
         assert_eq!(plugin_versions("nothing"), None);
     }
+
+    mod properties {
+        use proptest::prelude::*;
+        use serde_json::{Map, json};
+
+        use super::super::*;
+
+        const LEVELS: [(&str, Level); 6] = [
+            ("trace", Level::TRACE),
+            ("debug", Level::DEBUG),
+            ("info", Level::INFO),
+            ("warn", Level::WARN),
+            ("warning", Level::WARN),
+            ("error", Level::ERROR),
+        ];
+
+        fn field_value() -> impl Strategy<Value = Value> {
+            prop_oneof![
+                any::<String>().prop_map(Value::String),
+                any::<i64>().prop_map(Value::from),
+                any::<bool>().prop_map(Value::Bool),
+                Just(Value::Null),
+                proptest::collection::vec(any::<u8>(), 0..3).prop_map(Value::from),
+            ]
+        }
+
+        proptest! {
+            #[test]
+            fn an_hclog_line_keeps_its_level_message_and_fields(
+                level in 0..LEVELS.len(),
+                message in any::<String>(),
+                fields in proptest::collection::btree_map("[a-z@_][a-z0-9_.]{0,8}", field_value(), 0..5),
+                timestamp in any::<bool>(),
+            ) {
+                let (name, expected) = LEVELS[level];
+                let mut object = Map::new();
+                for (key, value) in &fields {
+                    object.insert(key.clone(), value.clone());
+                }
+                object.insert("@level".into(), json!(name));
+                object.insert("@message".into(), json!(message));
+                if timestamp {
+                    object.insert("@timestamp".into(), json!("2024-01-01T00:00:00.000000Z"));
+                }
+                let line = Value::Object(object).to_string();
+                let parsed = LogParser::default().parse(&line);
+                prop_assert_eq!(parsed.level, expected);
+                prop_assert_eq!(parsed.message, message);
+                let mut got = parsed.fields;
+                got.sort();
+                let mut want: Vec<(String, String)> = fields
+                    .into_iter()
+                    .filter(|(key, _)| !["@level", "@message", "@timestamp"].contains(&key.as_str()))
+                    .map(|(key, value)| (key, text(value)))
+                    .collect();
+                want.sort();
+                prop_assert_eq!(got, want);
+            }
+
+            #[test]
+            fn any_line_is_re_levelled_without_panicking(lines in proptest::collection::vec(any::<String>(), 0..8)) {
+                let mut parser = LogParser::default();
+                for line in &lines {
+                    let parsed = parser.parse(line);
+                    if parse_json(line).is_none() {
+                        prop_assert!(parsed.fields.is_empty());
+                    }
+                }
+                let _ = plugin_versions(&lines.join("\n"));
+            }
+
+            #[test]
+            fn json_without_level_or_message_is_a_plain_line(
+                fields in proptest::collection::btree_map("[a-z_]{1,8}", any::<String>(), 0..4),
+            ) {
+                let line = json!(fields).to_string();
+                prop_assert_eq!(parse_json(&line), None);
+                let parsed = LogParser::default().parse(&line);
+                prop_assert_eq!(parsed.level, Level::DEBUG);
+                prop_assert_eq!(parsed.message, line);
+            }
+
+            #[test]
+            fn tagged_lines_take_their_level_and_panics_colour_what_follows(
+                tag in 0..5usize,
+                message in "[^\n]{0,20}",
+                after in proptest::collection::vec("[a-z ]{0,10}", 0..4),
+            ) {
+                let (tag, level) = [
+                    ("[TRACE]", Level::TRACE),
+                    ("[DEBUG]", Level::DEBUG),
+                    ("[INFO]", Level::INFO),
+                    ("[WARN]", Level::WARN),
+                    ("[ERROR]", Level::ERROR),
+                ][tag];
+                let mut parser = LogParser::default();
+                let parsed = parser.parse(&format!("{tag} {message}"));
+                prop_assert_eq!(parsed.level, level);
+                prop_assert_eq!(parsed.message, message.trim());
+                prop_assert_eq!(parser.parse("panic: boom").level, Level::ERROR);
+                for line in &after {
+                    prop_assert_eq!(parser.parse(line).level, Level::ERROR, "{:?}", line);
+                }
+                prop_assert_eq!(parser.parse(&format!("{tag} {message}")).level, level);
+                prop_assert_eq!(parser.parse("after").level, Level::DEBUG);
+            }
+
+            #[test]
+            fn announced_versions_are_found(
+                versions in proptest::collection::vec(any::<u32>(), 0..5),
+                noise in proptest::collection::vec("[^\n]{0,12}", 0..3),
+            ) {
+                let announced = json!({
+                    "@level": "info",
+                    "@message": "serving",
+                    "tether_plugin_versions": tether_protocol::format_versions(&versions),
+                });
+                let mut tail = noise.clone();
+                tail.push(announced.to_string());
+                let found = plugin_versions(&tail.join("\n"));
+                prop_assert_eq!(found, Some(versions));
+            }
+        }
+    }
 }

@@ -313,4 +313,177 @@ mod tests {
             assert!(!c.covers(Verb::Env, other), "{other:?}");
         }
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        const PATH_VERBS: [Verb; 3] = [Verb::Read, Verb::Write, Verb::Delete];
+
+        /// A component without wildcards.
+        fn literal() -> impl Strategy<Value = String> {
+            "[a-z0-9._ ~-]{1,6}|\\PC{1,3}".prop_filter("a grammar component", |c| {
+                c != "."
+                    && c != ".."
+                    && !c.contains(['/', '*', '?', '[', ']', '{', '}', '\\', '\0'])
+            })
+        }
+
+        /// A component with a wildcard: `**`, or `*` within a name.
+        fn wildcard() -> impl Strategy<Value = String> {
+            prop_oneof![
+                Just("**".to_owned()),
+                Just("*".to_owned()),
+                ("[a-z.]{0,3}", "[a-z.]{0,3}").prop_map(|(a, b)| format!("{a}*{b}")),
+            ]
+        }
+
+        fn pattern(wild: bool) -> impl Strategy<Value = Vec<String>> {
+            let component = if wild {
+                prop_oneof![literal(), wildcard()].boxed()
+            } else {
+                literal().boxed()
+            };
+            proptest::collection::vec(component, 1..5)
+        }
+
+        fn verb() -> impl Strategy<Value = Verb> {
+            proptest::sample::select(&PATH_VERBS[..])
+        }
+
+        /// Requests made of the components patterns use, so that some are covered.
+        fn request() -> impl Strategy<Value = String> {
+            proptest::collection::vec("a|b|x.toml|a\\.b|[a-z.]{1,3}", 1..6)
+                .prop_map(|components| components.join("/"))
+        }
+
+        fn reason(text: &str) -> String {
+            text.parse::<Capability>()
+                .map(|_| String::new())
+                .unwrap_or_else(|err| {
+                    assert_eq!(err.capability, text);
+                    err.reason
+                })
+        }
+
+        proptest! {
+            #[test]
+            fn every_capability_in_the_grammar_parses_and_displays_as_written(
+                verb in verb(),
+                components in pattern(true),
+                env in "[A-Za-z_][A-Za-z0-9_]{0,15}",
+            ) {
+                let text = format!("{verb}:{}", components.join("/"));
+                let capability: Capability = text.parse().expect("in the grammar");
+                prop_assert_eq!(capability.verb(), verb);
+                prop_assert_eq!(capability.as_str(), text.as_str());
+                prop_assert_eq!(capability.to_string().parse::<Capability>(), Ok(capability));
+
+                let text = format!("env:{env}");
+                let capability: Capability = text.parse().expect("in the grammar");
+                prop_assert_eq!(capability.verb(), Verb::Env);
+                prop_assert!(capability.covers(Verb::Env, &env));
+                let longer = format!("{env}_");
+                prop_assert!(!capability.covers(Verb::Env, &longer));
+                prop_assert_eq!(capability.base(), None);
+            }
+
+            #[test]
+            fn a_pattern_without_wildcards_covers_exactly_its_path(
+                verb in verb(),
+                components in pattern(false),
+                other in request(),
+            ) {
+                let path = components.join("/");
+                let capability: Capability = format!("{verb}:{path}").parse().expect("valid");
+                prop_assert!(capability.covers(verb, &path));
+                prop_assert_eq!(capability.covers(verb, &other), other == path);
+                for wrong in PATH_VERBS.into_iter().chain([Verb::Env]).filter(|v| *v != verb) {
+                    prop_assert!(!capability.covers(wrong, &path));
+                }
+                prop_assert_eq!(capability.base(), Some(&components[..components.len() - 1]));
+            }
+
+            #[test]
+            fn a_grant_never_covers_a_path_outside_its_base(
+                verb in verb(),
+                components in proptest::collection::vec(
+                    prop_oneof![Just("a".to_owned()), Just("b".to_owned()), wildcard()],
+                    1..5,
+                ),
+                request in request(),
+            ) {
+                let capability: Capability = format!("{verb}:{}", components.join("/"))
+                    .parse()
+                    .expect("valid");
+                let base = capability.base().expect("a path capability");
+                if capability.covers(verb, &request) {
+                    let requested: Vec<&str> = request.split('/').collect();
+                    prop_assert!(
+                        requested.len() >= base.len() && base.iter().zip(&requested).all(|(b, r)| b == r),
+                        "{} covers {} outside {:?}", capability, request, base
+                    );
+                }
+            }
+
+            #[test]
+            fn any_text_parses_or_is_refused_naming_itself(text in any::<String>(), request in any::<String>()) {
+                match text.parse::<Capability>() {
+                    Ok(capability) => {
+                        let _ = capability.covers(capability.verb(), &request);
+                    }
+                    Err(err) => prop_assert_eq!(err.capability, text),
+                }
+            }
+
+            #[test]
+            fn patterns_outside_the_grammar_are_refused_with_the_rule_they_break(
+                verb in verb(),
+                before in pattern(true),
+                after in pattern(true),
+                bad in prop_oneof![
+                    Just(("", "empty path component")),
+                    Just((".", "`.` and `..`")),
+                    Just(("..", "`.` and `..`")),
+                    Just(("a**", "`**` must be a whole component")),
+                    Just(("**b", "`**` must be a whole component")),
+                    Just(("***", "`**` must be a whole component")),
+                    Just(("a?", "only `*` and `**` are wildcards")),
+                    Just(("[a]", "only `*` and `**` are wildcards")),
+                    Just(("{a,b}", "only `*` and `**` are wildcards")),
+                    Just(("a\\b", "NUL and `\\` are not allowed")),
+                    Just(("a\0", "NUL and `\\` are not allowed")),
+                ],
+            ) {
+                let (component, rule) = bad;
+                let text = format!("{verb}:{}/{component}/{}", before.join("/"), after.join("/"));
+                prop_assert!(reason(&text).contains(rule), "{:?}: {}", text, reason(&text));
+                let text = format!("{verb}:/{}", before.join("/"));
+                prop_assert!(reason(&text).contains("leading `/`"), "{:?}", text);
+                let text = format!("{verb}:{}/", before.join("/"));
+                prop_assert!(reason(&text).contains("empty path component"), "{:?}", text);
+            }
+
+            #[test]
+            fn verbs_and_env_names_outside_the_grammar_are_refused(
+                word in "[A-Za-z]{0,8}",
+                pattern in pattern(false),
+                env in "[A-Za-z0-9_*=. -]{0,12}",
+            ) {
+                let path = pattern.join("/");
+                if !["read", "write", "delete", "env"].contains(&word.as_str()) {
+                    let text = format!("{word}:{path}");
+                    prop_assert!(reason(&text).contains("unknown verb"), "{:?}", text);
+                }
+                let text = format!("{word}{}", path.replace(':', ""));
+                prop_assert!(reason(&text).contains("expected `verb:pattern`"), "{:?}", text);
+                prop_assert!(reason("read:").contains("the pattern is empty"));
+                if !is_env_name(&env) && !env.is_empty() {
+                    let text = format!("env:{env}");
+                    prop_assert!(reason(&text).contains("names one variable exactly"), "{:?}", text);
+                }
+            }
+        }
+    }
 }

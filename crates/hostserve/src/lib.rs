@@ -12,10 +12,14 @@
 //!    grammar in [`capability`];
 //! 4. runs beneath the workspace through directory handles (`cap_std`), following no
 //!    symbolic link at any step, so the object reached is the one the path names;
-//! 5. stays within [`Limits`] (message size, per-plugin concurrency, per-plugin write
-//!    quota, capped directory pages, streamed file contents, and a stall timeout that ends
-//!    a stream the plugin stops reading or sending);
-//! 6. leaves exactly one audit record ([`Audit`]): a JSON line and a `tracing` event, with
+//! 5. stays within [`Limits`] (message size, per-plugin concurrency, open calls and
+//!    connections, per-plugin write quota, capped directory pages, streamed file contents,
+//!    and a stall timeout that ends a stream the plugin stops reading or sending);
+//! 6. writes atomically: into a temporary file with a reserved name ([`RESERVED_PREFIX`]:
+//!    never listed, never nameable), renamed into place only when the plugin ends the
+//!    write; an interrupted write leaves nothing, and the leftovers of a host killed
+//!    mid-write are removed when the services next connect a plugin to that workspace;
+//! 7. leaves exactly one audit record ([`Audit`]): a JSON line and a `tracing` event, with
 //!    the call's request id and remaining deadline when it carries them
 //!    (`tether_protocol::CallContext`).
 //!
@@ -42,6 +46,9 @@
 mod audit;
 pub mod capability;
 mod confine;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod manifest;
 mod path;
 mod policy;
@@ -50,6 +57,6 @@ mod service;
 pub use audit::{Audit, AuditRecord};
 pub use capability::{Capability, CapabilityError, Verb};
 pub use manifest::{Manifest, ManifestError};
-pub use path::{MAX_COMPONENT, MAX_PATH, PathError};
+pub use path::{MAX_COMPONENT, MAX_PATH, PathError, RESERVED_PREFIX};
 pub use policy::{Policy, PolicyError};
 pub use service::{CAPABILITY_METADATA, HostServices, Limits};

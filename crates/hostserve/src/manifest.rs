@@ -109,3 +109,140 @@ impl Manifest {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// `text` as a TOML basic string.
+    pub(crate) fn toml_string(text: &str) -> String {
+        let mut out = String::from("\"");
+        for c in text.chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                c if c.is_control() => out.push_str(&format!("\\u{:04X}", u32::from(c))),
+                c => out.push(c),
+            }
+        }
+        out.push('"');
+        out
+    }
+
+    fn list(items: &[String]) -> String {
+        let items: Vec<String> = items.iter().map(|item| toml_string(item)).collect();
+        format!("[{}]", items.join(", "))
+    }
+
+    fn manifest_text(name: &str, version: &str, protocol: u32, capabilities: &[String]) -> String {
+        format!(
+            "name = {}\nversion = {}\nprotocol_version = {protocol}\ncapabilities = {}\n",
+            toml_string(name),
+            toml_string(version),
+            list(capabilities)
+        )
+    }
+
+    fn path() -> &'static Path {
+        Path::new("plugins/p/plugin.toml")
+    }
+
+    fn capability() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "(read|write|delete):[a-z]{1,5}(/([a-z]{1,4}|[a-z]?\\*[a-z]?)){0,3}(/\\*\\*)?",
+            "env:[A-Z_][A-Z0-9_]{0,8}",
+        ]
+    }
+
+    fn bad_capability() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "(read|write):/[a-z]{1,5}",
+            "(read|write):[a-z]{1,4}/\\.\\./[a-z]{1,4}",
+            "(exec|READ|Read):[a-z]{1,5}",
+            "env:[a-z]{1,3}\\*",
+            "[a-z]{0,6}",
+        ]
+    }
+
+    #[test]
+    fn the_documented_manifest_parses() {
+        let manifest = Manifest::parse(
+            "name = \"filelister\"\nversion = \"0.1.0\"\nprotocol_version = 1\n\
+             capabilities = [\"read:config/**\", \"write:output/**\", \"env:API_KEY\"]\n",
+            path(),
+        )
+        .unwrap();
+        assert_eq!(manifest.name, "filelister");
+        assert_eq!(manifest.capabilities.len(), 3);
+    }
+
+    proptest! {
+        #[test]
+        fn every_manifest_written_out_parses_to_what_was_written(
+            name in "\\PC*[^\\s]\\PC*|[^\"]{0,4}x",
+            version in any::<String>(),
+            protocol in any::<u32>(),
+            capabilities in proptest::collection::vec(capability(), 0..5),
+        ) {
+            let text = manifest_text(&name, &version, protocol, &capabilities);
+            let manifest = Manifest::parse(&text, path()).expect(&text);
+            prop_assert_eq!(manifest.name, name);
+            prop_assert_eq!(manifest.version, version);
+            prop_assert_eq!(manifest.protocol_version, protocol);
+            let parsed: Vec<&str> = manifest.capabilities.iter().map(Capability::as_str).collect();
+            prop_assert_eq!(parsed, capabilities.iter().map(String::as_str).collect::<Vec<_>>());
+        }
+
+        #[test]
+        fn any_text_parses_or_is_refused_naming_the_file(text in any::<String>()) {
+            match Manifest::parse(&text, path()) {
+                Ok(manifest) => prop_assert!(!manifest.name.trim().is_empty()),
+                Err(err) => prop_assert!(err.to_string().contains("plugins/p/plugin.toml")),
+            }
+        }
+
+        #[test]
+        fn a_blank_name_is_refused(name in "[ \\t\\n\\r]{0,4}") {
+            let err = Manifest::parse(&manifest_text(&name, "1", 1, &[]), path()).unwrap_err();
+            prop_assert!(matches!(err, ManifestError::EmptyName { .. }), "{:?}", err);
+        }
+
+        #[test]
+        fn every_malformed_capability_is_listed(
+            good in proptest::collection::vec(capability(), 0..4),
+            bad in proptest::collection::vec(bad_capability(), 1..4),
+            at in any::<proptest::sample::Index>(),
+        ) {
+            let mut all = good;
+            let at = at.index(all.len() + 1);
+            for (i, bad) in bad.iter().enumerate() {
+                all.insert(at + i, bad.clone());
+            }
+            let err = Manifest::parse(&manifest_text("p", "1", 1, &all), path()).unwrap_err();
+            let ManifestError::Capabilities { errors, .. } = err else {
+                panic!("expected a capabilities error, got {err:?}");
+            };
+            let named: Vec<&str> = errors.iter().map(|e| e.capability.as_str()).collect();
+            prop_assert_eq!(named, bad.iter().map(String::as_str).collect::<Vec<_>>());
+        }
+
+        #[test]
+        fn a_wrong_shape_is_a_parse_error(
+            key in "[a-z_]{1,10}",
+            value in prop_oneof![Just("1"), Just("\"x\""), Just("[]"), Just("-1"), Just("true")],
+        ) {
+            let known = ["name", "version", "protocol_version", "capabilities"];
+            let mut text = manifest_text("p", "1", 1, &[]);
+            if known.contains(&key.as_str()) {
+                // A known key twice, or with a value of the wrong type.
+                text.push_str(&format!("{key} = {value}\n"));
+            } else {
+                text.push_str(&format!("{key} = 1\n"));
+            }
+            let err = Manifest::parse(&text, path()).unwrap_err();
+            prop_assert!(matches!(err, ManifestError::Parse { .. }), "{:?}", err);
+        }
+    }
+}

@@ -4,6 +4,11 @@
 pub const MAX_PATH: usize = 4096;
 /// The longest component accepted, in bytes (Linux's `NAME_MAX`).
 pub const MAX_COMPONENT: usize = 255;
+/// Names starting with this are reserved for the host's unfinished writes (`WriteFile`
+/// writes `.tether-partial-<pid>-<n>` beside its target, then renames it into place): no
+/// request may name one, `ReadDir` never lists one, and the host services remove those
+/// whose writer is gone (a host killed mid-write) when they first serve the workspace.
+pub const RESERVED_PREFIX: &str = ".tether-partial-";
 
 /// Why a requested path was rejected before any grant was consulted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -32,6 +37,12 @@ pub enum PathError {
     /// Has a `.` or `..` component.
     #[error("the path has a `.` or `..` component; name the file directly")]
     Dot,
+    /// Has a component starting with [`RESERVED_PREFIX`].
+    #[error(
+        "the path names {0:?}: names starting with `{RESERVED_PREFIX}` are reserved for the \
+         host's unfinished writes"
+    )]
+    Reserved(String),
 }
 
 /// A workspace-relative path that passed the lexical checks: UTF-8, no NUL, relative,
@@ -62,6 +73,7 @@ impl RequestPath {
                 "" => return Err(PathError::EmptyComponent),
                 "." | ".." => return Err(PathError::Dot),
                 c if c.len() > MAX_COMPONENT => return Err(PathError::ComponentTooLong(c.len())),
+                c if is_reserved(c) => return Err(PathError::Reserved(c.to_owned())),
                 _ => {}
             }
         }
@@ -77,6 +89,11 @@ impl RequestPath {
     pub(crate) fn components(&self) -> impl Iterator<Item = &str> {
         self.text.split('/')
     }
+}
+
+/// Whether a file name is reserved for the host's unfinished writes.
+pub(crate) fn is_reserved(name: &str) -> bool {
+    name.starts_with(RESERVED_PREFIX)
 }
 
 /// How the audit log shows a raw path: lossless for UTF-8, escaped otherwise, and capped.
@@ -112,6 +129,14 @@ mod tests {
             (b"config//a", PathError::EmptyComponent),
             (b"config/a\0b", PathError::Nul),
             (b"config/\xff", PathError::NotUtf8),
+            (
+                b".tether-partial-1-2",
+                PathError::Reserved(".tether-partial-1-2".into()),
+            ),
+            (
+                b"out/.tether-partial-x/f",
+                PathError::Reserved(".tether-partial-x".into()),
+            ),
         ];
         for (raw, expected) in cases {
             assert_eq!(RequestPath::parse(raw).as_ref(), Err(expected), "{raw:?}");
@@ -135,6 +160,110 @@ mod tests {
         ] {
             let path = RequestPath::parse(ok.as_bytes()).unwrap();
             assert_eq!(path.as_str(), ok);
+        }
+    }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        fn component() -> impl Strategy<Value = String> {
+            "[a-zA-Z0-9 ._%~*-]{1,12}|\\PC{1,4}".prop_filter("a valid component", |c| {
+                c != "." && c != ".." && !c.contains(['/', '\0'])
+            })
+        }
+
+        fn path() -> impl Strategy<Value = Vec<String>> {
+            proptest::collection::vec(component(), 1..8)
+        }
+
+        proptest! {
+            #[test]
+            fn valid_paths_pass_unchanged(components in path()) {
+                let text = components.join("/");
+                let path = RequestPath::parse(text.as_bytes()).expect("valid");
+                prop_assert_eq!(path.as_str(), text.as_str());
+                prop_assert!(path.components().eq(components.iter().map(String::as_str)));
+            }
+
+            #[test]
+            fn any_bytes_are_checked_without_panicking(
+                raw in proptest::collection::vec(
+                    prop_oneof![any::<u8>(), Just(b'/'), Just(b'.'), Just(b'a')],
+                    0..64,
+                ),
+            ) {
+                if let Ok(path) = RequestPath::parse(&raw) {
+                    prop_assert_eq!(path.as_str().as_bytes(), &raw[..]);
+                    for component in path.components() {
+                        prop_assert!(!["", ".", ".."].contains(&component), "{:?}", component);
+                        prop_assert!(!component.contains('\0'));
+                    }
+                }
+                let _ = display(&raw);
+            }
+
+            #[test]
+            fn paths_outside_the_grammar_are_refused_with_the_rule_they_break(
+                before in path(),
+                after in path(),
+                bad in prop_oneof![
+                    Just((".", PathError::Dot)),
+                    Just(("..", PathError::Dot)),
+                    Just(("", PathError::EmptyComponent)),
+                ],
+            ) {
+                let (component, expected) = bad;
+                for text in [
+                    format!("{}/{component}/{}", before.join("/"), after.join("/")),
+                    format!("{component}/{}", after.join("/")),
+                    format!("{}/{component}", before.join("/")),
+                ] {
+                    if !text.starts_with('/') {
+                        prop_assert_eq!(RequestPath::parse(text.as_bytes()), Err(expected.clone()), "{:?}", text);
+                    }
+                }
+                let text = format!("/{}", after.join("/"));
+                prop_assert_eq!(RequestPath::parse(text.as_bytes()), Err(PathError::Absolute));
+            }
+
+            #[test]
+            fn bytes_no_path_may_hold_are_refused(
+                components in path(),
+                at in any::<proptest::sample::Index>(),
+                byte in prop_oneof![Just(0u8), 0x80..=0xffu8],
+            ) {
+                let mut raw = components.join("/").into_bytes();
+                let at = at.index(raw.len() + 1);
+                raw.insert(at, byte);
+                let parsed = RequestPath::parse(&raw);
+                if std::str::from_utf8(&raw).is_err() {
+                    prop_assert_eq!(parsed, Err(PathError::NotUtf8));
+                } else {
+                    // A NUL, or a byte that completed a character: still refused or valid,
+                    // never altered.
+                    prop_assert!(byte == 0 || parsed.is_ok());
+                    if byte == 0 {
+                        prop_assert_eq!(parsed, Err(PathError::Nul));
+                    }
+                }
+            }
+
+            #[test]
+            fn overlong_paths_and_components_are_refused(
+                name in MAX_COMPONENT + 1..MAX_COMPONENT + 64,
+                total in MAX_PATH + 1..MAX_PATH + 64,
+            ) {
+                let long_name = "n".repeat(name);
+                prop_assert_eq!(
+                    RequestPath::parse(format!("dir/{long_name}/f").as_bytes()),
+                    Err(PathError::ComponentTooLong(name))
+                );
+                let long_path = "a/".repeat(total / 2 + 1);
+                let long_path = &long_path[..total];
+                prop_assert_eq!(RequestPath::parse(long_path.as_bytes()), Err(PathError::TooLong(total)));
+            }
         }
     }
 }

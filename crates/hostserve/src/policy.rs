@@ -174,6 +174,11 @@ impl Policy {
             });
     }
 
+    /// The workspace of `plugin`, if it has one.
+    pub(crate) fn workspace(&self, plugin: &str) -> Option<PathBuf> {
+        self.read().get(plugin).map(|entry| entry.workspace.clone())
+    }
+
     /// Grants `capability` to `plugin`, from its next call on.
     pub fn grant(&self, plugin: &str, capability: &str) -> Result<(), PolicyError> {
         self.add(plugin, capability, false)
@@ -349,5 +354,146 @@ workspace = "/abs/elsewhere"
         assert_eq!(plugin, "p");
         let named: Vec<&str> = errors.iter().map(|e| e.capability.as_str()).collect();
         assert_eq!(named, ["read:/**", "nope:x"]);
+    }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        /// `text` as a TOML basic string (also a quoted key).
+        fn toml_string(text: &str) -> String {
+            let mut out = String::from("\"");
+            for c in text.chars() {
+                match c {
+                    '"' => out.push_str("\\\""),
+                    '\\' => out.push_str("\\\\"),
+                    c if c.is_control() => out.push_str(&format!("\\u{:04X}", u32::from(c))),
+                    c => out.push(c),
+                }
+            }
+            out.push('"');
+            out
+        }
+
+        fn list(items: &[String]) -> String {
+            let items: Vec<String> = items.iter().map(|item| toml_string(item)).collect();
+            format!("[{}]", items.join(", "))
+        }
+
+        /// One plugin's entry: its workspace, grants and denials.
+        type Entry = (String, Vec<String>, Vec<String>);
+
+        fn policy_text(plugins: &BTreeMap<String, Entry>) -> String {
+            let mut text = String::new();
+            for (name, (workspace, grant, deny)) in plugins {
+                text.push_str(&format!(
+                    "[plugins.{}]\nworkspace = {}\ngrant = {}\ndeny = {}\n\n",
+                    toml_string(name),
+                    toml_string(workspace),
+                    list(grant),
+                    list(deny)
+                ));
+            }
+            text
+        }
+
+        fn grant() -> impl Strategy<Value = String> {
+            prop_oneof![
+                "(read|write|delete):[a-z]{1,5}(/([a-z]{1,4}|[a-z]?\\*[a-z]?)){0,3}(/\\*\\*)?",
+                "env:[A-Z_][A-Z0-9_]{0,8}",
+            ]
+        }
+
+        fn bad() -> impl Strategy<Value = String> {
+            prop_oneof![
+                "(read|write):/[a-z]{1,5}",
+                "(read|write):[a-z]{1,4}//[a-z]{1,4}",
+                "(exec|READ|Read):[a-z]{1,5}",
+                "env:[a-z]{1,3}\\*",
+                "[a-z]{0,6}",
+            ]
+        }
+
+        fn entry() -> impl Strategy<Value = Entry> {
+            (
+                "[^\0]{0,12}",
+                proptest::collection::vec(grant(), 0..4),
+                proptest::collection::vec(
+                    "deny/[a-z]{1,4}(/\\*\\*)?".prop_map(|p| format!("read:{p}")),
+                    0..3,
+                ),
+            )
+                .prop_map(|(workspace, mut grant, deny)| {
+                    grant.push("read:probe.txt".to_owned());
+                    (workspace, grant, deny)
+                })
+        }
+
+        proptest! {
+            #[test]
+            fn every_policy_written_out_loads_as_written(
+                plugins in proptest::collection::btree_map(any::<String>(), entry(), 0..4),
+            ) {
+                let base = Path::new("/etc/tether");
+                let policy = Policy::from_toml(&policy_text(&plugins), base).expect("valid");
+                for (name, (workspace, grant, _)) in &plugins {
+                    prop_assert_eq!(&policy.grants(name), grant);
+                    match policy.decide(name, Verb::Read, "probe.txt") {
+                        Decision::Allow { workspace: granted, grant } => {
+                            prop_assert_eq!(granted, base.join(workspace));
+                            prop_assert_eq!(grant, "read:probe.txt");
+                        }
+                        Decision::Deny { reason, .. } => prop_assert!(false, "denied: {}", reason),
+                    }
+                }
+            }
+
+            #[test]
+            fn any_text_loads_or_is_refused_without_panicking(text in any::<String>()) {
+                match Policy::from_toml(&text, Path::new("/")) {
+                    Ok(_) => {}
+                    Err(PolicyError::Parse { .. } | PolicyError::Capabilities { .. }) => {}
+                    Err(other) => prop_assert!(false, "{:?}", other),
+                }
+            }
+
+            #[test]
+            fn every_malformed_capability_is_listed_under_its_plugin(
+                name in any::<String>(),
+                good in proptest::collection::vec(grant(), 0..3),
+                bad in proptest::collection::vec(bad(), 1..4),
+                in_deny in any::<bool>(),
+            ) {
+                let mut all = good.clone();
+                all.extend(bad.iter().cloned());
+                let (grant, deny) = if in_deny { (good, all.clone()) } else { (all.clone(), Vec::new()) };
+                let plugins = BTreeMap::from([(name.clone(), ("w".to_owned(), grant, deny))]);
+                let err = Policy::from_toml(&policy_text(&plugins), Path::new("/")).unwrap_err();
+                let PolicyError::Capabilities { plugin, errors } = err else {
+                    panic!("expected a capabilities error, got {err:?}");
+                };
+                prop_assert_eq!(plugin, name);
+                let named: Vec<&str> = errors.iter().map(|e| e.capability.as_str()).collect();
+                prop_assert_eq!(named, bad.iter().map(String::as_str).collect::<Vec<_>>());
+                prop_assert_eq!(parse_all(&all).map(|_| ()).unwrap_err().len(), bad.len());
+            }
+
+            #[test]
+            fn a_wrong_shape_is_a_parse_error(
+                key in "[a-z_]{1,10}",
+                top in any::<bool>(),
+            ) {
+                let known = ["workspace", "grant", "deny", "plugins"];
+                prop_assume!(!known.contains(&key.as_str()));
+                let text = if top {
+                    format!("{key} = 1\n")
+                } else {
+                    format!("[plugins.p]\nworkspace = \"w\"\n{key} = []\n")
+                };
+                let err = Policy::from_toml(&text, Path::new("/")).unwrap_err();
+                prop_assert!(matches!(err, PolicyError::Parse { .. }), "{:?}", err);
+            }
+        }
     }
 }

@@ -277,4 +277,107 @@ mod tests {
             .with_timeout(Duration::from_secs(60));
         assert!(sooner.remaining().expect("deadline") <= Duration::from_secs(1));
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        const UNITS: [(char, Duration); 6] = [
+            ('H', Duration::from_secs(3600)),
+            ('M', Duration::from_secs(60)),
+            ('S', Duration::from_secs(1)),
+            ('m', Duration::from_millis(1)),
+            ('u', Duration::from_micros(1)),
+            ('n', Duration::from_nanos(1)),
+        ];
+
+        proptest! {
+            #[test]
+            fn every_header_in_the_grammar_parses_to_its_duration(
+                amount in 0..=99_999_999u32,
+                unit in 0..UNITS.len(),
+                zeros in 0..=8usize,
+            ) {
+                let (letter, size) = UNITS[unit];
+                let digits = format!("{amount:0zeros$}");
+                prop_assume!(digits.len() <= 8);
+                prop_assert_eq!(
+                    parse_grpc_timeout(&format!("{digits}{letter}")),
+                    Some(size * amount)
+                );
+            }
+
+            #[test]
+            fn a_formatted_timeout_parses_back_to_its_precision(
+                timeout in prop_oneof![
+                    (0..=10_000_000_000u64).prop_map(Duration::from_nanos),
+                    (0..=99_999_999 * 3600u64, 0..1_000_000_000u32)
+                        .prop_map(|(secs, nanos)| Duration::new(secs, nanos)),
+                ],
+            ) {
+                let header = format_grpc_timeout(timeout);
+                let parsed = parse_grpc_timeout(&header).expect("a formatted header parses");
+                prop_assert!(parsed <= timeout, "{header}");
+                // At most one unit lost, and a unit is at most 1000 of the next finer one
+                // while at least 10^8 of those fit: the error is below 10^-5 of the timeout.
+                prop_assert!((timeout - parsed).as_nanos() * 100_000 <= timeout.as_nanos(), "{header}");
+                prop_assert_eq!(format_grpc_timeout(parsed), header);
+            }
+
+            #[test]
+            fn any_text_parses_or_is_refused_without_panicking(value in any::<String>()) {
+                let _ = parse_grpc_timeout(&value);
+                let _ = valid_request_id(&value);
+            }
+
+            #[test]
+            fn headers_outside_the_grammar_are_refused(
+                bad in prop_oneof![
+                    "[0-9]{9,14}[HMSmun]",
+                    "[0-9]{1,8}[^HMSmun]",
+                    "[0-9]{0,8}[^0-9][0-9]{0,8}[HMSmun]",
+                    "[HMSmun]",
+                    "[0-9]{0,9}",
+                ],
+            ) {
+                prop_assert_eq!(parse_grpc_timeout(&bad), None, "{:?}", bad);
+            }
+
+            #[test]
+            fn well_formed_request_ids_travel_unchanged(id in "[A-Za-z0-9._:-]{1,64}") {
+                prop_assert!(valid_request_id(&id));
+                let request = CallContext::new()
+                    .with_request_id(id.clone())
+                    .expect("valid")
+                    .request(())
+                    .expect("no deadline");
+                let received = CallContext::of(&request);
+                prop_assert_eq!(received.request_id(), Some(id.as_str()));
+            }
+
+            #[test]
+            fn request_ids_outside_the_grammar_are_refused(
+                bad in prop_oneof![
+                    "[A-Za-z0-9._:-]{0,10}[^A-Za-z0-9._:-][A-Za-z0-9._:-]{0,10}",
+                    "[A-Za-z0-9._:-]{65,80}",
+                    Just(String::new()),
+                ],
+            ) {
+                prop_assert!(!valid_request_id(&bad));
+                let refused = CallContext::new().with_request_id(bad.clone());
+                prop_assert_eq!(
+                    refused.map_err(|status| status.code()),
+                    Err(tonic::Code::InvalidArgument)
+                );
+                // Received from a peer, it is dropped rather than passed on.
+                if let Ok(value) = MetadataValue::try_from(bad.as_str()) {
+                    let mut request = Request::new(());
+                    request.metadata_mut().insert(REQUEST_ID_METADATA, value);
+                    let received = CallContext::of(&request);
+                    prop_assert_eq!(received.request_id(), None);
+                }
+            }
+        }
+    }
 }

@@ -179,3 +179,152 @@ fn a_certificate_that_would_not_format_back_is_rejected() {
     let line: Handshake = "1|1|unix|/a|grpc|Q0VSVA+/|true".parse().unwrap();
     assert_eq!(line.server_cert.as_deref(), Some("Q0VSVA+/"));
 }
+
+mod properties {
+    use proptest::prelude::*;
+
+    use crate::*;
+
+    fn handshake() -> impl Strategy<Value = Handshake> {
+        (
+            any::<u32>(),
+            any::<u32>(),
+            prop_oneof![Just(Network::Unix), Just(Network::Tcp)],
+            "[^|]{1,40}",
+            prop_oneof![Just(Protocol::Grpc), Just(Protocol::NetRpc)],
+            proptest::option::of(
+                "[A-Za-z0-9+/]{1,64}".prop_filter("a base64 length", |cert| cert.len() % 4 != 1),
+            ),
+            any::<bool>(),
+        )
+            .prop_map(
+                |(
+                    core_version,
+                    app_version,
+                    network,
+                    address,
+                    protocol,
+                    server_cert,
+                    multiplex,
+                )| {
+                    Handshake {
+                        core_version,
+                        app_version,
+                        network,
+                        address,
+                        protocol,
+                        server_cert,
+                        multiplex,
+                    }
+                },
+            )
+    }
+
+    /// A valid line with field `position` (1-based) replaced by `value`, always 7 fields
+    /// so that no field is the last one unless it is field 7.
+    fn with_field(handshake: &Handshake, position: usize, value: &str) -> String {
+        let mut fields: Vec<String> = format!("{handshake}|false")
+            .split('|')
+            .take(7)
+            .map(str::to_owned)
+            .collect();
+        fields[position - 1] = value.to_owned();
+        fields.join("|")
+    }
+
+    fn invalid_at(line: &str) -> Option<usize> {
+        match line.parse::<Handshake>() {
+            Err(HandshakeParseError::InvalidField { position, .. }) => Some(position),
+            _ => None,
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn every_handshake_formats_to_a_line_that_parses_back(handshake in handshake()) {
+            let line = handshake.to_string();
+            prop_assert_eq!(line.parse::<Handshake>(), Ok(handshake.clone()));
+            // With the newline a plugin prints, too.
+            prop_assert_eq!(format!("{line}\n").parse::<Handshake>(), Ok(handshake));
+        }
+
+        #[test]
+        fn any_text_parses_or_fails_without_panicking(line in any::<String>()) {
+            let _ = line.parse::<Handshake>();
+        }
+
+        #[test]
+        fn lines_near_the_grammar_parse_to_lines_that_format_back(
+            fields in proptest::collection::vec("[0-9a-z/ +|]{0,6}", 0..9)
+        ) {
+            let line = fields.join("|");
+            if let Ok(handshake) = line.parse::<Handshake>() {
+                prop_assert_eq!(handshake.to_string().parse::<Handshake>(), Ok(handshake));
+            }
+        }
+
+        #[test]
+        fn too_few_or_too_many_fields_are_counted(
+            fields in proptest::collection::vec("[^|]{0,8}", 1..13)
+        ) {
+            let line = fields.join("|");
+            let found = fields.len();
+            let parsed = line.parse::<Handshake>();
+            match found {
+                1..=3 => prop_assert_eq!(parsed, Err(HandshakeParseError::TooFewFields { found })),
+                8.. => prop_assert_eq!(parsed, Err(HandshakeParseError::TooManyFields { found })),
+                _ => {}
+            }
+        }
+
+        #[test]
+        fn a_version_that_is_not_a_u32_is_named(
+            handshake in handshake(),
+            bad in prop_oneof![
+                "[^|0-9]{1,8}".prop_map(String::from),
+                (u64::from(u32::MAX) + 1..u64::MAX).prop_map(|n| n.to_string()),
+                "-[0-9]{1,5}".prop_map(String::from),
+            ],
+        ) {
+            prop_assume!(bad.trim().parse::<u32>().is_err());
+            prop_assert_eq!(invalid_at(&with_field(&handshake, 1, &bad)), Some(1));
+            prop_assert_eq!(invalid_at(&with_field(&handshake, 2, &bad)), Some(2));
+        }
+
+        #[test]
+        fn a_field_outside_its_domain_is_named(
+            handshake in handshake(),
+            word in "[^|]{0,8}",
+        ) {
+            if !["unix", "tcp"].contains(&word.as_str()) {
+                prop_assert_eq!(invalid_at(&with_field(&handshake, 3, &word)), Some(3));
+            }
+            if word.is_empty() {
+                prop_assert_eq!(invalid_at(&with_field(&handshake, 4, &word)), Some(4));
+            }
+            if !["grpc", "netrpc"].contains(&word.as_str()) {
+                prop_assert_eq!(invalid_at(&with_field(&handshake, 5, &word)), Some(5));
+            }
+            let base64 = word.bytes().all(|b| b.is_ascii_alphanumeric() || b"+/".contains(&b));
+            if !base64 || word.len() % 4 == 1 {
+                prop_assert_eq!(invalid_at(&with_field(&handshake, 6, &word)), Some(6));
+            }
+            if !["true", "false", ""].contains(&word.trim_end()) {
+                prop_assert_eq!(invalid_at(&with_field(&handshake, 7, &word)), Some(7));
+            }
+        }
+
+        #[test]
+        fn version_lists_round_trip(versions in proptest::collection::vec(any::<u32>(), 0..8)) {
+            prop_assert_eq!(parse_versions(&format_versions(&versions)), versions);
+        }
+
+        #[test]
+        fn version_lists_keep_exactly_the_entries_that_are_numbers(value in "[0-9a-z, +-]{0,24}") {
+            let expected: Vec<u32> = value.split(',').filter_map(|v| v.trim().parse().ok()).collect();
+            let parsed = parse_versions(&value);
+            prop_assert_eq!(&parsed, &expected);
+            prop_assert_eq!(parse_versions(&format_versions(&parsed)), parsed);
+        }
+    }
+}
