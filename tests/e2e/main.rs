@@ -3,6 +3,7 @@
 mod corpus_rows;
 mod demo;
 mod exits;
+mod faults;
 mod handshake;
 mod hostconn;
 mod hostserve;

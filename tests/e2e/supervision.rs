@@ -216,7 +216,7 @@ async fn a_plugin_that_crashes_on_every_start_is_marked_failed_and_others_keep_s
 
 /// Runs `host-helper <args>` (a host in a process of its own, so its resources are its
 /// own) and returns its `key value...` lines.
-async fn helper(args: &[&str]) -> Vec<(String, Vec<u64>)> {
+pub(crate) async fn helper(args: &[&str]) -> Vec<(String, Vec<u64>)> {
     #[allow(
         clippy::disallowed_methods,
         reason = "the host must be a separate process to measure its own resources"
@@ -246,7 +246,7 @@ async fn helper(args: &[&str]) -> Vec<(String, Vec<u64>)> {
         .collect()
 }
 
-fn value<'a>(report: &'a [(String, Vec<u64>)], key: &str) -> &'a [u64] {
+pub(crate) fn value<'a>(report: &'a [(String, Vec<u64>)], key: &str) -> &'a [u64] {
     report
         .iter()
         .find(|(k, _)| k == key)

@@ -29,7 +29,9 @@ pub struct AuditRecord {
     /// The calling process (for `connect`, the process that was refused).
     pub pid: u32,
     /// The operation: `read_dir`, `read_file`, `write_file`, `delete_file`, `get_env`, `stat`,
-    /// `create_dir`, or `connect` (a refused connection to the plugin's host-service socket).
+    /// `create_dir`, `connect` (a refused connection to the plugin's host-service socket: from
+    /// another process, or past the plugin's connection limit), or `unknown` (a call to no
+    /// known method, refused past the plugin's open-call limit).
     pub operation: &'static str,
     /// The path or variable, as requested (escaped if not UTF-8, capped).
     pub resource: String,

@@ -8,12 +8,13 @@
 
 use std::io;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use cap_std::ambient_authority;
 use cap_std::fs::{Dir, File, Metadata, OpenOptions, OpenOptionsExt};
 use rustix::fs::OFlags;
 
-use crate::path::RequestPath;
+use crate::path::{RESERVED_PREFIX, RequestPath};
 
 /// The directory that holds the requested object, and the object's name in it.
 pub(crate) struct Target {
@@ -108,13 +109,16 @@ impl Target {
         self.parent.create_dir(&self.name)
     }
 
-    /// Creates a fresh temporary file next to the target, with `mode`.
+    /// Creates a fresh temporary file next to the target, with `mode`, named
+    /// [`RESERVED_PREFIX`]`<pid>-<sequence>`: a reserved name that no request may name, that
+    /// `ReadDir` never lists, and that [`sweep`] removes once its writer is gone.
     pub(crate) fn create_temp(&self, mode: u32) -> io::Result<(String, File)> {
-        for attempt in 0..16u32 {
+        static SEQUENCE: AtomicU64 = AtomicU64::new(0);
+        for _ in 0..16u32 {
             let temp = format!(
-                ".{}.tether-{}-{attempt}.tmp",
-                self.name.chars().take(64).collect::<String>(),
-                std::process::id()
+                "{RESERVED_PREFIX}{}-{}",
+                std::process::id(),
+                SEQUENCE.fetch_add(1, Ordering::Relaxed)
             );
             let mut options = OpenOptions::new();
             options.write(true).create_new(true).mode(mode);
@@ -141,5 +145,96 @@ impl Target {
     /// Removes an abandoned temporary file.
     pub(crate) fn discard(&self, temp: &str) {
         let _ = self.parent.remove_file(temp);
+    }
+}
+
+/// What [`sweep`] did to a workspace.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Swept {
+    /// Leftover temporary files removed.
+    pub(crate) removed: u64,
+    /// Temporary files kept because the process that writes them is still running.
+    pub(crate) kept: u64,
+}
+
+/// The pid that wrote the temporary file `name` (`RESERVED_PREFIX<pid>-<sequence>`), if
+/// `name` is one.
+fn temp_writer(name: &str) -> Option<u32> {
+    let (pid, sequence) = name.strip_prefix(RESERVED_PREFIX)?.split_once('-')?;
+    let digits = |text: &str| !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit());
+    (digits(pid) && digits(sequence))
+        .then(|| pid.parse().ok())
+        .flatten()
+}
+
+/// Whether process `pid` still runs (in this pid namespace).
+fn is_running(pid: u32) -> bool {
+    pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Removes, everywhere beneath `workspace`, the temporary files of writes that can never
+/// finish: those whose writing process is gone (a host killed in the middle of a
+/// `WriteFile`). Follows no link; files of a running writer (this process included) are
+/// kept. Errors on single entries are skipped: a sweep never stops the host services.
+pub(crate) fn sweep(workspace: &Path) -> io::Result<Swept> {
+    let root = Dir::open_ambient_dir(workspace, ambient_authority())?;
+    let mut swept = Swept::default();
+    // Directories still to visit, as component lists from the root: one handle is open at
+    // a time, however wide or deep the workspace.
+    let mut pending: Vec<Vec<String>> = vec![Vec::new()];
+    while let Some(components) = pending.pop() {
+        let opened = components.iter().try_fold(None::<Dir>, |dir, component| {
+            open_dir_in(dir.as_ref().unwrap_or(&root), component).map(Some)
+        });
+        let Ok(opened) = opened else {
+            continue;
+        };
+        let dir = opened.as_ref().unwrap_or(&root);
+        let Ok(entries) = dir.entries() else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Ok(file_type) = entry.file_type() else {
+                continue;
+            };
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else {
+                continue;
+            };
+            if file_type.is_dir() {
+                let mut sub = components.clone();
+                sub.push(name.to_owned());
+                pending.push(sub);
+            } else if file_type.is_file()
+                && let Some(pid) = temp_writer(name)
+            {
+                if is_running(pid) {
+                    swept.kept += 1;
+                } else if dir.remove_file(name).is_ok() {
+                    swept.removed += 1;
+                }
+            }
+        }
+    }
+    Ok(swept)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn temporary_names_are_recognised_exactly() {
+        assert_eq!(temp_writer(".tether-partial-123-0"), Some(123));
+        for other in [
+            ".tether-partial-123",
+            ".tether-partial--0",
+            ".tether-partial-12a-0",
+            ".tether-partial-123-0.tmp",
+            "tether-partial-123-0",
+            ".report.txt.tether-123-0.tmp",
+        ] {
+            assert_eq!(temp_writer(other), None, "{other}");
+        }
     }
 }

@@ -1,10 +1,13 @@
 //! [`HostServices`]: the `tether.hostserve.v1.HostServices` implementation.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::convert::Infallible;
+use std::future::Future;
 use std::io::{self, Read, Write};
+use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, UNIX_EPOCH};
 
 use cap_std::fs::{FileType, Metadata, PermissionsExt};
@@ -22,13 +25,16 @@ use tether_protocol::hostserve::{
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_stream::Stream;
-use tonic::metadata::MetadataValue;
+use tonic::body::Body;
+use tonic::codegen::{Service, http};
+use tonic::metadata::{MetadataMap, MetadataValue};
+use tonic::server::NamedService;
 use tonic::service::Routes;
 use tonic::{Code, Request, Response, Status, Streaming};
 
 use crate::audit::{Audit, AuditRecord};
 use crate::capability::{Verb, is_env_name};
-use crate::confine::Target;
+use crate::confine::{self, Target};
 use crate::path::{self, RequestPath};
 use crate::policy::{Decision, Policy};
 
@@ -63,6 +69,16 @@ pub struct Limits {
     /// place, so that a crash never leaves an empty or partial file at the target. On by
     /// default; it bounds write throughput by the disk's (see docs/benchmarks.md).
     pub durable_writes: bool,
+    /// Connections one plugin instance may hold open to its host-service socket at once
+    /// (see [`HostServices::connect`]); more are closed at once and audited (operation
+    /// `connect`). The SDK uses one.
+    pub max_connections: usize,
+    /// Calls one plugin instance may have open at once, counted from the moment a request
+    /// arrives until its response starts: waiting for a slot, or for a request the plugin
+    /// never finishes sending. More are refused at once with `RESOURCE_EXHAUSTED` and
+    /// audited, before anything is read. Calls streaming a response hold a slot instead
+    /// (`max_concurrent_calls`).
+    pub max_open_calls: usize,
 }
 
 impl Default for Limits {
@@ -76,7 +92,51 @@ impl Default for Limits {
             max_page: 1000,
             stall_timeout: Duration::from_secs(30),
             durable_writes: true,
+            max_connections: tether_hostconn::DEFAULT_MAX_CONNECTIONS,
+            max_open_calls: 64,
         }
+    }
+}
+
+/// What the host services hold for one running plugin instance, while any of its calls is
+/// open: its concurrency slots and its count of open calls. Kept through `Weak` references,
+/// so an instance that has no call open (an exited one, above all) holds nothing.
+#[derive(Debug)]
+struct Instance {
+    slots: Arc<Semaphore>,
+    open: AtomicUsize,
+    waiting: AtomicUsize,
+}
+
+/// A call waiting for a slot, counted in [`Instance::waiting`] until dropped.
+struct Waiting<'a>(&'a Instance);
+
+impl<'a> Waiting<'a> {
+    fn new(instance: &'a Instance) -> Self {
+        instance.waiting.fetch_add(1, Ordering::Relaxed);
+        Waiting(instance)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A concurrency slot, held for the life of a call or of the stream it answers with.
+#[derive(Debug)]
+struct Slot {
+    _permit: OwnedSemaphorePermit,
+    _instance: Arc<Instance>,
+}
+
+/// An open call, counted against [`Limits::max_open_calls`] until dropped.
+struct OpenCall(Arc<Instance>);
+
+impl Drop for OpenCall {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -88,8 +148,10 @@ pub struct HostServices {
     policy: Policy,
     audit: Audit,
     limits: Limits,
-    plugins: Mutex<HashMap<(String, u64), Arc<Semaphore>>>,
+    plugins: Mutex<HashMap<(String, u64), Weak<Instance>>>,
     written: Mutex<HashMap<String, Arc<AtomicU64>>>,
+    /// Workspaces already swept of leftover temporary files.
+    swept: Mutex<HashSet<PathBuf>>,
 }
 
 impl HostServices {
@@ -101,6 +163,7 @@ impl HostServices {
             limits,
             plugins: Mutex::default(),
             written: Mutex::default(),
+            swept: Mutex::default(),
         }
     }
 
@@ -108,23 +171,30 @@ impl HostServices {
     /// implementation among all plugins.
     pub fn routes(self: &Arc<Self>) -> Routes {
         let limit = self.limits.max_message_size;
-        Routes::new(
-            HostServicesServer::from_arc(Arc::clone(self))
+        Routes::new(Admission {
+            host: Arc::clone(self),
+            inner: HostServicesServer::from_arc(Arc::clone(self))
                 .max_decoding_message_size(limit)
                 .max_encoding_message_size(limit),
-        )
+        })
     }
 
     /// Gives `plugin` these host services: the one line of host-service setup.
     ///
     /// [`tether_hostconn::establish_host_services`] with [`HostServices::routes`], plus an
     /// audit record (operation `connect`, decision `denied`) for every process other than
-    /// the plugin's that connects to its host-service socket. Keep the returned connection:
+    /// the plugin's that connects to its host-service socket, and for every connection of
+    /// the plugin's past [`Limits::max_connections`]. Keep the returned connection:
     /// dropping it disconnects the plugin.
+    ///
+    /// The first time it serves a workspace, it removes the temporary files that writes
+    /// interrupted by the death of their host left there ([`crate::RESERVED_PREFIX`]),
+    /// and logs how many (target `tether::hostserve`).
     pub async fn connect(
         self: &Arc<Self>,
         plugin: &PluginClient,
     ) -> Result<Outcome, tether_hostconn::Error> {
+        self.sweep_workspace(plugin.name()).await;
         let audit = self.audit.clone();
         let (instance, pid) = (plugin.instance(), plugin.pid());
         let hook: RefusalHook = Arc::new(move |refusal: &Refusal| {
@@ -139,16 +209,70 @@ impl HostServices {
                 operation: "connect",
                 resource: refusal.socket.display().to_string(),
                 decision: "denied",
-                reason: format!(
-                    "{} (the plugin's host-service socket; the plugin is pid {pid})",
-                    refusal.reason
-                ),
+                reason: if refusal.credentials.and_then(|c| c.pid) == Some(pid) {
+                    refusal.reason.clone()
+                } else {
+                    format!(
+                        "{} (the plugin's host-service socket; the plugin is pid {pid})",
+                        refusal.reason
+                    )
+                },
                 request_id: None,
                 timeout_ms: None,
             });
         });
-        establish_host_services_with(plugin, self.routes(), Options::default().on_refused(hook))
-            .await
+        let options = Options::default()
+            .on_refused(hook)
+            .max_connections(self.limits.max_connections);
+        establish_host_services_with(plugin, self.routes(), options).await
+    }
+
+    /// Removes leftover temporary files from `plugin`'s workspace, once per workspace.
+    async fn sweep_workspace(&self, plugin: &str) {
+        let Some(workspace) = self.policy.workspace(plugin) else {
+            return;
+        };
+        if !self
+            .swept
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(workspace.clone())
+        {
+            return;
+        }
+        let shown = workspace.display().to_string();
+        match tokio::task::spawn_blocking(move || confine::sweep(&workspace)).await {
+            Ok(Ok(swept)) if swept.removed > 0 => tracing::info!(
+                target: "tether::hostserve",
+                plugin,
+                workspace = shown,
+                removed = swept.removed,
+                kept = swept.kept,
+                "removed {} leftover temporary file(s) of interrupted writes",
+                swept.removed
+            ),
+            Ok(Ok(swept)) => tracing::debug!(
+                target: "tether::hostserve",
+                plugin,
+                workspace = shown,
+                kept = swept.kept,
+                "no leftover temporary files"
+            ),
+            Ok(Err(err)) => tracing::warn!(
+                target: "tether::hostserve",
+                plugin,
+                workspace = shown,
+                %err,
+                "could not sweep the workspace for leftover temporary files"
+            ),
+            Err(err) => tracing::warn!(
+                target: "tether::hostserve",
+                plugin,
+                workspace = shown,
+                %err,
+                "the workspace sweep failed"
+            ),
+        }
     }
 
     /// The policy (clones share it: grant and revoke through it at runtime).
@@ -164,6 +288,93 @@ impl HostServices {
     fn written_counter(&self, plugin: &str) -> Arc<AtomicU64> {
         let mut written = self.written.lock().unwrap_or_else(PoisonError::into_inner);
         Arc::clone(written.entry(plugin.to_owned()).or_default())
+    }
+
+    /// Concurrency slots held right now by the instances of `plugin` (calls in progress,
+    /// streams being sent). A slot is given back as soon as its call ends, including when
+    /// the plugin goes away in the middle of it.
+    pub fn calls_in_flight(&self, plugin: &str) -> usize {
+        let slots = self.limits.max_concurrent_calls;
+        self.live_instances()
+            .iter()
+            .filter(|((name, _), _)| name == plugin)
+            .map(|(_, instance)| slots.saturating_sub(instance.slots.available_permits()))
+            .sum()
+    }
+
+    /// Calls of the instances of `plugin` waiting for a concurrency slot right now.
+    pub fn calls_waiting(&self, plugin: &str) -> usize {
+        self.live_instances()
+            .iter()
+            .filter(|((name, _), _)| name == plugin)
+            .map(|(_, instance)| instance.waiting.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// Plugin instances the host services hold state for: those with a call open. An
+    /// instance that has ended holds none, however many have come and gone.
+    pub fn tracked_instances(&self) -> usize {
+        self.live_instances().len()
+    }
+
+    fn live_instances(&self) -> Vec<((String, u64), Arc<Instance>)> {
+        let plugins = self.plugins.lock().unwrap_or_else(PoisonError::into_inner);
+        plugins
+            .iter()
+            .filter_map(|(key, weak)| weak.upgrade().map(|instance| (key.clone(), instance)))
+            .collect()
+    }
+
+    /// The state of the calling instance, made if it has no call open.
+    fn instance(&self, identity: &PluginIdentity) -> Arc<Instance> {
+        let mut plugins = self.plugins.lock().unwrap_or_else(PoisonError::into_inner);
+        let key = (identity.name().to_owned(), identity.instance());
+        if let Some(instance) = plugins.get(&key).and_then(Weak::upgrade) {
+            return instance;
+        }
+        // Forget the instances that have no call open any more (ended ones above all).
+        plugins.retain(|_, weak| weak.strong_count() > 0);
+        let instance = Arc::new(Instance {
+            slots: Arc::new(Semaphore::new(self.limits.max_concurrent_calls)),
+            open: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
+        });
+        plugins.insert(key, Arc::downgrade(&instance));
+        instance
+    }
+
+    /// Admits a call that just arrived, or refuses it (audited) when the instance has
+    /// [`Limits::max_open_calls`] open already.
+    fn admit(
+        &self,
+        identity: &PluginIdentity,
+        path: &str,
+        headers: &http::HeaderMap,
+    ) -> Result<OpenCall, Status> {
+        let instance = self.instance(identity);
+        let limit = self.limits.max_open_calls;
+        if instance.open.fetch_add(1, Ordering::Relaxed) >= limit {
+            instance.open.fetch_sub(1, Ordering::Relaxed);
+            let context = Correlation::from_metadata(&MetadataMap::from_headers(headers.clone()));
+            let status = Status::resource_exhausted(format!(
+                "too many host-service calls open for this plugin (limit {limit}, counting \
+                 calls waiting for a slot and requests not yet complete); finish some first"
+            ));
+            self.audit.record(AuditRecord {
+                time: AuditRecord::now(),
+                plugin: identity.name().to_owned(),
+                instance: identity.instance(),
+                pid: identity.pid(),
+                operation: operation_of(path),
+                resource: String::new(),
+                decision: "denied",
+                reason: format!("open-call limit reached: {}", status.message()),
+                request_id: context.request_id,
+                timeout_ms: context.timeout_ms,
+            });
+            return Err(status);
+        }
+        Ok(OpenCall(instance))
     }
 
     /// Starts a call: who is calling, and a slot under the plugin's concurrency limit.
@@ -186,21 +397,16 @@ impl HostServices {
         operation: &'static str,
         resource: &str,
     ) -> Result<Call<'_>, Status> {
-        let semaphore = {
-            let mut plugins = self.plugins.lock().unwrap_or_else(PoisonError::into_inner);
-            Arc::clone(
-                plugins
-                    .entry((identity.name().to_owned(), identity.instance()))
-                    .or_insert_with(|| Arc::new(Semaphore::new(self.limits.max_concurrent_calls))),
-            )
-        };
-        let call = Call {
+        let instance = self.instance(&identity);
+        let mut call = Call {
             host: self,
             identity,
             context,
             operation,
             resource: resource.to_owned(),
             permit: None,
+            granted: std::sync::OnceLock::new(),
+            recorded: AtomicBool::new(false),
         };
         if let Some(bad) = &call.context.invalid_request_id {
             return Err(call.deny(
@@ -210,11 +416,18 @@ impl HostServices {
                 "invalid request id",
             ));
         }
-        match tokio::time::timeout(self.limits.queue_wait, semaphore.acquire_owned()).await {
-            Ok(Ok(permit)) => Ok(Call {
-                permit: Some(permit),
-                ..call
-            }),
+        let slots = Arc::clone(&instance.slots);
+        let waiting = Waiting::new(&instance);
+        let acquired = tokio::time::timeout(self.limits.queue_wait, slots.acquire_owned()).await;
+        drop(waiting);
+        match acquired {
+            Ok(Ok(permit)) => {
+                call.permit = Some(Slot {
+                    _permit: permit,
+                    _instance: instance,
+                });
+                Ok(call)
+            }
             _ => Err(call.deny(
                 Status::resource_exhausted(format!(
                     "too many host-service calls in flight for this plugin (limit {}); \
@@ -239,7 +452,10 @@ struct Correlation {
 
 impl Correlation {
     fn of<T>(request: &Request<T>) -> Self {
-        let metadata = request.metadata();
+        Correlation::from_metadata(request.metadata())
+    }
+
+    fn from_metadata(metadata: &MetadataMap) -> Self {
         let mut correlation = Correlation {
             timeout_ms: metadata
                 .get("grpc-timeout")
@@ -273,11 +489,32 @@ struct Call<'a> {
     context: Correlation,
     operation: &'static str,
     resource: String,
-    permit: Option<OwnedSemaphorePermit>,
+    permit: Option<Slot>,
+    /// The grant that allowed it, once the policy did.
+    granted: std::sync::OnceLock<String>,
+    /// Whether its one audit record was written.
+    recorded: AtomicBool,
+}
+
+impl Drop for Call<'_> {
+    /// A call dropped before its record was written was cancelled: the plugin gave up on
+    /// it or went away in the middle of it. It still leaves its one record.
+    fn drop(&mut self) {
+        if self.recorded.load(Ordering::Relaxed) {
+            return;
+        }
+        const CANCELLED: &str = "cancelled: the plugin went away or gave up before the call \
+                                 finished (an unfinished write leaves nothing)";
+        match self.granted.get() {
+            Some(grant) => self.audit("allowed", format!("granted by `{grant}`; {CANCELLED}")),
+            None => self.audit("denied", CANCELLED.to_owned()),
+        }
+    }
 }
 
 impl Call<'_> {
     fn audit(&self, decision: &'static str, reason: String) {
+        self.recorded.store(true, Ordering::Relaxed);
         self.host.audit.record(AuditRecord {
             time: AuditRecord::now(),
             plugin: self.identity.name().to_owned(),
@@ -309,17 +546,16 @@ impl Call<'_> {
     }
 
     /// The policy check; returns the workspace and the grant that allowed it.
-    fn authorize(
-        &self,
-        verb: Verb,
-        resource: &str,
-    ) -> Result<(std::path::PathBuf, String), Status> {
+    fn authorize(&self, verb: Verb, resource: &str) -> Result<(PathBuf, String), Status> {
         match self
             .host
             .policy
             .decide(self.identity.name(), verb, resource)
         {
-            Decision::Allow { workspace, grant } => Ok((workspace, grant)),
+            Decision::Allow { workspace, grant } => {
+                let _ = self.granted.set(grant.clone());
+                Ok((workspace, grant))
+            }
             Decision::Deny { reason, needed } => {
                 let mut status = Status::permission_denied(format!(
                     "plugin `{}` lacks the capability `{needed}` ({reason}); the operator can \
@@ -551,7 +787,13 @@ impl HostServicesRpc for HostServices {
             let dir = Target::locate(&workspace, &path)?.open_dir()?;
             let mut entries = Vec::with_capacity(size);
             let mut more = false;
-            for entry in dir.entries()?.skip(skip) {
+            // The host's unfinished writes are never shown.
+            let visible = dir.entries()?.filter(|entry| {
+                entry.as_ref().map_or(true, |entry| {
+                    !entry.file_name().to_str().is_some_and(path::is_reserved)
+                })
+            });
+            for entry in visible.skip(skip) {
                 let entry = entry?;
                 if entries.len() == size {
                     more = true;
@@ -635,20 +877,19 @@ impl HostServicesRpc for HostServices {
     ) -> Result<Response<WriteFileResponse>, Status> {
         let identity = PluginIdentity::of(&request)?.clone();
         let context = Correlation::of(&request);
+        let end = RequestEnd::of(&request);
         let mut stream = request.into_inner();
         let stall = self.limits.stall_timeout;
+        // The call is identified from the connection, and holds a slot from the start, even
+        // while it waits for its first message, which names the file.
+        let mut call = self
+            .begin_as(identity.clone(), context, "write_file", "")
+            .await?;
         let first = match next_chunk(&mut stream, stall).await {
             Ok(first) => first.unwrap_or_default(),
-            Err(status) => {
-                let call = self.begin_as(identity, context, "write_file", "").await?;
-                return Err(call.deny(status, "no first message"));
-            }
+            Err(status) => return Err(call.deny(status, "no first message")),
         };
-        // The call is identified from the connection; the first message names the file.
-        let resource = path::display(&first.path);
-        let call = self
-            .begin_as(identity.clone(), context, "write_file", &resource)
-            .await?;
+        call.resource = path::display(&first.path);
         let path = call.path(&first.path)?;
         let (workspace, grant) = call.authorize(Verb::Write, path.as_str())?;
         let mode = if first.mode == 0 {
@@ -665,8 +906,8 @@ impl HostServicesRpc for HostServices {
                 path,
                 mode,
                 first.data,
-                &mut stream,
-                &written,
+                (&mut stream, end),
+                written,
                 quota,
             )
             .await
@@ -752,18 +993,63 @@ impl HostServicesRpc for HostServices {
     }
 }
 
+/// A write not yet renamed into place: its temporary file and the quota its bytes took.
+/// Dropped unfinished (a failure, or the call cancelled because the plugin went away in
+/// the middle of it), it removes the temporary file and gives the quota back, so an
+/// interrupted write leaves no trace.
+struct Unfinished {
+    target: Arc<Target>,
+    temp: String,
+    written: Arc<AtomicU64>,
+    counted: u64,
+    done: bool,
+}
+
+impl Unfinished {
+    /// Counts `len` more bytes against `quota`, or refuses them.
+    fn count(&mut self, len: u64, quota: u64) -> Result<(), Status> {
+        let before = self.written.fetch_add(len, Ordering::Relaxed);
+        if before + len > quota {
+            self.written.fetch_sub(len, Ordering::Relaxed);
+            return Err(Status::resource_exhausted(format!(
+                "write quota exhausted: this plugin may write {quota} bytes and has written \
+                 {before}; nothing was written to the target"
+            )));
+        }
+        self.counted += len;
+        Ok(())
+    }
+
+    /// Renames the temporary file over the target.
+    fn commit(mut self) -> io::Result<()> {
+        self.target.commit(&self.temp)?;
+        self.done = true;
+        Ok(())
+    }
+}
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        if !self.done {
+            self.written.fetch_sub(self.counted, Ordering::Relaxed);
+            self.target.discard(&self.temp);
+        }
+    }
+}
+
 impl HostServices {
     /// Streams chunks into a temporary file beside the target, then renames it into place;
-    /// on any failure the temporary file is removed and the target left untouched.
+    /// on any failure, or if the call is dropped half way, the temporary file is removed,
+    /// the quota given back and the target left untouched.
     #[allow(clippy::too_many_arguments, reason = "one private step of write_file")]
     async fn write_stream(
         &self,
-        workspace: std::path::PathBuf,
+        workspace: PathBuf,
         path: RequestPath,
         mode: u32,
         first: Vec<u8>,
-        stream: &mut Streaming<WriteFileChunk>,
-        written: &AtomicU64,
+        (stream, ended): (&mut Streaming<WriteFileChunk>, Option<RequestEnd>),
+        written: Arc<AtomicU64>,
         quota: u64,
     ) -> Result<u64, Status> {
         let stall = self.limits.stall_timeout;
@@ -774,79 +1060,197 @@ impl HostServices {
         })
         .await?
         .map_err(|err| io_status("", &err))?;
-        let target = Arc::new(target);
+        let mut unfinished = Unfinished {
+            target: Arc::new(target),
+            temp,
+            written,
+            counted: 0,
+            done: false,
+        };
         let mut file = Some(file);
-        let mut total = 0u64;
         let mut next = Some(first);
         // Chunks are written in batches of about WRITE_BATCH bytes: one hand-off to a
         // blocking thread per batch, not per chunk, with at most one batch in memory.
         let mut batch: Vec<Vec<u8>> = Vec::new();
         let mut batched = 0usize;
-        let outcome: Result<(), Status> = async {
-            loop {
-                let data = match next.take() {
-                    Some(data) => Some(data),
-                    None => next_chunk(stream, stall).await?.map(|chunk| chunk.data),
-                };
-                let end = data.is_none();
-                if let Some(data) = data.filter(|data| !data.is_empty()) {
-                    let len = data.len() as u64;
-                    let before = written.fetch_add(len, Ordering::Relaxed);
-                    if before + len > quota {
-                        written.fetch_sub(len, Ordering::Relaxed);
-                        return Err(Status::resource_exhausted(format!(
-                            "write quota exhausted: this plugin may write {quota} bytes and \
-                             has written {before}; nothing was written to the target"
-                        )));
-                    }
-                    total += len;
-                    batched += data.len();
-                    batch.push(data);
-                }
-                if batched >= WRITE_BATCH || (end && batched > 0) {
-                    let chunks = std::mem::take(&mut batch);
-                    batched = 0;
-                    let mut taken = file
-                        .take()
-                        .ok_or_else(|| Status::internal("the temporary file was lost"))?;
-                    let (back, result) = blocking(move || {
-                        let result = chunks.iter().try_for_each(|chunk| taken.write_all(chunk));
-                        (taken, result)
-                    })
-                    .await?;
-                    file = Some(back);
-                    result.map_err(|err| io_status("", &err))?;
-                }
-                if end {
-                    return Ok(());
-                }
+        loop {
+            let data = match next.take() {
+                Some(data) => Some(data),
+                None => next_chunk(stream, stall).await?.map(|chunk| chunk.data),
+            };
+            let end = data.is_none();
+            if let Some(data) = data.filter(|data| !data.is_empty()) {
+                unfinished.count(data.len() as u64, quota)?;
+                batched += data.len();
+                batch.push(data);
             }
-        }
-        .await;
-        let finished = match outcome {
-            Ok(()) => {
-                let target = Arc::clone(&target);
-                let temp = temp.clone();
-                let durable = self.limits.durable_writes;
-                blocking(move || -> io::Result<()> {
-                    if let Some(file) = file
-                        && durable
-                    {
-                        file.sync_all()?;
-                    }
-                    target.commit(&temp)
+            if batched >= WRITE_BATCH || (end && batched > 0) {
+                let chunks = std::mem::take(&mut batch);
+                batched = 0;
+                let mut taken = file
+                    .take()
+                    .ok_or_else(|| Status::internal("the temporary file was lost"))?;
+                let (back, result) = blocking(move || {
+                    let result = chunks.iter().try_for_each(|chunk| taken.write_all(chunk));
+                    (taken, result)
                 })
-                .await?
-                .map_err(|err| io_status("", &err))
+                .await?;
+                file = Some(back);
+                result.map_err(|err| io_status("", &err))?;
             }
-            Err(status) => Err(status),
-        };
-        if finished.is_err() {
-            // Nothing reached the target: give the quota back.
-            written.fetch_sub(total, Ordering::Relaxed);
-            let target = Arc::clone(&target);
-            let _ = blocking(move || target.discard(&temp)).await;
+            if end {
+                break;
+            }
         }
-        finished.map(|()| total)
+        if !ended.as_ref().is_none_or(RequestEnd::reached) {
+            return Err(Status::cancelled(
+                "the plugin cancelled the write before its end; nothing was written",
+            ));
+        }
+        let total = unfinished.counted;
+        let durable = self.limits.durable_writes;
+        // The last step runs to its end even if the call is dropped meanwhile: it owns the
+        // unfinished write, and either renames it into place or discards it.
+        blocking(move || -> io::Result<()> {
+            if let Some(file) = file
+                && durable
+            {
+                file.sync_all()?;
+            }
+            unfinished.commit()
+        })
+        .await?
+        .map_err(|err| io_status("", &err))?;
+        Ok(total)
+    }
+}
+
+/// The audit operation of a `HostServices` method path (`/…HostServices/ReadDir`).
+fn operation_of(path: &str) -> &'static str {
+    match path.rsplit('/').next().unwrap_or_default() {
+        "ReadDir" => "read_dir",
+        "ReadFile" => "read_file",
+        "WriteFile" => "write_file",
+        "DeleteFile" => "delete_file",
+        "CreateDir" => "create_dir",
+        "GetEnv" => "get_env",
+        "Stat" => "stat",
+        _ => "unknown",
+    }
+}
+
+type ServerFuture = Pin<Box<dyn Future<Output = Result<http::Response<Body>, Infallible>> + Send>>;
+
+/// Whether a request's body reached its end (`END_STREAM`), as opposed to being cut off.
+#[derive(Debug, Clone, Default)]
+struct RequestEnd(Arc<AtomicBool>);
+
+impl RequestEnd {
+    /// Whether the plugin finished sending the request (it did not cancel it). Requests
+    /// that did not come through [`Admission`] count as finished.
+    fn of<T>(request: &Request<T>) -> Option<Self> {
+        request.extensions().get::<RequestEnd>().cloned()
+    }
+
+    fn reached(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// A request body that records in its [`RequestEnd`] when it ends normally.
+struct Watched {
+    inner: Body,
+    end: RequestEnd,
+}
+
+impl http_body::Body for Watched {
+    type Data = tonic::codegen::Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Status>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let std::task::Poll::Ready(None) = polled {
+            self.end.0.store(true, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        let ended = self.inner.is_end_stream();
+        if ended {
+            self.end.0.store(true, Ordering::Relaxed);
+        }
+        ended
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The host services behind their admission check: every request that arrives is counted
+/// against its plugin instance's [`Limits::max_open_calls`] before anything of it is read,
+/// and refused at once (audited) past the limit.
+#[derive(Clone)]
+struct Admission {
+    host: Arc<HostServices>,
+    inner: HostServicesServer<HostServices>,
+}
+
+impl NamedService for Admission {
+    const NAME: &'static str = <HostServicesServer<HostServices> as NamedService>::NAME;
+}
+
+impl Service<http::Request<Body>> for Admission {
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = ServerFuture;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        Service::<http::Request<Body>>::poll_ready(&mut self.inner, cx)
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> ServerFuture {
+        // tonic reports a request stream the client cancelled (`RST_STREAM`) as a clean end
+        // of stream: record which it was, so a cancelled write is never taken as complete.
+        let request = if request.uri().path().ends_with("/WriteFile") {
+            let (mut parts, body) = request.into_parts();
+            let end = RequestEnd::default();
+            let body = Body::new(Watched {
+                inner: body,
+                end: end.clone(),
+            });
+            parts.extensions.insert(end);
+            http::Request::from_parts(parts, body)
+        } else {
+            request
+        };
+        // Calls that carry no identity are refused by the services themselves.
+        let admitted = match request.extensions().get::<PluginIdentity>() {
+            Some(identity) => {
+                match self
+                    .host
+                    .admit(identity, request.uri().path(), request.headers())
+                {
+                    Ok(open) => Some(open),
+                    Err(status) => {
+                        return Box::pin(std::future::ready(Ok(status.into_http())));
+                    }
+                }
+            }
+            None => None,
+        };
+        let call = self.inner.call(request);
+        Box::pin(async move {
+            let response = call.await;
+            drop(admitted);
+            response
+        })
     }
 }

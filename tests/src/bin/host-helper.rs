@@ -17,6 +17,18 @@
 //! - `host-helper cycles <test-plugin path> <n>`: supervises a test plugin, kills it `n`
 //!   times (each time waiting for the restart), shuts down, and prints its own open fds,
 //!   threads and resident memory before and after, and the socket directories left.
+//! - `host-helper write-hang <test-plugin path> <workspace>`: a host to kill in the middle
+//!   of a `WriteFile`: has a test plugin stream 3 MiB into `output/target` and never end
+//!   the write; once the host holds it all and part of it is in its temporary file, prints
+//!   `temp <name>`, `plugin-pid <pid>` and `ready`, then waits to be killed.
+//! - `host-helper service-cycles <test-plugin path> <dir> <n>`: `n` times starts a test
+//!   plugin, connects it to tether's host services, reads a file through them, disconnects
+//!   and stops it; prints its own fds, threads, sockets and resident memory after the first
+//!   cycle and at the end, the socket directories left, the plugin instances the host
+//!   services still track, and how long the cycles took (`millis`).
+//! - `host-helper connection-flood <test-plugin path> <dir> <n>`: with the soft
+//!   `RLIMIT_NOFILE` at 1024, has one test plugin dial its host-service socket `n` times
+//!   while another is served; prints what came of it (see `connection_flood`).
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -37,6 +49,15 @@ async fn main() -> anyhow::Result<ExitCode> {
         [mode, program, mib] if mode == "flood" => flood(program, mib.parse()?).await,
         [mode, program, n] if mode == "cycles" => cycles(program, n.parse()?).await,
         [mode, config] if mode == "reattach" => reattach(Path::new(config)).await,
+        [mode, program, workspace] if mode == "write-hang" => {
+            write_hang(program, Path::new(workspace)).await
+        }
+        [mode, program, dir, n] if mode == "service-cycles" => {
+            service_cycles(program, Path::new(dir), n.parse()?).await
+        }
+        [mode, program, dir, n] if mode == "connection-flood" => {
+            connection_flood(program, Path::new(dir), n.parse()?).await
+        }
         [program] => host(program).await,
         _ => anyhow::bail!("usage: host-helper <test-plugin path> | host-helper dial <socket>"),
     }
@@ -276,5 +297,294 @@ async fn reattach(config: &Path) -> anyhow::Result<ExitCode> {
     println!("echo {echo}");
     // Dropping the attached client leaves the plugin to the host that started it.
     drop(plugin);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Polls `check` every 10 ms until it holds or `limit` passes; returns whether it held. A
+/// wait on an event, bounded only so that a failure is reported.
+async fn until(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let start = std::time::Instant::now();
+    loop {
+        if check() {
+            return true;
+        }
+        if start.elapsed() > limit {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// How long the helpers below wait for an event before they report a failure.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+/// Asks `plugin` for the test op `op`, with a deadline far beyond [`PATIENCE`].
+async fn host_op(
+    plugin: &PluginClient,
+    op: &str,
+    path: &[u8],
+    size: u64,
+) -> anyhow::Result<tether_plugin_sdk::protocol::testing::HostOpResponse> {
+    use tether_plugin_sdk::protocol::testing::HostOpRequest;
+    use tether_plugin_sdk::protocol::testing::testing_client::TestingClient;
+    use tether_plugin_sdk::tonic::Request;
+
+    let mut request = Request::new(HostOpRequest {
+        op: op.into(),
+        path: path.to_vec(),
+        data: Vec::new(),
+        size,
+    });
+    request.set_timeout(Duration::from_secs(3600));
+    let answer = TestingClient::new(plugin.channel())
+        .host_op(request)
+        .await?;
+    Ok(answer.into_inner())
+}
+
+async fn write_hang(program: &str, workspace: &Path) -> anyhow::Result<ExitCode> {
+    use std::io::Write;
+    use std::sync::Arc;
+    use tether_hostserve::{Audit, HostServices, Limits, Policy, RESERVED_PREFIX};
+
+    const SENT: u64 = 3 << 20;
+    let policy = Policy::new();
+    policy.set_workspace("hung-writer", workspace);
+    policy.grant("hung-writer", "write:output/**")?;
+    let limits = Limits {
+        stall_timeout: Duration::from_secs(3600),
+        ..Limits::default()
+    };
+    let services = Arc::new(HostServices::new(policy, Audit::tracing_only(), limits));
+    let plugin = test_plugin("hung-writer", program)
+        .arg("--host-files")
+        .start()
+        .await?;
+    let _host = services
+        .connect(&plugin)
+        .await?
+        .connection()
+        .context("the test plugin did not request host services")?;
+    let writer = Arc::new(plugin);
+    let writing = Arc::clone(&writer);
+    let _write =
+        tokio::spawn(async move { host_op(&writing, "write_hold", b"output/target", SENT).await });
+    let output = workspace.join("output");
+    // The host's temporary file, once part of the write is in it.
+    let temp = || -> Option<String> {
+        std::fs::read_dir(&output)
+            .ok()?
+            .filter_map(Result::ok)
+            .find(|entry| {
+                entry
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with(RESERVED_PREFIX)
+                    && entry.metadata().is_ok_and(|meta| meta.len() >= 1 << 20)
+            })
+            .map(|entry| entry.file_name().to_string_lossy().into_owned())
+    };
+    let under_way = until(PATIENCE, || {
+        services.bytes_written("hung-writer") == SENT && temp().is_some()
+    })
+    .await;
+    anyhow::ensure!(
+        under_way,
+        "the write never got under way: {} bytes counted",
+        services.bytes_written("hung-writer")
+    );
+    println!("temp {}", temp().unwrap_or_default());
+    println!("plugin-pid {}", writer.pid());
+    println!("ready");
+    std::io::stdout().flush()?;
+    loop {
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+    }
+}
+
+/// This process's open fds, sockets among them, threads and resident memory (KiB).
+fn resources() -> anyhow::Result<[u64; 4]> {
+    let mut fds = 0;
+    let mut sockets = 0;
+    for fd in std::fs::read_dir("/proc/self/fd")?.filter_map(Result::ok) {
+        fds += 1;
+        if std::fs::read_link(fd.path())
+            .is_ok_and(|target| target.to_string_lossy().starts_with("socket:"))
+        {
+            sockets += 1;
+        }
+    }
+    let threads = std::fs::read_dir("/proc/self/task")?.count() as u64;
+    Ok([fds, sockets, threads, own_kib("VmRSS:")?])
+}
+
+async fn service_cycles(program: &str, dir: &Path, n: u32) -> anyhow::Result<ExitCode> {
+    use std::sync::Arc;
+    use tether_hostserve::{Audit, HostServices, Limits, Policy};
+
+    let workspace = dir.join("workspace");
+    std::fs::create_dir_all(workspace.join("config"))?;
+    std::fs::write(workspace.join("config/a.txt"), "cycle")?;
+    let sockets = dir.join("sockets");
+    std::fs::create_dir_all(&sockets)?;
+    let policy = Policy::new();
+    policy.set_workspace("cycler", &workspace);
+    policy.grant("cycler", "read:config/**")?;
+    let services = Arc::new(HostServices::new(
+        policy,
+        Audit::tracing_only(),
+        Limits::default(),
+    ));
+    let started = std::time::Instant::now();
+    let mut before = None;
+    // One cycle first, so that what is made once (the spawner thread, pools) is counted.
+    for cycle in 0..n {
+        if cycle == 1 {
+            before = Some(resources()?);
+        }
+        let plugin = test_plugin("cycler", program)
+            .arg("--host-files")
+            .socket_base_dir(&sockets)
+            .start()
+            .await?;
+        let host = services
+            .connect(&plugin)
+            .await?
+            .connection()
+            .context("the test plugin did not request host services")?;
+        let read = host_op(&plugin, "read_file", b"config/a.txt", 0).await?;
+        anyhow::ensure!(
+            read.outcome == "ok" && read.data == b"cycle",
+            "cycle {cycle}: {read:?}"
+        );
+        host.close().await;
+        plugin.shutdown().await?;
+    }
+    let millis = started.elapsed().as_millis();
+    let before = before.context("fewer than two cycles")?;
+    let count = |dir: &Path| std::fs::read_dir(dir).map_or(0, Iterator::count);
+    // What the last cycle left is released in the background (connections closing,
+    // idle blocking threads ending): wait for it, and report whatever is left then.
+    let settled = until(PATIENCE, || {
+        resources().is_ok_and(|now| now[..3].iter().zip(&before[..3]).all(|(n, b)| n <= b))
+            && count(&sockets) == 0
+            && services.tracked_instances() == 0
+    })
+    .await;
+    let after = resources()?;
+    for (i, key) in ["fds", "sockets", "threads", "rss_kib"].iter().enumerate() {
+        println!("{key} {} {}", before[i], after[i]);
+    }
+    println!("socket_dirs_left {}", count(&sockets));
+    println!("tracked_instances {}", services.tracked_instances());
+    println!("settled {}", u8::from(settled));
+    println!("millis {millis}");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn connection_flood(program: &str, dir: &Path, n: u64) -> anyhow::Result<ExitCode> {
+    use std::sync::Arc;
+    use tether_host::{ResourceLimits, Sandbox};
+    use tether_hostserve::{Audit, HostServices, Limits, Policy};
+
+    // The host runs with the usual soft limit of open files; the flooding plugin may open
+    // four times as many, more than the host could accept.
+    let mut files = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit on this process, with a valid struct.
+    unsafe {
+        anyhow::ensure!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut files) == 0);
+        files.rlim_cur = files.rlim_max.min(1024);
+        anyhow::ensure!(libc::setrlimit(libc::RLIMIT_NOFILE, &files) == 0);
+    }
+    let workspace = dir.join("workspace");
+    std::fs::create_dir_all(workspace.join("config"))?;
+    std::fs::write(workspace.join("config/a.txt"), "served")?;
+    let audit_file = dir.join("audit.jsonl");
+    let policy = Policy::new();
+    for plugin in ["flooder", "bystander"] {
+        policy.set_workspace(plugin, &workspace);
+        policy.grant(plugin, "read:config/**")?;
+    }
+    let limits = Limits::default();
+    let max_connections = limits.max_connections as u64;
+    let services = Arc::new(HostServices::new(
+        policy,
+        Audit::to_file(&audit_file, 64 << 20)?,
+        limits,
+    ));
+    let flooder = test_plugin("flooder", program)
+        .arg("--host-files")
+        .sandbox(Sandbox::best_effort().limits(ResourceLimits {
+            open_files: Some(4096),
+            ..ResourceLimits::default()
+        }))
+        .start()
+        .await?;
+    let bystander = test_plugin("bystander", program)
+        .arg("--host-files")
+        .start()
+        .await?;
+    let mut connections = Vec::new();
+    for plugin in [&flooder, &bystander] {
+        connections.push(
+            services
+                .connect(plugin)
+                .await?
+                .connection()
+                .context("the test plugin did not request host services")?,
+        );
+    }
+    let socket = connections[0]
+        .address()
+        .context("no host-service socket")?
+        .to_owned();
+    let fds_before = resources()?[0];
+    let flood = tokio::time::timeout(
+        PATIENCE,
+        host_op(
+            &flooder,
+            "open_connections",
+            socket.as_os_str().as_encoded_bytes(),
+            n,
+        ),
+    )
+    .await;
+    let (done, connected) = match &flood {
+        Ok(Ok(answer)) => (1, answer.size),
+        _ => (0, 0),
+    };
+    // Every connection past the limit is refused and audited: wait for the records.
+    let refusals = || {
+        std::fs::read_to_string(&audit_file)
+            .unwrap_or_default()
+            .lines()
+            .filter(|line| line.contains("connection limit reached"))
+            .count() as u64
+    };
+    let expected = connected.saturating_sub(max_connections - 1);
+    until(PATIENCE, || done == 1 && refusals() >= expected).await;
+    let fds_after = resources()?[0];
+    let outcome = |answer: anyhow::Result<tether_plugin_sdk::protocol::testing::HostOpResponse>| {
+        u8::from(answer.is_ok_and(|answer| answer.outcome == "ok" && answer.data == b"served"))
+    };
+    let bystander_ok = outcome(host_op(&bystander, "read_file", b"config/a.txt", 0).await);
+    let flooder_ok = outcome(host_op(&flooder, "read_file", b"config/a.txt", 0).await);
+    println!("flood_done {done}");
+    println!("connected {connected}");
+    println!("refused {}", refusals());
+    println!("expected_refusals {expected}");
+    println!("max_connections {max_connections}");
+    println!("fds {fds_before} {fds_after}");
+    println!("bystander_ok {bystander_ok}");
+    println!("flooder_ok {flooder_ok}");
+    if let Ok(Ok(answer)) = &flood {
+        println!("# {:?}", answer.names);
+    } else {
+        println!("# the flood did not finish: {flood:?}");
+    }
+    bystander.shutdown().await?;
     Ok(ExitCode::SUCCESS)
 }

@@ -36,9 +36,10 @@ struct Service {
     version: u32,
     /// Present when started with `--host-services`.
     host: Option<HostServices<HostTestingClient<Channel>>>,
-    /// Present when started with `--host-files`: the SDK's client, and a raw one for
-    /// requests the SDK would never send (forged identities).
-    files: Option<HostServices<(HostFiles, RawHostServices)>>,
+    /// Present when started with `--host-files`: the SDK's client, a raw one for requests
+    /// the SDK would never send (forged identities), and the channel itself (for calls
+    /// whose request never ends).
+    files: Option<HostServices<(HostFiles, RawHostServices, Channel)>>,
     broker: Broker,
     /// Endpoints served for the host with `ServeBrokered`, kept alive.
     served: Arc<Mutex<Vec<Served>>>,
@@ -241,7 +242,7 @@ impl Service {
                 ..ok
             });
         }
-        let (files, raw) = self
+        let (files, raw, channel) = self
             .files
             .as_ref()
             .ok_or_else(|| HostCallError::Invalid("started without --host-files".into()))?
@@ -449,8 +450,139 @@ impl Service {
                     ..ok
                 }
             }
+            "write_hold" => {
+                // Sends `size` bytes (zeros, 64 KiB chunks) to `path`, then nothing, never
+                // ending the write: the tests kill a side in the middle of it.
+                const CHUNK: u64 = 64 * 1024;
+                let total = request.size;
+                let chunks = futures_util::stream::iter(0..total.div_ceil(CHUNK))
+                    .map(move |i| {
+                        vec![0u8; usize::try_from(CHUNK.min(total - i * CHUNK)).unwrap_or(0)]
+                    })
+                    .chain(futures_util::stream::pending());
+                HostOpResponse {
+                    size: files.write_file_stream(&path, 0o644, chunks).await?,
+                    ..ok
+                }
+            }
+            "open_streams" => {
+                // Opens `size` calls of the host-service method named by `path` (`ReadDir`,
+                // `WriteFile`) whose request never ends (nothing is sent), and answers once
+                // `data` (a decimal count) of them have ended: the outcome of each. The
+                // others stay open.
+                let method = String::from_utf8_lossy(&path).into_owned();
+                let wait_for: usize = String::from_utf8_lossy(&request.data).parse().unwrap_or(0);
+                let (sender, mut receiver) = tokio::sync::mpsc::unbounded_channel();
+                for _ in 0..request.size {
+                    let (channel, method, sender) =
+                        (channel.clone(), method.clone(), sender.clone());
+                    tokio::spawn(async move {
+                        let _ = sender.send(never_ending_call(channel, &method).await);
+                    });
+                }
+                drop(sender);
+                let mut names = Vec::new();
+                while names.len() < wait_for {
+                    match receiver.recv().await {
+                        Some(outcome) => names.push(outcome),
+                        None => break,
+                    }
+                }
+                HostOpResponse { names, ..ok }
+            }
+            "open_connections" => {
+                // Dials the socket at `path` `size` times (each dial waits while the host's
+                // backlog is full) and keeps every connection open, sending nothing: `size`
+                // is how many connected, `names` `failed <n> <first error>`.
+                let socket = std::path::PathBuf::from(String::from_utf8_lossy(&path).into_owned());
+                let count = request.size;
+                let (streams, failed) = tokio::task::spawn_blocking(move || {
+                    let (mut streams, mut failed) = (Vec::new(), Vec::new());
+                    for _ in 0..count {
+                        match std::os::unix::net::UnixStream::connect(&socket) {
+                            Ok(stream) => streams.push(stream),
+                            Err(err) => failed.push(err.to_string()),
+                        }
+                    }
+                    (streams, failed)
+                })
+                .await
+                .map_err(|err| HostCallError::Invalid(err.to_string()))?;
+                let connected = streams.len() as u64;
+                HELD_CONNECTIONS
+                    .lock()
+                    .map_err(|_| poisoned())?
+                    .extend(streams);
+                HostOpResponse {
+                    size: connected,
+                    names: vec![format!(
+                        "failed {} {}",
+                        failed.len(),
+                        failed.first().map_or("", String::as_str)
+                    )],
+                    ..ok
+                }
+            }
             other => return Err(HostCallError::Invalid(format!("unknown op {other:?}"))),
         })
+    }
+}
+
+/// Connections opened by `open_connections`, kept open for the plugin's life.
+static HELD_CONNECTIONS: Mutex<Vec<std::os::unix::net::UnixStream>> = Mutex::new(Vec::new());
+
+/// Calls `/tether.hostserve.v1.HostServices/<method>` with a request stream that never
+/// sends anything nor ends; returns how the call ended (the host refusing it, say).
+async fn never_ending_call(channel: Channel, method: &str) -> String {
+    use tether_plugin_sdk::tonic::codegen::http::uri::PathAndQuery;
+    let mut grpc = tonic::client::Grpc::new(channel);
+    if let Err(err) = grpc.ready().await {
+        return format!("not ready: {err}");
+    }
+    let Ok(path) = PathAndQuery::try_from(format!("/tether.hostserve.v1.HostServices/{method}"))
+    else {
+        return "bad method".to_owned();
+    };
+    let request = Request::new(futures_util::stream::pending::<()>());
+    match grpc
+        .client_streaming::<_, (), (), _>(request, path, Nothing)
+        .await
+    {
+        Ok(_) => "ok".to_owned(),
+        Err(status) => failure(HostCallError::from(status)).outcome,
+    }
+}
+
+/// A codec for calls that send no message and read none (`never_ending_call`).
+#[derive(Clone, Copy)]
+struct Nothing;
+
+impl tonic::codec::Codec for Nothing {
+    type Encode = ();
+    type Decode = ();
+    type Encoder = Nothing;
+    type Decoder = Nothing;
+    fn encoder(&mut self) -> Nothing {
+        Nothing
+    }
+    fn decoder(&mut self) -> Nothing {
+        Nothing
+    }
+}
+
+impl tonic::codec::Encoder for Nothing {
+    type Item = ();
+    type Error = Status;
+    fn encode(&mut self, (): (), _: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), Status> {
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for Nothing {
+    type Item = ();
+    type Error = Status;
+    fn decode(&mut self, _: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<()>, Status> {
+        Ok(Some(()))
     }
 }
 
@@ -485,7 +617,8 @@ fn main() -> ExitCode {
         let (plugin, files) = plugin.with_host_services(move |channel| {
             (
                 HostFiles::with_max_message_size(channel.clone(), limit),
-                RawHostServices::new(channel),
+                RawHostServices::new(channel.clone()),
+                channel,
             )
         });
         (plugin, Some(files))
