@@ -4,7 +4,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use tether_hostserve::fuzzing::{display_path, parse_path};
-use tether_hostserve::{MAX_COMPONENT, MAX_PATH, PathError};
+use tether_hostserve::{MAX_COMPONENT, MAX_PATH, PathError, RESERVED_PREFIX};
 
 /// The rules of `RequestPath::parse`, written out again as the reference.
 fn expected(raw: &[u8]) -> Result<(), PathError> {
@@ -30,6 +30,9 @@ fn expected(raw: &[u8]) -> Result<(), PathError> {
         }
         if component.len() > MAX_COMPONENT {
             return Err(PathError::ComponentTooLong(component.len()));
+        }
+        if component.starts_with(RESERVED_PREFIX) {
+            return Err(PathError::Reserved(component.to_owned()));
         }
     }
     Ok(())

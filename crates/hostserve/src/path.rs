@@ -212,6 +212,11 @@ mod tests {
                     Just((".", PathError::Dot)),
                     Just(("..", PathError::Dot)),
                     Just(("", PathError::EmptyComponent)),
+                    Just((
+                        ".tether-partial-7-1",
+                        PathError::Reserved(".tether-partial-7-1".into()),
+                    )),
+                    Just((".tether-partial-", PathError::Reserved(RESERVED_PREFIX.into()))),
                 ],
             ) {
                 let (component, expected) = bad;
