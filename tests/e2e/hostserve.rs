@@ -562,3 +562,92 @@ async fn a_gibibyte_written_and_read_through_host_services_in_bounded_memory() {
     assert!(host < 64 * 1024, "host peak {host} KiB");
     assert!(plugin < 64 * 1024, "plugin peak {plugin} KiB");
 }
+
+/// The threads of this process (the host), from `/proc/self/status`.
+fn host_threads() -> usize {
+    std::fs::read_to_string("/proc/self/status")
+        .expect("status")
+        .lines()
+        .find_map(|line| line.strip_prefix("Threads:"))
+        .and_then(|count| count.trim().parse().ok())
+        .expect("a thread count")
+}
+
+#[tokio::test]
+async fn fifos_sockets_and_devices_under_a_read_grant_are_refused_at_once() {
+    let fixture = Fixture::new(Limits::default());
+    fixture.grant("special", &GRANTS);
+    fixture.grant("bystander", &GRANTS);
+    let (plugin, _connection) = fixture.start("special").await;
+    let (bystander, _bystander_connection) = fixture.start("bystander").await;
+    let config = fixture.workspace.join("config");
+    let c_path = |name: &str| {
+        std::ffi::CString::new(config.join(name).as_os_str().as_encoded_bytes()).unwrap()
+    };
+    // SAFETY: mkfifo and mknod with valid C strings.
+    unsafe {
+        assert_eq!(libc::mkfifo(c_path("fifo").as_ptr(), 0o644), 0);
+        // A character device like /dev/null (1, 3); creating one needs root, as here.
+        let made = libc::mknod(
+            c_path("device").as_ptr(),
+            libc::S_IFCHR | 0o644,
+            libc::makedev(1, 3),
+        );
+        assert_eq!(made, 0, "mknod: {}", std::io::Error::last_os_error());
+    }
+    let _socket = std::os::unix::net::UnixListener::bind(config.join("socket")).unwrap();
+
+    for name in ["fifo", "socket", "device"] {
+        let path = format!("config/{name}");
+        let answer = tokio::time::timeout(PATIENCE, op(&plugin, "read_file", path.as_bytes()))
+            .await
+            .unwrap_or_else(|_| panic!("reading the {name} never answered"));
+        assert_eq!(answer.outcome, "other", "{name}: {answer:?}");
+        assert!(
+            answer.message.contains("not a regular file") && answer.message.contains(&path),
+            "{name}: {}",
+            answer.message
+        );
+    }
+    // Hundreds of reads of the FIFO, none left waiting on a host thread; another plugin
+    // is served meanwhile and after.
+    let before = host_threads();
+    let reads =
+        futures_util::future::join_all((0..300).map(|_| op(&plugin, "read_file", b"config/fifo")));
+    let answers = tokio::time::timeout(PATIENCE, reads)
+        .await
+        .expect("every read of the FIFO is answered");
+    assert!(answers.iter().all(|answer| answer.outcome != "ok"));
+    let served = op(&bystander, "read_file", b"config/a.txt").await;
+    assert_eq!(served.outcome, "ok", "{}", served.message);
+    let after = host_threads();
+    let limit = before + Limits::default().max_concurrent_calls + 8;
+    assert!(
+        after <= limit,
+        "host threads {before} -> {after} (limit {limit})"
+    );
+    // Each read left its one audit record: refused as not a regular file, or (past the
+    // plugin's open-call limit, as 300 at once are) refused at the door.
+    let records = fixture.audit_records(3 + 300 + 1).await;
+    let reasons: Vec<&str> = records
+        .iter()
+        .filter(|record| record["plugin"] == "special")
+        .map(|record| record["reason"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(reasons.len(), 303, "{reasons:#?}");
+    assert!(
+        reasons
+            .iter()
+            .all(|reason| reason.contains("not a regular file") || reason.contains("limit reached")),
+        "{reasons:#?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .filter(|reason| reason.contains("not a regular file"))
+            .count()
+            >= 3 + 16,
+        "{reasons:#?}"
+    );
+}
+

@@ -29,6 +29,13 @@ fn nofollow(options: &mut OpenOptions, extra: OFlags) -> &mut OpenOptions {
     options.custom_flags(flags)
 }
 
+fn not_a_regular_file() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        "not a regular file (a FIFO, socket or device): host services read regular files only",
+    )
+}
+
 fn open_dir_in(dir: &Dir, name: &str) -> io::Result<Dir> {
     match dir.open_with(
         name,
@@ -72,18 +79,37 @@ impl Target {
         open_dir_in(&self.parent, &self.name)
     }
 
-    /// Opens the target, a regular file, for reading.
+    /// Opens the target, a regular file, for reading. Anything else is refused without
+    /// waiting: opening a FIFO would block until a writer comes, a socket fails with
+    /// `ENXIO`, and opening a device may act on it. The target is checked before the open,
+    /// opened with `O_NONBLOCK` (so one swapped in meanwhile cannot block it either) and
+    /// checked again on the descriptor; then reads block as usual.
     pub(crate) fn open_file(&self) -> io::Result<File> {
-        let file = self.parent.open_with(
-            &self.name,
-            nofollow(OpenOptions::new().read(true), OFlags::empty()),
-        )?;
-        if !file.metadata()?.is_file() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "not a regular file",
-            ));
+        let found = self.stat()?.file_type();
+        if found.is_symlink() {
+            return Err(rustix::io::Errno::LOOP.into());
         }
+        if !found.is_file() {
+            return Err(not_a_regular_file());
+        }
+        let file = self
+            .parent
+            .open_with(
+                &self.name,
+                nofollow(OpenOptions::new().read(true), OFlags::NONBLOCK),
+            )
+            .map_err(|err| {
+                if err.raw_os_error() == Some(rustix::io::Errno::NXIO.raw_os_error()) {
+                    not_a_regular_file()
+                } else {
+                    err
+                }
+            })?;
+        if !file.metadata()?.is_file() {
+            return Err(not_a_regular_file());
+        }
+        let flags = rustix::fs::fcntl_getfl(&file)?;
+        rustix::fs::fcntl_setfl(&file, flags - OFlags::NONBLOCK)?;
         Ok(file)
     }
 
