@@ -651,3 +651,36 @@ async fn fifos_sockets_and_devices_under_a_read_grant_are_refused_at_once() {
     );
 }
 
+#[tokio::test]
+async fn refusals_and_failures_name_the_path_and_what_would_allow_them() {
+    let fixture = Fixture::new(Limits::default());
+    fixture.grant("named", &GRANTS);
+    let (plugin, _connection) = fixture.start("named").await;
+    // Through a symbolic link: refused by confinement, which no capability lifts.
+    let through = op_with(&plugin, "write_file", b"links/out/x", b"x".to_vec(), 0).await;
+    assert_eq!(through.outcome, "denied", "{through:?}");
+    assert!(through.capability.is_empty(), "{through:?}");
+    assert!(
+        through.message.contains("\"links/out/x\"")
+            && !through.message.contains("\"\"")
+            && through.message.contains("no capability allows this"),
+        "{}",
+        through.message
+    );
+    // By policy: the capability that would allow it, in the status and the message.
+    let denied = op(&plugin, "read_file", b"secrets/key").await;
+    assert_eq!(denied.capability, "read:secrets/key", "{denied:?}");
+    assert!(
+        denied.message.contains("read:secrets/key"),
+        "{}",
+        denied.message
+    );
+    // A failure of an allowed call names the path.
+    let missing = op(&plugin, "read_file", b"config/none.txt").await;
+    assert_eq!(missing.outcome, "not_found", "{missing:?}");
+    assert!(
+        missing.message.contains("config/none.txt"),
+        "{}",
+        missing.message
+    );
+}

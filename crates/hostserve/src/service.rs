@@ -1053,13 +1053,14 @@ impl HostServices {
         quota: u64,
     ) -> Result<u64, Status> {
         let stall = self.limits.stall_timeout;
+        let shown = path.as_str().to_owned();
         let (target, temp, file) = blocking(move || -> io::Result<_> {
             let target = Target::locate(&workspace, &path)?;
             let (temp, file) = target.create_temp(mode)?;
             Ok((target, temp, file))
         })
         .await?
-        .map_err(|err| io_status("", &err))?;
+        .map_err(|err| io_status(&shown, &err))?;
         let mut unfinished = Unfinished {
             target: Arc::new(target),
             temp,
@@ -1096,7 +1097,7 @@ impl HostServices {
                 })
                 .await?;
                 file = Some(back);
-                result.map_err(|err| io_status("", &err))?;
+                result.map_err(|err| io_status(&shown, &err))?;
             }
             if end {
                 break;
@@ -1120,7 +1121,7 @@ impl HostServices {
             unfinished.commit()
         })
         .await?
-        .map_err(|err| io_status("", &err))?;
+        .map_err(|err| io_status(&shown, &err))?;
         Ok(total)
     }
 }

@@ -32,6 +32,10 @@ pub enum HostCallError {
         /// The host's explanation.
         message: String,
     },
+    /// The host's confinement refused the call, which no capability would allow: the path
+    /// is or passes through a symbolic link, which host services never follow.
+    #[error("refused by the host's confinement (no capability allows this): {0}")]
+    Confined(String),
     /// The path or name is malformed (absolute, `..`, NUL, not UTF-8, too long, ...).
     #[error("invalid argument: {0}")]
     Invalid(String),
@@ -67,14 +71,16 @@ impl From<Status> for HostCallError {
     fn from(status: Status) -> Self {
         let message = status.message().to_owned();
         match status.code() {
-            Code::PermissionDenied => HostCallError::Denied {
-                capability: status
-                    .metadata()
-                    .get(CAPABILITY_METADATA)
-                    .and_then(|value| value.to_str().ok())
-                    .unwrap_or_default()
-                    .to_owned(),
-                message,
+            Code::PermissionDenied => match status
+                .metadata()
+                .get(CAPABILITY_METADATA)
+                .and_then(|value| value.to_str().ok())
+            {
+                Some(capability) => HostCallError::Denied {
+                    capability: capability.to_owned(),
+                    message,
+                },
+                None => HostCallError::Confined(message),
             },
             Code::InvalidArgument => HostCallError::Invalid(message),
             Code::NotFound => HostCallError::NotFound(message),
@@ -88,7 +94,7 @@ impl From<Status> for HostCallError {
 impl From<HostCallError> for Status {
     fn from(err: HostCallError) -> Self {
         let code = match &err {
-            HostCallError::Denied { .. } => Code::PermissionDenied,
+            HostCallError::Denied { .. } | HostCallError::Confined(_) => Code::PermissionDenied,
             HostCallError::Invalid(_) => Code::InvalidArgument,
             HostCallError::NotFound(_) => Code::NotFound,
             HostCallError::AlreadyExists(_) => Code::AlreadyExists,

@@ -184,6 +184,7 @@ impl Testing for Service {
 fn failure(err: HostCallError) -> HostOpResponse {
     let (outcome, capability) = match &err {
         HostCallError::Denied { capability, .. } => ("denied", capability.clone()),
+        HostCallError::Confined(_) => ("denied", String::new()),
         HostCallError::Invalid(_) => ("invalid", String::new()),
         HostCallError::NotFound(_) => ("not_found", String::new()),
         HostCallError::AlreadyExists(_) => ("already_exists", String::new()),
