@@ -684,3 +684,68 @@ async fn refusals_and_failures_name_the_path_and_what_would_allow_them() {
         missing.message
     );
 }
+
+#[tokio::test]
+async fn a_hard_link_to_a_file_outside_the_grants_is_not_read_through() {
+    for allowed in [false, true] {
+        let fixture = Fixture::new(Limits {
+            allow_hard_links: allowed,
+            ..Limits::default()
+        });
+        // Inside `config/` (granted), another name for `secrets/key` (not granted).
+        std::fs::hard_link(
+            fixture.workspace.join("secrets/key"),
+            fixture.workspace.join("config/linked"),
+        )
+        .unwrap();
+        fixture.grant("linker", &GRANTS);
+        let (plugin, _connection) = fixture.start("linker").await;
+        let answer = op(&plugin, "read_file", b"config/linked").await;
+        if allowed {
+            // The operator's choice, for workspaces whose links it trusts.
+            assert_eq!(answer.outcome, "ok", "{}", answer.message);
+            continue;
+        }
+        assert_eq!(answer.outcome, "denied", "{answer:?}");
+        assert!(
+            answer.message.contains("config/linked") && answer.message.contains("2 hard links"),
+            "{}",
+            answer.message
+        );
+        assert!(!String::from_utf8_lossy(&answer.data).contains("SECRET"));
+        let records = fixture.audit_records(1).await;
+        assert_eq!(records[0]["decision"], "denied", "{records:?}");
+        // The file itself, read by its own single name, is fine once the link is gone.
+        std::fs::remove_file(fixture.workspace.join("config/linked")).unwrap();
+        let plain = op(&plugin, "read_file", b"config/a.txt").await;
+        assert_eq!(plain.outcome, "ok", "{}", plain.message);
+    }
+}
+
+#[tokio::test]
+async fn a_read_in_flight_when_its_grant_is_revoked_finishes_and_the_next_is_denied() {
+    let fixture = Fixture::new(Limits::default());
+    const BIG: usize = 4 << 20;
+    std::fs::write(fixture.workspace.join("config/big.bin"), vec![7u8; BIG]).unwrap();
+    fixture.grant("revoked-midway", &GRANTS);
+    let (plugin, _connection) = fixture.start("revoked-midway").await;
+    // The stream is opened (the call was checked and allowed), then the grant goes.
+    let held = op_with(&plugin, "hold_reads", b"config/big.bin", Vec::new(), 1).await;
+    assert_eq!(held.names, ["ok"], "{held:?}");
+    assert!(
+        fixture
+            .services
+            .policy()
+            .revoke("revoked-midway", "read:config/**")
+    );
+    // Like an open file descriptor, the stream already allowed runs to its end...
+    let drained = op(&plugin, "drain_held", b"").await;
+    assert_eq!(
+        drained.names,
+        [format!("{BIG} ok: complete")],
+        "{drained:?}"
+    );
+    // ... and the next call is checked against the new grants.
+    let next = op(&plugin, "read_file", b"config/big.bin").await;
+    assert_eq!(next.outcome, "denied", "{next:?}");
+}

@@ -83,8 +83,10 @@ impl Target {
     /// waiting: opening a FIFO would block until a writer comes, a socket fails with
     /// `ENXIO`, and opening a device may act on it. The target is checked before the open,
     /// opened with `O_NONBLOCK` (so one swapped in meanwhile cannot block it either) and
-    /// checked again on the descriptor; then reads block as usual.
-    pub(crate) fn open_file(&self) -> io::Result<File> {
+    /// checked again on the descriptor; then reads block as usual. Unless `hard_links`, a
+    /// file with more than one hard link is refused too: its other names may lie outside
+    /// every grant.
+    pub(crate) fn open_file(&self, hard_links: bool) -> io::Result<File> {
         let found = self.stat()?.file_type();
         if found.is_symlink() {
             return Err(rustix::io::Errno::LOOP.into());
@@ -105,8 +107,19 @@ impl Target {
                     err
                 }
             })?;
-        if !file.metadata()?.is_file() {
+        let metadata = file.metadata()?;
+        if !metadata.is_file() {
             return Err(not_a_regular_file());
+        }
+        let links = cap_std::fs::MetadataExt::nlink(&metadata);
+        if links > 1 && !hard_links {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "has {links} hard links, and another name of the same file may lie outside \
+                     every grant; the host reads such files only with Limits::allow_hard_links"
+                ),
+            ));
         }
         let flags = rustix::fs::fcntl_getfl(&file)?;
         rustix::fs::fcntl_setfl(&file, flags - OFlags::NONBLOCK)?;

@@ -79,6 +79,12 @@ pub struct Limits {
     /// audited, before anything is read. Calls streaming a response hold a slot instead
     /// (`max_concurrent_calls`).
     pub max_open_calls: usize,
+    /// Whether `ReadFile` reads a regular file that has more than one hard link. Off by
+    /// default: a hard link is another name for the same file, possibly outside every
+    /// grant (a link under `config/` to a file under `secrets/` reads the secret), and the
+    /// host cannot tell the other names. Writes and deletes are safe either way (a write
+    /// renames a new file into place; a delete removes only the name).
+    pub allow_hard_links: bool,
 }
 
 impl Default for Limits {
@@ -94,6 +100,7 @@ impl Default for Limits {
             durable_writes: true,
             max_connections: tether_hostconn::DEFAULT_MAX_CONNECTIONS,
             max_open_calls: 64,
+            allow_hard_links: false,
         }
     }
 }
@@ -837,7 +844,8 @@ impl HostServicesRpc for HostServices {
         let path = call.path(&request.get_ref().path)?;
         let (workspace, grant) = call.authorize(Verb::Read, path.as_str())?;
         let shown = path.as_str().to_owned();
-        let opened = blocking(move || Target::locate(&workspace, &path)?.open_file())
+        let hard_links = self.limits.allow_hard_links;
+        let opened = blocking(move || Target::locate(&workspace, &path)?.open_file(hard_links))
             .await?
             .map_err(|err| io_status(&shown, &err));
         let file = call.finish(&grant, opened)?;
