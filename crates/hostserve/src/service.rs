@@ -578,6 +578,24 @@ impl Call<'_> {
         }
     }
 
+    /// Runs `f` on the blocking pool holding this call's slot: if the call is dropped
+    /// while `f` runs (the plugin gave up), the slot stays taken until `f` ends, so a
+    /// plugin's blocked work can never take more host threads than it has slots, and
+    /// other plugins keep theirs.
+    async fn blocking<T: Send + 'static>(
+        &mut self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, Status> {
+        let slot = self.permit.take();
+        let (slot, result) = blocking(move || {
+            let result = f();
+            (slot, result)
+        })
+        .await?;
+        self.permit = slot;
+        Ok(result)
+    }
+
     /// Audits the end of an allowed operation: done, or failed with `status`.
     fn finish<T>(&self, grant: &str, result: Result<T, Status>) -> Result<T, Status> {
         match &result {
@@ -766,7 +784,7 @@ impl HostServicesRpc for HostServices {
         request: Request<ReadDirRequest>,
     ) -> Result<Response<ReadDirResponse>, Status> {
         let resource = path::display(&request.get_ref().path);
-        let call = self.begin(&request, "read_dir", &resource).await?;
+        let mut call = self.begin(&request, "read_dir", &resource).await?;
         let ReadDirRequest {
             path,
             page_size,
@@ -790,46 +808,47 @@ impl HostServicesRpc for HostServices {
             Ok(n) => n.min(max),
         };
         let shown = path.as_str().to_owned();
-        let result = blocking(move || -> io::Result<ReadDirResponse> {
-            let dir = Target::locate(&workspace, &path)?.open_dir()?;
-            let mut entries = Vec::with_capacity(size);
-            let mut more = false;
-            // The host's unfinished writes are never shown.
-            let visible = dir.entries()?.filter(|entry| {
-                entry.as_ref().map_or(true, |entry| {
-                    !entry.file_name().to_str().is_some_and(path::is_reserved)
-                })
-            });
-            for entry in visible.skip(skip) {
-                let entry = entry?;
-                if entries.len() == size {
-                    more = true;
-                    break;
-                }
-                let file_type = entry.file_type()?;
-                let size = if file_type.is_file() {
-                    entry.metadata()?.len()
-                } else {
-                    0
-                };
-                entries.push(DirEntry {
-                    name: entry.file_name().to_string_lossy().into_owned(),
-                    kind: kind(file_type).into(),
-                    size,
+        let result = call
+            .blocking(move || -> io::Result<ReadDirResponse> {
+                let dir = Target::locate(&workspace, &path)?.open_dir()?;
+                let mut entries = Vec::with_capacity(size);
+                let mut more = false;
+                // The host's unfinished writes are never shown.
+                let visible = dir.entries()?.filter(|entry| {
+                    entry.as_ref().map_or(true, |entry| {
+                        !entry.file_name().to_str().is_some_and(path::is_reserved)
+                    })
                 });
-            }
-            let next_page_token = if more {
-                (skip + entries.len()).to_string()
-            } else {
-                String::new()
-            };
-            Ok(ReadDirResponse {
-                entries,
-                next_page_token,
+                for entry in visible.skip(skip) {
+                    let entry = entry?;
+                    if entries.len() == size {
+                        more = true;
+                        break;
+                    }
+                    let file_type = entry.file_type()?;
+                    let size = if file_type.is_file() {
+                        entry.metadata()?.len()
+                    } else {
+                        0
+                    };
+                    entries.push(DirEntry {
+                        name: entry.file_name().to_string_lossy().into_owned(),
+                        kind: kind(file_type).into(),
+                        size,
+                    });
+                }
+                let next_page_token = if more {
+                    (skip + entries.len()).to_string()
+                } else {
+                    String::new()
+                };
+                Ok(ReadDirResponse {
+                    entries,
+                    next_page_token,
+                })
             })
-        })
-        .await?
-        .map_err(|err| io_status(&shown, &err));
+            .await?
+            .map_err(|err| io_status(&shown, &err));
         call.finish(&grant, result).map(Response::new)
     }
 
@@ -845,7 +864,8 @@ impl HostServicesRpc for HostServices {
         let (workspace, grant) = call.authorize(Verb::Read, path.as_str())?;
         let shown = path.as_str().to_owned();
         let hard_links = self.limits.allow_hard_links;
-        let opened = blocking(move || Target::locate(&workspace, &path)?.open_file(hard_links))
+        let opened = call
+            .blocking(move || Target::locate(&workspace, &path)?.open_file(hard_links))
             .await?
             .map_err(|err| io_status(&shown, &err));
         let file = call.finish(&grant, opened)?;
@@ -932,11 +952,12 @@ impl HostServicesRpc for HostServices {
         request: Request<DeleteFileRequest>,
     ) -> Result<Response<DeleteFileResponse>, Status> {
         let resource = path::display(&request.get_ref().path);
-        let call = self.begin(&request, "delete_file", &resource).await?;
+        let mut call = self.begin(&request, "delete_file", &resource).await?;
         let path = call.path(&request.get_ref().path)?;
         let (workspace, grant) = call.authorize(Verb::Delete, path.as_str())?;
         let shown = path.as_str().to_owned();
-        let result = blocking(move || Target::locate(&workspace, &path)?.remove_file())
+        let result = call
+            .blocking(move || Target::locate(&workspace, &path)?.remove_file())
             .await?
             .map_err(|err| io_status(&shown, &err));
         call.finish(&grant, result)
@@ -973,11 +994,12 @@ impl HostServicesRpc for HostServices {
 
     async fn stat(&self, request: Request<StatRequest>) -> Result<Response<StatResponse>, Status> {
         let resource = path::display(&request.get_ref().path);
-        let call = self.begin(&request, "stat", &resource).await?;
+        let mut call = self.begin(&request, "stat", &resource).await?;
         let path = call.path(&request.get_ref().path)?;
         let (workspace, grant) = call.authorize(Verb::Read, path.as_str())?;
         let shown = path.as_str().to_owned();
-        let result = blocking(move || Target::locate(&workspace, &path)?.stat())
+        let result = call
+            .blocking(move || Target::locate(&workspace, &path)?.stat())
             .await?
             .map(|metadata| stat_response(&metadata))
             .map_err(|err| io_status(&shown, &err));
@@ -989,11 +1011,12 @@ impl HostServicesRpc for HostServices {
         request: Request<CreateDirRequest>,
     ) -> Result<Response<CreateDirResponse>, Status> {
         let resource = path::display(&request.get_ref().path);
-        let call = self.begin(&request, "create_dir", &resource).await?;
+        let mut call = self.begin(&request, "create_dir", &resource).await?;
         let path = call.path(&request.get_ref().path)?;
         let (workspace, grant) = call.authorize(Verb::Write, path.as_str())?;
         let shown = path.as_str().to_owned();
-        let result = blocking(move || Target::locate(&workspace, &path)?.create_dir())
+        let result = call
+            .blocking(move || Target::locate(&workspace, &path)?.create_dir())
             .await?
             .map_err(|err| io_status(&shown, &err));
         call.finish(&grant, result)
