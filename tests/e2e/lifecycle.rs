@@ -236,6 +236,51 @@ async fn plugins_die_when_their_host_is_killed() {
 }
 
 #[tokio::test]
+async fn nothing_a_plugin_forked_outlives_its_killed_host_not_even_an_orphan() {
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "the test starts a host process in order to kill it"
+    )]
+    let mut host = Command::new(HOST_HELPER)
+        .args(["orphan-host", HOSTILE_PLUGIN])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the host helper");
+    let mut lines = BufReader::new(host.stdout.take().expect("stdout")).lines();
+    let mut pid_of = |key: &str| -> u32 {
+        let line = lines.next().expect("a line").expect("readable");
+        line.strip_prefix(key)
+            .and_then(|pid| pid.trim().parse().ok())
+            .unwrap_or_else(|| panic!("expected `{key} <pid>`, got {line:?}"))
+    };
+    let plugin = pid_of("plugin-pid ");
+    let grandchild = pid_of("grandchild-pid ");
+    assert!(!is_gone(plugin) && !is_gone(grandchild));
+    // Orphaned: not the plugin's child any more, so no parent-death signal reaches it.
+    let parent = std::fs::read_to_string(format!("/proc/{grandchild}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let (_, rest) = stat.rsplit_once(") ")?;
+            rest.split_whitespace().nth(1)?.parse::<u32>().ok()
+        });
+    assert_ne!(
+        parent,
+        Some(plugin),
+        "the grandchild is still the plugin's child"
+    );
+
+    host.kill().expect("SIGKILL the host");
+    host.wait().expect("reap the host");
+    assert!(
+        eventually(PATIENCE, || is_gone(plugin) && is_gone(grandchild)).await,
+        "after its host was killed: plugin {plugin} gone {}, grandchild {grandchild} gone {}",
+        is_gone(plugin),
+        is_gone(grandchild)
+    );
+}
+
+#[tokio::test]
 async fn versions_are_negotiated_to_the_highest_common_one() {
     let plugin = test_plugin("negotiated")
         .args(["--versions", "1,2"])

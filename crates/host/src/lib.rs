@@ -49,6 +49,7 @@ mod error;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
+mod guard;
 mod lines;
 mod logs;
 mod sandbox;

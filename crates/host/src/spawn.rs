@@ -25,6 +25,7 @@ use rustix::process::{
 use tokio::io::unix::AsyncFd;
 use tokio::sync::oneshot;
 
+use crate::guard;
 use crate::sandbox::Prepared;
 
 struct Request {
@@ -59,6 +60,7 @@ fn spawner() -> io::Result<&'static mpsc::Sender<Request>> {
 /// confined by `sandbox` (built by the caller, applied between fork and exec).
 pub(crate) async fn spawn(mut command: Command, mut sandbox: Prepared) -> io::Result<Child> {
     let host = rustix::process::getpid();
+    guard::ensure();
     command.process_group(0);
     // SAFETY: the closure runs between fork and exec and makes only async-signal-safe raw
     // system calls (prctl, getppid, and the sandbox's: see `Prepared::apply`); it allocates
@@ -80,9 +82,11 @@ pub(crate) async fn spawn(mut command: Command, mut sandbox: Prepared) -> io::Re
     spawner()?
         .send(Request { command, reply })
         .map_err(|_| io::Error::other("the tether-spawner thread is gone"))?;
-    child
+    let child = child
         .await
-        .map_err(|_| io::Error::other("the tether-spawner thread dropped the request"))?
+        .map_err(|_| io::Error::other("the tether-spawner thread dropped the request"))??;
+    guard::register(child.id());
+    Ok(child)
 }
 
 /// A plugin's process group, led by the spawned process, until the host reaps the leader;
@@ -193,6 +197,7 @@ impl Group {
         let status = waitid(id, WaitIdOptions::EXITED)?
             .ok_or_else(|| io::Error::other("waitid returned no status"))?;
         *reaped = true;
+        guard::unregister(self.pid);
         let raw = match (status.exit_status(), status.terminating_signal()) {
             (Some(code), _) => (code & 0xff) << 8,
             (None, Some(signal)) => signal | if status.dumped() { 0x80 } else { 0 },

@@ -11,6 +11,8 @@
 //! - `host-helper flood <test-plugin path> <mib>`: has a test plugin write `mib` MiB on
 //!   stdout and as many on stderr, checks it still answers, and prints `host_peak_kib`
 //!   and `plugin_peak_kib`.
+//! - `host-helper orphan-host <hostile-plugin>`: starts the hostile plugin with processes
+//!   allowed, has it leave an orphaned grandchild, prints both pids, and waits to be killed.
 //! - `host-helper reattach <config.json>`: once a line arrives on stdin (the first host has
 //!   admitted it), attaches to a running test plugin from its `ReattachConfig`, echoes through it, prints `pid <pid>` and `echo <message>`, and
 //!   exits, leaving the plugin running.
@@ -58,8 +60,37 @@ async fn main() -> anyhow::Result<ExitCode> {
         [mode, program, dir, n] if mode == "connection-flood" => {
             connection_flood(program, Path::new(dir), n.parse()?).await
         }
+        [mode, program] if mode == "orphan-host" => orphan_host(program).await,
         [program] => host(program).await,
         _ => anyhow::bail!("usage: host-helper <test-plugin path> | host-helper dial <socket>"),
+    }
+}
+
+/// Starts the hostile plugin with processes allowed, has it leave an orphaned grandchild,
+/// prints `plugin-pid <pid>` and `grandchild-pid <pid>`, then waits to be killed.
+async fn orphan_host(program: &str) -> anyhow::Result<ExitCode> {
+    use tether_host::Sandbox;
+    use tether_plugin_sdk::protocol::testing::HostOpRequest;
+    use tether_plugin_sdk::protocol::testing::testing_client::TestingClient;
+
+    let plugin = PluginClient::builder("orphan-maker", program)
+        .handshake(HandshakeConfig::new("TETHER_TEST_PLUGIN", "e2e"))
+        .sandbox(Sandbox::best_effort().allow_processes(true))
+        .start()
+        .await
+        .context("starting the hostile plugin")?;
+    let forked = TestingClient::new(plugin.channel())
+        .host_op(HostOpRequest {
+            op: "double_fork".into(),
+            ..HostOpRequest::default()
+        })
+        .await?
+        .into_inner();
+    anyhow::ensure!(forked.outcome == "ok", "double_fork: {}", forked.message);
+    println!("plugin-pid {}", plugin.pid());
+    println!("grandchild-pid {}", forked.size);
+    loop {
+        tokio::time::sleep(Duration::from_secs(3600)).await;
     }
 }
 

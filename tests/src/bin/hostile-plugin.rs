@@ -7,7 +7,8 @@
 //! - `signal <pid>`, `ptrace <pid>`, `vm_read <pid>`: another process;
 //! - `write_exec <dir>`: write an executable into `dir` and run it; `memfd_exec`: the same
 //!   through an anonymous file;
-//! - `fork`: start a process; `fork_bomb`: start them without end; `unshare`,
+//! - `fork`: start a process; `double_fork`: leave an orphaned grandchild running (its
+//!   pid in `size`); `fork_bomb`: start them without end; `unshare`,
 //!   `clone_namespace`: enter new namespaces;
 //! - `memory_bomb`: allocate and touch memory without end;
 //! - `fds`: the file descriptors open when `main` began;
@@ -234,6 +235,51 @@ fn attempt(op: &str, arg: &str) -> HostOpResponse {
                     match libc::WEXITSTATUS(status) {
                         0 => ok("left the process group"),
                         code => errno(&std::io::Error::from_raw_os_error(code)),
+                    }
+                }
+            }
+        }
+        "double_fork" => {
+            // A child that forks a grandchild and exits at once: the grandchild, orphaned,
+            // is no child of the plugin any more. `size` is its pid.
+            let mut pipe = [0; 2];
+            // SAFETY: pipe writes two fds into the array.
+            if unsafe { libc::pipe(pipe.as_mut_ptr()) } != 0 {
+                return last_errno();
+            }
+            // SAFETY: the child and the grandchild make raw system calls only, then exit or
+            // sleep; nothing of the parent's state is touched.
+            match unsafe { libc::fork() } {
+                -1 => last_errno(),
+                // SAFETY: the child forks once, writes four bytes and exits; the grandchild
+                // only sleeps.
+                0 => unsafe {
+                    let grandchild = libc::fork();
+                    if grandchild == 0 {
+                        loop {
+                            libc::sleep(3600);
+                        }
+                    }
+                    let bytes = grandchild.to_ne_bytes();
+                    libc::write(pipe[1], bytes.as_ptr().cast(), bytes.len());
+                    libc::_exit(0)
+                },
+                child => {
+                    let mut bytes = [0u8; 4];
+                    // SAFETY: reads at most four bytes into the array, closes the pipe and
+                    // reaps the child that wrote them.
+                    unsafe {
+                        libc::read(pipe[0], bytes.as_mut_ptr().cast(), bytes.len());
+                        libc::close(pipe[0]);
+                        libc::close(pipe[1]);
+                        libc::waitpid(child, std::ptr::null_mut(), 0);
+                    }
+                    match i32::from_ne_bytes(bytes) {
+                        grandchild if grandchild > 0 => HostOpResponse {
+                            size: grandchild.unsigned_abs().into(),
+                            ..ok("double forked")
+                        },
+                        _ => errno(&std::io::Error::from_raw_os_error(libc::ECHILD)),
                     }
                 }
             }
