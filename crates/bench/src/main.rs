@@ -2,8 +2,8 @@
 //! by side in one run, and writes `docs/benchmarks.md` and `docs/benchmarks.json`.
 //!
 //! Run it through `cargo xtask bench`, which builds it in release mode and builds the Go
-//! counterpart when Go is installed. What is measured and the targets are in
-//! `shared/design/performance.md`; every latency is measured where it happens (the
+//! counterpart when Go is installed. What is measured, and against which floors, is in
+//! `docs/benchmarks.md`; every latency is measured where it happens (the
 //! plugin -> host calls inside the plugin) and reported as p50 and p99.
 #![allow(
     clippy::disallowed_methods,

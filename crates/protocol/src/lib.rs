@@ -10,12 +10,13 @@
 //! - the context a call carries across processes ([`CallContext`]: a request id and a
 //!   deadline, passed from a host's call through the plugin into its host-service calls);
 //! - the magic-cookie configuration ([`HandshakeConfig`]), app-protocol version
-//!   negotiation ([`negotiate`]) and the protocol constants ([`env`], [`CORE_PROTOCOL_VERSION`]).
+//!   negotiation ([`negotiate`]) and the protocol constants ([`mod@env`], [`CORE_PROTOCOL_VERSION`]).
 //!
 //! It deliberately does no IO: no sockets, no processes, no environment reads. Launching and
 //! connecting live in `tether-host`; serving lives in `tether-plugin-sdk`. The wire contract
-//! is described field by field in `shared/design/go-plugin-protocol.md`; the `.proto` files
-//! in `proto/` are the only place it is edited, and `cargo xtask proto` regenerates the code.
+//! is go-plugin's (the handshake line in [`Handshake`], the environment in [`mod@env`]); the
+//! `.proto` files in `proto/` are the only place it is edited, and `cargo xtask proto`
+//! regenerates the code.
 
 mod context;
 mod handshake;
