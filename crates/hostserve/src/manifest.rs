@@ -111,7 +111,7 @@ impl Manifest {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use proptest::prelude::*;
 
     use super::*;
@@ -131,7 +131,8 @@ mod tests {
         out
     }
 
-    fn list(items: &[String]) -> String {
+    /// `items` as a TOML array of basic strings.
+    pub(crate) fn list(items: &[String]) -> String {
         let items: Vec<String> = items.iter().map(|item| toml_string(item)).collect();
         format!("[{}]", items.join(", "))
     }

@@ -360,26 +360,7 @@ workspace = "/abs/elsewhere"
         use proptest::prelude::*;
 
         use super::super::*;
-
-        /// `text` as a TOML basic string (also a quoted key).
-        fn toml_string(text: &str) -> String {
-            let mut out = String::from("\"");
-            for c in text.chars() {
-                match c {
-                    '"' => out.push_str("\\\""),
-                    '\\' => out.push_str("\\\\"),
-                    c if c.is_control() => out.push_str(&format!("\\u{:04X}", u32::from(c))),
-                    c => out.push(c),
-                }
-            }
-            out.push('"');
-            out
-        }
-
-        fn list(items: &[String]) -> String {
-            let items: Vec<String> = items.iter().map(|item| toml_string(item)).collect();
-            format!("[{}]", items.join(", "))
-        }
+        use crate::manifest::tests::{list, toml_string};
 
         /// One plugin's entry: its workspace, grants and denials.
         type Entry = (String, Vec<String>, Vec<String>);
