@@ -133,11 +133,28 @@ impl Outcome {
             Outcome::NotRequested => None,
         }
     }
+
+    /// The connection, or [`Error::NotRequested`] for a plugin that does not take host
+    /// services: for hosts whose plugins must take them.
+    pub fn required(self) -> Result<HostConnection, Error> {
+        match self {
+            Outcome::Connected(connection) => Ok(connection),
+            Outcome::NotRequested => Err(Error::NotRequested),
+        }
+    }
 }
 
 /// Why host services could not be established.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The plugin does not take host services, and the host required it to
+    /// ([`Outcome::required`]).
+    #[error(
+        "the plugin does not take host services (it never opted in with \
+         Plugin::with_host_services); rebuild it with host services, or treat \
+         Outcome::NotRequested as fine"
+    )]
+    NotRequested,
     /// The endpoint could not be opened or offered on the plugin's broker.
     #[error("could not offer host services to plugin `{plugin}`: {source}")]
     Offer {

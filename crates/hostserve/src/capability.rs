@@ -1,27 +1,40 @@
-//! Capabilities: `verb:pattern`, parsed and validated when loaded.
+//! Capabilities: `kind[:action][:resource]`, parsed and validated when loaded against the
+//! kinds the host declared.
 //!
-//! Grammar:
-//! - verbs, lowercase: `read` (ReadFile, ReadDir, Stat), `write` (WriteFile), `delete`
-//!   (DeleteFile), `env` (GetEnv);
-//! - a path pattern is relative to the plugin's workspace, components separated by `/`:
-//!   no leading `/`, no empty, `.` or `..` components, no NUL, no `\`;
+//! Built-in kinds, for the file services (no action; the rest is the resource):
+//! - `read` (ReadFile, ReadDir, Stat), `write` (WriteFile, CreateDir), `delete` (DeleteFile):
+//!   a path pattern, relative to the plugin's workspace;
+//! - `env` (GetEnv): one exact variable name (`[A-Za-z_][A-Za-z0-9_]*`), no wildcards.
+//!
+//! A host declares its own kinds with [`CapabilityKind`]: a lowercase name, optional
+//! actions, and what its resource is ([`Resource`]): none (`counter:incr`), a path pattern
+//! (`kv:read:users/**`, `bus:publish:alerts`), or an exact name
+//! (`net:connect:api.example.com:443`).
+//!
+//! Path patterns:
+//! - components separated by `/`: no leading `/`, no empty, `.` or `..` components, no NUL,
+//!   no `\`;
 //! - `*` matches any run of characters within one component (never `/`); `**` as a whole
 //!   component matches zero or more components; no other character is special (`?`, `[`,
 //!   `{` are rejected so nobody mistakes them for wildcards);
-//! - `dir/**` covers the directory `dir` itself as well as everything beneath it;
-//! - an `env` pattern is one exact variable name (`[A-Za-z_][A-Za-z0-9_]*`), no wildcards.
+//! - `dir/**` covers `dir` itself as well as everything beneath it.
+//!
+//! Names: one or more visible ASCII characters other than `*?[]{}` and `\`; they match
+//! exactly.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::{Arc, LazyLock};
 
 use globset::{GlobBuilder, GlobMatcher};
 
-/// What a capability allows.
+/// The built-in file and environment capabilities.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Verb {
     /// ReadFile, ReadDir, Stat.
     Read,
-    /// WriteFile.
+    /// WriteFile, CreateDir.
     Write,
     /// DeleteFile.
     Delete,
@@ -30,7 +43,7 @@ pub enum Verb {
 }
 
 impl Verb {
-    /// The verb as written in a capability.
+    /// The verb as written in a capability: its kind's name.
     pub fn as_str(self) -> &'static str {
         match self {
             Verb::Read => "read",
@@ -39,11 +52,470 @@ impl Verb {
             Verb::Env => "env",
         }
     }
+
+    fn of(kind: &str) -> Option<Verb> {
+        match kind {
+            "read" => Some(Verb::Read),
+            "write" => Some(Verb::Write),
+            "delete" => Some(Verb::Delete),
+            "env" => Some(Verb::Env),
+            _ => None,
+        }
+    }
 }
 
 impl fmt::Display for Verb {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// What the resource part of a capability kind is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resource(Shape);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    None,
+    Path,
+    Name,
+    EnvName,
+}
+
+impl Resource {
+    /// No resource: the capability is the kind and its action (`counter:incr`).
+    pub const NONE: Resource = Resource(Shape::None);
+    /// A `/`-separated path pattern with `*` and `**` (`kv:read:users/**`); requests name
+    /// one path, checked lexically like file paths.
+    pub const PATH: Resource = Resource(Shape::Path);
+    /// An exact name (`net:connect:api.example.com:443`); no wildcards.
+    pub const NAME: Resource = Resource(Shape::Name);
+    const ENV_NAME: Resource = Resource(Shape::EnvName);
+}
+
+/// A kind of capability the host's services check: a name, its actions (if any) and its
+/// resource. Declare it on the [`crate::Policy`] before loading grants that use it.
+///
+/// ```
+/// use tether_hostserve::{CapabilityKind, Resource};
+/// let bus = CapabilityKind::new("bus").actions(["publish", "subscribe"]).resource(Resource::PATH);
+/// let counter = CapabilityKind::new("counter").actions(["incr"]);
+/// # drop((bus, counter));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CapabilityKind {
+    name: String,
+    actions: Vec<String>,
+    resource: Resource,
+}
+
+impl CapabilityKind {
+    /// A kind named `name` (lowercase `[a-z][a-z0-9_-]*`), with no actions and no resource
+    /// until said otherwise.
+    pub fn new(name: impl Into<String>) -> Self {
+        CapabilityKind {
+            name: name.into(),
+            actions: Vec::new(),
+            resource: Resource::NONE,
+        }
+    }
+
+    /// Its actions (each lowercase `[a-z][a-z0-9_-]*`): a capability names exactly one.
+    pub fn actions<I, S>(mut self, actions: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.actions = actions.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// What its resource is.
+    pub fn resource(mut self, resource: Resource) -> Self {
+        self.resource = resource;
+        self
+    }
+
+    /// Its name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// How a capability of this kind is written, for messages (`bus:<action>:<path>`).
+    fn shape(&self) -> String {
+        let mut shape = self.name.clone();
+        if !self.actions.is_empty() {
+            shape.push_str(&format!(":{{{}}}", self.actions.join("|")));
+        }
+        match self.resource.0 {
+            Shape::None => {}
+            Shape::Path => shape.push_str(":<path pattern>"),
+            Shape::Name | Shape::EnvName => shape.push_str(":<name>"),
+        }
+        shape
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if !is_word(&self.name) {
+            return Err(format!(
+                "the kind name {:?} is not lowercase `[a-z][a-z0-9_-]*`",
+                self.name
+            ));
+        }
+        if let Some(bad) = self.actions.iter().find(|action| !is_word(action)) {
+            return Err(format!(
+                "kind `{}`: the action {bad:?} is not lowercase `[a-z][a-z0-9_-]*`",
+                self.name
+            ));
+        }
+        let mut sorted = self.actions.clone();
+        sorted.sort();
+        sorted.dedup();
+        if sorted.len() != self.actions.len() {
+            return Err(format!("kind `{}` lists an action twice", self.name));
+        }
+        if self.actions.is_empty() && self.resource == Resource::NONE {
+            return Err(format!(
+                "kind `{}` has neither actions nor a resource: a capability of it could not \
+                 say anything",
+                self.name
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn is_word(text: &str) -> bool {
+    let mut chars = text.chars();
+    chars.next().is_some_and(|c| c.is_ascii_lowercase())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+}
+
+/// Why a kind could not be declared.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("cannot declare the capability kind `{kind}`: {reason}")]
+pub struct KindError {
+    /// The kind's name.
+    pub kind: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+/// The capability kinds a host knows: the built-in ones, and those it declared.
+#[derive(Debug, Clone)]
+pub struct Kinds {
+    kinds: BTreeMap<String, Arc<CapabilityKind>>,
+}
+
+static BUILTIN: LazyLock<Kinds> = LazyLock::new(|| {
+    let mut kinds = BTreeMap::new();
+    for (name, resource) in [
+        ("read", Resource::PATH),
+        ("write", Resource::PATH),
+        ("delete", Resource::PATH),
+        ("env", Resource::ENV_NAME),
+    ] {
+        kinds.insert(
+            name.to_owned(),
+            Arc::new(CapabilityKind::new(name).resource(resource)),
+        );
+    }
+    Kinds { kinds }
+});
+
+impl Default for Kinds {
+    fn default() -> Self {
+        BUILTIN.clone()
+    }
+}
+
+impl Kinds {
+    /// The built-in kinds only: `read`, `write`, `delete`, `env`.
+    pub fn builtin() -> Self {
+        Kinds::default()
+    }
+
+    /// Adds a kind; its name must be new (the built-in names are taken).
+    pub fn declare(&mut self, kind: CapabilityKind) -> Result<(), KindError> {
+        let fail = |reason: String| KindError {
+            kind: kind.name.clone(),
+            reason,
+        };
+        kind.validate().map_err(fail)?;
+        if self.kinds.contains_key(&kind.name) {
+            return Err(fail("a kind of that name is declared already".to_owned()));
+        }
+        self.kinds.insert(kind.name.clone(), Arc::new(kind));
+        Ok(())
+    }
+
+    /// The kind named `name`.
+    pub fn get(&self, name: &str) -> Option<&CapabilityKind> {
+        self.kinds.get(name).map(AsRef::as_ref)
+    }
+
+    fn names(&self) -> String {
+        self.kinds
+            .keys()
+            .map(|name| format!("`{name}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// Parses a capability written with these kinds.
+    pub fn parse(&self, text: &str) -> Result<Capability, CapabilityError> {
+        let fail = |reason: String| CapabilityError {
+            capability: text.to_owned(),
+            reason,
+        };
+        let (name, rest) = match text.split_once(':') {
+            Some((name, rest)) => (name, Some(rest)),
+            None => (text, None),
+        };
+        if let (Some(kind), None) = (self.kinds.get(name), rest) {
+            return Err(fail(format!("expected `kind:...`: write {}", kind.shape())));
+        }
+        let Some(kind) = self.kinds.get(name) else {
+            return Err(fail(if rest.is_none() {
+                format!(
+                    "expected `kind:...`, e.g. `read:config/**`; the kinds are {}",
+                    self.names()
+                )
+            } else {
+                format!(
+                    "unknown capability kind `{}`; the kinds are {}, lowercase",
+                    name.escape_debug(),
+                    self.names()
+                )
+            }));
+        };
+        let (action, resource) = if kind.actions.is_empty() {
+            (None, rest)
+        } else {
+            let rest = rest.ok_or_else(|| {
+                fail(format!("`{}` needs an action: {}", kind.name, kind.shape()))
+            })?;
+            let (action, resource) = match rest.split_once(':') {
+                Some((action, resource)) => (action, Some(resource)),
+                None => (rest, None),
+            };
+            if !kind.actions.iter().any(|known| known == action) {
+                return Err(fail(format!(
+                    "unknown action `{}` for `{}`; its actions are {}",
+                    action.escape_debug(),
+                    kind.name,
+                    kind.actions
+                        .iter()
+                        .map(|a| format!("`{a}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+            (Some(Arc::<str>::from(action)), resource)
+        };
+        let pattern = match (kind.resource.0, resource) {
+            (Shape::None, None) => Pattern::None,
+            (Shape::None, Some(_)) => {
+                return Err(fail(format!(
+                    "`{}` takes no resource: write {}",
+                    kind.name,
+                    kind.shape()
+                )));
+            }
+            (_, None) | (_, Some("")) => {
+                return Err(fail(format!(
+                    "the pattern is empty: write {}",
+                    kind.shape()
+                )));
+            }
+            (Shape::EnvName, Some(name)) => {
+                if !is_env_name(name) {
+                    return Err(fail(
+                        "an env capability names one variable exactly ([A-Za-z_][A-Za-z0-9_]*), \
+                         without wildcards"
+                            .to_owned(),
+                    ));
+                }
+                Pattern::Exact(name.to_owned())
+            }
+            (Shape::Name, Some(name)) => {
+                if let Err(reason) = check_name(name) {
+                    return Err(fail(reason));
+                }
+                Pattern::Exact(name.to_owned())
+            }
+            (Shape::Path, Some(pattern)) => path_pattern(pattern).map_err(fail)?,
+        };
+        Ok(Capability {
+            text: text.to_owned(),
+            kind: Arc::from(name),
+            action,
+            pattern,
+        })
+    }
+
+    /// Checks that `need` names a declared kind and action and a well-formed resource.
+    pub(crate) fn check(&self, need: &Need) -> Result<(), NeedError> {
+        let Some(kind) = self.kinds.get(&need.kind) else {
+            return Err(NeedError::Undeclared(format!(
+                "the host's service asks for `{need}`, but no capability kind `{}` is declared \
+                 (declare it on the policy)",
+                need.kind
+            )));
+        };
+        match &need.action {
+            Some(action) if kind.actions.iter().any(|known| known == action) => {}
+            None if kind.actions.is_empty() => {}
+            _ => {
+                return Err(NeedError::Undeclared(format!(
+                    "the host's service asks for `{need}`, which is not {} (the kind `{}` as \
+                     declared)",
+                    kind.shape(),
+                    kind.name
+                )));
+            }
+        }
+        let invalid = |reason: String| NeedError::Invalid(format!("{need:?}: {reason}"));
+        match (kind.resource.0, &need.resource) {
+            (Shape::None, None) => Ok(()),
+            (Shape::None, Some(_)) | (_, None) => Err(NeedError::Undeclared(format!(
+                "the host's service asks for `{need}`, which is not {} (the kind `{}` as \
+                 declared)",
+                kind.shape(),
+                kind.name
+            ))),
+            (Shape::EnvName, Some(name)) if !is_env_name(name) => Err(invalid(
+                "not a variable name ([A-Za-z_][A-Za-z0-9_]*)".to_owned(),
+            )),
+            (Shape::EnvName, Some(_)) => Ok(()),
+            (Shape::Name, Some(name)) => check_name(name).map_err(invalid),
+            (Shape::Path, Some(path)) => check_request_path(path).map_err(invalid),
+        }
+    }
+}
+
+/// Why a [`Need`] cannot be decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum NeedError {
+    /// The service asks for a kind or action nobody declared: the host's bug.
+    Undeclared(String),
+    /// The plugin's request names a malformed resource.
+    Invalid(String),
+}
+
+fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("the name is empty".to_owned());
+    }
+    if name.len() > 1024 {
+        return Err(format!(
+            "the name is {} bytes long; the limit is 1024",
+            name.len()
+        ));
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !c.is_ascii_graphic() || matches!(c, '*' | '?' | '[' | ']' | '{' | '}' | '\\'))
+    {
+        return Err(format!(
+            "names are visible ASCII without `*?[]{{}}\\`, matched exactly; {:?} is not allowed",
+            bad
+        ));
+    }
+    Ok(())
+}
+
+/// The lexical check on a requested resource of a path kind.
+fn check_request_path(path: &str) -> Result<(), String> {
+    if path.is_empty() {
+        return Err("the path is empty".to_owned());
+    }
+    if path.len() > crate::MAX_PATH {
+        return Err(format!(
+            "the path is {} bytes long; the limit is {}",
+            path.len(),
+            crate::MAX_PATH
+        ));
+    }
+    if path.starts_with('/') {
+        return Err("the path is absolute (a leading `/`)".to_owned());
+    }
+    if path.contains('\0') {
+        return Err("NUL is not allowed".to_owned());
+    }
+    if path
+        .split('/')
+        .any(|c| c.is_empty() || c == "." || c == "..")
+    {
+        return Err("empty, `.` and `..` components are not allowed".to_owned());
+    }
+    Ok(())
+}
+
+/// What a call needs: a kind, maybe an action, maybe a resource. Built by the service for
+/// each call, from the request (never from the plugin's claims about itself).
+///
+/// ```
+/// use tether_hostserve::Need;
+/// let need = Need::new("bus").action("publish").resource("alerts");
+/// assert_eq!(need.to_string(), "bus:publish:alerts");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Need {
+    kind: String,
+    action: Option<String>,
+    resource: Option<String>,
+}
+
+impl Need {
+    /// A need of the kind `kind`.
+    pub fn new(kind: impl Into<String>) -> Self {
+        Need {
+            kind: kind.into(),
+            action: None,
+            resource: None,
+        }
+    }
+
+    /// A built-in file or environment need: `read:docs/a.txt`, `env:HOME`.
+    pub fn verb(verb: Verb, resource: impl Into<String>) -> Self {
+        Need::new(verb.as_str()).resource(resource)
+    }
+
+    /// With this action.
+    pub fn action(mut self, action: impl Into<String>) -> Self {
+        self.action = Some(action.into());
+        self
+    }
+
+    /// On this resource.
+    pub fn resource(mut self, resource: impl Into<String>) -> Self {
+        self.resource = Some(resource.into());
+        self
+    }
+
+    /// The kind.
+    pub fn kind(&self) -> &str {
+        &self.kind
+    }
+
+    /// The resource, if any.
+    pub fn resource_name(&self) -> Option<&str> {
+        self.resource.as_deref()
+    }
+}
+
+impl fmt::Display for Need {
+    /// The capability that would allow exactly this.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.kind)?;
+        if let Some(action) = &self.action {
+            write!(f, ":{action}")?;
+        }
+        if let Some(resource) = &self.resource {
+            write!(f, ":{resource}")?;
+        }
+        Ok(())
     }
 }
 
@@ -57,17 +529,19 @@ pub struct CapabilityError {
     pub reason: String,
 }
 
-/// One capability, such as `read:config/**` or `env:API_KEY`.
+/// One capability, such as `read:config/**`, `env:API_KEY` or `bus:publish:alerts`.
 #[derive(Debug, Clone)]
 pub struct Capability {
     text: String,
-    verb: Verb,
+    kind: Arc<str>,
+    action: Option<Arc<str>>,
     pattern: Pattern,
 }
 
 #[derive(Debug, Clone)]
 enum Pattern {
-    Env(String),
+    None,
+    Exact(String),
     Path {
         matcher: GlobMatcher,
         /// The leading components without wildcards: the directory a grant is confined to.
@@ -86,9 +560,19 @@ impl PartialEq for Capability {
 impl Eq for Capability {}
 
 impl Capability {
-    /// The verb.
-    pub fn verb(&self) -> Verb {
-        self.verb
+    /// The built-in verb, for file and environment capabilities.
+    pub fn verb(&self) -> Option<Verb> {
+        Verb::of(&self.kind)
+    }
+
+    /// The kind's name.
+    pub fn kind(&self) -> &str {
+        &self.kind
+    }
+
+    /// The action, for kinds that have actions.
+    pub fn action(&self) -> Option<&str> {
+        self.action.as_deref()
     }
 
     /// The capability as written.
@@ -96,29 +580,33 @@ impl Capability {
         &self.text
     }
 
-    /// For path capabilities, the directory (relative to the workspace, as components) the
-    /// grant is confined to: the components before the first wildcard, or the parent of an
-    /// exact file.
+    /// For path capabilities, the directory (as components) the grant is confined to: the
+    /// components before the first wildcard, or the parent of an exact path.
     pub fn base(&self) -> Option<&[String]> {
         match &self.pattern {
             Pattern::Path { base, .. } => Some(base),
-            Pattern::Env(_) => None,
+            Pattern::Exact(_) | Pattern::None => None,
         }
     }
 
-    /// Whether this capability covers `verb` on the workspace-relative `path` (already
-    /// checked lexically), or on the variable `path` for `env`.
-    pub fn covers(&self, verb: Verb, path: &str) -> bool {
-        if verb != self.verb {
+    /// Whether this capability covers `need` (whose resource, for paths, was checked
+    /// lexically).
+    pub fn covers(&self, need: &Need) -> bool {
+        if *self.kind != *need.kind || self.action.as_deref() != need.action.as_deref() {
             return false;
         }
-        match &self.pattern {
-            Pattern::Env(name) => name == path,
-            Pattern::Path {
-                matcher,
-                base,
-                covers_base,
-            } => matcher.is_match(path) || (*covers_base && path == base.join("/")),
+        match (&self.pattern, need.resource.as_deref()) {
+            (Pattern::None, None) => true,
+            (Pattern::Exact(name), Some(resource)) => name == resource,
+            (
+                Pattern::Path {
+                    matcher,
+                    base,
+                    covers_base,
+                },
+                Some(path),
+            ) => matcher.is_match(path) || (*covers_base && path == base.join("/")),
+            _ => false,
         }
     }
 }
@@ -132,44 +620,10 @@ impl fmt::Display for Capability {
 impl FromStr for Capability {
     type Err = CapabilityError;
 
+    /// Parses a capability of a built-in kind; for the host's own kinds use
+    /// [`Kinds::parse`].
     fn from_str(text: &str) -> Result<Self, CapabilityError> {
-        let fail = |reason: &str| CapabilityError {
-            capability: text.to_owned(),
-            reason: reason.to_owned(),
-        };
-        let (verb, pattern) = text
-            .split_once(':')
-            .ok_or_else(|| fail("expected `verb:pattern`, e.g. `read:config/**`"))?;
-        let verb = match verb {
-            "read" => Verb::Read,
-            "write" => Verb::Write,
-            "delete" => Verb::Delete,
-            "env" => Verb::Env,
-            _ => {
-                return Err(fail(
-                    "unknown verb; the verbs are `read`, `write`, `delete` and `env`, lowercase",
-                ));
-            }
-        };
-        if pattern.is_empty() {
-            return Err(fail("the pattern is empty"));
-        }
-        let pattern = if verb == Verb::Env {
-            if !is_env_name(pattern) {
-                return Err(fail(
-                    "an env capability names one variable exactly ([A-Za-z_][A-Za-z0-9_]*), \
-                     without wildcards",
-                ));
-            }
-            Pattern::Env(pattern.to_owned())
-        } else {
-            path_pattern(pattern).map_err(|reason| fail(&reason))?
-        };
-        Ok(Capability {
-            text: text.to_owned(),
-            verb,
-            pattern,
-        })
+        BUILTIN.parse(text)
     }
 }
 
@@ -268,39 +722,42 @@ mod tests {
     #[test]
     fn star_stays_within_a_component_and_double_star_crosses() {
         let c = cap("read:config/*.toml");
-        assert!(c.covers(Verb::Read, "config/app.toml"));
-        assert!(!c.covers(Verb::Read, "config/sub/app.toml"));
-        assert!(!c.covers(Verb::Write, "config/app.toml"));
+        assert!(c.covers(&Need::verb(Verb::Read, "config/app.toml")));
+        assert!(!c.covers(&Need::verb(Verb::Read, "config/sub/app.toml")));
+        assert!(!c.covers(&Need::verb(Verb::Write, "config/app.toml")));
         assert_eq!(c.base(), Some(&["config".to_owned()][..]));
 
         let c = cap("read:config/**");
-        assert!(c.covers(Verb::Read, "config"), "dir/** covers dir itself");
-        assert!(c.covers(Verb::Read, "config/a"));
-        assert!(c.covers(Verb::Read, "config/a/b/c"));
-        assert!(!c.covers(Verb::Read, "configx/a"));
-        assert!(!c.covers(Verb::Read, "secrets/config/a"));
+        assert!(
+            c.covers(&Need::verb(Verb::Read, "config")),
+            "dir/** covers dir itself"
+        );
+        assert!(c.covers(&Need::verb(Verb::Read, "config/a")));
+        assert!(c.covers(&Need::verb(Verb::Read, "config/a/b/c")));
+        assert!(!c.covers(&Need::verb(Verb::Read, "configx/a")));
+        assert!(!c.covers(&Need::verb(Verb::Read, "secrets/config/a")));
 
         let c = cap("read:**");
-        assert!(c.covers(Verb::Read, "a/b"));
+        assert!(c.covers(&Need::verb(Verb::Read, "a/b")));
         assert_eq!(c.base(), Some(&[][..]));
 
         let c = cap("read:config/app.toml");
-        assert!(c.covers(Verb::Read, "config/app.toml"));
-        assert!(!c.covers(Verb::Read, "config/app.tomlx"));
+        assert!(c.covers(&Need::verb(Verb::Read, "config/app.toml")));
+        assert!(!c.covers(&Need::verb(Verb::Read, "config/app.tomlx")));
         assert_eq!(c.base(), Some(&["config".to_owned()][..]));
     }
 
     #[test]
     fn requests_with_glob_characters_are_literal_names() {
         let c = cap("read:config/a.txt");
-        assert!(!c.covers(Verb::Read, "config/*"));
-        assert!(!c.covers(Verb::Read, "config/[a].txt"));
+        assert!(!c.covers(&Need::verb(Verb::Read, "config/*")));
+        assert!(!c.covers(&Need::verb(Verb::Read, "config/[a].txt")));
     }
 
     #[test]
     fn env_names_match_exactly() {
         let c = cap("env:API_KEY");
-        assert!(c.covers(Verb::Env, "API_KEY"));
+        assert!(c.covers(&Need::verb(Verb::Env, "API_KEY")));
         for other in [
             "api_key",
             "API_KEY ",
@@ -310,7 +767,7 @@ mod tests {
             "API_KEY=x",
             "API_KEY\0",
         ] {
-            assert!(!c.covers(Verb::Env, other), "{other:?}");
+            assert!(!c.covers(&Need::verb(Verb::Env, other)), "{other:?}");
         }
     }
 
@@ -376,16 +833,16 @@ mod tests {
             ) {
                 let text = format!("{verb}:{}", components.join("/"));
                 let capability: Capability = text.parse().expect("in the grammar");
-                prop_assert_eq!(capability.verb(), verb);
+                prop_assert_eq!(capability.verb(), Some(verb));
                 prop_assert_eq!(capability.as_str(), text.as_str());
                 prop_assert_eq!(capability.to_string().parse::<Capability>(), Ok(capability));
 
                 let text = format!("env:{env}");
                 let capability: Capability = text.parse().expect("in the grammar");
-                prop_assert_eq!(capability.verb(), Verb::Env);
-                prop_assert!(capability.covers(Verb::Env, &env));
+                prop_assert_eq!(capability.verb(), Some(Verb::Env));
+                prop_assert!(capability.covers(&Need::verb(Verb::Env, &env)));
                 let longer = format!("{env}_");
-                prop_assert!(!capability.covers(Verb::Env, &longer));
+                prop_assert!(!capability.covers(&Need::verb(Verb::Env, &longer)));
                 prop_assert_eq!(capability.base(), None);
             }
 
@@ -397,10 +854,10 @@ mod tests {
             ) {
                 let path = components.join("/");
                 let capability: Capability = format!("{verb}:{path}").parse().expect("valid");
-                prop_assert!(capability.covers(verb, &path));
-                prop_assert_eq!(capability.covers(verb, &other), other == path);
+                prop_assert!(capability.covers(&Need::verb(verb, &path)));
+                prop_assert_eq!(capability.covers(&Need::verb(verb, &other)), other == path);
                 for wrong in PATH_VERBS.into_iter().chain([Verb::Env]).filter(|v| *v != verb) {
-                    prop_assert!(!capability.covers(wrong, &path));
+                    prop_assert!(!capability.covers(&Need::verb(wrong, &path)));
                 }
                 prop_assert_eq!(capability.base(), Some(&components[..components.len() - 1]));
             }
@@ -418,7 +875,7 @@ mod tests {
                     .parse()
                     .expect("valid");
                 let base = capability.base().expect("a path capability");
-                if capability.covers(verb, &request) {
+                if capability.covers(&Need::verb(verb, &request)) {
                     let requested: Vec<&str> = request.split('/').collect();
                     prop_assert!(
                         requested.len() >= base.len() && base.iter().zip(&requested).all(|(b, r)| b == r),
@@ -431,7 +888,7 @@ mod tests {
             fn any_text_parses_or_is_refused_naming_itself(text in any::<String>(), request in any::<String>()) {
                 match text.parse::<Capability>() {
                     Ok(capability) => {
-                        let _ = capability.covers(capability.verb(), &request);
+                        let _ = capability.covers(&Need::verb(capability.verb().unwrap_or(Verb::Read), request.as_str()));
                     }
                     Err(err) => prop_assert_eq!(err.capability, text),
                 }
@@ -474,10 +931,10 @@ mod tests {
                 let path = pattern.join("/");
                 if !["read", "write", "delete", "env"].contains(&word.as_str()) {
                     let text = format!("{word}:{path}");
-                    prop_assert!(reason(&text).contains("unknown verb"), "{:?}", text);
+                    prop_assert!(reason(&text).contains("unknown capability kind"), "{:?}", text);
                 }
                 let text = format!("{word}{}", path.replace(':', ""));
-                prop_assert!(reason(&text).contains("expected `verb:pattern`"), "{:?}", text);
+                prop_assert!(reason(&text).contains("expected `kind:"), "{:?}", text);
                 prop_assert!(reason("read:").contains("the pattern is empty"));
                 if !is_env_name(&env) && !env.is_empty() {
                     let text = format!("env:{env}");

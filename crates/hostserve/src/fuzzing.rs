@@ -18,5 +18,5 @@ pub fn display_path(raw: &[u8]) -> String {
 
 /// Parses a list of capabilities as a manifest or a policy entry does, collecting every error.
 pub fn parse_capabilities(list: &[String]) -> Result<Vec<Capability>, Vec<CapabilityError>> {
-    crate::policy::parse_all(list)
+    crate::policy::parse_all(&crate::capability::Kinds::builtin(), list)
 }

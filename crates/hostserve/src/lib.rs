@@ -49,14 +49,25 @@ mod confine;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
+mod gate;
+mod hook;
 mod manifest;
 mod path;
 mod policy;
 mod service;
 
-pub use audit::{Audit, AuditRecord};
-pub use capability::{Capability, CapabilityError, Verb};
+pub use audit::{
+    Audit, AuditBuilder, AuditError, AuditHealth, AuditRecord, Decider, Decision, FileOperation,
+    OnFailure, Operation, Reservation,
+};
+pub use capability::{
+    Capability, CapabilityError, CapabilityKind, KindError, Kinds, Need, Resource, Verb,
+};
+pub use gate::{CAPABILITY_METADATA, Call, Gate, Guarded, Limits, RequestEnd, Slot};
+pub use hook::{
+    Answer, DecisionHook, ExternalHook, FnHook, HookError, HookFuture, Question, Verdict,
+};
 pub use manifest::{Manifest, ManifestError};
 pub use path::{MAX_COMPONENT, MAX_PATH, PathError, RESERVED_PREFIX};
-pub use policy::{Policy, PolicyError};
-pub use service::{CAPABILITY_METADATA, HostServices, Limits};
+pub use policy::{DEFAULT_HOOK_TIMEOUT, Lifetime, Policy, PolicyError};
+pub use service::HostServices;

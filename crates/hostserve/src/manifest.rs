@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::capability::{Capability, CapabilityError};
+use crate::capability::{Capability, CapabilityError, Kinds};
 use crate::policy::parse_all;
 
 /// A parsed and validated `plugin.toml`:
@@ -76,17 +76,28 @@ struct Raw {
 }
 
 impl Manifest {
-    /// Reads and validates the manifest at `path`.
+    /// Reads and validates the manifest at `path`, with the built-in capability kinds.
     pub fn load(path: &Path) -> Result<Self, ManifestError> {
+        Manifest::load_with(path, &Kinds::builtin())
+    }
+
+    /// Reads and validates the manifest at `path`, with `kinds` (for example
+    /// `policy.kinds()`, to accept the host's own kinds).
+    pub fn load_with(path: &Path, kinds: &Kinds) -> Result<Self, ManifestError> {
         let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read {
             path: path.to_owned(),
             source,
         })?;
-        Manifest::parse(&text, path)
+        Manifest::parse_with(&text, path, kinds)
     }
 
-    /// Validates manifest text; `path` only names it in errors.
+    /// Validates manifest text with the built-in kinds; `path` only names it in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ManifestError> {
+        Manifest::parse_with(text, path, &Kinds::builtin())
+    }
+
+    /// Validates manifest text with `kinds`; `path` only names it in errors.
+    pub fn parse_with(text: &str, path: &Path, kinds: &Kinds) -> Result<Self, ManifestError> {
         let raw: Raw = toml::from_str(text).map_err(|err| ManifestError::Parse {
             path: path.to_owned(),
             message: err.to_string(),
@@ -97,7 +108,7 @@ impl Manifest {
             });
         }
         let capabilities =
-            parse_all(&raw.capabilities).map_err(|errors| ManifestError::Capabilities {
+            parse_all(kinds, &raw.capabilities).map_err(|errors| ManifestError::Capabilities {
                 path: path.to_owned(),
                 errors,
             })?;

@@ -1,30 +1,183 @@
-//! The operator's grants and denials per plugin, changeable at runtime.
+//! The operator's grants and denials per plugin, changeable at runtime, with lifetimes and
+//! a decision hook for what no grant covers.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{Duration, SystemTime};
 
 use serde::Deserialize;
+use serde::de::{self, MapAccess, Visitor};
 
-use crate::capability::{Capability, CapabilityError, Verb};
+use crate::audit::Decider;
+use crate::capability::{
+    Capability, CapabilityError, CapabilityKind, KindError, Kinds, Need, NeedError,
+};
+use crate::hook::{Answer, DecisionHook, Question};
 
-/// What the operator decided for one plugin: its workspace, what it may do, what it may
-/// never do (denials win over grants).
-#[derive(Debug, Clone)]
+/// How long a decision hook may take to answer unless said otherwise.
+pub const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a grant lasts: for ever (the default), until a time, and/or for a number of
+/// uses. Expiry takes effect on the next call, which is denied and audited as such.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Lifetime {
+    expires: Option<SystemTime>,
+    uses: Option<u32>,
+}
+
+impl Lifetime {
+    /// Until revoked.
+    pub fn forever() -> Self {
+        Lifetime::default()
+    }
+
+    /// Until `time`.
+    pub fn until(time: SystemTime) -> Self {
+        Lifetime {
+            expires: Some(time),
+            uses: None,
+        }
+    }
+
+    /// For `duration` from now.
+    pub fn lasting(duration: Duration) -> Self {
+        Lifetime::until(SystemTime::now() + duration)
+    }
+
+    /// Good for `uses` calls (1: a single-use grant).
+    pub fn uses(uses: u32) -> Self {
+        Lifetime {
+            expires: None,
+            uses: Some(uses),
+        }
+    }
+
+    /// This lifetime, also limited to `uses` calls.
+    pub fn and_uses(self, uses: u32) -> Self {
+        Lifetime {
+            uses: Some(uses),
+            ..self
+        }
+    }
+
+    /// When it expires, if it does.
+    pub fn expires(&self) -> Option<SystemTime> {
+        self.expires
+    }
+}
+
+/// One grant and what is left of its lifetime.
+#[derive(Debug)]
+struct Grant {
+    capability: Capability,
+    expires: Option<SystemTime>,
+    /// Uses left, for grants with a number of uses.
+    uses: Option<AtomicU32>,
+}
+
+/// Why a grant that covers a call did not allow it.
+enum Spent {
+    Expired(SystemTime),
+    UsedUp,
+}
+
+impl Grant {
+    fn new(capability: Capability, lifetime: Lifetime) -> Self {
+        Grant {
+            capability,
+            expires: lifetime.expires,
+            uses: lifetime.uses.map(AtomicU32::new),
+        }
+    }
+
+    fn spent(&self, now: SystemTime) -> Option<Spent> {
+        if let Some(expires) = self.expires
+            && now >= expires
+        {
+            return Some(Spent::Expired(expires));
+        }
+        match &self.uses {
+            Some(uses) if uses.load(Ordering::Relaxed) == 0 => Some(Spent::UsedUp),
+            _ => None,
+        }
+    }
+
+    /// Takes one use: false if none is left (or it has expired).
+    fn take(&self, now: SystemTime) -> Result<(), Spent> {
+        if let Some(spent) = self.spent(now) {
+            return Err(spent);
+        }
+        match &self.uses {
+            None => Ok(()),
+            Some(uses) => uses
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+                .map(|_| ())
+                .map_err(|_| Spent::UsedUp),
+        }
+    }
+
+    fn describe(&self) -> String {
+        let mut text = format!("`{}`", self.capability);
+        if let Some(expires) = self.expires {
+            text.push_str(&format!(
+                " (until {})",
+                humantime::format_rfc3339_seconds(expires)
+            ));
+        }
+        if let Some(uses) = &self.uses {
+            text.push_str(&format!(" ({} use(s) left)", uses.load(Ordering::Relaxed)));
+        }
+        text
+    }
+}
+
+/// What the operator decided for one plugin: its workspace (for the file services), what
+/// it may do, what it may never do (denials win over grants).
+#[derive(Debug, Clone, Default)]
 struct PluginGrants {
-    workspace: PathBuf,
-    grants: Vec<Capability>,
+    workspace: Option<PathBuf>,
+    grants: Vec<Arc<Grant>>,
     denies: Vec<Capability>,
 }
 
-/// The capability policy: per plugin name, a workspace directory, grants and denials.
+struct HookSetting {
+    hook: Arc<dyn DecisionHook>,
+    timeout: Duration,
+}
+
+#[derive(Default)]
+struct Inner {
+    kinds: RwLock<Kinds>,
+    plugins: RwLock<BTreeMap<String, PluginGrants>>,
+    hook: RwLock<Option<Arc<HookSetting>>>,
+}
+
+/// The capability policy: per plugin name, a workspace directory, grants (each with a
+/// [`Lifetime`]) and denials, over the built-in capability kinds and those the host
+/// declared; and optionally a [`DecisionHook`] asked about what no grant covers.
 ///
 /// Cheap to clone; clones share the policy, so a grant or revocation made through any
 /// clone applies to the next call of every plugin. Deny by default: a plugin without an
-/// entry, or a call no grant covers, is denied.
-#[derive(Debug, Clone, Default)]
+/// entry, or a call no grant covers (and no hook allows), is denied. Denials win over
+/// grants and over the hook.
+#[derive(Clone, Default)]
 pub struct Policy {
-    plugins: Arc<RwLock<BTreeMap<String, PluginGrants>>>,
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Policy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Policy")
+            .field("plugins", &*self.read())
+            .field(
+                "hook",
+                &self.hook().map(|setting| setting.hook.name().to_owned()),
+            )
+            .finish()
+    }
 }
 
 /// Why a policy could not be loaded or changed.
@@ -47,7 +200,7 @@ pub enum PolicyError {
         /// What the parser said.
         message: String,
     },
-    /// Capabilities for `plugin` are malformed.
+    /// Capabilities for `plugin` are malformed, or their lifetimes are.
     #[error("plugin `{plugin}`: {}", errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
     Capabilities {
         /// The plugin whose entry is bad.
@@ -55,12 +208,9 @@ pub enum PolicyError {
         /// Every bad capability.
         errors: Vec<CapabilityError>,
     },
-    /// A grant was made for a plugin that has no workspace yet.
-    #[error("plugin `{plugin}` has no workspace; call Policy::set_workspace first")]
-    NoWorkspace {
-        /// The plugin.
-        plugin: String,
-    },
+    /// A capability kind could not be declared.
+    #[error(transparent)]
+    Kind(#[from] KindError),
 }
 
 #[derive(Deserialize)]
@@ -73,19 +223,99 @@ struct PolicyFile {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PluginEntry {
-    workspace: PathBuf,
+    workspace: Option<PathBuf>,
     #[serde(default)]
-    grant: Vec<String>,
+    grant: Vec<GrantEntry>,
     #[serde(default)]
     deny: Vec<String>,
 }
 
-/// Parses every capability, collecting all errors.
-pub(crate) fn parse_all(list: &[String]) -> Result<Vec<Capability>, Vec<CapabilityError>> {
+/// A grant in the policy file: a capability, or a table with its lifetime.
+enum GrantEntry {
+    Plain(String),
+    Timed(TimedGrant),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TimedGrant {
+    capability: String,
+    expires_in: Option<String>,
+    expires_at: Option<String>,
+    uses: Option<u32>,
+}
+
+impl<'de> Deserialize<'de> for GrantEntry {
+    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Entry;
+        impl<'de> Visitor<'de> for Entry {
+            type Value = GrantEntry;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(
+                    "a capability string, or a table { capability = \"...\", expires_in = \
+                     \"10m\" | expires_at = \"2027-01-01T00:00:00Z\", uses = 1 }",
+                )
+            }
+
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<GrantEntry, E> {
+                Ok(GrantEntry::Plain(text.to_owned()))
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<GrantEntry, A::Error> {
+                TimedGrant::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(GrantEntry::Timed)
+            }
+        }
+        deserializer.deserialize_any(Entry)
+    }
+}
+
+impl GrantEntry {
+    fn capability(&self) -> &str {
+        match self {
+            GrantEntry::Plain(text) => text,
+            GrantEntry::Timed(timed) => &timed.capability,
+        }
+    }
+
+    fn lifetime(&self, now: SystemTime) -> Result<Lifetime, String> {
+        let GrantEntry::Timed(timed) = self else {
+            return Ok(Lifetime::forever());
+        };
+        let expires = match (&timed.expires_in, &timed.expires_at) {
+            (Some(_), Some(_)) => {
+                return Err("give `expires_in` or `expires_at`, not both".to_owned());
+            }
+            (Some(text), None) => Some(
+                now + humantime::parse_duration(text).map_err(|err| {
+                    format!("expires_in {text:?} is not a duration such as \"10m\" or \"2h 30m\": {err}")
+                })?,
+            ),
+            (None, Some(text)) => Some(humantime::parse_rfc3339_weak(text).map_err(|err| {
+                format!("expires_at {text:?} is not an RFC 3339 time such as \"2027-01-01T00:00:00Z\": {err}")
+            })?),
+            (None, None) => None,
+        };
+        if timed.uses == Some(0) {
+            return Err("`uses = 0` would never allow anything; remove the grant".to_owned());
+        }
+        Ok(Lifetime {
+            expires,
+            uses: timed.uses,
+        })
+    }
+}
+
+/// Parses every capability with `kinds`, collecting all errors.
+pub(crate) fn parse_all(
+    kinds: &Kinds,
+    list: &[String],
+) -> Result<Vec<Capability>, Vec<CapabilityError>> {
     let mut errors = Vec::new();
     let mut parsed = Vec::new();
     for text in list {
-        match text.parse() {
+        match kinds.parse(text) {
             Ok(capability) => parsed.push(capability),
             Err(err) => errors.push(err),
         }
@@ -99,34 +329,97 @@ pub(crate) fn parse_all(list: &[String]) -> Result<Vec<Capability>, Vec<Capabili
 
 /// The outcome of a policy check.
 #[derive(Debug, Clone)]
-pub(crate) enum Decision {
-    /// Allowed by `grant`; operate beneath `workspace`.
-    Allow { workspace: PathBuf, grant: String },
+pub(crate) enum Ruling {
+    /// Allowed: by the grant `capability` (none when a hook allowed it once), for `reason`.
+    Allow {
+        capability: Option<String>,
+        reason: String,
+        decided_by: Decider,
+        workspace: Option<PathBuf>,
+    },
     /// Denied; `needed` is the capability that would allow it.
-    Deny { reason: String, needed: String },
+    Deny {
+        reason: String,
+        needed: String,
+        decided_by: Decider,
+    },
+    /// The request names a malformed resource.
+    Invalid { reason: String },
+    /// The host's service asked for a kind or action never declared.
+    Undeclared { reason: String },
+}
+
+/// Who asks, for the decision hook.
+pub(crate) struct Asker<'a> {
+    pub(crate) plugin: &'a str,
+    pub(crate) instance: u64,
+    pub(crate) pid: u32,
+    pub(crate) operation: String,
 }
 
 impl Policy {
-    /// An empty policy: everything is denied.
+    /// An empty policy over the built-in kinds: everything is denied.
     pub fn new() -> Self {
         Policy::default()
     }
 
-    /// Loads a policy file:
+    /// An empty policy over the built-in kinds and `kinds`.
+    pub fn with_kinds(kinds: impl IntoIterator<Item = CapabilityKind>) -> Result<Self, KindError> {
+        let policy = Policy::new();
+        for kind in kinds {
+            policy.declare(kind)?;
+        }
+        Ok(policy)
+    }
+
+    /// Declares one of the host's own capability kinds, so grants, denials and the
+    /// services' needs can use it.
+    pub fn declare(&self, kind: CapabilityKind) -> Result<(), KindError> {
+        self.inner
+            .kinds
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .declare(kind)
+    }
+
+    /// The kinds this policy knows.
+    pub fn kinds(&self) -> Kinds {
+        self.inner
+            .kinds
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Loads a policy file over the built-in kinds ([`Policy::load_file`] on a new policy).
+    pub fn load(path: &Path) -> Result<Self, PolicyError> {
+        let policy = Policy::new();
+        policy.load_file(path)?;
+        Ok(policy)
+    }
+
+    /// Adds the entries of a policy file (replacing this policy's entries for the plugins it
+    /// names), validated against the declared kinds:
     ///
     /// ```toml
     /// [plugins.filelister]
     /// workspace = "workspace"          # relative to the policy file's directory
-    /// grant = ["read:config/**", "write:output/**"]
+    /// grant = [
+    ///     "read:config/**",
+    ///     { capability = "write:output/**", expires_in = "8h" },
+    ///     { capability = "env:API_KEY", uses = 1 },
+    /// ]
     /// deny = ["read:config/private/**"]
     /// ```
-    pub fn load(path: &Path) -> Result<Self, PolicyError> {
+    ///
+    /// Nothing is changed if any entry is invalid.
+    pub fn load_file(&self, path: &Path) -> Result<(), PolicyError> {
         let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
             path: path.to_owned(),
             source,
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
-        Policy::from_toml(&text, base).map_err(|err| match err {
+        self.load_toml(&text, base).map_err(|err| match err {
             PolicyError::Parse { message, .. } => PolicyError::Parse {
                 path: path.to_owned(),
                 message,
@@ -135,138 +428,356 @@ impl Policy {
         })
     }
 
-    /// Parses a policy from TOML text; relative workspaces are resolved against `base`.
+    /// Parses a policy from TOML text over the built-in kinds; relative workspaces are
+    /// resolved against `base`.
     pub fn from_toml(text: &str, base: &Path) -> Result<Self, PolicyError> {
+        let policy = Policy::new();
+        policy.load_toml(text, base)?;
+        Ok(policy)
+    }
+
+    /// [`Policy::load_file`] from TOML text; relative workspaces are resolved against `base`.
+    pub fn load_toml(&self, text: &str, base: &Path) -> Result<(), PolicyError> {
         let file: PolicyFile = toml::from_str(text).map_err(|err| PolicyError::Parse {
             path: PathBuf::new(),
             message: err.to_string(),
         })?;
-        let policy = Policy::new();
+        let kinds = self.kinds();
+        let now = SystemTime::now();
+        let mut entries = Vec::new();
         for (plugin, entry) in file.plugins {
-            let bad = |errors| PolicyError::Capabilities {
-                plugin: plugin.clone(),
-                errors,
+            let mut errors = Vec::new();
+            let mut grants = Vec::new();
+            for grant in &entry.grant {
+                let text = grant.capability();
+                match (kinds.parse(text), grant.lifetime(now)) {
+                    (Ok(capability), Ok(lifetime)) => {
+                        grants.push(Arc::new(Grant::new(capability, lifetime)));
+                    }
+                    (Err(err), _) => errors.push(err),
+                    (_, Err(reason)) => errors.push(CapabilityError {
+                        capability: text.to_owned(),
+                        reason,
+                    }),
+                }
+            }
+            let denies = match parse_all(&kinds, &entry.deny) {
+                Ok(denies) => denies,
+                Err(more) => {
+                    errors.extend(more);
+                    Vec::new()
+                }
             };
-            let grants = parse_all(&entry.grant).map_err(bad)?;
-            let denies = parse_all(&entry.deny).map_err(bad)?;
-            policy.write().insert(
+            if !errors.is_empty() {
+                return Err(PolicyError::Capabilities { plugin, errors });
+            }
+            entries.push((
                 plugin,
                 PluginGrants {
-                    workspace: base.join(entry.workspace),
+                    workspace: entry.workspace.map(|workspace| base.join(workspace)),
                     grants,
                     denies,
                 },
-            );
+            ));
         }
-        Ok(policy)
+        self.write().extend(entries);
+        Ok(())
     }
 
-    /// Assigns `plugin` its workspace (keeping its grants, if any).
+    /// Assigns `plugin` its workspace for the file services (keeping its grants, if any).
     pub fn set_workspace(&self, plugin: &str, workspace: impl Into<PathBuf>) {
-        let workspace = workspace.into();
-        self.write()
-            .entry(plugin.to_owned())
-            .and_modify(|entry| entry.workspace.clone_from(&workspace))
-            .or_insert_with(|| PluginGrants {
-                workspace,
-                grants: Vec::new(),
-                denies: Vec::new(),
-            });
+        self.write().entry(plugin.to_owned()).or_default().workspace = Some(workspace.into());
     }
 
     /// The workspace of `plugin`, if it has one.
-    pub(crate) fn workspace(&self, plugin: &str) -> Option<PathBuf> {
-        self.read().get(plugin).map(|entry| entry.workspace.clone())
+    pub fn workspace(&self, plugin: &str) -> Option<PathBuf> {
+        self.read()
+            .get(plugin)
+            .and_then(|entry| entry.workspace.clone())
     }
 
-    /// Grants `capability` to `plugin`, from its next call on.
+    /// Grants `capability` to `plugin` until revoked, from its next call on.
     pub fn grant(&self, plugin: &str, capability: &str) -> Result<(), PolicyError> {
-        self.add(plugin, capability, false)
+        self.grant_for(plugin, capability, Lifetime::forever())
+    }
+
+    /// Grants `capability` to `plugin` for `lifetime`, from its next call on. Granting a
+    /// capability again replaces its lifetime.
+    pub fn grant_for(
+        &self,
+        plugin: &str,
+        capability: &str,
+        lifetime: Lifetime,
+    ) -> Result<(), PolicyError> {
+        let parsed = self.parse(plugin, capability)?;
+        let mut plugins = self.write();
+        let grants = &mut plugins.entry(plugin.to_owned()).or_default().grants;
+        grants.retain(|grant| grant.capability != parsed);
+        grants.push(Arc::new(Grant::new(parsed, lifetime)));
+        Ok(())
     }
 
     /// Denies `capability` to `plugin` whatever it is granted, from its next call on.
     pub fn deny(&self, plugin: &str, capability: &str) -> Result<(), PolicyError> {
-        self.add(plugin, capability, true)
+        let parsed = self.parse(plugin, capability)?;
+        let mut plugins = self.write();
+        let denies = &mut plugins.entry(plugin.to_owned()).or_default().denies;
+        if !denies.contains(&parsed) {
+            denies.push(parsed);
+        }
+        Ok(())
     }
 
-    /// Revokes a grant made earlier (spelled the same); returns whether there was one.
+    /// Revokes a grant made earlier (spelled the same); returns whether there was one. The
+    /// plugin's next call is decided without it.
     pub fn revoke(&self, plugin: &str, capability: &str) -> bool {
         let mut plugins = self.write();
         let Some(entry) = plugins.get_mut(plugin) else {
             return false;
         };
         let before = entry.grants.len();
-        entry.grants.retain(|grant| grant.as_str() != capability);
+        entry
+            .grants
+            .retain(|grant| grant.capability.as_str() != capability);
         entry.grants.len() != before
     }
 
-    /// The capabilities granted to `plugin`, as written.
+    /// The capabilities granted to `plugin` and still live (not expired, uses left), as
+    /// written.
     pub fn grants(&self, plugin: &str) -> Vec<String> {
+        let now = SystemTime::now();
         self.read()
             .get(plugin)
-            .map(|entry| entry.grants.iter().map(|c| c.as_str().to_owned()).collect())
+            .map(|entry| {
+                entry
+                    .grants
+                    .iter()
+                    .filter(|grant| grant.spent(now).is_none())
+                    .map(|grant| grant.capability.as_str().to_owned())
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
-    fn add(&self, plugin: &str, capability: &str, deny: bool) -> Result<(), PolicyError> {
-        let parsed: Capability = capability
-            .parse()
+    /// Asks `hook` about every call no grant covers (and no denial refuses), waiting at
+    /// most `timeout` for each answer: no answer in time is a denial. Its answers are
+    /// audited with `decided_by` = `hook:<name>`; "allow always" grants exactly the
+    /// capability asked for, until revoked.
+    pub fn set_hook(&self, hook: impl DecisionHook, timeout: Duration) {
+        *self
+            .inner
+            .hook
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(HookSetting {
+            hook: Arc::new(hook),
+            timeout,
+        }));
+    }
+
+    /// Stops asking the decision hook: what no grant covers is denied.
+    pub fn clear_hook(&self) {
+        *self
+            .inner
+            .hook
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = None;
+    }
+
+    fn hook(&self) -> Option<Arc<HookSetting>> {
+        self.inner
+            .hook
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn parse(&self, plugin: &str, capability: &str) -> Result<Capability, PolicyError> {
+        self.inner
+            .kinds
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .parse(capability)
             .map_err(|err| PolicyError::Capabilities {
                 plugin: plugin.to_owned(),
                 errors: vec![err],
-            })?;
-        let mut plugins = self.write();
-        let entry = plugins
-            .get_mut(plugin)
-            .ok_or_else(|| PolicyError::NoWorkspace {
-                plugin: plugin.to_owned(),
-            })?;
-        let list = if deny {
-            &mut entry.denies
-        } else {
-            &mut entry.grants
-        };
-        if !list.contains(&parsed) {
-            list.push(parsed);
-        }
-        Ok(())
+            })
     }
 
-    /// Decides whether `plugin` may do `verb` on `resource` (a checked workspace-relative
-    /// path, or a variable name for `env`).
-    pub(crate) fn decide(&self, plugin: &str, verb: Verb, resource: &str) -> Decision {
-        let needed = format!("{verb}:{resource}");
-        let plugins = self.read();
-        let Some(entry) = plugins.get(plugin) else {
-            return Decision::Deny {
-                reason: format!("plugin `{plugin}` has no grants"),
+    /// Decides whether `asker` may have `need`: denials, then live grants, then the hook.
+    pub(crate) async fn decide(&self, asker: &Asker<'_>, need: &Need) -> Ruling {
+        let checked = self
+            .inner
+            .kinds
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .check(need);
+        match checked {
+            Ok(()) => {}
+            Err(NeedError::Invalid(reason)) => return Ruling::Invalid { reason },
+            Err(NeedError::Undeclared(reason)) => return Ruling::Undeclared { reason },
+        }
+        let needed = need.to_string();
+        let plugin = asker.plugin;
+        let (workspace, spent) = {
+            let plugins = self.read();
+            let entry = plugins.get(plugin);
+            if let Some(deny) = entry.and_then(|e| e.denies.iter().find(|d| d.covers(need))) {
+                return Ruling::Deny {
+                    reason: format!("denied by the operator's rule `{deny}`"),
+                    needed,
+                    decided_by: Decider::Policy,
+                };
+            }
+            let now = SystemTime::now();
+            let mut spent = None;
+            for grant in entry
+                .into_iter()
+                .flat_map(|e| e.grants.iter())
+                .filter(|g| g.capability.covers(need))
+            {
+                match grant.take(now) {
+                    Ok(()) => {
+                        return Ruling::Allow {
+                            capability: Some(grant.capability.as_str().to_owned()),
+                            reason: format!("granted by {}", grant.describe()),
+                            decided_by: Decider::Policy,
+                            workspace: entry.and_then(|e| e.workspace.clone()),
+                        };
+                    }
+                    Err(why) => spent = spent.or(Some((grant.capability.as_str().to_owned(), why))),
+                }
+            }
+            (entry.and_then(|e| e.workspace.clone()), spent)
+        };
+        if spent.is_some() {
+            self.prune(plugin);
+        }
+        let uncovered = match &spent {
+            Some((grant, Spent::Expired(at))) => format!(
+                "the grant `{grant}` expired at {}, and no other grant covers `{needed}`",
+                humantime::format_rfc3339_seconds(*at)
+            ),
+            Some((grant, Spent::UsedUp)) => format!(
+                "the grant `{grant}` has no uses left, and no other grant covers `{needed}`"
+            ),
+            None => format!("no grant covers `{needed}`"),
+        };
+        let Some(setting) = self.hook() else {
+            return Ruling::Deny {
+                reason: uncovered,
                 needed,
+                decided_by: Decider::Policy,
             };
         };
-        if let Some(deny) = entry.denies.iter().find(|d| d.covers(verb, resource)) {
-            return Decision::Deny {
-                reason: format!("denied by the operator's rule `{deny}`"),
+        self.ask(setting, asker, need, needed, uncovered, workspace)
+            .await
+    }
+
+    async fn ask(
+        &self,
+        setting: Arc<HookSetting>,
+        asker: &Asker<'_>,
+        need: &Need,
+        needed: String,
+        uncovered: String,
+        workspace: Option<PathBuf>,
+    ) -> Ruling {
+        let name = setting.hook.name().to_owned();
+        let decided_by = Decider::Hook(name.clone());
+        let question = Question {
+            plugin: asker.plugin.to_owned(),
+            instance: asker.instance,
+            pid: asker.pid,
+            operation: asker.operation.clone(),
+            resource: need.resource_name().unwrap_or_default().to_owned(),
+            capability: needed.clone(),
+        };
+        let answer = tokio::time::timeout(setting.timeout, setting.hook.decide(question)).await;
+        let verdict = match answer {
+            Ok(Ok(verdict)) => verdict,
+            Ok(Err(err)) => {
+                return Ruling::Deny {
+                    reason: format!("{uncovered}; the decision hook failed, so denied: {err}"),
+                    needed,
+                    decided_by,
+                };
+            }
+            Err(_) => {
+                return Ruling::Deny {
+                    reason: format!(
+                        "{uncovered}; the decision hook `{name}` gave no answer within {:?}, so \
+                         denied",
+                        setting.timeout
+                    ),
+                    needed,
+                    decided_by,
+                };
+            }
+        };
+        let said = verdict
+            .reason
+            .as_deref()
+            .map(|reason| format!(": {reason}"))
+            .unwrap_or_default();
+        match verdict.answer {
+            Answer::Deny => Ruling::Deny {
+                reason: format!("{uncovered}; the decision hook `{name}` denied it{said}"),
                 needed,
-            };
+                decided_by,
+            },
+            Answer::AllowOnce => Ruling::Allow {
+                capability: None,
+                reason: format!("{uncovered}; the decision hook `{name}` allowed it once{said}"),
+                decided_by,
+                workspace,
+            },
+            Answer::AllowAlways => {
+                let (capability, remembered) = match self.grant(asker.plugin, &needed) {
+                    Ok(()) => (
+                        Some(needed.clone()),
+                        format!("allowed it from now on (granted `{needed}`)"),
+                    ),
+                    Err(err) => {
+                        tracing::warn!(target: "tether::hostserve", plugin = asker.plugin, %err,
+                            "the decision hook said allow from now on, but the capability cannot be granted as written; allowed once");
+                        (
+                            None,
+                            "allowed it from now on (not remembered: the request is not a valid \
+                             grant)"
+                                .to_owned(),
+                        )
+                    }
+                };
+                Ruling::Allow {
+                    capability,
+                    reason: format!("{uncovered}; the decision hook `{name}` {remembered}{said}"),
+                    decided_by,
+                    workspace,
+                }
+            }
         }
-        match entry.grants.iter().find(|g| g.covers(verb, resource)) {
-            Some(grant) => Decision::Allow {
-                workspace: entry.workspace.clone(),
-                grant: grant.as_str().to_owned(),
-            },
-            None => Decision::Deny {
-                reason: format!("no grant covers `{needed}`"),
-                needed,
-            },
+    }
+
+    /// Forgets `plugin`'s grants that expired or have no uses left.
+    fn prune(&self, plugin: &str) {
+        let now = SystemTime::now();
+        if let Some(entry) = self.write().get_mut(plugin) {
+            entry.grants.retain(|grant| grant.spent(now).is_none());
         }
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, PluginGrants>> {
-        self.plugins.read().unwrap_or_else(PoisonError::into_inner)
+        self.inner
+            .plugins
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, PluginGrants>> {
-        self.plugins.write().unwrap_or_else(PoisonError::into_inner)
+        self.inner
+            .plugins
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -274,10 +785,211 @@ impl Policy {
 mod tests {
     use super::*;
 
+    use crate::capability::Verb;
+
+    /// Decides on a current-thread runtime.
+    pub(crate) fn decide(policy: &Policy, plugin: &str, need: &Need) -> Ruling {
+        let asker = Asker {
+            plugin,
+            instance: 1,
+            pid: 1,
+            operation: "test".to_owned(),
+        };
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap()
+            .block_on(policy.decide(&asker, need))
+    }
+
     fn allowed(policy: &Policy, plugin: &str, verb: Verb, resource: &str) -> Option<PathBuf> {
-        match policy.decide(plugin, verb, resource) {
-            Decision::Allow { workspace, .. } => Some(workspace),
-            Decision::Deny { .. } => None,
+        match decide(policy, plugin, &Need::verb(verb, resource)) {
+            Ruling::Allow { workspace, .. } => Some(workspace.unwrap_or_default()),
+            _ => None,
+        }
+    }
+
+    fn bus() -> CapabilityKind {
+        CapabilityKind::new("bus")
+            .actions(["publish", "subscribe"])
+            .resource(crate::Resource::PATH)
+    }
+
+    fn is_allowed(policy: &Policy, plugin: &str, need: &Need) -> bool {
+        matches!(decide(policy, plugin, need), Ruling::Allow { .. })
+    }
+
+    #[test]
+    fn the_hosts_own_kinds_are_validated_granted_and_denied_like_the_built_in_ones() {
+        let policy =
+            Policy::with_kinds([bus(), CapabilityKind::new("counter").actions(["incr"])]).unwrap();
+        policy
+            .load_toml(
+                r#"
+[plugins.a]
+grant = ["bus:publish:alerts/**", "counter:incr"]
+deny = ["bus:publish:alerts/secret"]
+"#,
+                Path::new("/"),
+            )
+            .unwrap();
+        let publish = |topic: &str| Need::new("bus").action("publish").resource(topic);
+        assert!(is_allowed(&policy, "a", &publish("alerts/disk")));
+        assert!(
+            !is_allowed(&policy, "a", &publish("alerts/secret")),
+            "denials win"
+        );
+        assert!(!is_allowed(&policy, "a", &publish("news")));
+        assert!(
+            !is_allowed(&policy, "b", &publish("alerts/disk")),
+            "each plugin its own"
+        );
+        assert!(is_allowed(
+            &policy,
+            "a",
+            &Need::new("counter").action("incr")
+        ));
+        assert!(matches!(
+            decide(&policy, "a", &publish("alerts/../x")),
+            Ruling::Invalid { .. }
+        ));
+        assert!(matches!(
+            decide(&policy, "a", &Need::new("kv").action("get")),
+            Ruling::Undeclared { .. }
+        ));
+        // A policy that does not know the kind refuses the file, naming what it knows.
+        let err = Policy::from_toml("[plugins.a]\ngrant = [\"bus:publish:x\"]\n", Path::new("/"))
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("unknown capability kind `bus`"),
+            "{err}"
+        );
+        for bad in [
+            "bus:shout:x",
+            "bus:publish",
+            "bus:publish:/x",
+            "counter:incr:x",
+            "counter",
+        ] {
+            let err = policy.grant("a", bad).unwrap_err();
+            assert!(err.to_string().contains(bad), "{err}");
+        }
+        assert!(
+            policy
+                .declare(CapabilityKind::new("read").actions(["x"]))
+                .is_err()
+        );
+        assert!(policy.declare(CapabilityKind::new("Bad")).is_err());
+    }
+
+    #[test]
+    fn grants_expire_and_single_use_grants_work_once() {
+        let policy = Policy::with_kinds([bus()]).unwrap();
+        let need = Need::new("bus").action("publish").resource("t");
+        policy
+            .grant_for("a", "bus:publish:t", Lifetime::uses(1))
+            .unwrap();
+        assert!(is_allowed(&policy, "a", &need));
+        match decide(&policy, "a", &need) {
+            Ruling::Deny { reason, .. } => assert!(reason.contains("no uses left"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(policy.grants("a").is_empty());
+
+        policy
+            .grant_for(
+                "a",
+                "bus:publish:t",
+                Lifetime::until(SystemTime::now() - Duration::from_secs(1)),
+            )
+            .unwrap();
+        match decide(&policy, "a", &need) {
+            Ruling::Deny { reason, .. } => assert!(reason.contains("expired at"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
+        policy
+            .load_toml(
+                "[plugins.a]\ngrant = [{ capability = \"bus:publish:t\", expires_in = \"1h\", uses = 2 }]\n",
+                Path::new("/"),
+            )
+            .unwrap();
+        assert!(is_allowed(&policy, "a", &need));
+        assert!(is_allowed(&policy, "a", &need));
+        assert!(!is_allowed(&policy, "a", &need));
+    }
+
+    #[test]
+    fn the_decision_hook_decides_what_no_grant_covers_and_never_overrides_a_denial() {
+        use crate::hook::{FnHook, Verdict};
+        let policy = Policy::with_kinds([bus()]).unwrap();
+        policy.deny("a", "bus:publish:never").unwrap();
+        policy.set_hook(
+            FnHook::new("rules", |question: &Question| Verdict {
+                answer: match question.resource.as_str() {
+                    "once" => Answer::AllowOnce,
+                    "always" => Answer::AllowAlways,
+                    _ => Answer::Deny,
+                },
+                reason: Some("by rule".to_owned()),
+            }),
+            DEFAULT_HOOK_TIMEOUT,
+        );
+        let publish = |topic: &str| Need::new("bus").action("publish").resource(topic);
+        match decide(&policy, "a", &publish("once")) {
+            Ruling::Allow {
+                decided_by,
+                capability,
+                ..
+            } => {
+                assert_eq!(decided_by, Decider::Hook("rules".to_owned()));
+                assert_eq!(capability, None);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(policy.grants("a").is_empty(), "allow once grants nothing");
+        assert!(is_allowed(&policy, "a", &publish("always")));
+        assert_eq!(policy.grants("a"), ["bus:publish:always"]);
+        match decide(&policy, "a", &publish("other")) {
+            Ruling::Deny {
+                decided_by, reason, ..
+            } => {
+                assert_eq!(decided_by, Decider::Hook("rules".to_owned()));
+                assert!(reason.contains("by rule"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        match decide(&policy, "a", &publish("never")) {
+            Ruling::Deny { decided_by, .. } => assert_eq!(decided_by, Decider::Policy),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_hook_that_does_not_answer_in_time_denies() {
+        #[derive(Debug)]
+        struct Silent;
+        impl DecisionHook for Silent {
+            fn name(&self) -> &str {
+                "silent"
+            }
+            fn decide(&self, _: Question) -> crate::hook::HookFuture {
+                Box::pin(std::future::pending())
+            }
+        }
+        let policy = Policy::with_kinds([bus()]).unwrap();
+        policy.set_hook(Silent, Duration::from_millis(50));
+        match decide(
+            &policy,
+            "a",
+            &Need::new("bus").action("publish").resource("x"),
+        ) {
+            Ruling::Deny {
+                decided_by, reason, ..
+            } => {
+                assert_eq!(decided_by, Decider::Hook("silent".to_owned()));
+                assert!(reason.contains("gave no answer within"), "{reason}");
+            }
+            other => panic!("{other:?}"),
         }
     }
 
@@ -328,7 +1040,11 @@ workspace = "/abs/elsewhere"
 
         let path = dir.path().join("policy.toml");
         for (text, expected) in [
-            ("[plugins.p]\ngrant = [\"read:x/**\"]\n", "workspace"),
+            ("[plugins.p]\nworkspace = 3\n", "workspace"),
+            (
+                "[plugins.p]\ngrant = [{ capability = \"read:x\", expire_in = \"1s\" }]\n",
+                "expire_in",
+            ),
             ("[plugins.p]\nworkspace = \"w\"\ngrants = []\n", "grants"),
             ("[plugins.p\n", "policy.toml"),
         ] {
@@ -360,6 +1076,7 @@ workspace = "/abs/elsewhere"
         use proptest::prelude::*;
 
         use super::super::*;
+        use crate::capability::Verb;
         use crate::manifest::tests::{list, toml_string};
 
         /// One plugin's entry: its workspace, grants and denials.
@@ -420,12 +1137,12 @@ workspace = "/abs/elsewhere"
                 let policy = Policy::from_toml(&policy_text(&plugins), base).expect("valid");
                 for (name, (workspace, grant, _)) in &plugins {
                     prop_assert_eq!(&policy.grants(name), grant);
-                    match policy.decide(name, Verb::Read, "probe.txt") {
-                        Decision::Allow { workspace: granted, grant } => {
-                            prop_assert_eq!(granted, base.join(workspace));
-                            prop_assert_eq!(grant, "read:probe.txt");
+                    match super::decide(&policy, name, &Need::verb(Verb::Read, "probe.txt")) {
+                        Ruling::Allow { workspace: granted, capability, .. } => {
+                            prop_assert_eq!(granted, Some(base.join(workspace)));
+                            prop_assert_eq!(capability.as_deref(), Some("read:probe.txt"));
                         }
-                        Decision::Deny { reason, .. } => prop_assert!(false, "denied: {}", reason),
+                        other => prop_assert!(false, "not allowed: {:?}", other),
                     }
                 }
             }
@@ -457,7 +1174,7 @@ workspace = "/abs/elsewhere"
                 prop_assert_eq!(plugin, name);
                 let named: Vec<&str> = errors.iter().map(|e| e.capability.as_str()).collect();
                 prop_assert_eq!(named, bad.iter().map(String::as_str).collect::<Vec<_>>());
-                prop_assert_eq!(parse_all(&all).map(|_| ()).unwrap_err().len(), bad.len());
+                prop_assert_eq!(parse_all(&Kinds::builtin(), &all).map(|_| ()).unwrap_err().len(), bad.len());
             }
 
             #[test]

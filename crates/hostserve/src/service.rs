@@ -1,20 +1,17 @@
-//! [`HostServices`]: the `tether.hostserve.v1.HostServices` implementation.
+//! [`HostServices`]: the file services (`tether.hostserve.v1.HostServices`) and any of the
+//! host's own services, behind one [`Gate`], given to a plugin in one line.
 
 use std::collections::{HashMap, HashSet};
-use std::convert::Infallible;
-use std::future::Future;
 use std::io::{self, Read, Write};
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, UNIX_EPOCH};
 
 use cap_std::fs::{FileType, Metadata, PermissionsExt};
 use tether_host::PluginClient;
-use tether_hostconn::{
-    Options, Outcome, PluginIdentity, Refusal, RefusalHook, establish_host_services_with,
-};
+use tether_hostconn::{Options, Outcome, Refusal, RefusalHook, establish_host_services_with};
 use tether_protocol::hostserve::host_services_server::{
     HostServices as HostServicesRpc, HostServicesServer,
 };
@@ -23,167 +20,106 @@ use tether_protocol::hostserve::{
     EntryKind, GetEnvRequest, GetEnvResponse, ReadDirRequest, ReadDirResponse, ReadFileChunk,
     ReadFileRequest, StatRequest, StatResponse, WriteFileChunk, WriteFileResponse,
 };
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tonic::body::Body;
 use tonic::codegen::{Service, http};
-use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::server::NamedService;
 use tonic::service::Routes;
 use tonic::{Code, Request, Response, Status, Streaming};
 
-use crate::audit::{Audit, AuditRecord};
-use crate::capability::{Verb, is_env_name};
+use crate::Audit;
+use crate::audit::{AuditRecord, Decider, Decision, Operation};
+use crate::capability::{Need, Verb, is_env_name};
 use crate::confine::{self, Target};
+use crate::gate::{Call, Gate, Limits, RequestEnd, run_blocking as blocking};
 use crate::path::{self, RequestPath};
-use crate::policy::{Decision, Policy};
+use crate::policy::Policy;
 
 /// Bytes of `WriteFile` data handed to the disk at a time.
 const WRITE_BATCH: usize = 1024 * 1024;
 
-/// The metadata key of a denial's missing capability.
-pub const CAPABILITY_METADATA: &str = "tether-capability";
-
-/// Bounds on what one plugin can make the host do.
+/// The host services given to plugins: tether's file services and any of the host's own,
+/// all behind one [`Gate`] (one policy, one audit trail, one set of per-plugin limits).
+///
+/// ```no_run
+/// # async fn demo(plugin: tether_host::PluginClient) -> Result<(), Box<dyn std::error::Error>> {
+/// use tether_hostserve::{Audit, HostServices, Limits, Policy};
+///
+/// let policy = Policy::load("policy.toml".as_ref())?;
+/// let audit = Audit::to_file("audit.jsonl", 64 << 20)?;
+/// let services = HostServices::new(policy, audit, Limits::default());
+/// // The host's own services join with one line each: `.serve(CounterServer::new(..))`.
+/// let connection = services.connect(&plugin).await?.required()?;
+/// # drop(connection); Ok(()) }
+/// ```
+///
+/// Cheap to clone; clones share one implementation among all plugins.
 #[derive(Debug, Clone)]
-pub struct Limits {
-    /// Calls (including open streams) one plugin instance may have in flight.
-    pub max_concurrent_calls: usize,
-    /// How long a call waits for a free slot before `RESOURCE_EXHAUSTED`.
-    pub queue_wait: Duration,
-    /// Bytes one plugin (by name) may write through `WriteFile` over the life of this
-    /// `HostServices`.
-    pub write_quota: u64,
-    /// Largest gRPC message decoded or encoded.
-    pub max_message_size: usize,
-    /// Bytes per `ReadFile` chunk.
-    pub read_chunk: usize,
-    /// Most entries in one `ReadDir` page.
-    pub max_page: usize,
-    /// How long a streaming call waits on the plugin (to take the next `ReadFile` chunk,
-    /// or to send the next `WriteFile` chunk) before the host ends it with
-    /// `DEADLINE_EXCEEDED` and frees its slot: a plugin that stops reading cannot hold
-    /// host resources.
-    pub stall_timeout: Duration,
-    /// Whether `WriteFile` flushes the new file to disk (`fsync`) before renaming it into
-    /// place, so that a crash never leaves an empty or partial file at the target. On by
-    /// default; it bounds write throughput by the disk's (see docs/benchmarks.md).
-    pub durable_writes: bool,
-    /// Connections one plugin instance may hold open to its host-service socket at once
-    /// (see [`HostServices::connect`]); more are closed at once and audited (operation
-    /// `connect`). The SDK uses one.
-    pub max_connections: usize,
-    /// Calls one plugin instance may have open at once, counted from the moment a request
-    /// arrives until its response starts: waiting for a slot, or for a request the plugin
-    /// never finishes sending. More are refused at once with `RESOURCE_EXHAUSTED` and
-    /// audited, before anything is read. Calls streaming a response hold a slot instead
-    /// (`max_concurrent_calls`).
-    pub max_open_calls: usize,
-    /// Whether `ReadFile` reads a regular file that has more than one hard link. Off by
-    /// default: a hard link is another name for the same file, possibly outside every
-    /// grant (a link under `config/` to a file under `secrets/` reads the secret), and the
-    /// host cannot tell the other names. Writes and deletes are safe either way (a write
-    /// renames a new file into place; a delete removes only the name).
-    pub allow_hard_links: bool,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_concurrent_calls: 16,
-            queue_wait: Duration::from_secs(2),
-            write_quota: 256 * 1024 * 1024,
-            max_message_size: tether_protocol::DEFAULT_MAX_MESSAGE_SIZE,
-            read_chunk: 64 * 1024,
-            max_page: 1000,
-            stall_timeout: Duration::from_secs(30),
-            durable_writes: true,
-            max_connections: tether_hostconn::DEFAULT_MAX_CONNECTIONS,
-            max_open_calls: 64,
-            allow_hard_links: false,
-        }
-    }
-}
-
-/// What the host services hold for one running plugin instance, while any of its calls is
-/// open: its concurrency slots and its count of open calls. Kept through `Weak` references,
-/// so an instance that has no call open (an exited one, above all) holds nothing.
-#[derive(Debug)]
-struct Instance {
-    slots: Arc<Semaphore>,
-    open: AtomicUsize,
-    waiting: AtomicUsize,
-}
-
-/// A call waiting for a slot, counted in [`Instance::waiting`] until dropped.
-struct Waiting<'a>(&'a Instance);
-
-impl<'a> Waiting<'a> {
-    fn new(instance: &'a Instance) -> Self {
-        instance.waiting.fetch_add(1, Ordering::Relaxed);
-        Waiting(instance)
-    }
-}
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.0.waiting.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// A concurrency slot, held for the life of a call or of the stream it answers with.
-#[derive(Debug)]
-struct Slot {
-    _permit: OwnedSemaphorePermit,
-    _instance: Arc<Instance>,
-}
-
-/// An open call, counted against [`Limits::max_open_calls`] until dropped.
-struct OpenCall(Arc<Instance>);
-
-impl Drop for OpenCall {
-    fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// tether's host services, shared by every plugin: each call is checked against the
-/// calling plugin's capabilities (from its [`PluginIdentity`], never its own claims),
-/// confined beneath its workspace, bounded by [`Limits`], and audited.
-#[derive(Debug)]
 pub struct HostServices {
-    policy: Policy,
-    audit: Audit,
-    limits: Limits,
-    plugins: Mutex<HashMap<(String, u64), Weak<Instance>>>,
-    written: Mutex<HashMap<String, Arc<AtomicU64>>>,
-    /// Workspaces already swept of leftover temporary files.
-    swept: Mutex<HashSet<PathBuf>>,
+    gate: Gate,
+    files: Arc<Files>,
+    routes: Routes,
 }
 
 impl HostServices {
-    /// Host services deciding with `policy` and recording to `audit`.
+    /// The file services behind a new gate deciding with `policy`, recording to `audit`,
+    /// within `limits`.
     pub fn new(policy: Policy, audit: Audit, limits: Limits) -> Self {
-        HostServices {
-            policy,
-            audit,
-            limits,
-            plugins: Mutex::default(),
+        HostServices::from_gate(Gate::new(policy, audit, limits))
+    }
+
+    /// The file services behind `gate` (give clones of the gate to your own services, so
+    /// they check and audit their calls on it too).
+    pub fn from_gate(gate: Gate) -> Self {
+        let limit = gate.limits().max_message_size;
+        let files = Arc::new(Files {
+            gate: gate.clone(),
             written: Mutex::default(),
             swept: Mutex::default(),
+        });
+        let routes = Routes::new(
+            gate.serve(
+                HostServicesServer::from_arc(Arc::clone(&files))
+                    .max_decoding_message_size(limit)
+                    .max_encoding_message_size(limit),
+            ),
+        );
+        HostServices {
+            gate,
+            files,
+            routes,
         }
     }
 
-    /// The routes to hand to `establish_host_services`; clones of the `Arc` share one
-    /// implementation among all plugins.
-    pub fn routes(self: &Arc<Self>) -> Routes {
-        let limit = self.limits.max_message_size;
-        Routes::new(Admission {
-            host: Arc::clone(self),
-            inner: HostServicesServer::from_arc(Arc::clone(self))
-                .max_decoding_message_size(limit)
-                .max_encoding_message_size(limit),
-        })
+    /// These services plus `service` (a generated tonic server of the host's own, whose
+    /// methods consult the gate with [`Gate::check`]), behind the same gate.
+    pub fn serve<S>(mut self, service: S) -> Self
+    where
+        S: Service<
+                http::Request<Body>,
+                Error = std::convert::Infallible,
+                Response = http::Response<Body>,
+            > + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        self.routes = self.routes.add_service(self.gate.serve(service));
+        self
+    }
+
+    /// The gate every service here stands behind.
+    pub fn gate(&self) -> &Gate {
+        &self.gate
+    }
+
+    /// The routes to serve to a plugin (for example with [`tether_hostconn::in_process`]
+    /// in tests); [`HostServices::connect`] serves them for you.
+    pub fn routes(&self) -> Routes {
+        self.routes.clone()
     }
 
     /// Gives `plugin` these host services: the one line of host-service setup.
@@ -192,31 +128,29 @@ impl HostServices {
     /// audit record (operation `connect`, decision `denied`) for every process other than
     /// the plugin's that connects to its host-service socket, and for every connection of
     /// the plugin's past [`Limits::max_connections`]. Keep the returned connection:
-    /// dropping it disconnects the plugin.
+    /// dropping it disconnects the plugin. A plugin that takes no host services is
+    /// [`Outcome::NotRequested`]; [`Outcome::required`] makes that an error.
     ///
     /// The first time it serves a workspace, it removes the temporary files that writes
     /// interrupted by the death of their host left there ([`crate::RESERVED_PREFIX`]),
     /// and logs how many (target `tether::hostserve`).
-    pub async fn connect(
-        self: &Arc<Self>,
-        plugin: &PluginClient,
-    ) -> Result<Outcome, tether_hostconn::Error> {
-        self.sweep_workspace(plugin.name()).await;
-        let audit = self.audit.clone();
+    pub async fn connect(&self, plugin: &PluginClient) -> Result<Outcome, tether_hostconn::Error> {
+        self.files.sweep_workspace(plugin.name()).await;
+        let audit = self.gate.audit().clone();
         let (instance, pid) = (plugin.instance(), plugin.pid());
         let hook: RefusalHook = Arc::new(move |refusal: &Refusal| {
+            let by = refusal.credentials.and_then(|credentials| credentials.pid);
             audit.record(AuditRecord {
                 time: AuditRecord::now(),
                 plugin: refusal.label.to_string(),
                 instance,
-                pid: refusal
-                    .credentials
-                    .and_then(|credentials| credentials.pid)
-                    .unwrap_or_default(),
-                operation: "connect",
+                pid: by.unwrap_or_default(),
+                operation: Operation::Connect,
                 resource: refusal.socket.display().to_string(),
-                decision: "denied",
-                reason: if refusal.credentials.and_then(|c| c.pid) == Some(pid) {
+                decision: Decision::Denied,
+                decided_by: Decider::Host,
+                capability: None,
+                reason: if by == Some(pid) {
                     refusal.reason.clone()
                 } else {
                     format!(
@@ -230,13 +164,58 @@ impl HostServices {
         });
         let options = Options::default()
             .on_refused(hook)
-            .max_connections(self.limits.max_connections);
+            .max_connections(self.gate.limits().max_connections);
         establish_host_services_with(plugin, self.routes(), options).await
+    }
+
+    /// The policy (clones share it: grant and revoke through it at runtime).
+    pub fn policy(&self) -> &Policy {
+        self.gate.policy()
+    }
+
+    /// Bytes `plugin` has written so far through `WriteFile`.
+    pub fn bytes_written(&self, plugin: &str) -> u64 {
+        self.files.written_counter(plugin).load(Ordering::Relaxed)
+    }
+
+    /// See [`Gate::calls_in_flight`].
+    pub fn calls_in_flight(&self, plugin: &str) -> usize {
+        self.gate.calls_in_flight(plugin)
+    }
+
+    /// See [`Gate::calls_waiting`].
+    pub fn calls_waiting(&self, plugin: &str) -> usize {
+        self.gate.calls_waiting(plugin)
+    }
+
+    /// See [`Gate::tracked_instances`].
+    pub fn tracked_instances(&self) -> usize {
+        self.gate.tracked_instances()
+    }
+}
+
+/// The file services: `tether.hostserve.v1.HostServices`, every method on the [`Gate`].
+#[derive(Debug)]
+struct Files {
+    gate: Gate,
+    written: Mutex<HashMap<String, Arc<AtomicU64>>>,
+    /// Workspaces already swept of leftover temporary files.
+    swept: Mutex<HashSet<PathBuf>>,
+}
+
+impl Files {
+    fn limits(&self) -> &Limits {
+        self.gate.limits()
+    }
+
+    fn written_counter(&self, plugin: &str) -> Arc<AtomicU64> {
+        let mut written = self.written.lock().unwrap_or_else(PoisonError::into_inner);
+        Arc::clone(written.entry(plugin.to_owned()).or_default())
     }
 
     /// Removes leftover temporary files from `plugin`'s workspace, once per workspace.
     async fn sweep_workspace(&self, plugin: &str) {
-        let Some(workspace) = self.policy.workspace(plugin) else {
+        let Some(workspace) = self.gate.policy().workspace(plugin) else {
             return;
         };
         if !self
@@ -281,336 +260,34 @@ impl HostServices {
             ),
         }
     }
+}
 
-    /// The policy (clones share it: grant and revoke through it at runtime).
-    pub fn policy(&self) -> &Policy {
-        &self.policy
-    }
+/// The lexical check on a path the plugin sent; a malformed one is denied (audited).
+fn checked_path(call: &mut Call, raw: &[u8]) -> Result<RequestPath, Status> {
+    RequestPath::parse(raw).map_err(|err| {
+        let status =
+            Status::invalid_argument(format!("invalid path {:?}: {err}", path::display(raw)));
+        call.deny(status, "invalid path")
+    })
+}
 
-    /// Bytes `plugin` has written so far.
-    pub fn bytes_written(&self, plugin: &str) -> u64 {
-        self.written_counter(plugin).load(Ordering::Relaxed)
-    }
-
-    fn written_counter(&self, plugin: &str) -> Arc<AtomicU64> {
-        let mut written = self.written.lock().unwrap_or_else(PoisonError::into_inner);
-        Arc::clone(written.entry(plugin.to_owned()).or_default())
-    }
-
-    /// Concurrency slots held right now by the instances of `plugin` (calls in progress,
-    /// streams being sent). A slot is given back as soon as its call ends, including when
-    /// the plugin goes away in the middle of it.
-    pub fn calls_in_flight(&self, plugin: &str) -> usize {
-        let slots = self.limits.max_concurrent_calls;
-        self.live_instances()
-            .iter()
-            .filter(|((name, _), _)| name == plugin)
-            .map(|(_, instance)| slots.saturating_sub(instance.slots.available_permits()))
-            .sum()
-    }
-
-    /// Calls of the instances of `plugin` waiting for a concurrency slot right now.
-    pub fn calls_waiting(&self, plugin: &str) -> usize {
-        self.live_instances()
-            .iter()
-            .filter(|((name, _), _)| name == plugin)
-            .map(|(_, instance)| instance.waiting.load(Ordering::Relaxed))
-            .sum()
-    }
-
-    /// Plugin instances the host services hold state for: those with a call open. An
-    /// instance that has ended holds none, however many have come and gone.
-    pub fn tracked_instances(&self) -> usize {
-        self.live_instances().len()
-    }
-
-    fn live_instances(&self) -> Vec<((String, u64), Arc<Instance>)> {
-        let plugins = self.plugins.lock().unwrap_or_else(PoisonError::into_inner);
-        plugins
-            .iter()
-            .filter_map(|(key, weak)| weak.upgrade().map(|instance| (key.clone(), instance)))
-            .collect()
-    }
-
-    /// The state of the calling instance, made if it has no call open.
-    fn instance(&self, identity: &PluginIdentity) -> Arc<Instance> {
-        let mut plugins = self.plugins.lock().unwrap_or_else(PoisonError::into_inner);
-        let key = (identity.name().to_owned(), identity.instance());
-        if let Some(instance) = plugins.get(&key).and_then(Weak::upgrade) {
-            return instance;
-        }
-        // Forget the instances that have no call open any more (ended ones above all).
-        plugins.retain(|_, weak| weak.strong_count() > 0);
-        let instance = Arc::new(Instance {
-            slots: Arc::new(Semaphore::new(self.limits.max_concurrent_calls)),
-            open: AtomicUsize::new(0),
-            waiting: AtomicUsize::new(0),
-        });
-        plugins.insert(key, Arc::downgrade(&instance));
-        instance
-    }
-
-    /// Admits a call that just arrived, or refuses it (audited) when the instance has
-    /// [`Limits::max_open_calls`] open already.
-    fn admit(
-        &self,
-        identity: &PluginIdentity,
-        path: &str,
-        headers: &http::HeaderMap,
-    ) -> Result<OpenCall, Status> {
-        let instance = self.instance(identity);
-        let limit = self.limits.max_open_calls;
-        if instance.open.fetch_add(1, Ordering::Relaxed) >= limit {
-            instance.open.fetch_sub(1, Ordering::Relaxed);
-            let context = Correlation::from_metadata(&MetadataMap::from_headers(headers.clone()));
-            let status = Status::resource_exhausted(format!(
-                "too many host-service calls open for this plugin (limit {limit}, counting \
-                 calls waiting for a slot and requests not yet complete); finish some first"
+/// Decides `verb` on `path`, and returns the plugin's workspace to operate beneath.
+async fn authorize_path(
+    call: &mut Call,
+    verb: Verb,
+    path: &RequestPath,
+) -> Result<PathBuf, Status> {
+    call.authorize(&Need::verb(verb, path.as_str())).await?;
+    match call.workspace() {
+        Some(workspace) => Ok(workspace.to_owned()),
+        None => {
+            let status = Status::failed_precondition(format!(
+                "plugin `{}` has no workspace for the file services; the operator assigns one \
+                 (`workspace` in the policy file, or Policy::set_workspace)",
+                call.identity().name()
             ));
-            self.audit.record(AuditRecord {
-                time: AuditRecord::now(),
-                plugin: identity.name().to_owned(),
-                instance: identity.instance(),
-                pid: identity.pid(),
-                operation: operation_of(path),
-                resource: String::new(),
-                decision: "denied",
-                reason: format!("open-call limit reached: {}", status.message()),
-                request_id: context.request_id,
-                timeout_ms: context.timeout_ms,
-            });
-            return Err(status);
+            Err(call.deny(status, "no workspace"))
         }
-        Ok(OpenCall(instance))
-    }
-
-    /// Starts a call: who is calling, and a slot under the plugin's concurrency limit.
-    async fn begin<T>(
-        &self,
-        request: &Request<T>,
-        operation: &'static str,
-        resource: &str,
-    ) -> Result<Call<'_>, Status> {
-        let identity = PluginIdentity::of(request)?.clone();
-        let context = Correlation::of(request);
-        self.begin_as(identity, context, operation, resource).await
-    }
-
-    /// [`HostServices::begin`] for a caller already identified.
-    async fn begin_as(
-        &self,
-        identity: PluginIdentity,
-        context: Correlation,
-        operation: &'static str,
-        resource: &str,
-    ) -> Result<Call<'_>, Status> {
-        let instance = self.instance(&identity);
-        let mut call = Call {
-            host: self,
-            identity,
-            context,
-            operation,
-            resource: resource.to_owned(),
-            permit: None,
-            granted: std::sync::OnceLock::new(),
-            recorded: AtomicBool::new(false),
-        };
-        if let Some(bad) = &call.context.invalid_request_id {
-            return Err(call.deny(
-                Status::invalid_argument(format!(
-                    "invalid request id {bad}: use 1 to 64 characters of A-Z a-z 0-9 . _ : -"
-                )),
-                "invalid request id",
-            ));
-        }
-        let slots = Arc::clone(&instance.slots);
-        let waiting = Waiting::new(&instance);
-        let acquired = tokio::time::timeout(self.limits.queue_wait, slots.acquire_owned()).await;
-        drop(waiting);
-        match acquired {
-            Ok(Ok(permit)) => {
-                call.permit = Some(Slot {
-                    _permit: permit,
-                    _instance: instance,
-                });
-                Ok(call)
-            }
-            _ => Err(call.deny(
-                Status::resource_exhausted(format!(
-                    "too many host-service calls in flight for this plugin (limit {}); \
-                     wait for some to finish",
-                    self.limits.max_concurrent_calls
-                )),
-                "concurrency limit reached",
-            )),
-        }
-    }
-}
-
-/// What a call carries to correlate it with the work it is part of (see
-/// [`tether_protocol::CallContext`]): recorded in its audit record, never trusted.
-#[derive(Debug, Default)]
-struct Correlation {
-    request_id: Option<String>,
-    /// A `tether-request-id` that is not well formed, escaped and capped for the message.
-    invalid_request_id: Option<String>,
-    timeout_ms: Option<u64>,
-}
-
-impl Correlation {
-    fn of<T>(request: &Request<T>) -> Self {
-        Correlation::from_metadata(request.metadata())
-    }
-
-    fn from_metadata(metadata: &MetadataMap) -> Self {
-        let mut correlation = Correlation {
-            timeout_ms: metadata
-                .get("grpc-timeout")
-                .and_then(|value| value.to_str().ok())
-                .and_then(tether_protocol::parse_grpc_timeout)
-                .map(|timeout| u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX)),
-            ..Correlation::default()
-        };
-        if let Some(value) = metadata.get(tether_protocol::REQUEST_ID_METADATA) {
-            match value.to_str() {
-                Ok(id) if tether_protocol::valid_request_id(id) => {
-                    correlation.request_id = Some(id.to_owned());
-                }
-                Ok(id) => {
-                    correlation.invalid_request_id =
-                        Some(format!("{:?}", id.chars().take(80).collect::<String>()));
-                }
-                Err(_) => {
-                    correlation.invalid_request_id = Some("(not visible ASCII)".to_owned());
-                }
-            }
-        }
-        correlation
-    }
-}
-
-/// One call in progress: identity, what it asks, and its concurrency slot.
-struct Call<'a> {
-    host: &'a HostServices,
-    identity: PluginIdentity,
-    context: Correlation,
-    operation: &'static str,
-    resource: String,
-    permit: Option<Slot>,
-    /// The grant that allowed it, once the policy did.
-    granted: std::sync::OnceLock<String>,
-    /// Whether its one audit record was written.
-    recorded: AtomicBool,
-}
-
-impl Drop for Call<'_> {
-    /// A call dropped before its record was written was cancelled: the plugin gave up on
-    /// it or went away in the middle of it. It still leaves its one record.
-    fn drop(&mut self) {
-        if self.recorded.load(Ordering::Relaxed) {
-            return;
-        }
-        const CANCELLED: &str = "cancelled: the plugin went away or gave up before the call \
-                                 finished (an unfinished write leaves nothing)";
-        match self.granted.get() {
-            Some(grant) => self.audit("allowed", format!("granted by `{grant}`; {CANCELLED}")),
-            None => self.audit("denied", CANCELLED.to_owned()),
-        }
-    }
-}
-
-impl Call<'_> {
-    fn audit(&self, decision: &'static str, reason: String) {
-        self.recorded.store(true, Ordering::Relaxed);
-        self.host.audit.record(AuditRecord {
-            time: AuditRecord::now(),
-            plugin: self.identity.name().to_owned(),
-            instance: self.identity.instance(),
-            pid: self.identity.pid(),
-            operation: self.operation,
-            resource: self.resource.clone(),
-            decision,
-            reason,
-            request_id: self.context.request_id.clone(),
-            timeout_ms: self.context.timeout_ms,
-        });
-    }
-
-    /// Audits a denial and returns `status`.
-    fn deny(&self, status: Status, reason: &str) -> Status {
-        self.audit("denied", format!("{reason}: {}", status.message()));
-        status
-    }
-
-    /// The lexical check.
-    fn path(&self, raw: &[u8]) -> Result<RequestPath, Status> {
-        RequestPath::parse(raw).map_err(|err| {
-            self.deny(
-                Status::invalid_argument(format!("invalid path {:?}: {err}", self.resource)),
-                "invalid path",
-            )
-        })
-    }
-
-    /// The policy check; returns the workspace and the grant that allowed it.
-    fn authorize(&self, verb: Verb, resource: &str) -> Result<(PathBuf, String), Status> {
-        match self
-            .host
-            .policy
-            .decide(self.identity.name(), verb, resource)
-        {
-            Decision::Allow { workspace, grant } => {
-                let _ = self.granted.set(grant.clone());
-                Ok((workspace, grant))
-            }
-            Decision::Deny { reason, needed } => {
-                let mut status = Status::permission_denied(format!(
-                    "plugin `{}` lacks the capability `{needed}` ({reason}); the operator can \
-                     grant it",
-                    self.identity.name()
-                ));
-                if let Ok(value) = MetadataValue::try_from(needed.as_str()) {
-                    status.metadata_mut().insert(CAPABILITY_METADATA, value);
-                }
-                self.audit("denied", reason);
-                Err(status)
-            }
-        }
-    }
-
-    /// Runs `f` on the blocking pool holding this call's slot: if the call is dropped
-    /// while `f` runs (the plugin gave up), the slot stays taken until `f` ends, so a
-    /// plugin's blocked work can never take more host threads than it has slots, and
-    /// other plugins keep theirs.
-    async fn blocking<T: Send + 'static>(
-        &mut self,
-        f: impl FnOnce() -> T + Send + 'static,
-    ) -> Result<T, Status> {
-        let slot = self.permit.take();
-        let (slot, result) = blocking(move || {
-            let result = f();
-            (slot, result)
-        })
-        .await?;
-        self.permit = slot;
-        Ok(result)
-    }
-
-    /// Audits the end of an allowed operation: done, or failed with `status`.
-    fn finish<T>(&self, grant: &str, result: Result<T, Status>) -> Result<T, Status> {
-        match &result {
-            Ok(_) => self.audit("allowed", format!("granted by `{grant}`")),
-            // Confinement refused it (a symlink on the way): that is a denial too.
-            Err(status) if status.code() == Code::PermissionDenied => self.audit(
-                "denied",
-                format!("granted by `{grant}` but refused: {}", status.message()),
-            ),
-            Err(status) => self.audit(
-                "allowed",
-                format!("granted by `{grant}`; failed: {}", status.message()),
-            ),
-        }
-        result
     }
 }
 
@@ -637,12 +314,6 @@ fn io_status(path: &str, err: &io::Error) -> Status {
         }
         _ => Status::internal(message),
     }
-}
-
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Status> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|err| Status::internal(format!("a host-service worker failed: {err}")))
 }
 
 fn kind(file_type: FileType) -> EntryKind {
@@ -778,20 +449,20 @@ impl Stream for Chunks {
 }
 
 #[tonic::async_trait]
-impl HostServicesRpc for HostServices {
+impl HostServicesRpc for Files {
     async fn read_dir(
         &self,
         request: Request<ReadDirRequest>,
     ) -> Result<Response<ReadDirResponse>, Status> {
         let resource = path::display(&request.get_ref().path);
-        let mut call = self.begin(&request, "read_dir", &resource).await?;
+        let mut call = self.gate.begin_on(&request, resource).await?;
         let ReadDirRequest {
             path,
             page_size,
             page_token,
         } = request.into_inner();
-        let path = call.path(&path)?;
-        let (workspace, grant) = call.authorize(Verb::Read, path.as_str())?;
+        let path = checked_path(&mut call, &path)?;
+        let workspace = authorize_path(&mut call, Verb::Read, &path).await?;
         let skip: usize = if page_token.is_empty() {
             0
         } else {
@@ -802,7 +473,7 @@ impl HostServicesRpc for HostServices {
                 )
             })?
         };
-        let max = self.limits.max_page;
+        let max = self.limits().max_page;
         let size = match usize::try_from(page_size) {
             Ok(0) | Err(_) => max,
             Ok(n) => n.min(max),
@@ -849,7 +520,7 @@ impl HostServicesRpc for HostServices {
             })
             .await?
             .map_err(|err| io_status(&shown, &err));
-        call.finish(&grant, result).map(Response::new)
+        call.finish(result).map(Response::new)
     }
 
     type ReadFileStream = ChunkStream;
@@ -859,24 +530,24 @@ impl HostServicesRpc for HostServices {
         request: Request<ReadFileRequest>,
     ) -> Result<Response<ChunkStream>, Status> {
         let resource = path::display(&request.get_ref().path);
-        let mut call = self.begin(&request, "read_file", &resource).await?;
-        let path = call.path(&request.get_ref().path)?;
-        let (workspace, grant) = call.authorize(Verb::Read, path.as_str())?;
+        let mut call = self.gate.begin_on(&request, resource).await?;
+        let path = checked_path(&mut call, &request.get_ref().path)?;
+        let workspace = authorize_path(&mut call, Verb::Read, &path).await?;
         let shown = path.as_str().to_owned();
-        let hard_links = self.limits.allow_hard_links;
+        let hard_links = self.limits().allow_hard_links;
         let opened = call
             .blocking(move || Target::locate(&workspace, &path)?.open_file(hard_links))
             .await?
             .map_err(|err| io_status(&shown, &err));
-        let file = call.finish(&grant, opened)?;
+        let file = call.finish(opened)?;
         let shown = path::display(&request.get_ref().path);
         let (sender, receiver) = mpsc::channel(4);
-        let chunk = self.limits.read_chunk;
-        let stall = self.limits.stall_timeout;
-        let permit = call.permit.take();
+        let chunk = self.limits().read_chunk;
+        let stall = self.limits().stall_timeout;
+        let permit = call.take_slot();
         let ending = Arc::new(Mutex::new(None));
         let pump_ending = Arc::clone(&ending);
-        let plugin = call.identity.name().to_owned();
+        let plugin = call.identity().name().to_owned();
         tokio::spawn(async move {
             // The slot is held until the file is sent or the plugin stops taking it.
             let _permit = permit;
@@ -903,31 +574,27 @@ impl HostServicesRpc for HostServices {
         &self,
         request: Request<Streaming<WriteFileChunk>>,
     ) -> Result<Response<WriteFileResponse>, Status> {
-        let identity = PluginIdentity::of(&request)?.clone();
-        let context = Correlation::of(&request);
-        let end = RequestEnd::of(&request);
-        let mut stream = request.into_inner();
-        let stall = self.limits.stall_timeout;
         // The call is identified from the connection, and holds a slot from the start, even
         // while it waits for its first message, which names the file.
-        let mut call = self
-            .begin_as(identity.clone(), context, "write_file", "")
-            .await?;
+        let mut call = self.gate.begin(&request).await?;
+        let end = RequestEnd::of(&request);
+        let mut stream = request.into_inner();
+        let stall = self.limits().stall_timeout;
         let first = match next_chunk(&mut stream, stall).await {
             Ok(first) => first.unwrap_or_default(),
             Err(status) => return Err(call.deny(status, "no first message")),
         };
-        call.resource = path::display(&first.path);
-        let path = call.path(&first.path)?;
-        let (workspace, grant) = call.authorize(Verb::Write, path.as_str())?;
+        call.set_resource(path::display(&first.path));
+        let path = checked_path(&mut call, &first.path)?;
+        let workspace = authorize_path(&mut call, Verb::Write, &path).await?;
         let mode = if first.mode == 0 {
             0o644
         } else {
             first.mode & 0o777
         };
         let shown = path.as_str().to_owned();
-        let written = self.written_counter(identity.name());
-        let quota = self.limits.write_quota;
+        let written = self.written_counter(call.identity().name());
+        let quota = self.limits().write_quota;
         let result = self
             .write_stream(
                 workspace,
@@ -943,7 +610,7 @@ impl HostServicesRpc for HostServices {
                 Code::ResourceExhausted | Code::Cancelled | Code::Unknown => status,
                 _ => Status::new(status.code(), format!("{shown:?}: {}", status.message())),
             });
-        call.finish(&grant, result)
+        call.finish(result)
             .map(|bytes_written| Response::new(WriteFileResponse { bytes_written }))
     }
 
@@ -952,15 +619,15 @@ impl HostServicesRpc for HostServices {
         request: Request<DeleteFileRequest>,
     ) -> Result<Response<DeleteFileResponse>, Status> {
         let resource = path::display(&request.get_ref().path);
-        let mut call = self.begin(&request, "delete_file", &resource).await?;
-        let path = call.path(&request.get_ref().path)?;
-        let (workspace, grant) = call.authorize(Verb::Delete, path.as_str())?;
+        let mut call = self.gate.begin_on(&request, resource).await?;
+        let path = checked_path(&mut call, &request.get_ref().path)?;
+        let workspace = authorize_path(&mut call, Verb::Delete, &path).await?;
         let shown = path.as_str().to_owned();
         let result = call
             .blocking(move || Target::locate(&workspace, &path)?.remove_file())
             .await?
             .map_err(|err| io_status(&shown, &err));
-        call.finish(&grant, result)
+        call.finish(result)
             .map(|()| Response::new(DeleteFileResponse {}))
     }
 
@@ -969,9 +636,8 @@ impl HostServicesRpc for HostServices {
         request: Request<GetEnvRequest>,
     ) -> Result<Response<GetEnvResponse>, Status> {
         let name = request.get_ref().name.clone();
-        let call = self
-            .begin(&request, "get_env", &name.escape_debug().to_string())
-            .await?;
+        let resource = name.escape_debug().to_string();
+        let mut call = self.gate.begin_on(&request, resource).await?;
         if !is_env_name(&name) {
             return Err(call.deny(
                 Status::invalid_argument(format!(
@@ -981,7 +647,8 @@ impl HostServicesRpc for HostServices {
                 "invalid variable name",
             ));
         }
-        let (_, grant) = call.authorize(Verb::Env, &name)?;
+        call.authorize(&Need::verb(Verb::Env, name.as_str()))
+            .await?;
         let value = std::env::var_os(&name);
         let response = GetEnvResponse {
             present: value.is_some(),
@@ -989,21 +656,21 @@ impl HostServicesRpc for HostServices {
                 .map(|v| v.to_string_lossy().into_owned())
                 .unwrap_or_default(),
         };
-        call.finish(&grant, Ok(response)).map(Response::new)
+        call.finish(Ok(response)).map(Response::new)
     }
 
     async fn stat(&self, request: Request<StatRequest>) -> Result<Response<StatResponse>, Status> {
         let resource = path::display(&request.get_ref().path);
-        let mut call = self.begin(&request, "stat", &resource).await?;
-        let path = call.path(&request.get_ref().path)?;
-        let (workspace, grant) = call.authorize(Verb::Read, path.as_str())?;
+        let mut call = self.gate.begin_on(&request, resource).await?;
+        let path = checked_path(&mut call, &request.get_ref().path)?;
+        let workspace = authorize_path(&mut call, Verb::Read, &path).await?;
         let shown = path.as_str().to_owned();
         let result = call
             .blocking(move || Target::locate(&workspace, &path)?.stat())
             .await?
             .map(|metadata| stat_response(&metadata))
             .map_err(|err| io_status(&shown, &err));
-        call.finish(&grant, result).map(Response::new)
+        call.finish(result).map(Response::new)
     }
 
     async fn create_dir(
@@ -1011,15 +678,15 @@ impl HostServicesRpc for HostServices {
         request: Request<CreateDirRequest>,
     ) -> Result<Response<CreateDirResponse>, Status> {
         let resource = path::display(&request.get_ref().path);
-        let mut call = self.begin(&request, "create_dir", &resource).await?;
-        let path = call.path(&request.get_ref().path)?;
-        let (workspace, grant) = call.authorize(Verb::Write, path.as_str())?;
+        let mut call = self.gate.begin_on(&request, resource).await?;
+        let path = checked_path(&mut call, &request.get_ref().path)?;
+        let workspace = authorize_path(&mut call, Verb::Write, &path).await?;
         let shown = path.as_str().to_owned();
         let result = call
             .blocking(move || Target::locate(&workspace, &path)?.create_dir())
             .await?
             .map_err(|err| io_status(&shown, &err));
-        call.finish(&grant, result)
+        call.finish(result)
             .map(|()| Response::new(CreateDirResponse {}))
     }
 }
@@ -1068,7 +735,7 @@ impl Drop for Unfinished {
     }
 }
 
-impl HostServices {
+impl Files {
     /// Streams chunks into a temporary file beside the target, then renames it into place;
     /// on any failure, or if the call is dropped half way, the temporary file is removed,
     /// the quota given back and the target left untouched.
@@ -1083,7 +750,7 @@ impl HostServices {
         written: Arc<AtomicU64>,
         quota: u64,
     ) -> Result<u64, Status> {
-        let stall = self.limits.stall_timeout;
+        let stall = self.limits().stall_timeout;
         let shown = path.as_str().to_owned();
         let (target, temp, file) = blocking(move || -> io::Result<_> {
             let target = Target::locate(&workspace, &path)?;
@@ -1140,7 +807,7 @@ impl HostServices {
             ));
         }
         let total = unfinished.counted;
-        let durable = self.limits.durable_writes;
+        let durable = self.limits().durable_writes;
         // The last step runs to its end even if the call is dropped meanwhile: it owns the
         // unfinished write, and either renames it into place or discards it.
         blocking(move || -> io::Result<()> {
@@ -1154,135 +821,5 @@ impl HostServices {
         .await?
         .map_err(|err| io_status(&shown, &err))?;
         Ok(total)
-    }
-}
-
-/// The audit operation of a `HostServices` method path (`/…HostServices/ReadDir`).
-fn operation_of(path: &str) -> &'static str {
-    match path.rsplit('/').next().unwrap_or_default() {
-        "ReadDir" => "read_dir",
-        "ReadFile" => "read_file",
-        "WriteFile" => "write_file",
-        "DeleteFile" => "delete_file",
-        "CreateDir" => "create_dir",
-        "GetEnv" => "get_env",
-        "Stat" => "stat",
-        _ => "unknown",
-    }
-}
-
-type ServerFuture = Pin<Box<dyn Future<Output = Result<http::Response<Body>, Infallible>> + Send>>;
-
-/// Whether a request's body reached its end (`END_STREAM`), as opposed to being cut off.
-#[derive(Debug, Clone, Default)]
-struct RequestEnd(Arc<AtomicBool>);
-
-impl RequestEnd {
-    /// Whether the plugin finished sending the request (it did not cancel it). Requests
-    /// that did not come through [`Admission`] count as finished.
-    fn of<T>(request: &Request<T>) -> Option<Self> {
-        request.extensions().get::<RequestEnd>().cloned()
-    }
-
-    fn reached(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
-    }
-}
-
-/// A request body that records in its [`RequestEnd`] when it ends normally.
-struct Watched {
-    inner: Body,
-    end: RequestEnd,
-}
-
-impl http_body::Body for Watched {
-    type Data = tonic::codegen::Bytes;
-    type Error = Status;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Status>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let std::task::Poll::Ready(None) = polled {
-            self.end.0.store(true, Ordering::Relaxed);
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        let ended = self.inner.is_end_stream();
-        if ended {
-            self.end.0.store(true, Ordering::Relaxed);
-        }
-        ended
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-/// The host services behind their admission check: every request that arrives is counted
-/// against its plugin instance's [`Limits::max_open_calls`] before anything of it is read,
-/// and refused at once (audited) past the limit.
-#[derive(Clone)]
-struct Admission {
-    host: Arc<HostServices>,
-    inner: HostServicesServer<HostServices>,
-}
-
-impl NamedService for Admission {
-    const NAME: &'static str = <HostServicesServer<HostServices> as NamedService>::NAME;
-}
-
-impl Service<http::Request<Body>> for Admission {
-    type Response = http::Response<Body>;
-    type Error = Infallible;
-    type Future = ServerFuture;
-
-    fn poll_ready(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Infallible>> {
-        Service::<http::Request<Body>>::poll_ready(&mut self.inner, cx)
-    }
-
-    fn call(&mut self, request: http::Request<Body>) -> ServerFuture {
-        // tonic reports a request stream the client cancelled (`RST_STREAM`) as a clean end
-        // of stream: record which it was, so a cancelled write is never taken as complete.
-        let request = if request.uri().path().ends_with("/WriteFile") {
-            let (mut parts, body) = request.into_parts();
-            let end = RequestEnd::default();
-            let body = Body::new(Watched {
-                inner: body,
-                end: end.clone(),
-            });
-            parts.extensions.insert(end);
-            http::Request::from_parts(parts, body)
-        } else {
-            request
-        };
-        // Calls that carry no identity are refused by the services themselves.
-        let admitted = match request.extensions().get::<PluginIdentity>() {
-            Some(identity) => {
-                match self
-                    .host
-                    .admit(identity, request.uri().path(), request.headers())
-                {
-                    Ok(open) => Some(open),
-                    Err(status) => {
-                        return Box::pin(std::future::ready(Ok(status.into_http())));
-                    }
-                }
-            }
-            None => None,
-        };
-        let call = self.inner.call(request);
-        Box::pin(async move {
-            let response = call.await;
-            drop(admitted);
-            response
-        })
     }
 }
