@@ -81,6 +81,9 @@ mod generated {
     pub mod hostserve {
         include!("generated/tether.hostserve.v1.rs");
     }
+    pub mod bus {
+        include!("generated/tether.bus.v1.rs");
+    }
     pub mod filelister {
         include!("generated/tether.filelister.v1.rs");
     }
@@ -119,6 +122,12 @@ pub mod hostconn {
 /// the SDK's typed `HostFiles` client.
 pub mod hostserve {
     pub use crate::generated::hostserve::*;
+}
+
+/// `tether.bus.v1`: the demo host's own host service, a message bus between plugins
+/// (`Publish`, `Subscribe`), checked against `bus:publish:TOPIC` and `bus:subscribe:TOPIC`.
+pub mod bus {
+    pub use crate::generated::bus::*;
 }
 
 /// `tether.filelister.v1`: the demo plugins' interface (`ListFiles`), served by
