@@ -8,9 +8,9 @@ use tether_protocol::hostserve::{
     CreateDirRequest, DeleteFileRequest, DirEntry, GetEnvRequest, ReadDirRequest, ReadFileRequest,
     StatRequest, StatResponse, WriteFileChunk,
 };
-use tonic::transport::Channel;
-
 use tonic::{Code, Request, Status};
+
+use crate::host::HostChannel;
 
 /// A file's contents, chunk by chunk, from [`HostFiles::read_file`].
 pub type FileChunks = std::pin::Pin<Box<dyn Stream<Item = Result<Vec<u8>, HostCallError>> + Send>>;
@@ -106,16 +106,16 @@ impl From<HostCallError> for Status {
     }
 }
 
-/// The host's files and environment, through tether's host services. Build it with
-/// [`crate::Plugin::with_host_files`]; cheap to clone. Paths are relative to the workspace
-/// the host assigned to this plugin, with `/` between components.
-///
-/// To pass on the request id and deadline of the call a plugin is serving, make its
-/// host-service calls through [`HostFiles::with_context`].
+/// The host's files and environment, through tether's host services: from
+/// [`crate::Host::files`], or in a handler from [`crate::CallHost::files`], whose calls
+/// carry the request id and deadline of the call being served. Cheap to clone. Paths are
+/// relative to the workspace the host assigned to this plugin, with `/` between
+/// components.
 #[derive(Debug, Clone)]
 pub struct HostFiles {
-    client: HostServicesClient<Channel>,
-    context: CallContext,
+    client: HostServicesClient<HostChannel>,
+    channel: HostChannel,
+    max_message_size: usize,
     default_timeout: Option<Duration>,
 }
 
@@ -123,21 +123,15 @@ pub struct HostFiles {
 pub const DEFAULT_HOST_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl HostFiles {
-    /// A client on a brokered channel to the host's services, with the default message
-    /// limit ([`tether_protocol::DEFAULT_MAX_MESSAGE_SIZE`]).
-    pub fn new(channel: Channel) -> Self {
-        HostFiles::with_max_message_size(channel, tether_protocol::DEFAULT_MAX_MESSAGE_SIZE)
-    }
-
-    /// A client whose messages (each way) may be up to `limit` bytes; match the host's
-    /// `Limits::max_message_size`. Use it as
-    /// `plugin.with_host_services(|channel| HostFiles::with_max_message_size(channel, limit))`.
-    pub fn with_max_message_size(channel: Channel, limit: usize) -> Self {
+    /// A client on `channel` whose messages (each way) may be up to `max_message_size`
+    /// bytes.
+    pub(crate) fn new(channel: HostChannel, max_message_size: usize) -> Self {
         HostFiles {
-            client: HostServicesClient::new(channel)
-                .max_decoding_message_size(limit)
-                .max_encoding_message_size(limit),
-            context: CallContext::new(),
+            client: HostServicesClient::new(channel.clone())
+                .max_decoding_message_size(max_message_size)
+                .max_encoding_message_size(max_message_size),
+            channel,
+            max_message_size,
             default_timeout: Some(DEFAULT_HOST_CALL_TIMEOUT),
         }
     }
@@ -153,26 +147,28 @@ impl HostFiles {
         }
     }
 
-    /// A unary request carrying this handle's context, or else its default deadline.
-    fn request<T>(&self, message: T) -> Result<Request<T>, Status> {
-        let mut request = self.context.request(message)?;
-        if self.context.deadline().is_none()
-            && let Some(timeout) = self.default_timeout
-        {
+    /// A unary request, with the default deadline unless the context brings its own.
+    fn request<T>(&self, message: T) -> Request<T> {
+        let mut request = Request::new(message);
+        let context_deadline = self
+            .channel
+            .context()
+            .and_then(CallContext::deadline)
+            .is_some();
+        if !context_deadline && let Some(timeout) = self.default_timeout {
             request.set_timeout(timeout);
         }
-        Ok(request)
+        request
     }
 
-    /// These host files, with every call carrying `context`: its request id, and the time
-    /// left before its deadline (a call made after the deadline fails at once with
-    /// `DEADLINE_EXCEEDED`). Use it with the context of the request being served:
-    /// `files.with_context(&CallContext::of(&request))`.
+    /// These host files, with every call carrying `context` instead: its request id, and
+    /// the time left before its deadline (a call made after the deadline fails at once
+    /// with `DEADLINE_EXCEEDED`). In a handler, [`crate::Host::for_call`] does this for
+    /// you: `self.host.for_call(&request).files()?`.
     pub fn with_context(&self, context: &CallContext) -> HostFiles {
         HostFiles {
-            client: self.client.clone(),
-            context: context.clone(),
             default_timeout: self.default_timeout,
+            ..HostFiles::new(self.channel.with_context(context), self.max_message_size)
         }
     }
 
@@ -188,7 +184,7 @@ impl HostFiles {
                     path: path.as_ref().to_vec(),
                     page_size: 0,
                     page_token,
-                })?)
+                }))
                 .await?
                 .into_inner();
             entries.extend(page.entries);
@@ -204,9 +200,9 @@ impl HostFiles {
         let stream = self
             .client
             .clone()
-            .read_file(self.context.request(ReadFileRequest {
+            .read_file(Request::new(ReadFileRequest {
                 path: path.as_ref().to_vec(),
-            })?)
+            }))
             .await?
             .into_inner();
         Ok(Box::pin(stream.map(|chunk| {
@@ -265,7 +261,7 @@ impl HostFiles {
         let response = self
             .client
             .clone()
-            .write_file(self.context.request(messages)?)
+            .write_file(Request::new(messages))
             .await?;
         Ok(response.into_inner().bytes_written)
     }
@@ -276,7 +272,7 @@ impl HostFiles {
             .clone()
             .delete_file(self.request(DeleteFileRequest {
                 path: path.as_ref().to_vec(),
-            })?)
+            }))
             .await?;
         Ok(())
     }
@@ -288,7 +284,7 @@ impl HostFiles {
             .clone()
             .get_env(self.request(GetEnvRequest {
                 name: name.to_owned(),
-            })?)
+            }))
             .await?
             .into_inner();
         Ok(reply.present.then_some(reply.value))
@@ -301,7 +297,7 @@ impl HostFiles {
             .clone()
             .stat(self.request(StatRequest {
                 path: path.as_ref().to_vec(),
-            })?)
+            }))
             .await?
             .into_inner())
     }
@@ -313,7 +309,7 @@ impl HostFiles {
             .clone()
             .create_dir(self.request(CreateDirRequest {
                 path: path.as_ref().to_vec(),
-            })?)
+            }))
             .await?;
         Ok(())
     }

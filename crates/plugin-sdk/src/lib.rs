@@ -48,47 +48,61 @@
 //!
 //! # Host services
 //!
-//! A plugin that calls back into its host opts in with one call, and gets a cheap,
-//! cloneable [`HostServices`] handle that hands out a typed client once the host has
-//! connected (the host's side is one line too: `tether_hostconn::establish_host_services`):
+//! A plugin that calls back into its host opts in with one call,
+//! [`Plugin::with_host_services`] (the host's side is one line too:
+//! `tether_hostconn::establish_host_services`). It gets a [`Host`], a cheap, cloneable
+//! handle on the one brokered connection the host sets up, dialed once and reused by
+//! every call. From it come the client of tether's ready-made host services
+//! ([`Host::files`]) and a client of any other service the host serves ([`Host::client`],
+//! given a generated client's `new`), all on that connection. In a handler,
+//! [`Host::for_call`] gives the call's view, whose clients pass the caller's request id
+//! and deadline on, so the host's audit records carry the id and the plugin's calls stop
+//! when the host's caller would have given up:
 //!
 //! ```no_run
+//! use tether_plugin_sdk::protocol::filelister::file_lister_server::{FileLister, FileListerServer};
+//! use tether_plugin_sdk::protocol::filelister::{HANDSHAKE, ListFilesRequest, ListFilesResponse};
 //! use tether_plugin_sdk::protocol::testing::WhoAmIRequest;
 //! use tether_plugin_sdk::protocol::testing::host_testing_client::HostTestingClient;
-//! use tether_plugin_sdk::tonic::{Status, transport::Channel};
-//! use tether_plugin_sdk::{HandshakeConfig, HostServices, Plugin};
+//! use tether_plugin_sdk::tonic::{self, Request, Response, Status};
+//! use tether_plugin_sdk::{Host, Plugin, Routes};
 //!
-//! # const HANDSHAKE: HandshakeConfig = HandshakeConfig::new("BASIC_PLUGIN", "hello");
-//! let (plugin, host) = Plugin::new(HANDSHAKE).with_host_services(HostTestingClient::new);
+//! struct Lister {
+//!     host: Host,
+//! }
 //!
-//! // In any of the plugin's services, holding a clone of `host`:
-//! async fn ask(host: &HostServices<HostTestingClient<Channel>>) -> Result<String, Status> {
-//!     // Before the host connects, or after it disconnects, `client()` says so.
-//!     let reply = host.client()?.who_am_i(WhoAmIRequest::default()).await?;
-//!     Ok(reply.into_inner().plugin)
+//! #[tonic::async_trait]
+//! impl FileLister for Lister {
+//!     async fn list_files(
+//!         &self,
+//!         request: Request<ListFilesRequest>,
+//!     ) -> Result<Response<ListFilesResponse>, Status> {
+//!         let host = self.host.for_call(&request);
+//!         // Tether's host services, and one of the host's own, on the same connection.
+//!         let entries = host.files()?.read_dir(&request.get_ref().dir).await?;
+//!         let reply = host
+//!             .client(HostTestingClient::new)?
+//!             .who_am_i(WhoAmIRequest::default())
+//!             .await?;
+//!         let report = format!("{} entries, listed for {}", entries.len(), reply.get_ref().plugin);
+//!         Ok(Response::new(ListFilesResponse { report, ..Default::default() }))
+//!     }
+//! }
+//!
+//! fn main() -> std::process::ExitCode {
+//!     let (plugin, host) = Plugin::new(HANDSHAKE).with_host_services();
+//!     plugin
+//!         .version(1, Routes::new(FileListerServer::new(Lister { host })))
+//!         .run()
 //! }
 //! ```
 //!
-//! The client rides one brokered connection, dialed once when the host establishes the
-//! services and reused by every call. A plugin that does not call
-//! [`Plugin::with_host_services`] has no host-service code and serves no host-service
-//! contract. For other brokered services in either direction, see [`Plugin::broker`].
-//!
-//! # Passing the caller's context on
-//!
-//! A host may send a request id and a deadline with its call. [`CallContext::of`] reads
-//! them from the request being served, and [`HostFiles::with_context`] (or
-//! [`CallContext::request`] for other clients) puts them on the plugin's calls back to the
-//! host, so the host's audit records carry the id, and the plugin's calls stop when the
-//! host's caller would have given up:
-//!
-//! ```no_run
-//! # use tether_plugin_sdk::{CallContext, HostFiles, HostCallError};
-//! # async fn serve(files: HostFiles, request: tonic::Request<()>) -> Result<(), HostCallError> {
-//! let files = files.with_context(&CallContext::of(&request));
-//! let entries = files.read_dir("docs").await?;
-//! # drop(entries); Ok(()) }
-//! ```
+//! Before the host connects, or after it disconnects, `files()` and `client()` fail with
+//! [`HostServicesError`] (`FAILED_PRECONDITION` as a [`tonic::Status`]);
+//! [`Host::connected`] waits for the connection. [`Host::with_context`] gives the view for
+//! a [`CallContext`] of your own. A plugin that does not opt in has no host-service code
+//! and serves no host-service contract. For other brokered services in either direction,
+//! see [`Plugin::broker`].
 //!
 //! What it does not do: start processes, or talk to anything but its host.
 
@@ -102,9 +116,9 @@ mod stdio;
 
 pub use error::ServeError;
 pub use files::{DEFAULT_HOST_CALL_TIMEOUT, FileChunks, HostCallError, HostFiles};
-pub use host::{HostServices, HostServicesError};
+pub use host::{CallHost, Host, HostChannel, HostServicesError};
 pub use log::JsonLogLayer;
-pub use serve::Plugin;
+pub use serve::{NoHost, Plugin, WithHost};
 pub use tether_broker::{Broker, BrokerError};
 pub use tether_protocol::{CallContext, HandshakeConfig};
 pub use tonic::service::Routes;

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::fs::Permissions;
 use std::io::Write;
+use std::marker::PhantomData;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -21,7 +22,7 @@ use tether_protocol::{
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
-use tonic::transport::{Channel, Server};
+use tonic::transport::Server;
 use tonic_health::ServingStatus;
 use tracing::level_filters::LevelFilter;
 use tracing_subscriber::Layer;
@@ -30,13 +31,16 @@ use tracing_subscriber::layer::SubscriberExt;
 
 use crate::builtin::{Admission, Controller};
 use crate::error::ServeError;
-use crate::files::HostFiles;
-use crate::host::{HostConnectionService, HostServices, LinkSetter};
+use crate::host::{Host, HostConnectionService, LinkSetter};
 use crate::log::JsonLogLayer;
 use crate::stdio::{self, StdioService};
 
 /// A plugin, described by its handshake and the services it serves per app protocol version.
-pub struct Plugin {
+///
+/// `H` records whether the plugin opted in to host services: [`NoHost`] from
+/// [`Plugin::new`], [`WithHost`] after [`Plugin::with_host_services`], which a plugin
+/// can call only once.
+pub struct Plugin<H = NoHost> {
     handshake: HandshakeConfig,
     versions: BTreeMap<u32, Routes>,
     max_message_size: usize,
@@ -48,9 +52,19 @@ pub struct Plugin {
     /// The processes that may connect: the host that started this plugin, and whoever it
     /// admits later.
     admitted: PeerSet,
+    host: PhantomData<H>,
 }
 
-impl std::fmt::Debug for Plugin {
+/// Marks a [`Plugin`] that has not opted in to host services: it serves no host-service
+/// code, and the host's `establish_host_services` reports that it did not request them.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoHost;
+
+/// Marks a [`Plugin`] that opted in to host services with [`Plugin::with_host_services`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WithHost;
+
+impl<H> std::fmt::Debug for Plugin<H> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Plugin")
             .field("handshake", &self.handshake)
@@ -65,7 +79,7 @@ impl std::fmt::Debug for Plugin {
     }
 }
 
-impl Plugin {
+impl Plugin<NoHost> {
     /// A plugin with this handshake and no services yet.
     pub fn new(handshake: HandshakeConfig) -> Self {
         // The host is the process that started the plugin; nobody else may connect.
@@ -84,49 +98,56 @@ impl Plugin {
             )),
             host_link: None,
             admitted,
+            host: PhantomData,
         }
     }
 
-    /// Opts in to host services: the plugin serves the `HostConnection` contract, dials the
-    /// host's services when the host establishes them, and hands your code the returned
-    /// [`HostServices`], which gives out `make(channel)` (typically a generated client's
-    /// `new`) once connected.
+    /// Opts in to host services: the plugin serves the `HostConnection` contract and dials
+    /// the host's services, once, when the host establishes them. The returned [`Host`]
+    /// (cheap to clone) gives the file client and clients of your own host services, all
+    /// on that one connection:
     ///
     /// ```no_run
-    /// # use tether_plugin_sdk::{HandshakeConfig, Plugin};
+    /// # use tether_plugin_sdk::{HandshakeConfig, HostServicesError, Plugin};
     /// # use tether_plugin_sdk::protocol::testing::host_testing_client::HostTestingClient;
     /// # const HANDSHAKE: HandshakeConfig = HandshakeConfig::new("BASIC_PLUGIN", "hello");
-    /// let (plugin, host) = Plugin::new(HANDSHAKE).with_host_services(HostTestingClient::new);
-    /// // Give `host` (cheap to clone) to your services; in a call: `host.client()?.who_am_i(...)`.
+    /// # fn main() -> Result<(), HostServicesError> {
+    /// let (plugin, host) = Plugin::new(HANDSHAKE).with_host_services();
+    /// // Give `host` to your services; once the host has connected:
+    /// let files = host.files()?;
+    /// let testing = host.client(HostTestingClient::new)?;
+    /// # Ok(()) }
     /// ```
     ///
     /// A plugin that does not call this serves no host-service code at all, and the host's
-    /// `establish_host_services` reports that it did not request them.
-    pub fn with_host_services<C, F>(mut self, make: F) -> (Self, HostServices<C>)
-    where
-        F: Fn(Channel) -> C + Send + Sync + 'static,
-        C: Clone + Send + Sync + 'static,
-    {
-        let (host, set) = HostServices::new(make);
-        self.host_link = Some(set);
-        (self, host)
-    }
-
-    /// Opts in to tether's ready-made host services (files beneath the plugin's workspace,
-    /// named environment variables): [`Plugin::with_host_services`] with [`HostFiles`].
+    /// `establish_host_services` reports that it did not request them. A plugin opts in
+    /// once: there is one connection, and a second opt-in does not compile.
     ///
-    /// ```no_run
-    /// # use tether_plugin_sdk::{HandshakeConfig, HostCallError, HostFiles, HostServices, Plugin};
+    /// ```compile_fail,E0599
+    /// # use tether_plugin_sdk::{HandshakeConfig, Plugin};
     /// # const HANDSHAKE: HandshakeConfig = HandshakeConfig::new("BASIC_PLUGIN", "hello");
-    /// let (plugin, host) = Plugin::new(HANDSHAKE).with_host_files();
-    /// async fn config(host: &HostServices<HostFiles>) -> Result<Vec<u8>, HostCallError> {
-    ///     host.client()?.read_file_to_vec("config/app.toml", 1 << 20).await
-    /// }
+    /// let (plugin, host) = Plugin::new(HANDSHAKE).with_host_services();
+    /// let (plugin, again) = plugin.with_host_services(); // no such method on Plugin<WithHost>
     /// ```
-    pub fn with_host_files(self) -> (Self, HostServices<HostFiles>) {
-        self.with_host_services(HostFiles::new)
+    pub fn with_host_services(self) -> (Plugin<WithHost>, Host) {
+        let (host, set) = Host::new();
+        let plugin = Plugin {
+            handshake: self.handshake,
+            versions: self.versions,
+            max_message_size: self.max_message_size,
+            log_level: self.log_level,
+            shutdown_grace: self.shutdown_grace,
+            worker_threads: self.worker_threads,
+            broker: self.broker,
+            host_link: Some(set),
+            admitted: self.admitted,
+            host: PhantomData,
+        };
+        (plugin, host)
     }
+}
 
+impl<H> Plugin<H> {
     /// The plugin's side of go-plugin's broker, for services the plugin offers the host
     /// ([`Broker::accept_and_serve`], then send the id in a response) or dials
     /// ([`Broker::dial`]). Usable once [`Plugin::run`] serves; clones share one broker.

@@ -9,11 +9,15 @@
 
 use std::time::{Duration, Instant};
 
+use tonic::codegen::http::{HeaderMap, HeaderValue};
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Status};
 
 /// The metadata key of a request id.
 pub const REQUEST_ID_METADATA: &str = "tether-request-id";
+
+/// The header in which gRPC sends a call's timeout.
+const GRPC_TIMEOUT: &str = "grpc-timeout";
 
 /// The longest request id accepted.
 const MAX_REQUEST_ID: usize = 64;
@@ -104,7 +108,7 @@ impl CallContext {
             .filter(|id| valid_request_id(id))
             .map(str::to_owned);
         let deadline = metadata
-            .get("grpc-timeout")
+            .get(GRPC_TIMEOUT)
             .and_then(|value| value.to_str().ok())
             .and_then(parse_grpc_timeout)
             .and_then(|timeout| Instant::now().checked_add(timeout));
@@ -155,22 +159,48 @@ impl CallContext {
             .map(|deadline| deadline.saturating_duration_since(Instant::now()))
     }
 
+    /// The status of a call made, or still running, after this context's deadline:
+    /// `DEADLINE_EXCEEDED`, naming the request id if there is one.
+    pub fn deadline_exceeded(&self) -> Status {
+        Status::deadline_exceeded(match &self.request_id {
+            Some(id) => format!("the deadline of request {id} has passed"),
+            None => "the caller's deadline has passed".to_owned(),
+        })
+    }
+
+    /// What this context puts on an outgoing call: its request id, and the time left as a
+    /// `grpc-timeout` value; [`CallContext::deadline_exceeded`] once the deadline has passed.
+    fn outgoing(&self) -> Result<[(&'static str, Option<String>); 2], Status> {
+        let timeout = match self.remaining() {
+            Some(left) if left.is_zero() => return Err(self.deadline_exceeded()),
+            left => left.map(format_grpc_timeout),
+        };
+        Ok([
+            (REQUEST_ID_METADATA, self.request_id.clone()),
+            (GRPC_TIMEOUT, timeout),
+        ])
+    }
+
     /// Puts this context on an outgoing request: the request id, and the time left as its
-    /// timeout. Fails with `DEADLINE_EXCEEDED`, sending nothing, once the deadline has passed.
+    /// timeout (replacing any the request had). Fails with `DEADLINE_EXCEEDED`, sending
+    /// nothing, once the deadline has passed.
     pub fn apply<T>(&self, request: &mut Request<T>) -> Result<(), Status> {
-        if let Some(id) = &self.request_id
-            && let Ok(value) = MetadataValue::try_from(id.as_str())
-        {
-            request.metadata_mut().insert(REQUEST_ID_METADATA, value);
-        }
-        if let Some(left) = self.remaining() {
-            if left.is_zero() {
-                return Err(Status::deadline_exceeded(match &self.request_id {
-                    Some(id) => format!("the deadline of request {id} has passed"),
-                    None => "the caller's deadline has passed".to_owned(),
-                }));
+        let metadata = request.metadata_mut();
+        for (key, value) in self.outgoing()? {
+            if let Some(value) = value.and_then(|value| MetadataValue::try_from(value).ok()) {
+                metadata.insert(key, value);
             }
-            request.set_timeout(left);
+        }
+        Ok(())
+    }
+
+    /// [`CallContext::apply`] for the HTTP headers of an outgoing call, for code that sees
+    /// calls below tonic's `Request`, such as a `tower` service wrapping a channel.
+    pub fn apply_to_headers(&self, headers: &mut HeaderMap) -> Result<(), Status> {
+        for (key, value) in self.outgoing()? {
+            if let Some(value) = value.and_then(|value| HeaderValue::try_from(value).ok()) {
+                headers.insert(key, value);
+            }
         }
         Ok(())
     }
@@ -252,6 +282,42 @@ mod tests {
         let received = CallContext::of(&request);
         assert_eq!(received.request_id(), Some("req-7"));
         assert!(received.remaining().expect("deadline") <= Duration::from_secs(5));
+    }
+
+    #[test]
+    fn headers_carry_the_same_context_as_a_request() {
+        let context = CallContext::new()
+            .with_request_id("req-8")
+            .expect("valid id")
+            .with_timeout(Duration::from_secs(5));
+        let mut headers = HeaderMap::new();
+        headers.insert(GRPC_TIMEOUT, HeaderValue::from_static("99H"));
+        context
+            .apply_to_headers(&mut headers)
+            .expect("deadline not passed");
+        assert_eq!(
+            headers.get(REQUEST_ID_METADATA).map(HeaderValue::as_bytes),
+            Some(&b"req-8"[..])
+        );
+        let timeout = headers
+            .get(GRPC_TIMEOUT)
+            .and_then(|value| value.to_str().ok())
+            .and_then(parse_grpc_timeout)
+            .expect("the context's timeout replaced the header's");
+        assert!(timeout <= Duration::from_secs(5) && timeout > Duration::from_secs(4));
+
+        let mut untouched = HeaderMap::new();
+        CallContext::new()
+            .apply_to_headers(&mut untouched)
+            .expect("no deadline");
+        assert!(untouched.is_empty(), "{untouched:?}");
+
+        let late = context.with_timeout(Duration::ZERO);
+        let status = late
+            .apply_to_headers(&mut HeaderMap::new())
+            .expect_err("the deadline has passed");
+        assert_eq!(status.code(), tonic::Code::DeadlineExceeded);
+        assert_eq!(status.message(), late.deadline_exceeded().message());
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! file's line count and first line.
 //!
 //! It shows context propagation: the request id and the deadline of the host's call travel
-//! on, through [`CallContext`], into every host-service call the plugin makes for it, so
+//! on, through the call's view of the host ([`Host::for_call`]), into every host-service
+//! call the plugin makes for it, so
 //! the host's audit records and the plugin's log lines carry the same id, and the plugin's
 //! calls give up when the host's caller would. Its `plugin.toml` asks for `read:docs/**`
 //! only.
@@ -16,7 +17,7 @@ use tether_plugin_sdk::protocol::filelister::{
 };
 use tether_plugin_sdk::protocol::hostserve::EntryKind;
 use tether_plugin_sdk::tonic::{Request, Response, Status};
-use tether_plugin_sdk::{CallContext, HostCallError, HostFiles, HostServices, Plugin, Routes};
+use tether_plugin_sdk::{Host, HostCallError, HostFiles, Plugin, Routes, WithHost};
 
 /// Files larger than this are listed without a preview.
 pub const PREVIEW_CAP: usize = 64 * 1024;
@@ -25,19 +26,19 @@ pub const PREVIEW_CAP: usize = 64 * 1024;
 const PREVIEW_WIDTH: usize = 40;
 
 /// The plugin, ready to [`Plugin::run`]: `FileLister` on the demo's protocol version, with
-/// host files.
-pub fn plugin() -> Plugin {
-    let (plugin, files) = Plugin::new(HANDSHAKE).with_host_files();
+/// host services.
+pub fn plugin() -> Plugin<WithHost> {
+    let (plugin, host) = Plugin::new(HANDSHAKE).with_host_services();
     plugin.version(
         VERSION,
-        Routes::new(FileListerServer::new(ColorListerService { files })),
+        Routes::new(FileListerServer::new(ColorListerService { host })),
     )
 }
 
 /// The `FileLister` service.
 #[derive(Debug, Clone)]
 pub struct ColorListerService {
-    files: HostServices<HostFiles>,
+    host: Host,
 }
 
 #[tether_plugin_sdk::tonic::async_trait]
@@ -46,16 +47,14 @@ impl FileLister for ColorListerService {
         &self,
         request: Request<ListFilesRequest>,
     ) -> Result<Response<ListFilesResponse>, Status> {
-        let context = CallContext::of(&request);
+        // The host's request id and deadline go on to every host-service call below.
+        let host = self.host.for_call(&request);
+        let context = host.context();
         let request_id = context.request_id().unwrap_or_default().to_owned();
         let deadline_ms = context.remaining().map(|left| left.as_millis());
         let ListFilesRequest { dir, color } = request.into_inner();
         tracing::info!(dir, request_id, deadline_ms, "listing a directory");
-        let files = self
-            .files
-            .client()
-            .map_err(HostCallError::from)?
-            .with_context(&context);
+        let files = host.files()?;
         match list(&files, &dir, color).await {
             Ok(response) => Ok(Response::new(ListFilesResponse {
                 request_id,
@@ -205,15 +204,16 @@ mod tests {
     use std::time::Duration;
 
     use tether_hostserve::{Audit, HostServices as Services, Limits, Policy};
+    use tether_plugin_sdk::CallContext;
 
     use super::*;
 
-    struct Host {
+    struct Fixture {
         dir: tempfile::TempDir,
         local: tether_hostconn::InProcess,
     }
 
-    async fn host(grants: &[&str]) -> Host {
+    async fn host(grants: &[&str]) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let workspace = dir.path().join("workspace");
         std::fs::create_dir_all(workspace.join("docs/sub")).unwrap();
@@ -231,12 +231,17 @@ mod tests {
         let local = tether_hostconn::in_process("colorlister", services.routes())
             .await
             .unwrap();
-        Host { dir, local }
+        Fixture { dir, local }
     }
 
-    impl Host {
+    impl Fixture {
+        /// The plugin's handle on these host services.
+        fn host(&self) -> Host {
+            Host::from_channel(self.local.channel())
+        }
+
         fn files(&self) -> HostFiles {
-            HostFiles::new(self.local.channel())
+            self.host().files().unwrap()
         }
 
         async fn audit(&self, at_least: usize) -> Vec<serde_json::Value> {
@@ -304,13 +309,18 @@ mod tests {
     #[tokio::test]
     async fn the_callers_context_reaches_every_host_call() {
         let host = host(&["read:docs/**"]).await;
-        let context = CallContext::new()
+        let service = ColorListerService { host: host.host() };
+        let request = CallContext::new()
             .with_request_id("color-7")
             .unwrap()
-            .with_timeout(Duration::from_secs(20));
-        list(&host.files().with_context(&context), "docs", false)
-            .await
+            .with_timeout(Duration::from_secs(20))
+            .request(ListFilesRequest {
+                dir: "docs".into(),
+                color: false,
+            })
             .unwrap();
+        let response = service.list_files(request).await.unwrap().into_inner();
+        assert_eq!(response.request_id, "color-7");
         let records = host.audit(3).await;
         assert_eq!(records.len(), 3);
         for record in records {
@@ -321,10 +331,8 @@ mod tests {
 
         // Once the caller's deadline has passed, the plugin's next call is not even sent.
         let late = CallContext::new().with_timeout(Duration::ZERO);
-        match list(&host.files().with_context(&late), "docs", false)
-            .await
-            .unwrap_err()
-        {
+        let late = host.host().with_context(&late).files().unwrap();
+        match list(&late, "docs", false).await.unwrap_err() {
             HostCallError::Other { code, .. } => {
                 assert_eq!(code, tether_plugin_sdk::tonic::Code::DeadlineExceeded);
             }

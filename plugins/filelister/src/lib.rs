@@ -13,25 +13,25 @@ use tether_plugin_sdk::protocol::filelister::{
 };
 use tether_plugin_sdk::protocol::hostserve::EntryKind;
 use tether_plugin_sdk::tonic::{Request, Response, Status};
-use tether_plugin_sdk::{CallContext, HostCallError, HostFiles, HostServices, Plugin, Routes};
+use tether_plugin_sdk::{Host, HostCallError, HostFiles, Plugin, Routes, WithHost};
 
 /// The directory of the workspace where reports go.
 pub const REPORT_DIR: &str = "reports";
 
 /// The plugin, ready to [`Plugin::run`]: `FileLister` on the demo's protocol version, with
-/// host files.
-pub fn plugin() -> Plugin {
-    let (plugin, files) = Plugin::new(HANDSHAKE).with_host_files();
+/// host services.
+pub fn plugin() -> Plugin<WithHost> {
+    let (plugin, host) = Plugin::new(HANDSHAKE).with_host_services();
     plugin.version(
         VERSION,
-        Routes::new(FileListerServer::new(FileListerService { files })),
+        Routes::new(FileListerServer::new(FileListerService { host })),
     )
 }
 
 /// The `FileLister` service.
 #[derive(Debug, Clone)]
 pub struct FileListerService {
-    files: HostServices<HostFiles>,
+    host: Host,
 }
 
 #[tether_plugin_sdk::tonic::async_trait]
@@ -41,14 +41,10 @@ impl FileLister for FileListerService {
         request: Request<ListFilesRequest>,
     ) -> Result<Response<ListFilesResponse>, Status> {
         // The host's request id and deadline go on to every host-service call below.
-        let context = CallContext::of(&request);
-        let files = self
-            .files
-            .client()
-            .map_err(HostCallError::from)?
-            .with_context(&context);
+        let host = self.host.for_call(&request);
+        let files = host.files()?;
+        let request_id = host.context().request_id().unwrap_or_default().to_owned();
         let dir = request.into_inner().dir;
-        let request_id = context.request_id().unwrap_or_default().to_owned();
         match list_and_report(&files, &dir).await {
             Ok(response) => {
                 tracing::info!(
@@ -134,18 +130,19 @@ mod tests {
     use std::sync::Arc;
 
     use tether_hostserve::{Audit, HostServices as Services, Limits, Policy};
+    use tether_plugin_sdk::CallContext;
 
     use super::*;
 
     /// A workspace with `docs/`, real host services over it granting `grants` to
     /// filelister, and the audit file.
-    struct Host {
+    struct Fixture {
         dir: tempfile::TempDir,
         services: Arc<Services>,
         local: tether_hostconn::InProcess,
     }
 
-    async fn host(grants: &[&str]) -> Host {
+    async fn host(grants: &[&str]) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let workspace = dir.path().join("workspace");
         std::fs::create_dir_all(workspace.join("docs/drafts")).unwrap();
@@ -161,16 +158,21 @@ mod tests {
         let local = tether_hostconn::in_process("filelister", services.routes())
             .await
             .unwrap();
-        Host {
+        Fixture {
             dir,
             services,
             local,
         }
     }
 
-    impl Host {
+    impl Fixture {
+        /// The plugin's handle on these host services.
+        fn host(&self) -> Host {
+            Host::from_channel(self.local.channel())
+        }
+
         fn files(&self) -> HostFiles {
-            HostFiles::new(self.local.channel())
+            self.host().files().unwrap()
         }
 
         fn read(&self, path: &str) -> String {
@@ -251,13 +253,19 @@ mod tests {
     #[tokio::test]
     async fn the_request_id_and_deadline_reach_the_audit_records() {
         let host = host(&["read:docs/**", "write:reports/**"]).await;
-        let context = CallContext::new()
+        let service = FileListerService { host: host.host() };
+        let request = CallContext::new()
             .with_request_id("test-42")
             .unwrap()
-            .with_timeout(std::time::Duration::from_secs(30));
-        list_and_report(&host.files().with_context(&context), "docs")
-            .await
+            .with_timeout(std::time::Duration::from_secs(30))
+            .request(ListFilesRequest {
+                dir: "docs".into(),
+                color: false,
+            })
             .unwrap();
+        let response = service.list_files(request).await.unwrap().into_inner();
+        assert_eq!(response.request_id, "test-42");
+        assert_eq!(response.written_to, "reports/docs.txt");
         for record in host.audit(3).await {
             assert_eq!(record["request_id"], "test-42", "{record}");
             let left = record["timeout_ms"].as_u64().unwrap();

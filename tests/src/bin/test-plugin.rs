@@ -1,9 +1,9 @@
 //! A well-behaved tether plugin serving `tether.testing.v1.Testing`, for end-to-end tests.
 //!
 //! Arguments: `--versions 1,2` (the app protocol versions it serves, default `1`);
-//! `--host-services` (opts in to host services: `CallHost` calls the host's `HostTesting`);
-//! `--host-files` (opts in to tether's host services instead: `HostOp` calls them);
-//! `--host-message-limit N` (with `--host-files`: the largest message to or from them);
+//! `--host-services` or `--host-files` (opts in to host services, one connection for both:
+//! `CallHost` calls the host's `HostTesting` on it, `HostOp` tether's host services);
+//! `--host-message-limit N` (the largest message to or from tether's host services);
 //! `--ignore-shutdown` (after a graceful stop, stays alive and ignores SIGTERM, so the host
 //! must kill it); `sleep-forever` (used for the child it spawns).
 
@@ -19,14 +19,11 @@ use tether_plugin_sdk::protocol::testing::host_testing_client::HostTestingClient
 use tether_plugin_sdk::protocol::testing::testing_server::{Testing, TestingServer};
 use tether_plugin_sdk::protocol::testing::*;
 use tether_plugin_sdk::tonic::metadata::MetadataValue;
-use tether_plugin_sdk::tonic::transport::Channel;
 use tether_plugin_sdk::tonic::{self, Request, Response, Status};
 use tether_plugin_sdk::{
-    Broker, FileChunks, HandshakeConfig, HostCallError, HostFiles, HostServices, Plugin, Routes,
+    Broker, FileChunks, HandshakeConfig, Host, HostCallError, HostChannel, Plugin, Routes,
 };
 use tracing::level_filters::LevelFilter;
-
-type RawHostServices = HostServicesClient<Channel>;
 
 /// The cookie the end-to-end tests use.
 const HANDSHAKE: HandshakeConfig = HandshakeConfig::new("TETHER_TEST_PLUGIN", "e2e");
@@ -34,12 +31,8 @@ const HANDSHAKE: HandshakeConfig = HandshakeConfig::new("TETHER_TEST_PLUGIN", "e
 #[derive(Clone)]
 struct Service {
     version: u32,
-    /// Present when started with `--host-services`.
-    host: Option<HostServices<HostTestingClient<Channel>>>,
-    /// Present when started with `--host-files`: the SDK's client, a raw one for requests
-    /// the SDK would never send (forged identities), and the channel itself (for calls
-    /// whose request never ends).
-    files: Option<HostServices<(HostFiles, RawHostServices, Channel)>>,
+    /// Present when started with `--host-services` or `--host-files`.
+    host: Option<Host>,
     broker: Broker,
     /// Endpoints served for the host with `ServeBrokered`, kept alive.
     served: Arc<Mutex<Vec<Served>>>,
@@ -130,7 +123,9 @@ impl Testing for Service {
     ) -> Result<Response<CallHostResponse>, Status> {
         let CallHostRequest { count, claim } = request.into_inner();
         let host = self.host.as_ref().ok_or_else(|| {
-            Status::failed_precondition("this test plugin was started without --host-services")
+            Status::failed_precondition(
+                "this test plugin was started without --host-services or --host-files",
+            )
         })?;
         let mut seen_as = String::new();
         for _ in 0..count {
@@ -141,7 +136,12 @@ impl Testing for Service {
                 // A lie the host must not believe.
                 call.metadata_mut().insert("x-plugin-name", value);
             }
-            seen_as = host.client()?.who_am_i(call).await?.into_inner().plugin;
+            seen_as = host
+                .client(HostTestingClient::new)?
+                .who_am_i(call)
+                .await?
+                .into_inner()
+                .plugin;
         }
         Ok(Response::new(CallHostResponse {
             calls: count,
@@ -243,11 +243,14 @@ impl Service {
                 ..ok
             });
         }
-        let (files, raw, channel) = self
-            .files
-            .as_ref()
-            .ok_or_else(|| HostCallError::Invalid("started without --host-files".into()))?
-            .client()?;
+        let host = self.host.as_ref().ok_or_else(|| {
+            HostCallError::Invalid("started without --host-files or --host-services".into())
+        })?;
+        // The SDK's client, a raw one for requests the SDK would never send (forged
+        // identities), and the channel itself (for calls whose request never ends).
+        let files = host.files()?;
+        let raw = host.client(HostServicesClient::new)?;
+        let channel = host.client(|channel| channel)?;
         let path = request.path.clone();
         Ok(match request.op.as_str() {
             "claim_read" => {
@@ -534,7 +537,7 @@ static HELD_CONNECTIONS: Mutex<Vec<std::os::unix::net::UnixStream>> = Mutex::new
 
 /// Calls `/tether.hostserve.v1.HostServices/<method>` with a request stream that never
 /// sends anything nor ends; returns how the call ended (the host refusing it, say).
-async fn never_ending_call(channel: Channel, method: &str) -> String {
+async fn never_ending_call(channel: HostChannel, method: &str) -> String {
     use tether_plugin_sdk::tonic::codegen::http::uri::PathAndQuery;
     let mut grpc = tonic::client::Grpc::new(channel);
     if let Err(err) = grpc.ready().await {
@@ -601,38 +604,40 @@ fn main() -> ExitCode {
         .map(|list| list.split(',').filter_map(|v| v.parse().ok()).collect())
         .unwrap_or_else(|| vec![1]);
     let plugin = Plugin::new(HANDSHAKE).log_level(LevelFilter::TRACE);
-    let (plugin, host) = if args.iter().any(|a| a == "--host-services") {
-        let (plugin, host) = plugin.with_host_services(HostTestingClient::new);
-        (plugin, Some(host))
-    } else {
-        (plugin, None)
-    };
-    let (mut plugin, files) = if args.iter().any(|a| a == "--host-files") {
+    if args
+        .iter()
+        .any(|a| a == "--host-services" || a == "--host-files")
+    {
+        let (plugin, host) = plugin.with_host_services();
         // `--host-message-limit N`: the largest message to and from the host services.
         let limit = args
             .iter()
             .position(|a| a == "--host-message-limit")
             .and_then(|i| args.get(i + 1))
             .and_then(|n| n.parse().ok());
-        let limit = limit.unwrap_or(tether_plugin_sdk::protocol::DEFAULT_MAX_MESSAGE_SIZE);
-        let (plugin, files) = plugin.with_host_services(move |channel| {
-            (
-                HostFiles::with_max_message_size(channel.clone(), limit),
-                RawHostServices::new(channel.clone()),
-                channel,
-            )
-        });
-        (plugin, Some(files))
+        let host = match limit {
+            Some(limit) => host.with_max_message_size(limit),
+            None => host,
+        };
+        run(plugin, Some(host), &args, versions)
     } else {
-        (plugin, None)
-    };
+        run(plugin, None, &args, versions)
+    }
+}
+
+/// Serves `versions` of the testing service, then stays alive if told to.
+fn run<H>(
+    mut plugin: Plugin<H>,
+    host: Option<Host>,
+    args: &[String],
+    versions: Vec<u32>,
+) -> ExitCode {
     let served = Arc::default();
     let held = Arc::default();
     for version in versions {
         let service = Service {
             version,
             host: host.clone(),
-            files: files.clone(),
             broker: plugin.broker(),
             served: Arc::clone(&served),
             held: Arc::clone(&held),

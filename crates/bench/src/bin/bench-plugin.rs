@@ -13,7 +13,7 @@ use tether_plugin_sdk::protocol::bench::{
     PingResponse, TransferRequest, TransferResponse,
 };
 use tether_plugin_sdk::tonic::{self, Request, Response, Status};
-use tether_plugin_sdk::{HandshakeConfig, HostCallError, HostFiles, HostServices, Plugin, Routes};
+use tether_plugin_sdk::{HandshakeConfig, Host, HostFiles, Plugin, Routes};
 
 /// The benchmark's handshake.
 const HANDSHAKE: HandshakeConfig = HandshakeConfig::new("TETHER_BENCH_PLUGIN", "bench");
@@ -22,12 +22,12 @@ const HANDSHAKE: HandshakeConfig = HandshakeConfig::new("TETHER_BENCH_PLUGIN", "
 const VARIABLE: &str = "PATH";
 
 struct Service {
-    files: HostServices<HostFiles>,
+    host: Host,
 }
 
 impl Service {
     fn files(&self) -> Result<HostFiles, Status> {
-        Ok(self.files.client().map_err(HostCallError::from)?)
+        Ok(self.host.files()?)
     }
 }
 
@@ -138,8 +138,8 @@ fn peak_rss_kib() -> u64 {
 }
 
 fn main() -> ExitCode {
-    let (plugin, files) = Plugin::new(HANDSHAKE).with_host_files();
+    let (plugin, host) = Plugin::new(HANDSHAKE).with_host_services();
     plugin
-        .version(1, Routes::new(BenchServer::new(Service { files })))
+        .version(1, Routes::new(BenchServer::new(Service { host })))
         .run()
 }
