@@ -4,6 +4,7 @@ mod corpus_rows;
 mod demo;
 mod exits;
 mod faults;
+mod gate;
 mod handshake;
 mod hostconn;
 mod hostserve;

@@ -70,11 +70,19 @@ pub(crate) fn kernel_enforces(layer: Layer, what: &str) -> bool {
     let Some(why) = missing(layer) else {
         return true;
     };
+    skip(what, &format!("needs the {layer} layer ({why})"));
+    false
+}
+
+/// Records that the running test cannot check `what` here, and `why`: in the file
+/// `TETHER_TEST_SKIPS` names (set by `cargo xtask test` and `cargo xtask soak`, which
+/// count skips apart from passes) and on stderr.
+pub(crate) fn skip(what: &str, why: &str) {
     let test = std::thread::current()
         .name()
         .unwrap_or("an e2e test")
         .to_owned();
-    let line = format!("{test}: {what}: needs the {layer} layer ({why})\n");
+    let line = format!("{test}: {what}: {why}\n");
     eprint!("skipped: {line}");
     if let Some(path) = std::env::var_os("TETHER_TEST_SKIPS") {
         use std::io::Write;
@@ -86,7 +94,6 @@ pub(crate) fn kernel_enforces(layer: Layer, what: &str) -> bool {
             .and_then(|mut file| file.write_all(line.as_bytes()));
         written.expect("recording a skipped test");
     }
-    false
 }
 
 /// One `tracing` event the host emitted about a plugin.

@@ -15,6 +15,7 @@ use std::time::Duration;
 use tether_broker::Served;
 use tether_plugin_sdk::protocol::hostserve::ReadFileRequest;
 use tether_plugin_sdk::protocol::hostserve::host_services_client::HostServicesClient;
+use tether_plugin_sdk::protocol::testing::host_tally_client::HostTallyClient;
 use tether_plugin_sdk::protocol::testing::host_testing_client::HostTestingClient;
 use tether_plugin_sdk::protocol::testing::testing_server::{Testing, TestingServer};
 use tether_plugin_sdk::protocol::testing::*;
@@ -346,6 +347,54 @@ impl Service {
             }
             "create_dir" => {
                 files.create_dir(&path).await?;
+                ok
+            }
+            "tally_add" => {
+                // The host's own service, on the same connection as the files.
+                let mut tally = host.client(HostTallyClient::new)?;
+                let name = String::from_utf8_lossy(&path).into_owned();
+                let total = tally
+                    .add(TallyRequest {
+                        name,
+                        amount: request.size,
+                    })
+                    .await?
+                    .into_inner()
+                    .total;
+                HostOpResponse { size: total, ..ok }
+            }
+            "tally_flood" => {
+                // `size` concurrent adds of 1 to `path`; `names` holds each outcome, as
+                // `ok` or `<outcome>: <message>`.
+                let tally = host.client(HostTallyClient::new)?;
+                let name = String::from_utf8_lossy(&path).into_owned();
+                let calls = (0..request.size).map(|_| {
+                    let (mut tally, name) = (tally.clone(), name.clone());
+                    async move {
+                        match tally.add(TallyRequest { name, amount: 1 }).await {
+                            Ok(_) => "ok".to_owned(),
+                            Err(status) => {
+                                let failed = failure(HostCallError::from(status));
+                                format!("{}: {}", failed.outcome, failed.message)
+                            }
+                        }
+                    }
+                });
+                HostOpResponse {
+                    names: futures_util::future::join_all(calls).await,
+                    ..ok
+                }
+            }
+            "tally_hold" => {
+                // `size` calls that answer only when the host lets them; returns at once.
+                let tally = host.client(HostTallyClient::new)?;
+                let name = String::from_utf8_lossy(&path).into_owned();
+                for _ in 0..request.size {
+                    let (mut tally, name) = (tally.clone(), name.clone());
+                    tokio::spawn(async move {
+                        let _ = tally.hold(TallyRequest { name, amount: 0 }).await;
+                    });
+                }
                 ok
             }
             "stat" => {
