@@ -28,7 +28,8 @@ pub struct InProcess {
 }
 
 impl InProcess {
-    /// A channel to the services, for any generated client (`HostFiles::new(channel)`).
+    /// A channel to the services, for any generated client, or for the SDK's
+    /// `Host::from_channel(channel)`.
     pub fn channel(&self) -> Channel {
         self.channel.clone()
     }

@@ -873,3 +873,70 @@ where
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tether_protocol::testing::host_testing_client::HostTestingClient;
+    use tether_protocol::testing::host_testing_server::{HostTesting, HostTestingServer};
+    use tether_protocol::testing::{WhoAmIRequest, WhoAmIResponse};
+    use tonic::{Code, Request, Response, Status};
+
+    use crate::{Audit, HostServices, Limits, Policy};
+
+    /// A host service whose method forgets to consult the gate.
+    struct Careless;
+
+    #[tonic::async_trait]
+    impl HostTesting for Careless {
+        async fn who_am_i(
+            &self,
+            _request: Request<WhoAmIRequest>,
+        ) -> Result<Response<WhoAmIResponse>, Status> {
+            Ok(Response::new(WhoAmIResponse {
+                plugin: "a secret the caller was never checked for".to_owned(),
+                pid: 0,
+            }))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_method_that_never_consults_the_gate_has_its_answer_withheld_and_audited() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let audit = Audit::to_file(&path, 1 << 20).unwrap();
+        let services = HostServices::new(Policy::new(), audit.clone(), Limits::default())
+            .serve(HostTestingServer::new(Careless));
+        let local = tether_hostconn::in_process("careless", services.routes())
+            .await
+            .unwrap();
+        let status = HostTestingClient::new(local.channel())
+            .who_am_i(WhoAmIRequest::default())
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::Internal, "{status}");
+        assert!(!status.message().contains("secret"), "{status}");
+
+        assert!(audit.flush(Duration::from_secs(60)).await);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let records: Vec<serde_json::Value> = text
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect();
+        assert_eq!(records.len(), 1, "{text}");
+        assert_eq!(
+            records[0]["operation"],
+            "tether.testing.v1.HostTesting/WhoAmI"
+        );
+        assert_eq!(records[0]["plugin"], "careless");
+        assert_eq!(records[0]["decision"], "denied");
+        assert!(
+            records[0]["reason"]
+                .as_str()
+                .unwrap()
+                .contains("without consulting the gate"),
+            "{text}"
+        );
+    }
+}
