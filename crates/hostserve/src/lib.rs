@@ -1,45 +1,86 @@
-//! tether's ready-made host services, made safe for third-party plugins.
+//! tether's host services, made safe for third-party plugins: one gate for every service,
+//! and ready-made file services on it.
 //!
-//! The services of `tether.hostserve.v1.HostServices` (`ReadDir`, `ReadFile`, `WriteFile`,
-//! `DeleteFile`, `CreateDir`, `GetEnv`, `Stat`), shared by every plugin, where every call:
+//! # The gate
 //!
-//! 1. is attributed to the calling plugin by its endpoint (`tether_hostconn::PluginIdentity`),
-//!    never by anything the plugin sends;
-//! 2. names a path relative to the plugin's workspace, which is checked lexically first
-//!    ([`PathError`]: empty, `.`/`..`/empty components, absolute, NUL, not UTF-8, too long);
-//! 3. is checked against the capabilities the operator granted that plugin ([`Policy`];
-//!    deny by default, denials win, grant and revoke apply to the next call), with the
-//!    grammar in [`capability`];
-//! 4. runs beneath the workspace through directory handles (`cap_std`), following no
-//!    symbolic link at any step, so the object reached is the one the path names;
-//! 5. stays within [`Limits`] (message size, per-plugin concurrency, open calls and
-//!    connections, per-plugin write quota, capped directory pages, streamed file contents,
-//!    and a stall timeout that ends a stream the plugin stops reading or sending);
-//! 6. writes atomically: into a temporary file with a reserved name ([`RESERVED_PREFIX`]:
-//!    never listed, never nameable), renamed into place only when the plugin ends the
-//!    write; an interrupted write leaves nothing, and the leftovers of a host killed
-//!    mid-write are removed when the services next connect a plugin to that workspace;
-//! 7. leaves exactly one audit record ([`Audit`]): a JSON line and a `tracing` event, with
-//!    the call's request id and remaining deadline when it carries them
-//!    (`tether_protocol::CallContext`).
+//! Every host-service call, to the file services or to a service of the host's own, goes
+//! through one [`Gate`]:
 //!
-//! [`HostServices::connect`] gives a plugin these services in one line, and also audits
-//! every other process refused at the plugin's host-service socket (operation `connect`).
+//! 1. it is attributed to the calling plugin by its endpoint
+//!    (`tether_hostconn::PluginIdentity`), never by anything the plugin sends;
+//! 2. it is decided by the [`Policy`]: the capabilities the operator granted that plugin
+//!    (deny by default, denials win, grants and revocations apply to the next call, grants
+//!    may expire or be good for a number of uses, [`Lifetime`]), and for what no grant
+//!    covers, an optional [`DecisionHook`] (a function, or an [`ExternalHook`] process);
+//! 3. it stays within the plugin's [`Limits`] (concurrent and open calls, connections);
+//! 4. it leaves exactly one audit record ([`Audit`], [`AuditRecord`]): a JSON line and a
+//!    `tracing` event, with the call's request id and remaining deadline when it carries
+//!    them. An allowed call first reserves room for its record; when the trail cannot
+//!    take it (queue full, disk full), the call is denied ([`OnFailure`]).
+//!
+//! A service of the host's own joins in one line, and each method says what it needs in
+//! one statement (the grammar of capabilities, including the host's own kinds, is in
+//! [`capability`]):
 //!
 //! ```no_run
-//! # async fn demo(plugin: tether_host::PluginClient) -> Result<(), Box<dyn std::error::Error>> {
-//! use std::sync::Arc;
-//! use tether_hostserve::{Audit, HostServices, Limits, Policy};
+//! # use tether_protocol::testing::host_testing_server::{HostTesting, HostTestingServer};
+//! # use tether_protocol::testing::{WhoAmIRequest, WhoAmIResponse};
+//! use tether_hostserve::{Audit, CapabilityKind, Gate, HostServices, Limits, Need, Policy};
+//! use tonic::{Request, Response, Status};
 //!
-//! let policy = Policy::load("policy.toml".as_ref())?;
+//! struct Greeter {
+//!     gate: Gate,
+//! }
+//!
+//! #[tonic::async_trait]
+//! impl HostTesting for Greeter {
+//!     async fn who_am_i(
+//!         &self,
+//!         request: Request<WhoAmIRequest>,
+//!     ) -> Result<Response<WhoAmIResponse>, Status> {
+//!         // Identity, policy decision, limits; a denial is audited and returned.
+//!         let mut call = self.gate.check(&request, Need::new("whoami").action("ask")).await?;
+//!         let plugin = call.identity().name().to_owned();
+//!         // The call's one audit record, with how it ended.
+//!         call.finish(Ok(Response::new(WhoAmIResponse { plugin, pid: 0 })))
+//!     }
+//! }
+//!
+//! # async fn demo(plugin: tether_host::PluginClient) -> Result<(), Box<dyn std::error::Error>> {
+//! let policy = Policy::with_kinds([CapabilityKind::new("whoami").actions(["ask"])])?;
+//! policy.load_file("policy.toml".as_ref())?;
 //! let audit = Audit::to_file("audit.jsonl", 64 << 20)?;
-//! let services = Arc::new(HostServices::new(policy, audit, Limits::default()));
-//! let host = services.connect(&plugin).await?;
-//! # drop(host); Ok(()) }
+//! let gate = Gate::new(policy, audit, Limits::default());
+//! let services = HostServices::from_gate(gate.clone())
+//!     .serve(HostTestingServer::new(Greeter { gate }));
+//! // The file services and the greeter, to this plugin, in one line:
+//! let connection = services.connect(&plugin).await?.required()?;
+//! # drop(connection); Ok(()) }
 //! ```
 //!
-//! Denials are `PERMISSION_DENIED` statuses whose message names the missing capability,
-//! which is also in the `tether-capability` metadata; the SDK turns them into a typed error.
+//! [`HostServices::connect`] also audits every other process refused at the plugin's
+//! host-service socket (operation `connect`). Denials are `PERMISSION_DENIED` statuses
+//! whose message names the missing capability, which is also in the `tether-capability`
+//! metadata; the SDK turns them into a typed error.
+//!
+//! # The file services
+//!
+//! `tether.hostserve.v1.HostServices` (`ReadDir`, `ReadFile`, `WriteFile`, `DeleteFile`,
+//! `CreateDir`, `GetEnv`, `Stat`), shared by every plugin, on the same gate, where every
+//! call also:
+//!
+//! - names a path relative to the plugin's workspace, which is checked lexically first
+//!   ([`PathError`]: empty, `.`/`..`/empty components, absolute, NUL, not UTF-8, too long);
+//! - runs beneath the workspace through directory handles (`cap_std`), following no
+//!   symbolic link at any step, so the object reached is the one the path names;
+//! - stays within the file limits (message size, per-plugin write quota, capped directory
+//!   pages, streamed file contents, and a stall timeout that ends a stream the plugin
+//!   stops reading or sending);
+//! - writes atomically: into a temporary file with a reserved name ([`RESERVED_PREFIX`]:
+//!   never listed, never nameable), renamed into place only when the plugin ends the
+//!   write; an interrupted write leaves nothing, and the leftovers of a host killed
+//!   mid-write are removed when the services next connect a plugin to that workspace.
+//!
 //! What this crate does not do: confine the plugin process itself (that is the sandbox's
 //! job), or follow symbolic links.
 
