@@ -251,6 +251,7 @@ impl Gate {
             resource,
             permit: None,
             allowed: None,
+            reservation: None,
             workspace: None,
             recorded: false,
         };
@@ -442,8 +443,6 @@ struct Allowed {
     capability: Option<String>,
     reason: String,
     decided_by: Decider,
-    /// The room reserved for the call's record (see [`crate::OnFailure`]).
-    reservation: Option<Reservation>,
 }
 
 /// One call in progress: who makes it, what it asks, its concurrency slot, and what
@@ -459,6 +458,8 @@ pub struct Call {
     resource: String,
     permit: Option<Slot>,
     allowed: Option<Allowed>,
+    /// The room reserved for the call's record (see [`crate::OnFailure`]).
+    reservation: Option<Reservation>,
     workspace: Option<PathBuf>,
     recorded: bool,
 }
@@ -523,6 +524,17 @@ impl Call {
             pid: self.identity.pid(),
             operation: self.operation.to_string(),
         };
+        // Room for the record first: a call the host cannot record is denied before the
+        // policy spends a use of a grant or remembers a hook's answer on it.
+        match self.gate.inner.audit.reserve().await {
+            Ok(reservation) => self.reservation = Some(reservation),
+            Err(err) => {
+                let status = Status::unavailable(format!(
+                    "the host cannot record this call, so it is denied: {err}"
+                ));
+                return Err(self.deny_by(status, "not recordable", Decider::Host, None));
+            }
+        }
         let ruling = self.gate.inner.policy.decide(&asker, need).await;
         match ruling {
             Ruling::Allow {
@@ -531,21 +543,11 @@ impl Call {
                 decided_by,
                 workspace,
             } => {
-                let reservation = match self.gate.inner.audit.reserve().await {
-                    Ok(reservation) => reservation,
-                    Err(err) => {
-                        let status = Status::unavailable(format!(
-                            "the host cannot record this call, so it is denied: {err}"
-                        ));
-                        return Err(self.deny_by(status, "not recordable", Decider::Host, None));
-                    }
-                };
                 self.workspace = workspace;
                 self.allowed = Some(Allowed {
                     capability,
                     reason,
                     decided_by,
-                    reservation: Some(reservation),
                 });
                 Ok(())
             }
@@ -559,7 +561,13 @@ impl Call {
                      grant it",
                     self.identity.name()
                 ));
-                if let Ok(value) = MetadataValue::try_from(needed.as_str()) {
+                // Metadata is visible ASCII: anything else travels escaped.
+                let shown = if needed.chars().all(|c| c.is_ascii_graphic()) {
+                    needed.clone()
+                } else {
+                    needed.escape_default().to_string()
+                };
+                if let Ok(value) = MetadataValue::try_from(shown.as_str()) {
                     status.metadata_mut().insert(CAPABILITY_METADATA, value);
                 }
                 self.record_as(Decision::Denied, decided_by, Some(needed), reason);
@@ -685,11 +693,7 @@ impl Call {
             request_id: self.context.request_id.clone(),
             timeout_ms: self.context.timeout_ms,
         };
-        match self
-            .allowed
-            .as_mut()
-            .and_then(|allowed| allowed.reservation.take())
-        {
+        match self.reservation.take() {
             Some(reservation) => reservation.record(record),
             None => self.gate.inner.audit.record(record),
         }

@@ -439,7 +439,7 @@ impl Policy {
     /// [`Policy::load_file`] from TOML text; relative workspaces are resolved against `base`.
     pub fn load_toml(&self, text: &str, base: &Path) -> Result<(), PolicyError> {
         let file: PolicyFile = toml::from_str(text).map_err(|err| PolicyError::Parse {
-            path: PathBuf::new(),
+            path: PathBuf::from("(policy text)"),
             message: err.to_string(),
         })?;
         let kinds = self.kinds();
@@ -510,6 +510,15 @@ impl Policy {
         lifetime: Lifetime,
     ) -> Result<(), PolicyError> {
         let parsed = self.parse(plugin, capability)?;
+        if lifetime.uses == Some(0) {
+            return Err(PolicyError::Capabilities {
+                plugin: plugin.to_owned(),
+                errors: vec![CapabilityError {
+                    capability: capability.to_owned(),
+                    reason: "a grant good for 0 uses would never allow anything".to_owned(),
+                }],
+            });
+        }
         let mut plugins = self.write();
         let grants = &mut plugins.entry(plugin.to_owned()).or_default().grants;
         grants.retain(|grant| grant.capability != parsed);
@@ -732,7 +741,21 @@ impl Policy {
                 workspace,
             },
             Answer::AllowAlways => {
-                let (capability, remembered) = match self.grant(asker.plugin, &needed) {
+                // A request is a literal name, a grant a pattern: a request naming a file
+                // `*` must never become the grant `read:*`. Such requests are allowed once.
+                let grant = if needed.contains('*') {
+                    Err(PolicyError::Capabilities {
+                        plugin: asker.plugin.to_owned(),
+                        errors: vec![CapabilityError {
+                            capability: needed.clone(),
+                            reason: "a request with `*` would be remembered as a wildcard"
+                                .to_owned(),
+                        }],
+                    })
+                } else {
+                    self.grant(asker.plugin, &needed)
+                };
+                let (capability, remembered) = match grant {
                     Ok(()) => (
                         Some(needed.clone()),
                         format!("allowed it from now on (granted `{needed}`)"),
@@ -927,7 +950,7 @@ deny = ["bus:publish:alerts/secret"]
             FnHook::new("rules", |question: &Question| Verdict {
                 answer: match question.resource.as_str() {
                     "once" => Answer::AllowOnce,
-                    "always" => Answer::AllowAlways,
+                    "always" | "always/*" => Answer::AllowAlways,
                     _ => Answer::Deny,
                 },
                 reason: Some("by rule".to_owned()),
@@ -949,6 +972,9 @@ deny = ["bus:publish:alerts/secret"]
         assert!(policy.grants("a").is_empty(), "allow once grants nothing");
         assert!(is_allowed(&policy, "a", &publish("always")));
         assert_eq!(policy.grants("a"), ["bus:publish:always"]);
+        // A topic literally named `*` is allowed, but never remembered as a wildcard.
+        assert!(is_allowed(&policy, "b", &publish("always/*")));
+        assert!(policy.grants("b").is_empty());
         match decide(&policy, "a", &publish("other")) {
             Ruling::Deny {
                 decided_by, reason, ..
