@@ -6,18 +6,31 @@
 //! on, through the call's view of the host ([`Host::for_call`]), into every host-service
 //! call the plugin makes for it, so
 //! the host's audit records and the plugin's log lines carry the same id, and the plugin's
-//! calls give up when the host's caller would. Its `plugin.toml` asks for `read:docs/**`
-//! only.
+//! calls give up when the host's caller would.
+//!
+//! After listing, it announces the listing on the host's own message bus
+//! (`tether.bus.v1`, topic [`LISTING_TOPIC`]). Its `plugin.toml` asks for `read:docs/**`
+//! and `bus:publish:reports`, but requests are not grants: if the operator does not grant
+//! the bus, the host denies the publish, and colorlister says so in its response
+//! (`announced`) and still answers with its listing.
 
 use std::fmt::Write as _;
 
+use tether_plugin_sdk::protocol::bus::PublishRequest;
+use tether_plugin_sdk::protocol::bus::bus_client::BusClient;
 use tether_plugin_sdk::protocol::filelister::file_lister_server::{FileLister, FileListerServer};
 use tether_plugin_sdk::protocol::filelister::{
-    HANDSHAKE, ListFilesRequest, ListFilesResponse, ListedFile, VERSION,
+    Announcement, HANDSHAKE, ListFilesRequest, ListFilesResponse, ListedFile, VERSION,
 };
 use tether_plugin_sdk::protocol::hostserve::EntryKind;
 use tether_plugin_sdk::tonic::{Request, Response, Status};
-use tether_plugin_sdk::{Host, HostCallError, HostFiles, Plugin, Routes, WithHost};
+use tether_plugin_sdk::{CallHost, Host, HostCallError, HostFiles, Plugin, Routes, WithHost};
+
+/// The topic of the host's bus on which a listing is announced.
+pub const LISTING_TOPIC: &str = "reports";
+
+/// What colorlister announces on [`LISTING_TOPIC`].
+pub const LISTING_MESSAGE: &str = "colors listed";
 
 /// Files larger than this are listed without a preview.
 pub const PREVIEW_CAP: usize = 64 * 1024;
@@ -56,10 +69,14 @@ impl FileLister for ColorListerService {
         tracing::info!(dir, request_id, deadline_ms, "listing a directory");
         let files = host.files()?;
         match list(&files, &dir, color).await {
-            Ok(response) => Ok(Response::new(ListFilesResponse {
-                request_id,
-                ..response
-            })),
+            Ok(response) => {
+                let announced = announce(&host, LISTING_TOPIC, LISTING_MESSAGE.to_owned()).await;
+                Ok(Response::new(ListFilesResponse {
+                    request_id,
+                    announced: Some(announced),
+                    ..response
+                }))
+            }
             Err(err) => {
                 tracing::warn!(dir, request_id, %err, "could not list the directory");
                 Err(err.into())
@@ -112,7 +129,47 @@ pub async fn list(
         report,
         written_to: String::new(),
         request_id: String::new(),
+        announced: None,
     })
+}
+
+/// Publishes `message` on `topic` of the host's bus, through `host` (so the publish
+/// carries the request id and deadline of the call being served), and says how it went.
+/// A failure, such as a denial, is reported in the [`Announcement`] and logged, never
+/// returned: the listing is the result either way.
+pub async fn announce(host: &CallHost, topic: &str, message: String) -> Announcement {
+    let published = match host.client(BusClient::new) {
+        Ok(mut bus) => bus
+            .publish(PublishRequest {
+                topic: topic.to_owned(),
+                payload: message.clone().into_bytes(),
+            })
+            .await
+            .map(|response| response.into_inner().delivered)
+            .map_err(HostCallError::from),
+        Err(err) => Err(err.into()),
+    };
+    let mut announced = Announcement {
+        topic: topic.to_owned(),
+        message,
+        ..Announcement::default()
+    };
+    match published {
+        Ok(delivered) => announced.delivered = delivered,
+        Err(err) => {
+            tracing::warn!(
+                topic,
+                request_id = host.context().request_id().unwrap_or_default(),
+                %err,
+                "could not announce the listing on the host's bus"
+            );
+            if let HostCallError::Denied { capability, .. } = &err {
+                announced.missing_capability.clone_from(capability);
+            }
+            announced.error = err.to_string();
+        }
+    }
+    announced
 }
 
 /// The line count and first non-empty line of `contents`.
@@ -200,16 +257,66 @@ pub fn render(
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
+    use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
-    use tether_hostserve::{Audit, HostServices as Services, Limits, Policy};
+    use tether_hostserve::{
+        Audit, CapabilityKind, Gate, HostServices as Services, Limits, Need, Policy, Resource,
+    };
     use tether_plugin_sdk::CallContext;
+    use tether_plugin_sdk::protocol::bus::bus_server::{Bus, BusServer};
+    use tether_plugin_sdk::protocol::bus::{
+        Message, PublishRequest, PublishResponse, SubscribeRequest,
+    };
 
     use super::*;
 
+    /// A stand-in for the demo host's bus (which lives in `tether-demo`, a binary): it
+    /// keeps what is published, behind the real gate, so a publish is identified, decided
+    /// against `bus:publish:TOPIC` and audited exactly as the demo's is. Delivery to
+    /// subscribers is the real bus's business, tested with it and in the e2e demo.
+    #[derive(Debug)]
+    struct StandInBus {
+        gate: Gate,
+        published: Mutex<Vec<Message>>,
+    }
+
+    #[tether_plugin_sdk::tonic::async_trait]
+    impl Bus for StandInBus {
+        async fn publish(
+            &self,
+            request: Request<PublishRequest>,
+        ) -> Result<Response<PublishResponse>, Status> {
+            let topic = request.get_ref().topic.clone();
+            let need = Need::new("bus").action("publish").resource(&topic);
+            let mut call = self.gate.check(&request, need).await?;
+            self.published.lock().unwrap().push(Message {
+                topic,
+                payload: request.into_inner().payload,
+                publisher: call.identity().name().to_owned(),
+                missed: 0,
+            });
+            call.finish(Ok(Response::new(PublishResponse { delivered: 1 })))
+        }
+
+        type SubscribeStream = futures_util::stream::Empty<Result<Message, Status>>;
+
+        async fn subscribe(
+            &self,
+            request: Request<SubscribeRequest>,
+        ) -> Result<Response<Self::SubscribeStream>, Status> {
+            let topic = request.get_ref().topic.clone();
+            let need = Need::new("bus").action("subscribe").resource(&topic);
+            let mut call = self.gate.check(&request, need).await?;
+            call.finish(Err(Status::unimplemented(
+                "the stand-in bus only publishes",
+            )))
+        }
+    }
+
     struct Fixture {
         dir: tempfile::TempDir,
+        bus: Arc<StandInBus>,
         local: tether_hostconn::InProcess,
     }
 
@@ -221,17 +328,26 @@ mod tests {
         std::fs::write(workspace.join("docs/guide.md"), "\n# Guide\n\nRead me.\n").unwrap();
         std::fs::write(workspace.join("docs/big.bin"), vec![b'x'; PREVIEW_CAP + 1]).unwrap();
         std::fs::write(workspace.join("secrets/key"), "SECRET").unwrap();
-        let policy = Policy::new();
+        let bus_kind = CapabilityKind::new("bus")
+            .actions(["publish", "subscribe"])
+            .resource(Resource::PATH);
+        let policy = Policy::with_kinds([bus_kind]).unwrap();
         policy.set_workspace("colorlister", &workspace);
         for grant in grants {
             policy.grant("colorlister", grant).unwrap();
         }
         let audit = Audit::to_file(dir.path().join("audit.jsonl"), 1 << 20).unwrap();
-        let services = Arc::new(Services::new(policy, audit, Limits::default()));
+        let gate = Gate::new(policy, audit, Limits::default());
+        let bus = Arc::new(StandInBus {
+            gate: gate.clone(),
+            published: Mutex::default(),
+        });
+        // The files and the bus stand-in, behind one gate, as the demo serves them.
+        let services = Services::from_gate(gate).serve(BusServer::from_arc(Arc::clone(&bus)));
         let local = tether_hostconn::in_process("colorlister", services.routes())
             .await
             .unwrap();
-        Fixture { dir, local }
+        Fixture { dir, bus, local }
     }
 
     impl Fixture {
@@ -306,12 +422,11 @@ mod tests {
         assert_eq!(host.audit(1).await[0]["decision"], "denied");
     }
 
-    #[tokio::test]
-    async fn the_callers_context_reaches_every_host_call() {
-        let host = host(&["read:docs/**"]).await;
+    /// `ListFiles` on `docs`, as the host calls it: with a request id and a deadline.
+    async fn list_docs(host: &Fixture, request_id: &str) -> Result<ListFilesResponse, Status> {
         let service = ColorListerService { host: host.host() };
         let request = CallContext::new()
-            .with_request_id("color-7")
+            .with_request_id(request_id)
             .unwrap()
             .with_timeout(Duration::from_secs(20))
             .request(ListFilesRequest {
@@ -319,10 +434,66 @@ mod tests {
                 color: false,
             })
             .unwrap();
-        let response = service.list_files(request).await.unwrap().into_inner();
+        Ok(service.list_files(request).await?.into_inner())
+    }
+
+    #[tokio::test]
+    async fn a_denied_announcement_leaves_the_listing_whole() {
+        // The manifest requests bus:publish:reports; this operator did not grant it.
+        let host = host(&["read:docs/**"]).await;
+        let response = list_docs(&host, "color-bus").await.unwrap();
+        assert!(response.report.starts_with("docs: 3 entries\n"));
+        assert_eq!(response.files.len(), 3);
+        let announced = response.announced.unwrap();
+        assert_eq!(announced.topic, "reports");
+        assert_eq!(announced.message, "colors listed");
+        assert_eq!(announced.missing_capability, "bus:publish:reports");
+        assert!(
+            announced
+                .error
+                .starts_with("denied: missing capability `bus:publish:reports`"),
+            "{}",
+            announced.error
+        );
+        assert!(host.bus.published.lock().unwrap().is_empty());
+        let records = host.audit(4).await;
+        let publish = &records[3];
+        assert_eq!(
+            publish["operation"], "tether.bus.v1.Bus/Publish",
+            "{publish}"
+        );
+        assert_eq!(publish["decision"], "denied");
+        assert_eq!(publish["capability"], "bus:publish:reports");
+        assert_eq!(publish["request_id"], "color-bus");
+    }
+
+    #[tokio::test]
+    async fn granted_the_bus_it_announces_the_listing() {
+        let host = host(&["read:docs/**", "bus:publish:reports"]).await;
+        let announced = list_docs(&host, "color-ok").await.unwrap().announced;
+        assert_eq!(
+            announced,
+            Some(Announcement {
+                topic: "reports".into(),
+                message: "colors listed".into(),
+                delivered: 1,
+                ..Announcement::default()
+            })
+        );
+        let published = host.bus.published.lock().unwrap().clone();
+        assert_eq!(published.len(), 1);
+        assert_eq!(published[0].publisher, "colorlister");
+        assert_eq!(published[0].payload, b"colors listed");
+    }
+
+    #[tokio::test]
+    async fn the_callers_context_reaches_every_host_call() {
+        let host = host(&["read:docs/**"]).await;
+        let response = list_docs(&host, "color-7").await.unwrap();
         assert_eq!(response.request_id, "color-7");
-        let records = host.audit(3).await;
-        assert_eq!(records.len(), 3);
+        // ReadDir, two ReadFile, and the (denied) publish.
+        let records = host.audit(4).await;
+        assert_eq!(records.len(), 4);
         for record in records {
             assert_eq!(record["request_id"], "color-7", "{record}");
             let left = record["timeout_ms"].as_u64().unwrap();

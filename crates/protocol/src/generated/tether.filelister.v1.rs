@@ -34,6 +34,31 @@ pub struct ListFilesResponse {
     /// The request id the plugin received and passed on (empty if none).
     #[prost(string, tag = "4")]
     pub request_id: ::prost::alloc::string::String,
+    /// How the plugin's announcement of its result on the host's bus went, if it made one.
+    #[prost(message, optional, tag = "5")]
+    pub announced: ::core::option::Option<Announcement>,
+}
+/// A message a plugin published on the host's bus (tether.bus.v1) about its result, and
+/// what the host answered.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Announcement {
+    /// The bus topic, such as `reports`.
+    #[prost(string, tag = "1")]
+    pub topic: ::prost::alloc::string::String,
+    /// The message, as the plugin sent it.
+    #[prost(string, tag = "2")]
+    pub message: ::prost::alloc::string::String,
+    /// Empty when the host took the message; else why it did not, as the plugin's SDK
+    /// reported it (for a denial: `denied: missing capability ...`).
+    #[prost(string, tag = "3")]
+    pub error: ::prost::alloc::string::String,
+    /// When the host denied the publish: the capability it named as missing, such as
+    /// `bus:publish:reports`.
+    #[prost(string, tag = "4")]
+    pub missing_capability: ::prost::alloc::string::String,
+    /// When the host took the message: the subscribers it handed it to.
+    #[prost(uint32, tag = "5")]
+    pub delivered: u32,
 }
 /// Generated client implementations.
 pub mod file_lister_client {
