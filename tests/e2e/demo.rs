@@ -157,19 +157,42 @@ fn the_demo_runs_every_step_on_the_real_plugins_under_the_strict_sandbox() {
         "{stderr}"
     );
 
-    // The audit log kept every decision; every call of request demo-5 had its deadline.
+    // The audit log kept every decision; every call of request demo-5 had its deadline,
+    // its publish on the host's bus too.
     let records = run.audit();
-    assert_eq!(records.len(), 10, "{records:#?}");
+    assert_eq!(records.len(), 12, "{records:#?}");
     let demo5: Vec<_> = records
         .iter()
         .filter(|r| r["request_id"] == "demo-5")
         .collect();
-    assert_eq!(demo5.len(), 4);
+    assert_eq!(demo5.len(), 5);
     for record in demo5 {
         assert_eq!(record["plugin"], "colorlister");
         let left = record["timeout_ms"].as_u64().expect("a deadline");
         assert!(left > 0 && left <= 10_000, "{record}");
     }
+
+    // The host's own service, on the same gate: filelister's publish allowed, colorlister's
+    // denied, each audited under the bus's capability.
+    let publishes: Vec<_> = records
+        .iter()
+        .filter(|r| r["operation"] == "tether.bus.v1.Bus/Publish")
+        .map(|r| {
+            (
+                r["plugin"].as_str().unwrap(),
+                r["decision"].as_str().unwrap(),
+                r["capability"].as_str().unwrap(),
+                r["resource"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        publishes,
+        [
+            ("filelister", "allowed", "bus:publish:reports", "reports"),
+            ("colorlister", "denied", "bus:publish:reports", "reports"),
+        ]
+    );
     // The report filelister wrote through the host, before its write was revoked.
     let report = std::fs::read_to_string(run.path("workspace/reports/docs.txt")).unwrap();
     assert!(report.starts_with("docs: 4 entries\n"), "{report}");
@@ -184,7 +207,7 @@ fn quiet_prints_only_the_summary_and_a_missing_plugin_dir_says_what_to_do() {
     assert_eq!(stdout.lines().count(), 1, "{stdout}");
     assert!(
         stdout.starts_with(
-            "demo finished: 2 plugins, 4 calls, 10 audit records (8 allowed, 2 denied)"
+            "demo finished: 2 plugins, 4 calls, 12 audit records (9 allowed, 3 denied)"
         ),
         "{stdout}"
     );

@@ -9,12 +9,18 @@ use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
 use tether_host::{PluginChannel, PluginClient, Sandbox, Stop};
 use tether_hostconn::{HostConnection, Outcome};
-use tether_hostserve::{Audit, HostServices, Limits, Manifest, Policy};
+use tether_hostserve::{Audit, Capability, Gate, HostServices, Limits, Manifest, Policy};
 use tether_protocol::CallContext;
+use tether_protocol::bus::Message;
 use tether_protocol::filelister::file_lister_client::FileListerClient;
-use tether_protocol::filelister::{HANDSHAKE, ListFilesRequest, ListFilesResponse, VERSION};
+use tether_protocol::filelister::{
+    Announcement, HANDSHAKE, ListFilesRequest, ListFilesResponse, VERSION,
+};
+use tokio::sync::broadcast::Receiver;
+use tokio::sync::broadcast::error::TryRecvError;
 use tonic::{Code, Status};
 
+use crate::bus::{self, Bus};
 use crate::out::{Out, use_color};
 use crate::{Args, SandboxChoice, sample};
 
@@ -23,6 +29,15 @@ const PLUGINS: [&str; 2] = ["filelister", "colorlister"];
 
 /// The budget of each call the host makes to a plugin.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The bus topic on which the plugins announce their results, and the host listens.
+const REPORTS: &str = "reports";
+
+/// The one plugin this operator lets use the bus.
+const BUS_GRANTEE: &str = "filelister";
+
+/// The audit operation of a publish on the bus.
+const PUBLISH: &str = "tether.bus.v1.Bus/Publish";
 
 /// A started plugin and its host-service connection.
 struct Running {
@@ -72,9 +87,13 @@ pub(crate) async fn run(args: Args) -> Result<()> {
         1,
         "Read each plugin's manifest; the operator grants capabilities",
     );
-    let policy = Policy::new();
+    // The operator declares the host's own capability kind beside the built-in ones, so
+    // that manifests may request it and grants may name it.
+    let policy =
+        Policy::with_kinds([bus::kind()]).context("declaring the bus's capability kind")?;
+    let mut withheld = Vec::new();
     for name in PLUGINS {
-        let manifest = load_manifest(&plugins_dir, name)?;
+        let manifest = load_manifest(&plugins_dir, name, &policy)?;
         let requested: Vec<&str> = manifest.capabilities.iter().map(|c| c.as_str()).collect();
         out.line(&format!(
             "{name:<12} {} (protocol {}) requests {}",
@@ -83,17 +102,42 @@ pub(crate) async fn run(args: Args) -> Result<()> {
             requested.join(", ")
         ));
         policy.set_workspace(name, &workspace);
-        for capability in &requested {
+        for capability in &manifest.capabilities {
+            if !operator_grants(name, capability) {
+                withheld.push((name, capability.to_string()));
+                continue;
+            }
             policy
-                .grant(name, capability)
+                .grant(name, capability.as_str())
                 .with_context(|| format!("granting {capability} to {name}"))?;
         }
     }
     out.note("Requests are not grants: the operator decides. This operator grants each");
-    out.note("plugin what it requests, beneath the workspace. Nothing else is allowed.");
+    out.note("plugin the files it requests, beneath the workspace, and the bus (the host's");
+    out.note(&format!(
+        "own service, step 6) to {BUS_GRANTEE} only. Nothing else is allowed."
+    ));
+    for name in PLUGINS {
+        let mut line = format!("{name:<12} holds {}", policy.grants(name).join(", "));
+        let not_granted: Vec<&str> = withheld
+            .iter()
+            .filter(|(plugin, _)| *plugin == name)
+            .map(|(_, capability)| capability.as_str())
+            .collect();
+        if !not_granted.is_empty() {
+            line.push_str(&format!("; not granted: {}", not_granted.join(", ")));
+        }
+        out.line(&line);
+    }
     let audit_sink = Audit::to_file(&audit_path, 64 << 20)
         .with_context(|| format!("opening the audit log {}", audit_path.display()))?;
-    let services = Arc::new(HostServices::new(policy, audit_sink, Limits::default()));
+    // One gate for every host service: the file services and the host's own bus decide
+    // with the same policy and write to the same audit trail.
+    let gate = Gate::new(policy, audit_sink, Limits::default());
+    let bus = Arc::new(Bus::new(gate.clone()));
+    let services = Arc::new(HostServices::from_gate(gate).serve(bus::server(Arc::clone(&bus))));
+    // The host's own subscription, before any plugin runs.
+    let mut reports = bus.listen(REPORTS);
 
     // 2. Start the plugins.
     let sandbox = match args.sandbox {
@@ -126,6 +170,7 @@ pub(crate) async fn run(args: Args) -> Result<()> {
 
     // 3. One set of host services, shared, one line per plugin.
     out.step(3, "Give both plugins the same host services: one line each");
+    out.note("The file services and the host's own bus, behind one gate, one line per plugin:");
     out.note("let connection = services.connect(&plugin).await?;");
     for plugin in &mut running {
         match services
@@ -146,6 +191,9 @@ pub(crate) async fn run(args: Args) -> Result<()> {
             ),
         }
     }
+    out.note(&format!(
+        "The host subscribes to the bus topic `{REPORTS}` itself: bus.listen(\"{REPORTS}\")."
+    ));
     let filelister = lister(&running, "filelister")?;
     let colorlister = lister(&running, "colorlister")?;
 
@@ -182,27 +230,30 @@ pub(crate) async fn run(args: Args) -> Result<()> {
         .await
         .map_err(|status| call_failed("colorlister", &status))?;
     out.block(&colored.report);
+    // One ReadDir, one ReadFile per file, and (step 6) one publish on the bus.
+    let calls = 2 + colored.files.iter().filter(|f| !f.is_dir).count();
     let records = audit
         .wait_for(|records| {
             records
                 .iter()
                 .filter(|r| r["request_id"] == "demo-5")
                 .count()
-                > colored.files.iter().filter(|f| !f.is_dir).count()
+                >= calls
         })
         .await?;
-    let propagated: Vec<&Record> = records
-        .iter()
-        .filter(|r| r["request_id"] == "demo-5")
-        .collect();
     ensure!(
-        propagated
+        records
             .iter()
+            .filter(|r| r["request_id"] == "demo-5")
             .all(|r| r["timeout_ms"].as_u64().is_some()),
         "a host-service call of request demo-5 arrived without the deadline"
     );
+    let propagated: Vec<&Record> = records
+        .iter()
+        .filter(|r| r["request_id"] == "demo-5" && r["operation"] != PUBLISH)
+        .collect();
     out.ok(&format!(
-        "{} audit records carry request id demo-5 and the time its deadline left:",
+        "{} audit records of file calls carry request id demo-5 and the time left:",
         propagated.len()
     ));
     for record in &propagated {
@@ -214,9 +265,20 @@ pub(crate) async fn run(args: Args) -> Result<()> {
         ));
     }
 
-    // 6. A denial, with its audit record.
+    // 6. The host's own service: the bus.
+    out.step(6, "The host's own service: a message bus");
+    show_bus(
+        &out,
+        &audit,
+        &mut reports,
+        listed.announced.as_ref(),
+        colored.announced.as_ref(),
+    )
+    .await?;
+
+    // 7. A denial, with its audit record.
     out.step(
-        6,
+        7,
         "colorlister is asked to list secrets/, which it was not granted",
     );
     expect_denied(
@@ -224,14 +286,14 @@ pub(crate) async fn run(args: Args) -> Result<()> {
         &audit,
         &colorlister,
         "colorlister",
-        "demo-6",
+        "demo-7",
         "secrets",
     )
     .await?;
 
-    // 7. A revocation, at runtime.
+    // 8. A revocation, at runtime.
     out.step(
-        7,
+        8,
         "The operator revokes write:reports/** from filelister while it runs",
     );
     ensure!(
@@ -242,10 +304,10 @@ pub(crate) async fn run(args: Args) -> Result<()> {
         "filelister now holds: {}",
         services.policy().grants("filelister").join(", ")
     ));
-    expect_denied(&out, &audit, &filelister, "filelister", "demo-7", "docs").await?;
+    expect_denied(&out, &audit, &filelister, "filelister", "demo-8", "docs").await?;
     let records = audit.read()?;
     ensure!(
-        records.iter().any(|r| r["request_id"] == "demo-7"
+        records.iter().any(|r| r["request_id"] == "demo-8"
             && r["operation"] == "read_dir"
             && r["decision"] == "allowed"),
         "filelister's ReadDir after the revocation has no allowed audit record"
@@ -253,9 +315,9 @@ pub(crate) async fn run(args: Args) -> Result<()> {
     out.note("Its ReadDir was still allowed; only the revoked capability is gone, from the");
     out.note("next call on, without a restart.");
 
-    // 8. Shutdown.
+    // 9. Shutdown.
     out.step(
-        8,
+        9,
         "Shut down: disconnect the host services, stop each plugin",
     );
     for plugin in running {
@@ -283,6 +345,8 @@ pub(crate) async fn run(args: Args) -> Result<()> {
             plugin.name
         ));
     }
+    drop(reports);
+    drop(bus);
     drop(services);
     let records = audit.wait_for(|_| true).await?;
     let denied = records.iter().filter(|r| r["decision"] == "denied").count();
@@ -334,9 +398,16 @@ fn prepare_workspace(dir: &Path) -> Result<PathBuf> {
     std::fs::canonicalize(dir).with_context(|| format!("resolving the workspace {}", dir.display()))
 }
 
-fn load_manifest(plugins_dir: &Path, name: &str) -> Result<Manifest> {
+/// This operator's decision on a capability `plugin` requests: the files (beneath the
+/// workspace) to whoever requests them, the bus to [`BUS_GRANTEE`] only.
+fn operator_grants(plugin: &str, capability: &Capability) -> bool {
+    capability.kind() != bus::KIND || plugin == BUS_GRANTEE
+}
+
+/// Reads `name`'s manifest with the capability kinds `policy` knows (the bus's too).
+fn load_manifest(plugins_dir: &Path, name: &str, policy: &Policy) -> Result<Manifest> {
     let path = plugins_dir.join(name).join("plugin.toml");
-    let manifest = Manifest::load(&path)?;
+    let manifest = Manifest::load_with(&path, &policy.kinds())?;
     ensure!(
         manifest.name == name,
         "{} names the plugin {:?}, expected {name:?}",
@@ -403,6 +474,99 @@ async fn call(
             color,
         })?;
     Ok(client.clone().list_files(request).await?.into_inner())
+}
+
+/// Shows what happened on the bus in steps 4 and 5: filelister's announcement, as the
+/// host's own subscription received it, colorlister's denied one, and their audit records.
+async fn show_bus(
+    out: &Out,
+    audit: &AuditLog,
+    reports: &mut Receiver<Message>,
+    filelister: Option<&Announcement>,
+    colorlister: Option<&Announcement>,
+) -> Result<()> {
+    out.note("The bus (tether.bus.v1.Bus, in crates/demo-host/src/bus.rs) is the host's own");
+    out.note("tonic service, behind the same gate as the files: bus:publish:TOPIC and");
+    out.note("bus:subscribe:TOPIC are capabilities like the file ones. After their listings");
+    out.note(&format!(
+        "(steps 4 and 5), both plugins announced them on `{REPORTS}`."
+    ));
+
+    // filelister's announcement, as it tells it and as the host's subscription got it.
+    let filelister = filelister.context("filelister's response says nothing of the bus")?;
+    ensure!(
+        filelister.error.is_empty(),
+        "filelister could not publish on the bus: {}",
+        filelister.error
+    );
+    out.line(&format!(
+        "filelister   published on `{}`; the host delivered it to {} subscriber{}",
+        filelister.topic,
+        filelister.delivered,
+        if filelister.delivered == 1 { "" } else { "s" }
+    ));
+    let message = tokio::time::timeout(Duration::from_secs(5), reports.recv())
+        .await
+        .context("the host's subscription received nothing in 5 s")?
+        .context("the host's subscription ended")?;
+    let text = String::from_utf8_lossy(&message.payload);
+    ensure!(
+        message.publisher == "filelister" && text == filelister.message,
+        "the host's subscription received {text:?} from {:?}, not filelister's announcement",
+        message.publisher
+    );
+    out.ok(&format!(
+        "the host's subscription to `{}` received, from {}:",
+        message.topic, message.publisher
+    ));
+    out.block(&text);
+    out.note("The host names the publisher, by the endpoint the message came on; a plugin");
+    out.note("cannot speak for another.");
+
+    // colorlister's, denied: the typed error in its response, and nothing delivered.
+    let colorlister = colorlister.context("colorlister's response says nothing of the bus")?;
+    let needed = format!("{}:publish:{REPORTS}", bus::KIND);
+    ensure!(
+        colorlister.missing_capability == needed,
+        "colorlister's publish was not denied for lack of {needed}: {:?}",
+        colorlister.error
+    );
+    ensure!(
+        matches!(reports.try_recv(), Err(TryRecvError::Empty)),
+        "the host's subscription received a message colorlister was denied"
+    );
+    out.line(&format!(
+        "colorlister  tried to publish {:?} on `{}`; its ListFiles still",
+        colorlister.message, colorlister.topic
+    ));
+    out.line("             succeeded, and its response says why nothing was published:");
+    let error = &colorlister.error;
+    out.denied(error.strip_prefix("denied: ").unwrap_or(error));
+
+    let records = audit
+        .wait_for(|records| records.iter().filter(|r| r["operation"] == PUBLISH).count() >= 2)
+        .await?;
+    let publishes: Vec<&Record> = records
+        .iter()
+        .filter(|r| r["operation"] == PUBLISH)
+        .collect();
+    ensure!(
+        publishes.len() == 2
+            && publishes.iter().any(|r| r["plugin"] == "filelister"
+                && r["decision"] == "allowed"
+                && r["capability"] == needed.as_str())
+            && publishes.iter().any(|r| r["plugin"] == "colorlister"
+                && r["decision"] == "denied"
+                && r["capability"] == needed.as_str()),
+        "the publishes' audit records are not one allowed for filelister and one denied \
+         for colorlister"
+    );
+    out.line("Both publishes were checked and audited like file calls, each with the");
+    out.line("request id of the host's call its plugin was serving:");
+    for record in publishes {
+        out.block(&record.line);
+    }
+    Ok(())
 }
 
 fn call_failed(plugin: &str, status: &Status) -> anyhow::Error {

@@ -1,9 +1,11 @@
 //! `tether-demo`: the demo host. Starts the filelister and colorlister plugins, gives both
-//! the same capability-checked host services, calls them, shows a denial with its audit
-//! record and a capability revoked at runtime, then shuts everything down.
+//! the same capability-checked host services (tether's file services and the host's own
+//! message bus, [`bus`]), calls them, shows denials with their audit records and a
+//! capability revoked at runtime, then shuts everything down.
 //!
 //! `cargo xtask demo` builds everything and runs it; `tether-demo --help` lists the options.
 
+mod bus;
 mod demo;
 mod out;
 mod sample;
