@@ -140,3 +140,197 @@ impl BusRpc for Bus {
 pub(crate) fn server(bus: std::sync::Arc<Bus>) -> BusServer<Bus> {
     BusServer::from_arc(bus)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use futures_util::StreamExt;
+    use tether_hostconn::InProcess;
+    use tether_hostserve::{Audit, CAPABILITY_METADATA, HostServices, Limits, Policy};
+    use tether_protocol::bus::bus_client::BusClient;
+    use tokio::sync::broadcast::error::TryRecvError;
+    use tonic::Code;
+    use tonic::transport::Channel;
+
+    use super::*;
+
+    /// The bus behind a gate granting `grants` (plugin, capability), auditing to a
+    /// temporary file.
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        bus: Arc<Bus>,
+        services: HostServices,
+    }
+
+    fn fixture(grants: &[(&str, &str)]) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = Policy::with_kinds([kind()]).unwrap();
+        for (plugin, capability) in grants {
+            policy.grant(plugin, capability).unwrap();
+        }
+        let audit = Audit::to_file(dir.path().join("audit.jsonl"), 16 << 20).unwrap();
+        let gate = Gate::new(policy, audit, Limits::default());
+        let bus = Arc::new(Bus::new(gate.clone()));
+        let services = HostServices::from_gate(gate).serve(server(Arc::clone(&bus)));
+        Fixture {
+            _dir: dir,
+            bus,
+            services,
+        }
+    }
+
+    impl Fixture {
+        /// A bus client as the plugin `name` (keep the connection while using it).
+        async fn plugin(&self, name: &str) -> (InProcess, BusClient<Channel>) {
+            let local = tether_hostconn::in_process(name, self.services.routes())
+                .await
+                .unwrap();
+            let client = BusClient::new(local.channel());
+            (local, client)
+        }
+    }
+
+    fn publish(topic: &str, payload: &[u8]) -> PublishRequest {
+        PublishRequest {
+            topic: topic.to_owned(),
+            payload: payload.to_vec(),
+        }
+    }
+
+    fn subscribe(topic: &str) -> SubscribeRequest {
+        SubscribeRequest {
+            topic: topic.to_owned(),
+        }
+    }
+
+    #[tokio::test]
+    async fn every_subscriber_gets_the_message_with_the_publisher_the_host_knows() {
+        let bus = fixture(&[
+            ("alpha", "bus:publish:news/**"),
+            ("beta", "bus:subscribe:news/*"),
+        ]);
+        let (_alpha, mut alpha) = bus.plugin("alpha").await;
+        let (_beta, mut beta) = bus.plugin("beta").await;
+        let mut host = bus.bus.listen("news/today");
+        let mut stream = beta
+            .subscribe(subscribe("news/today"))
+            .await
+            .unwrap()
+            .into_inner();
+
+        let reply = alpha
+            .publish(publish("news/today", b"hello"))
+            .await
+            .unwrap();
+        assert_eq!(reply.into_inner().delivered, 2);
+        let got = stream.next().await.unwrap().unwrap();
+        assert_eq!(
+            (
+                got.topic.as_str(),
+                got.payload.as_slice(),
+                got.publisher.as_str(),
+                got.missed
+            ),
+            ("news/today", b"hello".as_slice(), "alpha", 0)
+        );
+        assert_eq!(host.recv().await.unwrap(), got);
+
+        // Another topic reaches neither.
+        let reply = alpha.publish(publish("news/other", b"x")).await.unwrap();
+        assert_eq!(reply.into_inner().delivered, 0);
+        assert!(matches!(host.try_recv(), Err(TryRecvError::Empty)));
+    }
+
+    #[tokio::test]
+    async fn publishing_and_subscribing_each_need_their_capability() {
+        let bus = fixture(&[("alpha", "bus:subscribe:news")]);
+        let (_alpha, mut alpha) = bus.plugin("alpha").await;
+        let mut host = bus.bus.listen("news");
+
+        let denied = alpha.publish(publish("news", b"x")).await.unwrap_err();
+        assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+        assert_eq!(
+            denied.metadata().get(CAPABILITY_METADATA).unwrap(),
+            "bus:publish:news"
+        );
+        assert!(matches!(host.try_recv(), Err(TryRecvError::Empty)));
+
+        let denied = alpha.subscribe(subscribe("sports")).await.unwrap_err();
+        assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+        assert_eq!(
+            denied.metadata().get(CAPABILITY_METADATA).unwrap(),
+            "bus:subscribe:sports"
+        );
+        alpha.subscribe(subscribe("news")).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_payload_over_the_cap_is_refused() {
+        let bus = fixture(&[("alpha", "bus:publish:news")]);
+        let (_alpha, mut alpha) = bus.plugin("alpha").await;
+        let mut host = bus.bus.listen("news");
+        let refused = alpha
+            .publish(publish("news", &vec![0; MAX_PAYLOAD + 1]))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+        assert!(matches!(host.try_recv(), Err(TryRecvError::Empty)));
+        alpha
+            .publish(publish("news", &vec![0; MAX_PAYLOAD]))
+            .await
+            .unwrap();
+        assert_eq!(host.recv().await.unwrap().payload.len(), MAX_PAYLOAD);
+    }
+
+    #[tokio::test]
+    async fn a_slow_subscriber_misses_messages_and_holds_up_nobody() {
+        // Far more than a subscriber's queue plus what the connection buffers.
+        const TOTAL: u64 = 300;
+        let bus = fixture(&[
+            ("alpha", "bus:publish:load"),
+            ("beta", "bus:subscribe:load"),
+        ]);
+        let (_alpha, mut alpha) = bus.plugin("alpha").await;
+        let (_beta, mut beta) = bus.plugin("beta").await;
+        // beta subscribes, then reads nothing until the end.
+        let mut slow = beta
+            .subscribe(subscribe("load"))
+            .await
+            .unwrap()
+            .into_inner();
+        // The host reads each message as it comes.
+        let mut fast = bus.bus.listen("load");
+        let reader = tokio::spawn(async move {
+            let mut read = 0;
+            while read < TOTAL {
+                let message = fast.recv().await.expect("the fast subscriber fell behind");
+                assert_eq!(message.missed, 0);
+                read += 1;
+            }
+            read
+        });
+
+        let payload = vec![b'x'; 32 * 1024];
+        tokio::time::timeout(Duration::from_secs(60), async {
+            for _ in 0..TOTAL {
+                let reply = alpha.publish(publish("load", &payload)).await.unwrap();
+                assert_eq!(reply.into_inner().delivered, 2);
+            }
+        })
+        .await
+        .expect("the slow subscriber held up the publisher");
+        assert_eq!(reader.await.unwrap(), TOTAL);
+
+        // Reading at last, beta is told how many it missed: nothing is lost silently.
+        let (mut received, mut missed) = (0, 0);
+        while received + missed < TOTAL {
+            let message = slow.next().await.unwrap().unwrap();
+            received += 1;
+            missed += message.missed;
+        }
+        assert!(missed > 0, "the slow subscriber missed nothing");
+        assert_eq!(received + missed, TOTAL);
+    }
+}
