@@ -281,6 +281,15 @@ mod tests {
         published: Mutex<Vec<Message>>,
     }
 
+    impl StandInBus {
+        fn new(gate: Gate) -> Self {
+            StandInBus {
+                gate,
+                published: Mutex::default(),
+            }
+        }
+    }
+
     #[tether_plugin_sdk::tonic::async_trait]
     impl Bus for StandInBus {
         async fn publish(
@@ -337,12 +346,9 @@ mod tests {
             policy.grant("colorlister", grant).unwrap();
         }
         let audit = Audit::to_file(dir.path().join("audit.jsonl"), 1 << 20).unwrap();
+        // The file services and the bus stand-in, behind one gate, as a host serves them.
         let gate = Gate::new(policy, audit, Limits::default());
-        let bus = Arc::new(StandInBus {
-            gate: gate.clone(),
-            published: Mutex::default(),
-        });
-        // The files and the bus stand-in, behind one gate, as the demo serves them.
+        let bus = Arc::new(StandInBus::new(gate.clone()));
         let services = Services::from_gate(gate).serve(BusServer::from_arc(Arc::clone(&bus)));
         let local = tether_hostconn::in_process("colorlister", services.routes())
             .await

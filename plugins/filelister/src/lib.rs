@@ -199,6 +199,15 @@ mod tests {
         published: Mutex<Vec<Message>>,
     }
 
+    impl StandInBus {
+        fn new(gate: Gate) -> Self {
+            StandInBus {
+                gate,
+                published: Mutex::default(),
+            }
+        }
+    }
+
     #[tether_plugin_sdk::tonic::async_trait]
     impl Bus for StandInBus {
         async fn publish(
@@ -236,7 +245,7 @@ mod tests {
     /// stand-in) granting `grants` to filelister, and the audit file.
     struct Fixture {
         dir: tempfile::TempDir,
-        services: Arc<Services>,
+        services: Services,
         bus: Arc<StandInBus>,
         local: tether_hostconn::InProcess,
     }
@@ -256,13 +265,10 @@ mod tests {
             policy.grant("filelister", grant).unwrap();
         }
         let audit = Audit::to_file(dir.path().join("audit.jsonl"), 1 << 20).unwrap();
+        // The file services and the bus stand-in, behind one gate, as a host serves them.
         let gate = Gate::new(policy, audit, Limits::default());
-        let bus = Arc::new(StandInBus {
-            gate: gate.clone(),
-            published: Mutex::default(),
-        });
-        let services =
-            Arc::new(Services::from_gate(gate).serve(BusServer::from_arc(Arc::clone(&bus))));
+        let bus = Arc::new(StandInBus::new(gate.clone()));
+        let services = Services::from_gate(gate).serve(BusServer::from_arc(Arc::clone(&bus)));
         let local = tether_hostconn::in_process("filelister", services.routes())
             .await
             .unwrap();
