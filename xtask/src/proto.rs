@@ -286,6 +286,11 @@ mod tests {
                 tree.proto.with_file_name("src").join("generated")
             );
         }
+        let guestbook = root.join("examples/guestbook/proto");
+        assert!(
+            trees.iter().any(|tree| tree.proto == guestbook),
+            "the guestbook example's protos are not generated: {trees:?}"
+        );
     }
 
     #[test]
