@@ -33,7 +33,8 @@ tasks:
   soak [RUNS]     the end-to-end suite RUNS times (default 20) with a CPU hog on every
                   core beside it; prints failures per test
   fuzz [--seconds N] [TARGET...]  run the fuzz targets in fuzz/ (default 60 s each)
-  proto           regenerate crates/protocol/src/generated from proto/
+  proto           regenerate crates/protocol/src/generated from proto/, and each
+                  examples/*/src/generated from that example's proto/
   proto --check   fail if the committed generated code is stale
 ";
 
