@@ -102,7 +102,15 @@ impl From<HostCallError> for Status {
             HostCallError::NotConnected(_) => Code::FailedPrecondition,
             HostCallError::Other { code, .. } => *code,
         };
-        Status::new(code, err.to_string())
+        let mut status = Status::new(code, err.to_string());
+        // A denial passed on keeps the capability it names, so the plugin's caller gets
+        // the same typed denial.
+        if let HostCallError::Denied { capability, .. } = &err
+            && let Ok(value) = tonic::metadata::MetadataValue::try_from(capability.as_str())
+        {
+            status.metadata_mut().insert(CAPABILITY_METADATA, value);
+        }
+        status
     }
 }
 
@@ -312,5 +320,24 @@ impl HostFiles {
             }))
             .await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_denial_passed_on_as_a_status_stays_a_typed_denial() {
+        let denied = HostCallError::Denied {
+            capability: "bus:publish:reports".to_owned(),
+            message: "no grant covers it".to_owned(),
+        };
+        match HostCallError::from(Status::from(denied)) {
+            HostCallError::Denied { capability, .. } => {
+                assert_eq!(capability, "bus:publish:reports");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }
