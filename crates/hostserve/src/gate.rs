@@ -358,7 +358,7 @@ impl Gate {
         let limit = self.inner.limits.max_open_calls;
         if instance.open.fetch_add(1, Ordering::Relaxed) >= limit {
             instance.open.fetch_sub(1, Ordering::Relaxed);
-            let context = Correlation::from_metadata(&MetadataMap::from_headers(headers.clone()));
+            let context = Correlation::from_headers(headers);
             let status = Status::resource_exhausted(format!(
                 "too many host-service calls open for this plugin (limit {limit}, counting \
                  calls waiting for a slot and requests not yet complete); finish some first"
@@ -411,15 +411,28 @@ struct Correlation {
 
 impl Correlation {
     fn from_metadata(metadata: &MetadataMap) -> Self {
+        Correlation::from_headers(metadata.as_ref())
+    }
+
+    fn from_headers(headers: &http::HeaderMap) -> Self {
+        Correlation::from_values(
+            headers.get(tether_protocol::REQUEST_ID_METADATA),
+            headers.get("grpc-timeout"),
+        )
+    }
+
+    fn from_values(
+        request_id: Option<&http::HeaderValue>,
+        timeout: Option<&http::HeaderValue>,
+    ) -> Self {
         let mut correlation = Correlation {
-            timeout_ms: metadata
-                .get("grpc-timeout")
+            timeout_ms: timeout
                 .and_then(|value| value.to_str().ok())
                 .and_then(tether_protocol::parse_grpc_timeout)
                 .map(|timeout| u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX)),
             ..Correlation::default()
         };
-        if let Some(value) = metadata.get(tether_protocol::REQUEST_ID_METADATA) {
+        if let Some(value) = request_id {
             match value.to_str() {
                 Ok(id) if tether_protocol::valid_request_id(id) => {
                     correlation.request_id = Some(id.to_owned());
@@ -522,7 +535,7 @@ impl Call {
             plugin: self.identity.name(),
             instance: self.identity.instance(),
             pid: self.identity.pid(),
-            operation: self.operation.to_string(),
+            operation: &self.operation,
         };
         // Room for the record first: a call the host cannot record is denied before the
         // policy spends a use of a grant or remembers a hook's answer on it.
@@ -837,7 +850,14 @@ where
             operation: operation.clone(),
             checked: Arc::clone(&checked),
         });
-        let context = Correlation::from_metadata(&MetadataMap::from_headers(parts.headers.clone()));
+        // Read only if the method never consults the gate: the two values, not the map.
+        let correlation = (
+            parts
+                .headers
+                .get(tether_protocol::REQUEST_ID_METADATA)
+                .cloned(),
+            parts.headers.get("grpc-timeout").cloned(),
+        );
         let request = http::Request::from_parts(parts, Body::new(Watched { inner: body, end }));
         let call = self.inner.call(request);
         let gate = self.gate.clone();
@@ -851,6 +871,7 @@ where
             // The method never consulted the gate. An error it answered with before doing
             // so (a method that does not exist, a request that does not decode) is passed
             // on; an answer with data is withheld.
+            let context = Correlation::from_values(correlation.0.as_ref(), correlation.1.as_ref());
             if let Some(status) = Status::from_header_map(response.headers()) {
                 gate.record_unchecked(
                     &identity,

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 use serde::Deserialize;
 use serde::de::{self, MapAccess, Visitor};
 
-use crate::audit::Decider;
+use crate::audit::{Decider, Operation};
 use crate::capability::{
     Capability, CapabilityError, CapabilityKind, KindError, Kinds, Need, NeedError,
 };
@@ -354,7 +354,7 @@ pub(crate) struct Asker<'a> {
     pub(crate) plugin: &'a str,
     pub(crate) instance: u64,
     pub(crate) pid: u32,
-    pub(crate) operation: String,
+    pub(crate) operation: &'a Operation,
 }
 
 impl Policy {
@@ -625,7 +625,6 @@ impl Policy {
             Err(NeedError::Invalid(reason)) => return Ruling::Invalid { reason },
             Err(NeedError::Undeclared(reason)) => return Ruling::Undeclared { reason },
         }
-        let needed = need.to_string();
         let plugin = asker.plugin;
         let (workspace, spent) = {
             let plugins = self.read();
@@ -633,7 +632,7 @@ impl Policy {
             if let Some(deny) = entry.and_then(|e| e.denies.iter().find(|d| d.covers(need))) {
                 return Ruling::Deny {
                     reason: format!("denied by the operator's rule `{deny}`"),
-                    needed,
+                    needed: need.to_string(),
                     decided_by: Decider::Policy,
                 };
             }
@@ -661,6 +660,7 @@ impl Policy {
         if spent.is_some() {
             self.prune(plugin);
         }
+        let needed = need.to_string();
         let uncovered = match &spent {
             Some((grant, Spent::Expired(at))) => format!(
                 "the grant `{grant}` expired at {}, and no other grant covers `{needed}`",
@@ -697,7 +697,7 @@ impl Policy {
             plugin: asker.plugin.to_owned(),
             instance: asker.instance,
             pid: asker.pid,
-            operation: asker.operation.clone(),
+            operation: asker.operation.to_string(),
             resource: need.resource_name().unwrap_or_default().to_owned(),
             capability: needed.clone(),
         };
@@ -816,7 +816,7 @@ mod tests {
             plugin,
             instance: 1,
             pid: 1,
-            operation: "test".to_owned(),
+            operation: &Operation::Connect,
         };
         tokio::runtime::Builder::new_current_thread()
             .enable_time()
