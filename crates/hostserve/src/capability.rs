@@ -354,6 +354,71 @@ impl Kinds {
         })
     }
 
+    /// Reads a request written as text, such as `read:docs/a.txt` or
+    /// `bus:publish:reports`, into the [`Need`] a service would build for it: a declared
+    /// kind, its action if it has actions, and one literal resource (a `*` in it is a
+    /// character of the name, not a wildcard).
+    pub fn need(&self, text: &str) -> Result<Need, CapabilityError> {
+        let fail = |reason: String| CapabilityError {
+            capability: text.to_owned(),
+            reason,
+        };
+        let (name, rest) = match text.split_once(':') {
+            Some((name, rest)) => (name, Some(rest)),
+            None => (text, None),
+        };
+        let Some(kind) = self.kinds.get(name) else {
+            return Err(fail(format!(
+                "unknown capability kind `{}`; the kinds are {}, lowercase",
+                name.escape_debug(),
+                self.names()
+            )));
+        };
+        let mut need = Need::new(name);
+        let resource = if kind.actions.is_empty() {
+            rest
+        } else {
+            let rest = rest.ok_or_else(|| {
+                fail(format!("`{}` needs an action: {}", kind.name, kind.shape()))
+            })?;
+            let (action, resource) = match rest.split_once(':') {
+                Some((action, resource)) => (action, Some(resource)),
+                None => (rest, None),
+            };
+            if !kind.actions.iter().any(|known| known == action) {
+                return Err(fail(format!(
+                    "unknown action `{}` for `{}`; write {}",
+                    action.escape_debug(),
+                    kind.name,
+                    kind.shape()
+                )));
+            }
+            need = need.action(action);
+            resource
+        };
+        match (kind.resource.0, resource) {
+            (Shape::None, None) => {}
+            (Shape::None, Some(_)) => {
+                return Err(fail(format!(
+                    "`{}` takes no resource: write {}",
+                    kind.name,
+                    kind.shape()
+                )));
+            }
+            (_, None) => {
+                return Err(fail(format!(
+                    "the resource is missing: write {}",
+                    kind.shape()
+                )));
+            }
+            (_, Some(resource)) => need = need.resource(resource),
+        }
+        self.check(&need).map_err(|err| match err {
+            NeedError::Invalid(reason) | NeedError::Undeclared(reason) => fail(reason),
+        })?;
+        Ok(need)
+    }
+
     /// Checks that `need` names a declared kind and action and a well-formed resource.
     pub(crate) fn check(&self, need: &Need) -> Result<(), NeedError> {
         let Some(kind) = self.kinds.get(&need.kind) else {
@@ -768,6 +833,70 @@ mod tests {
             "API_KEY\0",
         ] {
             assert!(!c.covers(&Need::verb(Verb::Env, other)), "{other:?}");
+        }
+    }
+
+    #[test]
+    fn a_request_text_reads_into_the_need_a_service_would_build() {
+        let mut kinds = Kinds::builtin();
+        kinds
+            .declare(
+                CapabilityKind::new("bus")
+                    .actions(["publish", "subscribe"])
+                    .resource(Resource::PATH),
+            )
+            .unwrap();
+        kinds
+            .declare(CapabilityKind::new("counter").actions(["incr"]))
+            .unwrap();
+        kinds
+            .declare(
+                CapabilityKind::new("net")
+                    .actions(["connect"])
+                    .resource(Resource::NAME),
+            )
+            .unwrap();
+        assert_eq!(
+            kinds.need("read:docs/a.txt").unwrap(),
+            Need::verb(Verb::Read, "docs/a.txt")
+        );
+        assert_eq!(
+            kinds.need("env:HOME").unwrap(),
+            Need::verb(Verb::Env, "HOME")
+        );
+        assert_eq!(
+            kinds.need("bus:publish:reports").unwrap(),
+            Need::new("bus").action("publish").resource("reports")
+        );
+        assert_eq!(
+            kinds.need("counter:incr").unwrap(),
+            Need::new("counter").action("incr")
+        );
+        assert_eq!(
+            kinds.need("net:connect:example.com:443").unwrap(),
+            Need::new("net")
+                .action("connect")
+                .resource("example.com:443")
+        );
+        // A `*` in a request is a character of its name, covered only by a pattern.
+        let star = kinds.need("read:docs/*").unwrap();
+        assert!(cap("read:docs/**").covers(&star));
+        assert!(!cap("read:docs/a.txt").covers(&star));
+        for (bad, why) in [
+            ("read", "the resource is missing"),
+            ("read:/etc/passwd", "absolute"),
+            ("read:docs/../x", "components"),
+            ("env:A-B", "not a variable name"),
+            ("bus:publish", "the resource is missing"),
+            ("bus:shout:x", "unknown action `shout`"),
+            ("bus", "needs an action"),
+            ("counter:incr:x", "takes no resource"),
+            ("net:connect:a*b", "not allowed"),
+            ("kv:get:x", "unknown capability kind `kv`"),
+        ] {
+            let err = kinds.need(bad).unwrap_err();
+            assert_eq!(err.capability, bad);
+            assert!(err.reason.contains(why), "{bad}: {err}");
         }
     }
 

@@ -110,5 +110,5 @@ pub use hook::{
 };
 pub use manifest::{Manifest, ManifestError};
 pub use path::{MAX_COMPONENT, MAX_PATH, PathError, RESERVED_PREFIX};
-pub use policy::{DEFAULT_HOOK_TIMEOUT, Lifetime, Policy, PolicyError};
+pub use policy::{DEFAULT_HOOK_TIMEOUT, Explanation, Lifetime, Policy, PolicyError, SpentGrant};
 pub use service::HostServices;

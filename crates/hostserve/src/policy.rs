@@ -67,6 +67,11 @@ impl Lifetime {
     pub fn expires(&self) -> Option<SystemTime> {
         self.expires
     }
+
+    /// How many uses it is good for, if it is limited to a number of uses.
+    pub fn remaining_uses(&self) -> Option<u32> {
+        self.uses
+    }
 }
 
 /// One grant and what is left of its lifetime.
@@ -116,6 +121,14 @@ impl Grant {
                 .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
                 .map(|_| ())
                 .map_err(|_| Spent::UsedUp),
+        }
+    }
+
+    /// Its lifetime as it is now: the uses are those left.
+    fn lifetime(&self) -> Lifetime {
+        Lifetime {
+            expires: self.expires,
+            uses: self.uses.as_ref().map(|uses| uses.load(Ordering::Relaxed)),
         }
     }
 
@@ -347,6 +360,60 @@ pub(crate) enum Ruling {
     Invalid { reason: String },
     /// The host's service asked for a kind or action never declared.
     Undeclared { reason: String },
+}
+
+/// What [`Policy::explain`] found: what the policy would decide about a request now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Explanation {
+    /// Allowed by a live grant (the first, in the order made, that covers the request).
+    Allowed {
+        /// The grant, as written.
+        grant: String,
+        /// What is left of its lifetime (its uses are those left now).
+        lifetime: Lifetime,
+        /// The plugin's workspace, if it has one.
+        workspace: Option<PathBuf>,
+    },
+    /// Denied by the operator's rule `by_rule` (denials win over grants and the hook).
+    Denied {
+        /// The denial, as written.
+        by_rule: String,
+    },
+    /// No live grant covers it: denied, unless a decision hook allows it.
+    NotCovered {
+        /// Grants that would have covered it but are spent (expired, or no uses left).
+        spent: Vec<SpentGrant>,
+        /// The decision hook that would be asked, by its name, if one is installed.
+        hook: Option<String>,
+    },
+    /// The request names a malformed resource.
+    Invalid(String),
+    /// The request names a kind or action nobody declared.
+    Undeclared(String),
+}
+
+/// A grant that covers a request but can no longer allow it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpentGrant {
+    /// The grant, as written.
+    pub grant: String,
+    /// When it expired; `None` if it has no uses left instead.
+    pub expired: Option<SystemTime>,
+}
+
+/// The matching core of [`Policy::decide`] and [`Policy::explain`]: the first denial of
+/// `entry` that covers `need`, else its grants that cover it, in the order made.
+fn matching<'a>(
+    entry: Option<&'a PluginGrants>,
+    need: &'a Need,
+) -> Result<impl Iterator<Item = &'a Arc<Grant>>, &'a Capability> {
+    if let Some(deny) = entry.and_then(|e| e.denies.iter().find(|d| d.covers(need))) {
+        return Err(deny);
+    }
+    Ok(entry
+        .into_iter()
+        .flat_map(|e| e.grants.iter())
+        .filter(move |g| g.capability.covers(need)))
 }
 
 /// Who asks, for the decision hook.
@@ -612,15 +679,18 @@ impl Policy {
             })
     }
 
-    /// Decides whether `asker` may have `need`: denials, then live grants, then the hook.
-    pub(crate) async fn decide(&self, asker: &Asker<'_>, need: &Need) -> Ruling {
-        let checked = self
-            .inner
+    /// Whether `need` names a declared kind and action and a well-formed resource.
+    fn check(&self, need: &Need) -> Result<(), NeedError> {
+        self.inner
             .kinds
             .read()
             .unwrap_or_else(PoisonError::into_inner)
-            .check(need);
-        match checked {
+            .check(need)
+    }
+
+    /// Decides whether `asker` may have `need`: denials, then live grants, then the hook.
+    pub(crate) async fn decide(&self, asker: &Asker<'_>, need: &Need) -> Ruling {
+        match self.check(need) {
             Ok(()) => {}
             Err(NeedError::Invalid(reason)) => return Ruling::Invalid { reason },
             Err(NeedError::Undeclared(reason)) => return Ruling::Undeclared { reason },
@@ -629,20 +699,19 @@ impl Policy {
         let (workspace, spent) = {
             let plugins = self.read();
             let entry = plugins.get(plugin);
-            if let Some(deny) = entry.and_then(|e| e.denies.iter().find(|d| d.covers(need))) {
-                return Ruling::Deny {
-                    reason: format!("denied by the operator's rule `{deny}`"),
-                    needed: need.to_string(),
-                    decided_by: Decider::Policy,
-                };
-            }
+            let covering = match matching(entry, need) {
+                Err(deny) => {
+                    return Ruling::Deny {
+                        reason: format!("denied by the operator's rule `{deny}`"),
+                        needed: need.to_string(),
+                        decided_by: Decider::Policy,
+                    };
+                }
+                Ok(covering) => covering,
+            };
             let now = SystemTime::now();
             let mut spent = None;
-            for grant in entry
-                .into_iter()
-                .flat_map(|e| e.grants.iter())
-                .filter(|g| g.capability.covers(need))
-            {
+            for grant in covering {
                 match grant.take(now) {
                     Ok(()) => {
                         return Ruling::Allow {
@@ -778,6 +847,51 @@ impl Policy {
                     workspace,
                 }
             }
+        }
+    }
+
+    /// What [`Policy`] would decide about `plugin` asking for `need` now, and why, without
+    /// spending a use of any grant or asking the decision hook: the same matching as the
+    /// decision itself (the kind check, then denials, then live grants in the order made).
+    pub fn explain(&self, plugin: &str, need: &Need) -> Explanation {
+        match self.check(need) {
+            Ok(()) => {}
+            Err(NeedError::Invalid(reason)) => return Explanation::Invalid(reason),
+            Err(NeedError::Undeclared(reason)) => return Explanation::Undeclared(reason),
+        }
+        let plugins = self.read();
+        let entry = plugins.get(plugin);
+        let covering = match matching(entry, need) {
+            Err(deny) => {
+                return Explanation::Denied {
+                    by_rule: deny.as_str().to_owned(),
+                };
+            }
+            Ok(covering) => covering,
+        };
+        let now = SystemTime::now();
+        let mut spent = Vec::new();
+        for grant in covering {
+            match grant.spent(now) {
+                None => {
+                    return Explanation::Allowed {
+                        grant: grant.capability.as_str().to_owned(),
+                        lifetime: grant.lifetime(),
+                        workspace: entry.and_then(|e| e.workspace.clone()),
+                    };
+                }
+                Some(why) => spent.push(SpentGrant {
+                    grant: grant.capability.as_str().to_owned(),
+                    expired: match why {
+                        Spent::Expired(at) => Some(at),
+                        Spent::UsedUp => None,
+                    },
+                }),
+            }
+        }
+        Explanation::NotCovered {
+            spent,
+            hook: self.hook().map(|setting| setting.hook.name().to_owned()),
         }
     }
 
@@ -1017,6 +1131,106 @@ deny = ["bus:publish:alerts/secret"]
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn explain_says_what_decide_would_and_spends_nothing() {
+        let policy = Policy::with_kinds([bus()]).unwrap();
+        policy
+            .load_toml(
+                r#"
+[plugins.a]
+workspace = "/w"
+grant = [
+    "bus:publish:alerts/**",
+    { capability = "bus:publish:once", uses = 1 },
+    { capability = "bus:publish:late", expires_at = "2020-01-01T00:00:00Z" },
+]
+deny = ["bus:publish:alerts/secret"]
+"#,
+                Path::new("/"),
+            )
+            .unwrap();
+        let publish = |topic: &str| Need::new("bus").action("publish").resource(topic);
+        assert_eq!(
+            policy.explain("a", &publish("alerts/disk")),
+            Explanation::Allowed {
+                grant: "bus:publish:alerts/**".to_owned(),
+                lifetime: Lifetime::forever(),
+                workspace: Some(PathBuf::from("/w")),
+            }
+        );
+        assert_eq!(
+            policy.explain("a", &publish("alerts/secret")),
+            Explanation::Denied {
+                by_rule: "bus:publish:alerts/secret".to_owned()
+            }
+        );
+        // Explaining a single-use grant leaves its use for the call.
+        for _ in 0..3 {
+            match policy.explain("a", &publish("once")) {
+                Explanation::Allowed {
+                    grant, lifetime, ..
+                } => {
+                    assert_eq!(grant, "bus:publish:once");
+                    assert_eq!(lifetime.remaining_uses(), Some(1));
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(is_allowed(&policy, "a", &publish("once")));
+        match policy.explain("a", &publish("late")) {
+            Explanation::NotCovered { spent, hook } => {
+                assert_eq!(spent.len(), 1);
+                assert_eq!(spent[0].grant, "bus:publish:late");
+                assert!(spent[0].expired.is_some());
+                assert_eq!(hook, None);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            policy.explain("a", &publish("news")),
+            Explanation::NotCovered {
+                spent: Vec::new(),
+                hook: None
+            }
+        );
+        assert_eq!(
+            policy.explain("stranger", &publish("alerts/disk")),
+            Explanation::NotCovered {
+                spent: Vec::new(),
+                hook: None
+            }
+        );
+        assert!(matches!(
+            policy.explain("a", &publish("alerts/../x")),
+            Explanation::Invalid(_)
+        ));
+        assert!(matches!(
+            policy.explain("a", &Need::new("kv").action("get")),
+            Explanation::Undeclared(_)
+        ));
+        // The used-up grant is reported as such once decide has spent it.
+        match policy.explain("a", &publish("once")) {
+            Explanation::NotCovered { spent, .. } => {
+                assert!(spent.iter().all(|s| s.expired.is_none()), "{spent:?}");
+            }
+            other => panic!("{other:?}"),
+        }
+        policy.set_hook(
+            crate::hook::FnHook::new("rules", |_: &Question| crate::hook::Verdict {
+                answer: Answer::Deny,
+                reason: None,
+            }),
+            DEFAULT_HOOK_TIMEOUT,
+        );
+        assert_eq!(
+            policy.explain("a", &publish("news")),
+            Explanation::NotCovered {
+                spent: Vec::new(),
+                hook: Some("rules".to_owned())
+            }
+        );
     }
 
     #[test]
