@@ -411,11 +411,22 @@ impl Kinds {
                     kind.shape()
                 )));
             }
-            (_, Some(resource)) => need = need.resource(resource),
+            (Shape::EnvName, Some(name)) if !is_env_name(name) => {
+                return Err(fail(
+                    "not a variable name ([A-Za-z_][A-Za-z0-9_]*)".to_owned(),
+                ));
+            }
+            (Shape::EnvName, Some(name)) => need = need.resource(name),
+            (Shape::Name, Some(name)) => {
+                check_name(name).map_err(fail)?;
+                need = need.resource(name);
+            }
+            (Shape::Path, Some(path)) => {
+                check_request_path(path).map_err(fail)?;
+                need = need.resource(path);
+            }
         }
-        self.check(&need).map_err(|err| match err {
-            NeedError::Invalid(reason) | NeedError::Undeclared(reason) => fail(reason),
-        })?;
+        debug_assert!(self.check(&need).is_ok(), "{need}");
         Ok(need)
     }
 
