@@ -1,5 +1,6 @@
 //! End-to-end tests: every test here starts real plugin processes.
 
+mod cli;
 mod corpus_rows;
 mod demo;
 mod exits;

@@ -1,9 +1,10 @@
 //! `tether`: the operator's command line. Works on a host's files (policy files, audit
 //! trails) without writing Rust: `tether policy check`, `tether policy explain`,
-//! `tether audit query`, `tether audit summary`. `tether --help` lists the commands and
+//! `tether audit query`, `tether audit summary`, `tether inspect`. `tether --help` lists the commands and
 //! `docs/cli.md` describes them.
 
 mod audit;
+mod inspect;
 mod kinds;
 mod out;
 mod policy;
@@ -24,11 +25,14 @@ const EXIT_CODES: &str = "\
 Exit codes:
   0  all is well: the policy is valid, the request is allowed, every audit line was read
   1  the command found a problem: the policy is invalid, the request is denied (or no
-     grant covers it), an audit line could not be read (it is reported and skipped)
+     grant covers it), an audit line could not be read (it is reported and skipped),
+     the plugin's manifest does not validate
   2  the command could not do its work: bad arguments, a file that cannot be read, a
-     policy that does not load (for `explain`), a request that is not well formed";
+     policy that does not load (for `explain`), a request that is not well formed, a
+     plugin that cannot start";
 
-/// tether's operator tool: check and explain policy files, query audit trails.
+/// tether's operator tool: check and explain policy files, query audit trails, inspect a
+/// plugin.
 #[derive(Debug, Parser)]
 #[command(name = "tether", version, about, long_about, after_long_help = EXIT_CODES)]
 struct Cli {
@@ -63,6 +67,10 @@ enum Command {
     /// Audit trails: query the records, or summarise them per plugin.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Start a plugin sandboxed, show its handshake, manifest, sandbox layers and gRPC
+    /// services, and stop it gracefully.
+    #[command(after_long_help = EXIT_CODES)]
+    Inspect(inspect::InspectArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -136,6 +144,7 @@ fn main() -> ExitCode {
         }) => policy::explain(&out, &file, &plugin, &capability, &kinds),
         Command::Audit(AuditCommand::Query(args)) => audit::query(&out, &args),
         Command::Audit(AuditCommand::Summary(args)) => audit::summary(&out, &args),
+        Command::Inspect(args) => inspect::inspect(&out, &args),
     };
     match result {
         Ok(Outcome::Clean) => ExitCode::SUCCESS,
@@ -147,10 +156,11 @@ fn main() -> ExitCode {
     }
 }
 
-/// The tool's own log lines go to stderr: warnings by default.
+/// The tool's own log lines go to stderr: errors only by default (it reports what it finds
+/// itself), `-v` warnings and information, `-vv` debugging.
 fn init_logging(verbose: u8, color: ColorChoice) {
     let level = match verbose {
-        0 => LevelFilter::WARN,
+        0 => LevelFilter::ERROR,
         1 => LevelFilter::INFO,
         _ => LevelFilter::DEBUG,
     };

@@ -190,8 +190,22 @@ fn a_missing_policy_file_is_exit_code_2_with_its_name() {
             "{args:?}: {err}"
         );
     }
+    let output = tether(&["inspect", arg(&missing), "--cookie", "K=V"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("error: could not read the plugin"),
+        "{}",
+        stderr(&output)
+    );
     // Bad usage is exit code 2 as well.
     assert_eq!(tether(&["policy", "check"]).status.code(), Some(2));
+    let output = tether(&["inspect", arg(&missing), "--cookie", "no-equals-sign"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("is not KEY=VALUE"),
+        "{}",
+        stderr(&output)
+    );
 }
 
 fn explain(file: &Path, plugin: &str, request: &str) -> (i32, String) {
