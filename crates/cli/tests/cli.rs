@@ -106,6 +106,9 @@ grant = [
     { capability = "read:a", expire_in = "1h" },
 ]
 deny = ["read:docs/[a]"]
+
+[plugins.q]
+grant = ["env:*"]
 "#,
         &[],
     );
@@ -118,7 +121,10 @@ deny = ["read:docs/[a]"]
         "policy.toml:7:5: error: plugin `p`: grant \"read:a\": unknown field `expire_in`",
         "policy.toml:9:9: error: plugin `p`: denial \"read:docs/[a]\": only `*` and `**` are \
          wildcards",
-        "policy.toml: not valid, 4 errors",
+        // The loader names only the first plugin with errors; check names them all.
+        "policy.toml:12:10: error: plugin `q`: grant \"env:*\": an env capability names one \
+         variable exactly",
+        "policy.toml: not valid, 5 errors",
     ] {
         assert!(out.contains(expected), "{expected:?} in\n{out}");
     }
