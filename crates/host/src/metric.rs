@@ -1,14 +1,14 @@
 //! The metrics the host emits, through the [`metrics`] facade: this crate installs no
 //! recorder; the host application installs one (a Prometheus exporter, say) and may call
-//! [`describe`] to give them their descriptions and units. Without a recorder they cost
-//! next to nothing.
+//! [`describe`] to give them their descriptions and units. They are counted once per start
+//! or restart, never per call.
 //!
 //! | Name | Type | Labels | Meaning |
 //! |------|------|--------|---------|
 //! | `tether_plugin_starts_total` | counter | `plugin` | Plugin instances started ([`PluginBuilder::start`](crate::PluginBuilder::start) succeeded, the supervisor's starts included). |
 //! | `tether_plugin_start_failures_total` | counter | `plugin` | Starts that failed (the process, its handshake, its connection or its first health check). |
 //! | `tether_supervisor_restarts_total` | counter | `plugin` | Restarts a [`Supervisor`](crate::Supervisor) decided on (it backs off, then starts the plugin again). |
-//! | `tether_sandbox_layer_enforced` | gauge | `plugin`, `layer` | Per sandbox layer ([`Layer::name`]), at the plugin's latest start: 1 enforced, 0 not. |
+//! | `tether_sandbox_layer_enforced` | gauge | `plugin`, `layer` | Per sandbox layer ([`Layer::name`](crate::Layer::name)), at the plugin's latest start: 1 enforced, 0 not. |
 
 use metrics::{SharedString, Unit};
 

@@ -1,7 +1,10 @@
 //! The metrics the gate and the audit trail emit, through the [`metrics`] facade: this
 //! crate installs no recorder; the host installs one (a Prometheus exporter, say) before it
-//! builds its [`Audit`](crate::Audit) and [`Gate`](crate::Gate), and may call [`describe`]
-//! to give them their descriptions and units. Without a recorder they cost next to nothing.
+//! opens its [`Audit`](crate::Audit) trail (whose counters are registered then, so that
+//! its writer thread counts into it), and may call [`describe`] to give them their
+//! descriptions and units. Without a recorder, a call still builds its
+//! labels (the plugin's name is shared, not copied; an operation of the host's own services
+//! and a hook's name are formatted) and records them nowhere.
 //!
 //! | Name | Type | Labels | Meaning |
 //! |------|------|--------|---------|
