@@ -11,6 +11,7 @@ mod hostconn;
 mod hostserve;
 mod interop;
 mod lifecycle;
+mod metrics;
 mod sandbox;
 mod supervision;
 mod support;

@@ -21,7 +21,7 @@ use crate::support::{
 
 /// Quick restarts and frequent health checks; a health check fails only after 5 s without
 /// an answer, a margin no loaded machine eats, so no test sees a spurious restart.
-fn quick() -> RestartPolicy {
+pub(crate) fn quick() -> RestartPolicy {
     RestartPolicy {
         initial_backoff: Duration::from_millis(20),
         max_backoff: Duration::from_millis(200),
@@ -32,7 +32,7 @@ fn quick() -> RestartPolicy {
 }
 
 /// The running instance other than `old` (by pid), once there is one.
-async fn next_instance(supervisor: &Supervisor, old: u32) -> Arc<PluginClient> {
+pub(crate) async fn next_instance(supervisor: &Supervisor, old: u32) -> Arc<PluginClient> {
     let mut states = supervisor.watch();
     tokio::time::timeout(PATIENCE, async {
         loop {
@@ -48,7 +48,7 @@ async fn next_instance(supervisor: &Supervisor, old: u32) -> Arc<PluginClient> {
     .expect("a new instance starts")
 }
 
-fn kill(pid: u32) {
+pub(crate) fn kill(pid: u32) {
     let pid = libc::pid_t::try_from(pid).expect("a pid");
     // SAFETY: kill(2) on a pid this test started.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);

@@ -190,11 +190,19 @@ impl PluginBuilder {
     /// A failure is also logged (target `tether::host`, WARN, with the plugin's name): a
     /// plugin that misbehaves at the trust boundary leaves a trace even if the caller
     /// drops the error.
+    ///
+    /// Counted in the metrics ([`crate::metric`]): `tether_plugin_starts_total` or
+    /// `tether_plugin_start_failures_total`, and on success the plugin's sandbox layers in
+    /// `tether_sandbox_layer_enforced`.
     pub async fn start(self) -> Result<PluginClient, Error> {
         let name = self.name.clone();
         let started = self.start_process().await;
-        if let Err(err) = &started {
-            tracing::warn!(target: "tether::host", plugin = name, error = %err, "plugin failed to start");
+        match &started {
+            Ok(client) => crate::metric::started(&name, &client.sandbox),
+            Err(err) => {
+                crate::metric::start_failed(&name);
+                tracing::warn!(target: "tether::host", plugin = name, error = %err, "plugin failed to start");
+            }
         }
         started
     }

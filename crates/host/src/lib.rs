@@ -37,6 +37,15 @@
 //! [`PluginClient::sandbox`] tells which layers hold on this kernel; `Strict` refuses to
 //! start a plugin if any does not.
 //!
+//! # Metrics
+//!
+//! Through the `metrics` facade (this crate installs no recorder; the table is in
+//! [`metric`] and docs/operating.md): plugin starts and failed starts
+//! (`tether_plugin_starts_total`, `tether_plugin_start_failures_total`), supervisor
+//! restarts (`tether_supervisor_restarts_total`), each labelled `plugin`, and per plugin
+//! and sandbox layer whether the layer was enforced at its latest start
+//! (`tether_sandbox_layer_enforced`, 1 or 0).
+//!
 //! What it does not do yet: supervision and restarts, reattach, and TCP or multiplexed
 //! transports arrive with their own issues.
 //!
@@ -52,6 +61,7 @@ pub mod fuzzing;
 mod guard;
 mod lines;
 mod logs;
+pub mod metric;
 mod sandbox;
 mod spawn;
 mod stdio;

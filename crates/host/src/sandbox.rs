@@ -189,6 +189,20 @@ impl Layer {
         Layer::LandlockScopes,
         Layer::Seccomp,
     ];
+
+    /// Its name as a metric label (`layer` of `tether_sandbox_layer_enforced`):
+    /// `resource_limits`, `file_descriptors`, `landlock_filesystem`, `landlock_network`,
+    /// `landlock_scopes` or `seccomp`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Layer::ResourceLimits => "resource_limits",
+            Layer::FileDescriptors => "file_descriptors",
+            Layer::LandlockFilesystem => "landlock_filesystem",
+            Layer::LandlockNetwork => "landlock_network",
+            Layer::LandlockScopes => "landlock_scopes",
+            Layer::Seccomp => "seccomp",
+        }
+    }
 }
 
 impl fmt::Display for Layer {

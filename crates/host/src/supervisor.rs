@@ -318,6 +318,7 @@ async fn supervise<T: Send + 'static>(
             return None;
         }
         recent.push_back(now);
+        crate::metric::restarting(&name);
         tracing::warn!(target: "tether::supervisor", plugin = name, reason = end.reason, delay = ?backoff, "restarting the plugin");
         state.send_replace(State::Backoff {
             restarts,

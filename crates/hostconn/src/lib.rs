@@ -91,6 +91,12 @@ impl PluginIdentity {
         &self.name
     }
 
+    /// The plugin's name, shared: a clone costs a reference count, not a copy (for labels
+    /// put on every call, such as metrics').
+    pub fn shared_name(&self) -> Arc<str> {
+        Arc::clone(&self.name)
+    }
+
     /// The plugin's instance number ([`PluginClient::instance`]).
     pub fn instance(&self) -> u64 {
         self.instance

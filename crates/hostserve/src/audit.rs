@@ -429,9 +429,25 @@ struct Shared {
     written: AtomicU64,
     dropped: AtomicU64,
     failed: AtomicU64,
+    /// `dropped` and `failed` as metrics ([`crate::metric`]): registered with the recorder
+    /// installed when the trail was opened, so the writer thread counts into it too.
+    dropped_metric: metrics::Counter,
+    failed_metric: metrics::Counter,
 }
 
 impl Shared {
+    /// Counts `n` records given up for lack of queue room; returns the total.
+    fn count_dropped(&self, n: u64) -> u64 {
+        self.dropped_metric.increment(n);
+        self.dropped.fetch_add(n, Ordering::Relaxed) + n
+    }
+
+    /// Counts `n` records given up because writing them failed; returns the total.
+    fn count_failed(&self, n: u64) -> u64 {
+        self.failed_metric.increment(n);
+        self.failed.fetch_add(n, Ordering::Relaxed) + n
+    }
+
     /// Done with a record that was sent: its room is free again.
     fn finish(&self) {
         self.done.send_modify(|done| *done += 1);
@@ -477,6 +493,10 @@ impl AuditBuilder {
     }
 
     /// Opens (creating it if needed) the file for appending and starts its writer thread.
+    ///
+    /// Its counters of records given up (`tether_audit_records_dropped_total`,
+    /// `tether_audit_records_failed_total`, see [`crate::metric`]) go to the `metrics`
+    /// recorder installed now: install it first.
     pub fn open(self) -> io::Result<Audit> {
         let file = open(&self.path)?;
         let metadata = file.metadata()?;
@@ -498,6 +518,8 @@ impl AuditBuilder {
             written: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             failed: AtomicU64::new(0),
+            dropped_metric: metrics::counter!(crate::metric::AUDIT_DROPPED),
+            failed_metric: metrics::counter!(crate::metric::AUDIT_FAILED),
         });
         let (sender, receiver) = mpsc::channel();
         let writer = Writer {
@@ -659,7 +681,7 @@ impl Sink {
         match Arc::clone(&self.shared.room).try_acquire_owned() {
             Ok(permit) => self.send(permit, record),
             Err(_) => {
-                let dropped = self.shared.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                let dropped = self.shared.count_dropped(1);
                 tracing::warn!(target: "tether::audit", dropped, plugin = record.plugin,
                     operation = %record.operation, decision = %record.decision,
                     path = %self.shared.path.display(),
@@ -673,7 +695,7 @@ impl Sink {
         permit.forget();
         self.shared.sent.fetch_add(1, Ordering::SeqCst);
         if let Err(mpsc::SendError(record)) = self.sender.send(record) {
-            let failed = self.shared.failed.fetch_add(1, Ordering::Relaxed) + 1;
+            let failed = self.shared.count_failed(1);
             self.shared.finish();
             tracing::error!(target: "tether::audit", failed, plugin = record.plugin,
                 operation = %record.operation, decision = %record.decision,
@@ -778,9 +800,7 @@ impl Writer {
         self.write_pending();
         if !self.pending.is_empty() {
             let unwritten = self.pending.len();
-            self.shared
-                .failed
-                .fetch_add(unwritten as u64, Ordering::Relaxed);
+            self.shared.count_failed(unwritten as u64);
             tracing::error!(target: "tether::audit", unwritten, path = %self.shared.path.display(),
                 error = self.shared.failing.borrow().as_deref(),
                 "the audit trail was closed with records that could not be written to the file");
@@ -795,7 +815,7 @@ impl Writer {
                 self.pending.push_back(Line { bytes, written: 0 });
             }
             Err(err) => {
-                self.shared.failed.fetch_add(1, Ordering::Relaxed);
+                self.shared.count_failed(1);
                 self.shared.finish();
                 tracing::error!(target: "tether::audit", %err, "could not serialize an audit record");
             }
@@ -933,7 +953,7 @@ impl Writer {
                 self.torn = true;
             }
             self.given_up += 1;
-            let failed = self.shared.failed.fetch_add(1, Ordering::Relaxed) + 1;
+            let failed = self.shared.count_failed(1);
             self.shared.finish();
             tracing::warn!(target: "tether::audit", failed, error,
                 "an audit record could not be written to the file and was given up");
@@ -1305,6 +1325,52 @@ mod tests {
                     .is_some_and(|error| error.contains("No space left on device"))
             );
             assert_eq!(audit.failed(), 20);
+        });
+    }
+
+    #[test]
+    fn records_given_up_are_counted_in_the_metrics() {
+        use crate::metric::testing::Taken;
+        use crate::metric::{AUDIT_DROPPED, AUDIT_FAILED};
+
+        let recorder = metrics_util::debugging::DebuggingRecorder::new();
+        let metrics = recorder.snapshotter();
+        // The trails are opened with the recorder in place: their writer threads count
+        // into it too.
+        let _local = metrics::set_default_local_recorder(&recorder);
+        let dir = tempfile::tempdir().unwrap();
+        runtime().block_on(async {
+            // No room: records without a reservation are dropped.
+            let audit = Audit::to_file_with(dir.path().join("audit.jsonl"))
+                .queue(1)
+                .on_failure(fail_closed(100))
+                .open()
+                .unwrap();
+            let held = audit.reserve().await.unwrap();
+            audit.record(record(0));
+            audit.record(record(1));
+            assert_eq!(audit.dropped(), 2);
+            assert_eq!(Taken::from(&metrics).counter(AUDIT_DROPPED, &[]), 2);
+            drop(held);
+
+            // A full disk: records whose write fails are given up.
+            let disk = Disk::limited(0);
+            let full = Audit::to_file_with("/x/audit.jsonl")
+                .on_failure(OnFailure::Continue)
+                .start(Box::new(disk.clone()), false, 0)
+                .unwrap();
+            for n in 0..3 {
+                full.reserve().await.unwrap().record(record(n));
+            }
+            assert!(full.flush(PATIENCE).await);
+            assert_eq!(full.failed(), 3);
+            let taken = Taken::from(&metrics);
+            assert_eq!(taken.counter(AUDIT_FAILED, &[]), 3);
+            assert_eq!(
+                taken.counter(AUDIT_DROPPED, &[]),
+                0,
+                "none since the last snapshot"
+            );
         });
     }
 

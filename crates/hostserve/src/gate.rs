@@ -9,7 +9,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tether_hostconn::PluginIdentity;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -240,6 +240,7 @@ impl Gate {
                 )
             })?;
         mark.checked.store(true, Ordering::Relaxed);
+        let started = Instant::now();
         let identity = PluginIdentity::of(request)?.clone();
         let context = Correlation::from_metadata(request.metadata());
         let instance = self.instance(&identity);
@@ -254,6 +255,7 @@ impl Gate {
             reservation: None,
             workspace: None,
             recorded: false,
+            started,
         };
         if let Some(bad) = &call.context.invalid_request_id {
             let status = Status::invalid_argument(format!(
@@ -382,6 +384,14 @@ impl Gate {
         context: &Correlation,
         reason: String,
     ) {
+        crate::metric::call(
+            identity.shared_name().into(),
+            &operation,
+            false,
+            Decision::Denied,
+            &Decider::Host,
+            None,
+        );
         self.inner.audit.record(AuditRecord {
             time: AuditRecord::now(),
             plugin: identity.name().to_owned(),
@@ -475,6 +485,8 @@ pub struct Call {
     reservation: Option<Reservation>,
     workspace: Option<PathBuf>,
     recorded: bool,
+    /// When [`Gate::begin`] began it: its duration, in the metrics, ends at its record.
+    started: Instant,
 }
 
 impl Drop for Call {
@@ -692,6 +704,14 @@ impl Call {
             return;
         }
         self.recorded = true;
+        crate::metric::call(
+            self.identity.shared_name().into(),
+            &self.operation,
+            true,
+            decision,
+            &decided_by,
+            Some(self.started.elapsed()),
+        );
         let record = AuditRecord {
             time: AuditRecord::now(),
             plugin: self.identity.name().to_owned(),
@@ -924,6 +944,124 @@ mod tests {
                 pid: 0,
             }))
         }
+    }
+
+    /// A host service whose method asks for `whoami:ask`.
+    struct Checked {
+        gate: crate::Gate,
+    }
+
+    #[tonic::async_trait]
+    impl HostTesting for Checked {
+        async fn who_am_i(
+            &self,
+            request: Request<WhoAmIRequest>,
+        ) -> Result<Response<WhoAmIResponse>, Status> {
+            let need = crate::Need::new("whoami").action("ask");
+            let mut call = self.gate.check(&request, need).await?;
+            let plugin = call.identity().name().to_owned();
+            call.finish(Ok(Response::new(WhoAmIResponse { plugin, pid: 0 })))
+        }
+    }
+
+    // A current-thread runtime: the services run on the test's thread, where its local
+    // recorder is.
+    #[tokio::test(flavor = "current_thread")]
+    async fn calls_denials_and_durations_are_counted_per_plugin() {
+        use crate::metric::testing::Taken;
+        use crate::metric::{CALL_DURATION, CALLS, DENIALS};
+
+        let recorder = metrics_util::debugging::DebuggingRecorder::new();
+        let metrics = recorder.snapshotter();
+        let _local = metrics::set_default_local_recorder(&recorder);
+
+        let kind = crate::CapabilityKind::new("whoami").actions(["ask"]);
+        let policy = Policy::with_kinds([kind]).unwrap();
+        policy.grant("trusted", "whoami:ask").unwrap();
+        let gate = crate::Gate::new(policy, Audit::tracing_only(), Limits::default());
+        let services =
+            HostServices::from_gate(gate.clone()).serve(HostTestingServer::new(Checked { gate }));
+        let trusted = tether_hostconn::in_process("trusted", services.routes())
+            .await
+            .unwrap();
+        let stranger = tether_hostconn::in_process("stranger", services.routes())
+            .await
+            .unwrap();
+        let answer = HostTestingClient::new(trusted.channel())
+            .who_am_i(WhoAmIRequest::default())
+            .await
+            .unwrap();
+        assert_eq!(answer.into_inner().plugin, "trusted");
+        let status = HostTestingClient::new(stranger.channel())
+            .who_am_i(WhoAmIRequest::default())
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::PermissionDenied, "{status}");
+
+        let taken = Taken::from(&metrics);
+        let operation = "tether.testing.v1.HostTesting/WhoAmI";
+        let calls = |plugin: &str, decision: &str| {
+            let labels = [
+                ("plugin", plugin),
+                ("operation", operation),
+                ("decision", decision),
+            ];
+            taken.counter(CALLS, &labels)
+        };
+        assert_eq!(calls("trusted", "allowed"), 1);
+        assert_eq!(calls("trusted", "denied"), 0);
+        assert_eq!(calls("stranger", "denied"), 1);
+        assert_eq!(calls("stranger", "allowed"), 0);
+        assert_eq!(taken.counter(DENIALS, &[("plugin", "trusted")]), 0);
+        let denied_by_policy = [
+            ("plugin", "stranger"),
+            ("operation", operation),
+            ("decided_by", "policy"),
+        ];
+        assert_eq!(taken.counter(DENIALS, &denied_by_policy), 1);
+        for plugin in ["trusted", "stranger"] {
+            let labels = [("plugin", plugin), ("operation", operation)];
+            let durations = taken.histogram(CALL_DURATION, &labels);
+            assert_eq!(durations.len(), 1, "{plugin}: {durations:?}");
+            assert!(durations[0] >= 0.0, "{plugin}: {durations:?}");
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_method_name_a_plugin_makes_up_is_no_label_value() {
+        use crate::metric::CALLS;
+        use crate::metric::testing::Taken;
+
+        let recorder = metrics_util::debugging::DebuggingRecorder::new();
+        let metrics = recorder.snapshotter();
+        let _local = metrics::set_default_local_recorder(&recorder);
+        let services = HostServices::new(Policy::new(), Audit::tracing_only(), Limits::default())
+            .serve(HostTestingServer::new(Careless));
+        let local = tether_hostconn::in_process("inventive", services.routes())
+            .await
+            .unwrap();
+        // A method the service does not have: refused before it reaches the gate.
+        let mut grpc = tonic::client::Grpc::new(local.channel());
+        grpc.ready().await.unwrap();
+        let path = tonic::codegen::http::uri::PathAndQuery::from_static(
+            "/tether.testing.v1.HostTesting/MadeUp12345",
+        );
+        let codec = tonic_prost::ProstCodec::<WhoAmIRequest, WhoAmIResponse>::default();
+        let status = grpc
+            .unary(Request::new(WhoAmIRequest::default()), path, codec)
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::Unimplemented, "{status}");
+
+        let taken = Taken::from(&metrics);
+        let made_up = [("operation", "tether.testing.v1.HostTesting/MadeUp12345")];
+        assert_eq!(taken.counter(CALLS, &made_up), 0);
+        let labels = [
+            ("plugin", "inventive"),
+            ("operation", "other"),
+            ("decision", "denied"),
+        ];
+        assert_eq!(taken.counter(CALLS, &labels), 1);
     }
 
     #[tokio::test]

@@ -81,6 +81,15 @@
 //!   write; an interrupted write leaves nothing, and the leftovers of a host killed
 //!   mid-write are removed when the services next connect a plugin to that workspace.
 //!
+//! # Metrics
+//!
+//! The gate counts every call it records (`tether_hostservice_calls_total`, by plugin,
+//! operation and decision), every denial (`tether_hostservice_denials_total`, by who
+//! decided) and times each call (`tether_hostservice_call_duration_seconds`); the audit
+//! trail counts the records it gives up (`tether_audit_records_dropped_total`,
+//! `tether_audit_records_failed_total`). They go through the `metrics` facade: this crate
+//! installs no recorder. The table is in [`metric`] (and docs/operating.md).
+//!
 //! What this crate does not do: confine the plugin process itself (that is the sandbox's
 //! job), or follow symbolic links.
 
@@ -93,6 +102,7 @@ pub mod fuzzing;
 mod gate;
 mod hook;
 mod manifest;
+pub mod metric;
 mod path;
 mod policy;
 mod service;

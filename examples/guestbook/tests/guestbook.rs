@@ -231,3 +231,96 @@ fn the_host_binary_runs_the_example_from_start_to_finish() {
     }
     assert!(stderr.is_empty(), "the host warned:\n{stderr}");
 }
+
+#[test]
+fn the_host_binary_exports_its_metrics_for_prometheus() {
+    use std::io::{BufRead, BufReader, Read, Write};
+
+    // A port that was free a moment ago.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .unwrap()
+        .port();
+    let address = format!("127.0.0.1:{port}");
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "the test runs the example's host binary as an operator would"
+    )]
+    let mut host = std::process::Command::new(HOST)
+        .args(["Ada", "--plugin", PLUGIN, "--metrics", &address])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The demo runs, then the host serves its metrics until stopped.
+    let mut stdout = String::new();
+    let mut lines = BufReader::new(host.stdout.take().unwrap()).lines();
+    let serving = loop {
+        match lines.next() {
+            Some(line) => {
+                let line = line.unwrap();
+                stdout.push_str(&line);
+                stdout.push('\n');
+                if line.starts_with("serving metrics at") {
+                    break true;
+                }
+            }
+            None => break false,
+        }
+    };
+    let scraped = serving.then(|| {
+        let mut stream = std::net::TcpStream::connect(&address).unwrap();
+        write!(
+            stream,
+            "GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        response
+    });
+    host.kill().unwrap();
+    host.wait().unwrap();
+    let mut stderr = String::new();
+    host.stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    let Some(metrics) = scraped else {
+        panic!("the host never served its metrics:\n{stdout}\n{stderr}");
+    };
+    assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+    assert!(
+        stdout.contains(&format!("serving metrics at http://{address}/metrics")),
+        "{stdout}"
+    );
+    for expected in [
+        r#"tether_hostservice_calls_total{plugin="guestbook",operation="read_file",decision="allowed"} 2"#,
+        r#"tether_hostservice_calls_total{plugin="guestbook",operation="guestbook.v1.Guestbook/Sign",decision="allowed"} 1"#,
+        r#"tether_hostservice_calls_total{plugin="guestbook",operation="guestbook.v1.Guestbook/Sign",decision="denied"} 1"#,
+        r#"tether_hostservice_denials_total{plugin="guestbook",operation="guestbook.v1.Guestbook/Sign",decided_by="policy"} 1"#,
+        r#"tether_hostservice_call_duration_seconds_count{plugin="guestbook",operation="read_file"} 2"#,
+        r#"tether_plugin_starts_total{plugin="guestbook"} 1"#,
+        "tether_audit_records_dropped_total 0",
+        "tether_audit_records_failed_total 0",
+        "# HELP tether_hostservice_calls_total Host-service calls, by decision.",
+    ] {
+        assert!(
+            metrics.lines().any(|line| line == expected),
+            "no {expected:?} in:\n{metrics}"
+        );
+    }
+    // Every sandbox layer, 1 or 0 as this kernel has it.
+    let layers: Vec<&str> = metrics
+        .lines()
+        .filter(|line| line.starts_with(r#"tether_sandbox_layer_enforced{plugin="guestbook","#))
+        .collect();
+    assert_eq!(layers.len(), 6, "{metrics}");
+    assert!(
+        layers
+            .iter()
+            .all(|line| line.ends_with(" 1") || line.ends_with(" 0")),
+        "{layers:?}"
+    );
+}

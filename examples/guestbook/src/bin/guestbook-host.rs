@@ -4,8 +4,12 @@
 //!
 //! `cargo build -p tether-example-guestbook`, then run `guestbook-host` from the target
 //! directory (it finds `guestbook-plugin` beside itself); `--help` for its options.
+//!
+//! With `--metrics ADDR`, it also exports tether's metrics for Prometheus at
+//! `http://ADDR/metrics`, and keeps serving them after the demo until Ctrl-C.
 
 use std::io::IsTerminal;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -55,6 +59,11 @@ struct Args {
     /// Show the host's and the plugin's log lines (INFO) on stderr.
     #[arg(short, long)]
     verbose: bool,
+
+    /// Export tether's metrics for Prometheus at http://ADDR/metrics (e.g.
+    /// 127.0.0.1:9464), and keep serving them after the demo until Ctrl-C.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
 }
 
 fn main() -> ExitCode {
@@ -80,6 +89,16 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<()> {
+    // The recorder first: the audit trail registers its counters with the one installed
+    // when it is opened.
+    if let Some(address) = args.metrics {
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .with_http_listener(address)
+            .install()
+            .with_context(|| format!("serving metrics on {address}"))?;
+        tether_hostserve::metric::describe();
+        tether_host::metric::describe();
+    }
     let program = match args.plugin {
         Some(program) => program,
         None => beside_this_executable("guestbook-plugin")?,
@@ -232,6 +251,14 @@ async fn run(args: Args) -> Result<()> {
         .collect();
     println!();
     println!("done. The {BOOK} book holds: {}", names.join(", "));
+
+    if let Some(address) = args.metrics {
+        println!();
+        println!("serving metrics at http://{address}/metrics until Ctrl-C");
+        tokio::signal::ctrl_c()
+            .await
+            .context("waiting for Ctrl-C")?;
+    }
     Ok(())
 }
 
