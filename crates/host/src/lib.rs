@@ -46,8 +46,9 @@
 //! and sandbox layer whether the layer was enforced at its latest start
 //! (`tether_sandbox_layer_enforced`, 1 or 0).
 //!
-//! What it does not do yet: supervision and restarts, reattach, and TCP or multiplexed
-//! transports arrive with their own issues.
+//! [`Supervisor`] restarts a plugin by policy with backoff and health checks, and
+//! [`PluginClient::reattach`] attaches another host process to a running plugin. What it
+//! does not do yet: TCP transports, and go-plugin's AutoMTLS and multiplexing.
 //!
 //! The transport (listening directory, address check, connect with peer credentials) is
 //! confined to one private module so other platforms can be added there.
