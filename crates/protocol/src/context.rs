@@ -3,10 +3,13 @@
 //! plugin's calls back to the host (the gRPC equivalent of passing Go's `ctx` along).
 //!
 //! The deadline travels as gRPC's own `grpc-timeout` header (tonic enforces it on the
-//! server side), the request id as `tether-request-id` metadata. A request id is a
-//! correlation aid chosen by the caller, never an identity: hosts identify plugins by
+//! server side), the request id as `tether-request-id` metadata, and a W3C trace context
+//! ([`TraceContext`]) as `traceparent` metadata. A request id and a trace id are
+//! correlation aids chosen by the caller, never an identity: hosts identify plugins by
 //! their connection.
 
+use std::fmt;
+use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use tonic::codegen::http::{HeaderMap, HeaderValue};
@@ -15,6 +18,9 @@ use tonic::{Request, Status};
 
 /// The metadata key of a request id.
 pub const REQUEST_ID_METADATA: &str = "tether-request-id";
+
+/// The metadata key of a W3C trace context (<https://www.w3.org/TR/trace-context/>).
+pub const TRACEPARENT_METADATA: &str = "traceparent";
 
 /// The header in which gRPC sends a call's timeout.
 const GRPC_TIMEOUT: &str = "grpc-timeout";
@@ -68,6 +74,185 @@ pub fn format_grpc_timeout(timeout: Duration) -> String {
     )
 }
 
+/// Why a `traceparent` value, or a new trace context, could not be had.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TraceparentError {
+    /// The value is not `00-<32 hex>-<16 hex>-<2 hex>`, in lowercase.
+    #[error(
+        "malformed traceparent {0:?}: expected 00-<32 lowercase hex trace id>-<16 lowercase \
+         hex parent id>-<2 lowercase hex flags>"
+    )]
+    Malformed(String),
+    /// The trace id is all zeros, which the W3C specification makes invalid.
+    #[error("invalid traceparent: the trace id is all zeros")]
+    ZeroTraceId,
+    /// The parent id is all zeros, which the W3C specification makes invalid.
+    #[error("invalid traceparent: the parent id is all zeros")]
+    ZeroParentId,
+    /// The operating system gave no random bytes for new ids.
+    #[error("no random bytes for a trace id: {0}")]
+    Random(String),
+}
+
+impl From<TraceparentError> for Status {
+    fn from(err: TraceparentError) -> Self {
+        match err {
+            TraceparentError::Random(_) => Status::internal(err.to_string()),
+            _ => Status::invalid_argument(err.to_string()),
+        }
+    }
+}
+
+/// A W3C trace context, version `00`: the trace a call belongs to, the span that made the
+/// call (its parent id), and the trace flags. Sent as `traceparent` metadata, written
+/// `00-<trace id>-<parent id>-<flags>` in lowercase hex.
+///
+/// ```
+/// use tether_protocol::TraceContext;
+///
+/// let root = TraceContext::new_root()?;
+/// let child = root.child()?;
+/// assert_eq!(child.trace_id(), root.trace_id());
+/// assert_ne!(child.span_id(), root.span_id());
+/// assert_eq!(child.to_string().parse::<TraceContext>()?, child);
+/// # Ok::<(), tether_protocol::TraceparentError>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TraceContext {
+    trace_id: [u8; 16],
+    span_id: [u8; 8],
+    flags: u8,
+}
+
+/// The `sampled` trace flag.
+const SAMPLED: u8 = 0x01;
+
+fn random<const N: usize>() -> Result<[u8; N], TraceparentError> {
+    let mut bytes = [0u8; N];
+    // getrandom(2), which plugin sandboxes allow; never all zeros in practice, but the
+    // specification forbids it, so draw again in that case.
+    for _ in 0..4 {
+        getrandom::fill(&mut bytes).map_err(|err| TraceparentError::Random(err.to_string()))?;
+        if bytes.iter().any(|&b| b != 0) {
+            return Ok(bytes);
+        }
+    }
+    Err(TraceparentError::Random(
+        "the operating system returned zeros".to_owned(),
+    ))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut out, b| {
+            let _ = write!(out, "{b:02x}");
+            out
+        })
+}
+
+fn parse_hex<const N: usize>(text: &str) -> Option<[u8; N]> {
+    if text.len() != N * 2
+        || !text
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (slot, pair) in out.iter_mut().zip(text.as_bytes().chunks_exact(2)) {
+        let pair = std::str::from_utf8(pair).ok()?;
+        *slot = u8::from_str_radix(pair, 16).ok()?;
+    }
+    Some(out)
+}
+
+impl TraceContext {
+    /// A new trace: random trace and span ids, sampled.
+    pub fn new_root() -> Result<Self, TraceparentError> {
+        Ok(TraceContext {
+            trace_id: random()?,
+            span_id: random()?,
+            flags: SAMPLED,
+        })
+    }
+
+    /// The context of a call made from this one: the same trace id and flags, a new random
+    /// span id.
+    pub fn child(&self) -> Result<Self, TraceparentError> {
+        Ok(TraceContext {
+            span_id: random()?,
+            ..*self
+        })
+    }
+
+    /// The trace id, as 32 lowercase hex digits.
+    pub fn trace_id(&self) -> String {
+        hex(&self.trace_id)
+    }
+
+    /// The span id (the `parent-id` of the `traceparent` sent), as 16 lowercase hex digits.
+    pub fn span_id(&self) -> String {
+        hex(&self.span_id)
+    }
+
+    /// The trace flags (bit 0: sampled).
+    pub fn flags(&self) -> u8 {
+        self.flags
+    }
+}
+
+impl FromStr for TraceContext {
+    type Err = TraceparentError;
+
+    /// Parses a version `00` `traceparent`, strictly: exactly four dash-separated fields of
+    /// 2, 32, 16 and 2 lowercase hex digits, non-zero ids.
+    fn from_str(value: &str) -> Result<Self, TraceparentError> {
+        let malformed = || TraceparentError::Malformed(value.escape_debug().to_string());
+        let mut fields = value.split('-');
+        let (Some(version), Some(trace_id), Some(span_id), Some(flags), None) = (
+            fields.next(),
+            fields.next(),
+            fields.next(),
+            fields.next(),
+            fields.next(),
+        ) else {
+            return Err(malformed());
+        };
+        if version != "00" {
+            return Err(malformed());
+        }
+        let trace_id = parse_hex::<16>(trace_id).ok_or_else(malformed)?;
+        let span_id = parse_hex::<8>(span_id).ok_or_else(malformed)?;
+        let [flags] = parse_hex::<1>(flags).ok_or_else(malformed)?;
+        if trace_id == [0; 16] {
+            return Err(TraceparentError::ZeroTraceId);
+        }
+        if span_id == [0; 8] {
+            return Err(TraceparentError::ZeroParentId);
+        }
+        Ok(TraceContext {
+            trace_id,
+            span_id,
+            flags,
+        })
+    }
+}
+
+impl fmt::Display for TraceContext {
+    /// The `traceparent` value: `00-<trace id>-<span id>-<flags>`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "00-{}-{}-{:02x}",
+            self.trace_id(),
+            self.span_id(),
+            self.flags
+        )
+    }
+}
+
 /// A request id and a deadline, read from an incoming request and applied to outgoing ones.
 ///
 /// ```
@@ -90,6 +275,7 @@ pub fn format_grpc_timeout(timeout: Duration) -> String {
 pub struct CallContext {
     request_id: Option<String>,
     deadline: Option<Instant>,
+    trace: Option<TraceContext>,
 }
 
 impl CallContext {
@@ -98,8 +284,8 @@ impl CallContext {
         CallContext::default()
     }
 
-    /// The context `request` carries: its request id, if well formed (others are ignored),
-    /// and its deadline, counted from now.
+    /// The context `request` carries: its request id and trace context, if well formed
+    /// (others are ignored), and its deadline, counted from now.
     pub fn of<T>(request: &Request<T>) -> Self {
         let metadata = request.metadata();
         let request_id = metadata
@@ -112,9 +298,14 @@ impl CallContext {
             .and_then(|value| value.to_str().ok())
             .and_then(parse_grpc_timeout)
             .and_then(|timeout| Instant::now().checked_add(timeout));
+        let trace = metadata
+            .get(TRACEPARENT_METADATA)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.parse().ok());
         CallContext {
             request_id,
             deadline,
+            trace,
         }
     }
 
@@ -131,6 +322,44 @@ impl CallContext {
         }
         self.request_id = Some(id);
         Ok(self)
+    }
+
+    /// This context with the trace context `traceparent` (see [`TraceContext`]); a typed
+    /// error if it is not a well-formed version `00` `traceparent`.
+    pub fn with_traceparent(mut self, traceparent: &str) -> Result<Self, TraceparentError> {
+        self.trace = Some(traceparent.parse()?);
+        Ok(self)
+    }
+
+    /// This context with `trace` as its trace context.
+    #[must_use]
+    pub fn with_trace(mut self, trace: TraceContext) -> Self {
+        self.trace = Some(trace);
+        self
+    }
+
+    /// This context in a new trace ([`TraceContext::new_root`]).
+    pub fn with_new_trace(self) -> Result<Self, TraceparentError> {
+        Ok(self.with_trace(TraceContext::new_root()?))
+    }
+
+    /// The context of a call made while serving this one: the same request id, deadline
+    /// and trace id, with a new span id ([`TraceContext::child`]); unchanged without a
+    /// trace context.
+    pub fn child(&self) -> Result<Self, TraceparentError> {
+        let mut child = self.clone();
+        child.trace = self.trace.as_ref().map(TraceContext::child).transpose()?;
+        Ok(child)
+    }
+
+    /// The trace context, if any.
+    pub fn trace(&self) -> Option<&TraceContext> {
+        self.trace.as_ref()
+    }
+
+    /// The trace id, as 32 lowercase hex digits, if there is a trace context.
+    pub fn trace_id(&self) -> Option<String> {
+        self.trace.as_ref().map(TraceContext::trace_id)
     }
 
     /// This context with a deadline `timeout` from now (or the current one, if sooner).
@@ -168,20 +397,26 @@ impl CallContext {
         })
     }
 
-    /// What this context puts on an outgoing call: its request id, and the time left as a
-    /// `grpc-timeout` value; [`CallContext::deadline_exceeded`] once the deadline has passed.
-    fn outgoing(&self) -> Result<[(&'static str, Option<String>); 2], Status> {
+    /// What this context puts on an outgoing call: its request id, its trace context, and
+    /// the time left as a `grpc-timeout` value; [`CallContext::deadline_exceeded`] once the
+    /// deadline has passed.
+    fn outgoing(&self) -> Result<[(&'static str, Option<String>); 3], Status> {
         let timeout = match self.remaining() {
             Some(left) if left.is_zero() => return Err(self.deadline_exceeded()),
             left => left.map(format_grpc_timeout),
         };
         Ok([
             (REQUEST_ID_METADATA, self.request_id.clone()),
+            (
+                TRACEPARENT_METADATA,
+                self.trace.map(|trace| trace.to_string()),
+            ),
             (GRPC_TIMEOUT, timeout),
         ])
     }
 
-    /// Puts this context on an outgoing request: the request id, and the time left as its
+    /// Puts this context on an outgoing request: the request id, the trace context as it
+    /// is (use [`CallContext::child`] for a new span), and the time left as its
     /// timeout (replacing any the request had). Fails with `DEADLINE_EXCEEDED`, sending
     /// nothing, once the deadline has passed.
     pub fn apply<T>(&self, request: &mut Request<T>) -> Result<(), Status> {
@@ -342,6 +577,95 @@ mod tests {
             .with_timeout(Duration::from_secs(1))
             .with_timeout(Duration::from_secs(60));
         assert!(sooner.remaining().expect("deadline") <= Duration::from_secs(1));
+    }
+
+    #[test]
+    fn traceparents_parse_strictly() {
+        let value = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let trace: TraceContext = value.parse().expect("the specification's example");
+        assert_eq!(trace.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(trace.span_id(), "00f067aa0ba902b7");
+        assert_eq!(trace.flags(), 1);
+        assert_eq!(trace.to_string(), value);
+        for bad in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-1",
+            "00-4bf92f3577b34da6a3ce929d0e0e473g-00f067aa0ba902b7-01",
+            "00-+bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ] {
+            assert!(
+                matches!(
+                    bad.parse::<TraceContext>(),
+                    Err(TraceparentError::Malformed(_))
+                ),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01".parse::<TraceContext>(),
+            Err(TraceparentError::ZeroTraceId)
+        );
+        assert_eq!(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01".parse::<TraceContext>(),
+            Err(TraceparentError::ZeroParentId)
+        );
+        let refused = CallContext::new().with_traceparent("nope");
+        assert!(matches!(refused, Err(TraceparentError::Malformed(_))));
+        assert_eq!(
+            Status::from(TraceparentError::ZeroTraceId).code(),
+            tonic::Code::InvalidArgument
+        );
+    }
+
+    #[test]
+    fn a_trace_travels_and_children_keep_its_id() {
+        let context = CallContext::new()
+            .with_request_id("req-9")
+            .expect("valid id")
+            .with_new_trace()
+            .expect("random bytes");
+        let trace = *context.trace().expect("a trace");
+        assert_eq!(trace.trace_id().len(), 32);
+        assert_eq!(trace.span_id().len(), 16);
+        let request = context.request(()).expect("no deadline");
+        assert_eq!(
+            request
+                .metadata()
+                .get(TRACEPARENT_METADATA)
+                .and_then(|value| value.to_str().ok()),
+            Some(trace.to_string().as_str())
+        );
+        let received = CallContext::of(&request);
+        assert_eq!(received.trace(), Some(&trace));
+        let child = received.child().expect("random bytes");
+        assert_eq!(child.trace_id(), context.trace_id());
+        assert_eq!(child.request_id(), Some("req-9"));
+        assert_ne!(
+            child.trace().map(TraceContext::span_id),
+            Some(trace.span_id())
+        );
+        assert_eq!(CallContext::new().child(), Ok(CallContext::new()));
+
+        let mut headers = HeaderMap::new();
+        child.apply_to_headers(&mut headers).expect("no deadline");
+        assert_eq!(
+            headers
+                .get(TRACEPARENT_METADATA)
+                .and_then(|value| value.to_str().ok()),
+            child.trace().map(ToString::to_string).as_deref()
+        );
+
+        let mut malformed = Request::new(());
+        malformed
+            .metadata_mut()
+            .insert(TRACEPARENT_METADATA, MetadataValue::from_static("00-zz"));
+        assert_eq!(CallContext::of(&malformed).trace(), None);
     }
 
     mod properties {

@@ -7,12 +7,14 @@
 //!   host services ([`hostserve`]), the demo plugins' interface ([`filelister`]), and
 //!   tether's own test services ([`testing`]);
 //! - the handshake line a plugin prints on stdout ([`Handshake`]), with its codec;
-//! - the context a call carries across processes ([`CallContext`]: a request id and a
-//!   deadline, passed from a host's call through the plugin into its host-service calls);
+//! - the context a call carries across processes ([`CallContext`]: a request id, a
+//!   deadline and a W3C trace context ([`TraceContext`]), passed from a host's call through
+//!   the plugin into its host-service calls);
 //! - the magic-cookie configuration ([`HandshakeConfig`]), app-protocol version
 //!   negotiation ([`negotiate`]) and the protocol constants ([`mod@env`], [`CORE_PROTOCOL_VERSION`]).
 //!
-//! It deliberately does no IO: no sockets, no processes, no environment reads. Launching and
+//! It deliberately does no IO: no sockets, no processes, no environment reads (only
+//! `getrandom(2)`, for new trace and span ids). Launching and
 //! connecting live in `tether-host`; serving lives in `tether-plugin-sdk`. The wire contract
 //! is go-plugin's (the handshake line in [`Handshake`], the environment in [`mod@env`]); the
 //! `.proto` files in `proto/` are the only place it is edited, and `cargo xtask proto`
@@ -23,7 +25,8 @@ mod handshake;
 mod version;
 
 pub use context::{
-    CallContext, REQUEST_ID_METADATA, format_grpc_timeout, parse_grpc_timeout, valid_request_id,
+    CallContext, REQUEST_ID_METADATA, TRACEPARENT_METADATA, TraceContext, TraceparentError,
+    format_grpc_timeout, parse_grpc_timeout, valid_request_id,
 };
 pub use handshake::{Handshake, HandshakeParseError, Network, Protocol};
 pub use version::{HandshakeConfig, format_versions, negotiate, parse_versions};
