@@ -307,6 +307,11 @@ pub struct AuditRecord {
     /// The time the caller had left (its `grpc-timeout`) when the call arrived, if it set one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
+    /// The W3C trace id the call carried (its `traceparent`), 32 lowercase hex digits, if
+    /// any: the plugin passes on the trace of the host's call it is working for. A
+    /// correlation aid, not an identity.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
 }
 
 impl AuditRecord {
@@ -325,6 +330,7 @@ impl AuditRecord {
                 decision = %self.decision, decided_by = %self.decided_by,
                 capability = self.capability.as_deref(), reason = self.reason,
                 request_id = self.request_id.as_deref(), timeout_ms = self.timeout_ms,
+                trace_id = self.trace_id.as_deref(),
                 "host service call denied"),
             Decision::Allowed => tracing::info!(target: "tether::audit",
                 plugin = self.plugin, instance = self.instance, pid = self.pid,
@@ -332,6 +338,7 @@ impl AuditRecord {
                 decision = %self.decision, decided_by = %self.decided_by,
                 capability = self.capability.as_deref(), reason = self.reason,
                 request_id = self.request_id.as_deref(), timeout_ms = self.timeout_ms,
+                trace_id = self.trace_id.as_deref(),
                 "host service call allowed"),
         }
     }
@@ -1065,6 +1072,7 @@ mod tests {
             reason: "granted by `fs.read:**`".to_owned(),
             request_id: None,
             timeout_ms: None,
+            trace_id: None,
         }
     }
 
@@ -1179,6 +1187,7 @@ mod tests {
         assert_eq!(allowed["operation"], "read_file");
         assert_eq!(allowed["decided_by"], "policy");
         assert!(allowed.get("timeout_ms").is_none());
+        assert!(allowed.get("trace_id").is_none());
     }
 
     /// `serde_json::to_string` behind a trait object, to test many types in one closure.

@@ -263,6 +263,10 @@ impl Gate {
             ));
             return Err(call.deny(status, "invalid request id"));
         }
+        if let Some(bad) = &call.context.invalid_traceparent {
+            let status = Status::invalid_argument(bad.clone());
+            return Err(call.deny(status, "invalid traceparent"));
+        }
         let slots = Arc::clone(&instance.slots);
         let waiting = Waiting::new(&instance);
         let limits = &self.inner.limits;
@@ -405,6 +409,7 @@ impl Gate {
             reason,
             request_id: context.request_id.clone(),
             timeout_ms: context.timeout_ms,
+            trace_id: context.trace_id.clone(),
         });
     }
 }
@@ -417,6 +422,10 @@ struct Correlation {
     /// A `tether-request-id` that is not well formed, escaped and capped for the message.
     invalid_request_id: Option<String>,
     timeout_ms: Option<u64>,
+    /// The trace id of a well-formed `traceparent`.
+    trace_id: Option<String>,
+    /// Why a `traceparent` is not well formed.
+    invalid_traceparent: Option<String>,
 }
 
 impl Correlation {
@@ -428,12 +437,14 @@ impl Correlation {
         Correlation::from_values(
             headers.get(tether_protocol::REQUEST_ID_METADATA),
             headers.get("grpc-timeout"),
+            headers.get(tether_protocol::TRACEPARENT_METADATA),
         )
     }
 
     fn from_values(
         request_id: Option<&http::HeaderValue>,
         timeout: Option<&http::HeaderValue>,
+        traceparent: Option<&http::HeaderValue>,
     ) -> Self {
         let mut correlation = Correlation {
             timeout_ms: timeout
@@ -454,6 +465,17 @@ impl Correlation {
                 Err(_) => {
                     correlation.invalid_request_id = Some("(not visible ASCII)".to_owned());
                 }
+            }
+        }
+        if let Some(value) = traceparent {
+            let capped = String::from_utf8_lossy(value.as_bytes())
+                .chars()
+                .take(80)
+                .collect::<String>();
+            match capped.parse::<tether_protocol::TraceContext>() {
+                // At most 80 characters, a well-formed value (55) is never cut.
+                Ok(trace) => correlation.trace_id = Some(trace.trace_id()),
+                Err(err) => correlation.invalid_traceparent = Some(err.to_string()),
             }
         }
         correlation
@@ -725,6 +747,7 @@ impl Call {
             reason,
             request_id: self.context.request_id.clone(),
             timeout_ms: self.context.timeout_ms,
+            trace_id: self.context.trace_id.clone(),
         };
         match self.reservation.take() {
             Some(reservation) => reservation.record(record),
@@ -870,13 +893,17 @@ where
             operation: operation.clone(),
             checked: Arc::clone(&checked),
         });
-        // Read only if the method never consults the gate: the two values, not the map.
+        // Read only if the method never consults the gate: the three values, not the map.
         let correlation = (
             parts
                 .headers
                 .get(tether_protocol::REQUEST_ID_METADATA)
                 .cloned(),
             parts.headers.get("grpc-timeout").cloned(),
+            parts
+                .headers
+                .get(tether_protocol::TRACEPARENT_METADATA)
+                .cloned(),
         );
         let request = http::Request::from_parts(parts, Body::new(Watched { inner: body, end }));
         let call = self.inner.call(request);
@@ -891,7 +918,11 @@ where
             // The method never consulted the gate. An error it answered with before doing
             // so (a method that does not exist, a request that does not decode) is passed
             // on; an answer with data is withheld.
-            let context = Correlation::from_values(correlation.0.as_ref(), correlation.1.as_ref());
+            let context = Correlation::from_values(
+                correlation.0.as_ref(),
+                correlation.1.as_ref(),
+                correlation.2.as_ref(),
+            );
             if let Some(status) = Status::from_header_map(response.headers()) {
                 gate.record_unchecked(
                     &identity,

@@ -160,6 +160,7 @@ impl HostServices {
                 },
                 request_id: None,
                 timeout_ms: None,
+                trace_id: None,
             });
         });
         let options = Options::default()
