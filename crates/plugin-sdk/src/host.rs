@@ -143,10 +143,17 @@ impl Host {
     }
 
     /// The view of this handle for the call `request` is serving: its clients pass on the
-    /// caller's request id and deadline ([`CallContext::of`]). In a handler:
+    /// caller's request id, deadline and trace ([`CallContext::of`]), the trace with a new
+    /// span id ([`CallContext::child`]). In a handler:
     /// `let host = self.host.for_call(&request);`.
     pub fn for_call<T>(&self, request: &Request<T>) -> CallHost {
-        self.with_context(&CallContext::of(request))
+        let context = CallContext::of(request);
+        let context = context.child().unwrap_or_else(|err| {
+            // The trace id still follows the call, under the caller's span id.
+            tracing::warn!(%err, "no new span id for the host-service calls of this call");
+            context
+        });
+        self.with_context(&context)
     }
 
     /// The view of this handle whose clients carry `context`.

@@ -7,16 +7,20 @@ use std::time::SystemTime;
 
 use serde_json::{Map, Value};
 use tracing::field::{Field, Visit};
+use tracing::span::{Attributes, Id};
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::Layer;
 use tracing_subscriber::layer::Context;
+use tracing_subscriber::registry::LookupSpan;
 
 /// Writes each `tracing` event as one hclog JSON line:
 /// `{"@level":"info","@message":"...","@module":"<target>","@timestamp":"...",<fields>}`.
 ///
 /// A go-plugin host (and a tether host) reads these lines from the plugin's stderr and
-/// shows them at their own level with their fields. [`crate::Plugin::run`] installs it on
-/// the real stderr unless told not to.
+/// shows them at their own level with their fields. An event inside spans also carries the
+/// fields of those spans (the event's own win), so an event logged while serving a call
+/// carries that call's `trace_id` and `span_id` (see [`crate::Plugin::serve`]).
+/// [`crate::Plugin::run`] installs it on the real stderr unless told not to.
 pub struct JsonLogLayer<W> {
     writer: Mutex<W>,
 }
@@ -70,9 +74,31 @@ pub(crate) fn format_line(level: Level, target: &str, mut fields: Map<String, Va
     bytes
 }
 
-impl<S: Subscriber, W: Write + Send + 'static> Layer<S> for JsonLogLayer<W> {
-    fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
+/// The fields a span was created with, kept in its extensions for the events inside it.
+struct SpanFields(Map<String, Value>);
+
+impl<S, W> Layer<S> for JsonLogLayer<W>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    W: Write + Send + 'static,
+{
+    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
         let mut visitor = FieldVisitor(Map::new());
+        attrs.record(&mut visitor);
+        if let Some(span) = ctx.span(id) {
+            span.extensions_mut().insert(SpanFields(visitor.0));
+        }
+    }
+
+    fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
+        let mut visitor = FieldVisitor(Map::new());
+        if let Some(scope) = ctx.event_scope(event) {
+            for span in scope.from_root() {
+                if let Some(fields) = span.extensions().get::<SpanFields>() {
+                    visitor.0.extend(fields.0.clone());
+                }
+            }
+        }
         event.record(&mut visitor);
         let metadata = event.metadata();
         let line = format_line(*metadata.level(), metadata.target(), visitor.0);
@@ -132,5 +158,47 @@ mod tests {
         assert_eq!(stamp.len(), "2006-01-02T15:04:05.000000Z".len(), "{stamp}");
         assert_eq!(&stamp[19..20], ".");
         assert!(stamp.ends_with('Z'));
+    }
+
+    #[derive(Clone, Default)]
+    struct Shared(std::sync::Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Shared {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn events_carry_the_fields_of_their_spans() {
+        use tracing_subscriber::layer::SubscriberExt;
+        let out = Shared::default();
+        let subscriber = tracing_subscriber::registry().with(JsonLogLayer::new(out.clone()));
+        tracing::subscriber::with_default(subscriber, || {
+            let outer = tracing::info_span!("call", trace_id = "abc", n = 1);
+            let _outer = outer.enter();
+            let inner = tracing::info_span!("step", n = 2);
+            let _inner = inner.enter();
+            tracing::info!(extra = true, "inside");
+        });
+        tracing::subscriber::with_default(
+            tracing_subscriber::registry().with(JsonLogLayer::new(out.clone())),
+            || tracing::info!("outside"),
+        );
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert_eq!(lines[0]["@message"], "inside");
+        assert_eq!(lines[0]["trace_id"], "abc");
+        assert_eq!(lines[0]["n"], 2, "the innermost span wins");
+        assert_eq!(lines[0]["extra"], true);
+        assert!(lines[1].get("trace_id").is_none(), "{}", lines[1]);
     }
 }

@@ -358,6 +358,7 @@ impl<H> Plugin<H> {
         });
 
         let server = Server::builder()
+            .trace_fn(call_span)
             .add_routes(routes)
             .serve_with_incoming_shutdown(listener, shutdown.clone().cancelled_owned());
         let grace = self.shutdown_grace;
@@ -373,6 +374,27 @@ impl<H> Plugin<H> {
             .await;
         tracing::debug!("plugin stopped");
         result
+    }
+}
+
+/// The span a call is served in: with the `trace_id` and `span_id` of its `traceparent`
+/// (see [`tether_protocol::CallContext`]), so the plugin's events while serving it carry them; none for a
+/// call without one. At `ERROR` level so that it is enabled whatever level the plugin logs
+/// at, and its fields reach events of every level.
+fn call_span(request: &tonic::codegen::http::Request<()>) -> tracing::Span {
+    let trace = request
+        .headers()
+        .get(tether_protocol::TRACEPARENT_METADATA)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<tether_protocol::TraceContext>().ok());
+    match trace {
+        Some(trace) => tracing::error_span!(
+            "call",
+            trace_id = %trace.trace_id(),
+            span_id = %trace.span_id(),
+            method = %request.uri().path(),
+        ),
+        None => tracing::Span::none(),
     }
 }
 
