@@ -15,3 +15,4 @@ mod metrics;
 mod sandbox;
 mod supervision;
 mod support;
+mod trace;

@@ -22,7 +22,7 @@ use tether_plugin_sdk::protocol::testing::*;
 use tether_plugin_sdk::tonic::metadata::MetadataValue;
 use tether_plugin_sdk::tonic::{self, Request, Response, Status};
 use tether_plugin_sdk::{
-    Broker, FileChunks, HandshakeConfig, Host, HostCallError, HostChannel, Plugin, Routes,
+    Broker, CallHost, FileChunks, HandshakeConfig, Host, HostCallError, HostChannel, Plugin, Routes,
 };
 use tracing::level_filters::LevelFilter;
 
@@ -171,8 +171,10 @@ impl Testing for Service {
         &self,
         request: Request<HostOpRequest>,
     ) -> Result<Response<HostOpResponse>, Status> {
+        // Only `traced_read` uses this view: the other ops deliberately send no context.
+        let call = self.host.as_ref().map(|host| host.for_call(&request));
         let request = request.into_inner();
-        let mut response = match self.run_host_op(&request).await {
+        let mut response = match self.run_host_op(&request, call.as_ref()).await {
             Ok(response) => response,
             Err(err) => failure(err),
         };
@@ -219,7 +221,11 @@ fn peak_rss_kib() -> u64 {
 }
 
 impl Service {
-    async fn run_host_op(&self, request: &HostOpRequest) -> Result<HostOpResponse, HostCallError> {
+    async fn run_host_op(
+        &self,
+        request: &HostOpRequest,
+        call: Option<&CallHost>,
+    ) -> Result<HostOpResponse, HostCallError> {
         use futures_util::StreamExt;
         let ok = HostOpResponse {
             outcome: "ok".into(),
@@ -278,6 +284,31 @@ impl Service {
                 if let Ok(value) = MetadataValue::try_from(id.as_str()) {
                     call.metadata_mut()
                         .insert(tether_plugin_sdk::protocol::REQUEST_ID_METADATA, value);
+                }
+                let mut stream = raw.clone().read_file(call).await?.into_inner();
+                let mut data = Vec::new();
+                while let Some(chunk) = stream.message().await? {
+                    data.extend(chunk.data);
+                }
+                HostOpResponse { data, ..ok }
+            }
+            "traced_read" => {
+                // Logs inside the call, then reads `path` passing the caller's context on
+                // (request id, deadline, trace under a new span id).
+                tracing::info!(path = %String::from_utf8_lossy(&path), "traced read");
+                let call = call.ok_or_else(|| HostCallError::Invalid("no host".into()))?;
+                HostOpResponse {
+                    data: call.files()?.read_file_to_vec(&path, 16 << 20).await?,
+                    ..ok
+                }
+            }
+            "traceparent_read" => {
+                // Reads `path` with the traceparent in `data`, as sent, well formed or not.
+                let traceparent = String::from_utf8_lossy(&request.data).into_owned();
+                let mut call = Request::new(ReadFileRequest { path: path.clone() });
+                if let Ok(value) = MetadataValue::try_from(traceparent.as_str()) {
+                    call.metadata_mut()
+                        .insert(tether_plugin_sdk::protocol::TRACEPARENT_METADATA, value);
                 }
                 let mut stream = raw.clone().read_file(call).await?.into_inner();
                 let mut data = Vec::new();
