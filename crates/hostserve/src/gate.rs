@@ -542,6 +542,12 @@ impl Call {
         self.context.request_id.as_deref()
     }
 
+    /// The W3C trace id the call carried (its `traceparent`), if any: to put the service's
+    /// own events in the caller's trace.
+    pub fn trace_id(&self) -> Option<&str> {
+        self.context.trace_id.as_deref()
+    }
+
     /// Sets the resource shown in the call's audit record (by default, the resource of the
     /// need it was authorized for).
     pub fn set_resource(&mut self, resource: impl Into<String>) {

@@ -253,7 +253,8 @@ impl fmt::Display for TraceContext {
     }
 }
 
-/// A request id and a deadline, read from an incoming request and applied to outgoing ones.
+/// A request id, a deadline and a trace context, read from an incoming request and applied
+/// to outgoing ones.
 ///
 /// ```
 /// use std::time::Duration;
