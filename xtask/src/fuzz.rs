@@ -19,7 +19,7 @@ use anyhow::{Context, Result, bail};
 use crate::{cargo, project_root, run_step};
 
 /// Every fuzz target, one per parser of untrusted input (`fuzz/fuzz_targets/<name>.rs`).
-const TARGETS: [&str; 8] = [
+const TARGETS: [&str; 9] = [
     "handshake",
     "capability",
     "manifest",
@@ -28,6 +28,7 @@ const TARGETS: [&str; 8] = [
     "hclog",
     "conninfo",
     "call_context",
+    "traceparent",
 ];
 
 /// Seconds each target runs unless `--seconds` says otherwise.
