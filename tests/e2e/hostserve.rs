@@ -638,7 +638,11 @@ async fn fifos_sockets_and_devices() {
     let served = op(&bystander, "read_file", b"config/a.txt").await;
     assert_eq!(served.outcome, "ok", "{}", served.message);
     let after = host_threads();
-    let limit = before + Limits::default().max_concurrent_calls + 8;
+    // A read that blocked its thread without holding one of the plugin's 16 slots would
+    // leave hundreds; the margin is tokio's: its blocking pool may start a thread for a
+    // step that arrives just as another finishes, more of them on a loaded machine (9
+    // over the slots were seen in a soak).
+    let limit = before + Limits::default().max_concurrent_calls + 24;
     assert!(
         after <= limit,
         "host threads {before} -> {after} (limit {limit})"
