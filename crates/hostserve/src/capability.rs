@@ -262,6 +262,47 @@ impl Kinds {
             .join(", ")
     }
 
+    /// Splits `kind[:action][:resource]` text into its declared kind, its action (checked
+    /// against the kind's) and the rest, the resource if any; or says what is wrong.
+    fn split<'t>(
+        &self,
+        text: &'t str,
+    ) -> Result<(&CapabilityKind, Option<&'t str>, Option<&'t str>), String> {
+        let (name, rest) = match text.split_once(':') {
+            Some((name, rest)) => (name, Some(rest)),
+            None => (text, None),
+        };
+        let Some(kind) = self.kinds.get(name) else {
+            return Err(format!(
+                "unknown capability kind `{}`; the kinds are {}, lowercase",
+                name.escape_debug(),
+                self.names()
+            ));
+        };
+        if kind.actions.is_empty() {
+            return Ok((kind, None, rest));
+        }
+        let rest =
+            rest.ok_or_else(|| format!("`{}` needs an action: {}", kind.name, kind.shape()))?;
+        let (action, resource) = match rest.split_once(':') {
+            Some((action, resource)) => (action, Some(resource)),
+            None => (rest, None),
+        };
+        if !kind.actions.iter().any(|known| known == action) {
+            return Err(format!(
+                "unknown action `{}` for `{}`; its actions are {}",
+                action.escape_debug(),
+                kind.name,
+                kind.actions
+                    .iter()
+                    .map(|a| format!("`{a}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        Ok((kind, Some(action), resource))
+    }
+
     /// Parses a capability written with these kinds.
     pub fn parse(&self, text: &str) -> Result<Capability, CapabilityError> {
         let fail = |reason: String| CapabilityError {
@@ -275,44 +316,14 @@ impl Kinds {
         if let (Some(kind), None) = (self.kinds.get(name), rest) {
             return Err(fail(format!("expected `kind:...`: write {}", kind.shape())));
         }
-        let Some(kind) = self.kinds.get(name) else {
-            return Err(fail(if rest.is_none() {
-                format!(
-                    "expected `kind:...`, e.g. `read:config/**`; the kinds are {}",
-                    self.names()
-                )
-            } else {
-                format!(
-                    "unknown capability kind `{}`; the kinds are {}, lowercase",
-                    name.escape_debug(),
-                    self.names()
-                )
-            }));
-        };
-        let (action, resource) = if kind.actions.is_empty() {
-            (None, rest)
-        } else {
-            let rest = rest.ok_or_else(|| {
-                fail(format!("`{}` needs an action: {}", kind.name, kind.shape()))
-            })?;
-            let (action, resource) = match rest.split_once(':') {
-                Some((action, resource)) => (action, Some(resource)),
-                None => (rest, None),
-            };
-            if !kind.actions.iter().any(|known| known == action) {
-                return Err(fail(format!(
-                    "unknown action `{}` for `{}`; its actions are {}",
-                    action.escape_debug(),
-                    kind.name,
-                    kind.actions
-                        .iter()
-                        .map(|a| format!("`{a}`"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )));
-            }
-            (Some(Arc::<str>::from(action)), resource)
-        };
+        if rest.is_none() && !self.kinds.contains_key(name) {
+            return Err(fail(format!(
+                "expected `kind:...`, e.g. `read:config/**`; the kinds are {}",
+                self.names()
+            )));
+        }
+        let (kind, action, resource) = self.split(text).map_err(fail)?;
+        let action = action.map(Arc::<str>::from);
         let pattern = match (kind.resource.0, resource) {
             (Shape::None, None) => Pattern::None,
             (Shape::None, Some(_)) => {
@@ -363,39 +374,11 @@ impl Kinds {
             capability: text.to_owned(),
             reason,
         };
-        let (name, rest) = match text.split_once(':') {
-            Some((name, rest)) => (name, Some(rest)),
-            None => (text, None),
-        };
-        let Some(kind) = self.kinds.get(name) else {
-            return Err(fail(format!(
-                "unknown capability kind `{}`; the kinds are {}, lowercase",
-                name.escape_debug(),
-                self.names()
-            )));
-        };
-        let mut need = Need::new(name);
-        let resource = if kind.actions.is_empty() {
-            rest
-        } else {
-            let rest = rest.ok_or_else(|| {
-                fail(format!("`{}` needs an action: {}", kind.name, kind.shape()))
-            })?;
-            let (action, resource) = match rest.split_once(':') {
-                Some((action, resource)) => (action, Some(resource)),
-                None => (rest, None),
-            };
-            if !kind.actions.iter().any(|known| known == action) {
-                return Err(fail(format!(
-                    "unknown action `{}` for `{}`; write {}",
-                    action.escape_debug(),
-                    kind.name,
-                    kind.shape()
-                )));
-            }
+        let (kind, action, resource) = self.split(text).map_err(fail)?;
+        let mut need = Need::new(kind.name.as_str());
+        if let Some(action) = action {
             need = need.action(action);
-            resource
-        };
+        }
         match (kind.resource.0, resource) {
             (Shape::None, None) => {}
             (Shape::None, Some(_)) => {
