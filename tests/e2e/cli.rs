@@ -8,26 +8,12 @@ use std::sync::OnceLock;
 
 use tether_host::Layer;
 
-use crate::demo::bin_dir;
-use crate::support::{TEST_PLUGIN, missing};
+use crate::support::{TEST_PLUGIN, cargo_build, missing};
 
 /// Builds `tether` once.
 fn tether() -> &'static Path {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .expect("tests/ is in the workspace");
-        #[allow(clippy::disallowed_methods, reason = "builds the CLI with cargo")]
-        let status = Command::new(cargo)
-            .current_dir(root)
-            .args(["build", "--quiet", "--locked", "--package", "tether-cli"])
-            .status()
-            .expect("cargo runs");
-        assert!(status.success(), "building tether failed: {status}");
-        bin_dir().join("tether")
-    })
+    BUILT.get_or_init(|| cargo_build(&["tether-cli"]).join("tether"))
 }
 
 fn inspect(plugin: &Path, extra: &[&str]) -> Output {

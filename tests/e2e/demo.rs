@@ -8,42 +8,16 @@ use std::sync::OnceLock;
 
 use tether_host::Layer;
 
-use crate::support::{kernel_enforces, missing};
+use crate::support::{cargo_build, kernel_enforces, missing};
 
 /// The demo's plugins.
 const PLUGINS: [&str; 2] = ["filelister", "colorlister"];
-
-/// The directory of cargo's build outputs for this profile (`target/debug`).
-pub(crate) fn bin_dir() -> PathBuf {
-    // This test binary is `<target>/debug/deps/e2e-<hash>`.
-    let exe = std::env::current_exe().expect("the test binary's path");
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("the test binary lives in <target>/<profile>/deps")
-        .to_owned()
-}
 
 /// Builds `tether-demo` and the plugins (other packages' binaries are not built for this
 /// package's tests), once, with the same command `cargo xtask demo` uses.
 fn build_demo() -> &'static Path {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .expect("tests/ is in the workspace");
-        #[allow(clippy::disallowed_methods, reason = "builds the demo with cargo")]
-        let status = Command::new(cargo)
-            .current_dir(root)
-            .args(["build", "--quiet", "--locked"])
-            .args(["--package", "tether-demo"])
-            .args(["--package", "tether-filelister"])
-            .args(["--package", "tether-colorlister"])
-            .status()
-            .expect("cargo runs");
-        assert!(status.success(), "building the demo failed: {status}");
-        bin_dir()
-    })
+    BUILT.get_or_init(|| cargo_build(&["tether-demo", "tether-filelister", "tether-colorlister"]))
 }
 
 /// A demo run's directories: the staged plugins, a workspace (not created), an audit file.

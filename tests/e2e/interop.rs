@@ -89,7 +89,7 @@ fn build_go_fixtures() -> Result<PathBuf, String> {
     if !Path::new(GO_PLUGIN_SOURCES).is_dir() {
         return Err(missing());
     }
-    let target = crate::demo::bin_dir()
+    let target = crate::support::bin_dir()
         .parent()
         .expect("the target directory")
         .join("go");

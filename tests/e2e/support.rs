@@ -1,6 +1,6 @@
 //! Shared helpers: plugin paths, a recording `tracing` layer, process checks.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -264,4 +264,38 @@ pub(crate) async fn intrude(socket: &Path) -> Intrusion {
         code: output.status.code(),
         said: String::from_utf8_lossy(&output.stdout).into_owned(),
     }
+}
+
+/// Builds `packages` with cargo (other packages' binaries are not built for this package's
+/// tests), the way `cargo xtask` does, and returns the directory of cargo's build outputs
+/// for this profile (`target/debug`), where their binaries are.
+pub(crate) fn cargo_build(packages: &[&str]) -> PathBuf {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is in the workspace");
+    let mut command = std::process::Command::new(cargo);
+    command
+        .current_dir(root)
+        .args(["build", "--quiet", "--locked"]);
+    for package in packages {
+        command.args(["--package", package]);
+    }
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "builds other packages' binaries with cargo"
+    )]
+    let status = command.status().expect("cargo runs");
+    assert!(status.success(), "building {packages:?} failed: {status}");
+    bin_dir()
+}
+
+/// The directory of cargo's build outputs for this profile (`target/debug`).
+pub(crate) fn bin_dir() -> PathBuf {
+    // This test binary is `<target>/debug/deps/e2e-<hash>`.
+    let exe = std::env::current_exe().expect("the test binary's path");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("the test binary lives in <target>/<profile>/deps")
+        .to_owned()
 }
