@@ -32,10 +32,10 @@ use crate::channel::PluginChannel;
 use crate::error::{Error, ExitReport};
 use crate::lines::{self, Read, Tail, excerpt};
 use crate::logs::{self, LogParser};
-use crate::sandbox::{self, Layer, Sandbox, SandboxMode, SandboxStatus};
 use crate::spawn::{self, Group};
 use crate::stdio::{self, StdioSink};
 use crate::transport;
+use tether_sandbox::{self as sandbox, Layer, Sandbox, SandboxMode, SandboxStatus};
 
 /// Longest stderr line kept whole; longer lines are split.
 const MAX_LOG_LINE: usize = 64 * 1024;
@@ -227,7 +227,7 @@ impl PluginBuilder {
                     source,
                 }
             })?;
-        let sandbox_status = sandbox.status.clone();
+        let sandbox_status = sandbox.status().clone();
         log_sandbox(&name, &sandbox_status);
 
         let mut command = std::process::Command::new(&program);

@@ -63,11 +63,9 @@ mod guard;
 mod lines;
 mod logs;
 pub mod metric;
-mod sandbox;
 mod spawn;
 mod stdio;
 mod supervisor;
-mod syscalls;
 mod transport;
 
 pub use channel::PluginChannel;
@@ -75,14 +73,14 @@ pub use client::{
     DEFAULT_CALL_TIMEOUT, PluginBuilder, PluginClient, PluginExit, ReattachConfig, Stop,
 };
 pub use error::{Error, ExitReport};
-pub use sandbox::{
-    KernelSupport, Layer, LayerStatus, ResourceLimits, Sandbox, SandboxError, SandboxMode,
-    SandboxStatus,
-};
 pub use stdio::StdioSink;
 pub use supervisor::{
     Restart, RestartPolicy, Setup, SetupError, State, Supervisor, SupervisorError,
 };
-pub use syscalls::{Syscall, allowed_syscalls, conditional_syscalls, refused_syscalls};
 pub use tether_broker::{Broker, BrokerError};
 pub use tether_protocol::HandshakeConfig;
+pub use tether_sandbox::{
+    KernelSupport, Layer, LayerStatus, ResourceLimits, Sandbox, SandboxError, SandboxMode,
+    SandboxStatus,
+};
+pub use tether_sandbox::{Syscall, allowed_syscalls, conditional_syscalls, refused_syscalls};

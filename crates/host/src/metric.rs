@@ -12,7 +12,7 @@
 
 use metrics::{SharedString, Unit};
 
-use crate::sandbox::SandboxStatus;
+use tether_sandbox::SandboxStatus;
 
 /// Counter: plugin instances started (label `plugin`).
 pub const PLUGIN_STARTS: &str = "tether_plugin_starts_total";

@@ -26,7 +26,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::oneshot;
 
 use crate::guard;
-use crate::sandbox::Prepared;
+use tether_sandbox::Prepared;
 
 struct Request {
     command: Command,

@@ -1,7 +1,7 @@
 //! The system calls a sandboxed plugin may make, each with its reason, and the ones it is
 //! refused by name. Everything else, including every system call newer than this list, is
 //! refused with `ENOSYS`, so the C library and the Go runtime fall back as on an older
-//! kernel. The filter itself is built in `sandbox.rs`.
+//! kernel. The filter itself is built in the `seccomp` module.
 
 /// One system call of the plugin's filter: its number on this architecture, its name and
 /// why it is allowed (or refused by name).
@@ -25,7 +25,7 @@ macro_rules! sys {
     };
 }
 
-/// Allowed only with some arguments; the conditions are built in `sandbox.rs`.
+/// Allowed only with some arguments; the conditions are built in the `seccomp` module.
 pub(crate) const CONDITIONAL: &[Syscall] = &[
     sys!(
         SYS_socket,

@@ -1,0 +1,186 @@
+//! Building a plugin's sandbox in the parent ([`prepare`]), and applying it between fork
+//! and exec ([`Prepared::apply`]).
+
+use std::fmt;
+use std::io;
+use std::path::Path;
+
+use landlock::RulesetCreated;
+use rustix::process::{Resource, Rlimit};
+use seccompiler::BpfProgram;
+
+use crate::{KernelSupport, Layer, LayerStatus, Sandbox, SandboxError, SandboxMode, SandboxStatus};
+
+/// A sandbox built in the parent, ready to apply between fork and exec.
+pub struct Prepared {
+    rlimits: Vec<(Resource, Rlimit)>,
+    close_fds: bool,
+    ruleset: Option<RulesetCreated>,
+    filters: Vec<BpfProgram>,
+    status: SandboxStatus,
+}
+
+impl fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Prepared")
+            .field("status", &self.status)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds the sandbox of a plugin started from `program` (resolved by
+/// [`resolve_program`](crate::resolve_program)), whose private socket directory is `socket_dir`.
+pub fn prepare(
+    sandbox: &Sandbox,
+    program: &Path,
+    socket_dir: &Path,
+) -> Result<Prepared, SandboxError> {
+    let mut status = SandboxStatus {
+        mode: sandbox.mode,
+        layers: Vec::new(),
+    };
+    if sandbox.mode == SandboxMode::Off {
+        status.layers = Layer::ALL
+            .iter()
+            .map(|&layer| LayerStatus {
+                layer,
+                enforced: false,
+                detail: "sandbox off".into(),
+            })
+            .collect();
+        return Ok(Prepared {
+            rlimits: Vec::new(),
+            close_fds: false,
+            ruleset: None,
+            filters: Vec::new(),
+            status,
+        });
+    }
+    let strict = sandbox.mode == SandboxMode::Strict;
+    let mut report = |layer: Layer, enforced: bool, detail: String| {
+        if strict && !enforced {
+            return Err(SandboxError {
+                layer,
+                reason: format!("{detail}; the plugin is not started (its sandbox is Strict)"),
+            });
+        }
+        status.layers.push(LayerStatus {
+            layer,
+            enforced,
+            detail,
+        });
+        Ok(())
+    };
+
+    let rlimits = crate::rlimits::rlimits(&sandbox.limits);
+    report(
+        Layer::ResourceLimits,
+        true,
+        crate::rlimits::describe(&sandbox.limits),
+    )?;
+
+    let kernel = KernelSupport::probe();
+    // Reports a layer this kernel may lack: `on` says what it enforces when it has it.
+    let mut report_kernel = |layer: Layer, on: String| match kernel.missing(layer) {
+        None => report(layer, true, on),
+        Some(why) => report(layer, false, why),
+    };
+    report_kernel(Layer::FileDescriptors, "only 0-2 survive exec".into())?;
+
+    let abi = kernel.landlock_abi;
+    let ruleset = if kernel.missing(Layer::LandlockFilesystem).is_none() {
+        let (ruleset, paths) = crate::landlock::ruleset(sandbox, program, socket_dir, abi)?;
+        report_kernel(
+            Layer::LandlockFilesystem,
+            format!("ABI {abi}; {paths} paths readable, sockets in its own directory"),
+        )?;
+        Some(ruleset)
+    } else {
+        report_kernel(Layer::LandlockFilesystem, String::new())?;
+        None
+    };
+    report_kernel(Layer::LandlockNetwork, "no TCP bind or connect".into())?;
+    report_kernel(
+        Layer::LandlockScopes,
+        "no abstract Unix sockets or signals outside its sandbox".into(),
+    )?;
+
+    let filters = if kernel.seccomp {
+        let filters = crate::seccomp::filters(sandbox.allow_processes)?;
+        report_kernel(
+            Layer::Seccomp,
+            if sandbox.allow_processes {
+                "system call filter (processes allowed)".into()
+            } else {
+                "system call filter (threads only)".into()
+            },
+        )?;
+        filters
+    } else {
+        report_kernel(Layer::Seccomp, String::new())?;
+        Vec::new()
+    };
+
+    Ok(Prepared {
+        rlimits,
+        close_fds: kernel.close_range,
+        ruleset,
+        filters,
+        status,
+    })
+}
+
+impl Prepared {
+    /// What confines the plugin: every layer and whether it is enforced.
+    pub fn status(&self) -> &SandboxStatus {
+        &self.status
+    }
+
+    /// Confines the calling process. Runs between fork and exec: raw system calls only on
+    /// state built by [`prepare`]; no allocation, no lock.
+    pub fn apply(&mut self) -> io::Result<()> {
+        let os = |errno: rustix::io::Errno| io::Error::from_raw_os_error(errno.raw_os_error());
+        for (resource, limit) in &self.rlimits {
+            rustix::process::setrlimit(*resource, *limit).map_err(os)?;
+        }
+        if self.close_fds {
+            // SAFETY: marks fds 3.. close-on-exec; std's own error pipe is already so.
+            let result = unsafe {
+                libc::syscall(
+                    libc::SYS_close_range,
+                    3 as libc::c_uint,
+                    libc::c_uint::MAX,
+                    libc::CLOSE_RANGE_CLOEXEC,
+                )
+            };
+            if result != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        if let Some(ruleset) = self.ruleset.take() {
+            ruleset
+                .restrict_self()
+                .map_err(|_| io::Error::from_raw_os_error(libc::EPERM))?;
+        }
+        for filter in &self.filters {
+            seccompiler::apply_filter(filter)
+                .map_err(|_| io::Error::from_raw_os_error(libc::EPERM))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn off_enforces_nothing_and_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let exe = std::env::current_exe().unwrap();
+        let prepared = prepare(&Sandbox::off(), &exe, dir.path()).unwrap();
+        assert_eq!(prepared.status.layers.len(), Layer::ALL.len());
+        assert!(prepared.status.layers.iter().all(|layer| !layer.enforced));
+        assert!(prepared.filters.is_empty() && prepared.ruleset.is_none());
+    }
+}

@@ -1,0 +1,205 @@
+//! The seccomp filter: an allowlist of system calls ([`crate::allowed_syscalls`]), refusals
+//! by name and argument, and terminal queries.
+
+use std::collections::BTreeMap;
+
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
+};
+
+use crate::{Layer, SandboxError, syscalls};
+
+/// The ioctl requests a plugin may make on any descriptor: none reaches a file's inode or
+/// a device.
+const ALLOWED_IOCTLS: [u64; 4] = [libc::FIONREAD, libc::FIONBIO, libc::FIOCLEX, libc::FIONCLEX];
+
+/// Terminal queries, answered `ENOTTY` so `isatty` says no without a denial.
+const TERMINAL_IOCTLS: [u64; 2] = [libc::TCGETS, libc::TIOCGWINSZ];
+
+/// The prctl options a plugin may use: thread names, the parent-death signal, and reads.
+const ALLOWED_PRCTLS: [libc::c_int; 7] = [
+    libc::PR_SET_NAME,
+    libc::PR_GET_NAME,
+    libc::PR_SET_PDEATHSIG,
+    libc::PR_GET_PDEATHSIG,
+    libc::PR_GET_DUMPABLE,
+    libc::PR_GET_SECCOMP,
+    // Installing the sandbox's later filters (a filter can only restrict further).
+    libc::PR_SET_NO_NEW_PRIVS,
+];
+
+/// The fcntl commands a plugin may use: no signals to other processes (`F_SETOWN`,
+/// `F_SETSIG`), no leases or directory notifications.
+const ALLOWED_FCNTLS: [libc::c_int; 13] = [
+    libc::F_DUPFD,
+    libc::F_DUPFD_CLOEXEC,
+    libc::F_GETFD,
+    libc::F_SETFD,
+    libc::F_GETFL,
+    libc::F_SETFL,
+    libc::F_GETLK,
+    libc::F_SETLK,
+    libc::F_SETLKW,
+    libc::F_OFD_GETLK,
+    libc::F_OFD_SETLK,
+    libc::F_OFD_SETLKW,
+    libc::F_GETPIPE_SZ,
+];
+
+/// The plugin's system call filter, as three programs applied in order:
+/// 1. the allowlist ([`syscalls`]): what is listed is allowed (some calls only with
+///    some arguments); everything else fails with `ENOSYS`, as on a kernel that lacks it,
+///    so the C library and the Go runtime fall back cleanly (`clone3` to `clone`);
+/// 2. refusals by name or argument, with `EPERM`: dangerous calls, sockets other than
+///    `AF_UNIX`, ioctl requests, prctl options and fcntl commands off the list, clone flags
+///    for namespaces or `CLONE_PARENT` (and, without processes, anything but a thread),
+///    setting resource limits;
+/// 3. terminal queries, with `ENOTTY`.
+///
+/// The kernel takes the strictest answer of all programs, and of two errors the later
+/// program's, so a refusal by name reads `EPERM` although the allowlist says `ENOSYS`.
+pub(crate) fn filters(allow_processes: bool) -> Result<Vec<BpfProgram>, SandboxError> {
+    let fail = |err: seccompiler::BackendError| SandboxError {
+        layer: Layer::Seccomp,
+        reason: err.to_string(),
+    };
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => TargetArch::x86_64,
+        "aarch64" => TargetArch::aarch64,
+        "riscv64" => TargetArch::riscv64,
+        other => {
+            return Err(SandboxError {
+                layer: Layer::Seccomp,
+                reason: format!("no seccomp filter for the {other} architecture"),
+            });
+        }
+    };
+    // Every value compared is a non-negative constant of the kernel's ABI.
+    let value = |constant: i64| constant.unsigned_abs();
+    let dword = |arg: u8, op: SeccompCmpOp, value: u64| {
+        SeccompCondition::new(arg, SeccompCmpArgLen::Dword, op, value).map_err(fail)
+    };
+    let rule = |conditions: Vec<SeccompCondition>| SeccompRule::new(conditions).map_err(fail);
+    let program = |rules: BTreeMap<i64, Vec<SeccompRule>>, otherwise, matched| {
+        BpfProgram::try_from(SeccompFilter::new(rules, otherwise, matched, arch).map_err(fail)?)
+            .map_err(fail)
+    };
+    let errno = |code: libc::c_int| SeccompAction::Errno(code.unsigned_abs());
+
+    let unix = value(libc::AF_UNIX.into());
+    let ioctls = ALLOWED_IOCTLS.map(|request| request & 0xffff_ffff);
+    let terminal = TERMINAL_IOCTLS.map(|request| request & 0xffff_ffff);
+    let prctls = ALLOWED_PRCTLS.map(|option| value(option.into()));
+    let fcntls = ALLOWED_FCNTLS.map(|command| value(command.into()));
+    let forbidden_clone = value(
+        (libc::CLONE_NEWNS
+            | libc::CLONE_NEWCGROUP
+            | libc::CLONE_NEWUTS
+            | libc::CLONE_NEWIPC
+            | libc::CLONE_NEWUSER
+            | libc::CLONE_NEWPID
+            | libc::CLONE_NEWNET
+            | libc::CLONE_PARENT)
+            .into(),
+    );
+    let thread = value(libc::CLONE_THREAD.into());
+    // prlimit64(pid, resource, new_limit, old_limit): reading only, a null new_limit.
+    let no_new_limit =
+        SeccompCondition::new(2, SeccompCmpArgLen::Qword, SeccompCmpOp::Eq, 0).map_err(fail)?;
+    let some_new_limit =
+        SeccompCondition::new(2, SeccompCmpArgLen::Qword, SeccompCmpOp::Ne, 0).map_err(fail)?;
+
+    // 1. The allowlist.
+    let mut allowed: BTreeMap<i64, Vec<SeccompRule>> = syscalls::allowed_syscalls(allow_processes)
+        .iter()
+        .map(|call| (call.number, Vec::new()))
+        .collect();
+    for call in [libc::SYS_socket, libc::SYS_socketpair] {
+        allowed.insert(call, vec![rule(vec![dword(0, SeccompCmpOp::Eq, unix)?])?]);
+    }
+    let one_of = |arg: u8, values: &[u64]| -> Result<Vec<SeccompRule>, SandboxError> {
+        values
+            .iter()
+            .map(|&allowed| rule(vec![dword(arg, SeccompCmpOp::Eq, allowed)?]))
+            .collect()
+    };
+    allowed.insert(libc::SYS_ioctl, one_of(1, &ioctls)?);
+    allowed.insert(libc::SYS_prctl, one_of(0, &prctls)?);
+    allowed.insert(libc::SYS_fcntl, one_of(1, &fcntls)?);
+    let mut clone = vec![dword(0, SeccompCmpOp::MaskedEq(forbidden_clone), 0)?];
+    if !allow_processes {
+        clone.push(dword(0, SeccompCmpOp::MaskedEq(thread), thread)?);
+    }
+    allowed.insert(libc::SYS_clone, vec![rule(clone)?]);
+    allowed.insert(libc::SYS_prlimit64, vec![rule(vec![no_new_limit])?]);
+
+    // 2. Refusals with EPERM.
+    let mut refused: BTreeMap<i64, Vec<SeccompRule>> = syscalls::refused_syscalls(allow_processes)
+        .iter()
+        .map(|call| (call.number, Vec::new()))
+        .collect();
+    for call in [libc::SYS_socket, libc::SYS_socketpair] {
+        refused.insert(call, vec![rule(vec![dword(0, SeccompCmpOp::Ne, unix)?])?]);
+    }
+    let none_of = |arg: u8, values: &[u64]| -> Result<Vec<SeccompRule>, SandboxError> {
+        let conditions = values
+            .iter()
+            .map(|&allowed| dword(arg, SeccompCmpOp::Ne, allowed))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(vec![rule(conditions)?])
+    };
+    let answered = [ioctls.as_slice(), terminal.as_slice()].concat();
+    refused.insert(libc::SYS_ioctl, none_of(1, &answered)?);
+    refused.insert(libc::SYS_prctl, none_of(0, &prctls)?);
+    refused.insert(libc::SYS_fcntl, none_of(1, &fcntls)?);
+    // Alternatives: any forbidden flag; without processes, no CLONE_THREAD.
+    let mut clone_refusals = Vec::new();
+    let mut flags = forbidden_clone;
+    while flags != 0 {
+        let flag = flags & flags.wrapping_neg();
+        flags &= !flag;
+        clone_refusals.push(rule(vec![dword(0, SeccompCmpOp::MaskedEq(flag), flag)?])?);
+    }
+    if !allow_processes {
+        clone_refusals.push(rule(vec![dword(0, SeccompCmpOp::MaskedEq(thread), 0)?])?);
+    }
+    refused.insert(libc::SYS_clone, clone_refusals);
+    refused.insert(libc::SYS_prlimit64, vec![rule(vec![some_new_limit])?]);
+
+    // 3. Terminal queries.
+    let terminal_rules = BTreeMap::from([(libc::SYS_ioctl, one_of(1, &terminal)?)]);
+
+    Ok(vec![
+        program(allowed, errno(libc::ENOSYS), SeccompAction::Allow)?,
+        program(refused, SeccompAction::Allow, errno(libc::EPERM))?,
+        program(terminal_rules, SeccompAction::Allow, errno(libc::ENOTTY))?,
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    #[test]
+    fn the_seccomp_filters_build_with_and_without_processes() {
+        assert_eq!(filters(false).unwrap().len(), 3);
+        assert_eq!(filters(true).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn no_system_call_is_both_allowed_and_refused() {
+        for processes in [false, true] {
+            let allowed: BTreeSet<i64> = syscalls::allowed_syscalls(processes)
+                .iter()
+                .chain(syscalls::CONDITIONAL)
+                .map(|call| call.number)
+                .collect();
+            for call in syscalls::refused_syscalls(processes) {
+                assert!(!allowed.contains(&call.number), "{} is both", call.name);
+            }
+        }
+    }
+}

@@ -1,0 +1,88 @@
+//! Off Linux: no layer can be enforced, and the status says so.
+
+use std::io;
+use std::path::Path;
+
+use crate::{KernelSupport, Layer, LayerStatus, Sandbox, SandboxError, SandboxMode, SandboxStatus};
+
+const UNSUPPORTED: &str = "unsupported on this operating system (tether's sandbox is Linux-only)";
+
+/// Nothing is available here.
+pub(crate) fn probe() -> KernelSupport {
+    KernelSupport {
+        landlock_abi: 0,
+        seccomp: false,
+        close_range: false,
+    }
+}
+
+/// A sandbox that confines nothing, with a status that says why.
+#[derive(Debug)]
+pub struct Prepared {
+    status: SandboxStatus,
+}
+
+impl Prepared {
+    /// What confines the plugin: here, nothing.
+    pub fn status(&self) -> &SandboxStatus {
+        &self.status
+    }
+
+    /// Does nothing: there is nothing to apply.
+    pub fn apply(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Reports every layer as not enforced; refuses a [`SandboxMode::Strict`] sandbox.
+pub fn prepare(
+    sandbox: &Sandbox,
+    _program: &Path,
+    _socket_dir: &Path,
+) -> Result<Prepared, SandboxError> {
+    if sandbox.mode == SandboxMode::Strict {
+        return Err(SandboxError {
+            layer: Layer::ALL[0],
+            reason: format!("{UNSUPPORTED}; the plugin is not started (its sandbox is Strict)"),
+        });
+    }
+    let detail = if sandbox.mode == SandboxMode::Off {
+        "sandbox off"
+    } else {
+        UNSUPPORTED
+    };
+    Ok(Prepared {
+        status: SandboxStatus {
+            mode: sandbox.mode,
+            layers: Layer::ALL
+                .iter()
+                .map(|&layer| LayerStatus {
+                    layer,
+                    enforced: false,
+                    detail: detail.to_owned(),
+                })
+                .collect(),
+        },
+    })
+}
+
+// On Linux this module is compiled for its tests only, so that what other systems build is
+// checked here too.
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strict_is_refused_and_the_others_report_every_layer_off() {
+        let dir = Path::new("/nonexistent");
+        let err = prepare(&Sandbox::strict(), dir, dir).unwrap_err();
+        assert!(err.reason.contains("unsupported"), "{err}");
+        for sandbox in [Sandbox::best_effort(), Sandbox::off()] {
+            let mut prepared = prepare(&sandbox, dir, dir).unwrap();
+            assert_eq!(prepared.status().layers.len(), Layer::ALL.len());
+            assert!(!prepared.status().layers.iter().any(|l| l.enforced));
+            prepared.apply().unwrap();
+        }
+        assert!(!probe().is_complete());
+    }
+}
