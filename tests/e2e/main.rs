@@ -1,5 +1,10 @@
 //! End-to-end tests: every test here starts real plugin processes.
 
+#![allow(
+    clippy::disallowed_types,
+    reason = "tests: they open sockets directly to play the other side"
+)]
+
 mod cli;
 mod corpus_rows;
 mod demo;

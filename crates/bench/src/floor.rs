@@ -1,6 +1,11 @@
 //! The raw floor: a 32-byte request/response round trip over a Unix socket between two
 //! processes, with blocking std IO and nothing else.
 
+#![allow(
+    clippy::disallowed_types,
+    reason = "the floor is what a bare socket can do, measured without tether-transport on purpose"
+)]
+
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;

@@ -22,7 +22,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::error::BrokerError;
 use crate::serve::Served;
-use crate::unix::{self, Listener, Peer};
+use tether_transport::{Listener, Peer};
 
 /// go-plugin's dial timeout, and how long it keeps an unclaimed connection info.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -390,7 +390,7 @@ impl Broker {
         if !config.confine_dialed {
             return Ok(PathBuf::from(info.address));
         }
-        unix::address_in_dir(&info.address, &config.socket_dir).ok_or_else(|| {
+        tether_transport::address_in_dir(&info.address, &config.socket_dir).ok_or_else(|| {
             BrokerError::AddressOutsideSocketDir {
                 peer: peer(),
                 id,
@@ -405,7 +405,7 @@ impl Broker {
         let config = &self.shared.config;
         let peer = || self.peer_name().to_owned();
         let path = self.check_offer(id, info)?;
-        let channel = unix::connect(&path, config.peer.clone())
+        let channel = tether_transport::connect(&path, config.peer.clone())
             .await
             .map_err(|source| BrokerError::Connect {
                 peer: peer(),

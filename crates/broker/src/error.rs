@@ -2,7 +2,7 @@ use std::io;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::unix::ConnectError;
+use tether_transport::ConnectError;
 
 /// Why a broker operation failed. Each message names the other side (`peer`: the plugin's
 /// name on the host, `host` in a plugin) and the broker id involved.

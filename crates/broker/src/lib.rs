@@ -31,7 +31,8 @@
 //! credentials ([`Peer`]). On the host the peer is exactly the plugin process it spawned,
 //! and dialed sockets must lie in the plugin's private socket directory; a connection from
 //! any other process is closed at once and logged (target `tether::broker`) with its pid.
-//! In a plugin the peer is any process of the same user.
+//! In a plugin the peer is any process of the same user. The sockets themselves, and the
+//! peer check, are `tether-transport`'s.
 //!
 //! Brokered channels are [`tonic::transport::Channel`]s: dial once and reuse the channel;
 //! it multiplexes calls over one connection and reconnects, with the same check, if needed.
@@ -42,12 +43,13 @@ mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 mod serve;
-pub mod unix;
 
 pub use broker::{Broker, BrokerConfig, BrokerService, DEFAULT_TIMEOUT};
 pub use error::BrokerError;
 pub use serve::Served;
-pub use unix::{ConnectError, ConnectionCounts, Peer, PeerCredentials, Refusal, RefusalHook};
+pub use tether_transport::{
+    ConnectError, ConnectionCounts, Peer, PeerCredentials, Refusal, RefusalHook,
+};
 
 #[cfg(test)]
 mod tests;

@@ -14,7 +14,7 @@ use tonic::transport::Server;
 use tonic::transport::server::Connected;
 
 use crate::broker::Broker;
-use crate::unix::{Conn, ConnectionCounts, Listener};
+use tether_transport::{Conn, ConnectionCounts, Listener};
 
 /// How long in-flight calls may finish after a served endpoint is told to stop.
 const STOP_GRACE: Duration = Duration::from_secs(2);

@@ -1,5 +1,10 @@
 //! Both sides of the broker in one process, over real Unix sockets and a real tonic server.
 
+#![allow(
+    clippy::disallowed_types,
+    reason = "tests: a plain socket plays the plugin's side"
+)]
+
 use std::time::Duration;
 
 use tether_protocol::plugin::ConnInfo;
@@ -11,6 +16,7 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
 use super::*;
+use tether_transport as unix;
 
 /// A "plugin" serving the broker service on a socket, and a "host" attached to it.
 struct Pair {

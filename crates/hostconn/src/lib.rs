@@ -39,12 +39,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tether_broker::unix::Conn;
 use tether_broker::{BrokerError, ConnectionCounts, Peer, Served};
 pub use tether_broker::{Refusal, RefusalHook};
 use tether_host::{PluginChannel, PluginClient};
 use tether_protocol::hostconn::host_connection_client::HostConnectionClient;
 use tether_protocol::hostconn::{DisconnectRequest, EstablishRequest};
+use tether_transport::Conn;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tonic::service::Routes;
 use tonic::transport::server::Connected;

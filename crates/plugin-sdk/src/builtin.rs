@@ -1,10 +1,10 @@
 //! go-plugin's controller service and tether's admission service, served next to the
 //! plugin's own. (The broker service is `tether-broker`'s.)
 
-use tether_broker::unix::PeerSet;
 use tether_protocol::admission::{AdmitRequest, AdmitResponse};
 use tether_protocol::plugin::Empty;
 use tether_protocol::plugin::grpc_controller_server::GrpcController;
+use tether_transport::PeerSet;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 

@@ -355,11 +355,11 @@ mod tests {
     use std::sync::Mutex;
     use std::time::Duration;
 
-    use tether_broker::unix::{self, Listener, Peer};
     use tether_protocol::REQUEST_ID_METADATA;
     use tether_protocol::testing::host_testing_client::HostTestingClient;
     use tether_protocol::testing::host_testing_server::{HostTesting, HostTestingServer};
     use tether_protocol::testing::{WhoAmIRequest, WhoAmIResponse};
+    use tether_transport::{Listener, Peer};
     use tonic::Code;
     use tonic::service::Routes;
     use tonic::transport::Server;
@@ -412,7 +412,7 @@ mod tests {
                 .add_routes(routes)
                 .serve_with_incoming(listener),
         );
-        let channel = unix::connect(&path, me).await.unwrap();
+        let channel = tether_transport::connect(&path, me).await.unwrap();
         (Host::from_channel(channel), seen, dir)
     }
 

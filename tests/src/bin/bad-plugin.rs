@@ -1,6 +1,11 @@
 //! Tiny misbehaving plugins, one per handshake failure, selected by the first argument.
 //! They ignore the magic cookie and print raw lines, as a broken or hostile plugin would.
 
+#![allow(
+    clippy::disallowed_types,
+    reason = "a misbehaving test plugin: it binds and dials sockets itself"
+)]
+
 use std::io::Write;
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;

@@ -108,7 +108,7 @@ async fn host(program: &str) -> anyhow::Result<ExitCode> {
 
 async fn dial(socket: &Path) -> ExitCode {
     let attempt = async {
-        let channel = tether_broker::unix::connect(socket, Peer::SameUser).await?;
+        let channel = tether_transport::connect(socket, Peer::SameUser).await?;
         let answer = HostTestingClient::new(channel)
             .who_am_i(WhoAmIRequest {
                 claimed_name: "intruder".into(),

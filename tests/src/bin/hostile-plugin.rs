@@ -26,6 +26,11 @@
 //! The response's `outcome` is `ok` when the attempt succeeded, else `errno <n>`; `message`
 //! says more. Nothing here is polite: run it only under tests.
 
+#![allow(
+    clippy::disallowed_types,
+    reason = "a hostile test plugin: it dials sockets itself"
+)]
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::os::unix::fs::PermissionsExt;
@@ -408,10 +413,10 @@ fn ioctl_sweep() -> Vec<u32> {
 /// Connects to another plugin's socket and tries to stop it and to call it: one line per
 /// attempt, `<what>: ok` or `<what>: refused: <why>`.
 async fn dial_plugin(socket: &std::path::Path) -> HostOpResponse {
-    use tether_broker::unix::{self, Peer};
     use tether_plugin_sdk::protocol::plugin::Empty;
     use tether_plugin_sdk::protocol::plugin::grpc_controller_client::GrpcControllerClient;
     use tether_plugin_sdk::protocol::testing::testing_client::TestingClient;
+    use tether_transport::{self as unix, Peer};
 
     let said = |what: &str, result: Result<(), String>| match result {
         Ok(()) => format!("{what}: ok"),

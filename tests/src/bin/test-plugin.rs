@@ -7,6 +7,11 @@
 //! `--ignore-shutdown` (after a graceful stop, stays alive and ignores SIGTERM, so the host
 //! must kill it); `sleep-forever` (used for the child it spawns).
 
+#![allow(
+    clippy::disallowed_types,
+    reason = "a test plugin: some ops dial the host's sockets directly, as a hostile plugin would"
+)]
+
 use std::io::Write;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};

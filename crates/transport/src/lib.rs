@@ -1,0 +1,53 @@
+//! The one place where tether touches sockets: listening, connecting, and checking who is
+//! on the other end with the kernel's peer credentials. The broker, the plugin SDK, the
+//! host-services connection and the host all go through it, so another transport (TLS,
+//! multiplexing, Windows named pipes) is added here rather than in five crates.
+//!
+//! Today it speaks Unix-domain sockets:
+//! - [`socket_dir`] makes a private directory (mode 0700) for a plugin's sockets;
+//! - [`Listener`] binds a socket there and hands out only connections whose peer the
+//!   [`Peer`] rule admits (others are closed at once, counted and logged);
+//! - [`connect`] opens a gRPC channel whose every connection, reconnections included, is
+//!   checked to be served by the expected [`Peer`];
+//! - [`address_in_dir`] accepts an address only if it names a socket directly in a given
+//!   directory.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//! use tether_transport::{Listener, Peer, connect, socket_dir};
+//!
+//! let dir = socket_dir("example", &std::env::temp_dir())?;
+//! // Admit only processes of this user; a host admits exactly the plugin it spawned.
+//! let listener = Listener::bind(dir.path(), "example", Peer::SameUser, Arc::from("example"))?;
+//! let path = listener.path().to_owned();
+//! // Serve `listener` with tonic's `serve_with_incoming`, then, elsewhere:
+//! let channel = connect(&path, Peer::SameUser).await?;
+//! # drop(channel); Ok(()) }
+//! ```
+//!
+//! Unix only: on other systems this crate does not compile, with an error that says so.
+
+#![allow(
+    clippy::disallowed_types,
+    reason = "the one crate allowed to use sockets directly (see clippy.toml)"
+)]
+
+#[cfg(not(unix))]
+compile_error!(
+    "tether-transport supports Unix-domain sockets only (Linux, macOS, the BSDs); \
+     Windows named pipes are not implemented yet"
+);
+
+#[cfg(unix)]
+mod dir;
+#[cfg(unix)]
+mod unix;
+
+#[cfg(unix)]
+pub use dir::socket_dir;
+#[cfg(unix)]
+pub use unix::{
+    Conn, ConnectError, ConnectionCounts, Listener, Peer, PeerCredentials, PeerSet, Refusal,
+    RefusalHook, address_in_dir, connect,
+};
