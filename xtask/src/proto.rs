@@ -61,6 +61,16 @@ fn trees() -> Result<Vec<Tree>> {
     Ok(trees)
 }
 
+impl Tree {
+    /// The codec path the generated code names. Examples show what a user of the `tether`
+    /// facade writes, so they use its re-export and need no `tonic-prost` of their own.
+    fn codec(&self) -> Option<&'static str> {
+        self.proto
+            .starts_with(project_root().join("examples"))
+            .then_some("tether::codec::ProstCodec")
+    }
+}
+
 /// `path` relative to the project root, for messages.
 fn shown(path: &Path) -> String {
     path.strip_prefix(project_root())
@@ -165,7 +175,7 @@ pub(crate) fn on_path(program: &str) -> bool {
 
 fn rust(mode: Mode) -> Result<()> {
     for tree in trees()? {
-        let fresh = generate(&tree.proto)?;
+        let fresh = generate(&tree)?;
         let committed = read_dir_rs(&tree.generated)?;
         let what = format!("generated code of {}", shown(&tree.proto));
         settle(mode, &what, &tree.generated, &fresh, &committed)?;
@@ -182,8 +192,9 @@ fn diff(fresh: &BTreeMap<String, String>, committed: &BTreeMap<String, String>) 
     names
 }
 
-/// Compiles every `.proto` under `proto_dir` and returns the generated files by name.
-fn generate(proto_dir: &Path) -> Result<BTreeMap<String, String>> {
+/// Compiles every `.proto` of `tree` and returns the generated files by name.
+fn generate(tree: &Tree) -> Result<BTreeMap<String, String>> {
+    let proto_dir = &tree.proto;
     let mut files = Vec::new();
     collect_protos(proto_dir, proto_dir, &mut files)?;
     files.sort();
@@ -191,7 +202,11 @@ fn generate(proto_dir: &Path) -> Result<BTreeMap<String, String>> {
         .map_err(|err| anyhow::anyhow!("{err}"))
         .with_context(|| format!("compiling {}", shown(proto_dir)))?;
     let out = tempfile::tempdir().context("creating a temporary directory")?;
-    tonic_prost_build::configure()
+    let mut builder = tonic_prost_build::configure();
+    if let Some(codec) = tree.codec() {
+        builder = builder.codec_path(codec);
+    }
+    builder
         .out_dir(out.path())
         .emit_rerun_if_changed(false)
         .build_transport(false)
@@ -251,7 +266,7 @@ mod tests {
     fn generated_code_is_fresh() {
         let trees = trees().expect("the proto trees are listed");
         for tree in &trees {
-            let fresh = generate(&tree.proto).expect("the protos compile");
+            let fresh = generate(tree).expect("the protos compile");
             assert!(
                 !fresh.is_empty(),
                 "{} generates nothing",

@@ -126,7 +126,7 @@ pub mod greeter_client {
                         format!("Service was not ready: {}", e.into()),
                     )
                 })?;
-            let codec = tonic_prost::ProstCodec::default();
+            let codec = tether::codec::ProstCodec::default();
             let path = http::uri::PathAndQuery::from_static(
                 "/guestbook.v1.Greeter/Greet",
             );
@@ -262,7 +262,7 @@ pub mod greeter_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = GreetSvc(inner);
-                        let codec = tonic_prost::ProstCodec::default();
+                        let codec = tether::codec::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
                                 accept_compression_encodings,
@@ -411,7 +411,7 @@ pub mod guestbook_client {
                         format!("Service was not ready: {}", e.into()),
                     )
                 })?;
-            let codec = tonic_prost::ProstCodec::default();
+            let codec = tether::codec::ProstCodec::default();
             let path = http::uri::PathAndQuery::from_static(
                 "/guestbook.v1.Guestbook/Sign",
             );
@@ -546,7 +546,7 @@ pub mod guestbook_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = SignSvc(inner);
-                        let codec = tonic_prost::ProstCodec::default();
+                        let codec = tether::codec::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
                                 accept_compression_encodings,
