@@ -18,30 +18,33 @@ use tether_example_greeter::{GRANT, GREETING_FILE, Greeter, PLUGIN};
 /// Host services for the plugin named [`PLUGIN`] with `grants`, over a workspace whose
 /// greeting is `Hello`.
 fn services(grants: &[&str]) -> (TempDir, HostServices, Audit) {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().expect("a temporary directory");
     let workspace = dir.path().join("workspace");
-    std::fs::create_dir(&workspace).unwrap();
-    std::fs::write(workspace.join(GREETING_FILE), "Hello\n").unwrap();
+    std::fs::create_dir(&workspace).expect("the workspace is created");
+    std::fs::write(workspace.join(GREETING_FILE), "Hello\n").expect("the greeting is written");
     let policy = Policy::new();
     policy.set_workspace(PLUGIN, &workspace);
     for grant in grants {
-        policy.grant(PLUGIN, grant).unwrap();
+        policy.grant(PLUGIN, grant).expect("a valid grant");
     }
-    let audit = Audit::to_file(dir.path().join("audit.jsonl"), 1 << 20).unwrap();
+    let audit =
+        Audit::to_file(dir.path().join("audit.jsonl"), 1 << 20).expect("the audit log opens");
     let services = HostServices::new(policy, audit.clone(), Limits::default());
     (dir, services, audit)
 }
 
 fn audit(dir: &TempDir) -> Vec<Value> {
     std::fs::read_to_string(dir.path().join("audit.jsonl"))
-        .unwrap()
+        .expect("the audit log is readable")
         .lines()
-        .map(|line| serde_json::from_str(line).unwrap())
+        .map(|line| serde_json::from_str(line).expect("each record is JSON"))
         .collect()
 }
 
 async fn greet(services: &HostServices, name: &str) -> Result<String, Status> {
-    let local = in_process(PLUGIN, services.routes()).await.unwrap();
+    let local = in_process(PLUGIN, services.routes())
+        .await
+        .expect("in-process host services start");
     let greeter = Greeter::new(Host::from_channel(local.channel()));
     let reply = greeter
         .greet(Request::new(GreetRequest { name: name.into() }))

@@ -11,6 +11,7 @@ use std::process::ExitCode;
 use tether::host::{KernelSupport, PluginClient, Sandbox};
 use tether::hostserve::{Audit, HostServices, Limits, Policy};
 use tether::protocol::CallContext;
+use tether::tokio::runtime::Builder;
 use tether::tonic::Request;
 use tether_example_greeter::proto::GreetRequest;
 use tether_example_greeter::proto::greeter_client::GreeterClient;
@@ -32,9 +33,7 @@ fn main() -> ExitCode {
             _ => name = arg,
         }
     }
-    let runtime = tether::tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build();
+    let runtime = Builder::new_current_thread().enable_all().build();
     let result = match runtime {
         Ok(runtime) => runtime.block_on(run(&name, plugin)),
         Err(err) => Err(format!("could not start the async runtime: {err}").into()),
