@@ -18,8 +18,9 @@
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 
-use tether_hostserve::{CapabilityKind, Gate, Need, Resource};
-use tether_plugin_sdk::{HandshakeConfig, Host};
+use tether::HandshakeConfig;
+use tether::hostserve::{CapabilityKind, Gate, Need, Resource};
+use tether::plugin::Host;
 use tonic::{Request, Response, Status};
 
 use crate::proto::greeter_server::Greeter as GreeterRpc;

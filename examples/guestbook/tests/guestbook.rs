@@ -7,17 +7,16 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tempfile::TempDir;
+use tether::CallContext;
+use tether::host::{HostConnection, KernelSupport, PluginClient, Sandbox, Stop};
+use tether::hostserve::{Audit, Gate, HostServices, Limits, Policy};
+use tether::plugin::HostCallError;
 use tether_example_guestbook::proto::greeter_client::GreeterClient;
 use tether_example_guestbook::proto::guestbook_server::GuestbookServer;
 use tether_example_guestbook::proto::{GreetRequest, GreetResponse};
 use tether_example_guestbook::{
     BOOK, GREETING_FILE, Guestbook, HANDSHAKE, Signature, VERSION, capability_kind,
 };
-use tether_host::{KernelSupport, PluginClient, Sandbox, Stop};
-use tether_hostconn::HostConnection;
-use tether_hostserve::{Audit, Gate, HostServices, Limits, Policy};
-use tether_plugin_sdk::HostCallError;
-use tether_protocol::CallContext;
 use tonic::{Code, Status};
 
 const PLUGIN: &str = env!("CARGO_BIN_EXE_guestbook-plugin");

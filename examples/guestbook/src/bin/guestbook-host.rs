@@ -17,15 +17,15 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use clap::Parser;
+use tether::CallContext;
+use tether::host::{KernelSupport, PluginChannel, PluginClient, Sandbox, Stop};
+use tether::hostserve::{Audit, Gate, HostServices, Limits, Policy};
 use tether_example_guestbook::proto::GreetRequest;
 use tether_example_guestbook::proto::greeter_client::GreeterClient;
 use tether_example_guestbook::proto::guestbook_server::GuestbookServer;
 use tether_example_guestbook::{
     BOOK, GREETING_FILE, Guestbook, HANDSHAKE, VERSION, capability_kind,
 };
-use tether_host::{KernelSupport, PluginChannel, PluginClient, Sandbox, Stop};
-use tether_hostserve::{Audit, Gate, HostServices, Limits, Policy};
-use tether_protocol::CallContext;
 use tonic::Code;
 use tracing::level_filters::LevelFilter;
 use tracing_subscriber::Layer as _;
@@ -96,8 +96,8 @@ async fn run(args: Args) -> Result<()> {
             .with_http_listener(address)
             .install()
             .with_context(|| format!("serving metrics on {address}"))?;
-        tether_hostserve::metric::describe();
-        tether_host::metric::describe();
+        tether::hostserve::metric::describe();
+        tether::host::metric::describe();
     }
     let program = match args.plugin {
         Some(program) => program,

@@ -1,8 +1,8 @@
 //! The guestbook plugin's process: serves `guestbook.v1.Greeter`, with host services.
 
+use tether::plugin::{Plugin, Routes};
 use tether_example_guestbook::proto::greeter_server::GreeterServer;
 use tether_example_guestbook::{Greeter, HANDSHAKE, VERSION};
-use tether_plugin_sdk::{Plugin, Routes};
 
 fn main() -> std::process::ExitCode {
     let (plugin, host) = Plugin::new(HANDSHAKE).with_host_services();
