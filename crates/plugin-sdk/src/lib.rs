@@ -107,6 +107,7 @@
 //! What it does not do: start processes, or talk to anything but its host.
 
 mod builtin;
+mod calls;
 mod error;
 mod files;
 mod host;

@@ -30,6 +30,7 @@ use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt;
 
 use crate::builtin::{Admission, Controller};
+use crate::calls::{self, CallLayer};
 use crate::error::ServeError;
 use crate::host::{Host, HostConnectionService, LinkSetter};
 use crate::log::JsonLogLayer;
@@ -357,8 +358,10 @@ impl<H> Plugin<H> {
             broker.close();
         });
 
+        let served = calls::served_services(&routes);
         let server = Server::builder()
             .trace_fn(call_span)
+            .layer(CallLayer::new(served))
             .add_routes(routes)
             .serve_with_incoming_shutdown(listener, shutdown.clone().cancelled_owned());
         let grace = self.shutdown_grace;
