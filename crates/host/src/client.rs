@@ -366,6 +366,7 @@ impl PluginBuilder {
         stdout: &mut BufReader<impl AsyncRead + Unpin>,
     ) -> Result<Handshake, Error> {
         let name = &self.name;
+        let cookie_key = self.handshake.magic_cookie_key.as_ref();
         let deadline = Instant::now() + self.start_timeout;
         let timed_out = |tail: String| Error::HandshakeTimeout {
             plugin: name.clone(),
@@ -383,7 +384,7 @@ impl PluginBuilder {
         };
         let read = match first {
             Ok(read) => read,
-            Err(Some(status)) => return Err(process.exited_early(name, status).await),
+            Err(Some(status)) => return Err(process.exited_early(name, cookie_key, status).await),
             Err(None) => return Err(timed_out(process.settled_tail(false).await)),
         };
         let line = match read {
@@ -395,7 +396,7 @@ impl PluginBuilder {
                     .await
                     .map(|status| status.ok().and_then(|s| *s));
                 return match exited {
-                    Ok(status) => Err(process.exited_early(name, status).await),
+                    Ok(status) => Err(process.exited_early(name, cookie_key, status).await),
                     Err(_) => Err(timed_out(process.settled_tail(false).await)),
                 };
             }
@@ -918,12 +919,18 @@ impl Process {
         )
     }
 
-    async fn exited_early(&mut self, plugin: &str, status: Option<ExitStatus>) -> Error {
+    async fn exited_early(
+        &mut self,
+        plugin: &str,
+        cookie_key: &str,
+        status: Option<ExitStatus>,
+    ) -> Error {
         let stderr_tail = self.settled_tail(false).await;
         match status {
             Some(status) => Error::ExitedBeforeHandshake {
                 plugin: plugin.to_owned(),
                 status,
+                cookie_key: cookie_key.to_owned(),
                 hint: self.sandbox_hint(&stderr_tail),
                 stderr_tail,
             },

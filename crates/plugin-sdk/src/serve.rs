@@ -207,10 +207,17 @@ impl<H> Plugin<H> {
 
     /// Serves until the host shuts the plugin down: the whole `main` of a plugin.
     ///
-    /// Starts a multi-threaded runtime and runs [`Plugin::serve`]. Run by hand (without the
-    /// host's magic cookie) it prints an explanation on stderr and returns status 1.
+    /// Starts a tokio runtime and runs [`Plugin::serve`] on it: by default tokio's
+    /// current-thread runtime, every call on the one thread that called `run`; with
+    /// [`Plugin::worker_threads`] above 1, a multi-thread runtime with that many workers.
+    /// Run by hand (without the host's magic cookie) it prints an explanation on stderr and
+    /// returns status 1; started with the cookie set to another value (a host with another
+    /// handshake configuration), it says so on stderr and returns status 1 too.
     pub fn run(self) -> ExitCode {
-        if let Err(err @ ServeError::NotLaunchedByHost { .. }) = self.check_cookie() {
+        if let Err(
+            err @ (ServeError::NotLaunchedByHost { .. } | ServeError::CookieMismatch { .. }),
+        ) = self.check_cookie()
+        {
             eprintln!("{err}");
             return ExitCode::FAILURE;
         }
@@ -246,7 +253,10 @@ impl<H> Plugin<H> {
         let key = self.handshake.magic_cookie_key.as_ref();
         match std::env::var_os(key) {
             Some(value) if value == self.handshake.magic_cookie_value.as_ref() => Ok(()),
-            _ => Err(ServeError::NotLaunchedByHost {
+            Some(_) => Err(ServeError::CookieMismatch {
+                key: key.to_owned(),
+            }),
+            None => Err(ServeError::NotLaunchedByHost {
                 key: key.to_owned(),
             }),
         }
