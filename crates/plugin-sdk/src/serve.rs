@@ -267,10 +267,14 @@ impl<H> Plugin<H> {
         self.check_cookie()?;
         let served: Vec<u32> = self.versions.keys().copied().collect();
         let lowest = *served.first().ok_or(ServeError::NoVersions)?;
-        let host_accepts = std::env::var(env::PROTOCOL_VERSIONS)
-            .map(|value| parse_versions(&value))
-            .unwrap_or_default();
-        let negotiated = negotiate(&host_accepts, &served);
+        // Unset (or not UTF-8): the host did not say, which is not the same as accepting
+        // nothing; the log line below says which it was.
+        let host_accepts =
+            std::env::var(env::PROTOCOL_VERSIONS).map(|value| parse_versions(&value));
+        let negotiated = host_accepts
+            .as_deref()
+            .ok()
+            .and_then(|accepts| negotiate(accepts, &served));
         // Like go-plugin: without a common version answer with our lowest, and let the host
         // report the mismatch; the log line below tells it which versions we serve.
         let version = negotiated.unwrap_or(lowest);
@@ -306,15 +310,23 @@ impl<H> Plugin<H> {
             let _ =
                 tracing::subscriber::set_global_default(tracing_subscriber::registry().with(layer));
         }
-        if negotiated.is_none() {
-            tracing::error!(
-                tether_host_versions = format_versions(&host_accepts),
+        match (&host_accepts, negotiated) {
+            (_, Some(_)) => {}
+            (Ok(host_accepts), None) => tracing::error!(
+                tether_host_versions = format_versions(host_accepts),
                 tether_plugin_versions = format_versions(&served),
                 "no app protocol version in common with the host: the host accepts [{}], \
                  this plugin serves [{}]",
-                format_versions(&host_accepts),
+                format_versions(host_accepts),
                 format_versions(&served),
-            );
+            ),
+            (Err(err), None) => tracing::warn!(
+                tether_plugin_versions = format_versions(&served),
+                "the host did not say which app protocol versions it accepts ({}: {err}); \
+                 answering with the lowest this plugin serves, {version}, of [{}]",
+                env::PROTOCOL_VERSIONS,
+                format_versions(&served),
+            ),
         }
 
         let shutdown = CancellationToken::new();
