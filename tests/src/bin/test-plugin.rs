@@ -174,6 +174,10 @@ impl Testing for Service {
         // Only `traced_read` uses this view: the other ops deliberately send no context.
         let call = self.host.as_ref().map(|host| host.for_call(&request));
         let request = request.into_inner();
+        if request.op == "panic" {
+            // A handler bug: the SDK must turn it into INTERNAL and keep serving.
+            panic!("{}", String::from_utf8_lossy(&request.path));
+        }
         let mut response = match self.run_host_op(&request, call.as_ref()).await {
             Ok(response) => response,
             Err(err) => failure(err),
