@@ -429,7 +429,11 @@ pub async fn establish_host_services_with(
         }
         // The broker's listener admits only the plugin's process (its peer is
         // `Peer::Process(pid)`): a connection that got here has that pid.
-        debug_assert_eq!(conn.credentials().pid, Some(pid), "the listener admits the plugin only");
+        debug_assert_eq!(
+            conn.credentials().pid,
+            Some(pid),
+            "the listener admits the plugin only"
+        );
         let identity = PluginIdentity {
             name: Arc::clone(&name_arc),
             instance,
