@@ -16,7 +16,9 @@
 //! message and location of a panic raised there instead of printing it.
 //!
 //! Only with `panic = "unwind"` (Rust's default): under `panic = "abort"` the process
-//! ends, and the host reports the exit.
+//! ends, and the host reports the exit. A panic in a task or thread the handler spawned is
+//! not the call's (it reaches the previous hook, and the handler sees a `JoinError`); a
+//! panic the handler catches itself is recorded by the hook but not printed.
 
 use std::any::Any;
 use std::cell::{Cell, RefCell};
@@ -106,6 +108,10 @@ fn guarded<T>(f: impl FnOnce() -> T) -> Result<T, Panic> {
     })
 }
 
+/// The longest panic description a status carries: it travels in an HTTP/2 header (or
+/// trailer), whose size the client limits. The log line has it whole.
+const MAX_STATUS_MESSAGE: usize = 1024;
+
 /// Logs a caught panic at error level (the host forwards it as the plugin's log line) and
 /// gives the status the call fails with.
 fn panicked(path: &str, panic: &Panic) -> Status {
@@ -117,7 +123,20 @@ fn panicked(path: &str, panic: &Panic) -> Status {
         location = panic.location.as_deref().unwrap_or("unknown"),
         "{description}; the call fails with INTERNAL and the plugin keeps serving"
     );
-    Status::internal(description)
+    Status::internal(capped(description))
+}
+
+/// `text`, cut to [`MAX_STATUS_MESSAGE`] bytes at a character boundary, saying so.
+fn capped(mut text: String) -> String {
+    if text.len() > MAX_STATUS_MESSAGE {
+        let mut end = MAX_STATUS_MESSAGE;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push_str("… (cut; the plugin's error log has the whole message)");
+    }
+    text
 }
 
 /// The names of the services `routes` serves, for error messages.
@@ -196,7 +215,7 @@ where
         Box::pin(async move {
             let future = match called {
                 Ok(future) => future,
-                Err(panic) => return Ok(status_response(&panicked(&path, &panic))),
+                Err(panic) => return Ok(status_response(panicked(&path, &panic))),
             };
             let mut future = pin!(future);
             let answered = poll_fn(|cx| match guarded(|| future.as_mut().poll(cx)) {
@@ -207,19 +226,19 @@ where
             .await;
             match answered {
                 Ok(Ok(response)) if is_bare_unimplemented(&response) => {
-                    Ok(status_response(&not_served(&path, &served)))
+                    Ok(status_response(not_served(&path, &served)))
                 }
                 Ok(Ok(response)) => Ok(response.map(|body| GuardedBody::new(body, path))),
                 Ok(Err(err)) => Err(err),
-                Err(panic) => Ok(status_response(&panicked(&path, &panic))),
+                Err(panic) => Ok(status_response(panicked(&path, &panic))),
             }
         })
     }
 }
 
 /// A trailers-only response carrying `status`.
-fn status_response(status: &Status) -> Response<GuardedBody> {
-    let (parts, ()) = status.clone().into_http::<()>().into_parts();
+fn status_response(status: Status) -> Response<GuardedBody> {
+    let (parts, ()) = status.into_http::<()>().into_parts();
     Response::from_parts(parts, GuardedBody::done())
 }
 
@@ -373,7 +392,7 @@ mod tests {
                             #[allow(unreachable_code)]
                             Ok::<_, Status>(Frame::data(Bytes::new()))
                         });
-                        let body = http_body_util_stream(stream);
+                        let body = stream_body(stream);
                         Ok(Response::new(body))
                     }
                     Fake::Answer(status) => {
@@ -386,7 +405,7 @@ mod tests {
     }
 
     /// A body from a stream of frames.
-    fn http_body_util_stream(
+    fn stream_body(
         stream: impl futures_util::Stream<Item = Result<Frame<Bytes>, Status>> + Send + 'static,
     ) -> Body {
         struct StreamBody<S>(Pin<Box<S>>);
@@ -405,10 +424,6 @@ mod tests {
         Body::new(StreamBody(Box::pin(stream)))
     }
 
-    fn message(status: &Status) -> &str {
-        status.message()
-    }
-
     async fn call(fake: Fake, path: &str, served: &[&str]) -> Response<GuardedBody> {
         let layer = CallLayer::new(served.iter().map(|s| (*s).to_owned()).collect());
         let mut service = layer.layer(fake);
@@ -424,7 +439,7 @@ mod tests {
         let response = call(Fake::PanicInFuture, "/pkg.Svc/Do", &[]).await;
         let status = status_of(&response);
         assert_eq!(status.code(), tonic::Code::Internal);
-        let text = message(&status);
+        let text = status.message();
         assert!(
             text.starts_with("plugin handler panicked at crates/plugin-sdk/src/calls.rs:"),
             "{text}"
@@ -497,6 +512,15 @@ mod tests {
             served_services(&routes),
             ["grpc.health.v1.Health", "plugin.GRPCController"]
         );
+    }
+
+    #[test]
+    fn long_panic_messages_are_cut_at_a_character_boundary() {
+        assert_eq!(capped("short".into()), "short");
+        let long = "é".repeat(MAX_STATUS_MESSAGE);
+        let cut = capped(long);
+        assert!(cut.len() < MAX_STATUS_MESSAGE + 80, "{}", cut.len());
+        assert!(cut.ends_with("the plugin's error log has the whole message)"));
     }
 
     #[test]
