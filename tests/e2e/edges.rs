@@ -7,7 +7,9 @@ use std::process::{Command, Output};
 use tether_host::{Error, HandshakeConfig};
 use tether_plugin_sdk::protocol::testing::host_testing_client::HostTestingClient;
 use tether_plugin_sdk::protocol::testing::testing_client::TestingClient;
-use tether_plugin_sdk::protocol::testing::{EchoRequest, HostOpRequest, WhoAmIRequest};
+use tether_plugin_sdk::protocol::testing::{
+    EchoRequest, HostOpRequest, TickRequest, WhoAmIRequest,
+};
 use tonic::Code;
 use tracing::Level;
 
@@ -58,6 +60,41 @@ async fn a_handler_panic_is_internal_with_its_message_and_location_and_the_plugi
         "no error-level log of the panic: {:?}",
         recorded("panicky")
     );
+    plugin.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+async fn a_panic_inside_a_response_stream_ends_it_with_internal_after_the_messages_sent() {
+    let plugin = test_plugin("panicky-stream").start().await.expect("start");
+    let mut client = TestingClient::new(plugin.channel());
+    let mut request = tonic::Request::new(TickRequest { every_ms: 1 });
+    request
+        .metadata_mut()
+        .insert("x-panic-at", "2".parse().expect("ascii"));
+    let mut ticks = client
+        .ticks(request)
+        .await
+        .expect("the stream starts")
+        .into_inner();
+    for n in 0..2 {
+        let tick = ticks.message().await.expect("a tick").expect("not the end");
+        assert_eq!(tick.n, n);
+    }
+    let status = ticks.message().await.expect_err("the stream panicked");
+    assert_eq!(status.code(), Code::Internal, "{status:?}");
+    let message = status.message();
+    assert!(
+        message.starts_with("plugin handler panicked at tests/src/bin/test-plugin.rs:")
+            && message.ends_with(": the tick stream broke at tick 2"),
+        "{message}"
+    );
+    let reply = client
+        .echo(EchoRequest {
+            message: "after the stream".into(),
+        })
+        .await
+        .expect("a call after the panic");
+    assert_eq!(reply.into_inner().message, "after the stream");
     plugin.shutdown().await.expect("shutdown");
 }
 
