@@ -1190,6 +1190,12 @@ mod tests {
         assert_eq!(allowed["decided_by"], "policy");
         assert!(allowed.get("timeout_ms").is_none());
         assert!(allowed.get("trace_id").is_none());
+        // A refused process the kernel could not name has no pid, not pid 0.
+        denied.pid = None;
+        assert_eq!(
+            serde_json::to_value(&denied).unwrap()["pid"],
+            serde_json::Value::Null
+        );
     }
 
     /// `serde_json::to_string` behind a trait object, to test many types in one closure.
