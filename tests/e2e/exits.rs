@@ -264,7 +264,8 @@ async fn a_second_host_process_attaches_to_a_running_plugin_and_leaves_it_runnin
     let config = dir.path().join("reattach.json");
     std::fs::write(
         &config,
-        serde_json::to_vec(&plugin.reattach_config()).expect("serialisable"),
+        serde_json::to_vec(&plugin.reattach_config().expect("a running plugin's config"))
+            .expect("serialisable"),
     )
     .expect("write the config");
     #[allow(
@@ -314,7 +315,7 @@ async fn a_second_host_process_attaches_to_a_running_plugin_and_leaves_it_runnin
 async fn attaching_to_a_plugin_that_exited_is_a_clear_error_and_signals_nothing() {
     // The plugin's process is gone.
     let plugin = test_plugin("gone").start().await.expect("start");
-    let config = plugin.reattach_config();
+    let config = plugin.reattach_config().expect("a running plugin's config");
     plugin.shutdown().await.expect("shutdown");
     let err = PluginClient::reattach(&config)
         .await

@@ -8,6 +8,7 @@
 mod cli;
 mod corpus_rows;
 mod demo;
+mod edges;
 mod exits;
 mod faults;
 mod gate;

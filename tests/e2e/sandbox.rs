@@ -468,7 +468,10 @@ async fn attribute_calls_old_and_new_are_refused_on_host_files_and_the_plugins_o
 #[tokio::test]
 async fn another_sandboxed_plugin_cannot_call_or_stop_a_plugin_and_the_attempt_is_logged() {
     let victim = crate::support::test_plugin("victim").start().await.unwrap();
-    let socket = victim.reattach_config().address;
+    let socket = victim
+        .reattach_config()
+        .expect("a running plugin's config")
+        .address;
     let intruder = hostile("intruder", sandbox()).start().await.unwrap();
     let answer = attempt(&intruder, "dial_plugin", socket.to_str().unwrap()).await;
     assert!(!answer.names.is_empty(), "{answer:?}");

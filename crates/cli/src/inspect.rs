@@ -93,7 +93,9 @@ async fn run(out: &Out, args: &InspectArgs) -> anyhow::Result<Outcome> {
         .with_context(|| format!("could not start the plugin {}", path.display()))?;
 
     println!("{}", out.bold(&format!("plugin {}", path.display())));
-    let attach = plugin.reattach_config();
+    let attach = plugin
+        .reattach_config()
+        .context("could not describe the running plugin")?;
     println!("  pid:                   {}", plugin.pid());
     println!(
         "  core protocol version: {}",

@@ -366,6 +366,7 @@ impl PluginBuilder {
         stdout: &mut BufReader<impl AsyncRead + Unpin>,
     ) -> Result<Handshake, Error> {
         let name = &self.name;
+        let cookie_key = self.handshake.magic_cookie_key.as_ref();
         let deadline = Instant::now() + self.start_timeout;
         let timed_out = |tail: String| Error::HandshakeTimeout {
             plugin: name.clone(),
@@ -383,7 +384,7 @@ impl PluginBuilder {
         };
         let read = match first {
             Ok(read) => read,
-            Err(Some(status)) => return Err(process.exited_early(name, status).await),
+            Err(Some(status)) => return Err(process.exited_early(name, cookie_key, status).await),
             Err(None) => return Err(timed_out(process.settled_tail(false).await)),
         };
         let line = match read {
@@ -395,7 +396,7 @@ impl PluginBuilder {
                     .await
                     .map(|status| status.ok().and_then(|s| *s));
                 return match exited {
-                    Ok(status) => Err(process.exited_early(name, status).await),
+                    Ok(status) => Err(process.exited_early(name, cookie_key, status).await),
                     Err(_) => Err(timed_out(process.settled_tail(false).await)),
                 };
             }
@@ -584,14 +585,27 @@ impl PluginClient {
     }
 
     /// What another host process needs to attach to this plugin while it runs.
-    pub fn reattach_config(&self) -> ReattachConfig {
-        ReattachConfig {
+    ///
+    /// Fails with [`Error::Reattach`] when the process's start time cannot be read (from
+    /// `/proc/<pid>/stat`): the plugin has exited, or `/proc` is not mounted. Without it a
+    /// reused pid could not be told from the plugin, and [`PluginClient::reattach`]
+    /// would refuse the config anyway.
+    pub fn reattach_config(&self) -> Result<ReattachConfig, Error> {
+        let pid = self.process.pid;
+        let start_time = spawn::process_start_time(pid).ok_or_else(|| Error::Reattach {
+            plugin: self.name.clone(),
+            reason: format!(
+                "could not read the start time of its process {pid} from /proc/{pid}/stat: \
+                 the plugin has exited, or /proc is not mounted"
+            ),
+        })?;
+        Ok(ReattachConfig {
             name: self.name.clone(),
-            pid: self.process.pid,
-            start_time: spawn::process_start_time(self.process.pid).unwrap_or_default(),
+            pid,
+            start_time,
             address: self.address.clone(),
             protocol_version: self.version,
-        }
+        })
     }
 
     /// Attaches to a plugin another host process started and still owns, from its
@@ -606,6 +620,18 @@ impl PluginClient {
     /// stay with the starting host), no stderr and no sandbox status of its own.
     pub async fn reattach(config: &ReattachConfig) -> Result<PluginClient, Error> {
         let name = config.name.clone();
+        let dir = config
+            .address
+            .parent()
+            .map(Path::to_path_buf)
+            .ok_or_else(|| Error::Reattach {
+                plugin: name.clone(),
+                reason: format!(
+                    "its socket address {:?} names no file in a directory; a reattach config \
+                     comes from `reattach_config` on the host that started the plugin",
+                    config.address
+                ),
+            })?;
         let group =
             Group::attached(config.pid, config.start_time).map_err(|reason| Error::Reattach {
                 plugin: name.clone(),
@@ -624,11 +650,6 @@ impl PluginClient {
                 ),
             })?;
         let limit = DEFAULT_MAX_MESSAGE_SIZE;
-        let dir = config
-            .address
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_default();
         let broker = Broker::new(BrokerConfig::new(
             name.as_str(),
             &dir,
@@ -918,12 +939,18 @@ impl Process {
         )
     }
 
-    async fn exited_early(&mut self, plugin: &str, status: Option<ExitStatus>) -> Error {
+    async fn exited_early(
+        &mut self,
+        plugin: &str,
+        cookie_key: &str,
+        status: Option<ExitStatus>,
+    ) -> Error {
         let stderr_tail = self.settled_tail(false).await;
         match status {
             Some(status) => Error::ExitedBeforeHandshake {
                 plugin: plugin.to_owned(),
                 status,
+                cookie_key: cookie_key.to_owned(),
                 hint: self.sandbox_hint(&stderr_tail),
                 stderr_tail,
             },

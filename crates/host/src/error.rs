@@ -169,8 +169,14 @@ pub enum Error {
         stderr_tail: String,
     },
     /// The process exited before its handshake.
+    ///
+    /// The message names the magic cookie the host set: a plugin built with another
+    /// handshake configuration exits at once, which is a common cause.
     #[error(
-        "plugin `{plugin}` exited ({status}) before its handshake{}{}",
+        "plugin `{plugin}` exited ({status}) before its handshake{}{}\n\
+         note: the host set the magic cookie {cookie_key} for it; a plugin built with another \
+         handshake configuration (another cookie key or value) exits at once, so check that \
+         host and plugin agree on it",
         tail_suffix(stderr_tail),
         hint.map(|hint| format!("\nhint: {hint}")).unwrap_or_default()
     )]
@@ -179,6 +185,9 @@ pub enum Error {
         plugin: String,
         /// How it exited.
         status: ExitStatus,
+        /// The environment variable of the magic cookie the host set (its
+        /// `HandshakeConfig`'s key).
+        cookie_key: String,
         /// The last lines of its stderr.
         stderr_tail: String,
         /// What may have caused it, when the host can tell (for example the sandbox).

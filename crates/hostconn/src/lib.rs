@@ -427,10 +427,17 @@ pub async fn establish_host_services_with(
             // Dropping `conn` closes it; tonic's accept loop goes on to the next.
             return Err(io::Error::new(io::ErrorKind::ConnectionAborted, reason));
         }
+        // The broker's listener admits only the plugin's process (its peer is
+        // `Peer::Process(pid)`): a connection that got here has that pid.
+        debug_assert_eq!(
+            conn.credentials().pid,
+            Some(pid),
+            "the listener admits the plugin only"
+        );
         let identity = PluginIdentity {
             name: Arc::clone(&name_arc),
             instance,
-            pid: conn.credentials().pid.unwrap_or_default(),
+            pid,
         };
         Ok(Counted {
             conn: conn.with_info(identity),

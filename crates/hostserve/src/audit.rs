@@ -283,8 +283,10 @@ pub struct AuditRecord {
     pub plugin: String,
     /// The plugin's instance number.
     pub instance: u64,
-    /// The calling process (for [`Operation::Connect`], the process that was refused).
-    pub pid: u32,
+    /// The calling process (for [`Operation::Connect`], the process that was refused);
+    /// `None` (`null` in JSON) when the kernel could not say which process it was (a
+    /// refused peer in another pid namespace).
+    pub pid: Option<u32>,
     /// What the call did.
     pub operation: Operation,
     /// The path or variable, as requested (escaped if not UTF-8, capped), or what else the
@@ -1063,7 +1065,7 @@ mod tests {
             time: "2025-01-01T00:00:00.000Z".to_owned(),
             plugin: "filelister".to_owned(),
             instance: 1,
-            pid: 42,
+            pid: Some(42),
             operation: Operation::File(FileOperation::ReadFile),
             resource: format!("r{n:04}"),
             decision: Decision::Allowed,
@@ -1188,6 +1190,12 @@ mod tests {
         assert_eq!(allowed["decided_by"], "policy");
         assert!(allowed.get("timeout_ms").is_none());
         assert!(allowed.get("trace_id").is_none());
+        // A refused process the kernel could not name has no pid, not pid 0.
+        denied.pid = None;
+        assert_eq!(
+            serde_json::to_value(&denied).unwrap()["pid"],
+            serde_json::Value::Null
+        );
     }
 
     /// `serde_json::to_string` behind a trait object, to test many types in one closure.

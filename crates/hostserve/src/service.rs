@@ -144,7 +144,7 @@ impl HostServices {
                 time: AuditRecord::now(),
                 plugin: refusal.label.to_string(),
                 instance,
-                pid: by.unwrap_or_default(),
+                pid: by,
                 operation: Operation::Connect,
                 resource: refusal.socket.display().to_string(),
                 decision: Decision::Denied,

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 /// Why a plugin could not serve.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    /// The magic cookie is missing or wrong: the binary was not started by its host.
+    /// The magic cookie is missing: the binary was not started by a tether or go-plugin host.
     #[error(
         "This binary is a tether plugin: its host application starts it and talks to it.\n\
          It was started without the environment variable {key} that its host sets, so it\n\
@@ -12,6 +12,22 @@ pub enum ServeError {
          this plugin when it needs it."
     )]
     NotLaunchedByHost {
+        /// The cookie's environment variable.
+        key: String,
+    },
+    /// The magic cookie is set but to another value: the binary was started by a host whose
+    /// handshake configuration differs from the plugin's.
+    ///
+    /// Neither value is printed. The cookie is no secret (go-plugin calls it a usability
+    /// feature, not a security one), but showing the expected value would only teach
+    /// whoever runs the plugin how to start it without its real host.
+    #[error(
+        "This binary is a tether plugin, and it was started with the environment variable\n\
+         {key} set, as a plugin host does, but to a value other than the one this plugin was\n\
+         built with: the host and the plugin disagree on the handshake configuration (the\n\
+         magic cookie). Use a plugin built for this host, or a host built for this plugin."
+    )]
+    CookieMismatch {
         /// The cookie's environment variable.
         key: String,
     },

@@ -32,7 +32,8 @@
 //!
 //! What `run` does for you, in order:
 //! - checks the magic cookie; run by hand, the binary explains on stderr that it is a
-//!   plugin and exits with status 1;
+//!   plugin and exits with status 1 (started by a host whose cookie value differs, it says
+//!   that host and plugin disagree on the handshake configuration, and exits with 1);
 //! - picks the highest app protocol version both the host (`PLUGIN_PROTOCOL_VERSIONS`) and
 //!   the plugin serve;
 //! - listens on a Unix socket in `PLUGIN_UNIX_SOCKET_DIR` (else a private temporary
@@ -43,6 +44,13 @@
 //!   shows them at their level;
 //! - serves health (`"plugin"` = SERVING), the controller's `Shutdown`, stdio and the broker
 //!   stream next to your services;
+//! - fails a call whose handler panics with `INTERNAL`, its message saying
+//!   `plugin handler panicked at <file:line:column>: <panic message>`, logs that at error
+//!   level (the host shows it as the plugin's log line), and goes on serving; a panic while
+//!   a response stream is produced ends that stream with the same status. A call to a
+//!   service or method the plugin does not serve fails with `UNIMPLEMENTED` naming what
+//!   was asked and what the plugin serves. (With `panic = "abort"` a panic ends the
+//!   process instead, and the host reports the exit.)
 //! - ignores SIGINT (the host owns Ctrl-C), stops gracefully on SIGTERM or `Shutdown`, and
 //!   removes its socket on every exit path it controls.
 //!
@@ -107,6 +115,7 @@
 //! What it does not do: start processes, or talk to anything but its host.
 
 mod builtin;
+mod calls;
 mod error;
 mod files;
 mod host;

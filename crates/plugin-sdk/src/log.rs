@@ -69,7 +69,9 @@ pub(crate) fn format_line(level: Level, target: &str, mut fields: Map<String, Va
             .into(),
     );
     line.extend(fields);
-    let mut bytes = serde_json::to_vec(&Value::Object(line)).unwrap_or_default();
+    // A map with string keys of JSON values, written to memory: nothing in it can fail.
+    let mut bytes = serde_json::to_vec(&Value::Object(line))
+        .expect("a JSON object with string keys always serialises to memory");
     bytes.push(b'\n');
     bytes
 }

@@ -30,6 +30,7 @@ use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt;
 
 use crate::builtin::{Admission, Controller};
+use crate::calls::{self, CallLayer};
 use crate::error::ServeError;
 use crate::host::{Host, HostConnectionService, LinkSetter};
 use crate::log::JsonLogLayer;
@@ -206,10 +207,17 @@ impl<H> Plugin<H> {
 
     /// Serves until the host shuts the plugin down: the whole `main` of a plugin.
     ///
-    /// Starts a multi-threaded runtime and runs [`Plugin::serve`]. Run by hand (without the
-    /// host's magic cookie) it prints an explanation on stderr and returns status 1.
+    /// Starts a tokio runtime and runs [`Plugin::serve`] on it: by default tokio's
+    /// current-thread runtime, every call on the one thread that called `run`; with
+    /// [`Plugin::worker_threads`] above 1, a multi-thread runtime with that many workers.
+    /// Run by hand (without the host's magic cookie) it prints an explanation on stderr and
+    /// returns status 1; started with the cookie set to another value (a host with another
+    /// handshake configuration), it says so on stderr and returns status 1 too.
     pub fn run(self) -> ExitCode {
-        if let Err(err @ ServeError::NotLaunchedByHost { .. }) = self.check_cookie() {
+        if let Err(
+            err @ (ServeError::NotLaunchedByHost { .. } | ServeError::CookieMismatch { .. }),
+        ) = self.check_cookie()
+        {
             eprintln!("{err}");
             return ExitCode::FAILURE;
         }
@@ -245,7 +253,10 @@ impl<H> Plugin<H> {
         let key = self.handshake.magic_cookie_key.as_ref();
         match std::env::var_os(key) {
             Some(value) if value == self.handshake.magic_cookie_value.as_ref() => Ok(()),
-            _ => Err(ServeError::NotLaunchedByHost {
+            Some(_) => Err(ServeError::CookieMismatch {
+                key: key.to_owned(),
+            }),
+            None => Err(ServeError::NotLaunchedByHost {
                 key: key.to_owned(),
             }),
         }
@@ -256,10 +267,14 @@ impl<H> Plugin<H> {
         self.check_cookie()?;
         let served: Vec<u32> = self.versions.keys().copied().collect();
         let lowest = *served.first().ok_or(ServeError::NoVersions)?;
-        let host_accepts = std::env::var(env::PROTOCOL_VERSIONS)
-            .map(|value| parse_versions(&value))
-            .unwrap_or_default();
-        let negotiated = negotiate(&host_accepts, &served);
+        // Unset (or not UTF-8): the host did not say, which is not the same as accepting
+        // nothing; the log line below says which it was.
+        let host_accepts =
+            std::env::var(env::PROTOCOL_VERSIONS).map(|value| parse_versions(&value));
+        let negotiated = host_accepts
+            .as_deref()
+            .ok()
+            .and_then(|accepts| negotiate(accepts, &served));
         // Like go-plugin: without a common version answer with our lowest, and let the host
         // report the mismatch; the log line below tells it which versions we serve.
         let version = negotiated.unwrap_or(lowest);
@@ -295,15 +310,23 @@ impl<H> Plugin<H> {
             let _ =
                 tracing::subscriber::set_global_default(tracing_subscriber::registry().with(layer));
         }
-        if negotiated.is_none() {
-            tracing::error!(
-                tether_host_versions = format_versions(&host_accepts),
+        match (&host_accepts, negotiated) {
+            (_, Some(_)) => {}
+            (Ok(host_accepts), None) => tracing::error!(
+                tether_host_versions = format_versions(host_accepts),
                 tether_plugin_versions = format_versions(&served),
                 "no app protocol version in common with the host: the host accepts [{}], \
                  this plugin serves [{}]",
-                format_versions(&host_accepts),
+                format_versions(host_accepts),
                 format_versions(&served),
-            );
+            ),
+            (Err(err), None) => tracing::warn!(
+                tether_plugin_versions = format_versions(&served),
+                "the host did not say which app protocol versions it accepts ({}: {err}); \
+                 answering with the lowest this plugin serves, {version}, of [{}]",
+                env::PROTOCOL_VERSIONS,
+                format_versions(&served),
+            ),
         }
 
         let shutdown = CancellationToken::new();
@@ -357,8 +380,10 @@ impl<H> Plugin<H> {
             broker.close();
         });
 
+        let served = calls::served_services(&routes);
         let server = Server::builder()
             .trace_fn(call_span)
+            .layer(CallLayer::new(served))
             .add_routes(routes)
             .serve_with_incoming_shutdown(listener, shutdown.clone().cancelled_owned());
         let grace = self.shutdown_grace;

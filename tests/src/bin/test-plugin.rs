@@ -55,9 +55,19 @@ impl Testing for Service {
         &self,
         request: Request<TickRequest>,
     ) -> Result<Response<Self::TicksStream>, Status> {
+        // `x-panic-at: N`: the stream panics instead of sending tick N (a handler bug in a
+        // response stream, which the SDK must turn into the stream's INTERNAL status).
+        let panic_at: Option<u64> = request
+            .metadata()
+            .get("x-panic-at")
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.parse().ok());
         let every = Duration::from_millis(u64::from(request.into_inner().every_ms.max(1)));
         let ticks = futures_util::stream::unfold(0u64, move |n| async move {
             tokio::time::sleep(every).await;
+            if panic_at == Some(n) {
+                panic!("the tick stream broke at tick {n}");
+            }
             Some((Ok(Tick { n }), n + 1))
         });
         Ok(Response::new(Box::pin(ticks)))
@@ -179,6 +189,10 @@ impl Testing for Service {
         // Only `traced_read` uses this view: the other ops deliberately send no context.
         let call = self.host.as_ref().map(|host| host.for_call(&request));
         let request = request.into_inner();
+        if request.op == "panic" {
+            // A handler bug: the SDK must turn it into INTERNAL and keep serving.
+            panic!("{}", String::from_utf8_lossy(&request.path));
+        }
         let mut response = match self.run_host_op(&request, call.as_ref()).await {
             Ok(response) => response,
             Err(err) => failure(err),
