@@ -13,6 +13,7 @@ mod fuzz;
 mod go;
 mod guides;
 mod proto;
+mod publish;
 mod soak;
 mod test;
 
@@ -29,7 +30,8 @@ tasks:
                   a revocation, shutdown); ARGS go to tether-demo, e.g. -- --help
   bench [-- ARGS] build in release mode and measure tether against the socket floor and
                   go-plugin; writes docs/benchmarks.md and docs/benchmarks.json
-  test            formatting, clippy (warnings denied), generated-code freshness, all tests
+  test            formatting, clippy (warnings denied), generated-code freshness, the code
+                  map, all tests, docs (warnings denied), `cargo package` of the public crates
   soak [RUNS]     the end-to-end suite RUNS times (default 20) with a CPU hog on every
                   core beside it; prints failures per test
   fuzz [--seconds N] [TARGET...]  run the fuzz targets in fuzz/ (default 60 s each)

@@ -8,7 +8,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-use crate::{cargo, go, project_root, proto, run_step};
+use crate::{cargo, go, project_root, proto, publish, run_step};
 
 /// The name prefix of the Go interop tests in the `e2e` test binary.
 pub(crate) const INTEROP: &str = "interop::";
@@ -41,6 +41,7 @@ pub(crate) fn run() -> Result<()> {
             "warnings",
         ]),
     )?;
+    publish::check_layout()?;
     let skips = tempfile::NamedTempFile::new().context("creating the skip record")?;
     if go {
         run_step(
@@ -63,6 +64,7 @@ pub(crate) fn run() -> Result<()> {
             go::PACKAGES
         );
     }
+    publish::check_packages()?;
     let skipped = read_skips(skips.path());
     if !skipped.is_empty() {
         println!(
