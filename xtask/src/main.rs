@@ -34,7 +34,8 @@ tasks:
                   core beside it; prints failures per test
   fuzz [--seconds N] [TARGET...]  run the fuzz targets in fuzz/ (default 60 s each)
   proto           regenerate crates/protocol/src/generated from proto/, and each
-                  workspace member's src/generated from its own proto/ (examples/*)
+                  workspace member's src/generated from its own proto/ (examples/*,
+                  crates/demo-contract)
   proto --check   fail if the committed generated code is stale
 ";
 

@@ -4,8 +4,7 @@
 //!
 //! - the generated gRPC code for go-plugin's internal services ([`plugin`]: broker,
 //!   controller, stdio), for the host-services contract ([`hostconn`]) and tether's ready-made
-//!   host services ([`hostserve`]), the demo plugins' interface ([`filelister`]), and
-//!   tether's own test services ([`testing`]);
+//!   host services ([`hostserve`]), and tether's own test services ([`testing`]);
 //! - the handshake line a plugin prints on stdout ([`Handshake`]), with its codec;
 //! - the context a call carries across processes ([`CallContext`]: a request id, a
 //!   deadline and a W3C trace context ([`TraceContext`]), passed from a host's call through
@@ -84,12 +83,6 @@ mod generated {
     pub mod hostserve {
         include!("generated/tether.hostserve.v1.rs");
     }
-    pub mod bus {
-        include!("generated/tether.bus.v1.rs");
-    }
-    pub mod filelister {
-        include!("generated/tether.filelister.v1.rs");
-    }
     pub mod interop {
         include!("generated/proto.rs");
     }
@@ -125,25 +118,6 @@ pub mod hostconn {
 /// the SDK's typed `HostFiles` client.
 pub mod hostserve {
     pub use crate::generated::hostserve::*;
-}
-
-/// `tether.bus.v1`: the demo host's own host service, a message bus between plugins
-/// (`Publish`, `Subscribe`), checked against `bus:publish:TOPIC` and `bus:subscribe:TOPIC`.
-pub mod bus {
-    pub use crate::generated::bus::*;
-}
-
-/// `tether.filelister.v1`: the demo plugins' interface (`ListFiles`), served by
-/// `plugins/filelister` and `plugins/colorlister` and called by `tether-demo`.
-pub mod filelister {
-    pub use crate::generated::filelister::*;
-
-    /// The demo's handshake configuration, shared by `tether-demo` and both demo plugins.
-    pub const HANDSHAKE: crate::HandshakeConfig =
-        crate::HandshakeConfig::new("TETHER_DEMO_PLUGIN", "filelister-colorlister-v1");
-
-    /// The app protocol version in which the demo plugins serve `FileLister`.
-    pub const VERSION: u32 = 1;
 }
 
 /// Package `proto`: go-plugin's example interfaces (`proto.KV`; `proto.Counter` with its
