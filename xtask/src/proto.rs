@@ -1,6 +1,6 @@
 //! `cargo xtask proto`: generates `crates/protocol/src/generated/` from `proto/`, and, for
 //! each workspace member with a `proto/` directory of its own (the examples,
-//! `crates/demo-contract`),
+//! `crates/demo-contract`, `crates/bench`),
 //! `<member>/src/generated/` from `<member>/proto/`, with protox (a pure-Rust protobuf
 //! compiler) and tonic-prost-build, so no system `protoc` is needed. `--check` (and the
 //! test below) fail when the committed code is stale.
@@ -35,7 +35,8 @@ struct Tree {
 
 /// tether's own tree (`proto/` into `crates/protocol/src/generated/`), then each workspace
 /// member that has a `proto/` directory of its own (`<member>/proto/` into
-/// `<member>/src/generated/`: the examples and the demo's contracts), in path order.
+/// `<member>/src/generated/`: the examples, the demo's and the benchmark's contracts), in
+/// path order.
 fn trees() -> Result<Vec<Tree>> {
     let root = project_root();
     let mut trees = vec![Tree {
@@ -321,7 +322,7 @@ mod tests {
                 tree.proto.with_file_name("src").join("generated")
             );
         }
-        for member in ["examples/guestbook", "crates/demo-contract"] {
+        for member in ["examples/guestbook", "crates/demo-contract", "crates/bench"] {
             let proto = root.join(member).join("proto");
             assert!(
                 trees.iter().any(|tree| tree.proto == proto),

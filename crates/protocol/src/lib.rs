@@ -86,9 +86,6 @@ mod generated {
     pub mod interop {
         include!("generated/proto.rs");
     }
-    pub mod bench {
-        include!("generated/tether.bench.v1.rs");
-    }
     pub mod testing {
         include!("generated/tether.testing.v1.rs");
     }
@@ -125,12 +122,6 @@ pub mod hostserve {
 /// and Go hosts. Not a tether contract.
 pub mod interop {
     pub use crate::generated::interop::*;
-}
-
-/// `tether.bench.v1`: what `cargo xtask bench` asks its benchmark plugin to do. Not a
-/// public contract.
-pub mod bench {
-    pub use crate::generated::bench::*;
 }
 
 /// `tether.testing.v1`: a small service served by tether's test plugins. Not a public
