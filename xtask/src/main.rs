@@ -35,7 +35,7 @@ tasks:
   fuzz [--seconds N] [TARGET...]  run the fuzz targets in fuzz/ (default 60 s each)
   proto           regenerate crates/protocol/src/generated from proto/, and each
                   workspace member's src/generated from its own proto/ (examples/*,
-                  crates/demo-contract, crates/bench)
+                  crates/demo-contract, crates/bench, tests/contract)
   proto --check   fail if the committed generated code is stale
 ";
 

@@ -1,9 +1,9 @@
 //! `cargo xtask proto`: generates `crates/protocol/src/generated/` from `proto/`, and, for
 //! each workspace member with a `proto/` directory of its own (the examples,
-//! `crates/demo-contract`, `crates/bench`),
-//! `<member>/src/generated/` from `<member>/proto/`, with protox (a pure-Rust protobuf
-//! compiler) and tonic-prost-build, so no system `protoc` is needed. `--check` (and the
-//! test below) fail when the committed code is stale.
+//! `crates/demo-contract`, `crates/bench`, `tests/contract`), `<member>/src/generated/`
+//! from `<member>/proto/`, with protox (a pure-Rust protobuf compiler) and
+//! tonic-prost-build, so no system `protoc` is needed. `--check` (and the test below) fail
+//! when the committed code is stale.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -35,8 +35,8 @@ struct Tree {
 
 /// tether's own tree (`proto/` into `crates/protocol/src/generated/`), then each workspace
 /// member that has a `proto/` directory of its own (`<member>/proto/` into
-/// `<member>/src/generated/`: the examples, the demo's and the benchmark's contracts), in
-/// path order.
+/// `<member>/src/generated/`: the examples, the demo's, the benchmark's and the tests'
+/// contracts), in path order.
 fn trees() -> Result<Vec<Tree>> {
     let root = project_root();
     let mut trees = vec![Tree {
@@ -110,8 +110,8 @@ pub(crate) fn run(mode: Mode) -> Result<()> {
     go(mode)
 }
 
-/// The Go stubs of `proto/interop/` for the Go interop fixtures, made by `protoc` with
-/// Debian's `protoc-gen-go` and `protoc-gen-go-grpc` when they are installed.
+/// The Go stubs of `tests/contract/proto/interop/` for the Go interop fixtures, made by
+/// `protoc` with Debian's `protoc-gen-go` and `protoc-gen-go-grpc` when they are installed.
 fn go(mode: Mode) -> Result<()> {
     let dir = project_root().join("tests/go/src/tetherinterop/proto");
     let tools = ["protoc", "protoc-gen-go", "protoc-gen-go-grpc"];
@@ -129,7 +129,7 @@ fn go(mode: Mode) -> Result<()> {
         return Ok(());
     }
     let out = tempfile::tempdir().context("creating a temporary directory")?;
-    let proto_dir = project_root().join("proto/interop");
+    let proto_dir = project_root().join("tests/contract/proto/interop");
     let mut protos: Vec<String> = fs::read_dir(&proto_dir)
         .with_context(|| format!("reading {}", proto_dir.display()))?
         .filter_map(|entry| {
@@ -322,7 +322,12 @@ mod tests {
                 tree.proto.with_file_name("src").join("generated")
             );
         }
-        for member in ["examples/guestbook", "crates/demo-contract", "crates/bench"] {
+        for member in [
+            "examples/guestbook",
+            "crates/demo-contract",
+            "crates/bench",
+            "tests/contract",
+        ] {
             let proto = root.join(member).join("proto");
             assert!(
                 trees.iter().any(|tree| tree.proto == proto),

@@ -2,9 +2,10 @@
 //!
 //! This crate holds what both sides of a plugin connection must agree on:
 //!
-//! - the generated gRPC code for go-plugin's internal services ([`plugin`]: broker,
-//!   controller, stdio), for the host-services contract ([`hostconn`]) and tether's ready-made
-//!   host services ([`hostserve`]), and tether's own test services ([`testing`]);
+//! - the generated gRPC code of tether's public contracts: go-plugin's internal services
+//!   ([`plugin`]: broker, controller, stdio), the host-services contract ([`hostconn`]),
+//!   tether's ready-made host services ([`hostserve`]) and how a host names another process
+//!   a plugin admits ([`admission`]);
 //! - the handshake line a plugin prints on stdout ([`Handshake`]), with its codec;
 //! - the context a call carries across processes ([`CallContext`]: a request id, a
 //!   deadline and a W3C trace context ([`TraceContext`]), passed from a host's call through
@@ -83,12 +84,6 @@ mod generated {
     pub mod hostserve {
         include!("generated/tether.hostserve.v1.rs");
     }
-    pub mod interop {
-        include!("generated/proto.rs");
-    }
-    pub mod testing {
-        include!("generated/tether.testing.v1.rs");
-    }
 }
 
 /// go-plugin's internal services (package `plugin`): `GRPCBroker`, `GRPCController`,
@@ -115,19 +110,6 @@ pub mod hostconn {
 /// the SDK's typed `HostFiles` client.
 pub mod hostserve {
     pub use crate::generated::hostserve::*;
-}
-
-/// Package `proto`: go-plugin's example interfaces (`proto.KV`; `proto.Counter` with its
-/// brokered callback `proto.AddHelper`), for the interoperability tests with Go plugins
-/// and Go hosts. Not a tether contract.
-pub mod interop {
-    pub use crate::generated::interop::*;
-}
-
-/// `tether.testing.v1`: a small service served by tether's test plugins. Not a public
-/// contract; it exists so end-to-end tests can drive real plugin processes.
-pub mod testing {
-    pub use crate::generated::testing::*;
 }
 
 #[cfg(test)]
