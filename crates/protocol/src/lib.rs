@@ -18,7 +18,8 @@
 //! connecting live in `tether-host`; serving lives in `tether-plugin-sdk`. The wire contract
 //! is go-plugin's (the handshake line in [`Handshake`], the environment in [`mod@env`]); the
 //! `.proto` files in `proto/` are the only place it is edited, and `cargo xtask proto`
-//! regenerates the code.
+//! regenerates the code. Contracts that are not tether's own (an application's plugin
+//! interface, the demo's, the tests') live in crates of their own, beside their users.
 
 mod context;
 mod handshake;
@@ -45,8 +46,9 @@ pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 4 * 1024 * 1024;
 /// certificate is about 1.2 KB; anything this long is not a handshake.
 pub const MAX_HANDSHAKE_LINE: usize = 16 * 1024;
 
-/// Names of the environment variables the host sets for the plugin
-/// (go-plugin-protocol.md, section 2).
+/// Names of the environment variables the host sets for the plugin when it launches it, as
+/// go-plugin does: the app protocol versions it accepts, where the plugin may listen, the
+/// host's AutoMTLS certificate and whether it asks for broker multiplexing.
 pub mod env {
     /// Comma-separated app protocol versions the host accepts.
     pub const PROTOCOL_VERSIONS: &str = "PLUGIN_PROTOCOL_VERSIONS";
