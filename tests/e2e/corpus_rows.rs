@@ -18,7 +18,7 @@
 use std::time::Duration;
 
 use tether_hostserve::{Limits, Manifest, ManifestError};
-use tether_plugin_sdk::protocol::testing::HostOpResponse;
+use tether_test_contract::testing::HostOpResponse;
 
 use crate::hostserve::{Fixture, GRANTS, op, op_with};
 use crate::support::{eventually, intrude, recorded};

@@ -5,11 +5,9 @@
 use std::process::{Command, Output};
 
 use tether_host::{Error, HandshakeConfig};
-use tether_plugin_sdk::protocol::testing::host_testing_client::HostTestingClient;
-use tether_plugin_sdk::protocol::testing::testing_client::TestingClient;
-use tether_plugin_sdk::protocol::testing::{
-    EchoRequest, HostOpRequest, TickRequest, WhoAmIRequest,
-};
+use tether_test_contract::testing::host_testing_client::HostTestingClient;
+use tether_test_contract::testing::testing_client::TestingClient;
+use tether_test_contract::testing::{EchoRequest, HostOpRequest, TickRequest, WhoAmIRequest};
 use tonic::Code;
 use tracing::Level;
 

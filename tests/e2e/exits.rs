@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use tether_host::{DEFAULT_CALL_TIMEOUT, Error, PluginClient};
 use tether_plugin_sdk::protocol::parse_grpc_timeout;
-use tether_plugin_sdk::protocol::testing::testing_client::TestingClient;
-use tether_plugin_sdk::protocol::testing::{
+use tether_test_contract::testing::testing_client::TestingClient;
+use tether_test_contract::testing::{
     EchoRequest, HostOpRequest, LogRequest, SpawnChildRequest, TickRequest,
 };
 

@@ -11,8 +11,8 @@ use std::time::Duration;
 use serde_json::Value;
 use tether_host::PluginClient;
 use tether_hostserve::{Limits, RESERVED_PREFIX};
-use tether_plugin_sdk::protocol::testing::testing_client::TestingClient;
-use tether_plugin_sdk::protocol::testing::{HostOpRequest, HostOpResponse};
+use tether_test_contract::testing::testing_client::TestingClient;
+use tether_test_contract::testing::{HostOpRequest, HostOpResponse};
 use tokio::io::AsyncBufReadExt;
 
 use crate::hostserve::{Fixture, GRANTS, op, op_with};

@@ -16,8 +16,8 @@ use tether_hostserve::{
     Audit, CapabilityKind, ExternalHook, Gate, HostServices, Lifetime, Limits, Need, OnFailure,
     Policy, Resource,
 };
-use tether_plugin_sdk::protocol::testing::host_tally_server::{HostTally, HostTallyServer};
-use tether_plugin_sdk::protocol::testing::{TallyRequest, TallyResponse};
+use tether_test_contract::testing::host_tally_server::{HostTally, HostTallyServer};
+use tether_test_contract::testing::{TallyRequest, TallyResponse};
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 

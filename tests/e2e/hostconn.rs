@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use tether_host::{BrokerError, PluginClient};
 use tether_hostconn::{Outcome, PluginIdentity, establish_host_services};
-use tether_plugin_sdk::protocol::testing::host_testing_server::{HostTesting, HostTestingServer};
-use tether_plugin_sdk::protocol::testing::testing_client::TestingClient;
-use tether_plugin_sdk::protocol::testing::{
+use tether_test_contract::testing::host_testing_server::{HostTesting, HostTestingServer};
+use tether_test_contract::testing::testing_client::TestingClient;
+use tether_test_contract::testing::{
     CallHostRequest, CallHostResponse, EchoRequest, ServeBrokeredRequest, WhoAmIRequest,
     WhoAmIResponse,
 };

@@ -11,8 +11,8 @@ use serde_json::Value;
 use tether_host::PluginClient;
 use tether_hostconn::{HostConnection, Outcome};
 use tether_hostserve::{Audit, HostServices, Limits, Policy};
-use tether_plugin_sdk::protocol::testing::testing_client::TestingClient;
-use tether_plugin_sdk::protocol::testing::{HostOpRequest, HostOpResponse};
+use tether_test_contract::testing::testing_client::TestingClient;
+use tether_test_contract::testing::{HostOpRequest, HostOpResponse};
 
 use crate::support::{HOST_HELPER, PATIENCE, TEST_PLUGIN, eventually, test_plugin};
 

@@ -14,14 +14,14 @@ use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
 use tether_host::{Error, PluginClient, Stop};
-use tether_plugin_sdk::protocol::interop::add_helper_server::{AddHelper, AddHelperServer};
-use tether_plugin_sdk::protocol::interop::counter_client::CounterClient;
-use tether_plugin_sdk::protocol::interop::kv_client::KvClient;
-use tether_plugin_sdk::protocol::interop::{
-    CounterGetRequest, CounterPutRequest, GetRequest, PutRequest, SumRequest, SumResponse,
-};
 use tether_plugin_sdk::tonic::{self, Code, Request, Response, Status};
 use tether_plugin_sdk::{HandshakeConfig, Routes};
+use tether_test_contract::interop::add_helper_server::{AddHelper, AddHelperServer};
+use tether_test_contract::interop::counter_client::CounterClient;
+use tether_test_contract::interop::kv_client::KvClient;
+use tether_test_contract::interop::{
+    CounterGetRequest, CounterPutRequest, GetRequest, PutRequest, SumRequest, SumResponse,
+};
 use tracing::Level;
 
 use crate::support::{PATIENCE, eventually, is_gone, record_events, recorded, sandbox};

@@ -7,10 +7,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tether_host::{StdioSink, Stop};
-use tether_plugin_sdk::protocol::testing::testing_client::TestingClient;
-use tether_plugin_sdk::protocol::testing::{
-    EchoRequest, LogRequest, PrintRequest, SpawnChildRequest,
-};
+use tether_test_contract::testing::testing_client::TestingClient;
+use tether_test_contract::testing::{EchoRequest, LogRequest, PrintRequest, SpawnChildRequest};
 use tracing::Level;
 
 use crate::support::*;

@@ -12,8 +12,8 @@ use tether_host::{
     Error, Layer, PluginBuilder, PluginClient, ResourceLimits, Sandbox, allowed_syscalls,
     conditional_syscalls, refused_syscalls,
 };
-use tether_plugin_sdk::protocol::testing::testing_client::TestingClient;
-use tether_plugin_sdk::protocol::testing::{EchoRequest, HostOpRequest, HostOpResponse};
+use tether_test_contract::testing::testing_client::TestingClient;
+use tether_test_contract::testing::{EchoRequest, HostOpRequest, HostOpResponse};
 
 use crate::support::{
     HANDSHAKE, HOSTILE_PLUGIN, PATIENCE, eventually, is_gone, kernel_enforces, missing,

@@ -9,8 +9,8 @@ use tether_host::{
     Error, PluginClient, Restart, RestartPolicy, State, Stop, Supervisor, SupervisorError,
 };
 use tether_hostconn::{Outcome, establish_host_services};
-use tether_plugin_sdk::protocol::testing::testing_client::TestingClient;
-use tether_plugin_sdk::protocol::testing::{HostOpRequest, TickRequest};
+use tether_test_contract::testing::testing_client::TestingClient;
+use tether_test_contract::testing::{HostOpRequest, TickRequest};
 use tonic::Code;
 
 use crate::hostconn::{WhoAmI, call_host, services};

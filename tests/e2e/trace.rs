@@ -3,8 +3,8 @@
 
 use tether_hostserve::Limits;
 use tether_plugin_sdk::protocol::CallContext;
-use tether_plugin_sdk::protocol::testing::HostOpRequest;
-use tether_plugin_sdk::protocol::testing::testing_client::TestingClient;
+use tether_test_contract::testing::HostOpRequest;
+use tether_test_contract::testing::testing_client::TestingClient;
 use tracing::Instrument;
 
 use crate::hostserve::{Fixture, GRANTS, op_with};

@@ -36,7 +36,8 @@ tasks:
                   core beside it; prints failures per test
   fuzz [--seconds N] [TARGET...]  run the fuzz targets in fuzz/ (default 60 s each)
   proto           regenerate crates/protocol/src/generated from proto/, and each
-                  examples/*/src/generated from that example's proto/
+                  workspace member's src/generated from its own proto/ (examples/*,
+                  crates/demo-contract, crates/bench, tests/contract)
   proto --check   fail if the committed generated code is stale
 ";
 

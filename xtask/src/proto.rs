@@ -1,7 +1,9 @@
-//! `cargo xtask proto`: generates `crates/protocol/src/generated/` from `proto/`, and each
-//! example's `examples/<name>/src/generated/` from its own `examples/<name>/proto/`, with
-//! protox (a pure-Rust protobuf compiler) and tonic-prost-build, so no system `protoc` is
-//! needed. `--check` (and the test below) fail when the committed code is stale.
+//! `cargo xtask proto`: generates `crates/protocol/src/generated/` from `proto/`, and, for
+//! each workspace member with a `proto/` directory of its own (the examples,
+//! `crates/demo-contract`, `crates/bench`, `tests/contract`), `<member>/src/generated/`
+//! from `<member>/proto/`, with protox (a pure-Rust protobuf compiler) and
+//! tonic-prost-build, so no system `protoc` is needed. `--check` (and the test below) fail
+//! when the committed code is stale.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -31,32 +33,26 @@ struct Tree {
     generated: PathBuf,
 }
 
-/// tether's own tree (`proto/` into `crates/protocol/src/generated/`), then each example
-/// that has a `proto/` directory (`examples/<name>/proto/` into
-/// `examples/<name>/src/generated/`), in name order.
+/// tether's own tree (`proto/` into `crates/protocol/src/generated/`), then each workspace
+/// member that has a `proto/` directory of its own (`<member>/proto/` into
+/// `<member>/src/generated/`: the examples, the demo's, the benchmark's and the tests'
+/// contracts), in path order.
 fn trees() -> Result<Vec<Tree>> {
     let root = project_root();
     let mut trees = vec![Tree {
         proto: root.join("proto"),
         generated: root.join("crates/protocol/src/generated"),
     }];
-    let examples = root.join("examples");
-    if !examples.is_dir() {
-        return Ok(trees);
-    }
-    let mut found = Vec::new();
-    for entry in
-        fs::read_dir(&examples).with_context(|| format!("reading {}", examples.display()))?
-    {
-        let example = entry?.path();
-        if example.join("proto").is_dir() {
-            found.push(Tree {
-                proto: example.join("proto"),
-                generated: example.join("src/generated"),
-            });
-        }
-    }
+    let mut found: Vec<Tree> = members(&root)?
+        .into_iter()
+        .filter(|member| member.join("proto").is_dir())
+        .map(|member| Tree {
+            proto: member.join("proto"),
+            generated: member.join("src/generated"),
+        })
+        .collect();
     found.sort_by(|a, b| a.proto.cmp(&b.proto));
+    found.dedup();
     trees.extend(found);
     Ok(trees)
 }
@@ -69,6 +65,46 @@ impl Tree {
             .starts_with(project_root().join("examples"))
             .then_some("tether::codec::ProstCodec")
     }
+}
+
+/// The directories of the workspace members, from `members` in the root `Cargo.toml`; a
+/// member ending in `/*` stands for each directory beneath it that has a `Cargo.toml`.
+fn members(root: &Path) -> Result<Vec<PathBuf>> {
+    let manifest = root.join("Cargo.toml");
+    let text =
+        fs::read_to_string(&manifest).with_context(|| format!("reading {}", manifest.display()))?;
+    let table: toml::Table =
+        toml::from_str(&text).with_context(|| format!("parsing {}", manifest.display()))?;
+    let Some(listed) = table
+        .get("workspace")
+        .and_then(|workspace| workspace.get("members"))
+        .and_then(toml::Value::as_array)
+    else {
+        bail!("{} lists no workspace members", manifest.display());
+    };
+    let mut dirs = Vec::new();
+    for member in listed {
+        let Some(member) = member.as_str() else {
+            bail!(
+                "a workspace member in {} is not a string",
+                manifest.display()
+            );
+        };
+        if let Some(parent) = member.strip_suffix("/*") {
+            let parent = root.join(parent);
+            for entry in
+                fs::read_dir(&parent).with_context(|| format!("reading {}", parent.display()))?
+            {
+                let dir = entry?.path();
+                if dir.join("Cargo.toml").is_file() {
+                    dirs.push(dir);
+                }
+            }
+        } else {
+            dirs.push(root.join(member));
+        }
+    }
+    Ok(dirs)
 }
 
 /// `path` relative to the project root, for messages.
@@ -84,8 +120,8 @@ pub(crate) fn run(mode: Mode) -> Result<()> {
     go(mode)
 }
 
-/// The Go stubs of `proto/interop/` for the Go interop fixtures, made by `protoc` with
-/// Debian's `protoc-gen-go` and `protoc-gen-go-grpc` when they are installed.
+/// The Go stubs of `tests/contract/proto/interop/` for the Go interop fixtures, made by
+/// `protoc` with Debian's `protoc-gen-go` and `protoc-gen-go-grpc` when they are installed.
 fn go(mode: Mode) -> Result<()> {
     let dir = project_root().join("tests/go/src/tetherinterop/proto");
     let tools = ["protoc", "protoc-gen-go", "protoc-gen-go-grpc"];
@@ -103,7 +139,7 @@ fn go(mode: Mode) -> Result<()> {
         return Ok(());
     }
     let out = tempfile::tempdir().context("creating a temporary directory")?;
-    let proto_dir = project_root().join("proto/interop");
+    let proto_dir = project_root().join("tests/contract/proto/interop");
     let mut protos: Vec<String> = fs::read_dir(&proto_dir)
         .with_context(|| format!("reading {}", proto_dir.display()))?
         .filter_map(|entry| {
@@ -260,7 +296,7 @@ fn read_dir_ext(dir: &Path, ext: &str) -> Result<BTreeMap<String, String>> {
 mod tests {
     use super::*;
 
-    /// The committed generated code matches what `proto/` and each example's `proto/`
+    /// The committed generated code matches what `proto/` and each member's `proto/`
     /// produce today.
     #[test]
     fn generated_code_is_fresh() {
@@ -283,10 +319,10 @@ mod tests {
         }
     }
 
-    /// tether's own tree comes first, and every example with a `proto/` is generated into
-    /// its own `src/generated/`.
+    /// tether's own tree comes first, and every workspace member with a `proto/` is
+    /// generated into its own `src/generated/`: the examples and the non-public contracts.
     #[test]
-    fn the_examples_protos_are_generated_beside_them() {
+    fn each_members_protos_are_generated_beside_them() {
         let root = project_root();
         let trees = trees().expect("the proto trees are listed");
         assert_eq!(trees[0].proto, root.join("proto"));
@@ -295,17 +331,24 @@ mod tests {
             root.join("crates/protocol/src/generated")
         );
         for tree in &trees[1..] {
-            assert!(tree.proto.starts_with(root.join("examples")), "{tree:?}");
+            assert!(tree.proto.ends_with("proto"), "{tree:?}");
             assert_eq!(
                 tree.generated,
                 tree.proto.with_file_name("src").join("generated")
             );
         }
-        let guestbook = root.join("examples/guestbook/proto");
-        assert!(
-            trees.iter().any(|tree| tree.proto == guestbook),
-            "the guestbook example's protos are not generated: {trees:?}"
-        );
+        for member in [
+            "examples/guestbook",
+            "crates/demo-contract",
+            "crates/bench",
+            "tests/contract",
+        ] {
+            let proto = root.join(member).join("proto");
+            assert!(
+                trees.iter().any(|tree| tree.proto == proto),
+                "{member}'s protos are not generated: {trees:?}"
+            );
+        }
     }
 
     #[test]

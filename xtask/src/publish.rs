@@ -132,7 +132,13 @@ pub(crate) fn check_packages() -> Result<()> {
     run_step(
         "cargo doc (warnings denied)",
         cargo()
-            .args(["doc", "--workspace", "--no-deps", "--all-features", "--locked"])
+            .args([
+                "doc",
+                "--workspace",
+                "--no-deps",
+                "--all-features",
+                "--locked",
+            ])
             .env("RUSTDOCFLAGS", "-D warnings"),
     )?;
 
@@ -207,7 +213,11 @@ mod tests {
     fn the_code_map_must_name_each_folder_in_its_own_section() {
         let text = "# A\n## Code map\n- `crates/host` (`tether-host`): x\n- `tests/`: y\n\
                     ## Invariants\n`crates/broker` is named here, outside the map\n";
-        let members = [member("crates/host"), member("tests"), member("crates/broker")];
+        let members = [
+            member("crates/host"),
+            member("tests"),
+            member("crates/broker"),
+        ];
         assert_eq!(
             missing_from_code_map(text, &members),
             ["crates/broker (pkg-crates/broker)"]

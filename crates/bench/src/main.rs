@@ -16,6 +16,7 @@
     reason = "figures for a report"
 )]
 
+mod contract;
 mod floor;
 mod go;
 mod machine;

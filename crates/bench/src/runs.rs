@@ -10,8 +10,9 @@ use tether_host::{PluginChannel, PluginClient, Sandbox, StdioSink};
 use tether_hostconn::{HostConnection, Outcome};
 use tether_hostserve::{Audit, HostServices, Limits, Policy};
 use tether_protocol::HandshakeConfig;
-use tether_protocol::bench::bench_client::BenchClient;
-use tether_protocol::bench::{HostCallsRequest, HostLoadRequest, PingRequest, TransferRequest};
+
+use crate::contract::bench_client::BenchClient;
+use crate::contract::{HostCallsRequest, HostLoadRequest, PingRequest, TransferRequest};
 
 /// The benchmark plugin's handshake (see `bench-plugin`).
 const HANDSHAKE: HandshakeConfig = HandshakeConfig::new("TETHER_BENCH_PLUGIN", "bench");

@@ -8,9 +8,9 @@ use std::pin::Pin;
 use std::sync::{Mutex, PoisonError};
 
 use futures_util::Stream;
+use tether_demo_contract::bus::bus_server::{Bus as BusRpc, BusServer};
+use tether_demo_contract::bus::{Message, PublishRequest, PublishResponse, SubscribeRequest};
 use tether_hostserve::{CapabilityKind, Gate, Need, Resource};
-use tether_protocol::bus::bus_server::{Bus as BusRpc, BusServer};
-use tether_protocol::bus::{Message, PublishRequest, PublishResponse, SubscribeRequest};
 use tokio::sync::broadcast::{self, error::RecvError};
 use tonic::{Request, Response, Status};
 
@@ -147,9 +147,9 @@ mod tests {
     use std::time::Duration;
 
     use futures_util::StreamExt;
+    use tether_demo_contract::bus::bus_client::BusClient;
     use tether_hostconn::InProcess;
     use tether_hostserve::{Audit, CAPABILITY_METADATA, HostServices, Limits, Policy};
-    use tether_protocol::bus::bus_client::BusClient;
     use tokio::sync::broadcast::error::TryRecvError;
     use tonic::Code;
     use tonic::transport::Channel;

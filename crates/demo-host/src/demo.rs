@@ -7,15 +7,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
+use tether_demo_contract::bus::Message;
+use tether_demo_contract::filelister::file_lister_client::FileListerClient;
+use tether_demo_contract::filelister::{
+    Announcement, HANDSHAKE, ListFilesRequest, ListFilesResponse, VERSION,
+};
 use tether_host::{PluginChannel, PluginClient, Sandbox, Stop};
 use tether_hostconn::{HostConnection, Outcome};
 use tether_hostserve::{Audit, Capability, Gate, HostServices, Limits, Manifest, Policy};
 use tether_protocol::CallContext;
-use tether_protocol::bus::Message;
-use tether_protocol::filelister::file_lister_client::FileListerClient;
-use tether_protocol::filelister::{
-    Announcement, HANDSHAKE, ListFilesRequest, ListFilesResponse, VERSION,
-};
 use tokio::sync::broadcast::Receiver;
 use tokio::sync::broadcast::error::TryRecvError;
 use tonic::{Code, Status};

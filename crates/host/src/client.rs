@@ -721,9 +721,10 @@ impl PluginClient {
     ///
     /// ```no_run
     /// # async fn demo(plugin: tether_host::PluginClient) -> Result<(), tether_host::Error> {
-    /// use tether_protocol::testing::{EchoRequest, testing_client::TestingClient};
-    /// let mut client = TestingClient::new(plugin.channel());
-    /// let reply = plugin.guard(client.echo(EchoRequest::default())).await?;
+    /// use tether_protocol::hostconn::DisconnectRequest;
+    /// use tether_protocol::hostconn::host_connection_client::HostConnectionClient;
+    /// let mut client = HostConnectionClient::new(plugin.channel());
+    /// let reply = plugin.guard(client.disconnect(DisconnectRequest {})).await?;
     /// # drop(reply); Ok(()) }
     /// ```
     pub async fn guard<T>(

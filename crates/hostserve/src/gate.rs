@@ -960,9 +960,9 @@ where
 mod tests {
     use std::time::Duration;
 
-    use tether_protocol::testing::host_testing_client::HostTestingClient;
-    use tether_protocol::testing::host_testing_server::{HostTesting, HostTestingServer};
-    use tether_protocol::testing::{WhoAmIRequest, WhoAmIResponse};
+    use tether_test_contract::testing::host_testing_client::HostTestingClient;
+    use tether_test_contract::testing::host_testing_server::{HostTesting, HostTestingServer};
+    use tether_test_contract::testing::{WhoAmIRequest, WhoAmIResponse};
     use tonic::{Code, Request, Response, Status};
 
     use crate::{Audit, HostServices, Limits, Policy};

@@ -23,40 +23,46 @@
 //! [`capability`]):
 //!
 //! ```no_run
-//! # use tether_protocol::testing::host_testing_server::{HostTesting, HostTestingServer};
-//! # use tether_protocol::testing::{WhoAmIRequest, WhoAmIResponse};
-//! use tether_hostserve::{Audit, CapabilityKind, Gate, HostServices, Limits, Need, Policy};
+//! use tether_hostserve::{
+//!     Audit, CapabilityKind, Gate, HostServices, Limits, Need, Policy, Resource,
+//! };
 //! use tonic::{Request, Response, Status};
 //!
-//! struct Greeter {
+//! struct Guestbook {
 //!     gate: Gate,
 //! }
 //!
-//! #[tonic::async_trait]
-//! impl HostTesting for Greeter {
-//!     async fn who_am_i(
-//!         &self,
-//!         request: Request<WhoAmIRequest>,
-//!     ) -> Result<Response<WhoAmIResponse>, Status> {
+//! impl Guestbook {
+//!     /// A method of the host's own service (in a real host, of the trait tonic generated
+//!     /// from its `.proto`): signs the plugin into the book the request names.
+//!     async fn sign(&self, request: Request<String>) -> Result<Response<String>, Status> {
+//!         let book = request.get_ref().clone();
 //!         // Identity, policy decision, limits; a denial is audited and returned.
-//!         let mut call = self.gate.check(&request, Need::new("whoami").action("ask")).await?;
+//!         let need = Need::new("guestbook").action("sign").resource(book);
+//!         let mut call = self.gate.check(&request, need).await?;
 //!         let plugin = call.identity().name().to_owned();
 //!         // The call's one audit record, with how it ended.
-//!         call.finish(Ok(Response::new(WhoAmIResponse { plugin, pid: 0 })))
+//!         call.finish(Ok(Response::new(format!("signed by {plugin}"))))
 //!     }
 //! }
 //!
 //! # async fn demo(plugin: tether_host::PluginClient) -> Result<(), Box<dyn std::error::Error>> {
-//! let policy = Policy::with_kinds([CapabilityKind::new("whoami").actions(["ask"])])?;
+//! let kind = CapabilityKind::new("guestbook").actions(["sign"]).resource(Resource::NAME);
+//! let policy = Policy::with_kinds([kind])?;
 //! policy.load_file("policy.toml".as_ref())?;
 //! let audit = Audit::to_file("audit.jsonl", 64 << 20)?;
 //! let gate = Gate::new(policy, audit, Limits::default());
-//! let services = HostServices::from_gate(gate.clone())
-//!     .serve(HostTestingServer::new(Greeter { gate }));
-//! // The file services and the greeter, to this plugin, in one line:
+//! let guestbook = Guestbook { gate: gate.clone() };
+//! // With the server tonic generated for the service, it joins in one line:
+//! // `.serve(GuestbookServer::new(guestbook))`.
+//! # drop(guestbook);
+//! let services = HostServices::from_gate(gate);
+//! // The file services (and the guestbook), to this plugin, in one line:
 //! let connection = services.connect(&plugin).await?.required()?;
 //! # drop(connection); Ok(()) }
 //! ```
+//!
+//! `examples/guestbook` in tether's repository is this host and its plugin, whole.
 //!
 //! [`HostServices::connect`] also audits every other process refused at the plugin's
 //! host-service socket (operation `connect`). Denials are `PERMISSION_DENIED` statuses

@@ -356,9 +356,9 @@ mod tests {
     use std::time::Duration;
 
     use tether_protocol::REQUEST_ID_METADATA;
-    use tether_protocol::testing::host_testing_client::HostTestingClient;
-    use tether_protocol::testing::host_testing_server::{HostTesting, HostTestingServer};
-    use tether_protocol::testing::{WhoAmIRequest, WhoAmIResponse};
+    use tether_test_contract::testing::host_testing_client::HostTestingClient;
+    use tether_test_contract::testing::host_testing_server::{HostTesting, HostTestingServer};
+    use tether_test_contract::testing::{WhoAmIRequest, WhoAmIResponse};
     use tether_transport::{Listener, Peer};
     use tonic::Code;
     use tonic::service::Routes;

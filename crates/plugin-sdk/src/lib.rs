@@ -5,30 +5,23 @@
 //! services it serves for each app protocol version, then calls [`Plugin::run`]:
 //!
 //! ```no_run
-//! use tether_plugin_sdk::protocol::filelister::file_lister_server::{FileLister, FileListerServer};
-//! use tether_plugin_sdk::protocol::filelister::{HANDSHAKE, ListFilesRequest, ListFilesResponse};
-//! use tether_plugin_sdk::tonic::{self, Request, Response, Status};
-//! use tether_plugin_sdk::{Plugin, Routes};
+//! use tether_plugin_sdk::{HandshakeConfig, Plugin, Routes};
 //!
-//! struct Hello;
+//! /// What the host and the plugin agree on before anything else.
+//! const HANDSHAKE: HandshakeConfig = HandshakeConfig::new("GREETER_PLUGIN", "greeter-v1");
 //!
-//! #[tonic::async_trait]
-//! impl FileLister for Hello {
-//!     async fn list_files(
-//!         &self,
-//!         request: Request<ListFilesRequest>,
-//!     ) -> Result<Response<ListFilesResponse>, Status> {
-//!         let report = format!("hello from a plugin, asked about {}", request.into_inner().dir);
-//!         Ok(Response::new(ListFilesResponse { report, ..Default::default() }))
-//!     }
+//! /// The plugin's services for app protocol version 1: the servers tonic generated from
+//! /// your `.proto`, e.g. `Routes::new(GreeterServer::new(Greeter))`.
+//! fn services() -> Routes {
+//!     Routes::default()
 //! }
 //!
 //! fn main() -> std::process::ExitCode {
-//!     Plugin::new(HANDSHAKE)
-//!         .version(1, Routes::new(FileListerServer::new(Hello)))
-//!         .run()
+//!     Plugin::new(HANDSHAKE).version(1, services()).run()
 //! }
 //! ```
+//!
+//! `examples/guestbook` in tether's repository is a whole plugin, with its own `.proto`.
 //!
 //! What `run` does for you, in order:
 //! - checks the magic cookie; run by hand, the binary explains on stderr that it is a
@@ -68,40 +61,40 @@
 //! when the host's caller would have given up:
 //!
 //! ```no_run
-//! use tether_plugin_sdk::protocol::filelister::file_lister_server::{FileLister, FileListerServer};
-//! use tether_plugin_sdk::protocol::filelister::{HANDSHAKE, ListFilesRequest, ListFilesResponse};
-//! use tether_plugin_sdk::protocol::testing::WhoAmIRequest;
-//! use tether_plugin_sdk::protocol::testing::host_testing_client::HostTestingClient;
-//! use tether_plugin_sdk::tonic::{self, Request, Response, Status};
-//! use tether_plugin_sdk::{Host, Plugin, Routes};
+//! use tether_plugin_sdk::protocol::hostserve::GetEnvRequest;
+//! use tether_plugin_sdk::protocol::hostserve::host_services_client::HostServicesClient;
+//! use tether_plugin_sdk::tonic::{Request, Response, Status};
+//! use tether_plugin_sdk::{HandshakeConfig, Host, Plugin, Routes};
+//!
+//! const HANDSHAKE: HandshakeConfig = HandshakeConfig::new("LISTER_PLUGIN", "lister-v1");
 //!
 //! struct Lister {
 //!     host: Host,
 //! }
 //!
-//! #[tonic::async_trait]
-//! impl FileLister for Lister {
-//!     async fn list_files(
-//!         &self,
-//!         request: Request<ListFilesRequest>,
-//!     ) -> Result<Response<ListFilesResponse>, Status> {
+//! impl Lister {
+//!     /// A method of the plugin's service (in a real plugin, of the trait tonic generated
+//!     /// from its `.proto`): lists the directory the host asked about.
+//!     async fn list(&self, request: Request<String>) -> Result<Response<String>, Status> {
 //!         let host = self.host.for_call(&request);
-//!         // Tether's host services, and one of the host's own, on the same connection.
-//!         let entries = host.files()?.read_dir(&request.get_ref().dir).await?;
-//!         let reply = host
-//!             .client(HostTestingClient::new)?
-//!             .who_am_i(WhoAmIRequest::default())
+//!         // Tether's file client, and a generated client (here of tether's own host
+//!         // services; any service the host serves works the same), on one connection.
+//!         let entries = host.files()?.read_dir(request.get_ref()).await?;
+//!         let user = host
+//!             .client(HostServicesClient::new)?
+//!             .get_env(GetEnvRequest { name: "USER".to_owned() })
 //!             .await?;
-//!         let report = format!("{} entries, listed for {}", entries.len(), reply.get_ref().plugin);
-//!         Ok(Response::new(ListFilesResponse { report, ..Default::default() }))
+//!         let report = format!("{} entries, listed for {}", entries.len(), user.get_ref().value);
+//!         Ok(Response::new(report))
 //!     }
 //! }
 //!
 //! fn main() -> std::process::ExitCode {
 //!     let (plugin, host) = Plugin::new(HANDSHAKE).with_host_services();
-//!     plugin
-//!         .version(1, Routes::new(FileListerServer::new(Lister { host })))
-//!         .run()
+//!     let lister = Lister { host };
+//!     // Served as `Routes::new(ListerServer::new(lister))`, with the generated server.
+//!     # drop(lister);
+//!     plugin.version(1, Routes::default()).run()
 //! }
 //! ```
 //!

@@ -110,13 +110,14 @@ impl Plugin<NoHost> {
     ///
     /// ```no_run
     /// # use tether_plugin_sdk::{HandshakeConfig, HostServicesError, Plugin};
-    /// # use tether_plugin_sdk::protocol::testing::host_testing_client::HostTestingClient;
+    /// # use tether_plugin_sdk::protocol::hostserve::host_services_client::HostServicesClient;
     /// # const HANDSHAKE: HandshakeConfig = HandshakeConfig::new("BASIC_PLUGIN", "hello");
     /// # fn main() -> Result<(), HostServicesError> {
     /// let (plugin, host) = Plugin::new(HANDSHAKE).with_host_services();
     /// // Give `host` to your services; once the host has connected:
     /// let files = host.files()?;
-    /// let testing = host.client(HostTestingClient::new)?;
+    /// // Any generated client of a service the host serves, here tether's own:
+    /// let services = host.client(HostServicesClient::new)?;
     /// # Ok(()) }
     /// ```
     ///

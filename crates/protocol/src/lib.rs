@@ -2,10 +2,10 @@
 //!
 //! This crate holds what both sides of a plugin connection must agree on:
 //!
-//! - the generated gRPC code for go-plugin's internal services ([`plugin`]: broker,
-//!   controller, stdio), for the host-services contract ([`hostconn`]) and tether's ready-made
-//!   host services ([`hostserve`]), the demo plugins' interface ([`filelister`]), and
-//!   tether's own test services ([`testing`]);
+//! - the generated gRPC code of tether's public contracts: go-plugin's internal services
+//!   ([`plugin`]: broker, controller, stdio), the host-services contract ([`hostconn`]),
+//!   tether's ready-made host services ([`hostserve`]) and how a host names another process
+//!   a plugin admits ([`admission`]);
 //! - the handshake line a plugin prints on stdout ([`Handshake`]), with its codec;
 //! - the context a call carries across processes ([`CallContext`]: a request id, a
 //!   deadline and a W3C trace context ([`TraceContext`]), passed from a host's call through
@@ -18,7 +18,8 @@
 //! connecting live in `tether-host`; serving lives in `tether-plugin-sdk`. The wire contract
 //! is go-plugin's (the handshake line in [`Handshake`], the environment in [`mod@env`]); the
 //! `.proto` files in `proto/` are the only place it is edited, and `cargo xtask proto`
-//! regenerates the code.
+//! regenerates the code. Contracts that are not tether's own (an application's plugin
+//! interface, the demo's, the tests') live in crates of their own, beside their users.
 
 mod context;
 mod handshake;
@@ -45,8 +46,9 @@ pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 4 * 1024 * 1024;
 /// certificate is about 1.2 KB; anything this long is not a handshake.
 pub const MAX_HANDSHAKE_LINE: usize = 16 * 1024;
 
-/// Names of the environment variables the host sets for the plugin
-/// (go-plugin-protocol.md, section 2).
+/// Names of the environment variables the host sets for the plugin when it launches it, as
+/// go-plugin does: the app protocol versions it accepts, where the plugin may listen, the
+/// host's AutoMTLS certificate and whether it asks for broker multiplexing.
 pub mod env {
     /// Comma-separated app protocol versions the host accepts.
     pub const PROTOCOL_VERSIONS: &str = "PLUGIN_PROTOCOL_VERSIONS";
@@ -84,21 +86,6 @@ mod generated {
     pub mod hostserve {
         include!("generated/tether.hostserve.v1.rs");
     }
-    pub mod bus {
-        include!("generated/tether.bus.v1.rs");
-    }
-    pub mod filelister {
-        include!("generated/tether.filelister.v1.rs");
-    }
-    pub mod interop {
-        include!("generated/proto.rs");
-    }
-    pub mod bench {
-        include!("generated/tether.bench.v1.rs");
-    }
-    pub mod testing {
-        include!("generated/tether.testing.v1.rs");
-    }
 }
 
 /// go-plugin's internal services (package `plugin`): `GRPCBroker`, `GRPCController`,
@@ -125,44 +112,6 @@ pub mod hostconn {
 /// the SDK's typed `HostFiles` client.
 pub mod hostserve {
     pub use crate::generated::hostserve::*;
-}
-
-/// `tether.bus.v1`: the demo host's own host service, a message bus between plugins
-/// (`Publish`, `Subscribe`), checked against `bus:publish:TOPIC` and `bus:subscribe:TOPIC`.
-pub mod bus {
-    pub use crate::generated::bus::*;
-}
-
-/// `tether.filelister.v1`: the demo plugins' interface (`ListFiles`), served by
-/// `plugins/filelister` and `plugins/colorlister` and called by `tether-demo`.
-pub mod filelister {
-    pub use crate::generated::filelister::*;
-
-    /// The demo's handshake configuration, shared by `tether-demo` and both demo plugins.
-    pub const HANDSHAKE: crate::HandshakeConfig =
-        crate::HandshakeConfig::new("TETHER_DEMO_PLUGIN", "filelister-colorlister-v1");
-
-    /// The app protocol version in which the demo plugins serve `FileLister`.
-    pub const VERSION: u32 = 1;
-}
-
-/// Package `proto`: go-plugin's example interfaces (`proto.KV`; `proto.Counter` with its
-/// brokered callback `proto.AddHelper`), for the interoperability tests with Go plugins
-/// and Go hosts. Not a tether contract.
-pub mod interop {
-    pub use crate::generated::interop::*;
-}
-
-/// `tether.bench.v1`: what `cargo xtask bench` asks its benchmark plugin to do. Not a
-/// public contract.
-pub mod bench {
-    pub use crate::generated::bench::*;
-}
-
-/// `tether.testing.v1`: a small service served by tether's test plugins. Not a public
-/// contract; it exists so end-to-end tests can drive real plugin processes.
-pub mod testing {
-    pub use crate::generated::testing::*;
 }
 
 #[cfg(test)]

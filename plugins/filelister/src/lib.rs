@@ -8,10 +8,10 @@
 //! `write:reports/**` and `bus:publish:reports`) and audited by the host. Under tether's
 //! sandbox it could not open a file directly if it tried.
 
-use tether_plugin_sdk::protocol::bus::PublishRequest;
-use tether_plugin_sdk::protocol::bus::bus_client::BusClient;
-use tether_plugin_sdk::protocol::filelister::file_lister_server::{FileLister, FileListerServer};
-use tether_plugin_sdk::protocol::filelister::{
+use tether_demo_contract::bus::PublishRequest;
+use tether_demo_contract::bus::bus_client::BusClient;
+use tether_demo_contract::filelister::file_lister_server::{FileLister, FileListerServer};
+use tether_demo_contract::filelister::{
     Announcement, HANDSHAKE, ListFilesRequest, ListFilesResponse, ListedFile, VERSION,
 };
 use tether_plugin_sdk::protocol::hostserve::EntryKind;
@@ -178,14 +178,12 @@ pub fn render(dir: &str, files: &[ListedFile]) -> String {
 mod tests {
     use std::sync::{Arc, Mutex};
 
+    use tether_demo_contract::bus::bus_server::{Bus, BusServer};
+    use tether_demo_contract::bus::{Message, PublishRequest, PublishResponse, SubscribeRequest};
     use tether_hostserve::{
         Audit, CapabilityKind, Gate, HostServices as Services, Limits, Need, Policy, Resource,
     };
     use tether_plugin_sdk::CallContext;
-    use tether_plugin_sdk::protocol::bus::bus_server::{Bus, BusServer};
-    use tether_plugin_sdk::protocol::bus::{
-        Message, PublishRequest, PublishResponse, SubscribeRequest,
-    };
 
     use super::*;
 

@@ -6,13 +6,13 @@ use std::collections::HashMap;
 use std::process::ExitCode;
 use std::sync::{Mutex, PoisonError};
 
-use tether_plugin_sdk::protocol::interop::add_helper_client::AddHelperClient;
-use tether_plugin_sdk::protocol::interop::counter_server::{Counter, CounterServer};
-use tether_plugin_sdk::protocol::interop::{
-    CounterEmpty, CounterGetRequest, CounterGetResponse, CounterPutRequest, SumRequest,
-};
 use tether_plugin_sdk::tonic::{self, Request, Response, Status};
 use tether_plugin_sdk::{Broker, HandshakeConfig, Plugin, Routes};
+use tether_test_contract::interop::add_helper_client::AddHelperClient;
+use tether_test_contract::interop::counter_server::{Counter, CounterServer};
+use tether_test_contract::interop::{
+    CounterEmpty, CounterGetRequest, CounterGetResponse, CounterPutRequest, SumRequest,
+};
 
 /// go-plugin's example handshake.
 const HANDSHAKE: HandshakeConfig = HandshakeConfig::new("BASIC_PLUGIN", "hello");

@@ -39,8 +39,8 @@ use std::time::Duration;
 use anyhow::Context;
 use tether_broker::Peer;
 use tether_host::{HandshakeConfig, PluginClient};
-use tether_plugin_sdk::protocol::testing::WhoAmIRequest;
-use tether_plugin_sdk::protocol::testing::host_testing_client::HostTestingClient;
+use tether_test_contract::testing::WhoAmIRequest;
+use tether_test_contract::testing::host_testing_client::HostTestingClient;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<ExitCode> {
@@ -70,8 +70,8 @@ async fn main() -> anyhow::Result<ExitCode> {
 /// prints `plugin-pid <pid>` and `grandchild-pid <pid>`, then waits to be killed.
 async fn orphan_host(program: &str) -> anyhow::Result<ExitCode> {
     use tether_host::Sandbox;
-    use tether_plugin_sdk::protocol::testing::HostOpRequest;
-    use tether_plugin_sdk::protocol::testing::testing_client::TestingClient;
+    use tether_test_contract::testing::HostOpRequest;
+    use tether_test_contract::testing::testing_client::TestingClient;
 
     let plugin = PluginClient::builder("orphan-maker", program)
         .handshake(HandshakeConfig::new("TETHER_TEST_PLUGIN", "e2e"))
@@ -135,9 +135,9 @@ async fn dial(socket: &Path) -> ExitCode {
 async fn gibibyte(program: &str, dir: &Path) -> anyhow::Result<ExitCode> {
     use std::sync::Arc;
     use tether_hostserve::{Audit, HostServices, Limits, Policy};
-    use tether_plugin_sdk::protocol::testing::HostOpRequest;
-    use tether_plugin_sdk::protocol::testing::testing_client::TestingClient;
     use tether_plugin_sdk::tonic::Response;
+    use tether_test_contract::testing::HostOpRequest;
+    use tether_test_contract::testing::testing_client::TestingClient;
 
     const GIB: u64 = 1 << 30;
     let workspace = dir.join("workspace");
@@ -209,8 +209,8 @@ fn test_plugin(name: &str, program: &str) -> tether_host::PluginBuilder {
 }
 
 async fn flood(program: &str, mib: u32) -> anyhow::Result<ExitCode> {
-    use tether_plugin_sdk::protocol::testing::testing_client::TestingClient;
-    use tether_plugin_sdk::protocol::testing::{HostOpRequest, PrintRequest};
+    use tether_test_contract::testing::testing_client::TestingClient;
+    use tether_test_contract::testing::{HostOpRequest, PrintRequest};
 
     let plugin = test_plugin("flooder", program).start().await?;
     let mut client = TestingClient::new(plugin.channel());
@@ -308,8 +308,8 @@ async fn cycles(program: &str, n: u32) -> anyhow::Result<ExitCode> {
 
 async fn reattach(config: &Path) -> anyhow::Result<ExitCode> {
     use tether_host::ReattachConfig;
-    use tether_plugin_sdk::protocol::testing::EchoRequest;
-    use tether_plugin_sdk::protocol::testing::testing_client::TestingClient;
+    use tether_test_contract::testing::EchoRequest;
+    use tether_test_contract::testing::testing_client::TestingClient;
 
     let config: ReattachConfig = serde_json::from_slice(&std::fs::read(config)?)?;
     // The plugin admits only the host that started it, until that host admits this
@@ -355,10 +355,10 @@ async fn host_op(
     op: &str,
     path: &[u8],
     size: u64,
-) -> anyhow::Result<tether_plugin_sdk::protocol::testing::HostOpResponse> {
-    use tether_plugin_sdk::protocol::testing::HostOpRequest;
-    use tether_plugin_sdk::protocol::testing::testing_client::TestingClient;
+) -> anyhow::Result<tether_test_contract::testing::HostOpResponse> {
     use tether_plugin_sdk::tonic::Request;
+    use tether_test_contract::testing::HostOpRequest;
+    use tether_test_contract::testing::testing_client::TestingClient;
 
     let mut request = Request::new(HostOpRequest {
         op: op.into(),
@@ -598,7 +598,7 @@ async fn connection_flood(program: &str, dir: &Path, n: u64) -> anyhow::Result<E
     let expected = connected.saturating_sub(max_connections - 1);
     until(PATIENCE, || done == 1 && refusals() >= expected).await;
     let fds_after = resources()?[0];
-    let outcome = |answer: anyhow::Result<tether_plugin_sdk::protocol::testing::HostOpResponse>| {
+    let outcome = |answer: anyhow::Result<tether_test_contract::testing::HostOpResponse>| {
         u8::from(answer.is_ok_and(|answer| answer.outcome == "ok" && answer.data == b"served"))
     };
     let bystander_ok = outcome(host_op(&bystander, "read_file", b"config/a.txt", 0).await);

@@ -37,10 +37,10 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::ExitCode;
 use std::sync::OnceLock;
 
-use tether_plugin_sdk::protocol::testing::testing_server::{Testing, TestingServer};
-use tether_plugin_sdk::protocol::testing::*;
 use tether_plugin_sdk::tonic::{self, Request, Response, Status};
 use tether_plugin_sdk::{HandshakeConfig, Plugin, Routes};
+use tether_test_contract::testing::testing_server::{Testing, TestingServer};
+use tether_test_contract::testing::*;
 
 const HANDSHAKE: HandshakeConfig = HandshakeConfig::new("TETHER_TEST_PLUGIN", "e2e");
 
@@ -415,7 +415,7 @@ fn ioctl_sweep() -> Vec<u32> {
 async fn dial_plugin(socket: &std::path::Path) -> HostOpResponse {
     use tether_plugin_sdk::protocol::plugin::Empty;
     use tether_plugin_sdk::protocol::plugin::grpc_controller_client::GrpcControllerClient;
-    use tether_plugin_sdk::protocol::testing::testing_client::TestingClient;
+    use tether_test_contract::testing::testing_client::TestingClient;
     use tether_transport::{self as unix, Peer};
 
     let said = |what: &str, result: Result<(), String>| match result {

@@ -5,10 +5,10 @@ use std::collections::HashMap;
 use std::process::ExitCode;
 use std::sync::{Mutex, PoisonError};
 
-use tether_plugin_sdk::protocol::interop::kv_server::{Kv, KvServer};
-use tether_plugin_sdk::protocol::interop::{Empty, GetRequest, GetResponse, PutRequest};
 use tether_plugin_sdk::tonic::{self, Request, Response, Status};
 use tether_plugin_sdk::{HandshakeConfig, Plugin, Routes};
+use tether_test_contract::interop::kv_server::{Kv, KvServer};
+use tether_test_contract::interop::{Empty, GetRequest, GetResponse, PutRequest};
 
 /// go-plugin's example handshake.
 const HANDSHAKE: HandshakeConfig = HandshakeConfig::new("BASIC_PLUGIN", "hello");

@@ -20,15 +20,15 @@ use std::time::Duration;
 use tether_broker::Served;
 use tether_plugin_sdk::protocol::hostserve::ReadFileRequest;
 use tether_plugin_sdk::protocol::hostserve::host_services_client::HostServicesClient;
-use tether_plugin_sdk::protocol::testing::host_tally_client::HostTallyClient;
-use tether_plugin_sdk::protocol::testing::host_testing_client::HostTestingClient;
-use tether_plugin_sdk::protocol::testing::testing_server::{Testing, TestingServer};
-use tether_plugin_sdk::protocol::testing::*;
 use tether_plugin_sdk::tonic::metadata::MetadataValue;
 use tether_plugin_sdk::tonic::{self, Request, Response, Status};
 use tether_plugin_sdk::{
     Broker, CallHost, FileChunks, HandshakeConfig, Host, HostCallError, HostChannel, Plugin, Routes,
 };
+use tether_test_contract::testing::host_tally_client::HostTallyClient;
+use tether_test_contract::testing::host_testing_client::HostTestingClient;
+use tether_test_contract::testing::testing_server::{Testing, TestingServer};
+use tether_test_contract::testing::*;
 use tracing::level_filters::LevelFilter;
 
 /// The cookie the end-to-end tests use.

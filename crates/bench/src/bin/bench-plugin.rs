@@ -1,5 +1,5 @@
 //! The benchmark plugin: answers pings, and makes host-service calls on request, timing
-//! them where they happen (see `proto/tether/bench/v1`).
+//! them where they happen (see `crates/bench/proto/tether/bench/v1`).
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -7,13 +7,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use tether_plugin_sdk::protocol::bench::bench_server::{Bench, BenchServer};
-use tether_plugin_sdk::protocol::bench::{
+use tether_plugin_sdk::tonic::{self, Request, Response, Status};
+use tether_plugin_sdk::{HandshakeConfig, Host, HostFiles, Plugin, Routes};
+
+use crate::contract::bench_server::{Bench, BenchServer};
+use crate::contract::{
     HostCallsRequest, HostCallsResponse, HostLoadRequest, HostLoadResponse, PingRequest,
     PingResponse, TransferRequest, TransferResponse,
 };
-use tether_plugin_sdk::tonic::{self, Request, Response, Status};
-use tether_plugin_sdk::{HandshakeConfig, Host, HostFiles, Plugin, Routes};
+
+#[path = "../contract.rs"]
+mod contract;
 
 /// The benchmark's handshake.
 const HANDSHAKE: HandshakeConfig = HandshakeConfig::new("TETHER_BENCH_PLUGIN", "bench");
