@@ -722,8 +722,8 @@ impl PluginClient {
     /// ```no_run
     /// # async fn demo(plugin: tether_host::PluginClient) -> Result<(), tether_host::Error> {
     /// use tether_protocol::hostconn::DisconnectRequest;
-    /// use tether_protocol::hostconn::host_connection_client::HostConnectionClient;
-    /// let mut client = HostConnectionClient::new(plugin.channel());
+    /// use tether_protocol::hostconn::acceptor_client::AcceptorClient;
+    /// let mut client = AcceptorClient::new(plugin.channel());
     /// let reply = plugin.guard(client.disconnect(DisconnectRequest {})).await?;
     /// # drop(reply); Ok(()) }
     /// ```

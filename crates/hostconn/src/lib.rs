@@ -5,7 +5,7 @@
 //! #     services: tonic::service::Routes) -> Result<(), tether_hostconn::Error> {
 //! use tether_hostconn::establish_host_services;
 //!
-//! // `services`: any tonic services, e.g. `Routes::new(HostServicesServer::from_arc(shared))`;
+//! // `services`: any tonic services, e.g. `Routes::new(FilesServer::from_arc(shared))`;
 //! // one implementation can serve every plugin.
 //! let host = establish_host_services(&plugin, services.clone()).await?;
 //! let host2 = establish_host_services(&plugin2, services).await?;
@@ -16,7 +16,7 @@
 //! What the line does: opens an endpoint for this plugin alone on the plugin's broker (a
 //! Unix socket in its private socket directory that only the plugin's process may connect
 //! to), serves `services` there, and tells the plugin the broker id through the
-//! `tether.hostconn.v1.HostConnection` contract. The plugin dials once and reuses that one
+//! `tether.hostconn.v1.Acceptor` contract. The plugin dials once and reuses that one
 //! connection for all its calls. A plugin that did not opt in to host services does not
 //! serve the contract: the result is [`Outcome::NotRequested`] and nothing is left running.
 //!
@@ -42,7 +42,7 @@ use std::time::Duration;
 use tether_broker::{BrokerError, ConnectionCounts, Peer, Served};
 pub use tether_broker::{Refusal, RefusalHook};
 use tether_host::{PluginChannel, PluginClient};
-use tether_protocol::hostconn::host_connection_client::HostConnectionClient;
+use tether_protocol::hostconn::acceptor_client::AcceptorClient;
 use tether_protocol::hostconn::{DisconnectRequest, EstablishRequest};
 use tether_transport::Conn;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -200,7 +200,7 @@ pub struct HostConnection {
     plugin: String,
     served: Option<Served>,
     /// Boxed: the client is large, and `Outcome` should stay small.
-    contract: Box<HostConnectionClient<PluginChannel>>,
+    contract: Box<AcceptorClient<PluginChannel>>,
 }
 
 impl HostConnection {
@@ -242,7 +242,7 @@ impl Drop for HostConnection {
     }
 }
 
-async fn disconnect(plugin: &str, mut contract: HostConnectionClient<PluginChannel>) {
+async fn disconnect(plugin: &str, mut contract: AcceptorClient<PluginChannel>) {
     match tokio::time::timeout(
         DISCONNECT_TIMEOUT,
         contract.disconnect(DisconnectRequest {}),
@@ -447,7 +447,7 @@ pub async fn establish_host_services_with(
     let served = Served::start(broker, id, listener, identify, services);
 
     let limit = plugin.max_message_size();
-    let mut contract = HostConnectionClient::new(plugin.channel())
+    let mut contract = AcceptorClient::new(plugin.channel())
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
     let answer = tokio::time::timeout(

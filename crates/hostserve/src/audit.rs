@@ -22,7 +22,7 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Serialize, Serializer};
-use tether_protocol::hostserve::host_services_server::SERVICE_NAME as HOST_SERVICES;
+use tether_protocol::hostserve::files_server::SERVICE_NAME as HOST_SERVICES;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 /// Default size past which the file is rotated.
@@ -42,7 +42,7 @@ const ROTATION_RETRY: Duration = Duration::from_secs(10);
 /// Bytes kept of a gRPC service or method name (a plugin chooses them).
 const MAX_NAME: usize = 256;
 
-/// A file operation of `tether.hostserve.v1.HostServices`.
+/// A file operation of `tether.hostserve.v1.Files`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum FileOperation {
     /// `ReadDir`: lists a directory.
@@ -127,7 +127,7 @@ impl Serialize for FileOperation {
 /// `<service>/<method>`, e.g. `tether.bus.v1.Bus/Publish`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Operation {
-    /// A file operation of `tether.hostserve.v1.HostServices`.
+    /// A file operation of `tether.hostserve.v1.Files`.
     File(FileOperation),
     /// A refused connection to a plugin's host-service socket: from another process, or
     /// past the plugin's connection limit.
@@ -143,7 +143,7 @@ pub enum Operation {
 
 impl Operation {
     /// The operation of a gRPC request path, `/<service>/<method>`: a
-    /// [`FileOperation`] for a known method of `tether.hostserve.v1.HostServices`, else
+    /// [`FileOperation`] for a known method of `tether.hostserve.v1.Files`, else
     /// [`Operation::Method`] (with an empty service if the path has no `/` between the two).
     /// The names are kept to their first 256 bytes.
     pub fn from_grpc_path(path: &str) -> Operation {
@@ -1106,7 +1106,7 @@ mod tests {
     fn operations_decisions_and_deciders_serialize_as_strings() {
         let json = |value: &dyn erased::Json| value.json();
         for operation in FileOperation::ALL {
-            let path = format!("/tether.hostserve.v1.HostServices/{}", operation.method());
+            let path = format!("/tether.hostserve.v1.Files/{}", operation.method());
             let parsed = Operation::from_grpc_path(&path);
             assert_eq!(parsed, Operation::File(operation));
             assert_eq!(json(&parsed), format!("\"{}\"", operation.as_str()));
@@ -1141,9 +1141,9 @@ mod tests {
         );
         assert_eq!(
             json(&Operation::from_grpc_path(
-                "/tether.hostserve.v1.HostServices/Nope"
+                "/tether.hostserve.v1.Files/Nope"
             )),
-            "\"tether.hostserve.v1.HostServices/Nope\""
+            "\"tether.hostserve.v1.Files/Nope\""
         );
         assert_eq!(json(&Operation::from_grpc_path("Odd")), "\"/Odd\"");
         let long = Operation::from_grpc_path(&format!("/{}/M", "é".repeat(1000)));

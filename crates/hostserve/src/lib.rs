@@ -71,7 +71,7 @@
 //!
 //! # The file services
 //!
-//! `tether.hostserve.v1.HostServices` (`ReadDir`, `ReadFile`, `WriteFile`, `DeleteFile`,
+//! `tether.hostserve.v1.Files` (`ReadDir`, `ReadFile`, `WriteFile`, `DeleteFile`,
 //! `CreateDir`, `GetEnv`, `Stat`), shared by every plugin, on the same gate, where every
 //! call also:
 //!

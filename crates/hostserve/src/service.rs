@@ -1,4 +1,4 @@
-//! [`HostServices`]: the file services (`tether.hostserve.v1.HostServices`) and any of the
+//! [`HostServices`]: the file services (`tether.hostserve.v1.Files`) and any of the
 //! host's own services, behind one [`Gate`], given to a plugin in one line.
 
 use std::collections::{HashMap, HashSet};
@@ -12,9 +12,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use cap_std::fs::{FileType, Metadata, PermissionsExt};
 use tether_host::PluginClient;
 use tether_hostconn::{Options, Outcome, Refusal, RefusalHook, establish_host_services_with};
-use tether_protocol::hostserve::host_services_server::{
-    HostServices as HostServicesRpc, HostServicesServer,
-};
+use tether_protocol::hostserve::files_server::{Files as FilesRpc, FilesServer};
 use tether_protocol::hostserve::{
     CreateDirRequest, CreateDirResponse, DeleteFileRequest, DeleteFileResponse, DirEntry,
     EntryKind, GetEnvRequest, GetEnvResponse, ReadDirRequest, ReadDirResponse, ReadFileChunk,
@@ -80,7 +78,7 @@ impl HostServices {
         });
         let routes = Routes::new(
             gate.serve(
-                HostServicesServer::from_arc(Arc::clone(&files))
+                FilesServer::from_arc(Arc::clone(&files))
                     .max_decoding_message_size(limit)
                     .max_encoding_message_size(limit),
             ),
@@ -195,7 +193,7 @@ impl HostServices {
     }
 }
 
-/// The file services: `tether.hostserve.v1.HostServices`, every method on the [`Gate`].
+/// The file services: `tether.hostserve.v1.Files`, every method on the [`Gate`].
 #[derive(Debug)]
 struct Files {
     gate: Gate,
@@ -450,7 +448,7 @@ impl Stream for Chunks {
 }
 
 #[tonic::async_trait]
-impl HostServicesRpc for Files {
+impl FilesRpc for Files {
     async fn read_dir(
         &self,
         request: Request<ReadDirRequest>,

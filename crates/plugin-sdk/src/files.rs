@@ -3,7 +3,7 @@
 use futures_util::{Stream, StreamExt};
 use std::time::Duration;
 use tether_protocol::CallContext;
-use tether_protocol::hostserve::host_services_client::HostServicesClient;
+use tether_protocol::hostserve::files_client::FilesClient;
 use tether_protocol::hostserve::{
     CreateDirRequest, DeleteFileRequest, DirEntry, GetEnvRequest, ReadDirRequest, ReadFileRequest,
     StatRequest, StatResponse, WriteFileChunk,
@@ -121,7 +121,7 @@ impl From<HostCallError> for Status {
 /// components.
 #[derive(Debug, Clone)]
 pub struct HostFiles {
-    client: HostServicesClient<HostChannel>,
+    client: FilesClient<HostChannel>,
     channel: HostChannel,
     max_message_size: usize,
     default_timeout: Option<Duration>,
@@ -135,7 +135,7 @@ impl HostFiles {
     /// bytes.
     pub(crate) fn new(channel: HostChannel, max_message_size: usize) -> Self {
         HostFiles {
-            client: HostServicesClient::new(channel.clone())
+            client: FilesClient::new(channel.clone())
                 .max_decoding_message_size(max_message_size)
                 .max_encoding_message_size(max_message_size),
             channel,

@@ -1,4 +1,4 @@
-//! Host services on the plugin's side: the `tether.hostconn.v1.HostConnection` contract,
+//! Host services on the plugin's side: the `tether.hostconn.v1.Acceptor` contract,
 //! served only when a plugin opts in with [`crate::Plugin::with_host_services`]; [`Host`],
 //! the handle on the one brokered connection that contract sets up; [`CallHost`], its
 //! per-call view; and [`HostChannel`], the channel every client made from them rides.
@@ -12,7 +12,7 @@ use std::task::{Context, Poll};
 use http_body::{Frame, SizeHint};
 use tether_broker::Broker;
 use tether_protocol::CallContext;
-use tether_protocol::hostconn::host_connection_server::HostConnection;
+use tether_protocol::hostconn::acceptor_server::Acceptor;
 use tether_protocol::hostconn::{
     DisconnectRequest, DisconnectResponse, EstablishRequest, EstablishResponse,
 };
@@ -316,14 +316,14 @@ impl http_body::Body for DeadlineBody {
     }
 }
 
-/// `tether.hostconn.v1.HostConnection`, served when the plugin opted in.
-pub(crate) struct HostConnectionService {
+/// `tether.hostconn.v1.Acceptor`, served when the plugin opted in.
+pub(crate) struct AcceptorService {
     pub(crate) broker: Broker,
     pub(crate) set: LinkSetter,
 }
 
 #[tonic::async_trait]
-impl HostConnection for HostConnectionService {
+impl Acceptor for AcceptorService {
     async fn establish(
         &self,
         request: Request<EstablishRequest>,

@@ -62,7 +62,7 @@
 //!
 //! ```no_run
 //! use tether_plugin_sdk::protocol::hostserve::GetEnvRequest;
-//! use tether_plugin_sdk::protocol::hostserve::host_services_client::HostServicesClient;
+//! use tether_plugin_sdk::protocol::hostserve::files_client::FilesClient;
 //! use tether_plugin_sdk::tonic::{Request, Response, Status};
 //! use tether_plugin_sdk::{HandshakeConfig, Host, Plugin, Routes};
 //!
@@ -81,7 +81,7 @@
 //!         // services; any service the host serves works the same), on one connection.
 //!         let entries = host.files()?.read_dir(request.get_ref()).await?;
 //!         let user = host
-//!             .client(HostServicesClient::new)?
+//!             .client(FilesClient::new)?
 //!             .get_env(GetEnvRequest { name: "USER".to_owned() })
 //!             .await?;
 //!         let report = format!("{} entries, listed for {}", entries.len(), user.get_ref().value);

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use tether_broker::{Broker, BrokerConfig, Peer};
 use tether_protocol::admission::admission_server::AdmissionServer;
-use tether_protocol::hostconn::host_connection_server::HostConnectionServer;
+use tether_protocol::hostconn::acceptor_server::AcceptorServer;
 use tether_protocol::plugin::grpc_controller_server::GrpcControllerServer;
 use tether_protocol::plugin::grpc_stdio_server::GrpcStdioServer;
 use tether_protocol::{
@@ -32,7 +32,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use crate::builtin::{Admission, Controller};
 use crate::calls::{self, CallLayer};
 use crate::error::ServeError;
-use crate::host::{Host, HostConnectionService, LinkSetter};
+use crate::host::{AcceptorService, Host, LinkSetter};
 use crate::log::JsonLogLayer;
 use crate::stdio::{self, StdioService};
 
@@ -110,14 +110,14 @@ impl Plugin<NoHost> {
     ///
     /// ```no_run
     /// # use tether_plugin_sdk::{HandshakeConfig, HostServicesError, Plugin};
-    /// # use tether_plugin_sdk::protocol::hostserve::host_services_client::HostServicesClient;
+    /// # use tether_plugin_sdk::protocol::hostserve::files_client::FilesClient;
     /// # const HANDSHAKE: HandshakeConfig = HandshakeConfig::new("BASIC_PLUGIN", "hello");
     /// # fn main() -> Result<(), HostServicesError> {
     /// let (plugin, host) = Plugin::new(HANDSHAKE).with_host_services();
     /// // Give `host` to your services; once the host has connected:
     /// let files = host.files()?;
     /// // Any generated client of a service the host serves, here tether's own:
-    /// let services = host.client(HostServicesClient::new)?;
+    /// let services = host.client(FilesClient::new)?;
     /// # Ok(()) }
     /// ```
     ///
@@ -364,7 +364,7 @@ impl<H> Plugin<H> {
 
         let routes = match self.host_link.take() {
             Some(set) => routes.add_service(
-                HostConnectionServer::new(HostConnectionService {
+                AcceptorServer::new(AcceptorService {
                     broker: self.broker.clone(),
                     set,
                 })

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use tether_broker::Served;
 use tether_plugin_sdk::protocol::hostserve::ReadFileRequest;
-use tether_plugin_sdk::protocol::hostserve::host_services_client::HostServicesClient;
+use tether_plugin_sdk::protocol::hostserve::files_client::FilesClient;
 use tether_plugin_sdk::tonic::metadata::MetadataValue;
 use tether_plugin_sdk::tonic::{self, Request, Response, Status};
 use tether_plugin_sdk::{
@@ -275,7 +275,7 @@ impl Service {
         // The SDK's client, a raw one for requests the SDK would never send (forged
         // identities), and the channel itself (for calls whose request never ends).
         let files = host.files()?;
-        let raw = host.client(HostServicesClient::new)?;
+        let raw = host.client(FilesClient::new)?;
         let channel = host.client(|channel| channel)?;
         let path = request.path.clone();
         Ok(match request.op.as_str() {
@@ -634,7 +634,7 @@ impl Service {
 /// Connections opened by `open_connections`, kept open for the plugin's life.
 static HELD_CONNECTIONS: Mutex<Vec<std::os::unix::net::UnixStream>> = Mutex::new(Vec::new());
 
-/// Calls `/tether.hostserve.v1.HostServices/<method>` with a request stream that never
+/// Calls `/tether.hostserve.v1.Files/<method>` with a request stream that never
 /// sends anything nor ends; returns how the call ended (the host refusing it, say).
 async fn never_ending_call(channel: HostChannel, method: &str) -> String {
     use tether_plugin_sdk::tonic::codegen::http::uri::PathAndQuery;
@@ -642,8 +642,7 @@ async fn never_ending_call(channel: HostChannel, method: &str) -> String {
     if let Err(err) = grpc.ready().await {
         return format!("not ready: {err}");
     }
-    let Ok(path) = PathAndQuery::try_from(format!("/tether.hostserve.v1.HostServices/{method}"))
-    else {
+    let Ok(path) = PathAndQuery::try_from(format!("/tether.hostserve.v1.Files/{method}")) else {
         return "bad method".to_owned();
     };
     let request = Request::new(futures_util::stream::pending::<()>());

@@ -14,7 +14,7 @@ pub struct DisconnectRequest {}
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct DisconnectResponse {}
 /// Generated client implementations.
-pub mod host_connection_client {
+pub mod acceptor_client {
     #![allow(
         unused_variables,
         dead_code,
@@ -25,10 +25,10 @@ pub mod host_connection_client {
     use tonic::codegen::*;
     use tonic::codegen::http::Uri;
     #[derive(Debug, Clone)]
-    pub struct HostConnectionClient<T> {
+    pub struct AcceptorClient<T> {
         inner: tonic::client::Grpc<T>,
     }
-    impl<T> HostConnectionClient<T>
+    impl<T> AcceptorClient<T>
     where
         T: tonic::client::GrpcService<tonic::body::Body>,
         T::Error: Into<StdError>,
@@ -46,7 +46,7 @@ pub mod host_connection_client {
         pub fn with_interceptor<F>(
             inner: T,
             interceptor: F,
-        ) -> HostConnectionClient<InterceptedService<T, F>>
+        ) -> AcceptorClient<InterceptedService<T, F>>
         where
             F: tonic::service::Interceptor,
             T::ResponseBody: Default,
@@ -60,7 +60,7 @@ pub mod host_connection_client {
                 http::Request<tonic::body::Body>,
             >>::Error: Into<StdError> + std::marker::Send + std::marker::Sync,
         {
-            HostConnectionClient::new(InterceptedService::new(inner, interceptor))
+            AcceptorClient::new(InterceptedService::new(inner, interceptor))
         }
         /// Compress requests with the given encoding.
         ///
@@ -111,13 +111,11 @@ pub mod host_connection_client {
                 })?;
             let codec = tonic_prost::ProstCodec::default();
             let path = http::uri::PathAndQuery::from_static(
-                "/tether.hostconn.v1.HostConnection/Establish",
+                "/tether.hostconn.v1.Acceptor/Establish",
             );
             let mut req = request.into_request();
             req.extensions_mut()
-                .insert(
-                    GrpcMethod::new("tether.hostconn.v1.HostConnection", "Establish"),
-                );
+                .insert(GrpcMethod::new("tether.hostconn.v1.Acceptor", "Establish"));
             self.inner.unary(req, path, codec).await
         }
         /// The host is withdrawing its services: drop the connection; later calls fail clearly.
@@ -138,19 +136,17 @@ pub mod host_connection_client {
                 })?;
             let codec = tonic_prost::ProstCodec::default();
             let path = http::uri::PathAndQuery::from_static(
-                "/tether.hostconn.v1.HostConnection/Disconnect",
+                "/tether.hostconn.v1.Acceptor/Disconnect",
             );
             let mut req = request.into_request();
             req.extensions_mut()
-                .insert(
-                    GrpcMethod::new("tether.hostconn.v1.HostConnection", "Disconnect"),
-                );
+                .insert(GrpcMethod::new("tether.hostconn.v1.Acceptor", "Disconnect"));
             self.inner.unary(req, path, codec).await
         }
     }
 }
 /// Generated server implementations.
-pub mod host_connection_server {
+pub mod acceptor_server {
     #![allow(
         unused_variables,
         dead_code,
@@ -159,9 +155,9 @@ pub mod host_connection_server {
         clippy::let_unit_value,
     )]
     use tonic::codegen::*;
-    /// Generated trait containing gRPC methods that should be implemented for use with HostConnectionServer.
+    /// Generated trait containing gRPC methods that should be implemented for use with AcceptorServer.
     #[async_trait]
-    pub trait HostConnection: std::marker::Send + std::marker::Sync + 'static {
+    pub trait Acceptor: std::marker::Send + std::marker::Sync + 'static {
         /// Dial the host's services on `broker_id`; answer once connected (or with the dial error).
         async fn establish(
             &self,
@@ -180,14 +176,14 @@ pub mod host_connection_server {
         >;
     }
     #[derive(Debug)]
-    pub struct HostConnectionServer<T> {
+    pub struct AcceptorServer<T> {
         inner: Arc<T>,
         accept_compression_encodings: EnabledCompressionEncodings,
         send_compression_encodings: EnabledCompressionEncodings,
         max_decoding_message_size: Option<usize>,
         max_encoding_message_size: Option<usize>,
     }
-    impl<T> HostConnectionServer<T> {
+    impl<T> AcceptorServer<T> {
         pub fn new(inner: T) -> Self {
             Self::from_arc(Arc::new(inner))
         }
@@ -238,9 +234,9 @@ pub mod host_connection_server {
             self
         }
     }
-    impl<T, B> tonic::codegen::Service<http::Request<B>> for HostConnectionServer<T>
+    impl<T, B> tonic::codegen::Service<http::Request<B>> for AcceptorServer<T>
     where
-        T: HostConnection,
+        T: Acceptor,
         B: Body + std::marker::Send + 'static,
         B::Error: Into<StdError> + std::marker::Send + 'static,
     {
@@ -255,11 +251,11 @@ pub mod host_connection_server {
         }
         fn call(&mut self, req: http::Request<B>) -> Self::Future {
             match req.uri().path() {
-                "/tether.hostconn.v1.HostConnection/Establish" => {
+                "/tether.hostconn.v1.Acceptor/Establish" => {
                     #[allow(non_camel_case_types)]
-                    struct EstablishSvc<T: HostConnection>(pub Arc<T>);
+                    struct EstablishSvc<T: Acceptor>(pub Arc<T>);
                     impl<
-                        T: HostConnection,
+                        T: Acceptor,
                     > tonic::server::UnaryService<super::EstablishRequest>
                     for EstablishSvc<T> {
                         type Response = super::EstablishResponse;
@@ -273,7 +269,7 @@ pub mod host_connection_server {
                         ) -> Self::Future {
                             let inner = Arc::clone(&self.0);
                             let fut = async move {
-                                <T as HostConnection>::establish(&inner, request).await
+                                <T as Acceptor>::establish(&inner, request).await
                             };
                             Box::pin(fut)
                         }
@@ -300,11 +296,11 @@ pub mod host_connection_server {
                     };
                     Box::pin(fut)
                 }
-                "/tether.hostconn.v1.HostConnection/Disconnect" => {
+                "/tether.hostconn.v1.Acceptor/Disconnect" => {
                     #[allow(non_camel_case_types)]
-                    struct DisconnectSvc<T: HostConnection>(pub Arc<T>);
+                    struct DisconnectSvc<T: Acceptor>(pub Arc<T>);
                     impl<
-                        T: HostConnection,
+                        T: Acceptor,
                     > tonic::server::UnaryService<super::DisconnectRequest>
                     for DisconnectSvc<T> {
                         type Response = super::DisconnectResponse;
@@ -318,7 +314,7 @@ pub mod host_connection_server {
                         ) -> Self::Future {
                             let inner = Arc::clone(&self.0);
                             let fut = async move {
-                                <T as HostConnection>::disconnect(&inner, request).await
+                                <T as Acceptor>::disconnect(&inner, request).await
                             };
                             Box::pin(fut)
                         }
@@ -367,7 +363,7 @@ pub mod host_connection_server {
             }
         }
     }
-    impl<T> Clone for HostConnectionServer<T> {
+    impl<T> Clone for AcceptorServer<T> {
         fn clone(&self) -> Self {
             let inner = self.inner.clone();
             Self {
@@ -380,8 +376,8 @@ pub mod host_connection_server {
         }
     }
     /// Generated gRPC service name
-    pub const SERVICE_NAME: &str = "tether.hostconn.v1.HostConnection";
-    impl<T> tonic::server::NamedService for HostConnectionServer<T> {
+    pub const SERVICE_NAME: &str = "tether.hostconn.v1.Acceptor";
+    impl<T> tonic::server::NamedService for AcceptorServer<T> {
         const NAME: &'static str = SERVICE_NAME;
     }
 }

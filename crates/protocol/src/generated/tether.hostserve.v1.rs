@@ -138,7 +138,7 @@ impl EntryKind {
     }
 }
 /// Generated client implementations.
-pub mod host_services_client {
+pub mod files_client {
     #![allow(
         unused_variables,
         dead_code,
@@ -149,10 +149,10 @@ pub mod host_services_client {
     use tonic::codegen::*;
     use tonic::codegen::http::Uri;
     #[derive(Debug, Clone)]
-    pub struct HostServicesClient<T> {
+    pub struct FilesClient<T> {
         inner: tonic::client::Grpc<T>,
     }
-    impl<T> HostServicesClient<T>
+    impl<T> FilesClient<T>
     where
         T: tonic::client::GrpcService<tonic::body::Body>,
         T::Error: Into<StdError>,
@@ -170,7 +170,7 @@ pub mod host_services_client {
         pub fn with_interceptor<F>(
             inner: T,
             interceptor: F,
-        ) -> HostServicesClient<InterceptedService<T, F>>
+        ) -> FilesClient<InterceptedService<T, F>>
         where
             F: tonic::service::Interceptor,
             T::ResponseBody: Default,
@@ -184,7 +184,7 @@ pub mod host_services_client {
                 http::Request<tonic::body::Body>,
             >>::Error: Into<StdError> + std::marker::Send + std::marker::Sync,
         {
-            HostServicesClient::new(InterceptedService::new(inner, interceptor))
+            FilesClient::new(InterceptedService::new(inner, interceptor))
         }
         /// Compress requests with the given encoding.
         ///
@@ -235,11 +235,11 @@ pub mod host_services_client {
                 })?;
             let codec = tonic_prost::ProstCodec::default();
             let path = http::uri::PathAndQuery::from_static(
-                "/tether.hostserve.v1.HostServices/ReadDir",
+                "/tether.hostserve.v1.Files/ReadDir",
             );
             let mut req = request.into_request();
             req.extensions_mut()
-                .insert(GrpcMethod::new("tether.hostserve.v1.HostServices", "ReadDir"));
+                .insert(GrpcMethod::new("tether.hostserve.v1.Files", "ReadDir"));
             self.inner.unary(req, path, codec).await
         }
         /// Streams a file's contents in chunks.
@@ -260,11 +260,11 @@ pub mod host_services_client {
                 })?;
             let codec = tonic_prost::ProstCodec::default();
             let path = http::uri::PathAndQuery::from_static(
-                "/tether.hostserve.v1.HostServices/ReadFile",
+                "/tether.hostserve.v1.Files/ReadFile",
             );
             let mut req = request.into_request();
             req.extensions_mut()
-                .insert(GrpcMethod::new("tether.hostserve.v1.HostServices", "ReadFile"));
+                .insert(GrpcMethod::new("tether.hostserve.v1.Files", "ReadFile"));
             self.inner.server_streaming(req, path, codec).await
         }
         /// Writes a file from a stream of chunks: to a temporary file, renamed into place at the end.
@@ -285,13 +285,11 @@ pub mod host_services_client {
                 })?;
             let codec = tonic_prost::ProstCodec::default();
             let path = http::uri::PathAndQuery::from_static(
-                "/tether.hostserve.v1.HostServices/WriteFile",
+                "/tether.hostserve.v1.Files/WriteFile",
             );
             let mut req = request.into_streaming_request();
             req.extensions_mut()
-                .insert(
-                    GrpcMethod::new("tether.hostserve.v1.HostServices", "WriteFile"),
-                );
+                .insert(GrpcMethod::new("tether.hostserve.v1.Files", "WriteFile"));
             self.inner.client_streaming(req, path, codec).await
         }
         /// Deletes a file (not a directory).
@@ -312,13 +310,11 @@ pub mod host_services_client {
                 })?;
             let codec = tonic_prost::ProstCodec::default();
             let path = http::uri::PathAndQuery::from_static(
-                "/tether.hostserve.v1.HostServices/DeleteFile",
+                "/tether.hostserve.v1.Files/DeleteFile",
             );
             let mut req = request.into_request();
             req.extensions_mut()
-                .insert(
-                    GrpcMethod::new("tether.hostserve.v1.HostServices", "DeleteFile"),
-                );
+                .insert(GrpcMethod::new("tether.hostserve.v1.Files", "DeleteFile"));
             self.inner.unary(req, path, codec).await
         }
         /// Reads one host environment variable by its exact name.
@@ -336,11 +332,11 @@ pub mod host_services_client {
                 })?;
             let codec = tonic_prost::ProstCodec::default();
             let path = http::uri::PathAndQuery::from_static(
-                "/tether.hostserve.v1.HostServices/GetEnv",
+                "/tether.hostserve.v1.Files/GetEnv",
             );
             let mut req = request.into_request();
             req.extensions_mut()
-                .insert(GrpcMethod::new("tether.hostserve.v1.HostServices", "GetEnv"));
+                .insert(GrpcMethod::new("tether.hostserve.v1.Files", "GetEnv"));
             self.inner.unary(req, path, codec).await
         }
         /// Describes a file or directory (without following a final symlink).
@@ -358,11 +354,11 @@ pub mod host_services_client {
                 })?;
             let codec = tonic_prost::ProstCodec::default();
             let path = http::uri::PathAndQuery::from_static(
-                "/tether.hostserve.v1.HostServices/Stat",
+                "/tether.hostserve.v1.Files/Stat",
             );
             let mut req = request.into_request();
             req.extensions_mut()
-                .insert(GrpcMethod::new("tether.hostserve.v1.HostServices", "Stat"));
+                .insert(GrpcMethod::new("tether.hostserve.v1.Files", "Stat"));
             self.inner.unary(req, path, codec).await
         }
         /// Creates a directory, whose parent must exist. Needs `write:` on the new directory.
@@ -383,19 +379,17 @@ pub mod host_services_client {
                 })?;
             let codec = tonic_prost::ProstCodec::default();
             let path = http::uri::PathAndQuery::from_static(
-                "/tether.hostserve.v1.HostServices/CreateDir",
+                "/tether.hostserve.v1.Files/CreateDir",
             );
             let mut req = request.into_request();
             req.extensions_mut()
-                .insert(
-                    GrpcMethod::new("tether.hostserve.v1.HostServices", "CreateDir"),
-                );
+                .insert(GrpcMethod::new("tether.hostserve.v1.Files", "CreateDir"));
             self.inner.unary(req, path, codec).await
         }
     }
 }
 /// Generated server implementations.
-pub mod host_services_server {
+pub mod files_server {
     #![allow(
         unused_variables,
         dead_code,
@@ -404,9 +398,9 @@ pub mod host_services_server {
         clippy::let_unit_value,
     )]
     use tonic::codegen::*;
-    /// Generated trait containing gRPC methods that should be implemented for use with HostServicesServer.
+    /// Generated trait containing gRPC methods that should be implemented for use with FilesServer.
     #[async_trait]
-    pub trait HostServices: std::marker::Send + std::marker::Sync + 'static {
+    pub trait Files: std::marker::Send + std::marker::Sync + 'static {
         /// Lists a directory, a page at a time.
         async fn read_dir(
             &self,
@@ -459,14 +453,14 @@ pub mod host_services_server {
         >;
     }
     #[derive(Debug)]
-    pub struct HostServicesServer<T> {
+    pub struct FilesServer<T> {
         inner: Arc<T>,
         accept_compression_encodings: EnabledCompressionEncodings,
         send_compression_encodings: EnabledCompressionEncodings,
         max_decoding_message_size: Option<usize>,
         max_encoding_message_size: Option<usize>,
     }
-    impl<T> HostServicesServer<T> {
+    impl<T> FilesServer<T> {
         pub fn new(inner: T) -> Self {
             Self::from_arc(Arc::new(inner))
         }
@@ -517,9 +511,9 @@ pub mod host_services_server {
             self
         }
     }
-    impl<T, B> tonic::codegen::Service<http::Request<B>> for HostServicesServer<T>
+    impl<T, B> tonic::codegen::Service<http::Request<B>> for FilesServer<T>
     where
-        T: HostServices,
+        T: Files,
         B: Body + std::marker::Send + 'static,
         B::Error: Into<StdError> + std::marker::Send + 'static,
     {
@@ -534,12 +528,10 @@ pub mod host_services_server {
         }
         fn call(&mut self, req: http::Request<B>) -> Self::Future {
             match req.uri().path() {
-                "/tether.hostserve.v1.HostServices/ReadDir" => {
+                "/tether.hostserve.v1.Files/ReadDir" => {
                     #[allow(non_camel_case_types)]
-                    struct ReadDirSvc<T: HostServices>(pub Arc<T>);
-                    impl<
-                        T: HostServices,
-                    > tonic::server::UnaryService<super::ReadDirRequest>
+                    struct ReadDirSvc<T: Files>(pub Arc<T>);
+                    impl<T: Files> tonic::server::UnaryService<super::ReadDirRequest>
                     for ReadDirSvc<T> {
                         type Response = super::ReadDirResponse;
                         type Future = BoxFuture<
@@ -552,7 +544,7 @@ pub mod host_services_server {
                         ) -> Self::Future {
                             let inner = Arc::clone(&self.0);
                             let fut = async move {
-                                <T as HostServices>::read_dir(&inner, request).await
+                                <T as Files>::read_dir(&inner, request).await
                             };
                             Box::pin(fut)
                         }
@@ -579,11 +571,11 @@ pub mod host_services_server {
                     };
                     Box::pin(fut)
                 }
-                "/tether.hostserve.v1.HostServices/ReadFile" => {
+                "/tether.hostserve.v1.Files/ReadFile" => {
                     #[allow(non_camel_case_types)]
-                    struct ReadFileSvc<T: HostServices>(pub Arc<T>);
+                    struct ReadFileSvc<T: Files>(pub Arc<T>);
                     impl<
-                        T: HostServices,
+                        T: Files,
                     > tonic::server::ServerStreamingService<super::ReadFileRequest>
                     for ReadFileSvc<T> {
                         type Response = super::ReadFileChunk;
@@ -598,7 +590,7 @@ pub mod host_services_server {
                         ) -> Self::Future {
                             let inner = Arc::clone(&self.0);
                             let fut = async move {
-                                <T as HostServices>::read_file(&inner, request).await
+                                <T as Files>::read_file(&inner, request).await
                             };
                             Box::pin(fut)
                         }
@@ -625,11 +617,11 @@ pub mod host_services_server {
                     };
                     Box::pin(fut)
                 }
-                "/tether.hostserve.v1.HostServices/WriteFile" => {
+                "/tether.hostserve.v1.Files/WriteFile" => {
                     #[allow(non_camel_case_types)]
-                    struct WriteFileSvc<T: HostServices>(pub Arc<T>);
+                    struct WriteFileSvc<T: Files>(pub Arc<T>);
                     impl<
-                        T: HostServices,
+                        T: Files,
                     > tonic::server::ClientStreamingService<super::WriteFileChunk>
                     for WriteFileSvc<T> {
                         type Response = super::WriteFileResponse;
@@ -645,7 +637,7 @@ pub mod host_services_server {
                         ) -> Self::Future {
                             let inner = Arc::clone(&self.0);
                             let fut = async move {
-                                <T as HostServices>::write_file(&inner, request).await
+                                <T as Files>::write_file(&inner, request).await
                             };
                             Box::pin(fut)
                         }
@@ -672,12 +664,10 @@ pub mod host_services_server {
                     };
                     Box::pin(fut)
                 }
-                "/tether.hostserve.v1.HostServices/DeleteFile" => {
+                "/tether.hostserve.v1.Files/DeleteFile" => {
                     #[allow(non_camel_case_types)]
-                    struct DeleteFileSvc<T: HostServices>(pub Arc<T>);
-                    impl<
-                        T: HostServices,
-                    > tonic::server::UnaryService<super::DeleteFileRequest>
+                    struct DeleteFileSvc<T: Files>(pub Arc<T>);
+                    impl<T: Files> tonic::server::UnaryService<super::DeleteFileRequest>
                     for DeleteFileSvc<T> {
                         type Response = super::DeleteFileResponse;
                         type Future = BoxFuture<
@@ -690,7 +680,7 @@ pub mod host_services_server {
                         ) -> Self::Future {
                             let inner = Arc::clone(&self.0);
                             let fut = async move {
-                                <T as HostServices>::delete_file(&inner, request).await
+                                <T as Files>::delete_file(&inner, request).await
                             };
                             Box::pin(fut)
                         }
@@ -717,12 +707,10 @@ pub mod host_services_server {
                     };
                     Box::pin(fut)
                 }
-                "/tether.hostserve.v1.HostServices/GetEnv" => {
+                "/tether.hostserve.v1.Files/GetEnv" => {
                     #[allow(non_camel_case_types)]
-                    struct GetEnvSvc<T: HostServices>(pub Arc<T>);
-                    impl<
-                        T: HostServices,
-                    > tonic::server::UnaryService<super::GetEnvRequest>
+                    struct GetEnvSvc<T: Files>(pub Arc<T>);
+                    impl<T: Files> tonic::server::UnaryService<super::GetEnvRequest>
                     for GetEnvSvc<T> {
                         type Response = super::GetEnvResponse;
                         type Future = BoxFuture<
@@ -735,7 +723,7 @@ pub mod host_services_server {
                         ) -> Self::Future {
                             let inner = Arc::clone(&self.0);
                             let fut = async move {
-                                <T as HostServices>::get_env(&inner, request).await
+                                <T as Files>::get_env(&inner, request).await
                             };
                             Box::pin(fut)
                         }
@@ -762,10 +750,10 @@ pub mod host_services_server {
                     };
                     Box::pin(fut)
                 }
-                "/tether.hostserve.v1.HostServices/Stat" => {
+                "/tether.hostserve.v1.Files/Stat" => {
                     #[allow(non_camel_case_types)]
-                    struct StatSvc<T: HostServices>(pub Arc<T>);
-                    impl<T: HostServices> tonic::server::UnaryService<super::StatRequest>
+                    struct StatSvc<T: Files>(pub Arc<T>);
+                    impl<T: Files> tonic::server::UnaryService<super::StatRequest>
                     for StatSvc<T> {
                         type Response = super::StatResponse;
                         type Future = BoxFuture<
@@ -778,7 +766,7 @@ pub mod host_services_server {
                         ) -> Self::Future {
                             let inner = Arc::clone(&self.0);
                             let fut = async move {
-                                <T as HostServices>::stat(&inner, request).await
+                                <T as Files>::stat(&inner, request).await
                             };
                             Box::pin(fut)
                         }
@@ -805,12 +793,10 @@ pub mod host_services_server {
                     };
                     Box::pin(fut)
                 }
-                "/tether.hostserve.v1.HostServices/CreateDir" => {
+                "/tether.hostserve.v1.Files/CreateDir" => {
                     #[allow(non_camel_case_types)]
-                    struct CreateDirSvc<T: HostServices>(pub Arc<T>);
-                    impl<
-                        T: HostServices,
-                    > tonic::server::UnaryService<super::CreateDirRequest>
+                    struct CreateDirSvc<T: Files>(pub Arc<T>);
+                    impl<T: Files> tonic::server::UnaryService<super::CreateDirRequest>
                     for CreateDirSvc<T> {
                         type Response = super::CreateDirResponse;
                         type Future = BoxFuture<
@@ -823,7 +809,7 @@ pub mod host_services_server {
                         ) -> Self::Future {
                             let inner = Arc::clone(&self.0);
                             let fut = async move {
-                                <T as HostServices>::create_dir(&inner, request).await
+                                <T as Files>::create_dir(&inner, request).await
                             };
                             Box::pin(fut)
                         }
@@ -872,7 +858,7 @@ pub mod host_services_server {
             }
         }
     }
-    impl<T> Clone for HostServicesServer<T> {
+    impl<T> Clone for FilesServer<T> {
         fn clone(&self) -> Self {
             let inner = self.inner.clone();
             Self {
@@ -885,8 +871,8 @@ pub mod host_services_server {
         }
     }
     /// Generated gRPC service name
-    pub const SERVICE_NAME: &str = "tether.hostserve.v1.HostServices";
-    impl<T> tonic::server::NamedService for HostServicesServer<T> {
+    pub const SERVICE_NAME: &str = "tether.hostserve.v1.Files";
+    impl<T> tonic::server::NamedService for FilesServer<T> {
         const NAME: &'static str = SERVICE_NAME;
     }
 }
