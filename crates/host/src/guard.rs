@@ -32,12 +32,18 @@ pub(crate) fn ensure() {
 
 /// Registers the process group `pgid` (a plugin just started) with the guard.
 pub(crate) fn register(pgid: u32) {
-    send(i32::try_from(pgid).unwrap_or(0), pgid);
+    send(
+        i32::try_from(pgid).expect("a pid fits in an i32 (pid_max is at most 2^22)"),
+        pgid,
+    );
 }
 
 /// Unregisters `pgid` (its leader reaped, the group killed): its id may be reused.
 pub(crate) fn unregister(pgid: u32) {
-    send(i32::try_from(pgid).map_or(0, |id| -id), pgid);
+    send(
+        -i32::try_from(pgid).expect("a pid fits in an i32 (pid_max is at most 2^22)"),
+        pgid,
+    );
 }
 
 fn send(record: i32, pgid: u32) {

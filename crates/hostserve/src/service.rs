@@ -580,7 +580,14 @@ impl FilesRpc for Files {
         let mut stream = request.into_inner();
         let stall = self.limits().stall_timeout;
         let first = match next_chunk(&mut stream, stall).await {
-            Ok(first) => first.unwrap_or_default(),
+            Ok(Some(first)) => first,
+            Ok(None) => {
+                let status = Status::invalid_argument(
+                    "WriteFile: the request stream ended before its first message, which names \
+                     the file to write",
+                );
+                return Err(call.deny(status, "no first message"));
+            }
             Err(status) => return Err(call.deny(status, "no first message")),
         };
         call.set_resource(path::display(&first.path));
@@ -820,5 +827,37 @@ impl Files {
         .await?
         .map_err(|err| io_status(&shown, &err))?;
         Ok(total)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tether_protocol::hostserve::files_client::FilesClient;
+    use tonic::Code;
+
+    use crate::{Audit, HostServices, Limits, Policy};
+
+    /// A write whose request stream ends before its first message has no file to name: it
+    /// is refused as such, not taken for a write of an empty path.
+    #[tokio::test]
+    async fn a_write_stream_without_a_first_message_is_refused_saying_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = Policy::new();
+        policy.set_workspace("writer", dir.path());
+        policy.grant("writer", "write:**").unwrap();
+        let services = HostServices::new(policy, Audit::tracing_only(), Limits::default());
+        let local = tether_hostconn::in_process("writer", services.routes())
+            .await
+            .unwrap();
+        let status = FilesClient::new(local.channel())
+            .write_file(tokio_stream::empty())
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(
+            status.message().contains("before its first message"),
+            "{status:?}"
+        );
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 }
