@@ -1,5 +1,8 @@
 //! Host services for a plugin in one line.
 //!
+//! Most hosts depend on the `tether` facade instead, with its `host` feature: it re-exports
+//! this crate's items in `tether::host`.
+//!
 //! ```no_run
 //! # async fn demo(plugin: tether_host::PluginClient, plugin2: tether_host::PluginClient,
 //! #     services: tonic::service::Routes) -> Result<(), tether_hostconn::Error> {

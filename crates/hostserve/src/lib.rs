@@ -1,6 +1,9 @@
 //! tether's host services, made safe for third-party plugins: one gate for every service,
 //! and ready-made file services on it.
 //!
+//! Most hosts depend on the `tether` facade instead, with its `hostserve` feature: it
+//! re-exports this crate as `tether::hostserve`.
+//!
 //! # The gate
 //!
 //! Every host-service call, to the file services or to a service of the host's own, goes

@@ -1,6 +1,9 @@
 //! Write a tether plugin: a process that a host starts, that speaks go-plugin's protocol,
 //! and that serves your gRPC services.
 //!
+//! Most plugins depend on the `tether` facade instead, with its `plugin` feature: it
+//! re-exports this crate as `tether::plugin`.
+//!
 //! A plugin's `main` builds a [`Plugin`] from its handshake configuration and the tonic
 //! services it serves for each app protocol version, then calls [`Plugin::run`]:
 //!
