@@ -1,7 +1,8 @@
-//! The rows of security.md's corpus that take more than one call (A8, B15 and C16-C22),
-//! one test per row, named by its item, run against real plugin processes. Each row checks the expected
-//! outcome, the audit record where the host sees the attempt, and that the host still
-//! serves afterwards. The single-call rows (A1-A13, B14) are the table in `hostserve.rs`.
+//! The rows of docs/security.md's corpus that take more than one call (A8, B15 and
+//! C16-C22), one test per row, named by its item, run against real plugin processes. Each
+//! row checks the expected outcome, the audit record where the host sees the attempt,
+//! and that the host still serves afterwards. The single-call rows (A1-A13, B14) are the
+//! table in `hostserve.rs`.
 //!
 //! Also covered elsewhere, each by its own test:
 //! - C16 with a custom host service (the claim in the body and in metadata):

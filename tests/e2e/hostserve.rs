@@ -1,6 +1,6 @@
 //! tether's host services against real plugin processes: the bad-input corpus of
-//! security.md (A, B, C), the symlink swap race, revocation at runtime, two plugins with
-//! different grants, and 1 GiB through the services in bounded memory.
+//! docs/security.md (A, B, C), the symlink swap race, revocation at runtime, two plugins
+//! with different grants, and 1 GiB through the services in bounded memory.
 
 use std::os::unix::fs::symlink;
 use std::path::PathBuf;

@@ -29,7 +29,7 @@ use crate::support::{PATIENCE, eventually, is_gone, record_events, recorded, san
 /// go-plugin's example handshake, which the fixtures use.
 const HANDSHAKE: HandshakeConfig = HandshakeConfig::new("BASIC_PLUGIN", "hello");
 
-/// What to install for these tests (go-plugin-protocol.md, section 10).
+/// What to install for these tests (docs/protocol.md, section 12, Interoperability).
 pub(crate) const GO_PACKAGES: &str = "golang-go golang-github-hashicorp-go-plugin-dev \
     golang-google-grpc-dev golang-github-golang-protobuf-1-5-dev golang-google-protobuf-dev";
 

@@ -1,7 +1,7 @@
-//! The sandbox against a hostile plugin: every direct access of security.md sections D and
-//! E (items 23-28) and B15's `/proc/<host>/environ`, each a row with the errno the kernel
-//! must answer under `Strict`; the same plugin unconfined (`Off`) to prove the rows can
-//! fail; memory and fork bombs; a plugin that never answers.
+//! The sandbox against a hostile plugin: every direct access of docs/security.md sections D
+//! and E (items 23-28) and B15's `/proc/<host>/environ`, each a row with the errno the
+//! kernel must answer under `Strict`; the same plugin unconfined (`Off`) to prove the rows
+//! can fail; memory and fork bombs; a plugin that never answers.
 
 use std::collections::BTreeSet;
 use std::net::{TcpListener, UdpSocket};

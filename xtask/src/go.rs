@@ -1,5 +1,5 @@
 //! The Go toolchain and go-plugin from Debian's packages, for the interop tests and the
-//! benchmark's go-plugin side (go-plugin-protocol.md, section 10).
+//! benchmark's go-plugin side (docs/protocol.md, section 12, Interoperability).
 
 use std::path::Path;
 use std::process::Command;

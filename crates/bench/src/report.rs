@@ -92,7 +92,8 @@ fn row(figure: &str, tether: String, target: &str) -> Row {
     }
 }
 
-/// The table: every target of performance.md, then the figures without a target.
+/// The table: every figure with a target (each target is written in its row below and
+/// shown in docs/benchmarks.md's `target` column), then the figures without a target.
 pub(crate) fn rows(f: &Figures) -> Vec<Row> {
     let mut rows = Vec::new();
     let floor = f.floor.p50_us;

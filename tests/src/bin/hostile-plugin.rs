@@ -1,6 +1,7 @@
-//! A hostile plugin: on request, it tries each direct access of security.md sections D and
-//! E, and reports what the kernel answered. It serves `tether.testing.v1.Testing`; each
-//! attempt is a `HostOp` whose `op` names it and whose `path` is its argument:
+//! A hostile plugin: on request, it tries each direct access of docs/security.md's corpus,
+//! sections D and E, and reports what the kernel answered. It serves
+//! `tether.testing.v1.Testing`; each attempt is a `HostOp` whose `op` names it and whose
+//! `path` is its argument:
 //!
 //! - `read <path>`: read a file;
 //! - `tcp_connect <addr>`, `tcp_bind`, `udp_send <addr>`, `netlink`: the network;
