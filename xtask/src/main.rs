@@ -32,6 +32,8 @@ tasks:
                   go-plugin; writes docs/benchmarks.md and docs/benchmarks.json
   test            formatting, clippy (warnings denied), generated-code freshness, the code
                   map, all tests, docs (warnings denied), `cargo package` of the public crates
+  package         only the publishing checks of `test`: code map, rust-version, docs,
+                  `cargo package` of every public crate
   soak [RUNS]     the end-to-end suite RUNS times (default 20) with a CPU hog on every
                   core beside it; prints failures per test
   fuzz [--seconds N] [TARGET...]  run the fuzz targets in fuzz/ (default 60 s each)
@@ -46,6 +48,7 @@ fn main() -> ExitCode {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let result = match args.as_slice() {
         ["test"] => test::run(),
+        ["package"] => publish::check_layout().and_then(|()| publish::check_packages()),
         ["soak", extra @ ..] => soak::run(extra),
         ["demo", extra @ ..] => demo::run(extra),
         ["fuzz", extra @ ..] => fuzz::run(extra),

@@ -20,6 +20,8 @@ const CODE_MAP: &str = "## Code map";
 pub(crate) struct Member {
     /// The package name.
     pub(crate) name: String,
+    /// Its version.
+    pub(crate) version: String,
     /// Its directory relative to the workspace root, such as `crates/host`.
     pub(crate) dir: String,
     /// Whether it may be published (no `publish = false`).
@@ -63,6 +65,7 @@ pub(crate) fn workspace() -> Result<Workspace> {
     {
         let id = package["id"].as_str().unwrap_or_default();
         let name = package["name"].as_str().unwrap_or_default().to_owned();
+        let version = package["version"].as_str().unwrap_or_default().to_owned();
         let rust_version = package["rust_version"].as_str().map(str::to_owned);
         if member_ids.contains(id) {
             let manifest = Path::new(package["manifest_path"].as_str().unwrap_or_default());
@@ -77,6 +80,7 @@ pub(crate) fn workspace() -> Result<Workspace> {
                 .is_none_or(|registries| !registries.is_empty());
             members.push(Member {
                 name,
+                version,
                 dir,
                 public,
                 rust_version,
@@ -143,6 +147,18 @@ pub(crate) fn check_packages() -> Result<()> {
     )?;
 
     let public: Vec<&Member> = workspace.members.iter().filter(|m| m.public).collect();
+    forget_unpacked(&public)?;
+    // Cargo also takes a registry crate's build for immutable: without this, a crate's
+    // verification would link the previous run's build of a dependency it packaged.
+    let mut clean = cargo();
+    clean.args(["clean", "--quiet"]);
+    for member in &public {
+        clean.args(["--package", &member.name]);
+    }
+    run_step(
+        "cargo clean of the public crates' earlier builds (their packages are built anew)",
+        &mut clean,
+    )?;
     let mut package = cargo();
     package.args(["package", "--locked", "--allow-dirty"]);
     for member in &public {
@@ -155,6 +171,44 @@ pub(crate) fn check_packages() -> Result<()> {
         ),
         &mut package,
     )
+}
+
+/// Removes what an earlier `cargo package` unpacked of these crates from its temporary
+/// local registry into `$CARGO_HOME/registry/src/`. Cargo takes a registry's crates for
+/// immutable and never unpacks a name and version twice, so without this the verification
+/// of a crate would build against the previous run's package of its dependencies (same
+/// version, older code) and fail, or pass, on stale code. Local registries are the
+/// directories whose name has no host (it starts with `-`); crates.io's are untouched.
+fn forget_unpacked(crates: &[&Member]) -> Result<()> {
+    let home = std::env::var_os("CARGO_HOME").map_or_else(
+        || std::env::var_os("HOME").map(|home| Path::new(&home).join(".cargo")),
+        |home| Some(home.into()),
+    );
+    let Some(src) = home.map(|home| home.join("registry/src")) else {
+        return Ok(());
+    };
+    let Ok(registries) = std::fs::read_dir(&src) else {
+        return Ok(());
+    };
+    for registry in registries {
+        let registry = registry
+            .context("listing cargo's unpacked registries")?
+            .path();
+        let local = registry
+            .file_name()
+            .is_some_and(|name| name.to_string_lossy().starts_with('-'));
+        if !local {
+            continue;
+        }
+        for member in crates {
+            let unpacked = registry.join(format!("{}-{}", member.name, member.version));
+            if unpacked.is_dir() {
+                std::fs::remove_dir_all(&unpacked)
+                    .with_context(|| format!("removing {}", unpacked.display()))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The members whose folder ARCHITECTURE.md's code map does not name (as `` `dir` `` or
@@ -203,6 +257,7 @@ mod tests {
     fn member(dir: &str) -> Member {
         Member {
             name: format!("pkg-{dir}"),
+            version: "0.1.0".into(),
             dir: dir.to_owned(),
             public: true,
             rust_version: Some("1.88".into()),
