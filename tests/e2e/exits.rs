@@ -7,7 +7,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tether_host::{DEFAULT_CALL_TIMEOUT, Error, PluginClient};
+use tether_host::{DEFAULT_CALL_TIMEOUT, Error, Exit, PluginClient};
 use tether_plugin_sdk::protocol::parse_grpc_timeout;
 use tether_test_contract::testing::testing_client::TestingClient;
 use tether_test_contract::testing::{
@@ -65,7 +65,11 @@ async fn a_call_in_flight_fails_with_the_plugins_exit() {
         .expect("the task ran");
     match result {
         Err(Error::Exited(report)) => {
-            assert_eq!(report.status.signal(), Some(libc::SIGKILL), "{report}");
+            assert_eq!(
+                report.status.status().and_then(|s| s.signal()),
+                Some(libc::SIGKILL),
+                "{report}"
+            );
             assert_eq!(report.plugin, "killed-mid-call");
             assert!(
                 report.to_string().contains("killed by signal 9"),
@@ -108,7 +112,11 @@ async fn a_stream_cut_by_the_plugins_death_fails_with_its_exit() {
     };
     match end {
         Err(Error::Exited(report)) => {
-            assert_eq!(report.status.signal(), Some(libc::SIGKILL), "{report}");
+            assert_eq!(
+                report.status.status().and_then(|s| s.signal()),
+                Some(libc::SIGKILL),
+                "{report}"
+            );
         }
         other => panic!("expected Error::Exited, got {other:?}"),
     }
@@ -126,7 +134,10 @@ async fn the_exit_report_has_the_signal_and_the_last_words_on_stderr() {
     let report = tokio::time::timeout(PATIENCE, plugin.exited())
         .await
         .expect("the exit is noticed");
-    assert_eq!(report.status.signal(), Some(libc::SIGKILL));
+    assert_eq!(
+        report.status.status().and_then(|s| s.signal()),
+        Some(libc::SIGKILL)
+    );
     assert!(report.stderr_tail.contains("an error line"), "{report}");
     // Reaped, not left a zombie: the exit is published only after the host reaps it.
     let proc_dir = format!("/proc/{}", plugin.pid());
@@ -134,7 +145,13 @@ async fn the_exit_report_has_the_signal_and_the_last_words_on_stderr() {
         !std::path::Path::new(&proc_dir).exists(),
         "{proc_dir} remains"
     );
-    assert_eq!(plugin.exit_status().and_then(|s| s.signal()), Some(9));
+    assert_eq!(
+        plugin
+            .exit_status()
+            .and_then(Exit::status)
+            .and_then(|s| s.signal()),
+        Some(9)
+    );
 
     // A call after the end fails with the same report, not a transport error.
     let after = plugin

@@ -53,6 +53,7 @@
 //! The transport (listening directory, address check, connect with peer credentials) is
 //! confined to one private module so other platforms can be added there.
 
+mod builder;
 mod channel;
 mod client;
 mod error;
@@ -60,19 +61,22 @@ mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 mod guard;
+mod handshake;
 mod lines;
 mod logs;
 pub mod metric;
+mod process;
+mod reattach;
 mod spawn;
 mod stdio;
 mod supervisor;
 mod transport;
 
+pub use builder::PluginBuilder;
 pub use channel::PluginChannel;
-pub use client::{
-    DEFAULT_CALL_TIMEOUT, PluginBuilder, PluginClient, PluginExit, ReattachConfig, Stop,
-};
+pub use client::{DEFAULT_CALL_TIMEOUT, Exit, PluginClient, PluginExit, Stop};
 pub use error::{Error, ExitReport};
+pub use reattach::ReattachConfig;
 pub use stdio::StdioSink;
 pub use supervisor::{
     Restart, RestartPolicy, Setup, SetupError, State, Supervisor, SupervisorError,
