@@ -479,3 +479,34 @@ fn broken(status: &tonic::Status) -> bool {
         tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unknown_exit_says_so_instead_of_claiming_a_status() {
+        let report = ExitReport {
+            plugin: "p".into(),
+            status: Exit::Unknown,
+            stderr_tail: String::new(),
+        };
+        assert_eq!(
+            report.to_string(),
+            "plugin `p` ended, with an exit status unknown to this host (it did not start the \
+             plugin)"
+        );
+        assert_eq!(Exit::Unknown.status(), None);
+        assert!(!Exit::Unknown.success());
+
+        let known = ExitReport {
+            status: Exit::Status(ExitStatus::from_raw(3 << 8)),
+            ..report
+        };
+        assert_eq!(
+            known.to_string(),
+            "plugin `p` exited with status 3; it wrote nothing on stderr"
+        );
+        assert!(Exit::Status(ExitStatus::from_raw(0)).success());
+    }
+}
