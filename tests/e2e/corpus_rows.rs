@@ -241,7 +241,7 @@ async fn c18_a_broker_id_issued_to_another_plugin() {
     let (bob, _b) = fixture.start("bob").await;
 
     // The host offers bob an endpoint under a fresh id of bob's broker.
-    let broker = bob.broker();
+    let broker = bob.broker().expect("a started plugin has a broker");
     let id = broker.next_id();
     let _served = broker
         .accept_and_serve(id, fixture.services.routes())

@@ -7,7 +7,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tether_host::{DEFAULT_CALL_TIMEOUT, Error, PluginClient};
+use tether_host::{DEFAULT_CALL_TIMEOUT, Error, Exit, PluginClient};
 use tether_plugin_sdk::protocol::parse_grpc_timeout;
 use tether_test_contract::testing::testing_client::TestingClient;
 use tether_test_contract::testing::{
@@ -65,7 +65,11 @@ async fn a_call_in_flight_fails_with_the_plugins_exit() {
         .expect("the task ran");
     match result {
         Err(Error::Exited(report)) => {
-            assert_eq!(report.status.signal(), Some(libc::SIGKILL), "{report}");
+            assert_eq!(
+                report.status.status().and_then(|s| s.signal()),
+                Some(libc::SIGKILL),
+                "{report}"
+            );
             assert_eq!(report.plugin, "killed-mid-call");
             assert!(
                 report.to_string().contains("killed by signal 9"),
@@ -108,7 +112,11 @@ async fn a_stream_cut_by_the_plugins_death_fails_with_its_exit() {
     };
     match end {
         Err(Error::Exited(report)) => {
-            assert_eq!(report.status.signal(), Some(libc::SIGKILL), "{report}");
+            assert_eq!(
+                report.status.status().and_then(|s| s.signal()),
+                Some(libc::SIGKILL),
+                "{report}"
+            );
         }
         other => panic!("expected Error::Exited, got {other:?}"),
     }
@@ -126,7 +134,10 @@ async fn the_exit_report_has_the_signal_and_the_last_words_on_stderr() {
     let report = tokio::time::timeout(PATIENCE, plugin.exited())
         .await
         .expect("the exit is noticed");
-    assert_eq!(report.status.signal(), Some(libc::SIGKILL));
+    assert_eq!(
+        report.status.status().and_then(|s| s.signal()),
+        Some(libc::SIGKILL)
+    );
     assert!(report.stderr_tail.contains("an error line"), "{report}");
     // Reaped, not left a zombie: the exit is published only after the host reaps it.
     let proc_dir = format!("/proc/{}", plugin.pid());
@@ -134,7 +145,13 @@ async fn the_exit_report_has_the_signal_and_the_last_words_on_stderr() {
         !std::path::Path::new(&proc_dir).exists(),
         "{proc_dir} remains"
     );
-    assert_eq!(plugin.exit_status().and_then(|s| s.signal()), Some(9));
+    assert_eq!(
+        plugin
+            .exit_status()
+            .and_then(Exit::status)
+            .and_then(|s| s.signal()),
+        Some(9)
+    );
 
     // A call after the end fails with the same report, not a transport error.
     let after = plugin
@@ -257,9 +274,9 @@ async fn the_default_deadline_ends_a_call_the_plugin_never_answers() {
     plugin.shutdown().await.expect("shutdown");
 }
 
-#[tokio::test]
-async fn a_second_host_process_attaches_to_a_running_plugin_and_leaves_it_running() {
-    let plugin = test_plugin("shared").start().await.expect("start");
+/// Runs `host-helper <mode> <config>` as a second host process attached to `plugin`
+/// (admitted first), and returns its stdout.
+async fn second_host(plugin: &PluginClient, mode: &str) -> String {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let config = dir.path().join("reattach.json");
     std::fs::write(
@@ -273,7 +290,7 @@ async fn a_second_host_process_attaches_to_a_running_plugin_and_leaves_it_runnin
         reason = "the second host is another process"
     )]
     let mut second = tokio::process::Command::new(crate::support::HOST_HELPER)
-        .arg("reattach")
+        .arg(mode)
         .arg(&config)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -294,12 +311,19 @@ async fn a_second_host_process_attaches_to_a_running_plugin_and_leaves_it_runnin
         .wait_with_output()
         .await
         .expect("the second host ends");
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(
         output.status.success(),
         "{stdout}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
+    stdout
+}
+
+#[tokio::test]
+async fn a_second_host_process_attaches_to_a_running_plugin_and_leaves_it_running() {
+    let plugin = test_plugin("shared").start().await.expect("start");
+    let stdout = second_host(&plugin, "reattach").await;
     assert!(
         stdout.contains(&format!("pid {}", plugin.pid())),
         "{stdout}"
@@ -308,6 +332,41 @@ async fn a_second_host_process_attaches_to_a_running_plugin_and_leaves_it_runnin
     // The second host is gone; the plugin is still the first host's, and still serving.
     plugin.health().await.expect("still healthy");
     let exit = plugin.shutdown().await.expect("shutdown");
+    assert!(exit.status.success(), "{exit:?}");
+}
+
+#[tokio::test]
+async fn an_attached_host_says_what_it_cannot_know_and_is_refused_host_services() {
+    let plugin = test_plugin("probed").start().await.expect("start");
+    assert!(!plugin.is_attached());
+    assert!(plugin.sandbox().is_some() && plugin.broker().is_some());
+    let stdout = second_host(&plugin, "attach-probe").await;
+    let lines: Vec<&str> = stdout.lines().collect();
+    // No sandbox status, broker or exit status of its own: only the first host has them.
+    assert_eq!(
+        lines,
+        [
+            "attached true",
+            "sandbox none",
+            "broker none",
+            "exit_status None",
+            // Host services on it: the typed refusal, naming the plugin, at once.
+            "hostconn attached probed",
+            "hostserve attached probed",
+            // It stopped the plugin, and says it cannot know how the process exited.
+            "stopped Graceful Unknown",
+        ],
+        "{stdout}"
+    );
+    // The starting host, the plugin's parent, learns the real status.
+    let report = plugin.exited().await;
+    assert_eq!(
+        report.status.status().and_then(|status| status.code()),
+        Some(0),
+        "{report}"
+    );
+    let exit = plugin.shutdown().await.expect("shutdown");
+    assert_eq!(exit.stop, tether_host::Stop::AlreadyExited);
     assert!(exit.status.success(), "{exit:?}");
 }
 

@@ -225,7 +225,12 @@ async fn dialing_an_id_never_issued_times_out_naming_the_id() {
         .start()
         .await
         .unwrap();
-    let err = plugin.broker().dial(4242).await.unwrap_err();
+    let err = plugin
+        .broker()
+        .expect("a started plugin has a broker")
+        .dial(4242)
+        .await
+        .unwrap_err();
     assert!(
         matches!(err, BrokerError::DialTimeout { id: 4242, .. }),
         "{err:?}"
@@ -260,7 +265,12 @@ async fn brokered_services_work_in_both_directions() {
         .unwrap()
         .into_inner()
         .broker_id;
-    let channel = plugin.broker().dial(id).await.unwrap();
+    let channel = plugin
+        .broker()
+        .expect("a started plugin has a broker")
+        .dial(id)
+        .await
+        .unwrap();
     let echoed = TestingClient::new(channel)
         .echo(EchoRequest {
             message: "through the broker".into(),

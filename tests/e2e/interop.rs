@@ -260,9 +260,9 @@ async fn a_go_counter_plugin_calls_back_the_tether_hosts_add_helper_through_the_
     let mut counter = CounterClient::new(plugin.channel());
     for value in [3, 4] {
         // go-plugin dials each broker id once: serve the helper under a fresh id per Put.
-        let id = plugin.broker().next_id();
-        let _served = plugin
-            .broker()
+        let broker = plugin.broker().expect("a started plugin has a broker");
+        let id = broker.next_id();
+        let _served = broker
             .accept_and_serve(
                 id,
                 Routes::new(AddHelperServer::from_arc(Arc::clone(&adder))),

@@ -47,7 +47,10 @@ async fn starts_restarts_and_sandbox_layers_are_counted_per_plugin() {
     let first = supervisor.plugin().await.expect("the first instance");
     kill(first.pid());
     let second = next_instance(&supervisor, first.pid()).await;
-    let layers = second.sandbox().clone();
+    let layers = second
+        .sandbox()
+        .expect("a started plugin's sandbox")
+        .clone();
     drop((first, second));
     supervisor.shutdown().await;
 

@@ -107,7 +107,7 @@ async fn under_strict_every_direct_access_fails_with_the_expected_errno() {
         .await
         .expect("the hostile plugin starts under Strict");
 
-    let status = plugin.sandbox();
+    let status = plugin.sandbox().expect("a started plugin's sandbox");
     for layer in Layer::ALL {
         if missing(layer).is_none() {
             assert!(status.is_enforced(layer), "{layer}: {status}");
@@ -158,7 +158,12 @@ async fn unconfined_the_same_plugin_reads_the_host_files_so_the_rows_can_fail() 
         .start()
         .await
         .unwrap();
-    assert!(!plugin.sandbox().is_enforced(Layer::LandlockFilesystem));
+    assert!(
+        !plugin
+            .sandbox()
+            .expect("a started plugin's sandbox")
+            .is_enforced(Layer::LandlockFilesystem)
+    );
 
     let read = attempt(&plugin, "read", &targets.secret).await;
     assert_eq!(read.outcome, "ok", "{}", read.message);
@@ -209,7 +214,9 @@ async fn a_memory_bomb_kills_only_the_plugin_and_the_host_reports_it() {
     let status = tokio::time::timeout(Duration::from_secs(30), plugin.wait())
         .await
         .expect("the plugin died")
-        .expect("an exit status");
+        .expect("an exit status")
+        .status()
+        .expect("a started plugin's exit status is known");
     // The allocator aborts when the address-space limit refuses more.
     assert_eq!(status.signal(), Some(libc::SIGABRT), "{status:?}");
     assert!(is_gone(pid));
@@ -241,7 +248,10 @@ async fn a_plugin_that_never_answers_is_bounded_by_the_callers_deadline_and_kill
         .await
         .expect("shutdown is bounded")
         .unwrap();
-    assert!(exit.status.code().is_some() || exit.status.signal().is_some());
+    assert!(
+        exit.status.status().and_then(|s| s.code()).is_some()
+            || exit.status.status().and_then(|s| s.signal()).is_some()
+    );
     assert!(is_gone(pid));
 }
 

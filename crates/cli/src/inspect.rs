@@ -148,14 +148,14 @@ async fn run(out: &Out, args: &InspectArgs) -> anyhow::Result<Outcome> {
         }
     }
 
-    let status = plugin.sandbox().clone();
     let mode = match args.sandbox {
         SandboxChoice::Strict => "strict",
         SandboxChoice::BestEffort => "best-effort",
         SandboxChoice::Off => "off",
     };
     println!("{}", out.bold(&format!("sandbox ({mode})")));
-    for layer in &status.layers {
+    let layers = plugin.sandbox().map(|status| status.layers.as_slice());
+    for layer in layers.unwrap_or_default() {
         let state = if layer.enforced {
             out.green("on ")
         } else {
@@ -166,6 +166,10 @@ async fn run(out: &Out, args: &InspectArgs) -> anyhow::Result<Outcome> {
             layer.layer.to_string(),
             out.dim(&layer.detail)
         );
+    }
+    if layers.is_none() {
+        // Not for a plugin inspect started itself; said rather than assumed.
+        println!("  unknown: another host started the plugin");
     }
 
     println!("{}", out.bold("gRPC services"));
@@ -185,7 +189,14 @@ async fn run(out: &Out, args: &InspectArgs) -> anyhow::Result<Outcome> {
         .context("could not stop the plugin")?;
     println!(
         "{}",
-        out.dim(&format!("stopped: {:?} ({})", exit.stop, exit.status))
+        out.dim(&format!(
+            "stopped: {:?} ({})",
+            exit.stop,
+            match exit.status.status() {
+                Some(status) => status.to_string(),
+                None => exit.status.to_string(),
+            }
+        ))
     );
     Ok(outcome)
 }

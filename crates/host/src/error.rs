@@ -260,23 +260,22 @@ pub enum Error {
 pub struct ExitReport {
     /// The plugin's name.
     pub plugin: String,
-    /// The process's exit status (`ExitStatusExt::signal` for a signal).
-    pub status: ExitStatus,
-    /// The last lines it wrote on stderr.
+    /// How it ended: its exit status, or [`Exit::Unknown`](crate::Exit::Unknown) for a
+    /// client attached to a plugin another host started.
+    pub status: crate::Exit,
+    /// The last lines it wrote on stderr (empty for an attached client).
     pub stderr_tail: String,
 }
 
 impl std::fmt::Display for ExitReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        use std::os::unix::process::ExitStatusExt;
-        match (self.status.code(), self.status.signal()) {
-            (Some(code), _) => write!(f, "plugin `{}` exited with status {code}", self.plugin)?,
-            (None, Some(signal)) => {
-                write!(f, "plugin `{}` was killed by signal {signal}", self.plugin)?;
-            }
-            (None, None) => write!(f, "plugin `{}` ended ({})", self.plugin, self.status)?,
+        write!(f, "plugin `{}` {}", self.plugin, self.status)?;
+        match self.status {
+            crate::Exit::Status(_) => f.write_str(&tail_suffix(&self.stderr_tail)),
+            // Its stderr is the starting host's: there is no tail to speak of.
+            crate::Exit::Unknown if self.stderr_tail.is_empty() => Ok(()),
+            crate::Exit::Unknown => f.write_str(&tail_suffix(&self.stderr_tail)),
         }
-        f.write_str(&tail_suffix(&self.stderr_tail))
     }
 }
 

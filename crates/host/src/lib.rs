@@ -46,13 +46,32 @@
 //! and sandbox layer whether the layer was enforced at its latest start
 //! (`tether_sandbox_layer_enforced`, 1 or 0).
 //!
-//! [`Supervisor`] restarts a plugin by policy with backoff and health checks, and
-//! [`PluginClient::reattach`] attaches another host process to a running plugin. What it
-//! does not do yet: TCP transports, and go-plugin's AutoMTLS and multiplexing.
+//! [`Supervisor`] restarts a plugin by policy with backoff and health checks.
 //!
-//! The transport (listening directory, address check, connect with peer credentials) is
-//! confined to one private module so other platforms can be added there.
+//! # Attaching to a running plugin
+//!
+//! [`PluginClient::reattach`] attaches another host process to a running plugin, from the
+//! starting host's [`PluginClient::reattach_config`], once that host has admitted the
+//! attaching process ([`PluginClient::admit`]). An attached client calls the plugin,
+//! checks its health, sees its end and can stop it; dropping it leaves the plugin
+//! running. It does not pretend to know what only the starting host knows: [`PluginClient::sandbox`] and
+//! [`PluginClient::broker`] are `None` (so host services are refused, with
+//! `tether_hostconn::Error::Attached`), and its end is [`Exit::Unknown`].
+//!
+//! Not supported: TCP transports, and go-plugin's AutoMTLS and multiplexing.
+//!
+//! # Modules
+//!
+//! `builder` ([`PluginBuilder`] and the start sequence), `handshake` (reading and
+//! checking the handshake line), `process` (a spawned process: its exit watch, stderr and
+//! stdout readers and stdio forwarding; and an attached one), `client` ([`PluginClient`]),
+//! `reattach` ([`ReattachConfig`]), `supervisor` ([`Supervisor`]), `spawn` (forking from
+//! one long-lived thread, process groups, reaping). Sockets (the private directory, the
+//! address check, connecting with peer credentials) are in the `tether-transport` crate;
+//! `transport` is this crate's thin wrapper over it, mapping its errors to [`Error`]. The
+//! sandbox is the `tether-sandbox` crate, the broker `tether-broker`.
 
+mod builder;
 mod channel;
 mod client;
 mod error;
@@ -60,19 +79,22 @@ mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 mod guard;
+mod handshake;
 mod lines;
 mod logs;
 pub mod metric;
+mod process;
+mod reattach;
 mod spawn;
 mod stdio;
 mod supervisor;
 mod transport;
 
+pub use builder::PluginBuilder;
 pub use channel::PluginChannel;
-pub use client::{
-    DEFAULT_CALL_TIMEOUT, PluginBuilder, PluginClient, PluginExit, ReattachConfig, Stop,
-};
+pub use client::{DEFAULT_CALL_TIMEOUT, Exit, PluginClient, PluginExit, Stop};
 pub use error::{Error, ExitReport};
+pub use reattach::ReattachConfig;
 pub use stdio::StdioSink;
 pub use supervisor::{
     Restart, RestartPolicy, Setup, SetupError, State, Supervisor, SupervisorError,

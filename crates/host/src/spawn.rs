@@ -89,16 +89,13 @@ pub(crate) async fn spawn(mut command: Command, mut sandbox: Prepared) -> io::Re
     Ok(child)
 }
 
-/// A plugin's process group, led by the spawned process, until the host reaps the leader;
-/// or, for a plugin another host started ([`Group::attached`]), that plugin's process.
+/// A plugin's process group, led by the spawned process, until the host reaps the leader.
+/// (A plugin another host started is `process::Attached`: this host is not its parent.)
 #[derive(Debug)]
 pub(crate) struct Group {
     pid: u32,
     /// Whether the leader has been reaped; held while reaping and while signalling.
     reaped: Mutex<bool>,
-    /// For an attached plugin: a pidfd of its process, opened after checking it is the
-    /// plugin (its start time), so signals and the exit watch can reach no other process.
-    attached: Option<OwnedFd>,
 }
 
 impl Group {
@@ -106,47 +103,12 @@ impl Group {
         Group {
             pid,
             reaped: Mutex::new(false),
-            attached: None,
-        }
-    }
-
-    /// The process of a plugin another host started, named by `pid` and its start time
-    /// (`/proc/<pid>/stat`, field 22). Fails, touching nothing, when no such process runs.
-    pub(crate) fn attached(pid: u32, start_time: u64) -> Result<Group, String> {
-        let raw = i32::try_from(pid)
-            .ok()
-            .and_then(Pid::from_raw)
-            .ok_or_else(|| format!("{pid} is not a process id"))?;
-        let pidfd = pidfd_open(raw, PidfdFlags::empty())
-            .map_err(|err| format!("no process {pid} ({err}): the plugin has exited"))?;
-        // Checked after opening: if the pidfd named another process (the pid reused), its
-        // start time differs and nothing is done with it.
-        match process_start_time(pid) {
-            Some(found) if found == start_time => Ok(Group {
-                pid,
-                reaped: Mutex::new(false),
-                attached: Some(pidfd),
-            }),
-            Some(found) => Err(format!(
-                "pid {pid} now belongs to another process (started at tick {found}, not \
-                 {start_time}): the plugin has exited"
-            )),
-            None => Err(format!("no process {pid}: the plugin has exited")),
         }
     }
 
     /// Sends `signal` to the whole process group, unless the leader has been reaped (then
-    /// the group was killed already, and its id may belong to someone else). An attached
-    /// plugin's process alone gets it, through its pidfd.
+    /// the group was killed already, and its id may belong to someone else).
     pub(crate) fn signal(&self, signal: Signal) {
-        if let Some(pidfd) = &self.attached {
-            if let Err(err) = rustix::process::pidfd_send_signal(pidfd.as_fd(), signal)
-                && err != rustix::io::Errno::SRCH
-            {
-                tracing::warn!(pid = self.pid, %err, "could not signal the attached plugin");
-            }
-            return;
-        }
         let reaped = self.reaped.lock().unwrap_or_else(PoisonError::into_inner);
         if !*reaped {
             signal_group(self.pid, signal);
@@ -154,13 +116,8 @@ impl Group {
     }
 
     /// Waits for the leader to end, kills what is left of its group, reaps the leader, and
-    /// returns how it ended. An attached plugin is not this process's child: its end is
-    /// seen, but its status is the starting host's to know (reported as 0).
+    /// returns how it ended.
     pub(crate) async fn exited(&self) -> io::Result<ExitStatus> {
-        if let Some(pidfd) = &self.attached {
-            ended(pidfd.try_clone()?).await?;
-            return Ok(ExitStatus::from_raw(0));
-        }
         let pid = Pid::from_raw(i32::try_from(self.pid).map_err(io::Error::other)?)
             .ok_or_else(|| io::Error::other("pid 0"))?;
         match pidfd_open(pid, PidfdFlags::empty()) {
@@ -185,11 +142,6 @@ impl Group {
         }
     }
 
-    /// Whether this is a plugin another host started.
-    pub(crate) fn is_attached(&self) -> bool {
-        self.attached.is_some()
-    }
-
     fn reap(&self, id: WaitId<'_>) -> io::Result<ExitStatus> {
         let mut reaped = self.reaped.lock().unwrap_or_else(PoisonError::into_inner);
         // The leader is a zombie: its pid still names this group.
@@ -209,7 +161,7 @@ impl Group {
 
 /// Waits until `pidfd`'s process has ended (a pidfd is readable from then on), and gives
 /// the descriptor back.
-async fn ended(pidfd: OwnedFd) -> io::Result<OwnedFd> {
+pub(crate) async fn ended(pidfd: OwnedFd) -> io::Result<OwnedFd> {
     // SAFETY: `pidfd` is an open descriptor the AsyncFd owns until `into_inner`, and an
     // OwnedFd always returns that same descriptor.
     let ready = unsafe { AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE) }

@@ -14,7 +14,8 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep, timeout};
 
-use crate::client::{PluginBuilder, PluginClient, PluginExit, Stop};
+use crate::builder::PluginBuilder;
+use crate::client::{PluginClient, PluginExit, Stop};
 
 /// When to restart a plugin that ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

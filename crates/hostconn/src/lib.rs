@@ -164,6 +164,17 @@ pub enum Error {
          Outcome::NotRequested as fine"
     )]
     NotRequested,
+    /// The client is attached ([`PluginClient::reattach`]) to a plugin another host started:
+    /// host services ride the plugin's broker stream, which only that host has.
+    #[error(
+        "cannot give host services to plugin `{plugin}`: this host attached to it \
+         (PluginClient::reattach) and has no broker stream to it; only the host that started \
+         the plugin can serve it host services"
+    )]
+    Attached {
+        /// The plugin's name.
+        plugin: String,
+    },
     /// The endpoint could not be opened or offered on the plugin's broker.
     #[error("could not offer host services to plugin `{plugin}`: {source}")]
     Offer {
@@ -387,7 +398,9 @@ pub async fn establish_host_services_with(
     options: Options,
 ) -> Result<Outcome, Error> {
     let name = plugin.name().to_owned();
-    let broker = plugin.broker();
+    let Some(broker) = plugin.broker() else {
+        return Err(Error::Attached { plugin: name });
+    };
     let id = broker.next_id();
     let mut listener = broker.accept(id).await.map_err(|source| Error::Offer {
         plugin: name.clone(),

@@ -132,7 +132,16 @@ impl HostServices {
     /// The first time it serves a workspace, it removes the temporary files that writes
     /// interrupted by the death of their host left there ([`crate::RESERVED_PREFIX`]),
     /// and logs how many (target `tether::hostserve`).
+    ///
+    /// A client attached to a plugin another host started ([`PluginClient::reattach`]) is
+    /// refused with [`tether_hostconn::Error::Attached`] before anything is touched (the
+    /// workspace is the starting host's to sweep).
     pub async fn connect(&self, plugin: &PluginClient) -> Result<Outcome, tether_hostconn::Error> {
+        if plugin.is_attached() {
+            return Err(tether_hostconn::Error::Attached {
+                plugin: plugin.name().to_owned(),
+            });
+        }
         self.files.sweep_workspace(plugin.name()).await;
         let audit = self.gate.audit().clone();
         let (instance, pid) = (plugin.instance(), plugin.pid());

@@ -16,6 +16,11 @@
 //! - `host-helper reattach <config.json>`: once a line arrives on stdin (the first host has
 //!   admitted it), attaches to a running test plugin from its `ReattachConfig`, echoes through it, prints `pid <pid>` and `echo <message>`, and
 //!   exits, leaving the plugin running.
+//! - `host-helper attach-probe <config.json>`: like `reattach`, then reports what the
+//!   attached client says it knows (`sandbox`, `broker`, `exit_status`), what
+//!   `establish_host_services` and `HostServices::connect` answer on it (`hostconn` and
+//!   `hostserve`: `attached <plugin>` for the typed refusal, else `other <error>`), stops the
+//!   plugin through it and prints `stopped <how> <exit>`.
 //! - `host-helper cycles <test-plugin path> <n>`: supervises a test plugin, kills it `n`
 //!   times (each time waiting for the restart), shuts down, and prints its own open fds,
 //!   threads and resident memory before and after, and the socket directories left.
@@ -51,6 +56,7 @@ async fn main() -> anyhow::Result<ExitCode> {
         [mode, program, mib] if mode == "flood" => flood(program, mib.parse()?).await,
         [mode, program, n] if mode == "cycles" => cycles(program, n.parse()?).await,
         [mode, config] if mode == "reattach" => reattach(Path::new(config)).await,
+        [mode, config] if mode == "attach-probe" => attach_probe(Path::new(config)).await,
         [mode, program, workspace] if mode == "write-hang" => {
             write_hang(program, Path::new(workspace)).await
         }
@@ -328,6 +334,53 @@ async fn reattach(config: &Path) -> anyhow::Result<ExitCode> {
     println!("echo {echo}");
     // Dropping the attached client leaves the plugin to the host that started it.
     drop(plugin);
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn attach_probe(config: &Path) -> anyhow::Result<ExitCode> {
+    use tether_host::ReattachConfig;
+    use tether_hostserve::{Audit, HostServices, Limits, Policy};
+
+    let config: ReattachConfig = serde_json::from_slice(&std::fs::read(config)?)?;
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    let plugin = PluginClient::reattach(&config).await?;
+    println!("attached {}", plugin.is_attached());
+    println!(
+        "sandbox {}",
+        plugin
+            .sandbox()
+            .map_or_else(|| "none".to_owned(), ToString::to_string)
+    );
+    println!(
+        "broker {}",
+        if plugin.broker().is_some() {
+            "some"
+        } else {
+            "none"
+        }
+    );
+    println!("exit_status {:?}", plugin.exit_status());
+    let describe = |result: Result<tether_hostconn::Outcome, tether_hostconn::Error>| match result {
+        Err(tether_hostconn::Error::Attached { plugin }) => format!("attached {plugin}"),
+        Err(other) => format!("other {other}"),
+        Ok(_) => "other: host services were established".to_owned(),
+    };
+    let services = HostServices::new(Policy::new(), Audit::tracing_only(), Limits::default());
+    // Bounded, so that a hang is reported as one rather than stalling the test.
+    let hostconn = tokio::time::timeout(
+        PATIENCE,
+        tether_hostconn::establish_host_services(&plugin, services.routes()),
+    )
+    .await
+    .map_or_else(|_| "hung".to_owned(), describe);
+    println!("hostconn {hostconn}");
+    let hostserve = tokio::time::timeout(PATIENCE, services.connect(&plugin))
+        .await
+        .map_or_else(|_| "hung".to_owned(), describe);
+    println!("hostserve {hostserve}");
+    let exit = plugin.shutdown().await?;
+    println!("stopped {:?} {:?}", exit.stop, exit.status);
     Ok(ExitCode::SUCCESS)
 }
 

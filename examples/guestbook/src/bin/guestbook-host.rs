@@ -243,6 +243,8 @@ async fn run(args: Args) -> Result<()> {
     println!(
         "   host services withdrawn; the plugin exited {how} ({})",
         exit.status
+            .status()
+            .map_or_else(|| exit.status.to_string(), |status| status.to_string())
     );
     let names: Vec<String> = guestbook
         .signatures(BOOK)
@@ -297,7 +299,9 @@ fn sandbox() -> Sandbox {
 
 /// Which layers of the sandbox hold.
 fn sandbox_summary(plugin: &PluginClient) -> String {
-    let status = plugin.sandbox();
+    let Some(status) = plugin.sandbox() else {
+        return "sandbox unknown: another host started the plugin".to_owned();
+    };
     let off: Vec<String> = status
         .layers
         .iter()

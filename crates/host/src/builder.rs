@@ -1,0 +1,350 @@
+//! [`PluginBuilder`]: what to start, and the start sequence ([`PluginBuilder::start`]):
+//! sandbox, spawn, handshake, connection, broker and stdio streams, health.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use tether_broker::{Broker, BrokerConfig, Peer};
+use tether_protocol::plugin::grpc_stdio_client::GrpcStdioClient;
+use tether_protocol::{DEFAULT_MAX_MESSAGE_SIZE, HandshakeConfig, Network, env, format_versions};
+use tokio::io::BufReader;
+
+use crate::client::{DEFAULT_CALL_TIMEOUT, Owner, Parts, PluginClient};
+use crate::error::Error;
+use crate::handshake::{self, Expected};
+use crate::process::{self, Process};
+use crate::spawn;
+use crate::stdio::StdioSink;
+use crate::transport;
+use tether_sandbox::{self as sandbox, Layer, Sandbox, SandboxMode, SandboxStatus};
+
+/// Configures and starts a plugin process; from [`PluginClient::builder`].
+#[derive(Debug)]
+pub struct PluginBuilder {
+    name: String,
+    program: PathBuf,
+    args: Vec<OsString>,
+    handshake: HandshakeConfig,
+    versions: Vec<u32>,
+    env: Vec<(OsString, OsString)>,
+    start_timeout: Duration,
+    graceful_timeout: Duration,
+    call_timeout: Option<Duration>,
+    kill_timeout: Duration,
+    max_message_size: usize,
+    /// In a mutex only so the builder is `Sync` (a sink's writer need only be `Send`), which
+    /// keeps `start`'s future `Send`.
+    stdio: Mutex<StdioSink>,
+    socket_base: Option<PathBuf>,
+    broker_timeout: Duration,
+    sandbox: Sandbox,
+}
+
+impl PluginBuilder {
+    /// A plugin named `name` (in logs and errors) run from `program`, with the defaults.
+    pub(crate) fn new(name: String, program: PathBuf) -> PluginBuilder {
+        PluginBuilder {
+            name,
+            program,
+            args: Vec::new(),
+            handshake: HandshakeConfig::new("TETHER_PLUGIN", "tether"),
+            versions: vec![1],
+            env: Vec::new(),
+            start_timeout: Duration::from_secs(60),
+            graceful_timeout: Duration::from_secs(2),
+            call_timeout: Some(DEFAULT_CALL_TIMEOUT),
+            kill_timeout: Duration::from_secs(2),
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            stdio: Mutex::default(),
+            socket_base: None,
+            broker_timeout: tether_broker::DEFAULT_TIMEOUT,
+            sandbox: Sandbox::default(),
+        }
+    }
+
+    /// Appends a command-line argument.
+    pub fn arg(mut self, arg: impl Into<OsString>) -> Self {
+        self.args.push(arg.into());
+        self
+    }
+
+    /// Appends command-line arguments.
+    pub fn args<I: IntoIterator<Item = S>, S: Into<OsString>>(mut self, args: I) -> Self {
+        self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// The magic cookie the plugin expects (go-plugin's `HandshakeConfig`).
+    pub fn handshake(mut self, handshake: HandshakeConfig) -> Self {
+        self.handshake = handshake;
+        self
+    }
+
+    /// The app protocol versions this host accepts (default `[1]`).
+    pub fn protocol_versions(mut self, versions: &[u32]) -> Self {
+        self.versions = versions.to_vec();
+        self
+    }
+
+    /// Sets a variable in the plugin's environment, which otherwise starts empty.
+    pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// Passes the host's value of `key` to the plugin, if the host has one.
+    pub fn inherit_env(self, key: impl Into<OsString>) -> Self {
+        let key = key.into();
+        match std::env::var_os(&key) {
+            Some(value) => self.env(key, value),
+            None => self,
+        }
+    }
+
+    /// How long the plugin has to print its handshake line (default 60 s, go-plugin's).
+    pub fn start_timeout(mut self, timeout: Duration) -> Self {
+        self.start_timeout = timeout;
+        self
+    }
+
+    /// How long `shutdown` waits after the controller's `Shutdown` (default 2 s).
+    pub fn graceful_timeout(mut self, timeout: Duration) -> Self {
+        self.graceful_timeout = timeout;
+        self
+    }
+
+    /// How long `shutdown` waits after SIGTERM before SIGKILL (default 2 s).
+    pub fn kill_timeout(mut self, timeout: Duration) -> Self {
+        self.kill_timeout = timeout;
+        self
+    }
+
+    /// The largest gRPC message the built-in clients send or accept (default 4 MiB). Use
+    /// [`PluginClient::max_message_size`] to give your own clients the same limit.
+    pub fn max_message_size(mut self, bytes: usize) -> Self {
+        self.max_message_size = bytes;
+        self
+    }
+
+    /// Where the plugin's stdio goes (default: `tracing`).
+    pub fn stdio(mut self, sink: StdioSink) -> Self {
+        self.stdio = Mutex::new(sink);
+        self
+    }
+
+    /// The deadline of every call on [`PluginClient::channel`] that has none of its own
+    /// ([`DEFAULT_CALL_TIMEOUT`], 30 s, unless set; `None`: no default). It travels to the
+    /// plugin as the call's `grpc-timeout`; a call's own deadline wins.
+    pub fn call_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.call_timeout = timeout;
+        self
+    }
+
+    /// How long the broker waits for the plugin to offer a dialed id, and keeps an offer
+    /// nobody dialed (default 5 s, go-plugin's).
+    pub fn broker_timeout(mut self, timeout: Duration) -> Self {
+        self.broker_timeout = timeout;
+        self
+    }
+
+    /// How the plugin process is confined (default [`Sandbox::best_effort`]: every layer
+    /// this kernel offers).
+    pub fn sandbox(mut self, sandbox: Sandbox) -> Self {
+        self.sandbox = sandbox;
+        self
+    }
+
+    /// Where private socket directories are created (default: the system temp dir).
+    pub fn socket_base_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.socket_base = Some(dir.into());
+        self
+    }
+
+    /// Starts the plugin, completes the handshake, connects and checks its health.
+    ///
+    /// A failure is also logged (target `tether::host`, WARN, with the plugin's name): a
+    /// plugin that misbehaves at the trust boundary leaves a trace even if the caller
+    /// drops the error.
+    ///
+    /// Counted in the metrics ([`crate::metric`]): `tether_plugin_starts_total` or
+    /// `tether_plugin_start_failures_total`, and on success the plugin's sandbox layers in
+    /// `tether_sandbox_layer_enforced`.
+    pub async fn start(self) -> Result<PluginClient, Error> {
+        let name = self.name.clone();
+        let started = self.start_process().await;
+        match &started {
+            Ok(client) => {
+                if let Some(status) = client.sandbox() {
+                    crate::metric::started(&name, status);
+                }
+            }
+            Err(err) => {
+                crate::metric::start_failed(&name);
+                tracing::warn!(target: "tether::host", plugin = name, error = %err, "plugin failed to start");
+            }
+        }
+        started
+    }
+
+    async fn start_process(self) -> Result<PluginClient, Error> {
+        let name = self.name.clone();
+        let internal = |reason: &str| Error::Internal {
+            plugin: name.clone(),
+            reason: reason.to_owned(),
+        };
+        let base = self.socket_base.clone().unwrap_or_else(std::env::temp_dir);
+        let program = sandbox::resolve_program(&self.program).map_err(|source| Error::Spawn {
+            plugin: name.clone(),
+            program: self.program.clone(),
+            source,
+        })?;
+        let socket_dir = transport::socket_dir(&name, &base)?;
+        let sandbox =
+            sandbox::prepare(&self.sandbox, &program, socket_dir.path()).map_err(|source| {
+                Error::Sandbox {
+                    plugin: name.clone(),
+                    source,
+                }
+            })?;
+        let sandbox_status = sandbox.status().clone();
+        log_sandbox(&name, &sandbox_status);
+
+        let mut command = std::process::Command::new(&program);
+        command
+            .args(&self.args)
+            .env_clear()
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .env(
+                self.handshake.magic_cookie_key.as_ref(),
+                self.handshake.magic_cookie_value.as_ref(),
+            )
+            .env(env::PROTOCOL_VERSIONS, format_versions(&self.versions))
+            .env(env::UNIX_SOCKET_DIR, socket_dir.path())
+            .env(env::TMPDIR, socket_dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = spawn::spawn(command, sandbox)
+            .await
+            .map_err(|source| Error::Spawn {
+                plugin: name.clone(),
+                program: self.program.clone(),
+                source,
+            })?;
+        let pid = child.id();
+        // The process is watched and reaped through its `Group`; the std handle only hands
+        // over the pipes (dropping it neither waits nor kills).
+        let stdout = child
+            .stdout
+            .take()
+            .and_then(|pipe| tokio::process::ChildStdout::from_std(pipe).ok())
+            .ok_or_else(|| internal("no stdout pipe"))?;
+        let stderr = child
+            .stderr
+            .take()
+            .and_then(|pipe| tokio::process::ChildStderr::from_std(pipe).ok())
+            .ok_or_else(|| internal("no stderr pipe"))?;
+        drop(child);
+
+        let dir = socket_dir.path().to_owned();
+        let files_confined = sandbox_status.is_enforced(Layer::LandlockFilesystem)
+            && !self.sandbox.socket_dir_files();
+        let mut process = Process::new(&name, pid, stderr, socket_dir, files_confined);
+
+        let mut stdout = BufReader::new(stdout);
+        let expected = Expected {
+            plugin: &name,
+            cookie_key: self.handshake.magic_cookie_key.as_ref(),
+            start_timeout: self.start_timeout,
+            versions: &self.versions,
+        };
+        let handshake = handshake::read(&expected, &mut process, &mut stdout).await?;
+        process.keep(tokio::spawn(process::drain_stdout(name.clone(), stdout)));
+        let address = match handshake.network {
+            Network::Unix => transport::check_address(&name, &handshake.address, &dir)?,
+            Network::Tcp => {
+                return Err(Error::UnexpectedNetwork {
+                    plugin: name,
+                    network: handshake.network.to_string(),
+                    address: handshake.address,
+                });
+            }
+        };
+        let channel = transport::connect(&name, &address, pid).await?;
+        let limit = self.max_message_size;
+
+        // The broker and stdio streams are opened in the background: a Go plugin sends no
+        // response headers on them until it has something to send.
+        let broker = Broker::new(
+            BrokerConfig::new(name.as_str(), &dir, Peer::Process(pid))
+                .confine_dialed_addresses(true)
+                .dial_timeout(self.broker_timeout)
+                .unclaimed_ttl(self.broker_timeout),
+        );
+        process.keep(broker.start_stream(channel.clone(), limit));
+        let stdio_client = GrpcStdioClient::new(channel.clone())
+            .max_decoding_message_size(limit)
+            .max_encoding_message_size(limit);
+        process.keep(tokio::spawn(process::run_stdio(
+            name.clone(),
+            stdio_client,
+            self.stdio
+                .into_inner()
+                .unwrap_or_else(PoisonError::into_inner),
+        )));
+
+        let version = handshake.app_version;
+        let client = PluginClient::new(Parts {
+            name,
+            version,
+            channel,
+            max_message_size: limit,
+            graceful_timeout: self.graceful_timeout,
+            call_timeout: self.call_timeout,
+            kill_timeout: self.kill_timeout,
+            address,
+            owner: Owner::Spawned {
+                process,
+                broker,
+                sandbox: sandbox_status,
+            },
+        });
+        client.health().await?;
+        tracing::debug!(plugin = client.name(), pid, version, "plugin started");
+        Ok(client)
+    }
+}
+
+/// One line per start: what confines the plugin (a warning when something does not).
+fn log_sandbox(plugin: &str, status: &SandboxStatus) {
+    if status.mode == SandboxMode::Off {
+        tracing::warn!(target: "tether::sandbox", plugin, sandbox = %status, "the plugin runs without a sandbox");
+    } else if status.is_complete() {
+        tracing::info!(target: "tether::sandbox", plugin, sandbox = %status, "plugin sandboxed");
+    } else {
+        tracing::warn!(target: "tether::sandbox", plugin, sandbox = %status, "plugin sandboxed partially: this kernel lacks some layers");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send<T: Send>(_: &T) {}
+    fn assert_send_sync<T: Send + Sync>() {}
+
+    /// A host starts and drives plugins from spawned tasks, so these futures must be `Send`
+    /// (a `watch::Ref` held across an await once made `start`'s not).
+    #[test]
+    fn start_and_the_client_futures_are_send() {
+        assert_send_sync::<PluginBuilder>();
+        assert_send_sync::<PluginClient>();
+        let builder = PluginClient::builder("p", "/nonexistent")
+            .stdio(StdioSink::Writer(Box::new(std::io::sink())));
+        let start = builder.start();
+        assert_send(&start);
+    }
+}
