@@ -3,14 +3,12 @@
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use tether_protocol::GRPC_TIMEOUT_METADATA as GRPC_TIMEOUT;
 use tonic::body::Body;
 use tonic::codegen::Service;
 use tonic::codegen::http::{self, HeaderValue};
 use tonic::transport::Channel;
 use tonic::transport::channel::ResponseFuture;
-
-/// The header in which gRPC carries a call's deadline.
-const GRPC_TIMEOUT: &str = "grpc-timeout";
 
 /// The gRPC channel to a plugin's main connection, from [`crate::PluginClient::channel`]:
 /// build any generated client on it (`MyClient::new(plugin.channel())`). Cheap to clone.

@@ -23,8 +23,8 @@ use crate::audit::{Audit, AuditRecord, Decider, Decision, Operation, Reservation
 use crate::capability::Need;
 use crate::policy::{Asker, Policy, Ruling};
 
-/// The metadata key of a denial's missing capability.
-pub const CAPABILITY_METADATA: &str = "tether-capability";
+/// The metadata key of a denial's missing capability (defined in `tether-protocol`).
+pub use tether_protocol::CAPABILITY_METADATA;
 
 /// Bounds on what one plugin can make the host do.
 #[derive(Debug, Clone)]
@@ -436,7 +436,7 @@ impl Correlation {
     fn from_headers(headers: &http::HeaderMap) -> Self {
         Correlation::from_values(
             headers.get(tether_protocol::REQUEST_ID_METADATA),
-            headers.get("grpc-timeout"),
+            headers.get(tether_protocol::GRPC_TIMEOUT_METADATA),
             headers.get(tether_protocol::TRACEPARENT_METADATA),
         )
     }
@@ -905,7 +905,10 @@ where
                 .headers
                 .get(tether_protocol::REQUEST_ID_METADATA)
                 .cloned(),
-            parts.headers.get("grpc-timeout").cloned(),
+            parts
+                .headers
+                .get(tether_protocol::GRPC_TIMEOUT_METADATA)
+                .cloned(),
             parts
                 .headers
                 .get(tether_protocol::TRACEPARENT_METADATA)

@@ -2,12 +2,12 @@
 
 use futures_util::{Stream, StreamExt};
 use std::time::Duration;
-use tether_protocol::CallContext;
 use tether_protocol::hostserve::files_client::FilesClient;
 use tether_protocol::hostserve::{
     CreateDirRequest, DeleteFileRequest, DirEntry, GetEnvRequest, ReadDirRequest, ReadFileRequest,
     StatRequest, StatResponse, WriteFileChunk,
 };
+use tether_protocol::{CAPABILITY_METADATA, CallContext};
 use tonic::{Code, Request, Status};
 
 use crate::host::HostChannel;
@@ -17,9 +17,6 @@ pub type FileChunks = std::pin::Pin<Box<dyn Stream<Item = Result<Vec<u8>, HostCa
 
 /// Bytes per chunk `write_file` sends.
 const WRITE_CHUNK: usize = 64 * 1024;
-
-/// The metadata key in which the host names a missing capability.
-const CAPABILITY_METADATA: &str = "tether-capability";
 
 /// Why a host-service call failed.
 #[derive(Debug, Clone, thiserror::Error)]

@@ -387,7 +387,10 @@ mod tests {
                     .and_then(|value| value.to_str().ok())
                     .map(str::to_owned)
             };
-            let seen = (header(REQUEST_ID_METADATA), header("grpc-timeout"));
+            let seen = (
+                header(REQUEST_ID_METADATA),
+                header(tether_protocol::GRPC_TIMEOUT_METADATA),
+            );
             self.calls.lock().unwrap().push(seen);
             if request.get_ref().claimed_name == "slow" {
                 tokio::time::sleep(Duration::from_secs(30)).await;

@@ -22,8 +22,12 @@ pub const REQUEST_ID_METADATA: &str = "tether-request-id";
 /// The metadata key of a W3C trace context (<https://www.w3.org/TR/trace-context/>).
 pub const TRACEPARENT_METADATA: &str = "traceparent";
 
-/// The header in which gRPC sends a call's timeout.
-const GRPC_TIMEOUT: &str = "grpc-timeout";
+/// The header in which gRPC carries a call's deadline (`grpc-timeout`, for example `30S`).
+pub const GRPC_TIMEOUT_METADATA: &str = "grpc-timeout";
+
+/// The metadata key in which a host names the capability a denied call lacked
+/// (`tether-capability`, for example `read:config/app.toml`).
+pub const CAPABILITY_METADATA: &str = "tether-capability";
 
 /// The longest request id accepted.
 const MAX_REQUEST_ID: usize = 64;
@@ -295,7 +299,7 @@ impl CallContext {
             .filter(|id| valid_request_id(id))
             .map(str::to_owned);
         let deadline = metadata
-            .get(GRPC_TIMEOUT)
+            .get(GRPC_TIMEOUT_METADATA)
             .and_then(|value| value.to_str().ok())
             .and_then(parse_grpc_timeout)
             .and_then(|timeout| Instant::now().checked_add(timeout));
@@ -412,7 +416,7 @@ impl CallContext {
                 TRACEPARENT_METADATA,
                 self.trace.map(|trace| trace.to_string()),
             ),
-            (GRPC_TIMEOUT, timeout),
+            (GRPC_TIMEOUT_METADATA, timeout),
         ])
     }
 
@@ -510,7 +514,7 @@ mod tests {
         let request = context.request(()).expect("deadline not passed");
         let timeout = request
             .metadata()
-            .get("grpc-timeout")
+            .get(GRPC_TIMEOUT_METADATA)
             .and_then(|value| value.to_str().ok())
             .and_then(parse_grpc_timeout)
             .expect("the timeout is on the request");
@@ -527,7 +531,7 @@ mod tests {
             .expect("valid id")
             .with_timeout(Duration::from_secs(5));
         let mut headers = HeaderMap::new();
-        headers.insert(GRPC_TIMEOUT, HeaderValue::from_static("99H"));
+        headers.insert(GRPC_TIMEOUT_METADATA, HeaderValue::from_static("99H"));
         context
             .apply_to_headers(&mut headers)
             .expect("deadline not passed");
@@ -536,7 +540,7 @@ mod tests {
             Some(&b"req-8"[..])
         );
         let timeout = headers
-            .get(GRPC_TIMEOUT)
+            .get(GRPC_TIMEOUT_METADATA)
             .and_then(|value| value.to_str().ok())
             .and_then(parse_grpc_timeout)
             .expect("the context's timeout replaced the header's");

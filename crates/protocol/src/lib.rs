@@ -26,8 +26,9 @@ mod handshake;
 mod version;
 
 pub use context::{
-    CallContext, REQUEST_ID_METADATA, TRACEPARENT_METADATA, TraceContext, TraceparentError,
-    format_grpc_timeout, parse_grpc_timeout, valid_request_id,
+    CAPABILITY_METADATA, CallContext, GRPC_TIMEOUT_METADATA, REQUEST_ID_METADATA,
+    TRACEPARENT_METADATA, TraceContext, TraceparentError, format_grpc_timeout, parse_grpc_timeout,
+    valid_request_id,
 };
 pub use handshake::{Handshake, HandshakeParseError, Network, Protocol};
 pub use version::{HandshakeConfig, format_versions, negotiate, parse_versions};
