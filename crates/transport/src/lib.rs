@@ -10,7 +10,10 @@
 //! - [`connect`] opens a gRPC channel whose every connection, reconnections included, is
 //!   checked to be served by the expected [`Peer`];
 //! - [`address_in_dir`] accepts an address only if it names a socket directly in a given
-//!   directory.
+//!   directory;
+//! - [`tls`] is go-plugin's AutoMTLS: throwaway certificates ([`tls::Identity`]) and TLS
+//!   that pins the peer's exact certificate, required both ways ([`tls::MutualTls`]), which
+//!   [`Listener::tls`] and [`connect_with`] speak on every connection.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -41,6 +44,7 @@ compile_error!(
 
 #[cfg(unix)]
 mod dir;
+pub mod tls;
 #[cfg(unix)]
 mod unix;
 
@@ -49,5 +53,5 @@ pub use dir::socket_dir;
 #[cfg(unix)]
 pub use unix::{
     Conn, ConnectError, ConnectionCounts, Listener, Peer, PeerCredentials, PeerSet, Refusal,
-    RefusalHook, address_in_dir, connect,
+    RefusalHook, address_in_dir, connect, connect_with,
 };

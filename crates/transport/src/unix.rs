@@ -11,13 +11,85 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
-use futures_util::Stream;
+use futures_util::future::BoxFuture;
+use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, Stream, StreamExt};
 use hyper_util::rt::TokioIo;
 use tempfile::NamedTempFile;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{UnixListener, UnixStream};
 use tonic::transport::server::Connected;
 use tonic::transport::{Channel, Endpoint, Uri};
+
+use crate::tls::{self, MutualTls};
+
+/// How long a peer that connected has to complete the TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A connection's byte stream: plain, or TLS when AutoMTLS is on.
+#[derive(Debug)]
+enum Io {
+    Plain(UnixStream),
+    Tls(Box<tokio_rustls::TlsStream<UnixStream>>),
+}
+
+impl AsyncRead for Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(stream) => Pin::new(stream).poll_read(cx, buf),
+            Io::Tls(stream) => Pin::new(stream.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Io::Plain(stream) => Pin::new(stream).poll_write(cx, buf),
+            Io::Tls(stream) => Pin::new(stream.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(stream) => Pin::new(stream).poll_flush(cx),
+            Io::Tls(stream) => Pin::new(stream.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(stream) => Pin::new(stream).poll_shutdown(cx),
+            Io::Tls(stream) => Pin::new(stream.as_mut()).poll_shutdown(cx),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Io::Plain(stream) => Pin::new(stream).poll_write_vectored(cx, bufs),
+            Io::Tls(stream) => Pin::new(stream.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Io::Plain(stream) => stream.is_write_vectored(),
+            Io::Tls(stream) => stream.is_write_vectored(),
+        }
+    }
+}
 
 /// Who may be on the other end of a socket.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -162,6 +234,15 @@ pub enum ConnectError {
         /// Who does.
         found: PeerCredentials,
     },
+    /// The TLS handshake failed (AutoMTLS): the peer does not speak TLS, or presented
+    /// another certificate, or refused ours.
+    #[error("TLS with {address} failed: {reason}")]
+    Tls {
+        /// The socket path.
+        address: String,
+        /// What went wrong, in words.
+        reason: String,
+    },
     /// The HTTP/2 connection could not be set up.
     #[error("could not open a gRPC connection on {address}: {source}")]
     Channel {
@@ -173,8 +254,13 @@ pub enum ConnectError {
     },
 }
 
-/// Connects to the socket at `path` and checks that `peer` serves it.
-async fn connect_checked(path: &Path, peer: Peer) -> Result<UnixStream, ConnectError> {
+/// Connects to the socket at `path`, checks that `peer` serves it, and speaks TLS over it
+/// when `tls` is given.
+async fn connect_checked(
+    path: &Path,
+    peer: Peer,
+    tls: Option<&MutualTls>,
+) -> Result<Io, ConnectError> {
     let address = || path.display().to_string();
     let stream = UnixStream::connect(path)
         .await
@@ -193,24 +279,54 @@ async fn connect_checked(path: &Path, peer: Peer) -> Result<UnixStream, ConnectE
             found,
         });
     }
-    Ok(stream)
+    match tls {
+        None => Ok(Io::Plain(stream)),
+        Some(tls) => {
+            let handshake = tls.connector().connect(MutualTls::server_name(), stream);
+            let stream = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, handshake)
+                .await
+                .map_err(|_| ConnectError::Tls {
+                    address: address(),
+                    reason: format!(
+                        "the peer did not complete the TLS handshake within \
+                         {TLS_HANDSHAKE_TIMEOUT:?}: it does not speak TLS"
+                    ),
+                })?
+                .map_err(|err| ConnectError::Tls {
+                    address: address(),
+                    reason: tls::explain(&err),
+                })?;
+            Ok(Io::Tls(Box::new(stream.into())))
+        }
+    }
 }
 
 /// A gRPC channel to the socket at `path`. Every connection the channel makes (the first,
 /// and any reconnection) is checked to be served by `peer`; the first is made before this
 /// returns, so a wrong peer or a missing socket is an error here, not on the first call.
 pub async fn connect(path: &Path, peer: Peer) -> Result<Channel, ConnectError> {
-    let first = connect_checked(path, peer.clone()).await?;
+    connect_with(path, peer, None).await
+}
+
+/// [`connect`], speaking TLS on every connection when `tls` is given (AutoMTLS): the
+/// peer must present the certificate `tls` pins, and gets ours.
+pub async fn connect_with(
+    path: &Path,
+    peer: Peer,
+    tls: Option<MutualTls>,
+) -> Result<Channel, ConnectError> {
+    let first = connect_checked(path, peer.clone(), tls.as_ref()).await?;
     let first = Arc::new(Mutex::new(Some(first)));
     let socket = path.to_owned();
     let connector = tower::service_fn(move |_: Uri| {
         let first = first.lock().ok().and_then(|mut first| first.take());
         let socket = socket.clone();
         let peer = peer.clone();
+        let tls = tls.clone();
         async move {
             let stream = match first {
                 Some(stream) => stream,
-                None => connect_checked(&socket, peer)
+                None => connect_checked(&socket, peer, tls.as_ref())
                     .await
                     .map_err(io::Error::other)?,
             };
@@ -283,7 +399,12 @@ pub struct Listener {
     label: Arc<str>,
     counts: Arc<ConnectionCounts>,
     on_refused: Option<RefusalHook>,
+    tls: Option<MutualTls>,
+    handshakes: FuturesUnordered<Handshaking>,
 }
+
+/// A connection from the expected peer, in its TLS handshake.
+type Handshaking = BoxFuture<'static, (PeerCredentials, Result<Io, String>)>;
 
 impl fmt::Debug for Listener {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -293,6 +414,7 @@ impl fmt::Debug for Listener {
             .field("label", &self.label)
             .field("counts", &self.counts)
             .field("on_refused", &self.on_refused.is_some())
+            .field("tls", &self.tls.is_some())
             .finish()
     }
 }
@@ -312,7 +434,19 @@ impl Listener {
             label,
             counts: Arc::default(),
             on_refused: None,
+            tls: None,
+            handshakes: FuturesUnordered::new(),
         })
+    }
+
+    /// Speaks TLS on every accepted connection (AutoMTLS): the peer must present the
+    /// certificate `tls` pins. A peer that does not speak TLS, presents another certificate
+    /// or none, or does not finish the handshake within 10 seconds, is refused like a wrong
+    /// process: logged, counted, and passed to the [`RefusalHook`].
+    #[must_use]
+    pub fn tls(mut self, tls: MutualTls) -> Self {
+        self.tls = Some(tls);
+        self
     }
 
     /// Calls `hook` for every refused connection (for example, to audit it).
@@ -354,54 +488,111 @@ impl Listener {
     /// Polls for the next connection from the expected peer, refusing all others.
     fn poll_next_conn(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Conn>> {
         loop {
-            let (stream, _) = match self.socket.as_file().poll_accept(cx) {
-                Poll::Ready(Ok(accepted)) => accepted,
+            match self.socket.as_file().poll_accept(cx) {
+                Poll::Ready(Ok((stream, _))) => {
+                    if let Some(conn) = self.check_peer(stream) {
+                        return Poll::Ready(Ok(conn));
+                    }
+                    continue;
+                }
                 Poll::Ready(Err(err)) => return Poll::Ready(Err(err)),
-                Poll::Pending => return Poll::Pending,
-            };
-            let credentials = match PeerCredentials::of(&stream) {
-                Ok(credentials) => credentials,
-                Err(err) => {
+                Poll::Pending => {}
+            }
+            match self.handshakes.poll_next_unpin(cx) {
+                Poll::Ready(Some((credentials, Ok(stream)))) => {
+                    self.counts.accepted.fetch_add(1, Ordering::Relaxed);
+                    return Poll::Ready(Ok(Conn {
+                        stream,
+                        credentials,
+                        info: credentials,
+                    }));
+                }
+                Poll::Ready(Some((credentials, Err(reason)))) => {
                     tracing::warn!(
                         target: "tether::broker",
                         plugin = %self.label,
+                        peer_pid = credentials.pid,
                         socket = %self.path().display(),
-                        %err,
-                        "refused a connection whose peer credentials could not be read"
+                        "refused a connection from {credentials}: {reason}",
                     );
                     self.refuse(
-                        None,
-                        format!("its peer credentials could not be read: {err}"),
+                        Some(credentials),
+                        format!("refused a connection from {credentials}: {reason}"),
                     );
-                    continue;
                 }
-            };
-            if !self.peer.admits(&credentials) {
+                Poll::Ready(None) | Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    /// Checks who connected: a connection from the expected peer is returned, or with TLS
+    /// on, starts its handshake; any other is refused.
+    fn check_peer(&mut self, stream: UnixStream) -> Option<Conn> {
+        let credentials = match PeerCredentials::of(&stream) {
+            Ok(credentials) => credentials,
+            Err(err) => {
                 tracing::warn!(
                     target: "tether::broker",
                     plugin = %self.label,
-                    peer_pid = credentials.pid,
-                    peer_uid = credentials.uid,
-                    expected = %self.peer,
                     socket = %self.path().display(),
-                    "refused a connection from {credentials}: only {} may connect here",
-                    self.peer,
+                    %err,
+                    "refused a connection whose peer credentials could not be read"
                 );
                 self.refuse(
-                    Some(credentials),
-                    format!(
-                        "refused a connection from {credentials}: only {} may connect here",
-                        self.peer
-                    ),
+                    None,
+                    format!("its peer credentials could not be read: {err}"),
                 );
-                continue;
+                return None;
             }
-            self.counts.accepted.fetch_add(1, Ordering::Relaxed);
-            return Poll::Ready(Ok(Conn {
-                stream,
-                credentials,
-                info: credentials,
-            }));
+        };
+        if !self.peer.admits(&credentials) {
+            tracing::warn!(
+                target: "tether::broker",
+                plugin = %self.label,
+                peer_pid = credentials.pid,
+                peer_uid = credentials.uid,
+                expected = %self.peer,
+                socket = %self.path().display(),
+                "refused a connection from {credentials}: only {} may connect here",
+                self.peer,
+            );
+            self.refuse(
+                Some(credentials),
+                format!(
+                    "refused a connection from {credentials}: only {} may connect here",
+                    self.peer
+                ),
+            );
+            return None;
+        }
+        match &self.tls {
+            None => {
+                self.counts.accepted.fetch_add(1, Ordering::Relaxed);
+                Some(Conn {
+                    stream: Io::Plain(stream),
+                    credentials,
+                    info: credentials,
+                })
+            }
+            Some(tls) => {
+                let handshake = tls.acceptor().accept(stream);
+                self.handshakes.push(
+                    async move {
+                        let result =
+                            match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, handshake).await {
+                                Ok(Ok(stream)) => Ok(Io::Tls(Box::new(stream.into()))),
+                                Ok(Err(err)) => Err(tls::explain(&err)),
+                                Err(_) => Err(format!(
+                                    "it did not complete the TLS handshake within \
+                                 {TLS_HANDSHAKE_TIMEOUT:?}, though AutoMTLS is on here"
+                                )),
+                            };
+                        (credentials, result)
+                    }
+                    .boxed(),
+                );
+                None
+            }
         }
     }
 }
@@ -421,7 +612,7 @@ impl Stream for Listener {
 /// should see instead, such as the identity of the plugin the endpoint serves.
 #[derive(Debug)]
 pub struct Conn<T = PeerCredentials> {
-    stream: UnixStream,
+    stream: Io,
     credentials: PeerCredentials,
     info: T,
 }
@@ -558,5 +749,138 @@ mod tests {
         serving.abort();
         let _ = serving.await;
         assert!(!path.exists(), "socket file left behind");
+    }
+
+    /// Serves gRPC health on a listener with `server_tls`, and returns its path, the
+    /// refusals it saw, and the server task.
+    fn serve_health(
+        dir: &Path,
+        server_tls: Option<MutualTls>,
+    ) -> (
+        PathBuf,
+        Arc<Mutex<Vec<Refusal>>>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let refusals = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::clone(&refusals);
+        let mut listener = Listener::bind(dir, "tls-", Peer::SameUser, "test".into())
+            .unwrap()
+            .on_refused(Arc::new(move |refusal: &Refusal| {
+                seen.lock().unwrap().push(refusal.clone());
+            }));
+        if let Some(tls) = server_tls {
+            listener = listener.tls(tls);
+        }
+        let path = listener.path().to_owned();
+        let (_, health) = tonic_health::server::health_reporter();
+        let task = tokio::spawn(async move {
+            let _ = tonic::transport::Server::builder()
+                .add_service(health)
+                .serve_with_incoming(listener)
+                .await;
+        });
+        (path, refusals, task)
+    }
+
+    async fn check_health(channel: Channel) -> Result<(), tonic::Status> {
+        let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
+        client
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .map(|_| ())
+    }
+
+    /// Both sides' certificates, and a third party's.
+    fn identities() -> (tls::Identity, tls::Identity, tls::Identity) {
+        (
+            tls::Identity::generate().unwrap(),
+            tls::Identity::generate().unwrap(),
+            tls::Identity::generate().unwrap(),
+        )
+    }
+
+    #[tokio::test]
+    async fn mutual_tls_admits_exactly_the_announced_certificates() {
+        let dir = tempfile::tempdir().unwrap();
+        let (host, plugin, stranger) = identities();
+        let serving = MutualTls::new(&plugin, host.certificate().clone()).unwrap();
+        let (path, refusals, task) = serve_health(dir.path(), Some(serving));
+
+        // The right pair: calls go through, over TLS.
+        let dialing = MutualTls::new(&host, plugin.certificate().clone()).unwrap();
+        let channel = connect_with(&path, Peer::SameUser, Some(dialing))
+            .await
+            .unwrap();
+        check_health(channel).await.unwrap();
+        assert!(refusals.lock().unwrap().is_empty());
+
+        // A client with another certificate: the server refuses it, and says why.
+        let impostor = MutualTls::new(&stranger, plugin.certificate().clone()).unwrap();
+        let refused = match connect_with(&path, Peer::SameUser, Some(impostor)).await {
+            Ok(channel) => check_health(channel).await.err().map(|s| s.to_string()),
+            Err(err) => Some(err.to_string()),
+        };
+        assert!(
+            refused.is_some(),
+            "a client with a stranger's certificate got through"
+        );
+        eventually_refused(&refusals, "not the one it announced").await;
+
+        // A client that pins another server certificate: it refuses the server.
+        let wrong_pin = MutualTls::new(&host, stranger.certificate().clone()).unwrap();
+        let err = connect_with(&path, Peer::SameUser, Some(wrong_pin))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, ConnectError::Tls { reason, .. } if reason.contains("not the one it announced")),
+            "{err}"
+        );
+
+        // A client without TLS: refused, named as such.
+        let plain = connect(&path, Peer::SameUser).await;
+        let failed = match plain {
+            Ok(channel) => check_health(channel).await.is_err(),
+            Err(_) => true,
+        };
+        assert!(failed, "a plain client got through a TLS listener");
+        eventually_refused(&refusals, "does not speak TLS").await;
+        task.abort();
+    }
+
+    #[tokio::test]
+    async fn a_tls_client_says_when_the_server_does_not_speak_tls() {
+        let dir = tempfile::tempdir().unwrap();
+        let (host, plugin, _) = identities();
+        let (path, _, task) = serve_health(dir.path(), None);
+        let dialing = MutualTls::new(&host, plugin.certificate().clone()).unwrap();
+        let err = connect_with(&path, Peer::SameUser, Some(dialing))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, ConnectError::Tls { reason, .. } if reason.contains("does not speak TLS")),
+            "{err}"
+        );
+        task.abort();
+    }
+
+    /// Waits (generously) for a refusal whose reason contains `needle`.
+    async fn eventually_refused(refusals: &Mutex<Vec<Refusal>>, needle: &str) {
+        for _ in 0..400 {
+            if refusals
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|refusal| refusal.reason.contains(needle))
+            {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!(
+            "no refusal saying {needle:?}; refusals: {:?}",
+            refusals.lock().unwrap()
+        );
     }
 }
