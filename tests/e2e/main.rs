@@ -5,6 +5,7 @@
     reason = "tests: they open sockets directly to play the other side"
 )]
 
+mod automtls;
 mod cli;
 mod corpus_rows;
 mod demo;

@@ -5,7 +5,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use futures_util::{Stream, StreamExt};
@@ -22,6 +22,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::error::BrokerError;
 use crate::serve::Served;
+use tether_transport::tls::MutualTls;
 use tether_transport::{Listener, Peer};
 
 /// go-plugin's dial timeout, and how long it keeps an unclaimed connection info.
@@ -43,6 +44,7 @@ pub struct BrokerConfig {
     confine_dialed: bool,
     dial_timeout: Duration,
     unclaimed_ttl: Duration,
+    tls: Option<MutualTls>,
 }
 
 impl BrokerConfig {
@@ -57,7 +59,16 @@ impl BrokerConfig {
             confine_dialed: false,
             dial_timeout: DEFAULT_TIMEOUT,
             unclaimed_ttl: DEFAULT_TIMEOUT,
+            tls: None,
         }
+    }
+
+    /// Speaks TLS on every brokered connection, accepted and dialed (go-plugin's AutoMTLS):
+    /// the other side must present the certificate `tls` pins. Also settable later, once,
+    /// with [`Broker::use_tls`].
+    pub fn tls(mut self, tls: MutualTls) -> Self {
+        self.tls = Some(tls);
+        self
     }
 
     /// Dial only addresses directly inside the socket directory (the host's rule for the
@@ -99,6 +110,8 @@ struct Shared {
     unsent: Mutex<Option<mpsc::Receiver<ConnInfo>>>,
     pending: Mutex<Pending>,
     closed: CancellationToken,
+    /// TLS for brokered connections, from the config or set once later.
+    tls: OnceLock<MutualTls>,
 }
 
 /// Connection infos that arrived before anyone dialed them, and dials waiting for theirs.
@@ -122,6 +135,10 @@ impl Broker {
     /// opens are queued.
     pub fn new(config: BrokerConfig) -> Self {
         let (outgoing, unsent) = mpsc::channel(OUTGOING_QUEUE);
+        let tls = OnceLock::new();
+        if let Some(config_tls) = &config.tls {
+            let _ = tls.set(config_tls.clone());
+        }
         Broker {
             shared: Arc::new(Shared {
                 config,
@@ -130,6 +147,7 @@ impl Broker {
                 unsent: Mutex::new(Some(unsent)),
                 pending: Mutex::default(),
                 closed: CancellationToken::new(),
+                tls,
             }),
         }
     }
@@ -177,6 +195,18 @@ impl Broker {
         })
     }
 
+    /// Speaks TLS on every brokered connection from now on (a plugin learns the host's
+    /// certificate only when it starts serving). Returns `false`, changing nothing, if TLS
+    /// was already set.
+    pub fn use_tls(&self, tls: MutualTls) -> bool {
+        self.shared.tls.set(tls).is_ok()
+    }
+
+    /// Whether brokered connections speak TLS.
+    pub fn uses_tls(&self) -> bool {
+        self.shared.tls.get().is_some()
+    }
+
     /// The next unused broker id, counting from 1.
     pub fn next_id(&self) -> u32 {
         self.shared.next_id.fetch_add(1, Ordering::Relaxed)
@@ -206,6 +236,10 @@ impl Broker {
             socket_dir: config.socket_dir.clone(),
             source,
         })?;
+        let listener = match self.shared.tls.get() {
+            Some(tls) => listener.tls(tls.clone()),
+            None => listener,
+        };
         let info = ConnInfo {
             service_id: id,
             network: "unix".to_owned(),
@@ -405,7 +439,8 @@ impl Broker {
         let config = &self.shared.config;
         let peer = || self.peer_name().to_owned();
         let path = self.check_offer(id, info)?;
-        let channel = tether_transport::connect(&path, config.peer.clone())
+        let tls = self.shared.tls.get().cloned();
+        let channel = tether_transport::connect_with(&path, config.peer.clone(), tls)
             .await
             .map_err(|source| BrokerError::Connect {
                 peer: peer(),

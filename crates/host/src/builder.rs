@@ -41,6 +41,7 @@ pub struct PluginBuilder {
     socket_base: Option<PathBuf>,
     broker_timeout: Duration,
     sandbox: Sandbox,
+    auto_mtls: bool,
 }
 
 impl PluginBuilder {
@@ -62,6 +63,7 @@ impl PluginBuilder {
             socket_base: None,
             broker_timeout: tether_broker::DEFAULT_TIMEOUT,
             sandbox: Sandbox::default(),
+            auto_mtls: false,
         }
     }
 
@@ -157,6 +159,17 @@ impl PluginBuilder {
         self
     }
 
+    /// go-plugin's AutoMTLS (default off, as in go-plugin; Terraform turns it on): the host
+    /// makes a throwaway certificate and passes it in `PLUGIN_CLIENT_CERT`, the plugin
+    /// answers with its own in the handshake, and every connection between them, the main
+    /// one and brokered ones both ways, is TLS that requires exactly those two certificates.
+    /// A plugin that answers without a certificate does not start
+    /// ([`Error::AutoMtls`]). Peer credentials are checked as without TLS.
+    pub fn auto_mtls(mut self, on: bool) -> Self {
+        self.auto_mtls = on;
+        self
+    }
+
     /// Where private socket directories are created (default: the system temp dir).
     pub fn socket_base_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.socket_base = Some(dir.into());
@@ -212,6 +225,15 @@ impl PluginBuilder {
         let sandbox_status = sandbox.status().clone();
         log_sandbox(&name, &sandbox_status);
 
+        let identity = match self.auto_mtls {
+            true => Some(
+                tether_transport::tls::Identity::generate().map_err(|err| Error::AutoMtls {
+                    plugin: name.clone(),
+                    reason: err.to_string(),
+                })?,
+            ),
+            false => None,
+        };
         let mut command = std::process::Command::new(&program);
         command
             .args(&self.args)
@@ -227,6 +249,9 @@ impl PluginBuilder {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        if let Some(identity) = &identity {
+            command.env(env::CLIENT_CERT, identity.certificate_pem());
+        }
         let mut child = spawn::spawn(command, sandbox)
             .await
             .map_err(|source| Error::Spawn {
@@ -273,17 +298,20 @@ impl PluginBuilder {
                 });
             }
         };
-        let channel = transport::connect(&name, &address, pid).await?;
+        let tls = handshake::mutual_tls(&name, identity.as_ref(), handshake.server_cert.as_deref())?;
+        let channel = transport::connect(&name, &address, pid, tls.clone()).await?;
         let limit = self.max_message_size;
 
         // The broker and stdio streams are opened in the background: a Go plugin sends no
         // response headers on them until it has something to send.
-        let broker = Broker::new(
-            BrokerConfig::new(name.as_str(), &dir, Peer::Process(pid))
-                .confine_dialed_addresses(true)
-                .dial_timeout(self.broker_timeout)
-                .unclaimed_ttl(self.broker_timeout),
-        );
+        let mut broker_config = BrokerConfig::new(name.as_str(), &dir, Peer::Process(pid))
+            .confine_dialed_addresses(true)
+            .dial_timeout(self.broker_timeout)
+            .unclaimed_ttl(self.broker_timeout);
+        if let Some(tls) = tls {
+            broker_config = broker_config.tls(tls);
+        }
+        let broker = Broker::new(broker_config);
         process.keep(broker.start_stream(channel.clone(), limit));
         let stdio_client = GrpcStdioClient::new(channel.clone())
             .max_decoding_message_size(limit)

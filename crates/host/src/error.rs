@@ -111,6 +111,15 @@ pub enum Error {
         /// What the plugin serves, when it said so on stderr (tether plugins do).
         plugin_serves: Option<Vec<u32>>,
     },
+    /// AutoMTLS could not be set up with the plugin, or the plugin's TLS failed: it did not
+    /// answer with a certificate, answered with one unasked, or presented another.
+    #[error("plugin `{plugin}`: AutoMTLS failed: {reason}")]
+    AutoMtls {
+        /// The plugin's name.
+        plugin: String,
+        /// What went wrong, in words.
+        reason: String,
+    },
     /// The plugin named a network this host did not offer.
     #[error(
         "plugin `{plugin}` asked the host to connect to {network} address {address:?}, but this \

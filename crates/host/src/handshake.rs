@@ -7,6 +7,8 @@ use tether_protocol::{CORE_PROTOCOL_VERSION, Handshake, MAX_HANDSHAKE_LINE, Prot
 use tokio::io::{AsyncRead, BufReader};
 use tokio::time::{Instant, timeout_at};
 
+use tether_transport::tls::{self, Identity, MutualTls};
+
 use crate::error::Error;
 use crate::lines::{self, Read, excerpt};
 use crate::logs;
@@ -99,4 +101,40 @@ pub(crate) async fn read(
         });
     }
     Ok(handshake)
+}
+
+/// The TLS of the connections to a plugin: none without AutoMTLS; with it, the plugin must
+/// have answered with its certificate in field 6 (go-plugin reads that field only beyond 50
+/// characters, and so does this).
+pub(crate) fn mutual_tls(
+    plugin: &str,
+    identity: Option<&Identity>,
+    server_cert: Option<&str>,
+) -> Result<Option<MutualTls>, Error> {
+    let failed = |reason: String| Error::AutoMtls {
+        plugin: plugin.to_owned(),
+        reason,
+    };
+    let server_cert = server_cert.filter(|field| field.len() > 50);
+    match (identity, server_cert) {
+        (None, None) => Ok(None),
+        (None, Some(_)) => Err(failed(
+            "the plugin answered with a certificate (handshake field 6), but this host did not \
+             ask for AutoMTLS; turn it on with `PluginBuilder::auto_mtls(true)`"
+                .to_owned(),
+        )),
+        (Some(_), None) => Err(failed(
+            "the host asked for AutoMTLS (PLUGIN_CLIENT_CERT) but the plugin answered without a \
+             certificate (handshake field 6 is empty): it does not speak AutoMTLS (go-plugin \
+             plugins do from v1.2); turn AutoMTLS off for this plugin, or upgrade it"
+                .to_owned(),
+        )),
+        (Some(identity), Some(field)) => {
+            let certificate = tls::certificate_from_handshake(field)
+                .map_err(|err| failed(err.to_string()))?;
+            MutualTls::new(identity, certificate)
+                .map(Some)
+                .map_err(|err| failed(err.to_string()))
+        }
+    }
 }

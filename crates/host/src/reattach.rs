@@ -37,9 +37,19 @@ impl PluginClient {
     /// Fails with [`Error::Reattach`] when the process's start time cannot be read (from
     /// `/proc/<pid>/stat`): the plugin has exited, or `/proc` is not mounted. Without it a
     /// reused pid could not be told from the plugin, and [`PluginClient::reattach`]
-    /// would refuse the config anyway.
+    /// would refuse the config anyway. Fails the same way for a plugin started with
+    /// AutoMTLS: its connections need certificates that a reattach config does not carry
+    /// (go-plugin's has none either).
     pub fn reattach_config(&self) -> Result<ReattachConfig, Error> {
         let pid = self.pid();
+        if self.broker().is_some_and(|broker| broker.uses_tls()) {
+            return Err(Error::Reattach {
+                plugin: self.name().to_owned(),
+                reason: "it was started with AutoMTLS, and a reattach config carries no \
+                         certificates; start it without AutoMTLS to reattach to it"
+                    .to_owned(),
+            });
+        }
         let start_time = spawn::process_start_time(pid).ok_or_else(|| Error::Reattach {
             plugin: self.name().to_owned(),
             reason: format!(
@@ -87,7 +97,7 @@ impl PluginClient {
             })?;
         // The start time is only as fine as a clock tick: the process must also serve the
         // plugin's socket (its credentials are checked at every connection).
-        let channel = transport::connect(&name, &config.address, config.pid)
+        let channel = transport::connect(&name, &config.address, config.pid, None)
             .await
             .map_err(|err| Error::Reattach {
                 plugin: name.clone(),

@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use tether_transport::tls::MutualTls;
 use tether_transport::{ConnectError, Peer};
 use tonic::transport::Channel;
 
@@ -27,13 +28,15 @@ pub(crate) fn check_address(plugin: &str, address: &str, dir: &Path) -> Result<P
 }
 
 /// A gRPC channel to the plugin's socket. Every connection the channel makes (the first,
-/// and any reconnection) is checked to be served by `expected_pid`.
+/// and any reconnection) is checked to be served by `expected_pid`, and speaks TLS when
+/// `tls` is given (AutoMTLS).
 pub(crate) async fn connect(
     plugin: &str,
     path: &Path,
     expected_pid: u32,
+    tls: Option<MutualTls>,
 ) -> Result<Channel, Error> {
-    tether_transport::connect(path, Peer::Process(expected_pid))
+    tether_transport::connect_with(path, Peer::Process(expected_pid), tls)
         .await
         .map_err(|err| match err {
             ConnectError::WrongPeer { address, found, .. } => Error::SocketNotOwnedByPlugin {
@@ -41,6 +44,10 @@ pub(crate) async fn connect(
                 address,
                 expected_pid,
                 peer_pid: found.pid,
+            },
+            ConnectError::Tls { reason, .. } => Error::AutoMtls {
+                plugin: plugin.to_owned(),
+                reason,
             },
             other => Error::Connect {
                 plugin: plugin.to_owned(),

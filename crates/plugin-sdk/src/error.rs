@@ -50,6 +50,14 @@ pub enum ServeError {
         #[source]
         source: io::Error,
     },
+    /// The host asked for AutoMTLS (`PLUGIN_CLIENT_CERT`) and it could not be set up: its
+    /// certificate is not a PEM certificate, or ours could not be made.
+    #[error("AutoMTLS: {source}")]
+    AutoMtls {
+        /// What went wrong.
+        #[source]
+        source: tether_transport::tls::TlsError,
+    },
     /// Redirecting stdout and stderr failed.
     #[error("could not redirect stdout and stderr to the host's stdio stream: {source}")]
     Stdio {

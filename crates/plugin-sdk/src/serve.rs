@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use tether_broker::{Broker, BrokerConfig, Peer};
+use tether_transport::tls::{self, Identity, MutualTls};
 use tether_protocol::admission::admission_server::AdmissionServer;
 use tether_protocol::hostconn::acceptor_server::AcceptorServer;
 use tether_protocol::plugin::grpc_controller_server::GrpcControllerServer;
@@ -298,6 +299,16 @@ impl<H> Plugin<H> {
             source,
         })?;
         let socket_path = listener.path().to_owned();
+        // AutoMTLS, when the host asks for it: every connection, the main one and brokered
+        // ones both ways, is TLS with the host's certificate and ours, required both ways.
+        let identity = auto_mtls()?;
+        let listener = match &identity {
+            Some((_, tls)) => {
+                self.broker.use_tls(tls.clone());
+                listener.tls(tls.clone())
+            }
+            None => listener,
+        };
 
         let capture = stdio::capture().map_err(|source| ServeError::Stdio { source })?;
         if let Some(level) = self.log_level {
@@ -332,7 +343,8 @@ impl<H> Plugin<H> {
 
         let shutdown = CancellationToken::new();
         watch_signals(&shutdown)?;
-        write_handshake(capture.real_stdout, version, &socket_path)?;
+        let certificate = identity.map(|(identity, _)| identity.handshake_field());
+        write_handshake(capture.real_stdout, version, &socket_path, certificate)?;
         tracing::debug!(version, socket = %socket_path.display(), "plugin serving");
 
         let (health, health_service) = tonic_health::server::health_reporter();
@@ -450,6 +462,7 @@ fn write_handshake(
     mut stdout: std::fs::File,
     version: u32,
     socket: &Path,
+    certificate: Option<String>,
 ) -> Result<(), ServeError> {
     let line = Handshake {
         core_version: CORE_PROTOCOL_VERSION,
@@ -457,7 +470,7 @@ fn write_handshake(
         network: Network::Unix,
         address: socket.display().to_string(),
         protocol: Protocol::Grpc,
-        server_cert: None,
+        server_cert: certificate,
         multiplex: false,
     };
     // One write, so the host never sees half a line; then the real stdout is closed.
@@ -465,6 +478,24 @@ fn write_handshake(
         .write_all(format!("{line}\n").as_bytes())
         .and_then(|()| stdout.flush())
         .map_err(|source| ServeError::Handshake { source })
+}
+
+/// Our certificate and the TLS to speak, when the host passed its certificate in
+/// `PLUGIN_CLIENT_CERT` (AutoMTLS); `None` when it did not (an empty value counts as not).
+fn auto_mtls() -> Result<Option<(Identity, MutualTls)>, ServeError> {
+    let host_pem = match std::env::var(env::CLIENT_CERT) {
+        Ok(pem) if !pem.trim().is_empty() => pem,
+        _ => return Ok(None),
+    };
+    let setup = || {
+        let host = tls::certificate_from_pem(&host_pem)?;
+        let identity = Identity::generate()?;
+        let mutual = MutualTls::new(&identity, host)?;
+        Ok((identity, mutual))
+    };
+    setup()
+        .map(Some)
+        .map_err(|source| ServeError::AutoMtls { source })
 }
 
 /// The directory the socket lives in: the host's (`PLUGIN_UNIX_SOCKET_DIR`), or a private

@@ -11,6 +11,8 @@ use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use tether_transport::{Listener, Peer, tls};
+
 fn socket_dir() -> PathBuf {
     std::env::var_os("PLUGIN_UNIX_SOCKET_DIR")
         .map(PathBuf::from)
@@ -27,6 +29,33 @@ fn sleep_forever() -> ! {
     loop {
         std::thread::sleep(Duration::from_secs(3600));
     }
+}
+
+/// Announces one certificate and serves TLS with another.
+fn wrong_cert(dir: &std::path::Path) -> ! {
+    use futures_util::StreamExt;
+    let host_pem = std::env::var("PLUGIN_CLIENT_CERT").expect("the host asks for AutoMTLS");
+    let host = tls::certificate_from_pem(&host_pem).expect("the host's certificate");
+    let announced = tls::Identity::generate().expect("certificate");
+    let served = tls::Identity::generate().expect("certificate");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let mut listener = Listener::bind(dir, "wrong-", Peer::SameUser, "host".into())
+            .expect("bind")
+            .tls(tls::MutualTls::new(&served, host).expect("tls"));
+        say(&format!(
+            "1|1|unix|{}|grpc|{}\n",
+            listener.path().display(),
+            announced.handshake_field()
+        ));
+        while let Some(conn) = listener.next().await {
+            drop(conn);
+        }
+    });
+    sleep_forever();
 }
 
 fn main() {
@@ -69,6 +98,22 @@ fn main() {
             }
             say(&format!("1|1|unix|{}|grpc|\n", path.display()));
         }
+        "no-cert" => {
+            // A plugin that ignores `PLUGIN_CLIENT_CERT`: it serves without TLS.
+            let _listener = UnixListener::bind(dir.join("bad.sock")).expect("bind");
+            say(&format!("1|1|unix|{sock}|grpc|\n"));
+            sleep_forever();
+        }
+        "unasked-cert" => {
+            let _listener = UnixListener::bind(dir.join("bad.sock")).expect("bind");
+            let identity = tls::Identity::generate().expect("certificate");
+            say(&format!(
+                "1|1|unix|{sock}|grpc|{}\n",
+                identity.handshake_field()
+            ));
+            sleep_forever();
+        }
+        "wrong-cert" => wrong_cert(&dir),
         "listen" => {
             let listener = UnixListener::bind(&args[1]).expect("bind");
             for stream in listener.incoming() {

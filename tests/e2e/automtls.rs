@@ -1,0 +1,97 @@
+//! AutoMTLS between a tether host and tether plugins: the main connection and brokered
+//! connections both ways over TLS with the two throwaway certificates, and each way it can
+//! fail refused with an error that says which.
+
+use std::time::Duration;
+
+use tether_host::{Error, PluginClient};
+use tether_hostconn::Outcome;
+use tether_hostserve::Limits;
+use tether_test_contract::testing::testing_client::TestingClient;
+use tether_test_contract::testing::HostOpRequest;
+
+use crate::hostserve::Fixture;
+use crate::support::{BAD_PLUGIN, test_plugin};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_and_host_services_run_over_mutual_tls() {
+    let fixture = Fixture::new(Limits::default());
+    fixture.grant("mtls", &["read:config/**"]);
+    let plugin = test_plugin("mtls")
+        .arg("--host-files")
+        .auto_mtls(true)
+        .start()
+        .await
+        .expect("a tether plugin speaks AutoMTLS");
+    assert!(
+        plugin.broker().is_some_and(|broker| broker.uses_tls()),
+        "brokered connections should speak TLS too"
+    );
+    // Host services: the plugin dials the host's endpoint through the broker, over TLS.
+    let connection = match fixture.services.connect(&plugin).await.expect("host services") {
+        Outcome::Connected(connection) => connection,
+        Outcome::NotRequested => panic!("the test plugin did not request host services"),
+    };
+    let response = TestingClient::new(plugin.channel())
+        .host_op(HostOpRequest {
+            op: "read_file".into(),
+            path: b"config/a.txt".to_vec(),
+            data: Vec::new(),
+            size: 0,
+        })
+        .await
+        .expect("the plugin answers over TLS")
+        .into_inner();
+    assert_eq!(response.outcome, "ok", "{response:?}");
+    assert_eq!(response.data, b"config a");
+    let records = fixture.audit_records(1).await;
+    assert!(
+        records
+            .iter()
+            .any(|record| record["plugin"] == "mtls" && record["decision"] == "allowed"),
+        "{records:?}"
+    );
+    // A reattach config carries no certificates: refused, saying why.
+    let err = plugin.reattach_config().unwrap_err();
+    assert!(err.to_string().contains("AutoMTLS"), "{err}");
+    drop(connection);
+    plugin.shutdown().await.expect("a clean stop over TLS");
+}
+
+async fn start_bad(mode: &str, auto_mtls: bool) -> Error {
+    PluginClient::builder(format!("bad-{mode}"), BAD_PLUGIN)
+        .arg(mode)
+        .auto_mtls(auto_mtls)
+        .start_timeout(Duration::from_secs(60))
+        .start()
+        .await
+        .expect_err("the plugin must not start")
+}
+
+#[tokio::test]
+async fn a_plugin_without_tls_is_refused_when_the_host_asks_for_it() {
+    let err = start_bad("no-cert", true).await;
+    assert!(matches!(err, Error::AutoMtls { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.contains("answered without a certificate") && text.contains("bad-no-cert"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_certificate_the_host_did_not_ask_for_is_refused() {
+    let err = start_bad("unasked-cert", false).await;
+    assert!(matches!(err, Error::AutoMtls { .. }), "{err:?}");
+    assert!(err.to_string().contains("did not ask for AutoMTLS"), "{err}");
+}
+
+#[tokio::test]
+async fn a_plugin_serving_another_certificate_than_it_announced_is_refused() {
+    let err = start_bad("wrong-cert", true).await;
+    assert!(matches!(err, Error::AutoMtls { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains("not the one it announced"),
+        "{err}"
+    );
+}
