@@ -7,8 +7,8 @@ use std::time::Duration;
 use tether_host::{Error, PluginClient};
 use tether_hostconn::Outcome;
 use tether_hostserve::Limits;
-use tether_test_contract::testing::testing_client::TestingClient;
 use tether_test_contract::testing::HostOpRequest;
+use tether_test_contract::testing::testing_client::TestingClient;
 
 use crate::hostserve::Fixture;
 use crate::support::{BAD_PLUGIN, test_plugin};
@@ -28,7 +28,12 @@ async fn calls_and_host_services_run_over_mutual_tls() {
         "brokered connections should speak TLS too"
     );
     // Host services: the plugin dials the host's endpoint through the broker, over TLS.
-    let connection = match fixture.services.connect(&plugin).await.expect("host services") {
+    let connection = match fixture
+        .services
+        .connect(&plugin)
+        .await
+        .expect("host services")
+    {
         Outcome::Connected(connection) => connection,
         Outcome::NotRequested => panic!("the test plugin did not request host services"),
     };
@@ -83,7 +88,10 @@ async fn a_plugin_without_tls_is_refused_when_the_host_asks_for_it() {
 async fn a_certificate_the_host_did_not_ask_for_is_refused() {
     let err = start_bad("unasked-cert", false).await;
     assert!(matches!(err, Error::AutoMtls { .. }), "{err:?}");
-    assert!(err.to_string().contains("did not ask for AutoMTLS"), "{err}");
+    assert!(
+        err.to_string().contains("did not ask for AutoMTLS"),
+        "{err}"
+    );
 }
 
 #[tokio::test]

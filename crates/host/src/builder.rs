@@ -226,12 +226,12 @@ impl PluginBuilder {
         log_sandbox(&name, &sandbox_status);
 
         let identity = match self.auto_mtls {
-            true => Some(
-                tether_transport::tls::Identity::generate().map_err(|err| Error::AutoMtls {
+            true => Some(tether_transport::tls::Identity::generate().map_err(|err| {
+                Error::AutoMtls {
                     plugin: name.clone(),
                     reason: err.to_string(),
-                })?,
-            ),
+                }
+            })?),
             false => None,
         };
         let mut command = std::process::Command::new(&program);
@@ -298,7 +298,8 @@ impl PluginBuilder {
                 });
             }
         };
-        let tls = handshake::mutual_tls(&name, identity.as_ref(), handshake.server_cert.as_deref())?;
+        let tls =
+            handshake::mutual_tls(&name, identity.as_ref(), handshake.server_cert.as_deref())?;
         let channel = transport::connect(&name, &address, pid, tls.clone()).await?;
         let limit = self.max_message_size;
 

@@ -130,8 +130,8 @@ pub(crate) fn mutual_tls(
                 .to_owned(),
         )),
         (Some(identity), Some(field)) => {
-            let certificate = tls::certificate_from_handshake(field)
-                .map_err(|err| failed(err.to_string()))?;
+            let certificate =
+                tls::certificate_from_handshake(field).map_err(|err| failed(err.to_string()))?;
             MutualTls::new(identity, certificate)
                 .map(Some)
                 .map_err(|err| failed(err.to_string()))

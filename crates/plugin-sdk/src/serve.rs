@@ -10,7 +10,6 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use tether_broker::{Broker, BrokerConfig, Peer};
-use tether_transport::tls::{self, Identity, MutualTls};
 use tether_protocol::admission::admission_server::AdmissionServer;
 use tether_protocol::hostconn::acceptor_server::AcceptorServer;
 use tether_protocol::plugin::grpc_controller_server::GrpcControllerServer;
@@ -19,6 +18,7 @@ use tether_protocol::{
     CORE_PROTOCOL_VERSION, DEFAULT_MAX_MESSAGE_SIZE, HEALTH_SERVICE, Handshake, HandshakeConfig,
     Network, Protocol, env, format_versions, negotiate, parse_versions,
 };
+use tether_transport::tls::{self, Identity, MutualTls};
 use tether_transport::{Listener, PeerSet};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;

@@ -13,7 +13,10 @@
 //!   directory;
 //! - [`tls`] is go-plugin's AutoMTLS: throwaway certificates ([`tls::Identity`]) and TLS
 //!   that pins the peer's exact certificate, required both ways ([`tls::MutualTls`]), which
-//!   [`Listener::tls`] and [`connect_with`] speak on every connection.
+//!   [`Listener::tls`] and [`connect_with`] speak on every connection;
+//! - [`mux`] is go-plugin's multiplexing: yamux on the main connection
+//!   ([`connect_multiplexed`], [`mux::Session`]), its streams served by
+//!   [`Listener::over_streams`] and dialed by [`channel_over`].
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -44,6 +47,8 @@ compile_error!(
 
 #[cfg(unix)]
 mod dir;
+#[cfg(unix)]
+pub mod mux;
 pub mod tls;
 #[cfg(unix)]
 mod unix;
@@ -53,5 +58,5 @@ pub use dir::socket_dir;
 #[cfg(unix)]
 pub use unix::{
     Conn, ConnectError, ConnectionCounts, Listener, Peer, PeerCredentials, PeerSet, Refusal,
-    RefusalHook, address_in_dir, connect, connect_with,
+    RefusalHook, address_in_dir, channel_over, connect, connect_multiplexed, connect_with,
 };

@@ -4,6 +4,7 @@
 //! check that an address lies directly in a socket directory ([`address_in_dir`]).
 
 use std::fmt;
+use std::future::Future;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -21,16 +22,82 @@ use tokio::net::{UnixListener, UnixStream};
 use tonic::transport::server::Connected;
 use tonic::transport::{Channel, Endpoint, Uri};
 
+use crate::mux::{self, MuxStream, Session};
 use crate::tls::{self, MutualTls};
 
 /// How long a peer that connected has to complete the TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// What a connection runs on: a socket of its own, or a stream of a multiplexed one.
+#[derive(Debug)]
+enum Raw {
+    Unix(UnixStream),
+    Mux(MuxStream),
+}
+
 /// A connection's byte stream: plain, or TLS when AutoMTLS is on.
 #[derive(Debug)]
 enum Io {
-    Plain(UnixStream),
-    Tls(Box<tokio_rustls::TlsStream<UnixStream>>),
+    Plain(Raw),
+    Tls(Box<tokio_rustls::TlsStream<Raw>>),
+}
+
+impl AsyncRead for Raw {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Raw::Unix(stream) => Pin::new(stream).poll_read(cx, buf),
+            Raw::Mux(stream) => Pin::new(stream).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Raw {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Raw::Unix(stream) => Pin::new(stream).poll_write(cx, buf),
+            Raw::Mux(stream) => Pin::new(stream).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Raw::Unix(stream) => Pin::new(stream).poll_flush(cx),
+            Raw::Mux(stream) => Pin::new(stream).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Raw::Unix(stream) => Pin::new(stream).poll_shutdown(cx),
+            Raw::Mux(stream) => Pin::new(stream).poll_shutdown(cx),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Raw::Unix(stream) => Pin::new(stream).poll_write_vectored(cx, bufs),
+            Raw::Mux(stream) => Pin::new(stream).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Raw::Unix(stream) => stream.is_write_vectored(),
+            Raw::Mux(stream) => stream.is_write_vectored(),
+        }
+    }
 }
 
 impl AsyncRead for Io {
@@ -254,13 +321,8 @@ pub enum ConnectError {
     },
 }
 
-/// Connects to the socket at `path`, checks that `peer` serves it, and speaks TLS over it
-/// when `tls` is given.
-async fn connect_checked(
-    path: &Path,
-    peer: Peer,
-    tls: Option<&MutualTls>,
-) -> Result<Io, ConnectError> {
+/// Connects to the socket at `path` and checks that `peer` serves it.
+async fn socket_checked(path: &Path, peer: Peer) -> Result<UnixStream, ConnectError> {
     let address = || path.display().to_string();
     let stream = UnixStream::connect(path)
         .await
@@ -279,26 +341,98 @@ async fn connect_checked(
             found,
         });
     }
-    match tls {
-        None => Ok(Io::Plain(stream)),
-        Some(tls) => {
-            let handshake = tls.connector().connect(MutualTls::server_name(), stream);
-            let stream = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, handshake)
-                .await
-                .map_err(|_| ConnectError::Tls {
-                    address: address(),
-                    reason: format!(
-                        "the peer did not complete the TLS handshake within \
-                         {TLS_HANDSHAKE_TIMEOUT:?}: it does not speak TLS"
-                    ),
-                })?
-                .map_err(|err| ConnectError::Tls {
-                    address: address(),
-                    reason: tls::explain(&err),
-                })?;
-            Ok(Io::Tls(Box::new(stream.into())))
+    Ok(stream)
+}
+
+/// Speaks TLS over `raw` as the dialing side when `tls` is given.
+async fn secure(address: &str, raw: Raw, tls: Option<&MutualTls>) -> Result<Io, ConnectError> {
+    let Some(tls) = tls else {
+        return Ok(Io::Plain(raw));
+    };
+    let handshake = tls.connector().connect(MutualTls::server_name(), raw);
+    let stream = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, handshake)
+        .await
+        .map_err(|_| ConnectError::Tls {
+            address: address.to_owned(),
+            reason: format!(
+                "the peer did not complete the TLS handshake within \
+                 {TLS_HANDSHAKE_TIMEOUT:?}: it does not speak TLS"
+            ),
+        })?
+        .map_err(|err| ConnectError::Tls {
+            address: address.to_owned(),
+            reason: tls::explain(&err),
+        })?;
+    Ok(Io::Tls(Box::new(stream.into())))
+}
+
+/// Connects to the socket at `path`, checks that `peer` serves it, and speaks TLS over it
+/// when `tls` is given.
+async fn connect_checked(
+    path: &Path,
+    peer: Peer,
+    tls: Option<&MutualTls>,
+) -> Result<Io, ConnectError> {
+    let stream = socket_checked(path, peer).await?;
+    secure(&path.display().to_string(), Raw::Unix(stream), tls).await
+}
+
+/// Connects to the socket at `path`, checks that `peer` serves it, and runs yamux over it
+/// as the host (go-plugin's multiplexing): the session opens streams to the plugin, and the
+/// returned [`mux::Inbound`] yields the streams the plugin opens. `label` names the plugin
+/// in logs.
+pub async fn connect_multiplexed(
+    path: &Path,
+    peer: Peer,
+    label: &str,
+) -> Result<(Session, mux::Inbound), ConnectError> {
+    let stream = socket_checked(path, peer).await?;
+    Ok(Session::new(stream, mux::Role::Host, label))
+}
+
+/// A gRPC channel whose connections are streams from `open` (streams of a multiplexed
+/// connection), speaking TLS on each when `tls` is given. The first stream is opened before
+/// this returns, so a failure is an error here, not on the first call. `address` names the
+/// connection in errors.
+pub async fn channel_over<F, Fut>(
+    address: String,
+    open: F,
+    tls: Option<MutualTls>,
+) -> Result<Channel, ConnectError>
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = io::Result<MuxStream>> + Send + 'static,
+{
+    let stream = open().await.map_err(|source| ConnectError::Io {
+        address: address.clone(),
+        source,
+    })?;
+    let first = secure(&address, Raw::Mux(stream), tls.as_ref()).await?;
+    let first = Arc::new(Mutex::new(Some(first)));
+    let open = Arc::new(open);
+    let name = address.clone();
+    let connector = tower::service_fn(move |_: Uri| {
+        let first = first.lock().ok().and_then(|mut first| first.take());
+        let open = Arc::clone(&open);
+        let tls = tls.clone();
+        let name = name.clone();
+        async move {
+            let stream = match first {
+                Some(stream) => stream,
+                None => {
+                    let raw = Raw::Mux(open().await?);
+                    secure(&name, raw, tls.as_ref())
+                        .await
+                        .map_err(io::Error::other)?
+                }
+            };
+            Ok::<_, io::Error>(TokioIo::new(stream))
         }
-    }
+    });
+    Endpoint::from_static("http://tether.invalid")
+        .connect_with_connector(connector)
+        .await
+        .map_err(|source| ConnectError::Channel { address, source })
 }
 
 /// A gRPC channel to the socket at `path`. Every connection the channel makes (the first,
@@ -394,7 +528,7 @@ pub type RefusalHook = Arc<dyn Fn(&Refusal) + Send + Sync>;
 /// closed at once, logged with their pid, and passed to the [`RefusalHook`] if one is set.
 /// The socket file is removed when the listener is dropped.
 pub struct Listener {
-    socket: NamedTempFile<UnixListener>,
+    source: Source,
     peer: Peer,
     label: Arc<str>,
     counts: Arc<ConnectionCounts>,
@@ -403,13 +537,25 @@ pub struct Listener {
     handshakes: FuturesUnordered<Handshaking>,
 }
 
+/// Where a [`Listener`]'s connections come from.
+enum Source {
+    /// A socket of its own, removed when the listener is dropped.
+    Socket(NamedTempFile<UnixListener>),
+    /// Streams of a multiplexed connection, all from the process that made it.
+    Streams {
+        streams: mux::Inbound,
+        credentials: PeerCredentials,
+        name: PathBuf,
+    },
+}
+
 /// A connection from the expected peer, in its TLS handshake.
 type Handshaking = BoxFuture<'static, (PeerCredentials, Result<Io, String>)>;
 
 impl fmt::Debug for Listener {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Listener")
-            .field("socket", &self.socket.path())
+            .field("socket", &self.path())
             .field("peer", &self.peer)
             .field("label", &self.label)
             .field("counts", &self.counts)
@@ -429,7 +575,7 @@ impl Listener {
             .rand_bytes(8)
             .make_in(dir, |path| UnixListener::bind(path))?;
         Ok(Listener {
-            socket,
+            source: Source::Socket(socket),
             peer,
             label,
             counts: Arc::default(),
@@ -437,6 +583,32 @@ impl Listener {
             tls: None,
             handshakes: FuturesUnordered::new(),
         })
+    }
+
+    /// Takes the streams a multiplexed connection's other side opens as connections (from
+    /// the broker, once it routed them): all come from the process with `credentials`,
+    /// checked when the multiplexed connection was made. `name` stands for the socket path
+    /// in logs and refusals.
+    pub fn over_streams(
+        streams: mux::Inbound,
+        credentials: PeerCredentials,
+        name: impl Into<PathBuf>,
+        peer: Peer,
+        label: Arc<str>,
+    ) -> Self {
+        Listener {
+            source: Source::Streams {
+                streams,
+                credentials,
+                name: name.into(),
+            },
+            peer,
+            label,
+            counts: Arc::default(),
+            on_refused: None,
+            tls: None,
+            handshakes: FuturesUnordered::new(),
+        }
     }
 
     /// Speaks TLS on every accepted connection (AutoMTLS): the peer must present the
@@ -469,9 +641,12 @@ impl Listener {
         }
     }
 
-    /// The socket's path.
+    /// The socket's path (for a listener over streams, the name it was given).
     pub fn path(&self) -> &Path {
-        self.socket.path()
+        match &self.source {
+            Source::Socket(socket) => socket.path(),
+            Source::Streams { name, .. } => name,
+        }
     }
 
     /// Who may connect.
@@ -485,27 +660,53 @@ impl Listener {
         Arc::clone(&self.counts)
     }
 
-    /// Polls for the next connection from the expected peer, refusing all others.
-    fn poll_next_conn(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Conn>> {
+    /// Polls for the next connection from the expected peer, refusing all others; `None`
+    /// once a listener over streams has no more to give.
+    fn poll_next_conn(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Conn>>> {
         loop {
-            match self.socket.as_file().poll_accept(cx) {
-                Poll::Ready(Ok((stream, _))) => {
+            let mut exhausted = false;
+            let arrived = match &mut self.source {
+                Source::Socket(socket) => match socket.as_file().poll_accept(cx) {
+                    Poll::Ready(Ok((stream, _))) => Some(Arrived::Socket(stream)),
+                    Poll::Ready(Err(err)) => return Poll::Ready(Some(Err(err))),
+                    Poll::Pending => None,
+                },
+                Source::Streams {
+                    streams,
+                    credentials,
+                    ..
+                } => match streams.poll_recv(cx) {
+                    Poll::Ready(Some(stream)) => Some(Arrived::Stream(stream, *credentials)),
+                    Poll::Ready(None) => {
+                        exhausted = true;
+                        None
+                    }
+                    Poll::Pending => None,
+                },
+            };
+            match arrived {
+                Some(Arrived::Socket(stream)) => {
                     if let Some(conn) = self.check_peer(stream) {
-                        return Poll::Ready(Ok(conn));
+                        return Poll::Ready(Some(Ok(conn)));
                     }
                     continue;
                 }
-                Poll::Ready(Err(err)) => return Poll::Ready(Err(err)),
-                Poll::Pending => {}
+                Some(Arrived::Stream(stream, credentials)) => {
+                    if let Some(conn) = self.admit(Raw::Mux(stream), credentials) {
+                        return Poll::Ready(Some(Ok(conn)));
+                    }
+                    continue;
+                }
+                None => {}
             }
             match self.handshakes.poll_next_unpin(cx) {
                 Poll::Ready(Some((credentials, Ok(stream)))) => {
                     self.counts.accepted.fetch_add(1, Ordering::Relaxed);
-                    return Poll::Ready(Ok(Conn {
+                    return Poll::Ready(Some(Ok(Conn {
                         stream,
                         credentials,
                         info: credentials,
-                    }));
+                    })));
                 }
                 Poll::Ready(Some((credentials, Err(reason)))) => {
                     tracing::warn!(
@@ -520,6 +721,7 @@ impl Listener {
                         format!("refused a connection from {credentials}: {reason}"),
                     );
                 }
+                Poll::Ready(None) if exhausted => return Poll::Ready(None),
                 Poll::Ready(None) | Poll::Pending => return Poll::Pending,
             }
         }
@@ -565,17 +767,23 @@ impl Listener {
             );
             return None;
         }
+        self.admit(Raw::Unix(stream), credentials)
+    }
+
+    /// A connection from the expected peer: returned as it is, or with TLS on, handed to
+    /// its handshake.
+    fn admit(&mut self, raw: Raw, credentials: PeerCredentials) -> Option<Conn> {
         match &self.tls {
             None => {
                 self.counts.accepted.fetch_add(1, Ordering::Relaxed);
                 Some(Conn {
-                    stream: Io::Plain(stream),
+                    stream: Io::Plain(raw),
                     credentials,
                     info: credentials,
                 })
             }
             Some(tls) => {
-                let handshake = tls.acceptor().accept(stream);
+                let handshake = tls.acceptor().accept(raw);
                 self.handshakes.push(
                     async move {
                         let result =
@@ -597,11 +805,17 @@ impl Listener {
     }
 }
 
+/// What a listener's source gave.
+enum Arrived {
+    Socket(UnixStream),
+    Stream(MuxStream, PeerCredentials),
+}
+
 impl Stream for Listener {
     type Item = io::Result<Conn>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.get_mut().poll_next_conn(cx).map(Some)
+        self.get_mut().poll_next_conn(cx)
     }
 }
 
@@ -882,5 +1096,69 @@ mod tests {
             "no refusal saying {needle:?}; refusals: {:?}",
             refusals.lock().unwrap()
         );
+    }
+
+    #[tokio::test]
+    async fn grpc_runs_over_tls_on_multiplexed_streams_both_ways() {
+        let dir = tempfile::tempdir().unwrap();
+        let (host, plugin, _) = identities();
+        let plugin_tls = MutualTls::new(&plugin, host.certificate().clone()).unwrap();
+        let host_tls = MutualTls::new(&host, plugin.certificate().clone()).unwrap();
+        let mut socket = Listener::bind(dir.path(), "mux-", Peer::SameUser, "test".into()).unwrap();
+        let path = socket.path().to_owned();
+
+        // The plugin: yamux over the first connection, health served on its streams, and a
+        // stream of its own opened back to the host.
+        let plugin_side = tokio::spawn(async move {
+            let conn = socket.next().await.unwrap().unwrap();
+            let credentials = conn.credentials();
+            let (session, inbound) = Session::new(conn, mux::Role::Plugin, "host");
+            let listener = Listener::over_streams(
+                inbound,
+                credentials,
+                "yamux",
+                Peer::SameUser,
+                "host".into(),
+            )
+            .tls(plugin_tls.clone());
+            let (_, health) = tonic_health::server::health_reporter();
+            let serving = tokio::spawn(
+                tonic::transport::Server::builder()
+                    .add_service(health)
+                    .serve_with_incoming(listener),
+            );
+            let mut back = session.open().await.unwrap();
+            tokio::io::AsyncWriteExt::write_all(&mut back, b"hello host")
+                .await
+                .unwrap();
+            tokio::io::AsyncWriteExt::flush(&mut back).await.unwrap();
+            (session, serving, back)
+        });
+
+        let (session, mut inbound) = connect_multiplexed(&path, Peer::SameUser, "plugin")
+            .await
+            .unwrap();
+        let opener = session.clone();
+        let channel = channel_over(
+            "yamux".to_owned(),
+            move || {
+                let opener = opener.clone();
+                async move { opener.open().await }
+            },
+            Some(host_tls),
+        )
+        .await
+        .unwrap();
+        check_health(channel.clone()).await.unwrap();
+        check_health(channel).await.unwrap();
+
+        let mut from_plugin = inbound.recv().await.expect("the plugin's stream");
+        let mut greeting = [0u8; 10];
+        tokio::io::AsyncReadExt::read_exact(&mut from_plugin, &mut greeting)
+            .await
+            .unwrap();
+        assert_eq!(&greeting, b"hello host");
+        let (_plugin_session, serving, _back) = plugin_side.await.unwrap();
+        serving.abort();
     }
 }
