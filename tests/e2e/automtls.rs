@@ -57,7 +57,9 @@ async fn calls_and_host_services_run_over_mutual_tls() {
         "{records:?}"
     );
     // A reattach config carries no certificates: refused, saying why.
-    let err = plugin.reattach_config().unwrap_err();
+    let err = plugin
+        .reattach_config()
+        .expect_err("no reattach config for this plugin");
     assert!(err.to_string().contains("AutoMTLS"), "{err}");
     drop(connection);
     plugin.shutdown().await.expect("a clean stop over TLS");

@@ -19,6 +19,7 @@ mod hostserve;
 mod interop;
 mod lifecycle;
 mod metrics;
+mod multiplex;
 mod sandbox;
 mod supervision;
 mod support;

@@ -1,6 +1,6 @@
 //! [`Broker`]: one side of the shared `plugin.GRPCBroker/StartStream` stream.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use futures_util::{Stream, StreamExt};
 use tether_protocol::plugin::ConnInfo;
+use tether_protocol::plugin::conn_info::Knock;
 use tether_protocol::plugin::grpc_broker_client::GrpcBrokerClient;
 use tether_protocol::plugin::grpc_broker_server::{GrpcBroker, GrpcBrokerServer};
 use tokio::sync::{mpsc, oneshot};
@@ -22,8 +23,9 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::error::BrokerError;
 use crate::serve::Served;
+use tether_transport::mux::{self, MuxStream, Session};
 use tether_transport::tls::MutualTls;
-use tether_transport::{Listener, Peer};
+use tether_transport::{Listener, Peer, PeerCredentials};
 
 /// go-plugin's dial timeout, and how long it keeps an unclaimed connection info.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -112,6 +114,32 @@ struct Shared {
     closed: CancellationToken,
     /// TLS for brokered connections, from the config or set once later.
     tls: OnceLock<MutualTls>,
+    /// go-plugin's multiplexed mode, once set.
+    mux: OnceLock<Arc<Multiplexed>>,
+}
+
+/// go-plugin's multiplexed mode (1.6+): brokered connections are streams of the main
+/// connection, arranged by a knock on the broker stream instead of a connection info.
+struct Multiplexed {
+    session: Session,
+    /// The other side's, which every stream shares.
+    credentials: PeerCredentials,
+    routes: Mutex<MuxRoutes>,
+    /// Knocks this side sent, waiting for their acknowledgement.
+    acks: Mutex<HashMap<u32, oneshot::Sender<ConnInfo>>>,
+    /// One dial at a time: the other side hands its next stream to the id knocked last.
+    dialing: tokio::sync::Mutex<()>,
+}
+
+/// Where arriving streams go.
+#[derive(Default)]
+struct MuxRoutes {
+    /// The listener of each accepted id.
+    listeners: HashMap<u32, mpsc::UnboundedSender<MuxStream>>,
+    /// Ids knocked for and acknowledged, oldest first: each takes the next stream.
+    knocked: VecDeque<u32>,
+    /// Streams that arrive without a knock: the plugin's main server; none on the host.
+    main: Option<mpsc::UnboundedSender<MuxStream>>,
 }
 
 /// Connection infos that arrived before anyone dialed them, and dials waiting for theirs.
@@ -148,6 +176,7 @@ impl Broker {
                 pending: Mutex::default(),
                 closed: CancellationToken::new(),
                 tls,
+                mux: OnceLock::new(),
             }),
         }
     }
@@ -207,6 +236,52 @@ impl Broker {
         self.shared.tls.get().is_some()
     }
 
+    /// Switches to go-plugin's multiplexed mode (1.6+) on `session`, the main connection:
+    /// from now on [`Broker::accept`] listens for knocked streams and [`Broker::dial`] knocks
+    /// and opens a stream, instead of sockets and connection infos. `inbound` are the
+    /// streams the other side opens, all from the process with `credentials`; those that
+    /// arrive without a knock go to `main` (a plugin's main server), or are closed (a host
+    /// has none). Returns `false`, changing nothing, if the broker is already multiplexed.
+    pub fn multiplex(
+        &self,
+        session: Session,
+        mut inbound: mux::Inbound,
+        credentials: PeerCredentials,
+        main: Option<mpsc::UnboundedSender<MuxStream>>,
+    ) -> bool {
+        let mux = Arc::new(Multiplexed {
+            session,
+            credentials,
+            routes: Mutex::new(MuxRoutes {
+                main,
+                ..MuxRoutes::default()
+            }),
+            acks: Mutex::default(),
+            dialing: tokio::sync::Mutex::new(()),
+        });
+        if self.shared.mux.set(Arc::clone(&mux)).is_err() {
+            return false;
+        }
+        let peer = Arc::clone(&self.shared.config.peer_name);
+        let closed = self.shared.closed.clone();
+        tokio::spawn(async move {
+            loop {
+                let stream = tokio::select! {
+                    () = closed.cancelled() => return,
+                    stream = inbound.recv() => stream,
+                };
+                let Some(stream) = stream else { return };
+                mux.route(stream, &peer);
+            }
+        });
+        true
+    }
+
+    /// Whether brokered connections are streams of the main connection.
+    pub fn is_multiplexed(&self) -> bool {
+        self.shared.mux.get().is_some()
+    }
+
     /// The next unused broker id, counting from 1.
     pub fn next_id(&self) -> u32 {
         self.shared.next_id.fetch_add(1, Ordering::Relaxed)
@@ -222,6 +297,22 @@ impl Broker {
         };
         if self.is_closed() {
             return Err(closed());
+        }
+        if let Some(mux) = self.shared.mux.get() {
+            let (sender, streams) = mpsc::unbounded_channel();
+            lock(&mux.routes).listeners.insert(id, sender);
+            let listener = Listener::over_streams(
+                streams,
+                mux.credentials,
+                format!("multiplexed stream for broker id {id}"),
+                config.peer.clone(),
+                Arc::clone(&config.peer_name),
+            );
+            tracing::debug!(target: "tether::broker", plugin = %self.peer_name(), id, "accepting knocked streams");
+            return Ok(match self.shared.tls.get() {
+                Some(tls) => listener.tls(tls.clone()),
+                None => listener,
+            });
         }
         let prefix = format!("broker-{}-{id}-", std::process::id());
         let listener = Listener::bind(
@@ -271,6 +362,9 @@ impl Broker {
     /// own, with the same check, if the connection drops; dial once and reuse it.
     pub async fn dial(&self, id: u32) -> Result<Channel, BrokerError> {
         let peer = || self.peer_name().to_owned();
+        if self.shared.mux.get().is_some() {
+            return self.dial_multiplexed(id).await;
+        }
         let receiver = {
             let mut pending = self.pending();
             pending.purge(self.shared.config.unclaimed_ttl, self.peer_name());
@@ -379,9 +473,39 @@ impl Broker {
     /// Hands a received connection info to its waiting dial, or keeps it for a later one.
     pub(crate) fn receive(&self, info: ConnInfo) {
         let id = info.service_id;
-        if info.knock.is_some() {
-            // Knocks belong to go-plugin's multiplexed mode, which this broker never asks for.
-            tracing::debug!(target: "tether::broker", plugin = %self.peer_name(), id, "ignoring a multiplexing knock");
+        if let Some(knock) = &info.knock {
+            let Some(mux) = self.shared.mux.get() else {
+                tracing::debug!(target: "tether::broker", plugin = %self.peer_name(), id, "ignoring a multiplexing knock: this connection is not multiplexed");
+                return;
+            };
+            if knock.ack {
+                match lock(&mux.acks).remove(&id) {
+                    Some(waiter) => {
+                        let _ = waiter.send(info);
+                    }
+                    None => {
+                        tracing::debug!(target: "tether::broker", plugin = %self.peer_name(), id, "an acknowledgement of a knock nobody waits for")
+                    }
+                }
+            } else if knock.knock {
+                let error = mux.knocked(id);
+                if !error.is_empty() {
+                    tracing::warn!(target: "tether::broker", plugin = %self.peer_name(), id, "refused a knock: {error}");
+                }
+                let ack = ConnInfo {
+                    service_id: id,
+                    network: String::new(),
+                    address: String::new(),
+                    knock: Some(Knock {
+                        knock: true,
+                        ack: true,
+                        error,
+                    }),
+                };
+                if self.shared.outgoing.try_send(ack).is_err() {
+                    tracing::warn!(target: "tether::broker", plugin = %self.peer_name(), id, "could not acknowledge a knock: the broker stream is closed or full");
+                }
+            }
             return;
         }
         let mut pending = self.pending();
@@ -450,6 +574,147 @@ impl Broker {
         tracing::debug!(target: "tether::broker", plugin = %self.peer_name(), id, socket = %path.display(), "dialed");
         Ok(channel)
     }
+}
+
+impl Broker {
+    /// `dial` in multiplexed mode: a channel whose every connection is a knock for `id`,
+    /// its acknowledgement, and a new stream.
+    async fn dial_multiplexed(&self, id: u32) -> Result<Channel, BrokerError> {
+        let broker = self.clone();
+        let open = move || {
+            let broker = broker.clone();
+            async move {
+                broker
+                    .knock_and_open(id)
+                    .await
+                    .map_err(std::io::Error::other)
+            }
+        };
+        let tls = self.shared.tls.get().cloned();
+        let channel = tether_transport::channel_over(
+            format!("multiplexed stream for broker id {id}"),
+            open,
+            tls,
+        )
+        .await
+        .map_err(|source| BrokerError::Connect {
+            peer: self.peer_name().to_owned(),
+            id,
+            source,
+        })?;
+        tracing::debug!(target: "tether::broker", plugin = %self.peer_name(), id, "dialed a multiplexed stream");
+        Ok(channel)
+    }
+
+    /// Knocks for `id`, waits for the acknowledgement, and opens the stream the other side
+    /// then hands to `id`.
+    async fn knock_and_open(&self, id: u32) -> Result<MuxStream, BrokerError> {
+        let peer = || self.peer_name().to_owned();
+        let mux = self
+            .shared
+            .mux
+            .get()
+            .ok_or_else(|| BrokerError::Closed { peer: peer() })?;
+        let _one_at_a_time = mux.dialing.lock().await;
+        let (sender, acked) = oneshot::channel();
+        lock(&mux.acks).insert(id, sender);
+        let knock = ConnInfo {
+            service_id: id,
+            network: String::new(),
+            address: String::new(),
+            knock: Some(Knock {
+                knock: true,
+                ack: false,
+                error: String::new(),
+            }),
+        };
+        let timeout = self.shared.config.dial_timeout;
+        let acknowledged = tokio::select! {
+            biased;
+            () = self.shared.closed.cancelled() => Err(BrokerError::Closed { peer: peer() }),
+            acked = async {
+                self.shared.outgoing.send(knock).await.map_err(|_| BrokerError::Closed { peer: peer() })?;
+                tokio::time::timeout(timeout, acked).await.map_err(|_| BrokerError::Knock {
+                    peer: peer(),
+                    id,
+                    reason: format!("no acknowledgement within {timeout:?}"),
+                })?.map_err(|_| BrokerError::Closed { peer: peer() })
+            } => acked,
+        };
+        let acknowledged = match acknowledged {
+            Ok(info) => info,
+            Err(err) => {
+                lock(&mux.acks).remove(&id);
+                return Err(err);
+            }
+        };
+        let refused = acknowledged
+            .knock
+            .map(|knock| knock.error)
+            .filter(|error| !error.is_empty());
+        if let Some(reason) = refused {
+            return Err(BrokerError::Knock {
+                peer: peer(),
+                id,
+                reason,
+            });
+        }
+        mux.session
+            .open()
+            .await
+            .map_err(|source| BrokerError::Knock {
+                peer: peer(),
+                id,
+                reason: format!("the acknowledged stream could not be opened: {source}"),
+            })
+    }
+}
+
+impl Multiplexed {
+    /// A knock for `id` arrived: the next stream goes to its listener. Returns the error
+    /// to acknowledge it with: empty when there is a listener.
+    fn knocked(&self, id: u32) -> String {
+        let mut routes = lock(&self.routes);
+        match routes.listeners.get(&id) {
+            Some(listener) if !listener.is_closed() => {
+                routes.knocked.push_back(id);
+                String::new()
+            }
+            _ => format!("no listener for id {id}"),
+        }
+    }
+
+    /// Hands an arriving stream to the id knocked for first, or to the main server.
+    fn route(&self, stream: MuxStream, peer: &str) {
+        let mut routes = lock(&self.routes);
+        match routes.knocked.pop_front() {
+            Some(id) => {
+                let delivered = routes
+                    .listeners
+                    .get(&id)
+                    .is_some_and(|listener| listener.send(stream).is_ok());
+                if !delivered {
+                    routes.listeners.remove(&id);
+                    tracing::debug!(target: "tether::broker", plugin = %peer, id, "a knocked stream arrived after its listener closed");
+                }
+            }
+            None => match &routes.main {
+                Some(main) => {
+                    let _ = main.send(stream);
+                }
+                None => {
+                    tracing::warn!(target: "tether::broker", plugin = %peer, "closed a stream the other side opened without a knock")
+                }
+            },
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The locks are never held across a panic-prone call; recover the data if one was.
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The synchronous halves of `dial`, for tests and the fuzz targets (see `crate::fuzzing`).

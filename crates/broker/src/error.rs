@@ -62,6 +62,17 @@ pub enum BrokerError {
         /// Where brokered sockets must live.
         socket_dir: PathBuf,
     },
+    /// Multiplexed mode: the other side did not acknowledge the knock for `id`, or
+    /// acknowledged it with an error (it has no listener for that id).
+    #[error("broker ({peer}): the knock for id {id} failed: {reason}")]
+    Knock {
+        /// The other side.
+        peer: String,
+        /// The id.
+        id: u32,
+        /// What went wrong.
+        reason: String,
+    },
     /// Connecting to the offered socket failed, or somebody else serves it.
     #[error("broker ({peer}): dialing id {id}: {source}")]
     Connect {

@@ -42,6 +42,7 @@ pub struct PluginBuilder {
     broker_timeout: Duration,
     sandbox: Sandbox,
     auto_mtls: bool,
+    multiplex: bool,
 }
 
 impl PluginBuilder {
@@ -64,6 +65,7 @@ impl PluginBuilder {
             broker_timeout: tether_broker::DEFAULT_TIMEOUT,
             sandbox: Sandbox::default(),
             auto_mtls: false,
+            multiplex: false,
         }
     }
 
@@ -170,6 +172,16 @@ impl PluginBuilder {
         self
     }
 
+    /// go-plugin's multiplexing (go-plugin 1.6+; default off, as in go-plugin): the host
+    /// asks with `PLUGIN_MULTIPLEX_GRPC=true`, and if the plugin agrees (field 7 of its
+    /// handshake) the main connection carries yamux, and the main gRPC connection and every
+    /// brokered connection are streams on it: one socket in all. A plugin that does not
+    /// agree does not start ([`Error::Multiplex`]). Not with reattach.
+    pub fn multiplex(mut self, on: bool) -> Self {
+        self.multiplex = on;
+        self
+    }
+
     /// Where private socket directories are created (default: the system temp dir).
     pub fn socket_base_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.socket_base = Some(dir.into());
@@ -252,6 +264,9 @@ impl PluginBuilder {
         if let Some(identity) = &identity {
             command.env(env::CLIENT_CERT, identity.certificate_pem());
         }
+        if self.multiplex {
+            command.env(env::MULTIPLEX_GRPC, "true");
+        }
         let mut child = spawn::spawn(command, sandbox)
             .await
             .map_err(|source| Error::Spawn {
@@ -300,7 +315,18 @@ impl PluginBuilder {
         };
         let tls =
             handshake::mutual_tls(&name, identity.as_ref(), handshake.server_cert.as_deref())?;
-        let channel = transport::connect(&name, &address, pid, tls.clone()).await?;
+        handshake::check_multiplex(&name, self.multiplex, handshake.multiplex)?;
+        let (channel, multiplexed) = match self.multiplex {
+            false => (
+                transport::connect(&name, &address, pid, tls.clone()).await?,
+                None,
+            ),
+            true => {
+                let (channel, session) =
+                    transport::connect_multiplexed(&name, &address, pid, tls.clone()).await?;
+                (channel, Some(session))
+            }
+        };
         let limit = self.max_message_size;
 
         // The broker and stdio streams are opened in the background: a Go plugin sends no
@@ -313,6 +339,9 @@ impl PluginBuilder {
             broker_config = broker_config.tls(tls);
         }
         let broker = Broker::new(broker_config);
+        if let Some((session, inbound, credentials)) = multiplexed {
+            broker.multiplex(session, inbound, credentials, None);
+        }
         process.keep(broker.start_stream(channel.clone(), limit));
         let stdio_client = GrpcStdioClient::new(channel.clone())
             .max_decoding_message_size(limit)

@@ -120,6 +120,14 @@ pub enum Error {
         /// What went wrong, in words.
         reason: String,
     },
+    /// Multiplexing was asked for and not agreed to, or answered unasked.
+    #[error("plugin `{plugin}`: multiplexing failed: {reason}")]
+    Multiplex {
+        /// The plugin's name.
+        plugin: String,
+        /// What went wrong, in words.
+        reason: String,
+    },
     /// The plugin named a network this host did not offer.
     #[error(
         "plugin `{plugin}` asked the host to connect to {network} address {address:?}, but this \

@@ -138,3 +138,23 @@ pub(crate) fn mutual_tls(
         }
     }
 }
+
+/// Whether the plugin answered multiplexing (field 7) as the host asked.
+pub(crate) fn check_multiplex(plugin: &str, asked: bool, answered: bool) -> Result<(), Error> {
+    let failed = |reason: &str| Error::Multiplex {
+        plugin: plugin.to_owned(),
+        reason: reason.to_owned(),
+    };
+    match (asked, answered) {
+        (true, false) => Err(failed(
+            "the host asked for multiplexing (PLUGIN_MULTIPLEX_GRPC=true) but the plugin did not \
+             agree (no `true` in handshake field 7): it does not support multiplexing (go-plugin \
+             plugins do from v1.6); turn multiplexing off for this plugin, or upgrade it",
+        )),
+        (false, true) => Err(failed(
+            "the plugin answered multiplexing (handshake field 7) but this host did not ask for \
+             it; turn it on with `PluginBuilder::multiplex(true)`",
+        )),
+        _ => Ok(()),
+    }
+}

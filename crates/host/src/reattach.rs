@@ -39,7 +39,8 @@ impl PluginClient {
     /// reused pid could not be told from the plugin, and [`PluginClient::reattach`]
     /// would refuse the config anyway. Fails the same way for a plugin started with
     /// AutoMTLS: its connections need certificates that a reattach config does not carry
-    /// (go-plugin's has none either).
+    /// (go-plugin's has none either), or with multiplexing (its one connection is this
+    /// host's).
     pub fn reattach_config(&self) -> Result<ReattachConfig, Error> {
         let pid = self.pid();
         if self.broker().is_some_and(|broker| broker.uses_tls()) {
@@ -47,6 +48,14 @@ impl PluginClient {
                 plugin: self.name().to_owned(),
                 reason: "it was started with AutoMTLS, and a reattach config carries no \
                          certificates; start it without AutoMTLS to reattach to it"
+                    .to_owned(),
+            });
+        }
+        if self.broker().is_some_and(|broker| broker.is_multiplexed()) {
+            return Err(Error::Reattach {
+                plugin: self.name().to_owned(),
+                reason: "it was started with multiplexing, and its one connection belongs to \
+                         this host; start it without multiplexing to reattach to it"
                     .to_owned(),
             });
         }

@@ -3,8 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
+use tether_transport::mux::{Inbound, Session};
 use tether_transport::tls::MutualTls;
-use tether_transport::{ConnectError, Peer};
+use tether_transport::{ConnectError, Peer, PeerCredentials};
 use tonic::transport::Channel;
 
 use crate::error::Error;
@@ -55,6 +56,50 @@ pub(crate) async fn connect(
                 source: Box::new(other),
             },
         })
+}
+
+/// The main connection multiplexed (go-plugin 1.6+): yamux on the plugin's socket, checked
+/// to be served by `expected_pid`, and a gRPC channel over its streams (TLS on each when
+/// `tls` is given). Also returns the session and what the broker needs to take it over.
+pub(crate) async fn connect_multiplexed(
+    plugin: &str,
+    path: &Path,
+    expected_pid: u32,
+    tls: Option<MutualTls>,
+) -> Result<(Channel, (Session, Inbound, PeerCredentials)), Error> {
+    let failed = |err: ConnectError| match err {
+        ConnectError::WrongPeer { address, found, .. } => Error::SocketNotOwnedByPlugin {
+            plugin: plugin.to_owned(),
+            address,
+            expected_pid,
+            peer_pid: found.pid,
+        },
+        ConnectError::Tls { reason, .. } => Error::AutoMtls {
+            plugin: plugin.to_owned(),
+            reason,
+        },
+        other => Error::Connect {
+            plugin: plugin.to_owned(),
+            address: path.display().to_string(),
+            source: Box::new(other),
+        },
+    };
+    let (session, inbound, credentials) =
+        tether_transport::connect_multiplexed(path, Peer::Process(expected_pid), plugin)
+            .await
+            .map_err(failed)?;
+    let opener = session.clone();
+    let channel = tether_transport::channel_over(
+        format!("{} (multiplexed)", path.display()),
+        move || {
+            let opener = opener.clone();
+            async move { opener.open().await }
+        },
+        tls,
+    )
+    .await
+    .map_err(failed)?;
+    Ok((channel, (session, inbound, credentials)))
 }
 
 #[cfg(test)]

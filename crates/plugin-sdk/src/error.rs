@@ -58,6 +58,13 @@ pub enum ServeError {
         #[source]
         source: tether_transport::tls::TlsError,
     },
+    /// The host asked for multiplexing and its connection could not be taken.
+    #[error("could not accept the host's multiplexed connection: {source}")]
+    Multiplex {
+        /// The IO error.
+        #[source]
+        source: io::Error,
+    },
     /// Redirecting stdout and stderr failed.
     #[error("could not redirect stdout and stderr to the host's stdio stream: {source}")]
     Stdio {

@@ -18,6 +18,7 @@ use tether_protocol::{
     CORE_PROTOCOL_VERSION, DEFAULT_MAX_MESSAGE_SIZE, HEALTH_SERVICE, Handshake, HandshakeConfig,
     Network, Protocol, env, format_versions, negotiate, parse_versions,
 };
+use tether_transport::mux::{Role, Session};
 use tether_transport::tls::{self, Identity, MutualTls};
 use tether_transport::{Listener, PeerSet};
 use tokio::signal::unix::{SignalKind, signal};
@@ -302,12 +303,16 @@ impl<H> Plugin<H> {
         // AutoMTLS, when the host asks for it: every connection, the main one and brokered
         // ones both ways, is TLS with the host's certificate and ours, required both ways.
         let identity = auto_mtls()?;
-        let listener = match &identity {
-            Some((_, tls)) => {
-                self.broker.use_tls(tls.clone());
-                listener.tls(tls.clone())
-            }
-            None => listener,
+        let tls = identity.as_ref().map(|(_, tls)| tls.clone());
+        if let Some(tls) = &tls {
+            self.broker.use_tls(tls.clone());
+        }
+        // Multiplexing, when the host asks for it: yamux on the one connection the host
+        // makes, TLS per stream rather than on the socket.
+        let multiplex = std::env::var(env::MULTIPLEX_GRPC).is_ok_and(|value| value == "true");
+        let listener = match (&tls, multiplex) {
+            (Some(tls), false) => listener.tls(tls.clone()),
+            _ => listener,
         };
 
         let capture = stdio::capture().map_err(|source| ServeError::Stdio { source })?;
@@ -344,7 +349,13 @@ impl<H> Plugin<H> {
         let shutdown = CancellationToken::new();
         watch_signals(&shutdown)?;
         let certificate = identity.map(|(identity, _)| identity.handshake_field());
-        write_handshake(capture.real_stdout, version, &socket_path, certificate)?;
+        write_handshake(
+            capture.real_stdout,
+            version,
+            &socket_path,
+            certificate,
+            multiplex,
+        )?;
         tracing::debug!(version, socket = %socket_path.display(), "plugin serving");
 
         let (health, health_service) = tonic_health::server::health_reporter();
@@ -393,12 +404,48 @@ impl<H> Plugin<H> {
             broker.close();
         });
 
+        let incoming = match multiplex {
+            false => listener,
+            true => {
+                let mut socket = listener;
+                let first = tokio::select! {
+                    conn = futures_util::StreamExt::next(&mut socket) => conn,
+                    () = shutdown.cancelled() => return Ok(()),
+                };
+                let conn = match first {
+                    Some(Ok(conn)) => conn,
+                    Some(Err(source)) => return Err(ServeError::Multiplex { source }),
+                    None => {
+                        return Err(ServeError::Multiplex {
+                            source: std::io::Error::other("the socket closed"),
+                        });
+                    }
+                };
+                let credentials = conn.credentials();
+                let (session, inbound) = Session::new(conn, Role::Plugin, "host");
+                let (main, streams) = tokio::sync::mpsc::unbounded_channel();
+                self.broker
+                    .multiplex(session, inbound, credentials, Some(main));
+                let main = Listener::over_streams(
+                    streams,
+                    credentials,
+                    &socket_path,
+                    Peer::Processes(self.admitted.clone()),
+                    "host".into(),
+                );
+                match tls {
+                    Some(tls) => main.tls(tls),
+                    None => main,
+                }
+                // The socket is removed here: its one connection carries everything.
+            }
+        };
         let served = calls::served_services(&routes);
         let server = Server::builder()
             .trace_fn(call_span)
             .layer(CallLayer::new(served))
             .add_routes(routes)
-            .serve_with_incoming_shutdown(listener, shutdown.clone().cancelled_owned());
+            .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());
         let grace = self.shutdown_grace;
         let result = tokio::select! {
             result = server => result.map_err(|source| ServeError::Serve { source }),
@@ -463,6 +510,7 @@ fn write_handshake(
     version: u32,
     socket: &Path,
     certificate: Option<String>,
+    multiplex: bool,
 ) -> Result<(), ServeError> {
     let line = Handshake {
         core_version: CORE_PROTOCOL_VERSION,
@@ -471,7 +519,7 @@ fn write_handshake(
         address: socket.display().to_string(),
         protocol: Protocol::Grpc,
         server_cert: certificate,
-        multiplex: false,
+        multiplex,
     };
     // One write, so the host never sees half a line; then the real stdout is closed.
     stdout

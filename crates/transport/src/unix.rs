@@ -378,16 +378,21 @@ async fn connect_checked(
 }
 
 /// Connects to the socket at `path`, checks that `peer` serves it, and runs yamux over it
-/// as the host (go-plugin's multiplexing): the session opens streams to the plugin, and the
-/// returned [`mux::Inbound`] yields the streams the plugin opens. `label` names the plugin
-/// in logs.
+/// as the host (go-plugin's multiplexing): the session opens streams to the plugin, the
+/// returned [`mux::Inbound`] yields the streams the plugin opens, and the credentials are
+/// the plugin's, which its streams share. `label` names the plugin in logs.
 pub async fn connect_multiplexed(
     path: &Path,
     peer: Peer,
     label: &str,
-) -> Result<(Session, mux::Inbound), ConnectError> {
+) -> Result<(Session, mux::Inbound, PeerCredentials), ConnectError> {
     let stream = socket_checked(path, peer).await?;
-    Ok(Session::new(stream, mux::Role::Host, label))
+    let credentials = PeerCredentials::of(&stream).map_err(|source| ConnectError::Io {
+        address: path.display().to_string(),
+        source,
+    })?;
+    let (session, inbound) = Session::new(stream, mux::Role::Host, label);
+    Ok((session, inbound, credentials))
 }
 
 /// A gRPC channel whose connections are streams from `open` (streams of a multiplexed
@@ -1135,7 +1140,7 @@ mod tests {
             (session, serving, back)
         });
 
-        let (session, mut inbound) = connect_multiplexed(&path, Peer::SameUser, "plugin")
+        let (session, mut inbound, _) = connect_multiplexed(&path, Peer::SameUser, "plugin")
             .await
             .unwrap();
         let opener = session.clone();
