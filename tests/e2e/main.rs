@@ -21,6 +21,7 @@ mod lifecycle;
 mod metrics;
 mod multiplex;
 mod sandbox;
+mod socket_group;
 mod supervision;
 mod support;
 mod trace;

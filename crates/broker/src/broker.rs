@@ -47,6 +47,7 @@ pub struct BrokerConfig {
     dial_timeout: Duration,
     unclaimed_ttl: Duration,
     tls: Option<MutualTls>,
+    socket_group: Option<u32>,
 }
 
 impl BrokerConfig {
@@ -62,7 +63,15 @@ impl BrokerConfig {
             dial_timeout: DEFAULT_TIMEOUT,
             unclaimed_ttl: DEFAULT_TIMEOUT,
             tls: None,
+            socket_group: None,
         }
+    }
+
+    /// Gives every brokered socket to group `gid`, mode 0660 (go-plugin's
+    /// `PLUGIN_UNIX_SOCKET_GROUP`). Peer credentials are still checked on every connection.
+    pub fn socket_group(mut self, gid: u32) -> Self {
+        self.socket_group = Some(gid);
+        self
     }
 
     /// Speaks TLS on every brokered connection, accepted and dialed (go-plugin's AutoMTLS):
@@ -327,6 +336,16 @@ impl Broker {
             socket_dir: config.socket_dir.clone(),
             source,
         })?;
+        if let Some(gid) = config.socket_group {
+            tether_transport::share_with_group(listener.path(), gid, 0o660).map_err(|err| {
+                BrokerError::Listen {
+                    peer: self.peer_name().to_owned(),
+                    id,
+                    socket_dir: config.socket_dir.clone(),
+                    source: std::io::Error::other(err.to_string()),
+                }
+            })?;
+        }
         let listener = match self.shared.tls.get() {
             Some(tls) => listener.tls(tls.clone()),
             None => listener,

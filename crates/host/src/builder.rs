@@ -43,6 +43,7 @@ pub struct PluginBuilder {
     sandbox: Sandbox,
     auto_mtls: bool,
     multiplex: bool,
+    socket_group: Option<String>,
 }
 
 impl PluginBuilder {
@@ -66,6 +67,7 @@ impl PluginBuilder {
             sandbox: Sandbox::default(),
             auto_mtls: false,
             multiplex: false,
+            socket_group: None,
         }
     }
 
@@ -182,6 +184,20 @@ impl PluginBuilder {
         self
     }
 
+    /// Gives the plugin's socket directory and every socket in it to `group`, a name or a
+    /// gid, and tells the plugin with go-plugin's `PLUGIN_UNIX_SOCKET_GROUP` (go-plugin
+    /// 1.5+). The directory is made set-group-id (mode 2770), so what is created in it is
+    /// the group's, and the plugin runs with umask 007, so its sockets are born
+    /// group-writable: a sandboxed plugin may not change file owners or modes. Peer
+    /// credentials are still checked on every connection. An unknown group fails
+    /// [`start`](Self::start) with [`Error::SocketGroup`]. A go-plugin plugin changes its
+    /// sockets' group and mode itself, which the sandbox refuses: run such a plugin with
+    /// this option only without the sandbox.
+    pub fn socket_group(mut self, group: impl Into<String>) -> Self {
+        self.socket_group = Some(group.into());
+        self
+    }
+
     /// Where private socket directories are created (default: the system temp dir).
     pub fn socket_base_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.socket_base = Some(dir.into());
@@ -227,6 +243,10 @@ impl PluginBuilder {
             source,
         })?;
         let socket_dir = transport::socket_dir(&name, &base)?;
+        let socket_gid = match &self.socket_group {
+            Some(group) => Some(transport::share_dir(&name, socket_dir.path(), group)?),
+            None => None,
+        };
         let sandbox =
             sandbox::prepare(&self.sandbox, &program, socket_dir.path()).map_err(|source| {
                 Error::Sandbox {
@@ -267,7 +287,13 @@ impl PluginBuilder {
         if self.multiplex {
             command.env(env::MULTIPLEX_GRPC, "true");
         }
-        let mut child = spawn::spawn(command, sandbox)
+        if let Some(group) = &self.socket_group {
+            command.env(env::UNIX_SOCKET_GROUP, group);
+        }
+        // With a socket group the plugin's sockets are born group-writable (the sandbox
+        // forbids it changing file modes and owners) in a set-group-id directory.
+        let umask = socket_gid.map(|_| 0o007);
+        let mut child = spawn::spawn(command, sandbox, umask)
             .await
             .map_err(|source| Error::Spawn {
                 plugin: name.clone(),
@@ -337,6 +363,9 @@ impl PluginBuilder {
             .unclaimed_ttl(self.broker_timeout);
         if let Some(tls) = tls {
             broker_config = broker_config.tls(tls);
+        }
+        if let Some(gid) = socket_gid {
+            broker_config = broker_config.socket_group(gid);
         }
         let broker = Broker::new(broker_config);
         if let Some((session, inbound, credentials)) = multiplexed {

@@ -31,6 +31,17 @@ pub enum Error {
         #[source]
         source: crate::SandboxError,
     },
+    /// The socket group ([`PluginBuilder::socket_group`](crate::PluginBuilder::socket_group))
+    /// is unknown, or the socket directory could not be given to it.
+    #[error("plugin `{plugin}`: could not share its sockets with group {group:?}: {reason}")]
+    SocketGroup {
+        /// The plugin's name.
+        plugin: String,
+        /// The group as given.
+        group: String,
+        /// What went wrong.
+        reason: String,
+    },
     /// The private socket directory could not be created.
     #[error("could not create a socket directory for plugin `{plugin}` in {}: {source}", base.display())]
     SocketDir {

@@ -56,17 +56,25 @@ fn spawner() -> io::Result<&'static mpsc::Sender<Request>> {
     Ok(SPAWNER.get_or_init(|| sender))
 }
 
-/// Spawns `command` in a new process group, with SIGKILL as its parent-death signal, then
-/// confined by `sandbox` (built by the caller, applied between fork and exec).
-pub(crate) async fn spawn(mut command: Command, mut sandbox: Prepared) -> io::Result<Child> {
+/// Spawns `command` in a new process group, with SIGKILL as its parent-death signal and
+/// `umask` as its file mode mask if given, then confined by `sandbox` (built by the caller,
+/// applied between fork and exec).
+pub(crate) async fn spawn(
+    mut command: Command,
+    mut sandbox: Prepared,
+    umask: Option<u32>,
+) -> io::Result<Child> {
     let host = rustix::process::getpid();
     guard::ensure();
     command.process_group(0);
     // SAFETY: the closure runs between fork and exec and makes only async-signal-safe raw
-    // system calls (prctl, getppid, and the sandbox's: see `Prepared::apply`); it allocates
-    // nothing and touches no lock.
+    // system calls (prctl, getppid, umask, and the sandbox's: see `Prepared::apply`); it
+    // allocates nothing and touches no lock.
     unsafe {
         command.pre_exec(move || {
+            if let Some(mask) = umask {
+                rustix::process::umask(rustix::fs::Mode::from_raw_mode(mask));
+            }
             set_parent_process_death_signal(Some(Signal::KILL))
                 .map_err(|errno| io::Error::from_raw_os_error(errno.raw_os_error()))?;
             // The host may have died between fork and prctl: then nobody would kill us.

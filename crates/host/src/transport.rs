@@ -19,6 +19,19 @@ pub(crate) fn socket_dir(plugin: &str, base: &Path) -> Result<tempfile::TempDir,
     })
 }
 
+/// Gives the socket directory to `group` (mode 2770: what is created in it is the group's),
+/// returning the group's id.
+pub(crate) fn share_dir(plugin: &str, dir: &Path, group: &str) -> Result<u32, Error> {
+    let failed = |err: tether_transport::GroupError| Error::SocketGroup {
+        plugin: plugin.to_owned(),
+        group: group.to_owned(),
+        reason: err.to_string(),
+    };
+    let gid = tether_transport::resolve_group(group).map_err(failed)?;
+    tether_transport::share_with_group(dir, gid, 0o2770).map_err(failed)?;
+    Ok(gid)
+}
+
 /// Accepts only `dir/<name>`, spelled exactly so: no `.`, `..`, doubled or trailing `/`.
 pub(crate) fn check_address(plugin: &str, address: &str, dir: &Path) -> Result<PathBuf, Error> {
     tether_transport::address_in_dir(address, dir).ok_or_else(|| Error::AddressOutsideSocketDir {

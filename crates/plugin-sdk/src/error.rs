@@ -58,6 +58,13 @@ pub enum ServeError {
         #[source]
         source: tether_transport::tls::TlsError,
     },
+    /// The host named a socket group (`PLUGIN_UNIX_SOCKET_GROUP`) that could not be used.
+    #[error("{source}")]
+    SocketGroup {
+        /// What went wrong.
+        #[source]
+        source: tether_transport::GroupError,
+    },
     /// The host asked for multiplexing and its connection could not be taken.
     #[error("could not accept the host's multiplexed connection: {source}")]
     Multiplex {

@@ -94,11 +94,7 @@ impl Plugin<NoHost> {
             log_level: Some(LevelFilter::INFO),
             shutdown_grace: Duration::from_secs(2),
             worker_threads: 1,
-            broker: Broker::new(BrokerConfig::new(
-                "host",
-                broker_socket_dir(),
-                Peer::Processes(admitted.clone()),
-            )),
+            broker: Broker::new(broker_config(admitted.clone())),
             host_link: None,
             admitted,
             host: PhantomData,
@@ -300,6 +296,10 @@ impl<H> Plugin<H> {
             source,
         })?;
         let socket_path = listener.path().to_owned();
+        if let Some(gid) = socket_group()? {
+            tether_transport::share_with_group(&socket_path, gid, 0o660)
+                .map_err(|source| ServeError::SocketGroup { source })?;
+        }
         // AutoMTLS, when the host asks for it: every connection, the main one and brokered
         // ones both ways, is TLS with the host's certificate and ours, required both ways.
         let identity = auto_mtls()?;
@@ -526,6 +526,26 @@ fn write_handshake(
         .write_all(format!("{line}\n").as_bytes())
         .and_then(|()| stdout.flush())
         .map_err(|source| ServeError::Handshake { source })
+}
+
+/// The group the host asked sockets to be given to (`PLUGIN_UNIX_SOCKET_GROUP`), if any.
+fn socket_group() -> Result<Option<u32>, ServeError> {
+    match std::env::var(env::UNIX_SOCKET_GROUP) {
+        Ok(group) if !group.is_empty() => tether_transport::resolve_group(&group)
+            .map(Some)
+            .map_err(|source| ServeError::SocketGroup { source }),
+        _ => Ok(None),
+    }
+}
+
+/// The broker's configuration: brokered sockets where the host says, given to its socket
+/// group if it named one (an unknown group fails `serve`, which checks it again).
+fn broker_config(admitted: PeerSet) -> BrokerConfig {
+    let config = BrokerConfig::new("host", broker_socket_dir(), Peer::Processes(admitted));
+    match socket_group() {
+        Ok(Some(gid)) => config.socket_group(gid),
+        _ => config,
+    }
 }
 
 /// Our certificate and the TLS to speak, when the host passed its certificate in

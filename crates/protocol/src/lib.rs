@@ -57,6 +57,8 @@ pub mod env {
     pub const UNIX_SOCKET_DIR: &str = "PLUGIN_UNIX_SOCKET_DIR";
     /// Lowest TCP port a plugin may listen on (TCP transport only).
     pub const MIN_PORT: &str = "PLUGIN_MIN_PORT";
+    /// The group (name or id) the plugin gives its sockets to, mode 0660 (go-plugin 1.5+).
+    pub const UNIX_SOCKET_GROUP: &str = "PLUGIN_UNIX_SOCKET_GROUP";
     /// Highest TCP port a plugin may listen on (TCP transport only).
     pub const MAX_PORT: &str = "PLUGIN_MAX_PORT";
     /// The host's certificate for AutoMTLS, PEM.

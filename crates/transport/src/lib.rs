@@ -54,7 +54,7 @@ pub mod tls;
 mod unix;
 
 #[cfg(unix)]
-pub use dir::socket_dir;
+pub use dir::{GroupError, resolve_group, share_with_group, socket_dir};
 #[cfg(unix)]
 pub use unix::{
     Conn, ConnectError, ConnectionCounts, Listener, Peer, PeerCredentials, PeerSet, Refusal,
