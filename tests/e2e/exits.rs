@@ -415,3 +415,27 @@ async fn attaching_to_a_plugin_that_exited_is_a_clear_error_and_signals_nothing(
     stranger.kill().expect("kill the stranger");
     stranger.wait().expect("reap the stranger");
 }
+
+#[tokio::test]
+async fn a_plugin_is_attached_to_from_terraforms_reattach_json() {
+    let plugin = test_plugin("tf-json").start().await.expect("start");
+    let config = plugin.reattach_config().expect("a running plugin's config");
+    // Written as Terraform's TF_REATTACH_PROVIDERS, read back as Terraform would pass it.
+    let json = tether_host::ReattachConfig::to_terraform([("example.com/tether/tf-json", &config)]);
+    let parsed: serde_json::Value = serde_json::from_str(&json).expect("JSON");
+    assert_eq!(
+        parsed["example.com/tether/tf-json"]["Addr"]["Network"],
+        "unix"
+    );
+    let read = tether_host::ReattachConfig::from_terraform(&json).expect("Terraform's JSON");
+    let attached = PluginClient::reattach(&read["example.com/tether/tf-json"])
+        .await
+        .expect("attach from Terraform's JSON");
+    assert!(attached.is_attached());
+    attached
+        .health()
+        .await
+        .expect("the attached plugin answers");
+    drop(attached);
+    plugin.shutdown().await.expect("shutdown");
+}

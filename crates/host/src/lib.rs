@@ -94,7 +94,7 @@ pub use builder::PluginBuilder;
 pub use channel::PluginChannel;
 pub use client::{DEFAULT_CALL_TIMEOUT, Exit, PluginClient, PluginExit, Stop};
 pub use error::{Error, ExitReport};
-pub use reattach::ReattachConfig;
+pub use reattach::{GoAddr, GoReattachConfig, ReattachConfig};
 pub use stdio::StdioSink;
 pub use supervisor::{
     Restart, RestartPolicy, Setup, SetupError, State, Supervisor, SupervisorError,

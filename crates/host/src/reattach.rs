@@ -1,6 +1,7 @@
 //! Attaching another host process to a running plugin: [`ReattachConfig`],
 //! [`PluginClient::reattach_config`] and [`PluginClient::reattach`].
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -129,5 +130,161 @@ impl PluginClient {
         });
         client.health().await?;
         Ok(client)
+    }
+}
+
+/// go-plugin's reattach config, as Go hosts and Terraform spell it in JSON
+/// (`{"Protocol":"grpc","ProtocolVersion":6,"Pid":…,"Test":true,"Addr":{"Network":"unix","String":…}}`).
+/// It names no plugin and carries no start time; see [`ReattachConfig::from_go`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct GoReattachConfig {
+    /// `grpc` (tether speaks nothing else).
+    pub protocol: String,
+    /// The app protocol version the plugin serves.
+    pub protocol_version: u32,
+    /// Where it listens.
+    pub addr: GoAddr,
+    /// Its process.
+    pub pid: u32,
+    /// Set when the plugin is owned by someone else (a test or debugger), so the attaching
+    /// host must not kill it; tether writes `true`: the starting host owns the plugin.
+    #[serde(default)]
+    pub test: bool,
+}
+
+/// A Go `net.Addr`, as reattach configs carry it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct GoAddr {
+    /// `unix` (tether speaks nothing else).
+    #[serde(rename = "Network")]
+    pub network: String,
+    /// The socket's path.
+    #[serde(rename = "String")]
+    pub address: String,
+}
+
+impl ReattachConfig {
+    /// This config as go-plugin spells it, for a Go host (or Terraform, see
+    /// [`ReattachConfig::to_terraform`]) to attach to the plugin.
+    pub fn to_go(&self) -> GoReattachConfig {
+        GoReattachConfig {
+            protocol: "grpc".to_owned(),
+            protocol_version: self.protocol_version,
+            addr: GoAddr {
+                network: "unix".to_owned(),
+                address: self.address.display().to_string(),
+            },
+            pid: self.pid,
+            test: true,
+        }
+    }
+
+    /// A config from go-plugin's, for the plugin `name`. go-plugin's carries no start
+    /// time, so the process's is read now: a pid reused since the config was written would
+    /// pass that check, but not [`PluginClient::reattach`]'s other one, that the process
+    /// serves the plugin's socket.
+    pub fn from_go(name: &str, go: &GoReattachConfig) -> Result<ReattachConfig, Error> {
+        let refuse = |reason: String| Error::Reattach {
+            plugin: name.to_owned(),
+            reason,
+        };
+        if go.protocol != "grpc" {
+            return Err(refuse(format!(
+                "its reattach config names protocol {:?}; tether speaks only grpc",
+                go.protocol
+            )));
+        }
+        if go.addr.network != "unix" {
+            return Err(refuse(format!(
+                "its reattach config names a {} address; tether connects only to Unix sockets",
+                go.addr.network
+            )));
+        }
+        let start_time = spawn::process_start_time(go.pid).ok_or_else(|| {
+            refuse(format!(
+                "could not read the start time of its process {} from /proc: the plugin has \
+                 exited",
+                go.pid
+            ))
+        })?;
+        Ok(ReattachConfig {
+            name: name.to_owned(),
+            pid: go.pid,
+            start_time,
+            address: PathBuf::from(&go.addr.address),
+            protocol_version: go.protocol_version,
+        })
+    }
+
+    /// Terraform's `TF_REATTACH_PROVIDERS` for these plugins: a JSON object of go-plugin
+    /// reattach configs keyed by provider address (for example
+    /// `registry.terraform.io/hashicorp/null`).
+    pub fn to_terraform<'a>(
+        providers: impl IntoIterator<Item = (&'a str, &'a ReattachConfig)>,
+    ) -> String {
+        let map: BTreeMap<&str, GoReattachConfig> = providers
+            .into_iter()
+            .map(|(address, config)| (address, config.to_go()))
+            .collect();
+        // A map of plain structs with string keys always serialises.
+        serde_json::to_string(&map).unwrap_or_else(|_| "{}".to_owned())
+    }
+
+    /// The configs in Terraform's `TF_REATTACH_PROVIDERS`, keyed by provider address; each
+    /// plugin is named after its address.
+    pub fn from_terraform(json: &str) -> Result<BTreeMap<String, ReattachConfig>, Error> {
+        let map: BTreeMap<String, GoReattachConfig> =
+            serde_json::from_str(json).map_err(|err| Error::Reattach {
+                plugin: "TF_REATTACH_PROVIDERS".to_owned(),
+                reason: format!(
+                    "it is not a JSON object of go-plugin reattach configs keyed by provider \
+                     address: {err}"
+                ),
+            })?;
+        map.into_iter()
+            .map(|(address, go)| {
+                let config = ReattachConfig::from_go(&address, &go)?;
+                Ok((address, config))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What Terraform itself writes for a provider started with `-debug`.
+    const TERRAFORM: &str = r#"{"registry.terraform.io/hashicorp/null":{"Protocol":"grpc","ProtocolVersion":5,"Pid":PID,"Test":true,"Addr":{"Network":"unix","String":"/tmp/plugin123456"}}}"#;
+
+    #[test]
+    fn terraform_reattach_configs_are_read_and_written() {
+        let json = TERRAFORM.replace("PID", &std::process::id().to_string());
+        let configs = ReattachConfig::from_terraform(&json).unwrap();
+        let config = &configs["registry.terraform.io/hashicorp/null"];
+        assert_eq!(config.pid, std::process::id());
+        assert_eq!(config.protocol_version, 5);
+        assert_eq!(config.address, PathBuf::from("/tmp/plugin123456"));
+        assert_eq!(config.name, "registry.terraform.io/hashicorp/null");
+        let written =
+            ReattachConfig::to_terraform([("registry.terraform.io/hashicorp/null", config)]);
+        let again: serde_json::Value = serde_json::from_str(&written).unwrap();
+        let original: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(again, original);
+    }
+
+    #[test]
+    fn foreign_protocols_and_networks_are_refused_by_name() {
+        let json = TERRAFORM.replace("PID", &std::process::id().to_string());
+        for (from, to, says) in [
+            ("\"grpc\"", "\"netrpc\"", "netrpc"),
+            ("\"unix\"", "\"tcp\"", "tcp"),
+        ] {
+            let err = ReattachConfig::from_terraform(&json.replace(from, to)).unwrap_err();
+            assert!(err.to_string().contains(says), "{err}");
+        }
+        let err = ReattachConfig::from_terraform("[1, 2]").unwrap_err();
+        assert!(err.to_string().contains("TF_REATTACH_PROVIDERS"), "{err}");
     }
 }
