@@ -65,6 +65,58 @@ async fn calls_and_host_services_run_over_mutual_tls() {
     plugin.shutdown().await.expect("a clean stop over TLS");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_without_tls_at_the_host_service_endpoint_is_refused_and_audited() {
+    let fixture = Fixture::new(Limits::default());
+    let plugin = test_plugin("mtls-knock")
+        .arg("--host-files")
+        .auto_mtls(true)
+        .start()
+        .await
+        .expect("a tether plugin speaks AutoMTLS");
+    let connection = match fixture
+        .services
+        .connect(&plugin)
+        .await
+        .expect("host services")
+    {
+        Outcome::Connected(connection) => connection,
+        Outcome::NotRequested => panic!("the test plugin did not request host services"),
+    };
+    let endpoint = connection
+        .address()
+        .expect("a spawned plugin's endpoint")
+        .to_owned();
+    // The plugin itself (the one process admitted there) connects without TLS and sends
+    // nothing: the endpoint refuses it once the handshake times out, and audits it.
+    let response = TestingClient::new(plugin.channel())
+        .host_op(HostOpRequest {
+            op: "open_connections".into(),
+            path: endpoint.display().to_string().into_bytes(),
+            data: Vec::new(),
+            size: 1,
+        })
+        .await
+        .expect("the plugin answers")
+        .into_inner();
+    assert_eq!(response.size, 1, "{response:?}");
+    let records = fixture.audit_records(1).await;
+    let refused = records
+        .iter()
+        .find(|record| record["operation"] == "connect")
+        .unwrap_or_else(|| panic!("no connect record: {records:?}"));
+    assert_eq!(refused["decision"], "denied", "{refused}");
+    assert_eq!(refused["pid"], plugin.pid(), "{refused}");
+    assert!(
+        refused["reason"]
+            .as_str()
+            .is_some_and(|reason| reason.contains("TLS handshake")),
+        "{refused}"
+    );
+    drop(connection);
+    plugin.shutdown().await.expect("a clean stop");
+}
+
 async fn start_bad(mode: &str, auto_mtls: bool) -> Error {
     PluginClient::builder(format!("bad-{mode}"), BAD_PLUGIN)
         .arg(mode)
