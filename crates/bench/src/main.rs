@@ -34,7 +34,8 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::go::Go;
-use crate::report::{Figures, GoFigures, Settings};
+use crate::report::{Figures, GoFigures, Settings, WireFigures};
+use crate::runs::Wire;
 use crate::stats::Latency;
 
 /// Measures tether against the Unix-socket floor and go-plugin; writes the report.
@@ -125,7 +126,7 @@ fn unary_multi_thread(program: PathBuf, calls: usize) -> Result<Vec<u64>> {
             .enable_all()
             .build()
             .context("starting a multi-thread runtime")?
-            .block_on(runs::unary(&program, calls))
+            .block_on(runs::unary(&program, calls, Wire::Plain))
             .map(|(health, _)| health)
     })
     .join()
@@ -177,7 +178,7 @@ async fn run(args: &Args) -> Result<()> {
         "host -> plugin: health checks and 32-byte calls ({} each)",
         args.calls
     ));
-    let (health, ping) = runs::unary(&program, args.calls).await?;
+    let (health, ping) = runs::unary(&program, args.calls, Wire::Plain).await?;
     let (health, ping) = (latency("health", health)?, latency("ping", ping)?);
     step(&format!(
         "host -> plugin from a multi-thread host runtime ({} calls)",
@@ -191,7 +192,25 @@ async fn run(args: &Args) -> Result<()> {
         "plugin -> host: GetEnv over the brokered connection ({} calls)",
         args.calls
     ));
-    let host_call = latency("host calls", runs::host_calls(&program, args.calls).await?)?;
+    let host_call = latency(
+        "host calls",
+        runs::host_calls(&program, args.calls, Wire::Plain).await?,
+    )?;
+    let mut wires = Vec::new();
+    for wire in Wire::OPT_IN {
+        step(&format!(
+            "{}: 32-byte calls and plugin -> host calls ({} each)",
+            wire.name(),
+            args.calls
+        ));
+        let (_, ping) = runs::unary(&program, args.calls, wire).await?;
+        let host_call = runs::host_calls(&program, args.calls, wire).await?;
+        wires.push(WireFigures {
+            wire: wire.name().to_owned(),
+            ping: latency("ping", ping)?,
+            host_call: latency("host calls", host_call)?,
+        });
+    }
     step(&format!("spawn floor: /bin/true ({} starts)", args.starts));
     let starts = args.starts;
     let spawn_floor = latency(
@@ -269,6 +288,7 @@ async fn run(args: &Args) -> Result<()> {
         health_multi_thread,
         ping,
         host_call,
+        wires,
         spawn_floor,
         cold_start_sandboxed: cold_sandboxed,
         cold_start_unsandboxed: cold_unsandboxed,

@@ -31,6 +31,14 @@ pub(crate) struct GoFigures {
     pub(crate) callback: Option<Latency>,
 }
 
+/// Calls over one of go-plugin's opt-in wires (AutoMTLS, multiplexing).
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct WireFigures {
+    pub(crate) wire: String,
+    pub(crate) ping: Latency,
+    pub(crate) host_call: Latency,
+}
+
 /// Every figure of one run.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct Figures {
@@ -44,6 +52,8 @@ pub(crate) struct Figures {
     pub(crate) health_multi_thread: Latency,
     pub(crate) ping: Latency,
     pub(crate) host_call: Latency,
+    /// The same calls over go-plugin's opt-in wires.
+    pub(crate) wires: Vec<WireFigures>,
     /// Starting `/bin/true` and waiting for it: the floor of any cold start.
     pub(crate) spawn_floor: Latency,
     pub(crate) cold_start_sandboxed: Latency,
@@ -334,6 +344,34 @@ pub(crate) fn rows(f: &Figures) -> Vec<Row> {
             "",
         )
     });
+    for wire in &f.wires {
+        rows.push(Row {
+            floor: us(&f.floor, false),
+            ratio: format!(
+                "{:.1}x floor, {:.2}x plain",
+                wire.ping.p50_us / floor,
+                wire.ping.p50_us / f.ping.p50_us
+            ),
+            ..row(
+                &format!("host -> plugin 32-byte unary call p50, {}", wire.wire),
+                us(&wire.ping, false),
+                "",
+            )
+        });
+        rows.push(Row {
+            floor: us(&f.floor, false),
+            ratio: format!(
+                "{:.1}x floor, {:.2}x plain",
+                wire.host_call.p50_us / floor,
+                wire.host_call.p50_us / f.host_call.p50_us
+            ),
+            ..row(
+                &format!("plugin -> host service call p50, {}", wire.wire),
+                us(&wire.host_call, false),
+                "",
+            )
+        });
+    }
     rows.push(Row {
         floor: us(&f.floor, true),
         go_plugin: f

@@ -89,14 +89,53 @@ impl Running {
     }
 }
 
+/// How host and plugin connect: go-plugin's classic sockets, or with its opt-in AutoMTLS
+/// and multiplexing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wire {
+    Plain,
+    AutoMtls,
+    Multiplexed,
+    MultiplexedAutoMtls,
+}
+
+impl Wire {
+    pub(crate) const OPT_IN: [Wire; 3] =
+        [Wire::AutoMtls, Wire::Multiplexed, Wire::MultiplexedAutoMtls];
+
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Wire::Plain => "plain",
+            Wire::AutoMtls => "AutoMTLS",
+            Wire::Multiplexed => "multiplexed",
+            Wire::MultiplexedAutoMtls => "multiplexed + AutoMTLS",
+        }
+    }
+}
+
 pub(crate) async fn start(
     program: &Path,
     name: &str,
     sandbox: Sandbox,
     host: Option<&Host>,
 ) -> Result<Running> {
+    start_over(program, name, sandbox, host, Wire::Plain).await
+}
+
+pub(crate) async fn start_over(
+    program: &Path,
+    name: &str,
+    sandbox: Sandbox,
+    host: Option<&Host>,
+    wire: Wire,
+) -> Result<Running> {
     let client = PluginClient::builder(name, program)
         .handshake(HANDSHAKE)
+        .auto_mtls(matches!(wire, Wire::AutoMtls | Wire::MultiplexedAutoMtls))
+        .multiplex(matches!(
+            wire,
+            Wire::Multiplexed | Wire::MultiplexedAutoMtls
+        ))
         .sandbox(sandbox)
         .stdio(StdioSink::Discard)
         // Transfers of any size and loads of any length: no default deadline.
@@ -115,8 +154,12 @@ pub(crate) async fn start(
 }
 
 /// Host -> plugin: the health check (go-plugin's Ping) and a 32-byte unary call.
-pub(crate) async fn unary(program: &Path, calls: usize) -> Result<(Vec<u64>, Vec<u64>)> {
-    let plugin = start(program, "bench-unary", Sandbox::best_effort(), None).await?;
+pub(crate) async fn unary(
+    program: &Path,
+    calls: usize,
+    wire: Wire,
+) -> Result<(Vec<u64>, Vec<u64>)> {
+    let plugin = start_over(program, "bench-unary", Sandbox::best_effort(), None, wire).await?;
     let mut health = Vec::with_capacity(calls);
     for i in 0..calls / 10 + calls {
         let began = Instant::now();
@@ -143,10 +186,10 @@ pub(crate) async fn unary(program: &Path, calls: usize) -> Result<(Vec<u64>, Vec
 }
 
 /// Plugin -> host: `GetEnv` over the reused brokered connection, timed in the plugin.
-pub(crate) async fn host_calls(program: &Path, calls: usize) -> Result<Vec<u64>> {
+pub(crate) async fn host_calls(program: &Path, calls: usize, wire: Wire) -> Result<Vec<u64>> {
     let name = "bench-callback".to_owned();
     let host = Host::new(std::slice::from_ref(&name), Limits::default())?;
-    let plugin = start(program, &name, Sandbox::best_effort(), Some(&host)).await?;
+    let plugin = start_over(program, &name, Sandbox::best_effort(), Some(&host), wire).await?;
     let count = u32::try_from(calls).context("too many calls")?;
     let nanos = plugin
         .bench()
