@@ -80,6 +80,47 @@ async fn multiplexed_streams_speak_tls_with_auto_mtls() {
     host_services_over_one_socket("mux-mtls", true).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_data_flows_over_multiplexed_tls_streams() {
+    // Past yamux's 256 KiB stream window many times over, both ways, under TLS.
+    const SIZE: u64 = 16 << 20;
+    let fixture = Fixture::new(Limits::default());
+    fixture.grant("mux-bulk", &["read:output/**", "write:output/**"]);
+    let plugin = test_plugin("mux-bulk")
+        .arg("--host-files")
+        .multiplex(true)
+        .auto_mtls(true)
+        .start()
+        .await
+        .expect("a tether plugin multiplexes");
+    let connection = match fixture
+        .services
+        .connect(&plugin)
+        .await
+        .expect("host services")
+    {
+        Outcome::Connected(connection) => connection,
+        Outcome::NotRequested => panic!("the test plugin did not request host services"),
+    };
+    let mut client = TestingClient::new(plugin.channel());
+    for op in ["write_zeros", "read_stream"] {
+        let response = client
+            .host_op(HostOpRequest {
+                op: op.into(),
+                path: b"output/bulk".to_vec(),
+                data: Vec::new(),
+                size: SIZE,
+            })
+            .await
+            .expect("the plugin answers")
+            .into_inner();
+        assert_eq!((op, response.outcome.as_str()), (op, "ok"), "{response:?}");
+        assert_eq!(response.size, SIZE, "{op}");
+    }
+    drop(connection);
+    plugin.shutdown().await.expect("a clean stop");
+}
+
 #[tokio::test]
 async fn a_plugin_that_does_not_multiplex_is_refused_when_the_host_asks() {
     let err = PluginClient::builder("bad-no-mux", BAD_PLUGIN)
