@@ -16,6 +16,7 @@ mod handshake;
 mod hostconn;
 mod hostserve;
 mod interop;
+mod interop_real;
 mod lifecycle;
 mod metrics;
 mod sandbox;
