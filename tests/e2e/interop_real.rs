@@ -25,7 +25,8 @@ use tether_test_contract::pluginv2::{
 };
 use tether_test_contract::tfplugin6::provider_client::ProviderClient;
 use tether_test_contract::tfplugin6::{
-    Schema, diagnostic::Severity, get_metadata, get_provider_schema, stop_provider,
+    DynamicValue, Schema, configure_provider, diagnostic::Severity, get_metadata,
+    get_provider_schema, read_data_source, stop_provider,
 };
 use tracing::Level;
 
@@ -171,6 +172,19 @@ fn attribute<'a>(
         .unwrap_or_else(|| panic!("no attribute {name} in {schema:#?}"))
 }
 
+/// A Terraform value as JSON.
+fn json(value: &str) -> DynamicValue {
+    DynamicValue {
+        msgpack: Vec::new(),
+        json: value.as_bytes().to_vec(),
+    }
+}
+
+/// Whether `bytes` contains `part`.
+fn contains(bytes: &[u8], part: &[u8]) -> bool {
+    bytes.windows(part.len()).any(|window| window == part)
+}
+
 /// What the host said about `plugin` at WARN or ERROR, other than what the plugin itself
 /// logged (which arrives as `tether::plugin` events at the plugin's own levels).
 fn host_complaints(plugin: &str) -> Vec<String> {
@@ -187,7 +201,7 @@ fn host_complaints(plugin: &str) -> Vec<String> {
 }
 
 #[tokio::test]
-async fn a_tether_host_reads_the_schema_of_a_terraform_framework_provider() {
+async fn a_tether_host_reads_the_schema_and_a_data_source_of_a_terraform_framework_provider() {
     record_events();
     let provider = PluginClient::builder("tf-tether", TERRAFORM_PROVIDER.path())
         .handshake(TERRAFORM)
@@ -273,6 +287,36 @@ async fn a_tether_host_reads_the_schema_of_a_terraform_framework_provider() {
     );
     assert!(attribute(greeting, "name").required);
     assert!(attribute(greeting, "greeting").computed);
+
+    // Configured as Terraform configures it, the provider reads a data source: the
+    // configuration goes in as JSON, the state comes back as MessagePack, whose strings are
+    // their UTF-8 bytes.
+    let configured = client
+        .configure_provider(configure_provider::Request {
+            terraform_version: "1.14.0".into(),
+            config: Some(json(r#"{"prefix":"tf: "}"#)),
+            client_capabilities: None,
+        })
+        .await
+        .expect("ConfigureProvider")
+        .into_inner();
+    assert!(configured.diagnostics.is_empty(), "{configured:#?}");
+    let read = client
+        .read_data_source(read_data_source::Request {
+            type_name: "tether_greeting".into(),
+            config: Some(json(r#"{"name":"tether","greeting":null}"#)),
+            ..read_data_source::Request::default()
+        })
+        .await
+        .expect("ReadDataSource")
+        .into_inner();
+    assert!(read.diagnostics.is_empty(), "{read:#?}");
+    let state = read.state.expect("the data source's state").msgpack;
+    assert!(
+        contains(&state, b"tf: Hello, tether!") && contains(&state, b"greeting"),
+        "{}",
+        String::from_utf8_lossy(&state)
+    );
 
     let stopped = client
         .stop_provider(stop_provider::Request {})

@@ -44,7 +44,8 @@ pub mod interop {
 }
 
 /// Package `tfplugin6`: the part of Terraform's plugin protocol 6 that the tests with a real
-/// Terraform provider speak (`Provider.GetMetadata`, `GetProviderSchema`, `StopProvider`).
+/// Terraform provider speak (`Provider.GetMetadata`, `GetProviderSchema`,
+/// `ConfigureProvider`, `ReadDataSource`, `StopProvider`).
 pub mod tfplugin6 {
     pub use crate::generated::tfplugin6::*;
 }
