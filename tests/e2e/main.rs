@@ -17,6 +17,7 @@ mod handshake;
 mod hostconn;
 mod hostserve;
 mod interop;
+mod interop_real;
 mod lifecycle;
 mod metrics;
 mod multiplex;

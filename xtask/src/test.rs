@@ -10,8 +10,9 @@ use anyhow::{Context, Result, bail};
 
 use crate::{cargo, go, project_root, proto, publish, run_step};
 
-/// The name prefix of the Go interop tests in the `e2e` test binary.
-pub(crate) const INTEROP: &str = "interop::";
+/// The name prefix of the Go interop tests in the `e2e` test binary (modules `interop` and
+/// `interop_real`).
+pub(crate) const INTEROP: &str = "interop";
 
 /// The environment variable naming the file where a test that cannot run on this machine
 /// (a kernel without a sandbox layer it needs) records `test: why`, one line each, so that

@@ -1,5 +1,6 @@
 //! The contracts of tether's own tests: the services its test plugins serve and the
-//! go-plugin example interfaces its interoperability tests speak.
+//! go-plugin example interfaces its interoperability tests speak, plus the small parts of
+//! Terraform's and Grafana's plugin protocols that the tests with real plugins speak.
 //!
 //! Not a public API of tether: they exist so that the end-to-end tests (`tests/`) and the
 //! unit tests of `tether-host`, `tether-hostserve` and `tether-plugin-sdk` can drive real
@@ -21,6 +22,12 @@ mod generated {
     pub mod testing {
         include!("generated/tether.testing.v1.rs");
     }
+    pub mod tfplugin6 {
+        include!("generated/tfplugin6.rs");
+    }
+    pub mod pluginv2 {
+        include!("generated/pluginv2.rs");
+    }
 }
 
 /// `tether.testing.v1`: a small service served by tether's test plugins (`Testing`), and
@@ -34,4 +41,17 @@ pub mod testing {
 /// and Go hosts.
 pub mod interop {
     pub use crate::generated::interop::*;
+}
+
+/// Package `tfplugin6`: the part of Terraform's plugin protocol 6 that the tests with a real
+/// Terraform provider speak (`Provider.GetMetadata`, `GetProviderSchema`,
+/// `ConfigureProvider`, `ReadDataSource`, `StopProvider`).
+pub mod tfplugin6 {
+    pub use crate::generated::tfplugin6::*;
+}
+
+/// Package `pluginv2`: the part of Grafana's backend plugin protocol that the tests with a
+/// real Grafana backend plugin speak (`Diagnostics.CheckHealth`, `CollectMetrics`).
+pub mod pluginv2 {
+    pub use crate::generated::pluginv2::*;
 }
