@@ -206,7 +206,7 @@ async fn a_tether_host_reads_the_schema_and_a_data_source_of_a_terraform_framewo
     let provider = PluginClient::builder("tf-tether", TERRAFORM_PROVIDER.path())
         .handshake(TERRAFORM)
         .protocol_versions(&TERRAFORM_VERSIONS)
-        // AutoMTLS: enable once tether speaks it
+        .auto_mtls(true)
         // Terraform lets providers log (hclog JSON on stderr) at the level TF_LOG names.
         .env("TF_LOG", "TRACE")
         // go-plugin makes a temporary file where it binds its socket.
@@ -219,6 +219,7 @@ async fn a_tether_host_reads_the_schema_and_a_data_source_of_a_terraform_framewo
         6,
         "terraform-plugin-framework serves protocol 6 only"
     );
+    assert!(provider.broker().is_some_and(|broker| broker.uses_tls()));
     let mut client = ProviderClient::new(provider.channel());
 
     let metadata = client
