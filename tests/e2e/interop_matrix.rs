@@ -221,7 +221,7 @@ fn table() {
 
 /// Runs `cell`, or checks and records why it does not run.
 async fn run(cell: Cell) {
-    let name = cell.name();
+    const WHAT: &str = "this cell of the go-plugin matrix";
     match verdict(&cell) {
         Verdict::Runs => match cell.role {
             Role::TetherHost => match cell.kind {
@@ -234,10 +234,10 @@ async fn run(cell: Cell) {
             if cell.role == Role::GoHost {
                 go_host_refuses(&cell, &why);
             }
-            skip(&name, &format!("unsupported: {why}"));
+            skip(WHAT, &format!("unsupported: {why}"));
         }
         Verdict::NotYetInTether(why) => {
-            skip(&name, &format!("not yet supported by tether: {why}"));
+            skip(WHAT, &format!("not yet supported by tether: {why}"));
         }
     }
 }

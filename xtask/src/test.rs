@@ -71,7 +71,7 @@ pub(crate) fn run() -> Result<()> {
     let skipped = read_skips(skips.path());
     if !skipped.is_empty() {
         println!(
-            "skipped: {} checks this machine cannot run (not counted as passed):",
+            "skipped: {} checks not run here (not counted as passed):",
             skipped.len()
         );
         for skip in &skipped {
