@@ -28,8 +28,8 @@ pub(crate) fn needed() -> String {
 /// What to do where Go is missing, for messages.
 pub(crate) fn install_hint() -> String {
     format!(
-        "install Go {} or later on PATH (the project's machines have it; Debian's golang-go \
-         is too old), with the Go module proxy reachable",
+        "they need Go {} or later on PATH and the Go module proxy; the project's machines \
+         have both, Debian's golang-go is too old",
         needed()
     )
 }
