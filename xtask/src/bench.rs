@@ -1,6 +1,8 @@
-//! `cargo xtask bench`: builds `tether-bench` in release mode, and go-plugin's side from
-//! Debian's packages when Go is installed, then measures and writes `docs/benchmarks.md`
-//! and `docs/benchmarks.json`. Extra arguments go to `tether-bench` (`-- --help`).
+//! `cargo xtask bench`: builds `tether-bench` in release mode, and go-plugin's side (the
+//! `gobench` fixture with the Go plugins, against go-plugin 1.8.0, the newest release of
+//! the interop matrix) when Go is installed, then measures and writes
+//! `docs/benchmarks.md` and `docs/benchmarks.json`. Extra arguments go to `tether-bench`
+//! (`-- --help`).
 
 use std::process::Command;
 
@@ -27,20 +29,28 @@ pub(crate) fn run(extra: &[&str]) -> Result<()> {
         "--out".into(),
         project_root().join("docs").display().to_string(),
     ];
-    if go::available() {
-        let bin = target.join("go/bin");
-        run_step(
-            "building go-plugin's side (Go, GOPATH mode, Debian's go-plugin)",
-            &mut go::build(&GO_PROGRAMS, &bin, &target.join("go/cache")),
-        )?;
-        args.push("--go-bin".into());
-        args.push(bin.display().to_string());
-    } else {
-        println!(
-            "==> no Go toolchain: the go-plugin rows will say so (install: apt-get install -y \
-             {})",
-            go::PACKAGES
-        );
+    match go::missing() {
+        None => {
+            let bin = target.join("go").join(go::BENCH_RELEASE);
+            run_step(
+                &format!(
+                    "building go-plugin's side (Go modules, tests/go/versions/{})",
+                    go::BENCH_RELEASE
+                ),
+                &mut go::build(
+                    go::BENCH_RELEASE,
+                    &GO_PROGRAMS,
+                    &bin,
+                    &target.join("go/cache"),
+                ),
+            )?;
+            args.push("--go-bin".into());
+            args.push(bin.display().to_string());
+        }
+        Some(why) => println!(
+            "==> {why}: the go-plugin rows will say so ({})",
+            go::install_hint()
+        ),
     }
     args.extend(
         extra

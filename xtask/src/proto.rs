@@ -123,7 +123,7 @@ pub(crate) fn run(mode: Mode) -> Result<()> {
 /// The Go stubs of `tests/contract/proto/interop/` for the Go interop fixtures, made by
 /// `protoc` with Debian's `protoc-gen-go` and `protoc-gen-go-grpc` when they are installed.
 fn go(mode: Mode) -> Result<()> {
-    let dir = project_root().join("tests/go/src/tetherinterop/proto");
+    let dir = project_root().join("tests/go/fixtures/proto");
     let tools = ["protoc", "protoc-gen-go", "protoc-gen-go-grpc"];
     if let Some(missing) = tools.iter().find(|tool| !on_path(tool)) {
         println!(

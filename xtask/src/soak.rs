@@ -34,12 +34,12 @@ pub(crate) fn run(args: &[&str]) -> Result<()> {
     };
     println!("==> building the end-to-end suite");
     let suite = build_suite()?;
-    let with_go = go::available();
-    if !with_go {
+    let go_missing = go::missing();
+    let with_go = go_missing.is_none();
+    if let Some(why) = go_missing {
         println!(
-            "note: no Go toolchain, so the Go interop tests are skipped (install: apt-get \
-             install -y {})",
-            go::PACKAGES
+            "note: the Go interop tests are skipped: {why} ({})",
+            go::install_hint()
         );
     }
     let logs = target_dir().join("soak");

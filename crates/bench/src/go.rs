@@ -1,5 +1,6 @@
-//! go-plugin's side: the `gobench` fixture (tests/go/src/tetherinterop/gobench), built by
-//! `cargo xtask bench` from Debian's go-plugin 1.0.1 when Go is installed.
+//! go-plugin's side: the `gobench` fixture (tests/go/fixtures/gobench), built by
+//! `cargo xtask bench` against go-plugin 1.8.0 (tests/go/versions/v1_8_0) when Go is
+//! installed.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
