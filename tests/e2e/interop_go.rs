@@ -28,10 +28,15 @@ pub(crate) struct GoPlugin {
     /// Whether it has broker multiplexing, `ClientConfig.GRPCBrokerMultiplex` (1.6 and
     /// later).
     pub(crate) multiplex: bool,
+    /// Whether its plugins can dial their host through the broker under AutoMTLS (1.4.4
+    /// and later: before, a plugin verifies the host's brokered endpoint against no roots
+    /// at all, "x509: failed to load system roots and no roots provided").
+    pub(crate) plugin_dials_host_with_mtls: bool,
 }
 
 pub(crate) const V1_0_1: GoPlugin = GoPlugin {
     version: "v1.0.1",
+    plugin_dials_host_with_mtls: false,
     dir: "v1_0_1",
     grpc_stdio: false,
     auto_mtls: true,
@@ -39,6 +44,7 @@ pub(crate) const V1_0_1: GoPlugin = GoPlugin {
 };
 pub(crate) const V1_4_10: GoPlugin = GoPlugin {
     version: "v1.4.10",
+    plugin_dials_host_with_mtls: true,
     dir: "v1_4_10",
     grpc_stdio: true,
     auto_mtls: true,
@@ -46,6 +52,7 @@ pub(crate) const V1_4_10: GoPlugin = GoPlugin {
 };
 pub(crate) const V1_6_3: GoPlugin = GoPlugin {
     version: "v1.6.3",
+    plugin_dials_host_with_mtls: true,
     dir: "v1_6_3",
     grpc_stdio: true,
     auto_mtls: true,
@@ -53,6 +60,7 @@ pub(crate) const V1_6_3: GoPlugin = GoPlugin {
 };
 pub(crate) const V1_8_0: GoPlugin = GoPlugin {
     version: "v1.8.0",
+    plugin_dials_host_with_mtls: true,
     dir: "v1_8_0",
     grpc_stdio: true,
     auto_mtls: true,

@@ -49,10 +49,10 @@ struct Tether {
 }
 
 const TETHER: Tether = Tether {
-    host_auto_mtls: false,
-    plugin_auto_mtls: false,
-    host_multiplex: false,
-    plugin_multiplex: false,
+    host_auto_mtls: true,
+    plugin_auto_mtls: true,
+    host_multiplex: true,
+    plugin_multiplex: true,
     plugin_working_dir: false,
 };
 
@@ -134,6 +134,17 @@ fn verdict(cell: &Cell) -> Verdict {
             release.version
         ));
     }
+    if cell.auto_mtls
+        && cell.role == Role::TetherHost
+        && cell.kind == Kind::Counter
+        && !release.plugin_dials_host_with_mtls
+    {
+        return Verdict::Unsupported(format!(
+            "a go-plugin {} plugin cannot dial its host through the broker under AutoMTLS: \
+             it verifies the host's certificate against no roots (fixed in 1.4.4)",
+            release.version
+        ));
+    }
     let (auto_mtls, multiplex) = match cell.role {
         Role::TetherHost => (TETHER.host_auto_mtls, TETHER.host_multiplex),
         Role::GoHost => (TETHER.plugin_auto_mtls, TETHER.plugin_multiplex),
@@ -207,16 +218,28 @@ fn table() {
     {
         assert_eq!(verdict(cell), Verdict::Runs, "{}", cell.name());
     }
-    // Only multiplexing is missing from a release here: 1.0.1 already has AutoMTLS.
+    // What a release lacks: multiplexing before 1.6, and before 1.4.4 a plugin's dial of
+    // its host through the broker under AutoMTLS. 1.0.1 already has AutoMTLS.
     for cell in &cells {
         if let Verdict::Unsupported(why) = verdict(cell) {
             assert!(
-                cell.multiplex && !cell.release.multiplex,
+                (cell.multiplex && !cell.release.multiplex)
+                    || (cell.auto_mtls
+                        && cell.kind == Kind::Counter
+                        && cell.role == Role::TetherHost
+                        && !cell.release.plugin_dials_host_with_mtls),
                 "{}: {why}",
                 cell.name()
             );
         }
     }
+    // Everything else runs: tether speaks AutoMTLS and multiplexing in both roles.
+    assert!(
+        cells
+            .iter()
+            .all(|cell| !matches!(verdict(cell), Verdict::NotYetInTether(_))),
+        "a cell is waiting for tether"
+    );
 }
 
 /// Runs `cell`, or checks and records why it does not run.
@@ -231,8 +254,12 @@ async fn run(cell: Cell) {
             Role::GoHost => go_host_runs_tether_plugin(&cell),
         },
         Verdict::Unsupported(why) => {
-            if cell.role == Role::GoHost {
-                go_host_refuses(&cell, &why);
+            match cell.role {
+                Role::GoHost => go_host_refuses(&cell, &why),
+                Role::TetherHost if cell.release.multiplex || !cell.multiplex => {
+                    go_plugin_cannot_dial_the_host_under_mtls(&cell).await;
+                }
+                Role::TetherHost => {}
             }
             skip(WHAT, &format!("unsupported: {why}"));
         }
@@ -244,11 +271,9 @@ async fn run(cell: Cell) {
 
 /// A Go plugin under a tether host, with the cell's features.
 fn tether_host(cell: &Cell, name: &str, program: &str) -> PluginBuilder {
-    let builder = go_plugin(name, cell.release, program);
-    // When a tether host speaks them (`TETHER` above), turn the cell's features on here:
-    // if cell.auto_mtls { builder = builder.auto_mtls(true); }
-    // if cell.multiplex { builder = builder.multiplex(true); }
-    builder
+    go_plugin(name, cell.release, program)
+        .auto_mtls(cell.auto_mtls)
+        .multiplex(cell.multiplex)
 }
 
 /// The working directory a sandboxed plugin may write, where the Go `kvplugin` keeps its
@@ -402,6 +427,34 @@ async fn tether_host_runs_go_counter(cell: &Cell) {
     let exit = plugin.shutdown().await.expect("shutdown");
     assert_eq!(exit.stop, Stop::Graceful, "{exit:?}");
     assert!(is_gone(pid));
+}
+
+/// An old Go plugin under AutoMTLS starts and answers, but its dial of the host's brokered
+/// endpoint fails its own certificate check: the cell is unsupported for that reason, and
+/// this checks that it is that reason.
+async fn go_plugin_cannot_dial_the_host_under_mtls(cell: &Cell) {
+    let name = format!("go-counter-{}", cell.name());
+    let plugin = tether_host(cell, &name, "counterplugin")
+        .start()
+        .await
+        .expect("the Go plugin starts with AutoMTLS");
+    plugin.health().await.expect("health over TLS");
+    let broker = plugin.broker().expect("a started plugin has a broker");
+    let id = broker.next_id();
+    let _served = broker
+        .accept_and_serve(id, Routes::new(AddHelperServer::new(Adder::default())))
+        .await
+        .expect("serve AddHelper on the broker");
+    let refused = CounterClient::new(plugin.channel())
+        .put(CounterPutRequest {
+            add_server: id,
+            key: "apples".into(),
+            value: 1,
+        })
+        .await
+        .expect_err("the old Go plugin's dial fails its certificate check");
+    assert!(refused.message().contains("no roots provided"), "{refused}");
+    plugin.shutdown().await.expect("shutdown");
 }
 
 /// The Go host built against the cell's release runs a tether plugin with the cell's
