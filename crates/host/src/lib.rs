@@ -102,7 +102,7 @@ pub use supervisor::{
 pub use tether_broker::{Broker, BrokerError};
 pub use tether_protocol::HandshakeConfig;
 pub use tether_sandbox::{
-    KernelSupport, Layer, LayerStatus, ResourceLimits, Sandbox, SandboxError, SandboxMode,
-    SandboxStatus,
+    DataDirError, KernelSupport, Layer, LayerStatus, ResourceLimits, Sandbox, SandboxError,
+    SandboxMode, SandboxStatus,
 };
 pub use tether_sandbox::{Syscall, allowed_syscalls, conditional_syscalls, refused_syscalls};

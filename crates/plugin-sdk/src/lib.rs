@@ -116,6 +116,7 @@ mod error;
 mod files;
 mod host;
 mod log;
+mod parent;
 mod serve;
 mod stdio;
 

@@ -84,6 +84,7 @@ impl Plugin<NoHost> {
     /// A plugin with this handshake and no services yet.
     pub fn new(handshake: HandshakeConfig) -> Self {
         // The host is the process that started the plugin; nobody else may connect.
+        crate::parent::remember();
         let admitted = PeerSet::of(std::os::unix::process::parent_id());
         Plugin {
             handshake,
@@ -332,6 +333,8 @@ impl<H> Plugin<H> {
 
         let shutdown = CancellationToken::new();
         watch_signals(&shutdown)?;
+        // A host that dies stops the plugin too, whichever host it is.
+        crate::parent::watch(&shutdown);
         write_handshake(capture.real_stdout, version, &socket_path)?;
         tracing::debug!(version, socket = %socket_path.display(), "plugin serving");
 

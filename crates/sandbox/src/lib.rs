@@ -44,9 +44,13 @@
 //! }
 //! ```
 
+#[cfg(unix)]
+mod data_dir;
 mod program;
 mod status;
 
+#[cfg(unix)]
+pub use data_dir::{DataDir, DataDirError};
 pub use program::resolve_program;
 pub use status::{
     KernelSupport, Layer, LayerStatus, ResourceLimits, Sandbox, SandboxError, SandboxMode,
