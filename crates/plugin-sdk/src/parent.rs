@@ -55,31 +55,39 @@ pub(crate) fn watch(shutdown: &CancellationToken) {
 
 /// Waits until `parent` is no longer this process's parent; says how that was seen.
 async fn gone(parent: Option<Pid>) -> &'static str {
+    let pid = Pid::as_raw(parent);
     if getppid() != parent {
-        return "already reparented when the plugin started serving";
+        return "it was gone before the watch began";
     }
-    if let Some(pid) = parent {
-        match pidfd_open(pid, PidfdFlags::empty()) {
-            // The pidfd was opened while `pid` was still the parent (checked after the
+    if let Some(parent_pid) = parent {
+        match pidfd_open(parent_pid, PidfdFlags::empty()) {
+            // The pidfd was opened while `parent` was still the parent (checked after the
             // open: a dead parent's pid could have been reused by then, but a live parent's
             // cannot), so it names the parent.
-            Ok(pidfd) if getppid() == parent => match exited(pidfd).await {
-                Ok(()) => return "it exited",
-                Err(err) => {
-                    tracing::debug!(%err, "cannot wait on the host's pidfd; polling instead");
+            Ok(pidfd) if getppid() == parent => {
+                tracing::debug!(parent = pid, "watching the host (pid {pid}) through a pidfd");
+                match exited(pidfd).await {
+                    Ok(()) => return "it exited",
+                    Err(err) => {
+                        tracing::debug!(%err, "cannot wait on the host's pidfd; polling instead");
+                    }
                 }
-            },
-            Ok(_) => return "reparented",
+            }
+            Ok(_) => return "it was gone before the watch began",
             // ENOSYS before Linux 5.3 or under a filter, EPERM or EACCES under a policy.
             Err(err) => tracing::debug!(%err, "no pidfd for the host; polling instead"),
         }
     }
+    tracing::debug!(
+        parent = pid,
+        "watching the host (pid {pid}) by polling getppid() every {POLL:?}"
+    );
     let mut every = tokio::time::interval(POLL);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         every.tick().await;
         if getppid() != parent {
-            return "reparented";
+            return "this plugin was reparented";
         }
     }
 }
