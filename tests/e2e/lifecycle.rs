@@ -454,7 +454,9 @@ async fn a_plugin_stops_by_itself_when_a_host_that_kills_nothing_dies() {
         .stderr(Stdio::null())
         .spawn()
         .expect("start the shell");
-    Orphaning::started(host).host_killed_plugin_stops(&log).await;
+    Orphaning::started(host)
+        .host_killed_plugin_stops(&log)
+        .await;
 }
 
 #[tokio::test]

@@ -7,6 +7,7 @@
 
 mod cli;
 mod corpus_rows;
+mod datadir;
 mod demo;
 mod edges;
 mod exits;

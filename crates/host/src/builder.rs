@@ -230,18 +230,20 @@ impl PluginBuilder {
         })?;
         let socket_dir = transport::socket_dir(&name, &base)?;
         let data_dir = self.data_dir.as_ref().map(sandbox::DataDir::create);
-        let data_dir = data_dir
-            .transpose()
-            .map_err(|source| Error::DataDir {
-                plugin: name.clone(),
-                source,
-            })?;
-        let sandbox =
-            sandbox::prepare(&self.sandbox, &program, socket_dir.path(), data_dir.as_ref())
-                .map_err(|source| Error::Sandbox {
-                    plugin: name.clone(),
-                    source,
-                })?;
+        let data_dir = data_dir.transpose().map_err(|source| Error::DataDir {
+            plugin: name.clone(),
+            source,
+        })?;
+        let sandbox = sandbox::prepare(
+            &self.sandbox,
+            &program,
+            socket_dir.path(),
+            data_dir.as_ref(),
+        )
+        .map_err(|source| Error::Sandbox {
+            plugin: name.clone(),
+            source,
+        })?;
         let sandbox_status = sandbox.status().clone();
         log_sandbox(&name, &sandbox_status);
 

@@ -65,7 +65,10 @@ async fn gone(parent: Option<Pid>) -> &'static str {
             // open: a dead parent's pid could have been reused by then, but a live parent's
             // cannot), so it names the parent.
             Ok(pidfd) if getppid() == parent => {
-                tracing::debug!(parent = pid, "watching the host (pid {pid}) through a pidfd");
+                tracing::debug!(
+                    parent = pid,
+                    "watching the host (pid {pid}) through a pidfd"
+                );
                 match exited(pidfd).await {
                     Ok(()) => return "it exited",
                     Err(err) => {
