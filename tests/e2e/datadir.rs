@@ -53,6 +53,15 @@ async fn a_plugin_keeps_state_in_its_data_dir_and_writes_nowhere_else() {
         .expect("the state plugin starts with a data directory");
     let mode = std::fs::metadata(&data).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o700, "the data directory is private");
+    let status = plugin.sandbox().expect("a started plugin's sandbox");
+    if status.is_enforced(Layer::LandlockFilesystem) {
+        assert!(
+            status
+                .to_string()
+                .contains("read-write in its data directory"),
+            "{status}"
+        );
+    }
 
     // Its working directory, and named in its environment.
     let place = done(&plugin, "where", "", b"").await;

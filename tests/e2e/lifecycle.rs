@@ -394,19 +394,27 @@ impl Orphaning {
 
     /// Kills the host with SIGKILL once the plugin watches it, and checks that the plugin,
     /// which nothing else will kill, stops by itself and says why in its log (`log`, its
-    /// stderr).
-    async fn host_killed_plugin_stops(mut self, log: &Path) {
+    /// stderr). Through a pidfd, unless `polling`.
+    async fn host_killed_plugin_stops(mut self, log: &Path, polling: bool) {
+        let (watch, why) = if polling {
+            (
+                "by polling getppid()",
+                "is gone (this plugin was reparented)",
+            )
+        } else {
+            ("through a pidfd", "is gone (it exited)")
+        };
         let plugin = self.plugin.expect("the plugin's pid");
         assert!(!is_gone(plugin), "plugin {plugin} is not running");
         // Once the plugin watches its host (through a pidfd: under the sandbox too, its
         // filter lets pidfd_open through), the host dies.
         let watching = eventually(PATIENCE, || {
-            std::fs::read_to_string(log).is_ok_and(|text| text.contains("through a pidfd"))
+            std::fs::read_to_string(log).is_ok_and(|text| text.contains(watch))
         })
         .await;
         assert!(
             watching,
-            "the plugin does not watch its host through a pidfd; its log:\n{}",
+            "the plugin does not watch its host {watch}; its log:\n{}",
             std::fs::read_to_string(log).unwrap_or_default()
         );
         self.host.kill().expect("SIGKILL the host");
@@ -417,10 +425,10 @@ impl Orphaning {
             gone,
             "plugin {plugin} still runs after its host was killed; its log:\n{logged}"
         );
-        // The plugin's own watch stopped it (nothing signalled it): its warning says the
-        // host exited, and the graceful path ran to the end.
+        // The plugin's own watch stopped it (nothing signalled it): its warning says how
+        // it saw the host go, and the graceful path ran to the end.
         assert!(
-            logged.contains("is gone (it exited); shutting down"),
+            logged.contains(&format!("{why}; shutting down")),
             "no warning that the host is gone in its log:\n{logged}"
         );
         assert!(logged.contains("plugin stopped"), "{logged}");
@@ -455,35 +463,50 @@ async fn a_plugin_stops_by_itself_when_a_host_that_kills_nothing_dies() {
         .spawn()
         .expect("start the shell");
     Orphaning::started(host)
-        .host_killed_plugin_stops(&log)
+        .host_killed_plugin_stops(&log, false)
         .await;
 }
 
-#[tokio::test]
-async fn a_strictly_sandboxed_plugin_stops_by_itself_when_its_host_dies() {
-    // tether's sandbox (Strict where this kernel has every layer), applied by a host with
-    // neither the parent-death signal nor the guard of tether's host: only the plugin's
-    // own watch can stop it, through the sandbox's system call filter.
+/// Starts the test plugin from `bare-host` in the sandbox for tests (Strict where this
+/// kernel has every layer), with `pidfd_open` refused if `no_pidfd`, and checks it stops
+/// by itself when the bare host is killed.
+async fn bare_host_dies(no_pidfd: bool) {
     let mode = if sandbox().mode() == tether_host::SandboxMode::Strict {
         "strict"
     } else {
         "best-effort"
     };
     let dir = tempfile::tempdir().expect("a temporary directory");
+    let mut command = Command::new(BARE_HOST);
+    command.arg(mode).arg(TEST_PLUGIN).arg(dir.path());
+    if no_pidfd {
+        command.arg("no-pidfd");
+    }
     #[allow(
         clippy::disallowed_methods,
         reason = "the test starts a host process in order to kill it"
     )]
-    let host = Command::new(BARE_HOST)
-        .arg(mode)
-        .arg(TEST_PLUGIN)
-        .arg(dir.path())
+    let host = command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
         .expect("start the bare host");
     Orphaning::started(host)
-        .host_killed_plugin_stops(&dir.path().join("plugin.log"))
+        .host_killed_plugin_stops(&dir.path().join("plugin.log"), no_pidfd)
         .await;
+}
+
+#[tokio::test]
+async fn a_strictly_sandboxed_plugin_stops_by_itself_when_its_host_dies() {
+    // tether's sandbox applied by a host with neither the parent-death signal nor the
+    // guard of tether's host: only the plugin's own watch can stop it, through the
+    // sandbox's system call filter.
+    bare_host_dies(false).await;
+}
+
+#[tokio::test]
+async fn without_pidfd_open_a_plugin_still_stops_when_its_host_dies_by_polling() {
+    // As on a kernel before 5.3: the watch falls back to polling getppid().
+    bare_host_dies(true).await;
 }

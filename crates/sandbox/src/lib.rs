@@ -12,7 +12,8 @@
 //!   `CLOSE_RANGE_CLOEXEC`), whatever the host process inherited or leaked;
 //! - Landlock filesystem: execute and read on the plugin binary and its loader, read on its
 //!   shared libraries and `/etc/ld.so.cache`, create and remove sockets in its private
-//!   socket directory, and nothing else (no `/proc`, so not the host's environment either);
+//!   socket directory, read-write beneath its private data directory if the host gives it
+//!   one ([`DataDir`]), and nothing else (no `/proc`, so not the host's environment either);
 //! - Landlock network: no TCP bind or connect (ABI 4);
 //! - Landlock scopes: no abstract Unix sockets or signals outside the sandbox (ABI 6);
 //! - seccomp: an allowlist ([`allowed_syscalls`], each call with its reason);

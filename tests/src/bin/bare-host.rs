@@ -6,7 +6,9 @@
 //! to `dir/sockets`, which it creates), confined by tether's sandbox in the given mode applied with
 //! `tether-sandbox` directly, but with no parent-death signal, no process group and no
 //! guard process: like a go-plugin host, nothing kills the plugin when this process dies.
-//! The plugin's stderr (its log) goes to `dir/plugin.log`. Once the plugin has printed its
+//! The plugin's stderr (its log) goes to `dir/plugin.log`. With a fourth argument,
+//! `no-pidfd`, the plugin also runs under a seccomp filter of this host's own that answers
+//! `pidfd_open` with `ENOSYS`, as a kernel before 5.3 would. Once the plugin has printed its
 //! handshake line, prints `plugin-pid <pid>` and `handshake <line>`, then waits to be
 //! killed.
 
@@ -21,8 +23,10 @@ use tether_sandbox::Sandbox;
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [mode, plugin, dir] = args.as_slice() else {
-        anyhow::bail!("usage: bare-host <strict|best-effort|off> <plugin> <dir>");
+    let (mode, plugin, dir, no_pidfd) = match args.as_slice() {
+        [mode, plugin, dir] => (mode, plugin, dir, false),
+        [mode, plugin, dir, flag] if flag == "no-pidfd" => (mode, plugin, dir, true),
+        _ => anyhow::bail!("usage: bare-host <strict|best-effort|off> <plugin> <dir> [no-pidfd]"),
     };
     let dir = Path::new(dir);
     let sandbox = match mode.as_str() {
@@ -46,9 +50,29 @@ fn main() -> anyhow::Result<()> {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(log);
-    // SAFETY: `apply` makes only raw system calls on state built by `prepare`.
+    let filter = no_pidfd_filter();
+    // SAFETY: between fork and exec only raw system calls (prctl, seccomp, and the
+    // sandbox's `apply`) on state built before the fork.
     unsafe {
-        command.pre_exec(move || prepared.apply());
+        command.pre_exec(move || {
+            if no_pidfd {
+                let program = libc::sock_fprog {
+                    len: filter.len() as libc::c_ushort,
+                    filter: filter.as_ptr().cast_mut(),
+                };
+                if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+                    || libc::syscall(
+                        libc::SYS_seccomp,
+                        libc::SECCOMP_SET_MODE_FILTER,
+                        0,
+                        &raw const program,
+                    ) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            prepared.apply()
+        });
     }
     #[allow(
         clippy::disallowed_methods,
@@ -66,4 +90,35 @@ fn main() -> anyhow::Result<()> {
     loop {
         std::thread::sleep(Duration::from_secs(3600));
     }
+}
+
+/// A seccomp program that answers `pidfd_open` with `ENOSYS` and allows everything else.
+fn no_pidfd_filter() -> Vec<libc::sock_filter> {
+    let statement = |code: u32, k: u32| libc::sock_filter {
+        code: code as u16,
+        jt: 0,
+        jf: 0,
+        k,
+    };
+    let jump = |code: u32, k: u32, jt: u8, jf: u8| libc::sock_filter {
+        code: code as u16,
+        jt,
+        jf,
+        k,
+    };
+    vec![
+        // The system call's number: `seccomp_data.nr`, at offset 0.
+        statement(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, 0),
+        jump(
+            libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K,
+            libc::SYS_pidfd_open as u32,
+            0,
+            1,
+        ),
+        statement(
+            libc::BPF_RET | libc::BPF_K,
+            libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32,
+        ),
+        statement(libc::BPF_RET | libc::BPF_K, libc::SECCOMP_RET_ALLOW),
+    ]
 }
