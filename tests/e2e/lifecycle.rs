@@ -3,6 +3,7 @@
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -346,4 +347,166 @@ fn signal_pending(pid: u32, signal: i32) -> bool {
         .flatten()
         .any(|task| std::fs::read_to_string(task.path().join("status")).is_ok_and(|s| pending(&s)));
     pending(&process) || threads
+}
+
+/// A host started to be killed, and its plugin once known: whatever a failing test leaves
+/// running is killed when this is dropped, so that no stray process outlives the test.
+struct Orphaning {
+    host: std::process::Child,
+    plugin: Option<u32>,
+}
+
+impl Drop for Orphaning {
+    fn drop(&mut self) {
+        let _ = self.host.kill();
+        let _ = self.host.wait();
+        if let Some(plugin) = self.plugin.filter(|&pid| !is_gone(pid)) {
+            let pid = rustix::process::Pid::from_raw(plugin.cast_signed()).expect("a pid");
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        }
+    }
+}
+
+impl Orphaning {
+    /// Reads `plugin-pid <pid>` and the plugin's handshake line (possibly after
+    /// `handshake `) from the host's stdout, in either order: once both are there, the
+    /// plugin serves.
+    fn started(mut host: std::process::Child) -> Orphaning {
+        let stdout = host.stdout.take().expect("stdout");
+        let mut orphaning = Orphaning { host, plugin: None };
+        let mut lines = BufReader::new(stdout).lines();
+        let mut handshake = false;
+        while orphaning.plugin.is_none() || !handshake {
+            let line = lines
+                .next()
+                .expect("the host printed the plugin's pid and handshake")
+                .expect("readable");
+            if let Some(number) = line.strip_prefix("plugin-pid ") {
+                orphaning.plugin = Some(number.trim().parse().expect("a pid"));
+            } else {
+                let line = line.strip_prefix("handshake ").unwrap_or(&line);
+                assert!(line.starts_with("1|1|unix|"), "not a handshake: {line:?}");
+                handshake = true;
+            }
+        }
+        orphaning
+    }
+
+    /// Kills the host with SIGKILL once the plugin watches it, and checks that the plugin,
+    /// which nothing else will kill, stops by itself and says why in its log (`log`, its
+    /// stderr). Through a pidfd, unless `polling`.
+    async fn host_killed_plugin_stops(mut self, log: &Path, polling: bool) {
+        let (watch, why) = if polling {
+            (
+                "by polling getppid()",
+                "is gone (this plugin was reparented)",
+            )
+        } else {
+            ("through a pidfd", "is gone (it exited)")
+        };
+        let plugin = self.plugin.expect("the plugin's pid");
+        assert!(!is_gone(plugin), "plugin {plugin} is not running");
+        // Once the plugin watches its host (through a pidfd: under the sandbox too, its
+        // filter lets pidfd_open through), the host dies.
+        let watching = eventually(PATIENCE, || {
+            std::fs::read_to_string(log).is_ok_and(|text| text.contains(watch))
+        })
+        .await;
+        assert!(
+            watching,
+            "the plugin does not watch its host {watch}; its log:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        self.host.kill().expect("SIGKILL the host");
+        self.host.wait().expect("reap the host");
+        let gone = eventually(PATIENCE, || is_gone(plugin)).await;
+        let logged = std::fs::read_to_string(log).unwrap_or_default();
+        assert!(
+            gone,
+            "plugin {plugin} still runs after its host was killed; its log:\n{logged}"
+        );
+        // The plugin's own watch stopped it (nothing signalled it): its warning says how
+        // it saw the host go, and the graceful path ran to the end.
+        assert!(
+            logged.contains(&format!("{why}; shutting down")),
+            "no warning that the host is gone in its log:\n{logged}"
+        );
+        assert!(logged.contains("plugin stopped"), "{logged}");
+    }
+}
+
+#[tokio::test]
+async fn a_plugin_stops_by_itself_when_a_host_that_kills_nothing_dies() {
+    // A host like go-plugin's, or any process: here a shell that starts the plugin in the
+    // background with a host's environment, and is then killed.
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let log = dir.path().join("plugin.log");
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "the test starts a host process in order to kill it"
+    )]
+    let host = Command::new("sh")
+        .arg("-c")
+        .arg(r#""$PLUGIN" 2>"$LOG" & echo "plugin-pid $!"; wait"#)
+        .env_clear()
+        .env("PLUGIN", TEST_PLUGIN)
+        .env("LOG", &log)
+        .env(
+            HANDSHAKE.magic_cookie_key.as_ref(),
+            HANDSHAKE.magic_cookie_value.as_ref(),
+        )
+        .env("PLUGIN_PROTOCOL_VERSIONS", "1")
+        .env("PLUGIN_UNIX_SOCKET_DIR", dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the shell");
+    Orphaning::started(host)
+        .host_killed_plugin_stops(&log, false)
+        .await;
+}
+
+/// Starts the test plugin from `bare-host` in the sandbox for tests (Strict where this
+/// kernel has every layer), with `pidfd_open` refused if `no_pidfd`, and checks it stops
+/// by itself when the bare host is killed.
+async fn bare_host_dies(no_pidfd: bool) {
+    let mode = if sandbox().mode() == tether_host::SandboxMode::Strict {
+        "strict"
+    } else {
+        "best-effort"
+    };
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let mut command = Command::new(BARE_HOST);
+    command.arg(mode).arg(TEST_PLUGIN).arg(dir.path());
+    if no_pidfd {
+        command.arg("no-pidfd");
+    }
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "the test starts a host process in order to kill it"
+    )]
+    let host = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start the bare host");
+    Orphaning::started(host)
+        .host_killed_plugin_stops(&dir.path().join("plugin.log"), no_pidfd)
+        .await;
+}
+
+#[tokio::test]
+async fn a_strictly_sandboxed_plugin_stops_by_itself_when_its_host_dies() {
+    // tether's sandbox applied by a host with neither the parent-death signal nor the
+    // guard of tether's host: only the plugin's own watch can stop it, through the
+    // sandbox's system call filter.
+    bare_host_dies(false).await;
+}
+
+#[tokio::test]
+async fn without_pidfd_open_a_plugin_still_stops_when_its_host_dies_by_polling() {
+    // As on a kernel before 5.3: the watch falls back to polling getppid().
+    bare_host_dies(true).await;
 }

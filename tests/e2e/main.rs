@@ -8,6 +8,7 @@
 mod automtls;
 mod cli;
 mod corpus_rows;
+mod datadir;
 mod demo;
 mod edges;
 mod exits;

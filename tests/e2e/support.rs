@@ -14,6 +14,8 @@ pub(crate) const BAD_PLUGIN: &str = env!("CARGO_BIN_EXE_bad-plugin");
 pub(crate) const HOST_HELPER: &str = env!("CARGO_BIN_EXE_host-helper");
 pub(crate) const PLAIN_PLUGIN: &str = env!("CARGO_BIN_EXE_plain-plugin");
 pub(crate) const HOSTILE_PLUGIN: &str = env!("CARGO_BIN_EXE_hostile-plugin");
+pub(crate) const STATE_PLUGIN: &str = env!("CARGO_BIN_EXE_state-plugin");
+pub(crate) const BARE_HOST: &str = env!("CARGO_BIN_EXE_bare-host");
 
 /// How long a test waits for something that should happen (an exit noticed, a restart, a
 /// record written) before it calls the wait a failure. Generous, because a loaded 2-core

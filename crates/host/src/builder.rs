@@ -44,6 +44,7 @@ pub struct PluginBuilder {
     auto_mtls: bool,
     multiplex: bool,
     socket_group: Option<String>,
+    data_dir: Option<PathBuf>,
 }
 
 impl PluginBuilder {
@@ -68,6 +69,7 @@ impl PluginBuilder {
             auto_mtls: false,
             multiplex: false,
             socket_group: None,
+            data_dir: None,
         }
     }
 
@@ -198,6 +200,31 @@ impl PluginBuilder {
         self
     }
 
+    /// Gives the plugin a private directory to keep state in (default: none, and the plugin
+    /// can write nowhere). At each start the host creates `dir` (mode `0700`, with missing
+    /// parents) or checks the existing one, refusing ([`Error::DataDir`]) a symbolic link,
+    /// a non-directory, another user's directory or one writable by group or others. The
+    /// sandbox grants the plugin read-write beneath it (create, write, rename and remove
+    /// files and directories; not execute), each file bounded by
+    /// [`ResourceLimits::file_size`](crate::ResourceLimits::file_size); it becomes the
+    /// plugin's working directory, and `TETHER_DATA_DIR` holds its absolute path. Give
+    /// every plugin its own: another plugin cannot reach it unless given the same one.
+    ///
+    /// ```no_run
+    /// # async fn start() -> Result<(), tether_host::Error> {
+    /// use tether_host::{PluginClient, Sandbox};
+    /// let plugin = PluginClient::builder("kv", "./kv-plugin")
+    ///     .sandbox(Sandbox::strict())
+    ///     .data_dir("/var/lib/myapp/plugins/kv")
+    ///     .start()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.data_dir = Some(dir.into());
+        self
+    }
+
     /// Where private socket directories are created (default: the system temp dir).
     pub fn socket_base_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.socket_base = Some(dir.into());
@@ -247,13 +274,21 @@ impl PluginBuilder {
             Some(group) => Some(transport::share_dir(&name, socket_dir.path(), group)?),
             None => None,
         };
-        let sandbox =
-            sandbox::prepare(&self.sandbox, &program, socket_dir.path()).map_err(|source| {
-                Error::Sandbox {
-                    plugin: name.clone(),
-                    source,
-                }
-            })?;
+        let data_dir = self.data_dir.as_ref().map(sandbox::DataDir::create);
+        let data_dir = data_dir.transpose().map_err(|source| Error::DataDir {
+            plugin: name.clone(),
+            source,
+        })?;
+        let sandbox = sandbox::prepare(
+            &self.sandbox,
+            &program,
+            socket_dir.path(),
+            data_dir.as_ref(),
+        )
+        .map_err(|source| Error::Sandbox {
+            plugin: name.clone(),
+            source,
+        })?;
         let sandbox_status = sandbox.status().clone();
         log_sandbox(&name, &sandbox_status);
 
@@ -293,6 +328,11 @@ impl PluginBuilder {
         // With a socket group the plugin's sockets are born group-writable (the sandbox
         // forbids it changing file modes and owners) in a set-group-id directory.
         let umask = socket_gid.map(|_| 0o007);
+        if let Some(data_dir) = &data_dir {
+            command
+                .current_dir(data_dir.path())
+                .env(env::DATA_DIR, data_dir.path());
+        }
         let mut child = spawn::spawn(command, sandbox, umask)
             .await
             .map_err(|source| Error::Spawn {

@@ -42,6 +42,16 @@ pub enum Error {
         /// What went wrong.
         reason: String,
     },
+    /// The plugin's data directory could not be created, or is not private to the host's
+    /// user (a symbolic link, not a directory, another user's, or writable by others).
+    #[error("refused the data directory of plugin `{plugin}`: {source}")]
+    DataDir {
+        /// The plugin's name.
+        plugin: String,
+        /// What is wrong with it.
+        #[source]
+        source: crate::DataDirError,
+    },
     /// The private socket directory could not be created.
     #[error("could not create a socket directory for plugin `{plugin}` in {}: {source}", base.display())]
     SocketDir {

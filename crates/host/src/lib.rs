@@ -35,7 +35,8 @@
 //! 0-2, Landlock (its own binary and libraries, sockets in its private directory, no TCP,
 //! no signals out) and a seccomp filter, applied between fork and exec.
 //! [`PluginClient::sandbox`] tells which layers hold on this kernel; `Strict` refuses to
-//! start a plugin if any does not.
+//! start a plugin if any does not. A plugin can write nowhere unless given a private data
+//! directory ([`PluginBuilder::data_dir`]).
 //!
 //! # Metrics
 //!
@@ -102,7 +103,7 @@ pub use supervisor::{
 pub use tether_broker::{Broker, BrokerError};
 pub use tether_protocol::HandshakeConfig;
 pub use tether_sandbox::{
-    KernelSupport, Layer, LayerStatus, ResourceLimits, Sandbox, SandboxError, SandboxMode,
-    SandboxStatus,
+    DataDirError, KernelSupport, Layer, LayerStatus, ResourceLimits, Sandbox, SandboxError,
+    SandboxMode, SandboxStatus,
 };
 pub use tether_sandbox::{Syscall, allowed_syscalls, conditional_syscalls, refused_syscalls};

@@ -48,7 +48,14 @@
 //!   was asked and what the plugin serves. (With `panic = "abort"` a panic ends the
 //!   process instead, and the host reports the exit.)
 //! - ignores SIGINT (the host owns Ctrl-C), stops gracefully on SIGTERM or `Shutdown`, and
-//!   removes its socket on every exit path it controls.
+//!   removes its socket on every exit path it controls;
+//! - stops the same way, with a warning in its log, when the process that started it dies,
+//!   whatever host that was (go-plugin's kills no orphan): it watches its parent through a
+//!   pidfd, or polls `getppid()` where there is none.
+//!
+//! A plugin that keeps state writes it in the directory the host gave it with
+//! `PluginBuilder::data_dir`: its working directory, named in `TETHER_DATA_DIR`
+//! ([`protocol::env::DATA_DIR`]). Under tether's sandbox it can write nowhere else.
 //!
 //! # Host services
 //!
@@ -116,6 +123,7 @@ mod error;
 mod files;
 mod host;
 mod log;
+mod parent;
 mod serve;
 mod stdio;
 

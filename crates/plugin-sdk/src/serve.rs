@@ -86,6 +86,7 @@ impl Plugin<NoHost> {
     /// A plugin with this handshake and no services yet.
     pub fn new(handshake: HandshakeConfig) -> Self {
         // The host is the process that started the plugin; nobody else may connect.
+        crate::parent::remember();
         let admitted = PeerSet::of(std::os::unix::process::parent_id());
         Plugin {
             handshake,
@@ -349,6 +350,8 @@ impl<H> Plugin<H> {
         let shutdown = CancellationToken::new();
         watch_signals(&shutdown)?;
         let certificate = identity.map(|(identity, _)| identity.handshake_field());
+        // A host that dies stops the plugin too, whichever host it is.
+        crate::parent::watch(&shutdown);
         write_handshake(
             capture.real_stdout,
             version,

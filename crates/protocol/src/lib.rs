@@ -67,6 +67,9 @@ pub mod env {
     pub const MULTIPLEX_GRPC: &str = "PLUGIN_MULTIPLEX_GRPC";
     /// Old Go plugins ignore `PLUGIN_UNIX_SOCKET_DIR` and create sockets in `$TMPDIR`.
     pub const TMPDIR: &str = "TMPDIR";
+    /// tether's own: the plugin's private, writable data directory (also its working
+    /// directory), when the host gave it one. Unset otherwise.
+    pub const DATA_DIR: &str = "TETHER_DATA_DIR";
 }
 
 #[allow(

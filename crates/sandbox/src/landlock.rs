@@ -7,15 +7,17 @@ use landlock::{
     RulesetAttr, RulesetCreated, RulesetCreatedAttr, Scope,
 };
 
-use crate::{Layer, Sandbox, SandboxError};
+use crate::{DataDir, Layer, Sandbox, SandboxError};
 
 /// Builds the ruleset of a plugin started from `program`: execute and read on it and its
-/// loader closure, read beneath the paths the host allows, sockets in `socket_dir`; TCP
-/// (ABI 4) and scopes (ABI 6) when the kernel has them. Returns how many paths it allows.
+/// loader closure, read beneath the paths the host allows, sockets in `socket_dir`,
+/// read-write beneath `data_dir`; TCP (ABI 4) and scopes (ABI 6) when the kernel has them.
+/// Returns how many paths it allows.
 pub(crate) fn ruleset(
     sandbox: &Sandbox,
     program: &Path,
     socket_dir: &Path,
+    data_dir: Option<&DataDir>,
     abi: i64,
 ) -> Result<(RulesetCreated, usize), SandboxError> {
     let fail = |reason: String| SandboxError {
@@ -73,5 +75,24 @@ pub(crate) fn ruleset(
     created = created
         .add_rule(PathBeneath::new(fd, socket_access))
         .map_err(|err| fail(format!("{}: {err}", socket_dir.display())))?;
+    if let Some(data_dir) = data_dir {
+        // Everything a program that keeps state needs beneath its own directory: read, list,
+        // create, write, truncate, rename (Refer: across its subdirectories) and remove files
+        // and directories. Not Execute (it could run what it wrote), not devices, fifos,
+        // sockets or symbolic links. The rule is bound to the directory the host checked
+        // (an open descriptor), not to its path.
+        let data_access = AccessFs::ReadFile
+            | AccessFs::ReadDir
+            | AccessFs::WriteFile
+            | AccessFs::Truncate
+            | AccessFs::MakeReg
+            | AccessFs::MakeDir
+            | AccessFs::RemoveFile
+            | AccessFs::RemoveDir
+            | AccessFs::Refer;
+        created = created
+            .add_rule(PathBeneath::new(data_dir, data_access))
+            .map_err(|err| fail(format!("{}: {err}", data_dir.path().display())))?;
+    }
     Ok((created, paths))
 }

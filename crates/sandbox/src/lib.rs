@@ -12,7 +12,8 @@
 //!   `CLOSE_RANGE_CLOEXEC`), whatever the host process inherited or leaked;
 //! - Landlock filesystem: execute and read on the plugin binary and its loader, read on its
 //!   shared libraries and `/etc/ld.so.cache`, create and remove sockets in its private
-//!   socket directory, and nothing else (no `/proc`, so not the host's environment either);
+//!   socket directory, read-write beneath its private data directory if the host gives it
+//!   one ([`DataDir`]), and nothing else (no `/proc`, so not the host's environment either);
 //! - Landlock network: no TCP bind or connect (ABI 4);
 //! - Landlock scopes: no abstract Unix sockets or signals outside the sandbox (ABI 6);
 //! - seccomp: an allowlist ([`allowed_syscalls`], each call with its reason);
@@ -44,9 +45,13 @@
 //! }
 //! ```
 
+#[cfg(unix)]
+mod data_dir;
 mod program;
 mod status;
 
+#[cfg(unix)]
+pub use data_dir::{DataDir, DataDirError};
 pub use program::resolve_program;
 pub use status::{
     KernelSupport, Layer, LayerStatus, ResourceLimits, Sandbox, SandboxError, SandboxMode,

@@ -9,7 +9,9 @@ use landlock::RulesetCreated;
 use rustix::process::{Resource, Rlimit};
 use seccompiler::BpfProgram;
 
-use crate::{KernelSupport, Layer, LayerStatus, Sandbox, SandboxError, SandboxMode, SandboxStatus};
+use crate::{
+    DataDir, KernelSupport, Layer, LayerStatus, Sandbox, SandboxError, SandboxMode, SandboxStatus,
+};
 
 /// A sandbox built in the parent, ready to apply between fork and exec.
 pub struct Prepared {
@@ -29,11 +31,14 @@ impl fmt::Debug for Prepared {
 }
 
 /// Builds the sandbox of a plugin started from `program` (resolved by
-/// [`resolve_program`](crate::resolve_program)), whose private socket directory is `socket_dir`.
+/// [`resolve_program`](crate::resolve_program)), whose private socket directory is
+/// `socket_dir` and whose private data directory, if it has one, is `data_dir` (granted
+/// read-write beneath, never execute).
 pub fn prepare(
     sandbox: &Sandbox,
     program: &Path,
     socket_dir: &Path,
+    data_dir: Option<&DataDir>,
 ) -> Result<Prepared, SandboxError> {
     let mut status = SandboxStatus {
         mode: sandbox.mode,
@@ -89,10 +94,16 @@ pub fn prepare(
 
     let abi = kernel.landlock_abi;
     let ruleset = if kernel.missing(Layer::LandlockFilesystem).is_none() {
-        let (ruleset, paths) = crate::landlock::ruleset(sandbox, program, socket_dir, abi)?;
+        let (ruleset, paths) =
+            crate::landlock::ruleset(sandbox, program, socket_dir, data_dir, abi)?;
+        let data = if data_dir.is_some() {
+            ", read-write in its data directory"
+        } else {
+            ""
+        };
         report_kernel(
             Layer::LandlockFilesystem,
-            format!("ABI {abi}; {paths} paths readable, sockets in its own directory"),
+            format!("ABI {abi}; {paths} paths readable, sockets in its own directory{data}"),
         )?;
         Some(ruleset)
     } else {
@@ -178,7 +189,7 @@ mod tests {
     fn off_enforces_nothing_and_says_so() {
         let dir = tempfile::tempdir().unwrap();
         let exe = std::env::current_exe().unwrap();
-        let prepared = prepare(&Sandbox::off(), &exe, dir.path()).unwrap();
+        let prepared = prepare(&Sandbox::off(), &exe, dir.path(), None).unwrap();
         assert_eq!(prepared.status.layers.len(), Layer::ALL.len());
         assert!(prepared.status.layers.iter().all(|layer| !layer.enforced));
         assert!(prepared.filters.is_empty() && prepared.ruleset.is_none());

@@ -86,6 +86,12 @@ pub(crate) const ALWAYS: &[Syscall] = &[
     sys!(SYS_getgroups, "its own ids"),
     sys!(SYS_getpgid, "its own process group"),
     sys!(SYS_getsid, "its own session"),
+    sys!(
+        SYS_pidfd_open,
+        "watching its host end (the SDK stops when its parent dies); a pidfd only tells when a \
+         process ends: pidfd_getfd is refused, pidfd_send_signal unlisted, and Landlock scopes \
+         keep signals inside the sandbox"
+    ),
     sys!(SYS_set_tid_address, "thread start-up (C library)"),
     sys!(SYS_set_robust_list, "thread start-up (C library)"),
     sys!(SYS_rseq, "restartable sequences (C library)"),
@@ -170,11 +176,11 @@ pub(crate) const ALWAYS: &[Syscall] = &[
     sys!(SYS_umask, "its own file mode mask"),
     sys!(
         SYS_mkdirat,
-        "directories where Landlock allows (its socket directory)"
+        "directories where Landlock allows (its data directory)"
     ),
     sys!(
         SYS_unlinkat,
-        "removing its socket and temporary files (Landlock)"
+        "removing its socket, and files and directories in its data directory (Landlock)"
     ),
     sys!(SYS_renameat, "renaming where Landlock allows"),
     sys!(SYS_renameat2, "renaming where Landlock allows"),

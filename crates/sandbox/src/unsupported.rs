@@ -39,6 +39,7 @@ pub fn prepare(
     sandbox: &Sandbox,
     _program: &Path,
     _socket_dir: &Path,
+    _data_dir: Option<&crate::DataDir>,
 ) -> Result<Prepared, SandboxError> {
     if sandbox.mode == SandboxMode::Strict {
         return Err(SandboxError {
@@ -75,10 +76,10 @@ mod tests {
     #[test]
     fn strict_is_refused_and_the_others_report_every_layer_off() {
         let dir = Path::new("/nonexistent");
-        let err = prepare(&Sandbox::strict(), dir, dir).unwrap_err();
+        let err = prepare(&Sandbox::strict(), dir, dir, None).unwrap_err();
         assert!(err.reason.contains("unsupported"), "{err}");
         for sandbox in [Sandbox::best_effort(), Sandbox::off()] {
-            let mut prepared = prepare(&sandbox, dir, dir).unwrap();
+            let mut prepared = prepare(&sandbox, dir, dir, None).unwrap();
             assert_eq!(prepared.status().layers.len(), Layer::ALL.len());
             assert!(!prepared.status().layers.iter().any(|l| l.enforced));
             prepared.apply().unwrap();
