@@ -53,7 +53,7 @@ const TETHER: Tether = Tether {
     plugin_auto_mtls: true,
     host_multiplex: true,
     plugin_multiplex: true,
-    plugin_working_dir: false,
+    plugin_working_dir: true,
 };
 
 /// Who hosts whom.
@@ -277,10 +277,11 @@ fn tether_host(cell: &Cell, name: &str, program: &str) -> PluginBuilder {
 }
 
 /// The working directory a sandboxed plugin may write, where the Go `kvplugin` keeps its
-/// values: none yet (`TETHER.plugin_working_dir`). When tether has one, return it here
-/// with the builder call that sets it, if any.
-fn working_dir(builder: PluginBuilder) -> (PluginBuilder, Option<PathBuf>) {
-    (builder, None)
+/// values: its private data directory (`PluginBuilder::data_dir`), removed with the
+/// returned handle.
+fn working_dir(builder: PluginBuilder) -> (PluginBuilder, Option<tempfile::TempDir>) {
+    let dir = tempfile::tempdir().expect("a data directory for the Go plugin");
+    (builder.data_dir(dir.path()), Some(dir))
 }
 
 async fn tether_host_runs_go_kv(cell: &Cell) {
@@ -315,7 +316,8 @@ async fn tether_host_runs_go_kv(cell: &Cell) {
                 .value;
             assert_eq!(value, b"hello from rust");
             assert_eq!(
-                std::fs::read(dir.join("kv_greeting")).expect("the file the Go plugin wrote"),
+                std::fs::read(dir.path().join("kv_greeting"))
+                    .expect("the file the Go plugin wrote"),
                 b"hello from rust"
             );
             expected.extend([
