@@ -11,7 +11,7 @@ use tether_test_contract::testing::HostOpRequest;
 use tether_test_contract::testing::testing_client::TestingClient;
 
 use crate::hostserve::Fixture;
-use crate::support::{BAD_PLUGIN, test_plugin};
+use crate::support::{BAD_PLUGIN, PATIENCE, eventually, record_events, recorded, test_plugin};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_and_host_services_run_over_mutual_tls() {
@@ -114,6 +114,61 @@ async fn a_connection_without_tls_at_the_host_service_endpoint_is_refused_and_au
         "{refused}"
     );
     drop(connection);
+    plugin.shutdown().await.expect("a clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_refuses_a_connection_without_tls_and_says_so() {
+    record_events();
+    let plugin = test_plugin("mtls-plain")
+        .auto_mtls(true)
+        .start()
+        .await
+        .expect("a tether plugin speaks AutoMTLS");
+    // The plugin's main socket, in its private directory.
+    let dir = plugin
+        .broker()
+        .expect("a spawned plugin has a broker")
+        .socket_dir()
+        .to_owned();
+    let socket = std::fs::read_dir(&dir)
+        .expect("the socket directory")
+        .flatten()
+        .map(|entry| entry.path())
+        .find(|path| {
+            path.file_name()
+                .is_some_and(|name| name.to_string_lossy().starts_with("plugin-"))
+        })
+        .expect("the plugin's socket");
+    // This process is the plugin's host, so its credentials pass; but it speaks no TLS.
+    let plain =
+        tether_transport::connect(&socket, tether_transport::Peer::Process(plugin.pid())).await;
+    let refused = match plain {
+        Ok(channel) => TestingClient::new(channel)
+            .host_op(HostOpRequest {
+                op: "read_file".into(),
+                path: b"x".to_vec(),
+                data: Vec::new(),
+                size: 0,
+            })
+            .await
+            .is_err(),
+        Err(_) => true,
+    };
+    assert!(
+        refused,
+        "a plain connection got through to an AutoMTLS plugin"
+    );
+    // The plugin says why, in its log, which reaches the host at WARN.
+    let said = eventually(PATIENCE, || {
+        recorded("mtls-plain").iter().any(|event| {
+            event.level == tracing::Level::WARN && event.message.contains("does not speak TLS")
+        })
+    })
+    .await;
+    assert!(said, "{:#?}", recorded("mtls-plain"));
+    // The host's own TLS connection is unaffected.
+    plugin.health().await.expect("health over TLS");
     plugin.shutdown().await.expect("a clean stop");
 }
 

@@ -11,7 +11,6 @@
 //! (`NotYetInTether`). What tether does is said in one place, [`TETHER`]: flip a field
 //! there when the feature lands.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -468,20 +467,28 @@ fn go_host_runs_tether_plugin(cell: &Cell) {
         format!("go-plugin {}", cell.release.version),
         "the Go host was built against the cell's release"
     );
+    // The tether plugin's print reaches the Go host over GRPCStdio (go-plugin 1.1 and
+    // later call StreamStdio; 1.0 does not).
+    let stdio = if cell.release.grpc_stdio {
+        "plugin stdout: kv-plugin stored greeting"
+    } else {
+        "plugin stdout: (no GRPCStdio before go-plugin 1.1)"
+    };
     let (kind, plugin, expected) = match cell.kind {
         Kind::Kv => (
             "kv",
             KV_PLUGIN,
-            [
+            vec![
                 "get greeting = hello from go",
                 "get missing: NotFound",
+                stdio,
                 "exited = true",
             ],
         ),
         Kind::Counter => (
             "counter",
             COUNTER_PLUGIN,
-            [
+            vec![
                 "get apples = 7",
                 "host AddHelper calls = 2",
                 "exited = true",

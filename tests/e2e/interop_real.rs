@@ -207,6 +207,8 @@ async fn a_tether_host_reads_the_schema_and_a_data_source_of_a_terraform_framewo
         .handshake(TERRAFORM)
         .protocol_versions(&TERRAFORM_VERSIONS)
         .auto_mtls(true)
+        // Terraform's own limit: provider schemas can be large.
+        .max_message_size(256 << 20)
         // Terraform lets providers log (hclog JSON on stderr) at the level TF_LOG names.
         .env("TF_LOG", "TRACE")
         // go-plugin makes a temporary file where it binds its socket.
@@ -371,6 +373,8 @@ async fn a_tether_host_checks_the_health_of_a_grafana_backend_datasource() {
     let plugin = PluginClient::builder("grafana-tether", GRAFANA_DATASOURCE.path())
         .handshake(GRAFANA)
         .protocol_versions(&[GRAFANA_VERSION])
+        // Grafana's own limit.
+        .max_message_size(16 << 20)
         // go-plugin makes a temporary file where it binds its socket.
         .sandbox(sandbox().allow_socket_dir_files(true))
         .start()

@@ -43,6 +43,15 @@ impl Kv for Store {
             return Err(Status::invalid_argument("the key is empty"));
         }
         tracing::info!(key, bytes = value.len(), "stored a value");
+        // A stray print, as plugins have: it reaches the host over the stdio stream
+        // (go-plugin's GRPCStdio), which a Go host (1.1 and later) mirrors.
+        #[allow(
+            clippy::print_stdout,
+            reason = "the stdio stream is what this exercises"
+        )]
+        {
+            println!("kv-plugin stored {key}");
+        }
         self.values
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
