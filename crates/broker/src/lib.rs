@@ -1,4 +1,5 @@
-//! go-plugin's bidirectional gRPC broker (classic mode), both sides, for tether.
+//! go-plugin's bidirectional gRPC broker, both sides, for tether: classic mode, and
+//! go-plugin 1.6's multiplexed mode.
 //!
 //! Host and plugin each own a [`Broker`]; the two share the one
 //! `plugin.GRPCBroker/StartStream` stream the host opens on the plugin's main connection.
@@ -13,6 +14,13 @@
 //!   in a buffer keyed by id and expire unclaimed after 5 s.
 //!
 //! The id travels inside the application's own request, as in go-plugin.
+//!
+//! Multiplexed ([`Broker::multiplex`], go-plugin 1.6+): the main connection carries yamux,
+//! and brokered connections are its streams. `accept` sends nothing and waits for knocks;
+//! `dial` sends a knock for the id, waits for its acknowledgement and opens a stream, which
+//! the other side hands to that id. One dial at a time, because a go-plugin acceptor hands
+//! its next stream to the id knocked last. With AutoMTLS ([`BrokerConfig::tls`],
+//! [`Broker::use_tls`]) every brokered connection, either way, is TLS.
 //!
 //! ```no_run
 //! # async fn demo(channel: tonic::transport::Channel, routes: tonic::service::Routes) -> Result<(), tether_broker::BrokerError> {

@@ -33,7 +33,12 @@
 //! - picks the highest app protocol version both the host (`PLUGIN_PROTOCOL_VERSIONS`) and
 //!   the plugin serve;
 //! - listens on a Unix socket in `PLUGIN_UNIX_SOCKET_DIR` (else a private temporary
-//!   directory) and prints the handshake line on the real stdout;
+//!   directory; its sockets given to `PLUGIN_UNIX_SOCKET_GROUP` when the host names one) and
+//!   prints the handshake line on the real stdout;
+//! - answers what the host asks for as go-plugin does: AutoMTLS (`PLUGIN_CLIENT_CERT`: its
+//!   own certificate in the handshake, TLS on every connection both ways) and multiplexing
+//!   (`PLUGIN_MULTIPLEX_GRPC`: yamux on the host's one connection, brokered connections as
+//!   its streams);
 //! - from then on sends whatever the process writes on stdout and stderr to the host over
 //!   go-plugin's stdio stream, so a stray `println!` neither breaks the protocol nor blocks;
 //! - writes `tracing` events as go-plugin's JSON log lines on the real stderr, so the host
