@@ -5,7 +5,6 @@
 use std::time::Duration;
 
 use tether_host::{Error, PluginClient};
-use tether_hostconn::Outcome;
 use tether_hostserve::Limits;
 use tether_test_contract::testing::HostOpRequest;
 use tether_test_contract::testing::testing_client::TestingClient;
@@ -28,15 +27,7 @@ async fn calls_and_host_services_run_over_mutual_tls() {
         "brokered connections should speak TLS too"
     );
     // Host services: the plugin dials the host's endpoint through the broker, over TLS.
-    let connection = match fixture
-        .services
-        .connect(&plugin)
-        .await
-        .expect("host services")
-    {
-        Outcome::Connected(connection) => connection,
-        Outcome::NotRequested => panic!("the test plugin did not request host services"),
-    };
+    let connection = fixture.connect(&plugin).await;
     let response = TestingClient::new(plugin.channel())
         .host_op(HostOpRequest {
             op: "read_file".into(),
@@ -74,15 +65,7 @@ async fn a_connection_without_tls_at_the_host_service_endpoint_is_refused_and_au
         .start()
         .await
         .expect("a tether plugin speaks AutoMTLS");
-    let connection = match fixture
-        .services
-        .connect(&plugin)
-        .await
-        .expect("host services")
-    {
-        Outcome::Connected(connection) => connection,
-        Outcome::NotRequested => panic!("the test plugin did not request host services"),
-    };
+    let connection = fixture.connect(&plugin).await;
     let endpoint = connection
         .address()
         .expect("a spawned plugin's endpoint")
@@ -210,5 +193,94 @@ async fn a_plugin_serving_another_certificate_than_it_announced_is_refused() {
     assert!(
         err.to_string().contains("not the one it announced"),
         "{err}"
+    );
+}
+
+/// A tether plugin started by hand as a host would, with `PLUGIN_CLIENT_CERT`: it
+/// requires that certificate. A host presenting another, or none, is refused; the one
+/// with the announced certificate gets through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_refuses_a_host_presenting_another_certificate() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    use tether_transport::tls::{Identity, MutualTls, certificate_from_handshake};
+    use tether_transport::{ConnectError, Peer, connect_with};
+
+    let dir = tempfile::tempdir().expect("a socket directory");
+    let host = Identity::generate().expect("the host's certificate");
+    let stranger = Identity::generate().expect("another certificate");
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "the test plays the host, to present a certificate a tether host never would"
+    )]
+    let mut plugin = Command::new(crate::support::TEST_PLUGIN)
+        .env_clear()
+        .env(
+            crate::support::HANDSHAKE.magic_cookie_key.as_ref(),
+            crate::support::HANDSHAKE.magic_cookie_value.as_ref(),
+        )
+        .env("PLUGIN_PROTOCOL_VERSIONS", "1")
+        .env("PLUGIN_UNIX_SOCKET_DIR", dir.path())
+        .env("PLUGIN_CLIENT_CERT", host.certificate_pem())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the test plugin starts");
+    let mut line = String::new();
+    BufReader::new(plugin.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("the handshake line");
+    let fields: Vec<&str> = line.trim().split('|').collect();
+    assert_eq!(fields.len(), 6, "{line}");
+    let socket = std::path::PathBuf::from(fields[3]);
+    let announced = certificate_from_handshake(fields[5]).expect("the plugin's certificate");
+    let pid = plugin.id();
+
+    // Another certificate than PLUGIN_CLIENT_CERT: the plugin refuses the handshake.
+    let impostor = MutualTls::new(&stranger, announced.clone()).expect("TLS");
+    let refused = match connect_with(&socket, Peer::Process(pid), Some(impostor)).await {
+        Err(ConnectError::Tls { reason, .. }) => reason,
+        Err(other) => other.to_string(),
+        Ok(channel) => TestingClient::new(channel)
+            .host_op(HostOpRequest {
+                op: "read_file".into(),
+                path: b"x".to_vec(),
+                data: Vec::new(),
+                size: 0,
+            })
+            .await
+            .err()
+            .map(|status| status.to_string())
+            .unwrap_or_default(),
+    };
+    assert!(!refused.is_empty(), "a host with another certificate got through");
+    // The announced pair works.
+    let genuine = MutualTls::new(&host, announced).expect("TLS");
+    let channel = connect_with(&socket, Peer::Process(pid), Some(genuine))
+        .await
+        .expect("the host the plugin was told of gets through");
+    let answer = TestingClient::new(channel)
+        .host_op(HostOpRequest {
+            op: "read_file".into(),
+            path: b"x".to_vec(),
+            data: Vec::new(),
+            size: 0,
+        })
+        .await;
+    // The plugin answers (it has no host services here, so the op itself fails inside).
+    assert!(answer.is_ok(), "{answer:?}");
+
+    plugin.kill().expect("stop the plugin");
+    let _ = plugin.wait();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(
+        &mut plugin.stderr.take().expect("stderr"),
+        &mut stderr,
+    )
+    .expect("the plugin's log");
+    assert!(
+        stderr.contains("not the one it announced"),
+        "the plugin did not say why it refused: {stderr}"
     );
 }

@@ -98,11 +98,16 @@ impl Fixture {
             .start()
             .await
             .expect("fixture setup");
-        let connection = match self.services.connect(&plugin).await.expect("fixture setup") {
+        let connection = self.connect(&plugin).await;
+        (plugin, connection)
+    }
+
+    /// Gives a started test plugin the fixture's host services.
+    pub(crate) async fn connect(&self, plugin: &PluginClient) -> HostConnection {
+        match self.services.connect(plugin).await.expect("host services") {
             Outcome::Connected(connection) => connection,
             Outcome::NotRequested => panic!("the test plugin did not request host services"),
-        };
-        (plugin, connection)
+        }
     }
 
     /// The audit records so far.

@@ -9,7 +9,7 @@
 //! they fail and say what to install.
 
 #[path = "interop_go.rs"]
-mod go;
+pub(crate) mod go;
 #[path = "interop_matrix.rs"]
 mod matrix;
 

@@ -84,10 +84,10 @@ fn go_tree() -> PathBuf {
 }
 
 /// The newest modification time of any file under `dir`.
-fn newest(dir: &Path) -> SystemTime {
+pub(crate) fn newest(dir: &Path) -> SystemTime {
     let mut latest = SystemTime::UNIX_EPOCH;
     for entry in std::fs::read_dir(dir)
-        .expect("the Go fixtures' sources")
+        .expect("the Go programs' sources")
         .flatten()
     {
         let path = entry.path();

@@ -14,7 +14,6 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
-use std::time::SystemTime;
 
 use tether_host::{PluginClient, Stop};
 use tether_plugin_sdk::HandshakeConfig;
@@ -85,7 +84,7 @@ impl GoProgram {
             .join("go/realworld");
         let program = out.join(self.module).join(self.program);
         let built = std::fs::metadata(&program).and_then(|m| m.modified()).ok();
-        if built.is_some_and(|built| built > newest(&module)) {
+        if built.is_some_and(|built| built > crate::interop::go::newest(&module)) {
             return Ok(program);
         }
         // The module's go.mod and go.sum pin every version; the module cache and the Go
@@ -126,27 +125,6 @@ impl GoProgram {
         }
         Ok(program)
     }
-}
-
-/// The newest modification time of any file under `dir`.
-fn newest(dir: &Path) -> SystemTime {
-    let mut latest = SystemTime::UNIX_EPOCH;
-    for entry in std::fs::read_dir(dir)
-        .expect("the real-world plugin's sources")
-        .flatten()
-    {
-        let path = entry.path();
-        let time = if path.is_dir() {
-            newest(&path)
-        } else {
-            entry
-                .metadata()
-                .and_then(|m| m.modified())
-                .unwrap_or(SystemTime::UNIX_EPOCH)
-        };
-        latest = latest.max(time);
-    }
-    latest
 }
 
 /// The names of a schema's top-level attributes.

@@ -2,7 +2,6 @@
 //! the main connection and brokered connections both ways, with and without AutoMTLS.
 
 use tether_host::{Error, PluginClient};
-use tether_hostconn::Outcome;
 use tether_hostserve::Limits;
 use tether_test_contract::testing::HostOpRequest;
 use tether_test_contract::testing::testing_client::TestingClient;
@@ -24,15 +23,7 @@ async fn host_services_over_one_socket(name: &str, auto_mtls: bool) {
     assert!(broker.is_multiplexed());
     assert_eq!(broker.uses_tls(), auto_mtls);
     // The plugin dials the host's services: a knock, and a stream of the main connection.
-    let connection = match fixture
-        .services
-        .connect(&plugin)
-        .await
-        .expect("host services")
-    {
-        Outcome::Connected(connection) => connection,
-        Outcome::NotRequested => panic!("the test plugin did not request host services"),
-    };
+    let connection = fixture.connect(&plugin).await;
     let mut client = TestingClient::new(plugin.channel());
     for _ in 0..3 {
         let response = client
@@ -93,15 +84,7 @@ async fn bulk_data_flows_over_multiplexed_tls_streams() {
         .start()
         .await
         .expect("a tether plugin multiplexes");
-    let connection = match fixture
-        .services
-        .connect(&plugin)
-        .await
-        .expect("host services")
-    {
-        Outcome::Connected(connection) => connection,
-        Outcome::NotRequested => panic!("the test plugin did not request host services"),
-    };
+    let connection = fixture.connect(&plugin).await;
     let mut client = TestingClient::new(plugin.channel());
     for op in ["write_zeros", "read_stream"] {
         let response = client

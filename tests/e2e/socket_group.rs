@@ -4,7 +4,6 @@
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
 use tether_host::{Error, PluginClient};
-use tether_hostconn::Outcome;
 use tether_hostserve::Limits;
 
 use crate::hostserve::Fixture;
@@ -32,15 +31,7 @@ async fn sockets_go_to_the_socket_group() {
         .await
         .expect("the plugin starts with a socket group");
     // A brokered socket of the host's, for its services.
-    let connection = match fixture
-        .services
-        .connect(&plugin)
-        .await
-        .expect("host services")
-    {
-        Outcome::Connected(connection) => connection,
-        Outcome::NotRequested => panic!("the test plugin did not request host services"),
-    };
+    let connection = fixture.connect(&plugin).await;
     let dir = plugin
         .broker()
         .expect("a spawned plugin has a broker")

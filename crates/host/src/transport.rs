@@ -52,35 +52,12 @@ pub(crate) async fn connect(
 ) -> Result<Channel, Error> {
     tether_transport::connect_with(path, Peer::Process(expected_pid), tls)
         .await
-        .map_err(|err| match err {
-            ConnectError::WrongPeer { address, found, .. } => Error::SocketNotOwnedByPlugin {
-                plugin: plugin.to_owned(),
-                address,
-                expected_pid,
-                peer_pid: found.pid,
-            },
-            ConnectError::Tls { reason, .. } => Error::AutoMtls {
-                plugin: plugin.to_owned(),
-                reason,
-            },
-            other => Error::Connect {
-                plugin: plugin.to_owned(),
-                address: path.display().to_string(),
-                source: Box::new(other),
-            },
-        })
+        .map_err(|err| connect_failed(plugin, path, expected_pid, err))
 }
 
-/// The main connection multiplexed (go-plugin 1.6+): yamux on the plugin's socket, checked
-/// to be served by `expected_pid`, and a gRPC channel over its streams (TLS on each when
-/// `tls` is given). Also returns the session and what the broker needs to take it over.
-pub(crate) async fn connect_multiplexed(
-    plugin: &str,
-    path: &Path,
-    expected_pid: u32,
-    tls: Option<MutualTls>,
-) -> Result<(Channel, (Session, Inbound, PeerCredentials)), Error> {
-    let failed = |err: ConnectError| match err {
+/// A failed connection to the plugin's socket, in the host's terms.
+fn connect_failed(plugin: &str, path: &Path, expected_pid: u32, err: ConnectError) -> Error {
+    match err {
         ConnectError::WrongPeer { address, found, .. } => Error::SocketNotOwnedByPlugin {
             plugin: plugin.to_owned(),
             address,
@@ -96,7 +73,19 @@ pub(crate) async fn connect_multiplexed(
             address: path.display().to_string(),
             source: Box::new(other),
         },
-    };
+    }
+}
+
+/// The main connection multiplexed (go-plugin 1.6+): yamux on the plugin's socket, checked
+/// to be served by `expected_pid`, and a gRPC channel over its streams (TLS on each when
+/// `tls` is given). Also returns the session and what the broker needs to take it over.
+pub(crate) async fn connect_multiplexed(
+    plugin: &str,
+    path: &Path,
+    expected_pid: u32,
+    tls: Option<MutualTls>,
+) -> Result<(Channel, (Session, Inbound, PeerCredentials)), Error> {
+    let failed = |err| connect_failed(plugin, path, expected_pid, err);
     let (session, inbound, credentials) =
         tether_transport::connect_multiplexed(path, Peer::Process(expected_pid), plugin)
             .await

@@ -19,6 +19,7 @@ use hyper_util::rt::TokioIo;
 use tempfile::NamedTempFile;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{UnixListener, UnixStream};
+use tokio_util::either::Either;
 use tonic::transport::server::Connected;
 use tonic::transport::{Channel, Endpoint, Uri};
 
@@ -29,134 +30,10 @@ use crate::tls::{self, MutualTls};
 const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// What a connection runs on: a socket of its own, or a stream of a multiplexed one.
-#[derive(Debug)]
-enum Raw {
-    Unix(UnixStream),
-    Mux(MuxStream),
-}
+type Raw = Either<UnixStream, MuxStream>;
 
 /// A connection's byte stream: plain, or TLS when AutoMTLS is on.
-#[derive(Debug)]
-enum Io {
-    Plain(Raw),
-    Tls(Box<tokio_rustls::TlsStream<Raw>>),
-}
-
-impl AsyncRead for Raw {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Raw::Unix(stream) => Pin::new(stream).poll_read(cx, buf),
-            Raw::Mux(stream) => Pin::new(stream).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Raw {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Raw::Unix(stream) => Pin::new(stream).poll_write(cx, buf),
-            Raw::Mux(stream) => Pin::new(stream).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Raw::Unix(stream) => Pin::new(stream).poll_flush(cx),
-            Raw::Mux(stream) => Pin::new(stream).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Raw::Unix(stream) => Pin::new(stream).poll_shutdown(cx),
-            Raw::Mux(stream) => Pin::new(stream).poll_shutdown(cx),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Raw::Unix(stream) => Pin::new(stream).poll_write_vectored(cx, bufs),
-            Raw::Mux(stream) => Pin::new(stream).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            Raw::Unix(stream) => stream.is_write_vectored(),
-            Raw::Mux(stream) => stream.is_write_vectored(),
-        }
-    }
-}
-
-impl AsyncRead for Io {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Io::Plain(stream) => Pin::new(stream).poll_read(cx, buf),
-            Io::Tls(stream) => Pin::new(stream.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Io {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Io::Plain(stream) => Pin::new(stream).poll_write(cx, buf),
-            Io::Tls(stream) => Pin::new(stream.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Io::Plain(stream) => Pin::new(stream).poll_flush(cx),
-            Io::Tls(stream) => Pin::new(stream.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Io::Plain(stream) => Pin::new(stream).poll_shutdown(cx),
-            Io::Tls(stream) => Pin::new(stream.as_mut()).poll_shutdown(cx),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Io::Plain(stream) => Pin::new(stream).poll_write_vectored(cx, bufs),
-            Io::Tls(stream) => Pin::new(stream.as_mut()).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            Io::Plain(stream) => stream.is_write_vectored(),
-            Io::Tls(stream) => stream.is_write_vectored(),
-        }
-    }
-}
+type Io = Either<Raw, Box<tokio_rustls::TlsStream<Raw>>>;
 
 /// Who may be on the other end of a socket.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -347,7 +224,7 @@ async fn socket_checked(path: &Path, peer: Peer) -> Result<UnixStream, ConnectEr
 /// Speaks TLS over `raw` as the dialing side when `tls` is given.
 async fn secure(address: &str, raw: Raw, tls: Option<&MutualTls>) -> Result<Io, ConnectError> {
     let Some(tls) = tls else {
-        return Ok(Io::Plain(raw));
+        return Ok(Either::Left(raw));
     };
     let handshake = tls.connector().connect(MutualTls::server_name(), raw);
     let stream = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, handshake)
@@ -363,7 +240,7 @@ async fn secure(address: &str, raw: Raw, tls: Option<&MutualTls>) -> Result<Io, 
             address: address.to_owned(),
             reason: tls::explain(&err),
         })?;
-    Ok(Io::Tls(Box::new(stream.into())))
+    Ok(Either::Right(Box::new(stream.into())))
 }
 
 /// Connects to the socket at `path`, checks that `peer` serves it, and speaks TLS over it
@@ -374,7 +251,7 @@ async fn connect_checked(
     tls: Option<&MutualTls>,
 ) -> Result<Io, ConnectError> {
     let stream = socket_checked(path, peer).await?;
-    secure(&path.display().to_string(), Raw::Unix(stream), tls).await
+    secure(&path.display().to_string(), Either::Left(stream), tls).await
 }
 
 /// Connects to the socket at `path`, checks that `peer` serves it, and runs yamux over it
@@ -412,7 +289,7 @@ where
         address: address.clone(),
         source,
     })?;
-    let first = secure(&address, Raw::Mux(stream), tls.as_ref()).await?;
+    let first = secure(&address, Either::Right(stream), tls.as_ref()).await?;
     let first = Arc::new(Mutex::new(Some(first)));
     let open = Arc::new(open);
     let name = address.clone();
@@ -425,7 +302,7 @@ where
             let stream = match first {
                 Some(stream) => stream,
                 None => {
-                    let raw = Raw::Mux(open().await?);
+                    let raw = Either::Right(open().await?);
                     secure(&name, raw, tls.as_ref())
                         .await
                         .map_err(io::Error::other)?
@@ -697,7 +574,7 @@ impl Listener {
                     continue;
                 }
                 Some(Arrived::Stream(stream, credentials)) => {
-                    if let Some(conn) = self.admit(Raw::Mux(stream), credentials) {
+                    if let Some(conn) = self.admit(Either::Right(stream), credentials) {
                         return Poll::Ready(Some(Ok(conn)));
                     }
                     continue;
@@ -772,7 +649,7 @@ impl Listener {
             );
             return None;
         }
-        self.admit(Raw::Unix(stream), credentials)
+        self.admit(Either::Left(stream), credentials)
     }
 
     /// A connection from the expected peer: returned as it is, or with TLS on, handed to
@@ -782,7 +659,7 @@ impl Listener {
             None => {
                 self.counts.accepted.fetch_add(1, Ordering::Relaxed);
                 Some(Conn {
-                    stream: Io::Plain(raw),
+                    stream: Either::Left(raw),
                     credentials,
                     info: credentials,
                 })
@@ -793,7 +670,7 @@ impl Listener {
                     async move {
                         let result =
                             match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, handshake).await {
-                                Ok(Ok(stream)) => Ok(Io::Tls(Box::new(stream.into()))),
+                                Ok(Ok(stream)) => Ok(Either::Right(Box::new(stream.into()))),
                                 Ok(Err(err)) => Err(tls::explain(&err)),
                                 Err(_) => Err(format!(
                                     "it did not complete the TLS handshake within \
