@@ -254,7 +254,10 @@ async fn a_plugin_refuses_a_host_presenting_another_certificate() {
             .map(|status| status.to_string())
             .unwrap_or_default(),
     };
-    assert!(!refused.is_empty(), "a host with another certificate got through");
+    assert!(
+        !refused.is_empty(),
+        "a host with another certificate got through"
+    );
     // The announced pair works.
     let genuine = MutualTls::new(&host, announced).expect("TLS");
     let channel = connect_with(&socket, Peer::Process(pid), Some(genuine))
@@ -274,11 +277,8 @@ async fn a_plugin_refuses_a_host_presenting_another_certificate() {
     plugin.kill().expect("stop the plugin");
     let _ = plugin.wait();
     let mut stderr = String::new();
-    std::io::Read::read_to_string(
-        &mut plugin.stderr.take().expect("stderr"),
-        &mut stderr,
-    )
-    .expect("the plugin's log");
+    std::io::Read::read_to_string(&mut plugin.stderr.take().expect("stderr"), &mut stderr)
+        .expect("the plugin's log");
     assert!(
         stderr.contains("not the one it announced"),
         "the plugin did not say why it refused: {stderr}"
