@@ -6,15 +6,13 @@
 //! makes callbacks through the broker.
 //!
 //! A cell runs, or is listed (on stderr, and in the skip record `cargo xtask test` counts
-//! apart from passes) with why not: the release cannot do it (`Unsupported`: checked
-//! against the Go host, which must refuse it with status 3), or tether does not do it yet
-//! (`NotYetInTether`). What tether does is said in one place, [`TETHER`]: flip a field
-//! there when the feature lands.
+//! apart from passes) with why the release cannot do it (`Unsupported`), and is still run
+//! far enough to check that reason.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use tether_host::{Layer, PluginBuilder, Stop};
+use tether_host::{PluginBuilder, Stop};
 use tether_plugin_sdk::Routes;
 use tether_plugin_sdk::tonic::Code;
 use tether_test_contract::interop::add_helper_server::AddHelperServer;
@@ -25,35 +23,7 @@ use tracing::Level;
 
 use super::go::{self, GoPlugin};
 use super::{Adder, COUNTER_PLUGIN, KV_PLUGIN, go_plugin, plugin_pid, run_go_host};
-use crate::support::{PATIENCE, eventually, is_gone, missing, recorded, skip};
-
-/// What tether speaks of go-plugin's optional features. **The one place to flip** when a
-/// feature lands: the cells that need it then run.
-struct Tether {
-    /// A tether host negotiates AutoMTLS with its plugins. When true, [`tether_host`]
-    /// must turn it on for a cell (the builder call is written there, commented out).
-    host_auto_mtls: bool,
-    /// A tether plugin answers a Go host's AutoMTLS (`PLUGIN_CLIENT_CERT`); the Go host
-    /// is asked for it with `TETHER_TEST_AUTOMTLS=1`.
-    plugin_auto_mtls: bool,
-    /// A tether host multiplexes the broker (see [`tether_host`], as for AutoMTLS).
-    host_multiplex: bool,
-    /// A tether plugin accepts a Go host's broker multiplexing
-    /// (`PLUGIN_MULTIPLEX_GRPC`); the Go host is asked with `TETHER_TEST_MULTIPLEX=1`.
-    plugin_multiplex: bool,
-    /// A tether host gives a sandboxed plugin a working directory it may write (the Go
-    /// `kvplugin` keeps its values as files there). When true, [`working_dir`] must
-    /// return that directory.
-    plugin_working_dir: bool,
-}
-
-const TETHER: Tether = Tether {
-    host_auto_mtls: true,
-    plugin_auto_mtls: true,
-    host_multiplex: true,
-    plugin_multiplex: true,
-    plugin_working_dir: true,
-};
+use crate::support::{PATIENCE, eventually, is_gone, recorded, skip};
 
 /// Who hosts whom.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -118,8 +88,6 @@ enum Verdict {
     Runs,
     /// The go-plugin release cannot do it.
     Unsupported(String),
-    /// tether does not do it yet.
-    NotYetInTether(&'static str),
 }
 
 fn verdict(cell: &Cell) -> Verdict {
@@ -144,29 +112,7 @@ fn verdict(cell: &Cell) -> Verdict {
             release.version
         ));
     }
-    let (auto_mtls, multiplex) = match cell.role {
-        Role::TetherHost => (TETHER.host_auto_mtls, TETHER.host_multiplex),
-        Role::GoHost => (TETHER.plugin_auto_mtls, TETHER.plugin_multiplex),
-    };
-    match (
-        cell.role,
-        cell.auto_mtls && !auto_mtls,
-        cell.multiplex && !multiplex,
-    ) {
-        (Role::TetherHost, true, _) => {
-            Verdict::NotYetInTether("a tether host does not negotiate AutoMTLS yet")
-        }
-        (Role::TetherHost, false, true) => {
-            Verdict::NotYetInTether("a tether host does not multiplex the broker yet")
-        }
-        (Role::GoHost, true, _) => {
-            Verdict::NotYetInTether("a tether plugin does not answer AutoMTLS yet")
-        }
-        (Role::GoHost, false, true) => {
-            Verdict::NotYetInTether("a tether plugin does not multiplex the broker yet")
-        }
-        (_, false, false) => Verdict::Runs,
-    }
+    Verdict::Runs
 }
 
 /// Every cell, in table order.
@@ -205,7 +151,6 @@ fn table() {
         let verdict = match verdict(cell) {
             Verdict::Runs => "runs".to_owned(),
             Verdict::Unsupported(why) => format!("unsupported: {why}"),
-            Verdict::NotYetInTether(why) => format!("not yet supported by tether: {why}"),
         };
         lines.push(format!("{:<52} {verdict}", cell.name()));
     }
@@ -233,12 +178,11 @@ fn table() {
         }
     }
     // Everything else runs: tether speaks AutoMTLS and multiplexing in both roles.
-    assert!(
-        cells
-            .iter()
-            .all(|cell| !matches!(verdict(cell), Verdict::NotYetInTether(_))),
-        "a cell is waiting for tether"
-    );
+    let running = cells
+        .iter()
+        .filter(|cell| verdict(cell) == Verdict::Runs)
+        .count();
+    assert_eq!(running, 47, "cells that run");
 }
 
 /// Runs `cell`, or checks and records why it does not run.
@@ -262,9 +206,6 @@ async fn run(cell: Cell) {
             }
             skip(WHAT, &format!("unsupported: {why}"));
         }
-        Verdict::NotYetInTether(why) => {
-            skip(WHAT, &format!("not yet supported by tether: {why}"));
-        }
     }
 }
 
@@ -278,9 +219,9 @@ fn tether_host(cell: &Cell, name: &str, program: &str) -> PluginBuilder {
 /// The working directory a sandboxed plugin may write, where the Go `kvplugin` keeps its
 /// values: its private data directory (`PluginBuilder::data_dir`), removed with the
 /// returned handle.
-fn working_dir(builder: PluginBuilder) -> (PluginBuilder, Option<tempfile::TempDir>) {
+fn working_dir(builder: PluginBuilder) -> (PluginBuilder, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("a data directory for the Go plugin");
-    (builder.data_dir(dir.path()), Some(dir))
+    (builder.data_dir(dir.path()), dir)
 }
 
 async fn tether_host_runs_go_kv(cell: &Cell) {
@@ -302,46 +243,24 @@ async fn tether_host_runs_go_kv(cell: &Cell) {
         (Level::TRACE, "starting"),
         (Level::WARN, "get of a missing key"),
     ];
-    match (&dir, TETHER.plugin_working_dir) {
-        (Some(dir), true) => {
-            put.expect("put: the Go plugin writes kv_greeting in its working directory");
-            let value = kv
-                .get(GetRequest {
-                    key: "greeting".into(),
-                })
-                .await
-                .expect("get")
-                .into_inner()
-                .value;
-            assert_eq!(value, b"hello from rust");
-            assert_eq!(
-                std::fs::read(dir.path().join("kv_greeting"))
-                    .expect("the file the Go plugin wrote"),
-                b"hello from rust"
-            );
-            expected.extend([
-                (Level::INFO, "stored a value"),
-                (Level::DEBUG, "read a value"),
-            ]);
-        }
-        (None, false) if missing(Layer::LandlockFilesystem).is_none() => {
-            let refused = put.expect_err(
-                "the sandbox refuses the Go plugin a write in its working directory (if tether \
-                 now gives plugins a writable one, flip TETHER.plugin_working_dir in \
-                 tests/e2e/interop_matrix.rs and return it from working_dir)",
-            );
-            assert_eq!(refused.code(), Code::Internal, "{refused}");
-            assert!(refused.message().contains("permission denied"), "{refused}");
-            expected.push((Level::ERROR, "could not store a value"));
-        }
-        (None, false) => {
-            // Without Landlock the plugin could write where the tests run: no Put.
-            drop(put);
-        }
-        (dir, flag) => {
-            panic!("TETHER.plugin_working_dir is {flag} but working_dir returned {dir:?}: set both")
-        }
-    }
+    put.expect("put: the Go plugin writes kv_greeting in its working directory");
+    let value = kv
+        .get(GetRequest {
+            key: "greeting".into(),
+        })
+        .await
+        .expect("get")
+        .into_inner()
+        .value;
+    assert_eq!(value, b"hello from rust");
+    assert_eq!(
+        std::fs::read(dir.path().join("kv_greeting")).expect("the file the Go plugin wrote"),
+        b"hello from rust"
+    );
+    expected.extend([
+        (Level::INFO, "stored a value"),
+        (Level::DEBUG, "read a value"),
+    ]);
     let missing_key = kv
         .get(GetRequest {
             key: "missing".into(),
