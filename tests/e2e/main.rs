@@ -27,3 +27,4 @@ mod socket_group;
 mod supervision;
 mod support;
 mod trace;
+mod verified;

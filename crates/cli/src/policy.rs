@@ -32,6 +32,7 @@ struct Entry {
         reason = "read to check its type and place; the authority resolves it"
     )]
     workspace: Option<Spanned<String>>,
+    sha256: Option<Spanned<String>>,
     #[serde(default)]
     grant: Vec<Spanned<toml::Value>>,
     #[serde(default)]
@@ -168,6 +169,14 @@ pub(crate) fn check(out: &Out, file: &Path, kinds: &KindArgs) -> anyhow::Result<
         Ok(mirror) => {
             for (plugin, entry) in &mirror.plugins {
                 let entry = entry.get_ref();
+                if let Some(digest) = &entry.sha256
+                    && let Err(err) = digest.get_ref().parse::<tether_host::Sha256>()
+                {
+                    problems.push(Problem {
+                        span: Some(digest.span()),
+                        message: format!("plugin `{plugin}`: sha256 {err}"),
+                    });
+                }
                 for item in &entry.grant {
                     problems.extend(check_item(kinds, &text, plugin, "grant", item)?);
                 }
@@ -259,7 +268,14 @@ fn summarise(out: &Out, file: &Path, text: &str, policy: &Policy, mirror: &Mirro
             let list: Vec<String> = entry.deny.iter().map(capability).collect();
             format!("denies {}", list.join(", "))
         };
-        println!("  {}: {workspace}; {grants}; {denies}", out.bold(plugin));
+        let pinned = match policy.pinned_sha256(plugin) {
+            Some(digest) => format!("; binary pinned to sha256 {digest}"),
+            None => String::new(),
+        };
+        println!(
+            "  {}: {workspace}; {grants}; {denies}{pinned}",
+            out.bold(plugin)
+        );
     }
 }
 

@@ -133,6 +133,34 @@ grant = ["env:*"]
 }
 
 #[test]
+fn a_pinned_digest_is_summarised_and_a_bad_one_reported_at_its_line() {
+    let digest = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        dir.path(),
+        "policy.toml",
+        &format!("[plugins.p]\nsha256 = \"{digest}\"\ngrant = [\"read:**\"]\n"),
+    );
+    let output = tether(&["policy", "check", arg(&file)]);
+    let text = stdout(&output);
+    assert_eq!(output.status.code(), Some(0), "{text}{}", stderr(&output));
+    assert!(
+        text.contains(&format!("denies nothing; binary pinned to sha256 {digest}")),
+        "{text}"
+    );
+
+    let out = check_invalid("[plugins.p]\ngrant = []\nsha256 = \"12ab\"\n", &[]);
+    assert!(
+        out.contains(
+            "policy.toml:3:10: error: plugin `p`: sha256 \"12ab\" is not a SHA-256 digest: it \
+             has 4 characters, not 64; write the 64 hexadecimal digits `sha256sum` prints"
+        ),
+        "{out}"
+    );
+    assert!(out.contains("not valid, 1 error"), "{out}");
+}
+
+#[test]
 fn an_unknown_key_and_bad_toml_are_reported_at_their_line() {
     let out = check_invalid("[plugins.p]\nworkspace = \"w\"\n\ngrants = []\n", &[]);
     assert!(

@@ -2,9 +2,12 @@
 //! sandbox, spawn, handshake, connection, broker and stdio streams, health.
 
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::fmt;
+use std::os::fd::AsFd;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tether_broker::{Broker, BrokerConfig, Peer};
@@ -15,10 +18,12 @@ use tokio::io::BufReader;
 use crate::client::{DEFAULT_CALL_TIMEOUT, Owner, Parts, PluginClient};
 use crate::error::Error;
 use crate::handshake::{self, Expected};
+use crate::lifecycle::{LifecycleEvent, LifecycleHook, LifecycleKind};
 use crate::process::{self, Process};
 use crate::spawn;
 use crate::stdio::StdioSink;
 use crate::transport;
+use crate::verify::{self, Sha256};
 use tether_sandbox::{self as sandbox, Layer, Sandbox, SandboxMode, SandboxStatus};
 
 /// Configures and starts a plugin process; from [`PluginClient::builder`].
@@ -45,6 +50,27 @@ pub struct PluginBuilder {
     multiplex: bool,
     socket_group: Option<String>,
     data_dir: Option<PathBuf>,
+    sha256: Option<Sha256>,
+    hooks: Hooks,
+    /// Why this start happens, when a supervisor starts the plugin again (for the
+    /// lifecycle event).
+    pub(crate) start_reason: Option<String>,
+}
+
+/// The builder's callbacks.
+#[derive(Clone, Default)]
+struct Hooks {
+    lifecycle: Option<LifecycleHook>,
+    #[cfg(feature = "testing")]
+    after_verify: Option<Arc<dyn Fn(&Path) + Send + Sync>>,
+}
+
+impl fmt::Debug for Hooks {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Hooks")
+            .field("lifecycle", &self.lifecycle.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl PluginBuilder {
@@ -70,7 +96,68 @@ impl PluginBuilder {
             multiplex: false,
             socket_group: None,
             data_dir: None,
+            sha256: None,
+            hooks: Hooks::default(),
+            start_reason: None,
         }
+    }
+
+    /// The plugin's name, as given to [`PluginClient::builder`].
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The plugin's binary, as given to [`PluginClient::builder`].
+    pub fn program(&self) -> &Path {
+        &self.program
+    }
+
+    /// Pins the SHA-256 of the plugin's binary (default: none). At each start the host
+    /// opens the binary once, refuses it unless it is a regular file owned by root or the
+    /// host's user and writable by neither group nor others (else it could be rewritten in
+    /// place after the check), hashes that open file, and executes that very file through
+    /// its descriptor: renaming or replacing the path between the check and the exec
+    /// changes nothing. A binary whose digest differs does not start ([`Error::Binary`]).
+    /// The binary must be a compiled executable, not a `#!` script. Parse the digest, as
+    /// `sha256sum` prints it, with `str::parse`:
+    ///
+    /// ```no_run
+    /// # async fn start() -> Result<(), Box<dyn std::error::Error>> {
+    /// use tether_host::{PluginClient, Sha256};
+    /// let pinned: Sha256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08".parse()?;
+    /// let plugin = PluginClient::builder("kv", "./kv-plugin").sha256(pinned).start().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn sha256(mut self, digest: Sha256) -> Self {
+        self.sha256 = Some(digest);
+        self
+    }
+
+    /// The pinned digest, if any ([`PluginBuilder::sha256`]).
+    pub fn pinned_sha256(&self) -> Option<Sha256> {
+        self.sha256
+    }
+
+    /// Calls `hook` on each start, refused or failed start, and idle stop of this plugin
+    /// (default: none). `tether-hostserve`'s `HostServices::configure` installs one that
+    /// writes each to the audit trail. A later call replaces the hook.
+    pub fn on_lifecycle(mut self, hook: impl Fn(&LifecycleEvent) + Send + Sync + 'static) -> Self {
+        self.hooks.lifecycle = Some(Arc::new(hook));
+        self
+    }
+
+    /// The lifecycle hook, if one is installed.
+    pub(crate) fn lifecycle_hook(&self) -> Option<LifecycleHook> {
+        self.hooks.lifecycle.clone()
+    }
+
+    /// Test hook: runs after the binary was verified and before it is executed, with its
+    /// path (to swap the file there and show that what runs is what was checked).
+    #[cfg(feature = "testing")]
+    #[doc(hidden)]
+    pub fn after_verify(mut self, hook: impl Fn(&Path) + Send + Sync + 'static) -> Self {
+        self.hooks.after_verify = Some(Arc::new(hook));
+        self
     }
 
     /// Appends a command-line argument.
@@ -242,17 +329,48 @@ impl PluginBuilder {
     /// `tether_sandbox_layer_enforced`.
     pub async fn start(self) -> Result<PluginClient, Error> {
         let name = self.name.clone();
+        let program = self.program.clone();
+        let lifecycle = self.hooks.lifecycle.clone();
+        let pinned = self.sha256;
+        let reason = self.start_reason.clone();
         let started = self.start_process().await;
-        match &started {
+        let (kind, process, detail) = match &started {
             Ok(client) => {
                 if let Some(status) = client.sandbox() {
                     crate::metric::started(&name, status);
                 }
+                let mut detail = match pinned {
+                    Some(digest) => format!("binary verified, sha256 {digest}"),
+                    None => "binary not pinned".to_owned(),
+                };
+                if let Some(reason) = reason {
+                    detail = format!("{reason}; {detail}");
+                }
+                (
+                    LifecycleKind::Started,
+                    Some((client.pid(), client.instance())),
+                    detail,
+                )
             }
             Err(err) => {
                 crate::metric::start_failed(&name);
                 tracing::warn!(target: "tether::host", plugin = name, error = %err, "plugin failed to start");
+                let kind = match err {
+                    Error::Binary { .. } => LifecycleKind::Refused,
+                    _ => LifecycleKind::Failed,
+                };
+                (kind, None, err.to_string())
             }
+        };
+        if let Some(hook) = lifecycle {
+            hook(&LifecycleEvent {
+                plugin: name,
+                pid: process.map(|(pid, _)| pid),
+                instance: process.map(|(_, instance)| instance),
+                program,
+                kind,
+                detail,
+            });
         }
         started
     }
@@ -269,6 +387,26 @@ impl PluginBuilder {
             program: self.program.clone(),
             source,
         })?;
+        // Opened once, checked and hashed; this open file is what is executed.
+        let verified = match self.sha256 {
+            Some(expected) => {
+                let path = program.clone();
+                let verified =
+                    tokio::task::spawn_blocking(move || verify::open_verified(&path, &expected))
+                        .await
+                        .map_err(|err| internal(&format!("verifying the binary: {err}")))?;
+                Some(verified.map_err(|reason| Error::Binary {
+                    plugin: name.clone(),
+                    program: program.clone(),
+                    reason,
+                })?)
+            }
+            None => None,
+        };
+        #[cfg(feature = "testing")]
+        if let Some(hook) = &self.hooks.after_verify {
+            hook(&program);
+        }
         let socket_dir = transport::socket_dir(&name, &base)?;
         let socket_gid = match &self.socket_group {
             Some(group) => Some(transport::share_dir(&name, socket_dir.path(), group)?),
@@ -279,12 +417,21 @@ impl PluginBuilder {
             plugin: name.clone(),
             source,
         })?;
-        let sandbox = sandbox::prepare(
-            &self.sandbox,
-            &program,
-            socket_dir.path(),
-            data_dir.as_ref(),
-        )
+        let sandbox = match &verified {
+            Some(file) => sandbox::prepare_verified(
+                &self.sandbox,
+                &program,
+                file.as_fd(),
+                socket_dir.path(),
+                data_dir.as_ref(),
+            ),
+            None => sandbox::prepare(
+                &self.sandbox,
+                &program,
+                socket_dir.path(),
+                data_dir.as_ref(),
+            ),
+        }
         .map_err(|source| Error::Sandbox {
             plugin: name.clone(),
             source,
@@ -301,7 +448,16 @@ impl PluginBuilder {
             })?),
             false => None,
         };
-        let mut command = std::process::Command::new(&program);
+        let mut command = match &verified {
+            // The child inherits the descriptor (close-on-exec: it closes only once the
+            // kernel has opened the file through it) and keeps the usual argv[0].
+            Some(file) => {
+                let mut command = std::process::Command::new(verify::exec_path(file));
+                command.arg0(&program);
+                command
+            }
+            None => std::process::Command::new(&program),
+        };
         command
             .args(&self.args)
             .env_clear()
@@ -340,6 +496,7 @@ impl PluginBuilder {
                 program: self.program.clone(),
                 source,
             })?;
+        drop(verified);
         let pid = child.id();
         // The process is watched and reaped through its `Group`; the std handle only hands
         // over the pipes (dropping it neither waits nor kills).

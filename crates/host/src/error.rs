@@ -22,6 +22,19 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// The binary failed verification ([`PluginBuilder::sha256`](crate::PluginBuilder::sha256)):
+    /// its digest is not the pinned one, it could be rewritten after the check, or it could
+    /// not be read. Nothing was started.
+    #[error("refused to start plugin `{plugin}` from {}: {reason}", program.display())]
+    Binary {
+        /// The plugin's name.
+        plugin: String,
+        /// The binary.
+        program: PathBuf,
+        /// What is wrong with it.
+        #[source]
+        reason: crate::BinaryRefusal,
+    },
     /// The sandbox could not be built, or (under `Strict`) a layer is missing on this kernel.
     #[error("could not sandbox plugin `{plugin}`: {source}")]
     Sandbox {

@@ -59,7 +59,14 @@
 //! [`PluginClient::broker`] are `None` (so host services are refused, with
 //! `tether_hostconn::Error::Attached`), and its end is [`Exit::Unknown`].
 //!
-//! Not supported: TCP transports, and go-plugin's AutoMTLS and multiplexing.
+//! # Verified binaries
+//!
+//! [`PluginBuilder::sha256`] pins the binary's SHA-256: the host hashes the open file and
+//! executes that same file through its descriptor, so nothing can swap the binary between
+//! the check and the exec. [`PluginBuilder::on_lifecycle`] reports each start, refused or
+//! failed start and idle stop ([`LifecycleEvent`]), for an audit trail.
+//!
+//! Not supported: TCP transports.
 //!
 //! # Modules
 //!
@@ -81,6 +88,7 @@ mod error;
 pub mod fuzzing;
 mod guard;
 mod handshake;
+mod lifecycle;
 mod lines;
 mod logs;
 pub mod metric;
@@ -90,11 +98,13 @@ mod spawn;
 mod stdio;
 mod supervisor;
 mod transport;
+mod verify;
 
 pub use builder::PluginBuilder;
 pub use channel::PluginChannel;
 pub use client::{DEFAULT_CALL_TIMEOUT, Exit, PluginClient, PluginExit, Stop};
 pub use error::{Error, ExitReport};
+pub use lifecycle::{LifecycleEvent, LifecycleHook, LifecycleKind};
 pub use reattach::{GoAddr, GoReattachConfig, ReattachConfig};
 pub use stdio::StdioSink;
 pub use supervisor::{
@@ -107,3 +117,4 @@ pub use tether_sandbox::{
     SandboxMode, SandboxStatus,
 };
 pub use tether_sandbox::{Syscall, allowed_syscalls, conditional_syscalls, refused_syscalls};
+pub use verify::{BinaryRefusal, DigestError, Sha256};

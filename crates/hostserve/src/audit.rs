@@ -123,7 +123,8 @@ impl Serialize for FileOperation {
 
 /// What a call did, typed. Serializes (and displays) as one string: a file operation by its
 /// name (`read_dir`, `read_file`, `write_file`, `delete_file`, `create_dir`, `get_env`,
-/// `stat`), [`Operation::Connect`] as `connect`, and any other method as
+/// `stat`), [`Operation::Connect`] as `connect`, [`Operation::Process`] as
+/// `process:<what>` (e.g. `process:started`), and any other method as
 /// `<service>/<method>`, e.g. `tether.bus.v1.Bus/Publish`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Operation {
@@ -132,6 +133,10 @@ pub enum Operation {
     /// A refused connection to a plugin's host-service socket: from another process, or
     /// past the plugin's connection limit.
     Connect,
+    /// Something that happened to the plugin's process: a start, a start refused (its
+    /// binary failed verification) or failed, an idle stop
+    /// ([`HostServices::configure`](crate::HostServices::configure)).
+    Process(tether_host::LifecycleKind),
     /// A call to a gRPC method other than the file operations.
     Method {
         /// The fully qualified service name, e.g. `tether.bus.v1.Bus`.
@@ -165,6 +170,7 @@ impl Operation {
         match self {
             Operation::File(operation) => Cow::Borrowed(operation.as_str()),
             Operation::Connect => Cow::Borrowed("connect"),
+            Operation::Process(kind) => Cow::Owned(format!("process:{kind}")),
             Operation::Method { service, method } => Cow::Owned(format!("{service}/{method}")),
         }
     }
@@ -181,6 +187,7 @@ impl fmt::Display for Operation {
         match self {
             Operation::File(operation) => f.write_str(operation.as_str()),
             Operation::Connect => f.write_str("connect"),
+            Operation::Process(kind) => write!(f, "process:{kind}"),
             Operation::Method { service, method } => write!(f, "{service}/{method}"),
         }
     }

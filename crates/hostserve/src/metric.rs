@@ -69,6 +69,7 @@ fn operation_label(operation: &Operation, checked: bool) -> SharedString {
     match operation {
         Operation::File(operation) => SharedString::const_str(operation.as_str()),
         Operation::Connect => SharedString::const_str("connect"),
+        Operation::Process(kind) => SharedString::from_owned(format!("process:{kind}")),
         Operation::Method { service, method } if checked => {
             SharedString::from_owned(format!("{service}/{method}"))
         }

@@ -152,6 +152,7 @@ impl Grant {
 #[derive(Debug, Clone, Default)]
 struct PluginGrants {
     workspace: Option<PathBuf>,
+    sha256: Option<tether_host::Sha256>,
     grants: Vec<Arc<Grant>>,
     denies: Vec<Capability>,
 }
@@ -221,6 +222,15 @@ pub enum PolicyError {
         /// Every bad capability.
         errors: Vec<CapabilityError>,
     },
+    /// The `sha256` pinned for `plugin` is not a SHA-256 digest.
+    #[error("plugin `{plugin}`: sha256 {source}")]
+    Digest {
+        /// The plugin whose entry is bad.
+        plugin: String,
+        /// What is wrong with the digest.
+        #[source]
+        source: tether_host::DigestError,
+    },
     /// A capability kind could not be declared.
     #[error(transparent)]
     Kind(#[from] KindError),
@@ -237,6 +247,7 @@ struct PolicyFile {
 #[serde(deny_unknown_fields)]
 struct PluginEntry {
     workspace: Option<PathBuf>,
+    sha256: Option<String>,
     #[serde(default)]
     grant: Vec<GrantEntry>,
     #[serde(default)]
@@ -538,10 +549,16 @@ impl Policy {
             if !errors.is_empty() {
                 return Err(PolicyError::Capabilities { plugin, errors });
             }
+            let sha256 = match entry.sha256.as_deref().map(str::parse) {
+                None => None,
+                Some(Ok(digest)) => Some(digest),
+                Some(Err(source)) => return Err(PolicyError::Digest { plugin, source }),
+            };
             entries.push((
                 plugin,
                 PluginGrants {
                     workspace: entry.workspace.map(|workspace| base.join(workspace)),
+                    sha256,
                     grants,
                     denies,
                 },
@@ -554,6 +571,18 @@ impl Policy {
     /// Assigns `plugin` its workspace for the file services (keeping its grants, if any).
     pub fn set_workspace(&self, plugin: &str, workspace: impl Into<PathBuf>) {
         self.write().entry(plugin.to_owned()).or_default().workspace = Some(workspace.into());
+    }
+
+    /// Pins the SHA-256 of `plugin`'s binary, checked at its next start by a builder that
+    /// [`HostServices::configure`](crate::HostServices::configure) prepared (the policy
+    /// file's `sha256`).
+    pub fn pin_sha256(&self, plugin: &str, digest: tether_host::Sha256) {
+        self.write().entry(plugin.to_owned()).or_default().sha256 = Some(digest);
+    }
+
+    /// The SHA-256 pinned for `plugin`'s binary, if any.
+    pub fn pinned_sha256(&self, plugin: &str) -> Option<tether_host::Sha256> {
+        self.read().get(plugin).and_then(|entry| entry.sha256)
     }
 
     /// The workspace of `plugin`, if it has one.
@@ -1267,6 +1296,31 @@ workspace = "/abs/elsewhere"
         assert_eq!(
             policy.grants("filelister"),
             ["read:config/**", "env:API_KEY"]
+        );
+    }
+
+    #[test]
+    fn a_policy_file_pins_binaries_and_refuses_what_is_not_a_digest() {
+        let digest = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+        let policy = Policy::from_toml(
+            &format!("[plugins.a]\nsha256 = \"{digest}\"\n[plugins.b]\n"),
+            Path::new("/"),
+        )
+        .expect("valid");
+        assert_eq!(
+            policy.pinned_sha256("a").map(|d| d.to_string()).as_deref(),
+            Some(digest)
+        );
+        assert_eq!(policy.pinned_sha256("b"), None);
+        assert_eq!(policy.pinned_sha256("stranger"), None);
+
+        let err = Policy::from_toml("[plugins.a]\nsha256 = \"abc\"\n", Path::new("/"))
+            .expect_err("not a digest");
+        assert!(matches!(err, PolicyError::Digest { .. }), "{err:?}");
+        let message = err.to_string();
+        assert!(
+            message.contains("plugin `a`: sha256") && message.contains("64 hexadecimal digits"),
+            "{message}"
         );
     }
 

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, UNIX_EPOCH};
 
 use cap_std::fs::{FileType, Metadata, PermissionsExt};
-use tether_host::PluginClient;
+use tether_host::{LifecycleEvent, LifecycleKind, PluginBuilder, PluginClient};
 use tether_hostconn::{Options, Outcome, Refusal, RefusalHook, establish_host_services_with};
 use tether_protocol::hostserve::files_server::{Files as FilesRpc, FilesServer};
 use tether_protocol::hostserve::{
@@ -33,6 +33,30 @@ use crate::confine::{self, Target};
 use crate::gate::{Call, Gate, Limits, RequestEnd, run_blocking as blocking};
 use crate::path::{self, RequestPath};
 use crate::policy::Policy;
+
+/// The audit record of a lifecycle event.
+fn lifecycle_record(event: &LifecycleEvent) -> AuditRecord {
+    let (decision, decided_by) = match event.kind {
+        LifecycleKind::Refused => (Decision::Denied, Decider::Operator),
+        LifecycleKind::Failed => (Decision::Denied, Decider::Host),
+        _ => (Decision::Allowed, Decider::Host),
+    };
+    AuditRecord {
+        time: AuditRecord::now(),
+        plugin: event.plugin.clone(),
+        instance: event.instance.unwrap_or(0),
+        pid: event.pid,
+        operation: Operation::Process(event.kind),
+        resource: event.program.display().to_string(),
+        decision,
+        decided_by,
+        capability: None,
+        reason: event.detail.clone(),
+        request_id: None,
+        timeout_ms: None,
+        trace_id: None,
+    }
+}
 
 /// Bytes of `WriteFile` data handed to the disk at a time.
 const WRITE_BATCH: usize = 1024 * 1024;
@@ -107,6 +131,34 @@ impl HostServices {
     {
         self.routes = self.routes.add_service(self.gate.serve(service));
         self
+    }
+
+    /// Applies the operator's policy for the plugin `builder` starts: the SHA-256 its
+    /// [`Policy`] pins for it, if any ([`PluginBuilder::sha256`]; a pin already on the
+    /// builder is kept unless the policy has one), and an audit record for each start,
+    /// refused or failed start, and idle stop of the plugin (operation `process:started`,
+    /// `process:refused`, `process:failed`, `process:idle_stopped`; a refusal or failure is
+    /// `denied`, decided by the operator when the binary failed its pinned digest, else by
+    /// the host; the resource is the binary).
+    ///
+    /// ```no_run
+    /// # async fn demo(services: tether_hostserve::HostServices) -> Result<(), Box<dyn std::error::Error>> {
+    /// use tether_host::PluginClient;
+    /// let plugin = services
+    ///     .configure(PluginClient::builder("greeter", "./greeter-plugin"))
+    ///     .start()
+    ///     .await?;
+    /// # drop(plugin); Ok(()) }
+    /// ```
+    pub fn configure(&self, builder: PluginBuilder) -> PluginBuilder {
+        let builder = match self.gate.policy().pinned_sha256(builder.name()) {
+            Some(digest) => builder.sha256(digest),
+            None => builder,
+        };
+        let audit = self.gate.audit().clone();
+        builder.on_lifecycle(move |event: &LifecycleEvent| {
+            audit.record(lifecycle_record(event));
+        })
     }
 
     /// The gate every service here stands behind.

@@ -1,5 +1,6 @@
 //! The Landlock ruleset: the filesystem, TCP, and scopes.
 
+use std::os::fd::BorrowedFd;
 use std::path::Path;
 
 use landlock::{
@@ -12,10 +13,12 @@ use crate::{DataDir, Layer, Sandbox, SandboxError};
 /// Builds the ruleset of a plugin started from `program`: execute and read on it and its
 /// loader closure, read beneath the paths the host allows, sockets in `socket_dir`,
 /// read-write beneath `data_dir`; TCP (ABI 4) and scopes (ABI 6) when the kernel has them.
-/// Returns how many paths it allows.
+/// Returns how many paths it allows. `file`, when given, is the open file of `program` that
+/// will be executed: it may execute that file even if the path names another by now.
 pub(crate) fn ruleset(
     sandbox: &Sandbox,
     program: &Path,
+    file: Option<BorrowedFd<'_>>,
     socket_dir: &Path,
     data_dir: Option<&DataDir>,
     abi: i64,
@@ -57,6 +60,11 @@ pub(crate) fn ruleset(
             .add_rule(PathBeneath::new(fd, access))
             .map_err(|err| fail(format!("{}: {err}", path.display())))?;
         paths += 1;
+    }
+    if let Some(file) = file {
+        created = created
+            .add_rule(PathBeneath::new(file, executable))
+            .map_err(|err| fail(format!("{} (the verified file): {err}", program.display())))?;
     }
     for path in &sandbox.read_paths {
         let fd = PathFd::new(path).map_err(|err| fail(format!("{}: {err}", path.display())))?;

@@ -76,7 +76,7 @@ mod syscalls;
 #[cfg(target_os = "linux")]
 use kernel as platform;
 #[cfg(target_os = "linux")]
-pub use prepare::{Prepared, prepare};
+pub use prepare::{Prepared, prepare, prepare_verified};
 #[cfg(target_os = "linux")]
 pub use syscalls::{Syscall, allowed_syscalls, conditional_syscalls, refused_syscalls};
 
@@ -92,4 +92,4 @@ mod unsupported;
 #[cfg(not(target_os = "linux"))]
 use unsupported as platform;
 #[cfg(not(target_os = "linux"))]
-pub use unsupported::{Prepared, prepare};
+pub use unsupported::{Prepared, prepare, prepare_verified};

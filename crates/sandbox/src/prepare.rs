@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::io;
+use std::os::fd::BorrowedFd;
 use std::path::Path;
 
 use landlock::RulesetCreated;
@@ -37,6 +38,29 @@ impl fmt::Debug for Prepared {
 pub fn prepare(
     sandbox: &Sandbox,
     program: &Path,
+    socket_dir: &Path,
+    data_dir: Option<&DataDir>,
+) -> Result<Prepared, SandboxError> {
+    prepare_program(sandbox, program, None, socket_dir, data_dir)
+}
+
+/// [`prepare`] for a plugin executed from `file`, the open file of `program` the host
+/// verified: the right to execute is bound to that file itself (as well as to `program`'s
+/// path), so it holds even if the path was replaced since.
+pub fn prepare_verified(
+    sandbox: &Sandbox,
+    program: &Path,
+    file: BorrowedFd<'_>,
+    socket_dir: &Path,
+    data_dir: Option<&DataDir>,
+) -> Result<Prepared, SandboxError> {
+    prepare_program(sandbox, program, Some(file), socket_dir, data_dir)
+}
+
+fn prepare_program(
+    sandbox: &Sandbox,
+    program: &Path,
+    file: Option<BorrowedFd<'_>>,
     socket_dir: &Path,
     data_dir: Option<&DataDir>,
 ) -> Result<Prepared, SandboxError> {
@@ -95,7 +119,7 @@ pub fn prepare(
     let abi = kernel.landlock_abi;
     let ruleset = if kernel.missing(Layer::LandlockFilesystem).is_none() {
         let (ruleset, paths) =
-            crate::landlock::ruleset(sandbox, program, socket_dir, data_dir, abi)?;
+            crate::landlock::ruleset(sandbox, program, file, socket_dir, data_dir, abi)?;
         let data = if data_dir.is_some() {
             ", read-write in its data directory"
         } else {

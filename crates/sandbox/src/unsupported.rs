@@ -34,6 +34,17 @@ impl Prepared {
     }
 }
 
+/// [`prepare`]: no layer binds the file here.
+pub fn prepare_verified(
+    sandbox: &Sandbox,
+    program: &Path,
+    _file: std::os::fd::BorrowedFd<'_>,
+    socket_dir: &Path,
+    data_dir: Option<&crate::DataDir>,
+) -> Result<Prepared, SandboxError> {
+    prepare(sandbox, program, socket_dir, data_dir)
+}
+
 /// Reports every layer as not enforced; refuses a [`SandboxMode::Strict`] sandbox.
 pub fn prepare(
     sandbox: &Sandbox,
