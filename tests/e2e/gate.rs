@@ -10,7 +10,9 @@ use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
-use tether_host::PluginClient;
+use std::sync::Arc;
+
+use tether_host::{PluginClient, Supervisor};
 use tether_hostconn::HostConnection;
 use tether_hostserve::{
     Audit, CapabilityKind, ExternalHook, Gate, HostServices, Lifetime, Limits, Need, OnFailure,
@@ -22,6 +24,7 @@ use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
 use crate::hostserve::{op, op_with};
+use crate::idle::{idle_after, is_idle, running_pid};
 use crate::support::{PATIENCE, eventually, skip, test_plugin};
 
 /// The operation the audit trail records for `HostTally.Add`.
@@ -562,4 +565,56 @@ async fn with_its_disk_full_the_audit_trail_denies_what_it_cannot_record_and_los
         host.audit.health()
     );
     assert_eq!(host.audit.failed(), 0, "{:?}", host.audit.health());
+}
+
+#[tokio::test]
+async fn a_host_service_call_under_way_keeps_an_idle_plugin_up() {
+    let host = Arc::new(Host::new(Limits::default()));
+    host.policy()
+        .grant("busy", "tally:hold:h")
+        .expect("test setup");
+    let setup_host = Arc::clone(&host);
+    let supervisor = Supervisor::start(
+        "busy",
+        || test_plugin("busy").arg("--host-services"),
+        idle_after(Duration::from_secs(1)),
+        move |plugin| {
+            let host = Arc::clone(&setup_host);
+            Box::pin(async move { Ok(host.services.connect(&plugin).await?.required()?) })
+        },
+    );
+    let plugin = supervisor.plugin().await.expect("runs");
+    let pid = plugin.pid();
+    {
+        // Counted as busy until the plugin's two host calls are under way.
+        let _busy = plugin.activity().begin();
+        assert_eq!(
+            op_with(&plugin, "tally_hold", b"h", Vec::new(), 2)
+                .await
+                .outcome,
+            "ok"
+        );
+        assert!(
+            eventually(PATIENCE, || host.services.calls_in_flight("busy") == 2).await,
+            "the held calls never reached the host"
+        );
+    }
+    drop(plugin);
+
+    // Three idle timeouts with only the plugin's host-service calls under way: it stays up.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        running_pid(&supervisor),
+        Some(pid),
+        "{:?}",
+        supervisor.state()
+    );
+
+    host.release.send_replace(true);
+    assert!(
+        eventually(PATIENCE, || is_idle(&supervisor)).await,
+        "the plugin was not stopped once its host calls ended: {:?}",
+        supervisor.state()
+    );
+    supervisor.shutdown().await;
 }

@@ -17,6 +17,7 @@ mod gate;
 mod handshake;
 mod hostconn;
 mod hostserve;
+mod idle;
 mod interop;
 mod interop_real;
 mod lifecycle;

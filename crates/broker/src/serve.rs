@@ -14,6 +14,7 @@ use tonic::transport::Server;
 use tonic::transport::server::Connected;
 
 use crate::broker::Broker;
+use tether_transport::activity::{Activity, ActivityLayer};
 use tether_transport::{Conn, ConnectionCounts, Listener};
 
 /// How long in-flight calls may finish after a served endpoint is told to stop.
@@ -42,6 +43,7 @@ impl Served {
         listener: Listener,
         mut wrap: W,
         routes: Routes,
+        activity: Option<Activity>,
     ) -> Self
     where
         W: FnMut(Conn) -> io::Result<IO> + Send + 'static,
@@ -53,6 +55,7 @@ impl Served {
         let peer = broker.peer_name().to_owned();
         let incoming = listener.map(move |conn| conn.and_then(&mut wrap));
         let server = Server::builder()
+            .layer(ActivityLayer::new(activity))
             .add_routes(routes)
             .serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned());
         let stopping = stop.clone();

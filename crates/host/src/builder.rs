@@ -57,12 +57,16 @@ pub struct PluginBuilder {
     pub(crate) start_reason: Option<String>,
 }
 
+/// A test hook given the binary's path.
+#[cfg(feature = "testing")]
+type PathHook = Arc<dyn Fn(&Path) + Send + Sync>;
+
 /// The builder's callbacks.
 #[derive(Clone, Default)]
 struct Hooks {
     lifecycle: Option<LifecycleHook>,
     #[cfg(feature = "testing")]
-    after_verify: Option<Arc<dyn Fn(&Path) + Send + Sync>>,
+    after_verify: Option<PathHook>,
 }
 
 impl fmt::Debug for Hooks {

@@ -4,6 +4,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tether_protocol::GRPC_TIMEOUT_METADATA as GRPC_TIMEOUT;
+use tether_transport::activity::{Activity, Tracked, TrackedFuture};
 use tonic::body::Body;
 use tonic::codegen::Service;
 use tonic::codegen::http::{self, HeaderValue};
@@ -19,16 +20,23 @@ use tonic::transport::channel::ResponseFuture;
 /// (`request.set_timeout(...)`) wins, longer or shorter. The deadline covers a call until
 /// its response starts, so a long upload to a plugin (a client stream) needs its own
 /// deadline, or `call_timeout(None)`.
+///
+/// Every call counts in the plugin's [`Activity`](crate::PluginClient::activity) until its
+/// response ends: an open stream keeps the plugin from counting as idle.
 #[derive(Debug, Clone)]
 pub struct PluginChannel {
-    inner: Channel,
+    inner: Tracked<Channel>,
     deadline: Option<HeaderValue>,
 }
 
 impl PluginChannel {
-    pub(crate) fn new(inner: Channel, deadline: Option<Duration>) -> PluginChannel {
+    pub(crate) fn new(
+        inner: Channel,
+        deadline: Option<Duration>,
+        activity: &Activity,
+    ) -> PluginChannel {
         PluginChannel {
-            inner,
+            inner: Tracked::new(inner, Some(activity.clone())),
             deadline: deadline.and_then(|deadline| {
                 HeaderValue::try_from(tether_protocol::format_grpc_timeout(deadline)).ok()
             }),
@@ -39,7 +47,7 @@ impl PluginChannel {
 impl Service<http::Request<Body>> for PluginChannel {
     type Response = http::Response<Body>;
     type Error = tonic::transport::Error;
-    type Future = ResponseFuture;
+    type Future = TrackedFuture<ResponseFuture>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         Service::poll_ready(&mut self.inner, cx)

@@ -25,6 +25,7 @@ use crate::channel::PluginChannel;
 use crate::error::{Error, ExitReport};
 use crate::process::{Attached, Process};
 use tether_sandbox::SandboxStatus;
+use tether_transport::activity::Activity;
 
 /// How a plugin process came to stop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,6 +119,8 @@ pub struct PluginClient {
     controller: GrpcControllerClient<Channel>,
     health: HealthClient<Channel>,
     instance: u64,
+    /// Calls under way, both ways.
+    activity: Activity,
     /// The plugin's socket.
     address: PathBuf,
     owner: Owner,
@@ -172,6 +175,7 @@ impl PluginClient {
                 .max_encoding_message_size(limit),
             name: parts.name,
             instance: NEXT_INSTANCE.fetch_add(1, Ordering::Relaxed),
+            activity: Activity::new(),
             version: parts.version,
             channel: parts.channel,
             max_message_size: limit,
@@ -245,7 +249,16 @@ impl PluginClient {
     /// The gRPC channel to the plugin: build your service clients on it. Calls without a
     /// deadline of their own get the default one ([`PluginBuilder::call_timeout`]).
     pub fn channel(&self) -> PluginChannel {
-        PluginChannel::new(self.channel.clone(), self.call_timeout)
+        PluginChannel::new(self.channel.clone(), self.call_timeout, &self.activity)
+    }
+
+    /// The calls under way with this plugin instance: those on [`PluginClient::channel`]
+    /// until their responses end (an open stream counts), and its host-service calls
+    /// (`tether-hostconn` counts them). A [`Supervisor`](crate::Supervisor) with an idle
+    /// timeout stops the plugin once none has been under way for that long; count work of
+    /// your own with [`Activity::begin`].
+    pub fn activity(&self) -> &Activity {
+        &self.activity
     }
 
     /// The message-size limit this client was configured with, for your own clients'

@@ -108,7 +108,8 @@ pub use lifecycle::{LifecycleEvent, LifecycleHook, LifecycleKind};
 pub use reattach::{GoAddr, GoReattachConfig, ReattachConfig};
 pub use stdio::StdioSink;
 pub use supervisor::{
-    Restart, RestartPolicy, Setup, SetupError, State, Supervisor, SupervisorError,
+    Restart, RestartPolicy, Setup, SetupError, State, SupervisedChannel, Supervisor,
+    SupervisorError,
 };
 pub use tether_broker::{Broker, BrokerError};
 pub use tether_protocol::HandshakeConfig;
@@ -117,4 +118,5 @@ pub use tether_sandbox::{
     SandboxMode, SandboxStatus,
 };
 pub use tether_sandbox::{Syscall, allowed_syscalls, conditional_syscalls, refused_syscalls};
+pub use tether_transport::activity::{Activity, Busy};
 pub use verify::{BinaryRefusal, DigestError, Sha256};

@@ -8,6 +8,7 @@
 //! | `tether_plugin_starts_total` | counter | `plugin` | Plugin instances started ([`PluginBuilder::start`](crate::PluginBuilder::start) succeeded, the supervisor's starts included). |
 //! | `tether_plugin_start_failures_total` | counter | `plugin` | Starts that failed (the process, its handshake, its connection or its first health check). |
 //! | `tether_supervisor_restarts_total` | counter | `plugin` | Restarts a [`Supervisor`](crate::Supervisor) decided on (it backs off, then starts the plugin again). |
+//! | `tether_plugin_idle_stops_total` | counter | `plugin` | Instances a [`Supervisor`](crate::Supervisor) stopped after their idle timeout (the next call starts the plugin again). |
 //! | `tether_sandbox_layer_enforced` | gauge | `plugin`, `layer` | Per sandbox layer ([`Layer::name`](crate::Layer::name)), at the plugin's latest start: 1 enforced, 0 not. |
 
 use metrics::{SharedString, Unit};
@@ -20,6 +21,8 @@ pub const PLUGIN_STARTS: &str = "tether_plugin_starts_total";
 pub const PLUGIN_START_FAILURES: &str = "tether_plugin_start_failures_total";
 /// Counter: restarts a supervisor decided on (label `plugin`).
 pub const SUPERVISOR_RESTARTS: &str = "tether_supervisor_restarts_total";
+/// Counter: instances a supervisor stopped for being idle (label `plugin`).
+pub const PLUGIN_IDLE_STOPS: &str = "tether_plugin_idle_stops_total";
 /// Gauge: 1 if a sandbox layer is enforced on the plugin, else 0, as of its latest start
 /// (labels `plugin`, `layer`).
 pub const SANDBOX_LAYER: &str = "tether_sandbox_layer_enforced";
@@ -37,6 +40,11 @@ pub fn describe() {
         SUPERVISOR_RESTARTS,
         Unit::Count,
         "Plugin restarts decided by a supervisor."
+    );
+    metrics::describe_counter!(
+        PLUGIN_IDLE_STOPS,
+        Unit::Count,
+        "Plugin instances stopped by their supervisor after their idle timeout."
     );
     metrics::describe_gauge!(
         SANDBOX_LAYER,
@@ -63,4 +71,9 @@ pub(crate) fn start_failed(plugin: &str) {
 /// A restart a supervisor decided on.
 pub(crate) fn restarting(plugin: &str) {
     metrics::counter!(SUPERVISOR_RESTARTS, "plugin" => plugin.to_owned()).increment(1);
+}
+
+/// An instance a supervisor stopped for being idle.
+pub(crate) fn idle_stopped(plugin: &str) {
+    metrics::counter!(PLUGIN_IDLE_STOPS, "plugin" => plugin.to_owned()).increment(1);
 }

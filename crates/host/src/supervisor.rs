@@ -3,19 +3,28 @@
 //! stops answering its health checks, restarts it per a [`RestartPolicy`]: with
 //! exponential backoff, and only so many times in a window before it gives up and marks
 //! the plugin failed.
+//!
+//! With an idle timeout ([`RestartPolicy::idle_timeout`]) it also stops a plugin that has
+//! had no call under way for that long (no call in flight, no open stream, no host-service
+//! call: [`PluginClient::activity`]), and starts it again, set-up hook included, on the
+//! next call through [`Supervisor::channel`] or the next [`Supervisor::plugin`].
 
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{Notify, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep, timeout};
+use tonic::body::Body;
+use tonic::codegen::{Service, http};
 
 use crate::builder::PluginBuilder;
 use crate::client::{PluginClient, PluginExit, Stop};
+use crate::lifecycle::{LifecycleEvent, LifecycleKind};
 
 /// When to restart a plugin that ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +58,13 @@ pub struct RestartPolicy {
     /// Failed health checks in a row after which the plugin is hung: its process group is
     /// killed, and the policy decides on a restart.
     pub unhealthy_after: u32,
+    /// Stop the plugin once no call has been under way with it for this long (`None`, the
+    /// default: never): no call in flight on its channel, no open stream, no host-service
+    /// call ([`PluginClient::activity`]). It is stopped gracefully, recorded
+    /// ([`LifecycleKind::IdleStopped`], `tether_plugin_idle_stops_total`), and started
+    /// again, its set-up hook included, on the next call through [`Supervisor::channel`] or
+    /// the next [`Supervisor::plugin`]. An idle stop is not a restart.
+    pub idle_timeout: Option<Duration>,
 }
 
 impl Default for RestartPolicy {
@@ -62,6 +78,7 @@ impl Default for RestartPolicy {
             health_interval: Some(Duration::from_secs(5)),
             health_timeout: Duration::from_secs(2),
             unhealthy_after: 2,
+            idle_timeout: None,
         }
     }
 }
@@ -89,6 +106,11 @@ pub enum State {
         delay: Duration,
         /// How the last instance ended.
         reason: String,
+    },
+    /// Stopped after its idle timeout; the next call starts it again.
+    Idle {
+        /// Restarts so far.
+        restarts: u32,
     },
     /// Too many restarts in the window: the supervisor gave up.
     Failed {
@@ -160,6 +182,7 @@ type Factory = Arc<dyn Fn() -> PluginBuilder + Send + Sync>;
 pub struct Supervisor {
     name: String,
     state: watch::Receiver<State>,
+    wake: Arc<Notify>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<Option<PluginExit>>,
 }
@@ -176,19 +199,36 @@ impl Supervisor {
     {
         let (state_sender, state) = watch::channel(State::Starting { restarts: 0 });
         let (stop, stopped) = oneshot::channel();
+        let wake = Arc::new(Notify::new());
         let task = tokio::spawn(supervise(
             name.to_owned(),
             Arc::new(factory),
             policy,
             Arc::new(setup) as Hook<T>,
             state_sender,
+            Arc::clone(&wake),
             stopped,
         ));
         Supervisor {
             name: name.to_owned(),
             state,
+            wake,
             stop: Some(stop),
             task,
+        }
+    }
+
+    /// A channel to whichever instance runs: each call waits while one starts or backs
+    /// off, and starts the plugin again if it was stopped for being idle. Build any
+    /// generated client on it, once. A call fails (with a [`SupervisorError`]) once the
+    /// supervisor has failed or stopped, and with the instance's error if the instance ends
+    /// during the call. A call made here can never race an idle stop: the instance counts
+    /// it as under way before the supervisor may decide that it is idle.
+    pub fn channel(&self) -> SupervisedChannel {
+        SupervisedChannel {
+            name: Arc::from(self.name.as_str()),
+            state: self.state.clone(),
+            wake: Arc::clone(&self.wake),
         }
     }
 
@@ -202,35 +242,13 @@ impl Supervisor {
         self.state.clone()
     }
 
-    /// The running instance, waiting while one starts or backs off; an error once the
-    /// supervisor has failed or stopped.
+    /// The running instance, waiting while one starts or backs off, and starting it again
+    /// if it was stopped for being idle; an error once the supervisor has failed or
+    /// stopped. With an idle timeout, prefer [`Supervisor::channel`]: an instance taken
+    /// from here may be stopped for being idle between this call and the first call made
+    /// on it (count your work with [`PluginClient::activity`] to prevent that).
     pub async fn plugin(&self) -> Result<Arc<PluginClient>, SupervisorError> {
-        let mut state = self.state.clone();
-        loop {
-            match &*state.borrow_and_update() {
-                State::Running { plugin, .. } => return Ok(Arc::clone(plugin)),
-                State::Failed { restarts, reason } => {
-                    return Err(SupervisorError::Failed {
-                        plugin: self.name.clone(),
-                        restarts: *restarts,
-                        reason: reason.clone(),
-                    });
-                }
-                State::Stopped { reason } => {
-                    return Err(SupervisorError::Stopped {
-                        plugin: self.name.clone(),
-                        reason: reason.clone(),
-                    });
-                }
-                State::Starting { .. } | State::Backoff { .. } => {}
-            }
-            if state.changed().await.is_err() {
-                return Err(SupervisorError::Stopped {
-                    plugin: self.name.clone(),
-                    reason: "the supervisor ended".to_owned(),
-                });
-            }
-        }
+        running(&self.name, self.state.clone(), &self.wake).await
     }
 
     /// Stops supervising and stops the plugin (gracefully when no one else holds its
@@ -241,6 +259,91 @@ impl Supervisor {
             let _ = stop.send(());
         }
         (&mut self.task).await.ok().flatten()
+    }
+}
+
+/// The running instance, waiting while one starts or backs off, and waking an idle one.
+async fn running(
+    name: &str,
+    mut state: watch::Receiver<State>,
+    wake: &Notify,
+) -> Result<Arc<PluginClient>, SupervisorError> {
+    loop {
+        match &*state.borrow_and_update() {
+            State::Running { plugin, .. } => return Ok(Arc::clone(plugin)),
+            State::Failed { restarts, reason } => {
+                return Err(SupervisorError::Failed {
+                    plugin: name.to_owned(),
+                    restarts: *restarts,
+                    reason: reason.clone(),
+                });
+            }
+            State::Stopped { reason } => {
+                return Err(SupervisorError::Stopped {
+                    plugin: name.to_owned(),
+                    reason: reason.clone(),
+                });
+            }
+            // Stores a permit if the supervisor is not waiting yet.
+            State::Idle { .. } => wake.notify_one(),
+            State::Starting { .. } | State::Backoff { .. } => {}
+        }
+        if state.changed().await.is_err() {
+            return Err(SupervisorError::Stopped {
+                plugin: name.to_owned(),
+                reason: "the supervisor ended".to_owned(),
+            });
+        }
+    }
+}
+
+/// The channel of [`Supervisor::channel`]: every call goes to the instance running when it
+/// is made, which is started first if it was stopped for being idle. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct SupervisedChannel {
+    name: Arc<str>,
+    state: watch::Receiver<State>,
+    wake: Arc<Notify>,
+}
+
+impl SupervisedChannel {
+    /// The running instance with this call counted as under way on it: the supervisor
+    /// marks an instance idle before it checks that no call is under way, so an instance
+    /// still running after the call was counted will serve it.
+    async fn instance(&self) -> Result<(Arc<PluginClient>, crate::Busy), SupervisorError> {
+        loop {
+            let plugin = running(&self.name, self.state.clone(), &self.wake).await?;
+            let busy = plugin.activity().begin();
+            let still = matches!(&*self.state.borrow(),
+                State::Running { plugin: now, .. } if Arc::ptr_eq(now, &plugin));
+            if still {
+                return Ok((plugin, busy));
+            }
+        }
+    }
+}
+
+impl Service<http::Request<Body>> for SupervisedChannel {
+    type Response = http::Response<Body>;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+    type Future = Pin<Box<dyn Future<Output = Result<http::Response<Body>, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // Each call finds its instance, and waits for that instance's channel to be ready.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let (plugin, busy) = this.instance().await?;
+            let mut channel = plugin.channel();
+            std::future::poll_fn(|cx| channel.poll_ready(cx)).await?;
+            // The channel counts the call from here until its response ends.
+            let response = channel.call(request).await?;
+            drop(busy);
+            Ok(response)
+        })
     }
 }
 
@@ -257,21 +360,37 @@ struct End {
     reason: String,
 }
 
+/// How one instance's run ended.
+enum Outcome {
+    /// The instance ended (or its set-up failed).
+    Ended(End),
+    /// It was idle for the idle timeout; the state is [`State::Idle`] already.
+    Idle,
+    /// The supervisor was told to stop.
+    Stop,
+}
+
 async fn supervise<T: Send + 'static>(
     name: String,
     factory: Factory,
     policy: RestartPolicy,
     setup: Hook<T>,
     state: watch::Sender<State>,
+    wake: Arc<Notify>,
     mut stop: oneshot::Receiver<()>,
 ) -> Option<PluginExit> {
     let mut recent: VecDeque<Instant> = VecDeque::new();
     let mut restarts = 0u32;
     let mut backoff = policy.initial_backoff;
+    let mut start_reason = None;
     loop {
         state.send_replace(State::Starting { restarts });
+        let mut builder = factory();
+        builder.start_reason = start_reason.take();
+        let lifecycle = builder.lifecycle_hook();
+        let program = builder.program().to_owned();
         let started = tokio::select! {
-            started = factory().start() => started,
+            started = builder.start() => started,
             _ = &mut stop => {
                 state.send_replace(State::Stopped { reason: "shut down".to_owned() });
                 return None;
@@ -285,14 +404,44 @@ async fn supervise<T: Send + 'static>(
             Ok(client) => {
                 let client = Arc::new(client);
                 match run(&name, &client, &policy, &setup, &state, restarts, &mut stop).await {
-                    Some(end) => end,
-                    None => {
+                    Outcome::Ended(end) => end,
+                    Outcome::Stop => {
                         // The state holds a handle too: replace it first, so that the
                         // stop can be graceful.
                         state.send_replace(State::Stopped {
                             reason: "shut down".to_owned(),
                         });
                         return stop_instance(client).await;
+                    }
+                    Outcome::Idle => {
+                        let idle = policy.idle_timeout.unwrap_or_default();
+                        tracing::info!(target: "tether::supervisor", plugin = name, pid = client.pid(), ?idle,
+                            "plugin idle; stopping it until the next call");
+                        crate::metric::idle_stopped(&name);
+                        if let Some(hook) = &lifecycle {
+                            hook(&LifecycleEvent {
+                                plugin: name.clone(),
+                                pid: Some(client.pid()),
+                                instance: Some(client.instance()),
+                                program,
+                                kind: LifecycleKind::IdleStopped,
+                                detail: format!(
+                                    "no call under way for {}; started again on the next call",
+                                    humanize(idle)
+                                ),
+                            });
+                        }
+                        let _ = stop_instance(client).await;
+                        tokio::select! {
+                            () = wake.notified() => {}
+                            _ = &mut stop => {
+                                state.send_replace(State::Stopped { reason: "shut down".to_owned() });
+                                return None;
+                            }
+                        }
+                        start_reason =
+                            Some("started again on demand after an idle stop".to_owned());
+                        continue;
                     }
                 }
             }
@@ -335,10 +484,21 @@ async fn supervise<T: Send + 'static>(
         }
         backoff = (backoff * 2).min(policy.max_backoff);
         restarts += 1;
+        start_reason = Some(format!("restarted by its supervisor ({restarts} restarts)"));
     }
 }
 
-/// Runs one instance until it ends (`Some`) or the supervisor is told to stop (`None`).
+/// A duration as an operator reads it: `90s`, `250ms`.
+fn humanize(duration: Duration) -> String {
+    if duration.subsec_millis() == 0 {
+        format!("{}s", duration.as_secs())
+    } else {
+        format!("{}ms", duration.as_millis())
+    }
+}
+
+/// Runs one instance until it ends, is idle for the idle timeout, or the supervisor is
+/// told to stop.
 async fn run<T>(
     name: &str,
     client: &Arc<PluginClient>,
@@ -347,18 +507,18 @@ async fn run<T>(
     state: &watch::Sender<State>,
     restarts: u32,
     stop: &mut oneshot::Receiver<()>,
-) -> Option<End> {
+) -> Outcome {
     let kept = tokio::select! {
         kept = setup(Arc::clone(client)) => kept,
-        report = client.exited() => return Some(End { failed: true, reason: report.to_string() }),
-        _ = &mut *stop => return None,
+        report = client.exited() => return Outcome::Ended(End { failed: true, reason: report.to_string() }),
+        _ = &mut *stop => return Outcome::Stop,
     };
     let _kept = match kept {
         Ok(kept) => kept,
         Err(err) => {
             client.kill();
             let _ = client.exited().await;
-            return Some(End {
+            return Outcome::Ended(End {
                 failed: true,
                 reason: format!("its set-up failed: {err}"),
             });
@@ -368,19 +528,52 @@ async fn run<T>(
         plugin: Arc::clone(client),
         restarts,
     });
-    tokio::select! {
-        report = client.exited() => Some(End {
-            failed: !report.status.success(),
-            reason: report.to_string(),
-        }),
-        () = hung(client, policy) => {
-            tracing::warn!(target: "tether::supervisor", plugin = name, pid = client.pid(),
-                "plugin failed its health checks; killing its process group");
-            client.kill();
-            let report = client.exited().await;
-            Some(End { failed: true, reason: format!("it stopped answering its health checks ({report})") })
+    let exited = client.exited();
+    let hung = hung(client, policy);
+    tokio::pin!(exited, hung);
+    loop {
+        tokio::select! {
+            report = &mut exited => return Outcome::Ended(End {
+                failed: !report.status.success(),
+                reason: report.to_string(),
+            }),
+            () = &mut hung => {
+                tracing::warn!(target: "tether::supervisor", plugin = name, pid = client.pid(),
+                    "plugin failed its health checks; killing its process group");
+                client.kill();
+                let report = client.exited().await;
+                return Outcome::Ended(End { failed: true, reason: format!("it stopped answering its health checks ({report})") });
+            }
+            () = idle(client, policy.idle_timeout) => {
+                // Idle first, then a last look: a call counted on the instance before this
+                // state change is seen below; one counted after sees the state change
+                // ([`SupervisedChannel`]) and waits for the next instance.
+                state.send_replace(State::Idle { restarts });
+                if client.activity().in_flight() == 0 {
+                    return Outcome::Idle;
+                }
+                state.send_replace(State::Running {
+                    plugin: Arc::clone(client),
+                    restarts,
+                });
+            }
+            _ = &mut *stop => return Outcome::Stop,
         }
-        _ = &mut *stop => None,
+    }
+}
+
+/// Returns once no call has been under way with `client` for `timeout` (never without one).
+async fn idle(client: &PluginClient, timeout: Option<Duration>) {
+    let Some(timeout) = timeout else {
+        return std::future::pending().await;
+    };
+    loop {
+        match client.activity().idle_for() {
+            Some(idle) if idle >= timeout => return,
+            Some(idle) => sleep(timeout - idle).await,
+            // A call is under way: look again once it could have been idle long enough.
+            None => sleep(timeout).await,
+        }
     }
 }
 

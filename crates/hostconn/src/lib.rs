@@ -460,7 +460,10 @@ pub async fn establish_host_services_with(
             open: Arc::clone(&open),
         })
     };
-    let served = Served::start(broker, id, listener, identify, services);
+    // Host-service calls count as the plugin's activity: a plugin at work for the host is
+    // not idle.
+    let activity = Some(plugin.activity().clone());
+    let served = Served::start(broker, id, listener, identify, services, activity);
 
     let limit = plugin.max_message_size();
     let mut contract = AcceptorClient::new(plugin.channel())

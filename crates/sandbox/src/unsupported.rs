@@ -85,6 +85,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_verified_file_changes_nothing_here() {
+        let file = std::fs::File::open("/").unwrap();
+        let fd = std::os::fd::AsFd::as_fd(&file);
+        let dir = Path::new("/nonexistent");
+        assert!(prepare_verified(&Sandbox::strict(), dir, fd, dir, None).is_err());
+        let prepared = prepare_verified(&Sandbox::off(), dir, fd, dir, None).unwrap();
+        assert!(prepared.status.layers.iter().all(|layer| !layer.enforced));
+    }
+
+    #[test]
     fn strict_is_refused_and_the_others_report_every_layer_off() {
         let dir = Path::new("/nonexistent");
         let err = prepare(&Sandbox::strict(), dir, dir, None).unwrap_err();

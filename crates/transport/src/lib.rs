@@ -46,8 +46,9 @@ compile_error!(
 );
 
 #[cfg(unix)]
-mod dir;
+pub mod activity;
 #[cfg(unix)]
+mod dir;
 pub mod mux;
 pub mod tls;
 #[cfg(unix)]
