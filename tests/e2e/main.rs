@@ -18,6 +18,7 @@ mod handshake;
 mod hostconn;
 mod hostserve;
 mod interop;
+mod interop_inspect;
 mod interop_real;
 mod lifecycle;
 mod metrics;
