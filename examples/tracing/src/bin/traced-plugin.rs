@@ -22,8 +22,9 @@ use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::layer::SubscriberExt as _;
 
 fn main() -> ExitCode {
-    // Each span as it ends, one line on stdout: the SDK forwards the plugin's stdout to a
-    // host that asks for it (traced-host does), and drops it otherwise.
+    // Each span as it ends, one line on stdout: the SDK streams the plugin's stdout to the
+    // host (go-plugin's stdio stream), where traced-host picks the span lines out; a host
+    // that does not read it gets none, and the plugin drops them rather than block.
     let provider = tracer_provider(
         "plugin",
         Arc::new(|record: SpanRecord| {
