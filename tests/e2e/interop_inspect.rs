@@ -45,7 +45,7 @@ fn serves_reflection(release: &GoPlugin) -> bool {
 }
 
 #[test]
-fn interop_inspect_lists_a_go_plugins_services_by_grpc_reflection() {
+fn inspect_lists_a_go_plugins_services_by_grpc_reflection() {
     for release in VERSIONS {
         let plugin = go::bin(release, "kvplugin");
         let output = inspect(&plugin);

@@ -89,6 +89,18 @@ fn one_trace_joins_host_plugin_host_service_call_and_audit_record() {
         "{stdout}"
     );
 
+    // The plugin's log event while serving the call, as the host logged it, names the
+    // trace and the host's span that called.
+    let logged = stderr
+        .lines()
+        .find(|line| line.contains("read the greeting through the host"))
+        .unwrap_or_else(|| panic!("the plugin's log event in\n{stderr}"));
+    assert!(
+        logged.contains(&format!("trace_id={trace_id}"))
+            && logged.contains(&format!("span_id={}", call["span_id"])),
+        "{logged}"
+    );
+
     // The host's audit record of the plugin's read names the same trace.
     let records: Vec<Value> = stdout
         .lines()

@@ -7,7 +7,7 @@
 //! this executable (`cargo build -p tether-example-tracing` builds both).
 
 use std::error::Error;
-use std::io::Write;
+use std::io::{IsTerminal as _, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -25,7 +25,7 @@ use tether_example_tracing::{PLUGIN, SpanRecord, exported, render, traceparent, 
 use tracing::Instrument as _;
 use tracing::level_filters::LevelFilter;
 use tracing_subscriber::Layer as _;
-use tracing_subscriber::filter::filter_fn;
+use tracing_subscriber::filter::{Targets, filter_fn};
 use tracing_subscriber::layer::SubscriberExt as _;
 
 type Result<T> = std::result::Result<T, Box<dyn Error>>;
@@ -121,8 +121,9 @@ async fn run(name: &str, program: Option<PathBuf>) -> Result<()> {
         .into());
     }
 
-    // This process's spans go to the same list as the plugin's; warnings (the plugin's
-    // too: its log lines arrive as events) to stderr.
+    // This process's spans go to the same list as the plugin's. To stderr: warnings, and
+    // the plugin's log lines from INFO up (they arrive as `tether::plugin` events, and
+    // those logged while serving a traced call carry its trace_id).
     let spans = Spans::default();
     let mine = spans.clone();
     let provider = tracer_provider("host", Arc::new(move |record| mine.push(record)));
@@ -135,7 +136,12 @@ async fn run(name: &str, program: Option<PathBuf>) -> Result<()> {
         .with(
             tracing_subscriber::fmt::layer()
                 .with_writer(std::io::stderr)
-                .with_filter(LevelFilter::WARN),
+                .with_ansi(std::io::stderr().is_terminal())
+                .with_filter(
+                    Targets::new()
+                        .with_default(LevelFilter::WARN)
+                        .with_target("tether::plugin", LevelFilter::INFO),
+                ),
         );
     tracing::subscriber::set_global_default(subscriber)?;
 
