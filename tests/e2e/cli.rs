@@ -11,7 +11,7 @@ use tether_host::Layer;
 use crate::support::{TEST_PLUGIN, cargo_build, missing};
 
 /// Builds `tether` once.
-fn tether() -> &'static Path {
+pub(crate) fn tether() -> &'static Path {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT.get_or_init(|| cargo_build(&["tether-cli"]).join("tether"))
 }

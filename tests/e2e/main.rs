@@ -19,6 +19,7 @@ mod hostconn;
 mod hostserve;
 mod idle;
 mod interop;
+mod interop_inspect;
 mod interop_real;
 mod lifecycle;
 mod metrics;
