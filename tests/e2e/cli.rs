@@ -107,3 +107,39 @@ fn inspect_says_when_there_is_no_manifest_and_when_the_plugin_cannot_start() {
         "{err}"
     );
 }
+
+#[test]
+fn inspect_shows_the_binarys_digest_and_refuses_one_that_is_not_the_pinned_one() {
+    let digest = tether_host::Sha256::of_file(Path::new(TEST_PLUGIN)).expect("hash");
+    let output = inspect(
+        Path::new(TEST_PLUGIN),
+        &["--sandbox", sandbox(), "--sha256", &digest.to_string()],
+    );
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains(&format!(
+            "sha256:                {digest} (verified: the pinned digest)"
+        )),
+        "{text}"
+    );
+
+    // Another digest pinned: not started, exit code 2, both digests named.
+    let other = tether_host::Sha256::of(b"another binary");
+    let output = inspect(
+        Path::new(TEST_PLUGIN),
+        &["--sandbox", sandbox(), "--sha256", &other.to_string()],
+    );
+    assert_eq!(output.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        err.contains(&format!("its SHA-256 is {digest}, but {other} is pinned")),
+        "{err}"
+    );
+
+    // Not a digest: a usage error, before anything starts.
+    let output = inspect(Path::new(TEST_PLUGIN), &["--sha256", "12ab"]);
+    assert_eq!(output.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(err.contains("is not a SHA-256 digest"), "{err}");
+}

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
 use clap::{Args, ValueEnum};
-use tether_host::{HandshakeConfig, PluginChannel, PluginClient, Sandbox};
+use tether_host::{HandshakeConfig, PluginChannel, PluginClient, Sandbox, Sha256};
 use tether_hostserve::Manifest;
 use tonic::codegen::http::uri::PathAndQuery;
 
@@ -33,6 +33,16 @@ pub(crate) struct InspectArgs {
     #[arg(long, value_enum, default_value_t = SandboxChoice::BestEffort)]
     sandbox: SandboxChoice,
 
+    /// Let the sandboxed plugin create files in its socket directory (a go-plugin plugin
+    /// makes a temporary file there before it binds its socket).
+    #[arg(long)]
+    socket_dir_files: bool,
+
+    /// Start the plugin only if its binary's SHA-256 is this one (as `sha256sum` prints
+    /// it), checked on the open file that is executed.
+    #[arg(long, value_name = "DIGEST", value_parser = parse_digest)]
+    sha256: Option<Sha256>,
+
     #[command(flatten)]
     kinds: KindArgs,
 }
@@ -46,6 +56,11 @@ pub(crate) enum SandboxChoice {
     BestEffort,
     /// None.
     Off,
+}
+
+fn parse_digest(text: &str) -> Result<Sha256, String> {
+    text.parse()
+        .map_err(|err: tether_host::DigestError| err.to_string())
 }
 
 fn parse_cookie(text: &str) -> Result<(String, String), String> {
@@ -79,15 +94,22 @@ async fn run(out: &Out, args: &InspectArgs) -> anyhow::Result<Outcome> {
         SandboxChoice::Strict => Sandbox::strict(),
         SandboxChoice::BestEffort => Sandbox::best_effort(),
         SandboxChoice::Off => Sandbox::off(),
-    };
+    }
+    .allow_socket_dir_files(args.socket_dir_files);
+    let digest = Sha256::of_file(path)
+        .with_context(|| format!("could not read the plugin {}", path.display()))?;
     let (key, value) = args.cookie.clone();
-    let plugin = PluginClient::builder(name.clone(), path)
+    let mut builder = PluginClient::builder(name.clone(), path)
         .handshake(HandshakeConfig {
             magic_cookie_key: Cow::Owned(key),
             magic_cookie_value: Cow::Owned(value),
         })
         .protocol_versions(&args.versions)
-        .sandbox(sandbox)
+        .sandbox(sandbox);
+    if let Some(pinned) = args.sha256 {
+        builder = builder.sha256(pinned);
+    }
+    let plugin = builder
         .start()
         .await
         .with_context(|| format!("could not start the plugin {}", path.display()))?;
@@ -97,6 +119,12 @@ async fn run(out: &Out, args: &InspectArgs) -> anyhow::Result<Outcome> {
         .reattach_config()
         .context("could not describe the running plugin")?;
     println!("  pid:                   {}", plugin.pid());
+    let verified = if args.sha256.is_some() {
+        " (verified: the pinned digest)"
+    } else {
+        ""
+    };
+    println!("  sha256:                {digest}{verified}");
     println!(
         "  core protocol version: {}",
         tether_protocol::CORE_PROTOCOL_VERSION
