@@ -33,6 +33,7 @@ struct Entry {
     )]
     workspace: Option<Spanned<String>>,
     sha256: Option<Spanned<String>>,
+    publisher: Option<Spanned<String>>,
     #[serde(default)]
     grant: Vec<Spanned<toml::Value>>,
     #[serde(default)]
@@ -177,6 +178,14 @@ pub(crate) fn check(out: &Out, file: &Path, kinds: &KindArgs) -> anyhow::Result<
                         message: format!("plugin `{plugin}`: sha256 {err}"),
                     });
                 }
+                if let Some(key) = &entry.publisher
+                    && let Err(err) = key.get_ref().parse::<tether_hostserve::PublisherKey>()
+                {
+                    problems.push(Problem {
+                        span: Some(key.span()),
+                        message: format!("plugin `{plugin}`: publisher {err}"),
+                    });
+                }
                 for item in &entry.grant {
                     problems.extend(check_item(kinds, &text, plugin, "grant", item)?);
                 }
@@ -268,10 +277,13 @@ fn summarise(out: &Out, file: &Path, text: &str, policy: &Policy, mirror: &Mirro
             let list: Vec<String> = entry.deny.iter().map(capability).collect();
             format!("denies {}", list.join(", "))
         };
-        let pinned = match policy.pinned_sha256(plugin) {
+        let mut pinned = match policy.pinned_sha256(plugin) {
             Some(digest) => format!("; binary pinned to sha256 {digest}"),
             None => String::new(),
         };
+        if let Some(key) = policy.publisher(plugin) {
+            pinned.push_str(&format!("; binary vouched for by publisher {key}"));
+        }
         println!(
             "  {}: {workspace}; {grants}; {denies}{pinned}",
             out.bold(plugin)

@@ -149,6 +149,21 @@ fn a_pinned_digest_is_summarised_and_a_bad_one_reported_at_its_line() {
         "{text}"
     );
 
+    let key = "RWQf6LRCGA9i53mlYecO4IzT51TGPpvWucNSCh1CBM0QTaLn73Y7GFO3";
+    std::fs::write(&file, format!("[plugins.p]\npublisher = \"{key}\"\n")).unwrap();
+    let output = tether(&["policy", "check", arg(&file)]);
+    let text = stdout(&output);
+    assert_eq!(output.status.code(), Some(0), "{text}{}", stderr(&output));
+    assert!(
+        text.contains(&format!("binary vouched for by publisher {key}")),
+        "{text}"
+    );
+    let out = check_invalid("[plugins.p]\npublisher = \"RWnot-a-key\"\n", &[]);
+    assert!(
+        out.contains("policy.toml:2:13: error: plugin `p`: publisher \"RWnot-a-key\" is not a minisign public key"),
+        "{out}"
+    );
+
     let out = check_invalid("[plugins.p]\ngrant = []\nsha256 = \"12ab\"\n", &[]);
     assert!(
         out.contains(

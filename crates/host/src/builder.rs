@@ -23,7 +23,7 @@ use crate::process::{self, Process};
 use crate::spawn;
 use crate::stdio::StdioSink;
 use crate::transport;
-use crate::verify::{self, Sha256};
+use crate::verify::{self, BinaryRefusal, DigestSource, Sha256};
 use tether_sandbox::{self as sandbox, Layer, Sandbox, SandboxMode, SandboxStatus};
 
 /// Configures and starts a plugin process; from [`PluginClient::builder`].
@@ -65,6 +65,7 @@ type PathHook = Arc<dyn Fn(&Path) + Send + Sync>;
 #[derive(Clone, Default)]
 struct Hooks {
     lifecycle: Option<LifecycleHook>,
+    sha256_from: Option<DigestSource>,
     #[cfg(feature = "testing")]
     after_verify: Option<PathHook>,
 }
@@ -73,6 +74,7 @@ impl fmt::Debug for Hooks {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Hooks")
             .field("lifecycle", &self.lifecycle.is_some())
+            .field("sha256_from", &self.sha256_from.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -134,6 +136,19 @@ impl PluginBuilder {
     /// ```
     pub fn sha256(mut self, digest: Sha256) -> Self {
         self.sha256 = Some(digest);
+        self
+    }
+
+    /// Asks `source` at each start which SHA-256 the binary must have, given the resolved
+    /// path of the binary (default: none): `tether-hostserve` reads it from the plugin's
+    /// signed manifest. An error refuses the start ([`Error::Binary`], with
+    /// [`BinaryRefusal::NotVouched`]); a digest is checked as [`PluginBuilder::sha256`]
+    /// checks it, and must equal the pinned one if there is one too.
+    pub fn sha256_from(
+        mut self,
+        source: impl Fn(&Path) -> Result<Sha256, String> + Send + Sync + 'static,
+    ) -> Self {
+        self.hooks.sha256_from = Some(Arc::new(source));
         self
     }
 
@@ -335,7 +350,6 @@ impl PluginBuilder {
         let name = self.name.clone();
         let program = self.program.clone();
         let lifecycle = self.hooks.lifecycle.clone();
-        let pinned = self.sha256;
         let reason = self.start_reason.clone();
         let started = self.start_process().await;
         let (kind, process, detail) = match &started {
@@ -343,7 +357,7 @@ impl PluginBuilder {
                 if let Some(status) = client.sandbox() {
                     crate::metric::started(&name, status);
                 }
-                let mut detail = match pinned {
+                let mut detail = match client.verified_sha256() {
                     Some(digest) => format!("binary verified, sha256 {digest}"),
                     None => "binary not pinned".to_owned(),
                 };
@@ -392,21 +406,42 @@ impl PluginBuilder {
             source,
         })?;
         // Opened once, checked and hashed; this open file is what is executed.
-        let verified = match self.sha256 {
-            Some(expected) => {
+        let verified = match (self.sha256, self.hooks.sha256_from.clone()) {
+            (None, None) => None,
+            (pinned, source) => {
                 let path = program.clone();
-                let verified =
-                    tokio::task::spawn_blocking(move || verify::open_verified(&path, &expected))
-                        .await
-                        .map_err(|err| internal(&format!("verifying the binary: {err}")))?;
+                let verified = tokio::task::spawn_blocking(move || {
+                    let expected = match (pinned, source) {
+                        (pinned, Some(source)) => {
+                            let vouched = source(&path).map_err(BinaryRefusal::NotVouched)?;
+                            match pinned {
+                                Some(pinned) if pinned != vouched => {
+                                    return Err(BinaryRefusal::NotVouched(format!(
+                                        "what vouches for it names sha256 {vouched}, but {pinned} \
+                                         is pinned"
+                                    )));
+                                }
+                                _ => vouched,
+                            }
+                        }
+                        (Some(pinned), None) => pinned,
+                        (None, None) => {
+                            return Err(BinaryRefusal::NotVouched("no digest to check".into()));
+                        }
+                    };
+                    verify::open_verified(&path, &expected).map(|file| (file, expected))
+                })
+                .await
+                .map_err(|err| internal(&format!("verifying the binary: {err}")))?;
                 Some(verified.map_err(|reason| Error::Binary {
                     plugin: name.clone(),
                     program: program.clone(),
                     reason,
                 })?)
             }
-            None => None,
         };
+        let verified_digest = verified.as_ref().map(|(_, digest)| *digest);
+        let verified = verified.map(|(file, _)| file);
         #[cfg(feature = "testing")]
         if let Some(hook) = &self.hooks.after_verify {
             hook(&program);
@@ -594,6 +629,7 @@ impl PluginBuilder {
             call_timeout: self.call_timeout,
             kill_timeout: self.kill_timeout,
             address,
+            verified: verified_digest,
             owner: Owner::Spawned {
                 process,
                 broker,

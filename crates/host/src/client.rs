@@ -121,6 +121,8 @@ pub struct PluginClient {
     instance: u64,
     /// Calls under way, both ways.
     activity: Activity,
+    /// The binary's digest, if it was verified at the start.
+    verified: Option<crate::Sha256>,
     /// The plugin's socket.
     address: PathBuf,
     owner: Owner,
@@ -154,6 +156,7 @@ pub(crate) struct Parts {
     pub(crate) call_timeout: Option<Duration>,
     pub(crate) kill_timeout: Duration,
     pub(crate) address: PathBuf,
+    pub(crate) verified: Option<crate::Sha256>,
     pub(crate) owner: Owner,
 }
 
@@ -176,6 +179,7 @@ impl PluginClient {
             name: parts.name,
             instance: NEXT_INSTANCE.fetch_add(1, Ordering::Relaxed),
             activity: Activity::new(),
+            verified: parts.verified,
             version: parts.version,
             channel: parts.channel,
             max_message_size: limit,
@@ -250,6 +254,12 @@ impl PluginClient {
     /// deadline of their own get the default one ([`PluginBuilder::call_timeout`]).
     pub fn channel(&self) -> PluginChannel {
         PluginChannel::new(self.channel.clone(), self.call_timeout, &self.activity)
+    }
+
+    /// The SHA-256 of the binary this instance runs, if the host verified it at the start
+    /// ([`PluginBuilder::sha256`]); `None` if nothing was pinned, and for an attached client.
+    pub fn verified_sha256(&self) -> Option<crate::Sha256> {
+        self.verified
     }
 
     /// The calls under way with this plugin instance: those on [`PluginClient::channel`]

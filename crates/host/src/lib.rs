@@ -119,4 +119,4 @@ pub use tether_sandbox::{
 };
 pub use tether_sandbox::{Syscall, allowed_syscalls, conditional_syscalls, refused_syscalls};
 pub use tether_transport::activity::{Activity, Busy};
-pub use verify::{BinaryRefusal, DigestError, Sha256};
+pub use verify::{BinaryRefusal, DigestError, DigestSource, Sha256};

@@ -126,6 +126,7 @@ impl PluginClient {
             call_timeout: Some(DEFAULT_CALL_TIMEOUT),
             kill_timeout: Duration::from_secs(5),
             address: config.address.clone(),
+            verified: None,
             owner: Owner::Attached(attached),
         });
         client.health().await?;

@@ -136,6 +136,10 @@ pub enum BinaryRefusal {
         /// Who could write it, in words.
         who: String,
     },
+    /// What vouches for the binary (a signed manifest,
+    /// [`PluginBuilder::sha256_from`](crate::PluginBuilder::sha256_from)) does not.
+    #[error("{0}")]
+    NotVouched(String),
     /// Its digest is not the pinned one.
     #[error(
         "its SHA-256 is {actual}, but {expected} is pinned; if the new binary is trusted, pin \
@@ -148,6 +152,10 @@ pub enum BinaryRefusal {
         actual: Sha256,
     },
 }
+
+/// Gives, at each start, the SHA-256 the binary at a path must have (for example, from a
+/// signed manifest), or says why none can be trusted.
+pub type DigestSource = std::sync::Arc<dyn Fn(&Path) -> Result<Sha256, String> + Send + Sync>;
 
 /// The binary at `program`, opened once (close-on-exec), checked and hashed: the open file
 /// to execute, if its digest is `expected`.

@@ -127,7 +127,7 @@ pub use gate::{CAPABILITY_METADATA, Call, Gate, Guarded, Limits, RequestEnd, Slo
 pub use hook::{
     Answer, DecisionHook, ExternalHook, FnHook, HookError, HookFuture, Question, Verdict,
 };
-pub use manifest::{Manifest, ManifestError};
+pub use manifest::{Manifest, ManifestError, PublisherKey, PublisherKeyError};
 pub use path::{MAX_COMPONENT, MAX_PATH, PathError, RESERVED_PREFIX};
 pub use policy::{DEFAULT_HOOK_TIMEOUT, Explanation, Lifetime, Policy, PolicyError, SpentGrant};
 pub use service::HostServices;

@@ -153,6 +153,7 @@ impl Grant {
 struct PluginGrants {
     workspace: Option<PathBuf>,
     sha256: Option<tether_host::Sha256>,
+    publisher: Option<crate::PublisherKey>,
     grants: Vec<Arc<Grant>>,
     denies: Vec<Capability>,
 }
@@ -231,6 +232,15 @@ pub enum PolicyError {
         #[source]
         source: tether_host::DigestError,
     },
+    /// The `publisher` key named for `plugin` is not a minisign public key.
+    #[error("plugin `{plugin}`: publisher {source}")]
+    Publisher {
+        /// The plugin whose entry is bad.
+        plugin: String,
+        /// What is wrong with the key.
+        #[source]
+        source: crate::PublisherKeyError,
+    },
     /// A capability kind could not be declared.
     #[error(transparent)]
     Kind(#[from] KindError),
@@ -248,6 +258,7 @@ struct PolicyFile {
 struct PluginEntry {
     workspace: Option<PathBuf>,
     sha256: Option<String>,
+    publisher: Option<String>,
     #[serde(default)]
     grant: Vec<GrantEntry>,
     #[serde(default)]
@@ -554,11 +565,17 @@ impl Policy {
                 Some(Ok(digest)) => Some(digest),
                 Some(Err(source)) => return Err(PolicyError::Digest { plugin, source }),
             };
+            let publisher = match entry.publisher.as_deref().map(str::parse) {
+                None => None,
+                Some(Ok(key)) => Some(key),
+                Some(Err(source)) => return Err(PolicyError::Publisher { plugin, source }),
+            };
             entries.push((
                 plugin,
                 PluginGrants {
                     workspace: entry.workspace.map(|workspace| base.join(workspace)),
                     sha256,
+                    publisher,
                     grants,
                     denies,
                 },
@@ -583,6 +600,21 @@ impl Policy {
     /// The SHA-256 pinned for `plugin`'s binary, if any.
     pub fn pinned_sha256(&self, plugin: &str) -> Option<tether_host::Sha256> {
         self.read().get(plugin).and_then(|entry| entry.sha256)
+    }
+
+    /// Trusts `key` to vouch for `plugin`'s binary: from its next start by a builder that
+    /// [`HostServices::configure`](crate::HostServices::configure) prepared, the plugin
+    /// starts only with a manifest beside its binary signed by `key`, naming the plugin
+    /// and its binary's SHA-256 (the policy file's `publisher`).
+    pub fn trust_publisher(&self, plugin: &str, key: crate::PublisherKey) {
+        self.write().entry(plugin.to_owned()).or_default().publisher = Some(key);
+    }
+
+    /// The publisher key trusted for `plugin`, if any.
+    pub fn publisher(&self, plugin: &str) -> Option<crate::PublisherKey> {
+        self.read()
+            .get(plugin)
+            .and_then(|entry| entry.publisher.clone())
     }
 
     /// The workspace of `plugin`, if it has one.

@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -33,6 +33,36 @@ use crate::confine::{self, Target};
 use crate::gate::{Call, Gate, Limits, RequestEnd, run_blocking as blocking};
 use crate::path::{self, RequestPath};
 use crate::policy::Policy;
+
+/// The digest the signed manifest beside `program` names for it, if `key` signed it and it
+/// names `plugin`.
+fn vouched_digest(
+    plugin: &str,
+    program: &Path,
+    key: &crate::PublisherKey,
+    kinds: &crate::capability::Kinds,
+) -> Result<tether_host::Sha256, String> {
+    let manifest = program
+        .parent()
+        .unwrap_or(Path::new("/"))
+        .join("plugin.toml");
+    let signed = crate::Manifest::load_signed(&manifest, key, kinds)
+        .map_err(|err| format!("its publisher {key} is trusted, but {err}"))?;
+    if signed.name != plugin {
+        return Err(format!(
+            "its signed manifest {} describes plugin `{}`, not `{plugin}`",
+            manifest.display(),
+            signed.name
+        ));
+    }
+    signed.sha256.ok_or_else(|| {
+        format!(
+            "its signed manifest {} names no sha256, so it does not bind the binary; add \
+             `sha256 = \"<digest>\"` and sign it again",
+            manifest.display()
+        )
+    })
+}
 
 /// The audit record of a lifecycle event.
 fn lifecycle_record(event: &LifecycleEvent) -> AuditRecord {
@@ -151,10 +181,16 @@ impl HostServices {
     /// # drop(plugin); Ok(()) }
     /// ```
     pub fn configure(&self, builder: PluginBuilder) -> PluginBuilder {
-        let builder = match self.gate.policy().pinned_sha256(builder.name()) {
+        let policy = self.gate.policy();
+        let mut builder = match policy.pinned_sha256(builder.name()) {
             Some(digest) => builder.sha256(digest),
             None => builder,
         };
+        if let Some(key) = policy.publisher(builder.name()) {
+            let (plugin, kinds) = (builder.name().to_owned(), policy.kinds());
+            builder = builder
+                .sha256_from(move |program: &Path| vouched_digest(&plugin, program, &key, &kinds));
+        }
         let audit = self.gate.audit().clone();
         builder.on_lifecycle(move |event: &LifecycleEvent| {
             audit.record(lifecycle_record(event));
