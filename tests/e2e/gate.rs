@@ -24,7 +24,7 @@ use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
 use crate::hostserve::{op, op_with};
-use crate::idle::{idle_after, is_idle, running_pid};
+use crate::idle::{busy_instance, idle_after, is_idle, running_pid};
 use crate::support::{PATIENCE, eventually, skip, test_plugin};
 
 /// The operation the audit trail records for `HostTally.Add`.
@@ -583,11 +583,11 @@ async fn a_host_service_call_under_way_keeps_an_idle_plugin_up() {
             Box::pin(async move { Ok(host.services.connect(&plugin).await?.required()?) })
         },
     );
-    let plugin = supervisor.plugin().await.expect("runs");
+    let (plugin, busy) = busy_instance(&supervisor).await;
     let pid = plugin.pid();
     {
         // Counted as busy until the plugin's two host calls are under way.
-        let _busy = plugin.activity().begin();
+        let _busy = busy;
         assert_eq!(
             op_with(&plugin, "tally_hold", b"h", Vec::new(), 2)
                 .await

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tether_host::{RestartPolicy, State, Supervisor};
+use tether_host::{Busy, PluginClient, RestartPolicy, State, Supervisor};
 use tether_hostserve::Limits;
 use tether_test_contract::testing::testing_client::TestingClient;
 use tether_test_contract::testing::{EchoRequest, HostOpRequest, TickRequest};
@@ -21,6 +21,18 @@ pub(crate) fn running_pid(supervisor: &Supervisor) -> Option<u32> {
     match supervisor.state() {
         State::Running { plugin, .. } => Some(plugin.pid()),
         _ => None,
+    }
+}
+
+/// The running instance with a call counted as under way on it, so it cannot be stopped
+/// for being idle while the guard lives (as `Supervisor::channel` does it).
+pub(crate) async fn busy_instance(supervisor: &Supervisor) -> (Arc<PluginClient>, Busy) {
+    loop {
+        let plugin = supervisor.plugin().await.expect("an instance runs");
+        let busy = plugin.activity().begin();
+        if running_pid(supervisor) == Some(plugin.pid()) {
+            return (plugin, busy);
+        }
     }
 }
 
@@ -62,7 +74,6 @@ async fn an_idle_plugin_is_stopped_and_the_next_call_starts_it_again_with_its_se
         .await
         .expect("the plugin answers");
     assert_eq!(answer.into_inner().message, "first");
-    let first = running_pid(&supervisor).expect("an instance runs");
 
     // No call for the idle timeout: stopped, recorded.
     assert!(
@@ -70,16 +81,17 @@ async fn an_idle_plugin_is_stopped_and_the_next_call_starts_it_again_with_its_se
         "the idle plugin was not stopped: {:?}",
         supervisor.state()
     );
+    let records = fixture.audit_records(2).await;
+    assert_eq!(records[0]["operation"], "process:started");
+    let first = records[0]["pid"].as_u64().expect("the first start's pid");
+    let first = u32::try_from(first).expect("a pid");
+    let stopped = &records[1];
+    assert_eq!(stopped["operation"], "process:idle_stopped", "{stopped}");
+    assert_eq!(stopped["pid"], first, "{stopped}");
     assert!(
         eventually(PATIENCE, || is_gone(first)).await,
         "the idle instance's process is gone"
     );
-    let records = fixture.audit_records(2).await;
-    let stopped = records
-        .iter()
-        .find(|record| record["operation"] == "process:idle_stopped")
-        .unwrap_or_else(|| panic!("an idle-stop record in {records:#?}"));
-    assert_eq!(stopped["pid"], first, "{stopped}");
     assert_eq!(stopped["decision"], "allowed", "{stopped}");
     assert!(
         stopped["reason"]
@@ -93,13 +105,6 @@ async fn an_idle_plugin_is_stopped_and_the_next_call_starts_it_again_with_its_se
     // its host services.
     let answer = client.echo(echo("second")).await.expect("started again");
     assert_eq!(answer.into_inner().message, "second");
-    let second = running_pid(&supervisor).expect("an instance runs");
-    assert_ne!(first, second, "a new process");
-    assert_eq!(
-        setups.load(Ordering::SeqCst),
-        2,
-        "the set-up hook ran again"
-    );
     let read = client
         .host_op(HostOpRequest {
             op: "read_file".into(),
@@ -115,13 +120,20 @@ async fn an_idle_plugin_is_stopped_and_the_next_call_starts_it_again_with_its_se
         "{}",
         read.message
     );
+    // (A loaded machine may let it doze off between the two calls: then it was started once
+    // more, the same way.)
     let records = fixture.audit_lines();
     let starts: Vec<_> = records
         .iter()
         .filter(|record| record["operation"] == "process:started")
         .collect();
-    assert_eq!(starts.len(), 2, "{records:#?}");
-    assert_eq!(starts[1]["pid"], second);
+    assert!(starts.len() >= 2, "{records:#?}");
+    assert_ne!(starts[1]["pid"], first, "a new process");
+    assert_eq!(
+        setups.load(Ordering::SeqCst),
+        starts.len(),
+        "the set-up hook ran for every instance"
+    );
     assert!(
         starts[1]["reason"]
             .as_str()

@@ -1,16 +1,19 @@
-//! The host's metrics, with real processes: starts, failed starts, supervisor restarts and
-//! the sandbox layers, read back from a debugging recorder installed for the test's thread
+//! The host's metrics, with real processes: starts, failed starts, supervisor restarts, idle
+//! stops and the sandbox layers, read back from a debugging recorder installed for the test's thread
 //! (a current-thread runtime: the supervisor's task runs there too).
 
 use metrics_util::CompositeKey;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+use std::time::Duration;
+
 use tether_host::metric::{
-    PLUGIN_START_FAILURES, PLUGIN_STARTS, SANDBOX_LAYER, SUPERVISOR_RESTARTS,
+    PLUGIN_IDLE_STOPS, PLUGIN_START_FAILURES, PLUGIN_STARTS, SANDBOX_LAYER, SUPERVISOR_RESTARTS,
 };
 use tether_host::{PluginClient, Supervisor};
 
+use crate::idle::{idle_after, is_idle};
 use crate::supervision::{kill, next_instance, quick};
-use crate::support::{BAD_PLUGIN, HANDSHAKE, sandbox, test_plugin};
+use crate::support::{BAD_PLUGIN, HANDSHAKE, PATIENCE, eventually, sandbox, test_plugin};
 
 /// The value of the one metric named `name` with exactly `labels`, if recorded.
 fn value<'a>(
@@ -101,4 +104,53 @@ async fn starts_restarts_and_sandbox_layers_are_counted_per_plugin() {
             layer.layer
         );
     }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn idle_stops_are_counted_and_are_not_restarts() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _local = metrics::set_default_local_recorder(&recorder);
+
+    let supervisor = Supervisor::start(
+        "dozing",
+        || test_plugin("dozing"),
+        idle_after(Duration::from_millis(300)),
+        |_| Box::pin(async { Ok(()) }),
+    );
+    let first = supervisor.plugin().await.expect("the first instance").pid();
+    assert!(
+        eventually(PATIENCE, || is_idle(&supervisor)).await,
+        "{:?}",
+        supervisor.state()
+    );
+    // Woken by the next demand, then idle again.
+    let second = supervisor.plugin().await.expect("started again").pid();
+    assert_ne!(first, second);
+    assert!(
+        eventually(PATIENCE, || is_idle(&supervisor)).await,
+        "{:?}",
+        supervisor.state()
+    );
+    supervisor.shutdown().await;
+
+    let taken: Vec<(CompositeKey, DebugValue)> = snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .map(|(key, _, _, value)| (key, value))
+        .collect();
+    // Every instance ended idle (at least two: a loaded machine may let one more doze off
+    // before the test took it).
+    let dozing = [("plugin", "dozing")];
+    let Some(&DebugValue::Counter(starts)) = value(&taken, PLUGIN_STARTS, &dozing) else {
+        panic!("no starts counted: {taken:?}");
+    };
+    assert!(starts >= 2, "{taken:?}");
+    assert_eq!(
+        value(&taken, PLUGIN_IDLE_STOPS, &dozing),
+        Some(&DebugValue::Counter(starts)),
+        "{taken:?}"
+    );
+    assert_eq!(value(&taken, SUPERVISOR_RESTARTS, &dozing), None);
 }
