@@ -43,11 +43,14 @@
 //! Through the `metrics` facade (this crate installs no recorder; the table is in
 //! [`metric`] and docs/operating.md): plugin starts and failed starts
 //! (`tether_plugin_starts_total`, `tether_plugin_start_failures_total`), supervisor
-//! restarts (`tether_supervisor_restarts_total`), each labelled `plugin`, and per plugin
+//! restarts (`tether_supervisor_restarts_total`) and idle stops
+//! (`tether_plugin_idle_stops_total`), each labelled `plugin`, and per plugin
 //! and sandbox layer whether the layer was enforced at its latest start
 //! (`tether_sandbox_layer_enforced`, 1 or 0).
 //!
-//! [`Supervisor`] restarts a plugin by policy with backoff and health checks.
+//! [`Supervisor`] restarts a plugin by policy with backoff and health checks, and with an
+//! idle timeout stops a plugin nothing is under way with and starts it again on the next
+//! call ([`Supervisor::channel`]).
 //!
 //! # Attaching to a running plugin
 //!
