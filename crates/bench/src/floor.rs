@@ -1,5 +1,6 @@
 //! The raw floor: a 32-byte request/response round trip over a Unix socket between two
-//! processes, with blocking std IO and nothing else.
+//! processes, with blocking std IO and nothing else; and the same on tokio's
+//! current-thread runtime on both sides, the floor of any async host and plugin.
 
 #![allow(
     clippy::disallowed_types,
@@ -48,6 +49,77 @@ fn pin_to_cpu0() -> Result<libc::cpu_set_t> {
         }
         Ok(previous)
     }
+}
+
+/// The floor on tokio: both sides on a current-thread runtime (the echo child is this
+/// program, `floor-echo --tokio`), measured on a thread of its own.
+pub(crate) fn measure_tokio(calls: usize) -> Result<Vec<u64>> {
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the tokio floor's runtime")?
+            .block_on(measure_tokio_here(calls))
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the tokio floor panicked"))?
+}
+
+async fn measure_tokio_here(calls: usize) -> Result<Vec<u64>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().context("a directory for the floor's socket")?;
+    let path = dir.path().join("floor.sock");
+    let listener = tokio::net::UnixListener::bind(&path).context("binding the floor's socket")?;
+    let exe = std::env::current_exe().context("finding tether-bench")?;
+    let mut child = Command::new(exe)
+        .arg("floor-echo")
+        .arg("--tokio")
+        .arg(&path)
+        .spawn()
+        .context("starting the floor's echo process")?;
+    let (mut stream, _) = listener
+        .accept()
+        .await
+        .context("the echo process connecting")?;
+    let request = [0x42u8; MESSAGE];
+    let mut response = [0u8; MESSAGE];
+    let mut nanos = Vec::with_capacity(calls);
+    for i in 0..calls / 10 + calls {
+        let began = Instant::now();
+        stream.write_all(&request).await?;
+        stream.read_exact(&mut response).await?;
+        if i >= calls / 10 {
+            nanos.push(u64::try_from(began.elapsed().as_nanos()).unwrap_or(u64::MAX));
+        }
+    }
+    drop(stream);
+    let status = child.wait()?;
+    if !status.success() {
+        bail!("the floor's echo process failed: {status}");
+    }
+    Ok(nanos)
+}
+
+/// The tokio echo side: [`echo`] on a current-thread runtime.
+pub(crate) fn echo_tokio(path: &Path) -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the echo's runtime")?
+        .block_on(async {
+            let mut stream = tokio::net::UnixStream::connect(path)
+                .await
+                .context("connecting to the floor's socket")?;
+            let mut buffer = [0u8; MESSAGE];
+            loop {
+                match stream.read_exact(&mut buffer).await {
+                    Ok(_) => stream.write_all(&buffer).await?,
+                    Err(err) if err.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+                    Err(err) => return Err(err.into()),
+                }
+            }
+        })
 }
 
 fn measure_here(calls: usize) -> Result<Vec<u64>> {

@@ -36,7 +36,7 @@ use tracing_subscriber::util::SubscriberInitExt;
 use crate::go::Go;
 use crate::report::{Figures, GoFigures, Settings, WireFigures};
 use crate::runs::Wire;
-use crate::stats::Latency;
+use crate::stats::{Latency, Paired, Series};
 
 /// Measures tether against the Unix-socket floor and go-plugin; writes the report.
 #[derive(Debug, Parser)]
@@ -45,11 +45,15 @@ struct Args {
     /// Where to write benchmarks.md and benchmarks.json.
     #[arg(long, value_name = "DIR", default_value = "docs")]
     out: PathBuf,
-    /// Calls per latency figure (after a tenth as many to warm up).
+    /// Repetitions of every figure (each reported as min, median and max; every latency
+    /// measured right after its floor, floor and figure alternating).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    repeats: u32,
+    /// Calls per latency figure and repetition (after a tenth as many to warm up).
     #[arg(long, default_value_t = 10_000)]
     calls: usize,
-    /// Cold starts per cold-start figure (after one to warm up).
-    #[arg(long, default_value_t = 10_000)]
+    /// Cold starts per cold-start figure and repetition (after one to warm up).
+    #[arg(long, default_value_t = 3_000)]
     starts: usize,
     /// Bytes written and read through host services.
     #[arg(long, default_value_t = 1 << 30)]
@@ -76,7 +80,12 @@ struct Args {
 enum Internal {
     /// The floor's echo side.
     #[command(hide = true)]
-    FloorEcho { socket: PathBuf },
+    FloorEcho {
+        socket: PathBuf,
+        /// On a tokio current-thread runtime instead of blocking calls.
+        #[arg(long)]
+        tokio: bool,
+    },
     /// The host side of the throughput run, in a process of its own.
     #[command(hide = true)]
     TransferHost { bytes: u64 },
@@ -94,7 +103,10 @@ fn main() -> ExitCode {
         .init();
     let args = Args::parse();
     let result = match &args.internal {
-        Some(Internal::FloorEcho { socket }) => floor::echo(socket),
+        Some(Internal::FloorEcho { socket, tokio }) => match tokio {
+            false => floor::echo(socket),
+            true => floor::echo_tokio(socket),
+        },
         Some(Internal::TransferHost { bytes }) => {
             runtime().and_then(|rt| rt.block_on(runs::transfer_host(*bytes)))
         }
@@ -154,113 +166,163 @@ fn step(text: &str) {
     println!("==> {text}");
 }
 
+/// The blocking floor, measured now.
+fn floor_now(calls: usize) -> Result<Latency> {
+    latency("the floor", floor::measure(calls, false)?)
+}
+
 async fn run(args: &Args) -> Result<()> {
     raise_fd_limit();
     let program = runs::plugin_program()?;
     let go = Go::new(args.go_bin.as_deref());
+    let go_built = matches!(go, Go::Built(_));
     let machine = machine::Machine::describe();
     println!(
         "tether-bench on {} ({} cores), {}",
         machine.cpu, machine.cores, machine.kernel
     );
+    let calls = args.calls;
+    let repeats = args.repeats;
 
-    step(&format!(
-        "floor: 32-byte round trips over a Unix socket ({} calls)",
-        args.calls
-    ));
-    let floor = latency("the floor", floor::measure(args.calls, false)?)?;
-    step(&format!(
-        "floor again, both processes on CPU 0 ({} calls)",
-        args.calls
-    ));
-    let floor_pinned = latency("the pinned floor", floor::measure(args.calls, true)?)?;
-    step(&format!(
-        "host -> plugin: health checks and 32-byte calls ({} each)",
-        args.calls
-    ));
-    let (health, ping) = runs::unary(&program, args.calls, Wire::Plain).await?;
-    let (health, ping) = (latency("health", health)?, latency("ping", ping)?);
-    step(&format!(
-        "host -> plugin from a multi-thread host runtime ({} calls)",
-        args.calls
-    ));
-    let health_multi_thread = latency(
-        "health (multi-thread host)",
-        unary_multi_thread(program.clone(), args.calls)?,
-    )?;
-    step(&format!(
-        "plugin -> host: GetEnv over the brokered connection ({} calls)",
-        args.calls
-    ));
-    let host_call = latency(
-        "host calls",
-        runs::host_calls(&program, args.calls, Wire::Plain).await?,
-    )?;
-    let mut wires = Vec::new();
-    for wire in Wire::OPT_IN {
-        step(&format!(
-            "{}: 32-byte calls and plugin -> host calls ({} each)",
-            wire.name(),
-            args.calls
-        ));
-        let (_, ping) = runs::unary(&program, args.calls, wire).await?;
-        let host_call = runs::host_calls(&program, args.calls, wire).await?;
-        wires.push(WireFigures {
+    let (mut floor, mut floor_pinned, mut floor_tokio) =
+        (Series::default(), Series::default(), Series::default());
+    let (mut health, mut ping, mut health_multi_thread, mut host_call) = (
+        Paired::default(),
+        Paired::default(),
+        Paired::default(),
+        Paired::default(),
+    );
+    let mut wires: Vec<WireFigures> = Wire::OPT_IN
+        .iter()
+        .map(|wire| WireFigures {
             wire: wire.name().to_owned(),
-            ping: latency("ping", ping)?,
-            host_call: latency("host calls", host_call)?,
-        });
+            ping: Paired::default(),
+            host_call: Paired::default(),
+        })
+        .collect();
+    let (mut go_ping, mut go_callback, mut go_cold_start) =
+        (Series::default(), Series::default(), Series::default());
+    for r in 1..=repeats {
+        let of = format!("repetition {r}/{repeats}");
+        step(&format!(
+            "{of}: floors: 32-byte round trips over a Unix socket, blocking, both on CPU 0, \
+             and on tokio ({calls} calls each)"
+        ));
+        floor.push(floor_now(calls)?);
+        floor_pinned.push(latency("the pinned floor", floor::measure(calls, true)?)?);
+        floor_tokio.push(latency("the tokio floor", floor::measure_tokio(calls)?)?);
+
+        step(&format!(
+            "{of}: floor, then host -> plugin health checks and 32-byte calls ({calls} each)"
+        ));
+        let now = floor_now(calls)?;
+        let (h, p) = runs::unary(&program, calls, Wire::Plain).await?;
+        health.floor.push(now);
+        health.figure.push(latency("health", h)?);
+        ping.floor.push(now);
+        ping.figure.push(latency("ping", p)?);
+        if go_built {
+            step(&format!("{of}: go-plugin health checks ({calls} calls)"));
+            go_ping.push(latency("go ping", go.run("ping", "kvplugin", calls)?)?);
+        }
+
+        step(&format!(
+            "{of}: floor, then host -> plugin from a multi-thread host runtime ({calls} calls)"
+        ));
+        health_multi_thread.floor.push(floor_now(calls)?);
+        health_multi_thread.figure.push(latency(
+            "health (multi-thread host)",
+            unary_multi_thread(program.clone(), calls)?,
+        )?);
+
+        step(&format!(
+            "{of}: floor, then plugin -> host GetEnv over the brokered connection ({calls} calls)"
+        ));
+        host_call.floor.push(floor_now(calls)?);
+        host_call.figure.push(latency(
+            "host calls",
+            runs::host_calls(&program, calls, Wire::Plain).await?,
+        )?);
+        if go_built {
+            step(&format!(
+                "{of}: go-plugin callbacks through its broker ({calls} calls)"
+            ));
+            go_callback.push(latency(
+                "go callback",
+                go.run("callback", "counterplugin", calls)?,
+            )?);
+        }
+
+        for (wire, figures) in Wire::OPT_IN.iter().zip(&mut wires) {
+            step(&format!(
+                "{of}: {}: floor, 32-byte calls, floor, plugin -> host calls ({calls} each)",
+                wire.name()
+            ));
+            figures.ping.floor.push(floor_now(calls)?);
+            let (_, p) = runs::unary(&program, calls, *wire).await?;
+            figures.ping.figure.push(latency("ping", p)?);
+            figures.host_call.floor.push(floor_now(calls)?);
+            figures.host_call.figure.push(latency(
+                "host calls",
+                runs::host_calls(&program, calls, *wire).await?,
+            )?);
+        }
     }
-    step(&format!("spawn floor: /bin/true ({} starts)", args.starts));
+
     let starts = args.starts;
-    let spawn_floor = latency(
-        "the spawn floor",
-        tokio::task::spawn_blocking(move || runs::spawn_floor(starts)).await??,
-    )?;
-    step(&format!("cold start, sandboxed ({} starts)", args.starts));
-    let cold_sandboxed = latency(
-        "cold start",
-        runs::cold_start(&program, args.starts, &Sandbox::best_effort()).await?,
-    )?;
-    step(&format!("cold start, unsandboxed ({} starts)", args.starts));
-    let cold_unsandboxed = latency(
-        "cold start",
-        runs::cold_start(&program, args.starts, &Sandbox::off()).await?,
-    )?;
-    step(&format!("WriteFile and ReadFile of {} bytes", args.bytes));
-    let transfer = runs::transfer(args.bytes)?;
-    step(&format!("{} plugins at once", args.plugins));
-    let many = runs::many(&program, args.plugins).await?;
-    step(&format!(
-        "aggregate host-service calls: {} plugins for {} ms",
-        args.load_plugins, args.load_millis
-    ));
-    let load = runs::load(&program, args.load_plugins, args.load_millis).await?;
+    let (mut spawn_floor, mut cold_sandboxed, mut cold_unsandboxed) =
+        (Series::default(), Series::default(), Series::default());
+    for r in 1..=repeats {
+        let of = format!("repetition {r}/{repeats}");
+        step(&format!(
+            "{of}: spawn floor (/bin/true), then cold starts sandboxed and unsandboxed \
+             ({starts} each)"
+        ));
+        spawn_floor.push(latency(
+            "the spawn floor",
+            tokio::task::spawn_blocking(move || runs::spawn_floor(starts)).await??,
+        )?);
+        cold_sandboxed.push(latency(
+            "cold start",
+            runs::cold_start(&program, starts, &Sandbox::best_effort()).await?,
+        )?);
+        cold_unsandboxed.push(latency(
+            "cold start",
+            runs::cold_start(&program, starts, &Sandbox::off()).await?,
+        )?);
+        if go_built {
+            step(&format!("{of}: go-plugin cold starts ({starts})"));
+            go_cold_start.push(latency(
+                "go cold start",
+                go.run("coldstart", "kvplugin", starts)?,
+            )?);
+        }
+    }
+
+    let (mut transfer, mut many, mut load) = (Vec::new(), Vec::new(), Vec::new());
+    for r in 1..=repeats {
+        let of = format!("repetition {r}/{repeats}");
+        step(&format!(
+            "{of}: WriteFile and ReadFile of {} bytes, and the disk's floors",
+            args.bytes
+        ));
+        transfer.push(runs::transfer(args.bytes)?);
+        step(&format!("{of}: {} plugins at once", args.plugins));
+        many.push(runs::many(&program, args.plugins).await?);
+        step(&format!(
+            "{of}: aggregate host-service calls: {} plugins for {} ms",
+            args.load_plugins, args.load_millis
+        ));
+        load.push(runs::load(&program, args.load_plugins, args.load_millis).await?);
+    }
 
     let go = match &go {
-        Go::Built(_) => {
-            step(&format!("go-plugin: cold start ({} starts)", args.starts));
-            let cold_start = latency(
-                "go cold start",
-                go.run("coldstart", "kvplugin", args.starts)?,
-            )?;
-            step(&format!("go-plugin: health checks ({} calls)", args.calls));
-            let ping = latency("go ping", go.run("ping", "kvplugin", args.calls)?)?;
-            step(&format!(
-                "go-plugin: callbacks through its broker ({} calls)",
-                args.calls
-            ));
-            let callback = latency(
-                "go callback",
-                go.run("callback", "counterplugin", args.calls)?,
-            )?;
-            GoFigures {
-                status: "measured".to_owned(),
-                cold_start: Some(cold_start),
-                ping: Some(ping),
-                callback: Some(callback),
-            }
-        }
+        Go::Built(_) => GoFigures {
+            status: "measured".to_owned(),
+            cold_start: Some(go_cold_start),
+            ping: Some(go_ping),
+            callback: Some(go_callback),
+        },
         Go::Skipped(why) => {
             step(&format!("go-plugin: {why}"));
             GoFigures {
@@ -275,6 +337,7 @@ async fn run(args: &Args) -> Result<()> {
     let figures = Figures {
         machine,
         settings: Settings {
+            repeats,
             calls: args.calls,
             starts: args.starts,
             bytes: args.bytes,
@@ -284,6 +347,7 @@ async fn run(args: &Args) -> Result<()> {
         },
         floor,
         floor_pinned,
+        floor_tokio,
         health,
         health_multi_thread,
         ping,

@@ -9,11 +9,12 @@ use serde::Serialize;
 
 use crate::machine::Machine;
 use crate::runs::{Load, Many, Transfer};
-use crate::stats::Latency;
+use crate::stats::{Paired, Series, Spread};
 
 /// What this run was asked to do.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct Settings {
+    pub(crate) repeats: u32,
     pub(crate) calls: usize,
     pub(crate) starts: usize,
     pub(crate) bytes: u64,
@@ -22,45 +23,49 @@ pub(crate) struct Settings {
     pub(crate) load_millis: u64,
 }
 
-/// go-plugin's figures, or why there are none.
+/// go-plugin's figures (one per repetition, each measured beside tether's), or why there
+/// are none.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct GoFigures {
     pub(crate) status: String,
-    pub(crate) cold_start: Option<Latency>,
-    pub(crate) ping: Option<Latency>,
-    pub(crate) callback: Option<Latency>,
+    pub(crate) cold_start: Option<Series>,
+    pub(crate) ping: Option<Series>,
+    pub(crate) callback: Option<Series>,
 }
 
 /// Calls over one of go-plugin's opt-in wires (AutoMTLS, multiplexing).
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct WireFigures {
     pub(crate) wire: String,
-    pub(crate) ping: Latency,
-    pub(crate) host_call: Latency,
+    pub(crate) ping: Paired,
+    pub(crate) host_call: Paired,
 }
 
-/// Every figure of one run.
+/// Every figure of one run, each repetition kept.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct Figures {
     pub(crate) machine: Machine,
     pub(crate) settings: Settings,
-    pub(crate) floor: Latency,
+    /// The blocking floor, measured beside the two below in each repetition.
+    pub(crate) floor: Series,
     /// The floor with both processes on one CPU.
-    pub(crate) floor_pinned: Latency,
-    pub(crate) health: Latency,
+    pub(crate) floor_pinned: Series,
+    /// The floor with tokio's current-thread runtime on both sides.
+    pub(crate) floor_tokio: Series,
+    pub(crate) health: Paired,
     /// The same health checks from a multi-thread host runtime.
-    pub(crate) health_multi_thread: Latency,
-    pub(crate) ping: Latency,
-    pub(crate) host_call: Latency,
+    pub(crate) health_multi_thread: Paired,
+    pub(crate) ping: Paired,
+    pub(crate) host_call: Paired,
     /// The same calls over go-plugin's opt-in wires.
     pub(crate) wires: Vec<WireFigures>,
     /// Starting `/bin/true` and waiting for it: the floor of any cold start.
-    pub(crate) spawn_floor: Latency,
-    pub(crate) cold_start_sandboxed: Latency,
-    pub(crate) cold_start_unsandboxed: Latency,
-    pub(crate) transfer: Transfer,
-    pub(crate) many: Many,
-    pub(crate) load: Load,
+    pub(crate) spawn_floor: Series,
+    pub(crate) cold_start_sandboxed: Series,
+    pub(crate) cold_start_unsandboxed: Series,
+    pub(crate) transfer: Vec<Transfer>,
+    pub(crate) many: Vec<Many>,
+    pub(crate) load: Vec<Load>,
     pub(crate) go: GoFigures,
 }
 
@@ -77,12 +82,39 @@ pub(crate) struct Row {
     pub(crate) met: String,
 }
 
-fn us(latency: &Latency, p99: bool) -> String {
-    let value = if p99 { latency.p99_us } else { latency.p50_us };
+/// A latency in microseconds, as read: `85.8 us`, `1.23 ms`.
+fn us_value(value: f64) -> String {
     if value >= 1000.0 {
         format!("{:.2} ms", value / 1000.0)
     } else {
         format!("{value:.1} us")
+    }
+}
+
+/// The median, then `(min-max)` over the repetitions when they differ.
+fn spread_with(spread: Spread, show: impl Fn(f64) -> String) -> String {
+    let median = show(spread.median);
+    let (min, max) = (show(spread.min), show(spread.max));
+    if min == max {
+        median
+    } else {
+        format!("{median} ({min} - {max})")
+    }
+}
+
+fn us(spread: Spread) -> String {
+    spread_with(spread, us_value)
+}
+
+/// A ratio with `digits` decimals and what it is of: `1.0x floor (0.9x - 1.1x)`.
+fn times(spread: Spread, digits: usize, of: &str) -> String {
+    let show = |v: f64| format!("{v:.digits$}x");
+    let median = show(spread.median);
+    let (min, max) = (show(spread.min), show(spread.max));
+    if min == max {
+        format!("{median} {of}")
+    } else {
+        format!("{median} {of} ({min} - {max})")
     }
 }
 
@@ -102,286 +134,339 @@ fn row(figure: &str, tether: String, target: &str) -> Row {
     }
 }
 
+/// The spread of `value` over the repetitions of `runs`.
+fn over<T>(runs: &[T], value: impl Fn(&T) -> f64) -> Spread {
+    Spread::of(runs.iter().map(value).collect()).unwrap_or(Spread {
+        min: f64::NAN,
+        median: f64::NAN,
+        max: f64::NAN,
+    })
+}
+
 /// The table: every figure with a target (each target is written in its row below and
-/// shown in docs/benchmarks.md's `target` column), then the figures without a target.
+/// shown in docs/benchmarks.md's `target` column), then the figures without a target. A
+/// target is judged on the median over the repetitions; ratios are taken repetition by
+/// repetition, between figures measured side by side.
 pub(crate) fn rows(f: &Figures) -> Vec<Row> {
     let mut rows = Vec::new();
-    let floor = f.floor.p50_us;
     let skipped = || f.go.status.clone();
 
     // Host -> plugin.
+    let ratio = f.health.ratio();
     rows.push(Row {
-        floor: us(&f.floor, false),
-        ratio: format!("{:.1}x floor", f.health.p50_us / floor),
-        met: met(f.health.p50_us <= 5.0 * floor),
+        floor: us(f.health.floor.p50()),
+        ratio: times(ratio, 1, "floor"),
+        met: met(ratio.median <= 5.0),
         ..row(
             "host -> plugin unary call (health) p50",
-            us(&f.health, false),
+            us(f.health.figure.p50()),
             "<= 5x floor",
         )
     });
-    rows.push(match &f.go.ping {
-        Some(go) => Row {
-            go_plugin: us(go, false),
-            ratio: format!("{:.2}x go-plugin", f.health.p50_us / go.p50_us),
-            met: met(f.health.p50_us <= go.p50_us / 4.0),
-            ..row(
-                "host -> plugin unary call (health) p50",
-                us(&f.health, false),
-                "<= 1/4 of go-plugin",
-            )
-        },
+    let health_vs_go = |target: &str| match &f.go.ping {
+        Some(go) => {
+            let ratio = f.health.figure.ratio_to(go);
+            Row {
+                go_plugin: us(go.p50()),
+                ratio: times(ratio, 2, "go-plugin"),
+                met: met(ratio.median <= 0.25),
+                ..row(
+                    "host -> plugin unary call (health) p50",
+                    us(f.health.figure.p50()),
+                    target,
+                )
+            }
+        }
         None => Row {
             go_plugin: skipped(),
             met: skipped(),
             ..row(
                 "host -> plugin unary call (health) p50",
-                us(&f.health, false),
-                "<= 1/4 of go-plugin",
+                us(f.health.figure.p50()),
+                target,
             )
         },
-    });
+    };
+    rows.push(health_vs_go("<= 1/4 of go-plugin"));
     // Plugin -> host.
+    let ratio = f.host_call.ratio();
     rows.push(Row {
-        floor: us(&f.floor, false),
-        ratio: format!("{:.1}x floor", f.host_call.p50_us / floor),
-        met: met(f.host_call.p50_us <= 6.0 * floor),
+        floor: us(f.host_call.floor.p50()),
+        ratio: times(ratio, 1, "floor"),
+        met: met(ratio.median <= 6.0),
         ..row(
             "plugin -> host service call (GetEnv, reused connection) p50",
-            us(&f.host_call, false),
+            us(f.host_call.figure.p50()),
             "<= 6x floor",
         )
     });
+    let callback_figure = "plugin -> host call vs go-plugin's per-call broker callback, p50";
     rows.push(match &f.go.callback {
-        Some(go) => Row {
-            go_plugin: us(go, false),
-            ratio: format!("{:.0}x faster", go.p50_us / f.host_call.p50_us),
-            met: met(go.p50_us >= 50.0 * f.host_call.p50_us),
-            ..row(
-                "plugin -> host call vs go-plugin's per-call broker callback, p50",
-                us(&f.host_call, false),
-                ">= 50x faster than go-plugin",
-            )
-        },
+        Some(go) => {
+            let faster = go.ratio_to(&f.host_call.figure);
+            Row {
+                go_plugin: us(go.p50()),
+                ratio: times(faster, 0, "faster"),
+                met: met(faster.median >= 50.0),
+                ..row(
+                    callback_figure,
+                    us(f.host_call.figure.p50()),
+                    ">= 50x faster than go-plugin",
+                )
+            }
+        }
         None => Row {
             go_plugin: skipped(),
             met: skipped(),
             ..row(
-                "plugin -> host call vs go-plugin's per-call broker callback, p50",
-                us(&f.host_call, false),
+                callback_figure,
+                us(f.host_call.figure.p50()),
                 ">= 50x faster than go-plugin",
             )
         },
     });
     // Cold start.
-    let spawn = format!("{} (spawn /bin/true)", us(&f.spawn_floor, false));
+    let spawn = format!("{} (spawn /bin/true)", us(f.spawn_floor.p50()));
+    let cold_figure = "cold start (spawn to first call, sandboxed) p50";
     rows.push(match &f.go.cold_start {
-        Some(go) => Row {
-            floor: spawn.clone(),
-            go_plugin: us(go, false),
-            ratio: format!(
-                "{:.2}x go-plugin",
-                f.cold_start_sandboxed.p50_us / go.p50_us
-            ),
-            met: met(f.cold_start_sandboxed.p50_us <= go.p50_us / 4.0),
-            ..row(
-                "cold start (spawn to first call, sandboxed) p50",
-                us(&f.cold_start_sandboxed, false),
-                "<= 1/4 of go-plugin",
-            )
-        },
+        Some(go) => {
+            let ratio = f.cold_start_sandboxed.ratio_to(go);
+            Row {
+                floor: spawn.clone(),
+                go_plugin: us(go.p50()),
+                ratio: times(ratio, 2, "go-plugin"),
+                met: met(ratio.median <= 0.25),
+                ..row(
+                    cold_figure,
+                    us(f.cold_start_sandboxed.p50()),
+                    "<= 1/4 of go-plugin",
+                )
+            }
+        }
         None => Row {
             floor: spawn,
             go_plugin: skipped(),
             met: skipped(),
             ..row(
-                "cold start (spawn to first call, sandboxed) p50",
-                us(&f.cold_start_sandboxed, false),
+                cold_figure,
+                us(f.cold_start_sandboxed.p50()),
                 "<= 1/4 of go-plugin",
             )
         },
     });
-    let overhead = f.cold_start_sandboxed.p50_us / f.cold_start_unsandboxed.p50_us;
+    let overhead = f.cold_start_sandboxed.ratio_to(&f.cold_start_unsandboxed);
     rows.push(Row {
         ratio: format!(
-            "{overhead:.2}x unsandboxed ({})",
-            us(&f.cold_start_unsandboxed, false)
+            "{}, unsandboxed {}",
+            times(overhead, 2, "unsandboxed"),
+            us(f.cold_start_unsandboxed.p50())
         ),
-        met: met(overhead <= 1.2),
+        met: met(overhead.median <= 1.2),
         ..row(
             "sandboxing overhead on cold start p50",
-            us(&f.cold_start_sandboxed, false),
+            us(f.cold_start_sandboxed.p50()),
             "<= 1.2x unsandboxed",
         )
     });
     // Throughput and memory.
-    let gb = f.transfer.bytes as f64 / 1e9;
-    let gib = f.transfer.bytes as f64 / (1u64 << 30) as f64;
     let t = &f.transfer;
-    let rate = |seconds: f64| format!("{:.2} GB/s", gb / seconds);
+    let bytes = t.first().map_or(0, |t| t.bytes);
+    let gb = bytes as f64 / 1e9;
+    let gib = bytes as f64 / (1u64 << 30) as f64;
+    let rate = |spread: Spread| spread_with(spread, |v| format!("{v:.2} GB/s"));
+    let write = over(t, |t| gb / t.write_seconds);
     rows.push(Row {
-        floor: format!("{} (std::fs + fsync)", rate(t.disk_write_sync_seconds)),
-        ratio: format!("{:.2}x floor", t.disk_write_sync_seconds / t.write_seconds),
-        met: met(gb / t.write_seconds >= 1.0),
+        floor: format!(
+            "{} (std::fs + fsync)",
+            rate(over(t, |t| gb / t.disk_write_sync_seconds))
+        ),
+        ratio: times(
+            over(t, |t| t.disk_write_sync_seconds / t.write_seconds),
+            2,
+            "floor",
+        ),
+        met: met(write.median >= 1.0),
         ..row(
             &format!("WriteFile of {gib:.2} GiB through host services (durable: fsync, rename)"),
-            rate(t.write_seconds),
+            rate(write),
             ">= 1 GB/s",
         )
     });
+    let unsynced = over(t, |t| gb / t.write_unsynced_seconds);
     rows.push(Row {
-        floor: format!("{} (std::fs)", rate(t.disk_write_seconds)),
-        ratio: format!(
-            "{:.2}x floor",
-            t.disk_write_seconds / t.write_unsynced_seconds
+        floor: format!("{} (std::fs)", rate(over(t, |t| gb / t.disk_write_seconds))),
+        ratio: times(
+            over(t, |t| t.disk_write_seconds / t.write_unsynced_seconds),
+            2,
+            "floor",
         ),
-        met: met(gb / t.write_unsynced_seconds >= 1.0),
+        met: met(unsynced.median >= 1.0),
         ..row(
             &format!("WriteFile of {gib:.2} GiB with durable_writes off"),
-            rate(t.write_unsynced_seconds),
+            rate(unsynced),
             ">= 1 GB/s",
         )
     });
+    let read = over(t, |t| gb / t.read_seconds);
     rows.push(Row {
-        met: met(gb / t.read_seconds >= 1.0),
+        met: met(read.median >= 1.0),
         ..row(
             &format!("ReadFile of {gib:.2} GiB through host services"),
-            rate(t.read_seconds),
+            rate(read),
             ">= 1 GB/s",
         )
     });
-    let peak = f
-        .transfer
-        .host_peak_rss_kib
-        .max(f.transfer.plugin_peak_rss_kib);
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    let host_peak = t.iter().map(|t| t.host_peak_rss_kib).max().unwrap_or(0);
+    let plugin_peak = t.iter().map(|t| t.plugin_peak_rss_kib).max().unwrap_or(0);
     rows.push(Row {
-        met: met(peak <= 64 * 1024),
+        met: met(host_peak.max(plugin_peak) <= 64 * 1024),
         ..row(
-            "peak memory during the transfer (host, plugin)",
-            format!(
-                "{:.1} MiB, {:.1} MiB",
-                f.transfer.host_peak_rss_kib as f64 / 1024.0,
-                f.transfer.plugin_peak_rss_kib as f64 / 1024.0
-            ),
+            "peak memory during the transfer (host, plugin; the largest of the repetitions)",
+            format!("{:.1} MiB, {:.1} MiB", mib(host_peak), mib(plugin_peak)),
             "flat: <= 64 MiB each, for any file size",
         )
     });
     // Many plugins.
+    let m = &f.many;
+    let plugins = m.first().map_or(0, |m| m.plugins);
+    let healthy = m.iter().map(|m| m.healthy).min().unwrap_or(0);
     rows.push(Row {
-        met: met(f.many.healthy == f.many.plugins),
+        met: met(!m.is_empty() && m.iter().all(|m| m.healthy == m.plugins)),
         ..row(
-            &format!(
-                "{} plugins started at once, answering health",
-                f.many.plugins
-            ),
+            &format!("{plugins} plugins started at once, answering health"),
             format!(
-                "{}/{} in {:.2} s",
-                f.many.healthy, f.many.plugins, f.many.start_seconds
+                "{healthy}/{plugins} in {}",
+                spread_with(over(m, |m| m.start_seconds), |v| format!("{v:.2} s"))
             ),
             "all answer",
         )
     });
+    let pss = over(m, |m| mib(m.pss_per_plugin_kib_mean));
     rows.push(Row {
         ratio: format!(
-            "VmRSS {:.1} MiB mean, {:.1} MiB max",
-            f.many.rss_per_plugin_kib_mean as f64 / 1024.0,
-            f.many.rss_per_plugin_kib_max as f64 / 1024.0
+            "VmRSS {} mean, {:.1} MiB max",
+            spread_with(over(m, |m| mib(m.rss_per_plugin_kib_mean)), |v| format!(
+                "{v:.1} MiB"
+            )),
+            mib(m
+                .iter()
+                .map(|m| m.rss_per_plugin_kib_max)
+                .max()
+                .unwrap_or(0))
         ),
-        met: met(f.many.pss_per_plugin_kib_mean <= 5 * 1024),
+        met: met(pss.max <= 5.0),
         ..row(
             "resident memory per idle plugin (PSS mean: shared code counted once)",
-            format!("{:.1} MiB", f.many.pss_per_plugin_kib_mean as f64 / 1024.0),
+            spread_with(pss, |v| format!("{v:.1} MiB")),
             "<= 5 MiB",
         )
     });
+    let l = &f.load;
+    let rate = over(l, |l| l.calls_per_second);
+    let errors: u64 = l.iter().map(|l| l.errors).sum();
     rows.push(Row {
-        met: met(f.load.calls_per_second >= 50_000.0 && f.load.errors == 0),
+        met: met(rate.median >= 50_000.0 && errors == 0),
         ..row(
             &format!(
                 "aggregate host-service calls across {} plugins",
-                f.load.plugins
+                l.first().map_or(0, |l| l.plugins)
             ),
             format!(
-                "{:.0} calls/s ({} errors)",
-                f.load.calls_per_second, f.load.errors
+                "{} calls/s ({errors} errors)",
+                spread_with(rate, |v| format!("{v:.0}"))
             ),
             ">= 50,000 calls/s",
         )
     });
     // Figures without a target.
     rows.push(Row {
-        ratio: format!("{:.2}x the free floor", f.floor_pinned.p50_us / floor),
+        floor: us(f.floor.p50()),
+        ratio: times(f.floor_tokio.ratio_to(&f.floor), 2, "the blocking floor"),
+        ..row(
+            "floor with tokio's current-thread runtime on both sides p50",
+            us(f.floor_tokio.p50()),
+            "",
+        )
+    });
+    rows.push(Row {
+        floor: us(f.floor.p50()),
+        ratio: times(f.floor_pinned.ratio_to(&f.floor), 2, "the free floor"),
         ..row(
             "floor with both processes on one CPU (no cross-core wake-up) p50",
-            us(&f.floor_pinned, false),
+            us(f.floor_pinned.p50()),
             "",
         )
     });
     rows.push(Row {
-        floor: us(&f.floor, true),
-        go_plugin: f.go.ping.as_ref().map_or_else(skipped, |go| us(go, true)),
+        floor: us(f.health.floor.p99()),
+        go_plugin: f.go.ping.as_ref().map_or_else(skipped, |go| us(go.p99())),
         ..row(
             "host -> plugin unary call (health) p99",
-            us(&f.health, true),
+            us(f.health.figure.p99()),
             "",
         )
     });
     rows.push(Row {
-        floor: us(&f.floor, false),
-        ratio: format!("{:.1}x floor", f.health_multi_thread.p50_us / floor),
+        floor: us(f.health_multi_thread.floor.p50()),
+        ratio: times(f.health_multi_thread.ratio(), 1, "floor"),
         ..row(
             "host -> plugin unary call (health) p50, multi-thread host runtime",
-            us(&f.health_multi_thread, false),
+            us(f.health_multi_thread.figure.p50()),
             "",
         )
     });
     rows.push(Row {
-        floor: us(&f.floor, false),
-        ratio: format!("{:.1}x floor", f.ping.p50_us / floor),
+        floor: us(f.ping.floor.p50()),
+        ratio: times(f.ping.ratio(), 1, "floor"),
         ..row(
             "host -> plugin 32-byte unary call p50",
-            us(&f.ping, false),
+            us(f.ping.figure.p50()),
             "",
         )
     });
     for wire in &f.wires {
         rows.push(Row {
-            floor: us(&f.floor, false),
+            floor: us(wire.ping.floor.p50()),
             ratio: format!(
-                "{:.1}x floor, {:.2}x plain",
-                wire.ping.p50_us / floor,
-                wire.ping.p50_us / f.ping.p50_us
+                "{}; {}",
+                times(wire.ping.ratio(), 1, "floor"),
+                times(wire.ping.figure.ratio_to(&f.ping.figure), 2, "plain")
             ),
             ..row(
                 &format!("host -> plugin 32-byte unary call p50, {}", wire.wire),
-                us(&wire.ping, false),
+                us(wire.ping.figure.p50()),
                 "",
             )
         });
         rows.push(Row {
-            floor: us(&f.floor, false),
+            floor: us(wire.host_call.floor.p50()),
             ratio: format!(
-                "{:.1}x floor, {:.2}x plain",
-                wire.host_call.p50_us / floor,
-                wire.host_call.p50_us / f.host_call.p50_us
+                "{}; {}",
+                times(wire.host_call.ratio(), 1, "floor"),
+                times(
+                    wire.host_call.figure.ratio_to(&f.host_call.figure),
+                    2,
+                    "plain"
+                )
             ),
             ..row(
                 &format!("plugin -> host service call p50, {}", wire.wire),
-                us(&wire.host_call, false),
+                us(wire.host_call.figure.p50()),
                 "",
             )
         });
     }
     rows.push(Row {
-        floor: us(&f.floor, true),
+        floor: us(f.host_call.floor.p99()),
         go_plugin: f
             .go
             .callback
             .as_ref()
-            .map_or_else(skipped, |go| us(go, true)),
+            .map_or_else(skipped, |go| us(go.p99())),
         ..row(
             "plugin -> host service call p99",
-            us(&f.host_call, true),
+            us(f.host_call.figure.p99()),
             "",
         )
     });
@@ -390,16 +475,19 @@ pub(crate) fn rows(f: &Figures) -> Vec<Row> {
             .go
             .cold_start
             .as_ref()
-            .map_or_else(skipped, |go| us(go, true)),
+            .map_or_else(skipped, |go| us(go.p99())),
         ..row(
             "cold start (sandboxed) p99",
-            us(&f.cold_start_sandboxed, true),
+            us(f.cold_start_sandboxed.p99()),
             "",
         )
     });
     rows.push(row(
         "audit records dropped under the aggregate load",
-        f.load.audit_records_dropped.to_string(),
+        l.iter()
+            .map(|l| l.audit_records_dropped)
+            .sum::<u64>()
+            .to_string(),
         "",
     ));
     rows
@@ -421,12 +509,19 @@ fn markdown(f: &Figures, rows: &[Row], analysis: &str) -> String {
         m.cpu, m.cores, m.memory_gib, m.kernel, m.rustc, m.go, m.go_plugin, m.date
     ));
     out.push_str(&format!(
-        "Latencies are p50/p99 over {} calls after {} warm-up calls; cold starts over {} starts \
-         after one warm-up start; the transfer moves {} bytes; {} plugins for the many-plugins \
-         row; {} plugins x 16 concurrent calls for {} ms for the aggregate. Plugins run under \
-         the default sandbox (`BestEffort`) and the SDK's default current-thread runtime; the \
-         host runs a current-thread tokio runtime unless a row says otherwise. The floor is a \
-         32-byte request/response between two processes over a Unix socket.\n\n",
+        "Every figure was measured {} times in this run and is shown as its median, then \
+         (min - max) over the repetitions; a target is judged on the median. Every latency \
+         was measured right after a floor of its own (floor, figure, floor, figure, ...), and \
+         its ratio to the floor, or to go-plugin's figure measured beside it, is taken \
+         repetition by repetition. Latencies are p50/p99 over {} calls after {} warm-up \
+         calls; cold starts over {} starts after one warm-up start; the transfer moves {} \
+         bytes; {} plugins for the many-plugins row; {} plugins x 16 concurrent calls for {} \
+         ms for the aggregate. Plugins run under the default sandbox (`BestEffort`) and the \
+         SDK's default current-thread runtime; the host runs a current-thread tokio runtime \
+         unless a row says otherwise. The floor is a 32-byte request/response between two \
+         processes over a Unix socket with blocking calls (no runtime); its tokio row is the \
+         same on tokio's current-thread runtime on both sides.\n\n",
+        s.repeats,
         s.calls,
         s.calls / 10,
         s.starts,

@@ -11,7 +11,8 @@ fn the_harness_runs_every_measurement_and_writes_both_files() {
     let output = Command::new(env!("CARGO_BIN_EXE_tether-bench"))
         .arg("--out")
         .arg(out.path())
-        .args(["--calls", "50", "--starts", "3", "--bytes", "1048576"])
+        .args(["--repeats", "2", "--calls", "50", "--starts", "3"])
+        .args(["--bytes", "1048576"])
         .args([
             "--plugins",
             "4",
@@ -28,7 +29,10 @@ fn the_harness_runs_every_measurement_and_writes_both_files() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    assert!(stdout.contains("==> floor"), "progress is shown: {stdout}");
+    assert!(
+        stdout.contains("==> repetition 2/2: floors"),
+        "progress is shown: {stdout}"
+    );
 
     let markdown = std::fs::read_to_string(out.path().join("benchmarks.md")).expect("markdown");
     for figure in [
@@ -41,6 +45,8 @@ fn the_harness_runs_every_measurement_and_writes_both_files() {
         "4 plugins started at once, answering health",
         "resident memory per idle plugin (PSS mean",
         "aggregate host-service calls across 2 plugins",
+        "floor with tokio's current-thread runtime on both sides p50",
+        "measured 2 times in this run",
         "## Analysis",
     ] {
         assert!(markdown.contains(figure), "{figure:?} missing:\n{markdown}");
@@ -56,11 +62,32 @@ fn the_harness_runs_every_measurement_and_writes_both_files() {
         &std::fs::read_to_string(out.path().join("benchmarks.json")).expect("json"),
     )
     .expect("valid JSON");
-    assert_eq!(json["figures"]["settings"]["calls"], 50);
-    assert_eq!(json["figures"]["floor"]["samples"], 50);
-    assert_eq!(json["figures"]["host_call"]["samples"], 50);
-    assert_eq!(json["figures"]["transfer"]["bytes"], 1_048_576);
-    assert_eq!(json["figures"]["many"]["healthy"], 4);
+    let figures = &json["figures"];
+    assert_eq!(figures["settings"]["calls"], 50);
+    assert_eq!(figures["settings"]["repeats"], 2);
+    // Every figure twice, each latency beside a floor of its own.
+    for series in [
+        &figures["floor"],
+        &figures["floor_tokio"],
+        &figures["floor_pinned"],
+        &figures["host_call"]["floor"],
+        &figures["host_call"]["figure"],
+        &figures["health"]["floor"],
+        &figures["cold_start_sandboxed"],
+    ] {
+        let runs = series["runs"].as_array().expect("runs");
+        assert_eq!(runs.len(), 2, "{series}");
+        assert!(
+            runs.iter()
+                .all(|run| run["samples"] == 50 || run["samples"] == 3),
+            "{series}"
+        );
+    }
+    for list in ["transfer", "many", "load"] {
+        assert_eq!(figures[list].as_array().map(Vec::len), Some(2), "{list}");
+    }
+    assert_eq!(figures["transfer"][0]["bytes"], 1_048_576);
+    assert_eq!(figures["many"][1]["healthy"], 4);
     let rows = json["rows"].as_array().expect("rows");
     assert_eq!(
         rows.len(),
