@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::sync::{Notify, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep, timeout};
 use tonic::body::Body;
@@ -182,7 +182,7 @@ type Factory = Arc<dyn Fn() -> PluginBuilder + Send + Sync>;
 pub struct Supervisor {
     name: String,
     state: watch::Receiver<State>,
-    wake: Arc<Notify>,
+    wake: Arc<Demand>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<Option<PluginExit>>,
 }
@@ -199,7 +199,7 @@ impl Supervisor {
     {
         let (state_sender, state) = watch::channel(State::Starting { restarts: 0 });
         let (stop, stopped) = oneshot::channel();
-        let wake = Arc::new(Notify::new());
+        let wake = Arc::new(watch::Sender::new(0));
         let task = tokio::spawn(supervise(
             name.to_owned(),
             Arc::new(factory),
@@ -266,7 +266,7 @@ impl Supervisor {
 async fn running(
     name: &str,
     mut state: watch::Receiver<State>,
-    wake: &Notify,
+    wake: &Demand,
 ) -> Result<Arc<PluginClient>, SupervisorError> {
     loop {
         match &*state.borrow_and_update() {
@@ -284,8 +284,8 @@ async fn running(
                     reason: reason.clone(),
                 });
             }
-            // Stores a permit if the supervisor is not waiting yet.
-            State::Idle { .. } => wake.notify_one(),
+            // Demand made after the supervisor marked the plugin idle: counted.
+            State::Idle { .. } => wake.send_modify(|demand| *demand = demand.wrapping_add(1)),
             State::Starting { .. } | State::Backoff { .. } => {}
         }
         if state.changed().await.is_err() {
@@ -303,7 +303,7 @@ async fn running(
 pub struct SupervisedChannel {
     name: Arc<str>,
     state: watch::Receiver<State>,
-    wake: Arc<Notify>,
+    wake: Arc<Demand>,
 }
 
 impl SupervisedChannel {
@@ -354,6 +354,9 @@ impl Drop for Supervisor {
     }
 }
 
+/// Calls for an idle-stopped plugin: a count that callers raise when they find it idle.
+type Demand = watch::Sender<u64>;
+
 /// How an instance ended.
 struct End {
     failed: bool,
@@ -364,8 +367,9 @@ struct End {
 enum Outcome {
     /// The instance ended (or its set-up failed).
     Ended(End),
-    /// It was idle for the idle timeout; the state is [`State::Idle`] already.
-    Idle,
+    /// It was idle for the idle timeout; the state is [`State::Idle`] already. The demand
+    /// count just before the state changed: a count past it asks for a new instance.
+    Idle(u64),
     /// The supervisor was told to stop.
     Stop,
 }
@@ -376,7 +380,7 @@ async fn supervise<T: Send + 'static>(
     policy: RestartPolicy,
     setup: Hook<T>,
     state: watch::Sender<State>,
-    wake: Arc<Notify>,
+    wake: Arc<Demand>,
     mut stop: oneshot::Receiver<()>,
 ) -> Option<PluginExit> {
     let mut recent: VecDeque<Instant> = VecDeque::new();
@@ -403,7 +407,10 @@ async fn supervise<T: Send + 'static>(
             },
             Ok(client) => {
                 let client = Arc::new(client);
-                match run(&name, &client, &policy, &setup, &state, restarts, &mut stop).await {
+                let mut demand = wake.subscribe();
+                match run(&name, &client, &policy, &setup, &state, restarts, &mut stop, &demand)
+                    .await
+                {
                     Outcome::Ended(end) => end,
                     Outcome::Stop => {
                         // The state holds a handle too: replace it first, so that the
@@ -413,7 +420,7 @@ async fn supervise<T: Send + 'static>(
                         });
                         return stop_instance(client).await;
                     }
-                    Outcome::Idle => {
+                    Outcome::Idle(before) => {
                         let idle = policy.idle_timeout.unwrap_or_default();
                         tracing::info!(target: "tether::supervisor", plugin = name, pid = client.pid(), ?idle,
                             "plugin idle; stopping it until the next call");
@@ -433,7 +440,7 @@ async fn supervise<T: Send + 'static>(
                         }
                         let _ = stop_instance(client).await;
                         tokio::select! {
-                            () = wake.notified() => {}
+                            _ = demand.wait_for(|now| *now != before) => {}
                             _ = &mut stop => {
                                 state.send_replace(State::Stopped { reason: "shut down".to_owned() });
                                 return None;
@@ -507,6 +514,7 @@ async fn run<T>(
     state: &watch::Sender<State>,
     restarts: u32,
     stop: &mut oneshot::Receiver<()>,
+    demand: &watch::Receiver<u64>,
 ) -> Outcome {
     let kept = tokio::select! {
         kept = setup(Arc::clone(client)) => kept,
@@ -548,9 +556,12 @@ async fn run<T>(
                 // Idle first, then a last look: a call counted on the instance before this
                 // state change is seen below; one counted after sees the state change
                 // ([`SupervisedChannel`]) and waits for the next instance.
+                // Demand counted from here on wakes the plugin: whoever sees `Idle` below
+                // counts after this look.
+                let before = *demand.borrow();
                 state.send_replace(State::Idle { restarts });
                 if client.activity().in_flight() == 0 {
-                    return Outcome::Idle;
+                    return Outcome::Idle(before);
                 }
                 state.send_replace(State::Running {
                     plugin: Arc::clone(client),
