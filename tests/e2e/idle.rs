@@ -99,6 +99,9 @@ async fn an_idle_plugin_is_stopped_and_the_next_call_starts_it_again_with_its_se
             .is_some_and(|reason| reason.contains("no call under way for 1s")),
         "{stopped}"
     );
+    // Without a call it stays stopped.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(is_idle(&supervisor), "{:?}", supervisor.state());
     assert_eq!(setups.load(Ordering::SeqCst), 1);
 
     // The next call, on the same client, starts it again: a new process, set up again, with

@@ -357,6 +357,13 @@ impl Drop for Supervisor {
 /// Calls for an idle-stopped plugin: a count that callers raise when they find it idle.
 type Demand = watch::Sender<u64>;
 
+/// What one instance's run tells and watches: the supervisor's state, and the demand for
+/// an idle-stopped plugin.
+struct Signals<'a> {
+    state: &'a watch::Sender<State>,
+    demand: &'a watch::Receiver<u64>,
+}
+
 /// How an instance ended.
 struct End {
     failed: bool,
@@ -408,8 +415,14 @@ async fn supervise<T: Send + 'static>(
             Ok(client) => {
                 let client = Arc::new(client);
                 let mut demand = wake.subscribe();
-                match run(&name, &client, &policy, &setup, &state, restarts, &mut stop, &demand)
-                    .await
+                let signals = Signals {
+                    state: &state,
+                    demand: &demand,
+                };
+                match run(
+                    &name, &client, &policy, &setup, signals, restarts, &mut stop,
+                )
+                .await
                 {
                     Outcome::Ended(end) => end,
                     Outcome::Stop => {
@@ -511,11 +524,11 @@ async fn run<T>(
     client: &Arc<PluginClient>,
     policy: &RestartPolicy,
     setup: &Hook<T>,
-    state: &watch::Sender<State>,
+    signals: Signals<'_>,
     restarts: u32,
     stop: &mut oneshot::Receiver<()>,
-    demand: &watch::Receiver<u64>,
 ) -> Outcome {
+    let Signals { state, demand } = signals;
     let kept = tokio::select! {
         kept = setup(Arc::clone(client)) => kept,
         report = client.exited() => return Outcome::Ended(End { failed: true, reason: report.to_string() }),
