@@ -3,7 +3,7 @@
 //! (a current-thread runtime: the supervisor's task runs there too).
 
 use metrics_util::CompositeKey;
-use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use std::time::Duration;
 
 use tether_host::metric::{
@@ -33,6 +33,16 @@ fn value<'a>(
                 })
         })
         .map(|(_, value)| value)
+}
+
+/// What was recorded since the last snapshot (taking one resets what it took).
+fn take(snapshotter: &Snapshotter) -> Vec<(CompositeKey, DebugValue)> {
+    snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .map(|(key, _, _, value)| (key, value))
+        .collect()
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -67,12 +77,7 @@ async fn starts_restarts_and_sandbox_layers_are_counted_per_plugin() {
         .expect_err("the plugin exits before its handshake");
 
     // One snapshot: taking one resets what it took.
-    let taken: Vec<(CompositeKey, DebugValue)> = snapshotter
-        .snapshot()
-        .into_vec()
-        .into_iter()
-        .map(|(key, _, _, value)| (key, value))
-        .collect();
+    let taken = take(&snapshotter);
     let metered = [("plugin", "metered")];
     assert_eq!(
         value(&taken, PLUGIN_STARTS, &metered),
@@ -134,12 +139,7 @@ async fn idle_stops_are_counted_and_are_not_restarts() {
     );
     supervisor.shutdown().await;
 
-    let taken: Vec<(CompositeKey, DebugValue)> = snapshotter
-        .snapshot()
-        .into_vec()
-        .into_iter()
-        .map(|(key, _, _, value)| (key, value))
-        .collect();
+    let taken = take(&snapshotter);
     // Every instance ended idle (at least two: a loaded machine may let one more doze off
     // before the test took it).
     let dozing = [("plugin", "dozing")];

@@ -10,7 +10,7 @@
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
-use std::process::Command;
+use std::process::{Child, Command};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -70,13 +70,7 @@ async fn measure_tokio_here(calls: usize) -> Result<Vec<u64>> {
     let dir = tempfile::tempdir().context("a directory for the floor's socket")?;
     let path = dir.path().join("floor.sock");
     let listener = tokio::net::UnixListener::bind(&path).context("binding the floor's socket")?;
-    let exe = std::env::current_exe().context("finding tether-bench")?;
-    let mut child = Command::new(exe)
-        .arg("floor-echo")
-        .arg("--tokio")
-        .arg(&path)
-        .spawn()
-        .context("starting the floor's echo process")?;
+    let child = spawn_echo(&path, true)?;
     let (mut stream, _) = listener
         .accept()
         .await
@@ -88,15 +82,10 @@ async fn measure_tokio_here(calls: usize) -> Result<Vec<u64>> {
         let began = Instant::now();
         stream.write_all(&request).await?;
         stream.read_exact(&mut response).await?;
-        if i >= calls / 10 {
-            nanos.push(u64::try_from(began.elapsed().as_nanos()).unwrap_or(u64::MAX));
-        }
+        record(&mut nanos, i, calls, began);
     }
     drop(stream);
-    let status = child.wait()?;
-    if !status.success() {
-        bail!("the floor's echo process failed: {status}");
-    }
+    finish(child)?;
     Ok(nanos)
 }
 
@@ -126,12 +115,7 @@ fn measure_here(calls: usize) -> Result<Vec<u64>> {
     let dir = tempfile::tempdir().context("a directory for the floor's socket")?;
     let path = dir.path().join("floor.sock");
     let listener = UnixListener::bind(&path).context("binding the floor's socket")?;
-    let exe = std::env::current_exe().context("finding tether-bench")?;
-    let mut child = Command::new(exe)
-        .arg("floor-echo")
-        .arg(&path)
-        .spawn()
-        .context("starting the floor's echo process")?;
+    let child = spawn_echo(&path, false)?;
     let (mut stream, _) = listener.accept().context("the echo process connecting")?;
     let request = [0x42u8; MESSAGE];
     let mut response = [0u8; MESSAGE];
@@ -140,16 +124,41 @@ fn measure_here(calls: usize) -> Result<Vec<u64>> {
         let began = Instant::now();
         stream.write_all(&request)?;
         stream.read_exact(&mut response)?;
-        if i >= calls / 10 {
-            nanos.push(u64::try_from(began.elapsed().as_nanos()).unwrap_or(u64::MAX));
-        }
+        record(&mut nanos, i, calls, began);
     }
     drop(stream);
+    finish(child)?;
+    Ok(nanos)
+}
+
+/// Starts this program's echo side on the socket at `path`, blocking or on tokio.
+fn spawn_echo(path: &Path, tokio: bool) -> Result<Child> {
+    let exe = std::env::current_exe().context("finding tether-bench")?;
+    let mut command = Command::new(exe);
+    command.arg("floor-echo");
+    if tokio {
+        command.arg("--tokio");
+    }
+    command
+        .arg(path)
+        .spawn()
+        .context("starting the floor's echo process")
+}
+
+/// Waits for the echo side, which ends when the socket closes.
+fn finish(mut child: Child) -> Result<()> {
     let status = child.wait()?;
     if !status.success() {
         bail!("the floor's echo process failed: {status}");
     }
-    Ok(nanos)
+    Ok(())
+}
+
+/// Keeps round trip `i` of `calls` (after the first tenth, the warm-up), begun at `began`.
+fn record(nanos: &mut Vec<u64>, i: usize, calls: usize, began: Instant) {
+    if i >= calls / 10 {
+        nanos.push(u64::try_from(began.elapsed().as_nanos()).unwrap_or(u64::MAX));
+    }
 }
 
 /// The echo side: answers each 32-byte message with itself until the socket closes.
