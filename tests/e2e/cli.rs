@@ -11,12 +11,17 @@ use tether_host::Layer;
 use crate::support::{TEST_PLUGIN, cargo_build, missing};
 
 /// Builds `tether` once.
-pub(crate) fn tether() -> &'static Path {
+fn tether() -> &'static Path {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT.get_or_init(|| cargo_build(&["tether-cli"]).join("tether"))
 }
 
 fn inspect(plugin: &Path, extra: &[&str]) -> Output {
+    inspect_with(plugin, "TETHER_TEST_PLUGIN=e2e", extra)
+}
+
+/// Runs `tether inspect` on `plugin` with the magic cookie `cookie` (`KEY=VALUE`).
+pub(crate) fn inspect_with(plugin: &Path, cookie: &str, extra: &[&str]) -> Output {
     #[allow(
         clippy::disallowed_methods,
         reason = "runs the CLI, which starts the plugin"
@@ -24,7 +29,7 @@ fn inspect(plugin: &Path, extra: &[&str]) -> Output {
     Command::new(tether())
         .arg("inspect")
         .arg(plugin)
-        .args(["--cookie", "TETHER_TEST_PLUGIN=e2e"])
+        .args(["--cookie", cookie])
         .args(extra)
         .env("NO_COLOR", "1")
         .output()

@@ -4,28 +4,20 @@
 //! with the others where Go is missing.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
-use crate::cli::tether;
+use crate::cli::inspect_with;
 use crate::interop::go::{self, GoPlugin, VERSIONS};
 
 /// Runs `tether inspect` on `plugin` with go-plugin's example handshake, which the Go
-/// fixtures use.
+/// fixtures use. A plugin built with go-plugin makes a temporary file where it binds its
+/// socket: allowed in its socket directory, under every layer this kernel offers.
 fn inspect(plugin: &Path) -> Output {
-    #[allow(
-        clippy::disallowed_methods,
-        reason = "runs the CLI, which starts the plugin"
-    )]
-    Command::new(tether())
-        .arg("inspect")
-        .arg(plugin)
-        .args(["--cookie", "BASIC_PLUGIN=hello"])
-        // A plugin built with go-plugin makes a temporary file where it binds its socket:
-        // allowed in its socket directory, under every layer this kernel offers.
-        .args(["--sandbox", "best-effort", "--socket-dir-files"])
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("tether runs")
+    inspect_with(
+        plugin,
+        "BASIC_PLUGIN=hello",
+        &["--sandbox", "best-effort", "--socket-dir-files"],
+    )
 }
 
 /// What inspect prints under `gRPC services`, one entry a line, up to the next heading.

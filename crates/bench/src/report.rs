@@ -136,11 +136,7 @@ fn row(figure: &str, tether: String, target: &str) -> Row {
 
 /// The spread of `value` over the repetitions of `runs`.
 fn over<T>(runs: &[T], value: impl Fn(&T) -> f64) -> Spread {
-    Spread::of(runs.iter().map(value).collect()).unwrap_or(Spread {
-        min: f64::NAN,
-        median: f64::NAN,
-        max: f64::NAN,
-    })
+    Spread::of(runs.iter().map(value).collect())
 }
 
 /// The table: every figure with a target (each target is written in its row below and

@@ -39,11 +39,15 @@ pub(crate) struct Spread {
 }
 
 impl Spread {
-    /// Of `values` (the median of an even count is the mean of the middle two); `None` for
-    /// none.
-    pub(crate) fn of(mut values: Vec<f64>) -> Option<Spread> {
+    /// Of `values` (the median of an even count is the mean of the middle two); not a
+    /// number for none.
+    pub(crate) fn of(mut values: Vec<f64>) -> Spread {
         if values.is_empty() {
-            return None;
+            return Spread {
+                min: f64::NAN,
+                median: f64::NAN,
+                max: f64::NAN,
+            };
         }
         values.sort_by(f64::total_cmp);
         let n = values.len();
@@ -52,11 +56,11 @@ impl Spread {
         } else {
             (values[n / 2 - 1] + values[n / 2]) / 2.0
         };
-        Some(Spread {
+        Spread {
             min: values[0],
             median,
             max: values[n - 1],
-        })
+        }
     }
 }
 
@@ -73,20 +77,12 @@ impl Series {
 
     /// The spread of the runs' p50s.
     pub(crate) fn p50(&self) -> Spread {
-        Spread::of(self.runs.iter().map(|l| l.p50_us).collect()).unwrap_or(Spread {
-            min: f64::NAN,
-            median: f64::NAN,
-            max: f64::NAN,
-        })
+        Spread::of(self.runs.iter().map(|l| l.p50_us).collect())
     }
 
     /// The spread of the runs' p99s.
     pub(crate) fn p99(&self) -> Spread {
-        Spread::of(self.runs.iter().map(|l| l.p99_us).collect()).unwrap_or(Spread {
-            min: f64::NAN,
-            median: f64::NAN,
-            max: f64::NAN,
-        })
+        Spread::of(self.runs.iter().map(|l| l.p99_us).collect())
     }
 
     /// The spread, over the repetitions, of this series' p50 divided by `other`'s in the
@@ -98,11 +94,7 @@ impl Series {
             .zip(&other.runs)
             .map(|(a, b)| a.p50_us / b.p50_us)
             .collect();
-        Spread::of(ratios).unwrap_or(Spread {
-            min: f64::NAN,
-            median: f64::NAN,
-            max: f64::NAN,
-        })
+        Spread::of(ratios)
     }
 }
 
@@ -127,11 +119,11 @@ mod tests {
 
     #[test]
     fn spreads_and_side_by_side_ratios() {
-        let spread = Spread::of(vec![3.0, 1.0, 2.0]).unwrap();
+        let spread = Spread::of(vec![3.0, 1.0, 2.0]);
         assert_eq!((spread.min, spread.median, spread.max), (1.0, 2.0, 3.0));
-        let even = Spread::of(vec![4.0, 1.0, 2.0, 3.0]).unwrap();
+        let even = Spread::of(vec![4.0, 1.0, 2.0, 3.0]);
         assert_eq!(even.median, 2.5);
-        assert!(Spread::of(Vec::new()).is_none());
+        assert!(Spread::of(Vec::new()).median.is_nan());
 
         let series = |p50s: &[f64]| Series {
             runs: p50s
