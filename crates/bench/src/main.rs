@@ -89,6 +89,26 @@ enum Internal {
     /// The host side of the throughput run, in a process of its own.
     #[command(hide = true)]
     TransferHost { bytes: u64 },
+    /// Only the unary calls, both directions, unsandboxed: the run to profile, for example
+    /// under `valgrind --tool=callgrind --trace-children=yes` (a sandboxed plugin could not
+    /// execute valgrind's tools).
+    Profile {
+        /// Calls in each direction (after a tenth as many to warm up).
+        #[arg(long, default_value_t = 2_000)]
+        calls: usize,
+        /// Which direction (both by default).
+        #[arg(long, value_enum)]
+        only: Option<Direction>,
+    },
+}
+
+/// A direction of unary calls, for `profile`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Direction {
+    /// Host -> plugin: the health check and a 32-byte call.
+    ToPlugin,
+    /// Plugin -> host: `GetEnv` over the brokered connection.
+    ToHost,
 }
 
 fn main() -> ExitCode {
@@ -109,6 +129,9 @@ fn main() -> ExitCode {
         },
         Some(Internal::TransferHost { bytes }) => {
             runtime().and_then(|rt| rt.block_on(runs::transfer_host(*bytes)))
+        }
+        Some(Internal::Profile { calls, only }) => {
+            runtime().and_then(|rt| rt.block_on(profile(*calls, *only)))
         }
         None => runtime().and_then(|rt| rt.block_on(run(&args))),
     };
@@ -138,7 +161,12 @@ fn unary_multi_thread(program: PathBuf, calls: usize) -> Result<Vec<u64>> {
             .enable_all()
             .build()
             .context("starting a multi-thread runtime")?
-            .block_on(runs::unary(&program, calls, Wire::Plain))
+            .block_on(runs::unary(
+                &program,
+                calls,
+                Wire::Plain,
+                Sandbox::best_effort(),
+            ))
             .map(|(health, _)| health)
     })
     .join()
@@ -156,6 +184,25 @@ fn raise_fd_limit() {
             libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
         }
     }
+}
+
+/// The unary calls alone, both directions, without a sandbox; prints their p50s.
+async fn profile(calls: usize, only: Option<Direction>) -> Result<()> {
+    let program = runs::plugin_program()?;
+    let mut figures = Vec::new();
+    if only != Some(Direction::ToHost) {
+        let (health, ping) = runs::unary(&program, calls, Wire::Plain, Sandbox::off()).await?;
+        figures.push(("host -> plugin health", health));
+        figures.push(("host -> plugin 32-byte call", ping));
+    }
+    if only != Some(Direction::ToPlugin) {
+        let nanos = runs::host_calls(&program, calls, Wire::Plain, Sandbox::off()).await?;
+        figures.push(("plugin -> host GetEnv", nanos));
+    }
+    for (what, nanos) in figures {
+        println!("{what}: p50 {:.1} us", latency(what, nanos)?.p50_us);
+    }
+    Ok(())
 }
 
 fn latency(what: &str, nanos: Vec<u64>) -> Result<Latency> {
@@ -216,7 +263,7 @@ async fn run(args: &Args) -> Result<()> {
             "{of}: floor, then host -> plugin health checks and 32-byte calls ({calls} each)"
         ));
         let now = floor_now(calls)?;
-        let (h, p) = runs::unary(&program, calls, Wire::Plain).await?;
+        let (h, p) = runs::unary(&program, calls, Wire::Plain, Sandbox::best_effort()).await?;
         health.floor.push(now);
         health.figure.push(latency("health", h)?);
         ping.floor.push(now);
@@ -241,7 +288,7 @@ async fn run(args: &Args) -> Result<()> {
         host_call.floor.push(floor_now(calls)?);
         host_call.figure.push(latency(
             "host calls",
-            runs::host_calls(&program, calls, Wire::Plain).await?,
+            runs::host_calls(&program, calls, Wire::Plain, Sandbox::best_effort()).await?,
         )?);
         if go_built {
             step(&format!(
@@ -259,12 +306,12 @@ async fn run(args: &Args) -> Result<()> {
                 wire.name()
             ));
             figures.ping.floor.push(floor_now(calls)?);
-            let (_, p) = runs::unary(&program, calls, *wire).await?;
+            let (_, p) = runs::unary(&program, calls, *wire, Sandbox::best_effort()).await?;
             figures.ping.figure.push(latency("ping", p)?);
             figures.host_call.floor.push(floor_now(calls)?);
             figures.host_call.figure.push(latency(
                 "host calls",
-                runs::host_calls(&program, calls, *wire).await?,
+                runs::host_calls(&program, calls, *wire, Sandbox::best_effort()).await?,
             )?);
         }
     }

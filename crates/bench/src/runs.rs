@@ -158,8 +158,9 @@ pub(crate) async fn unary(
     program: &Path,
     calls: usize,
     wire: Wire,
+    sandbox: Sandbox,
 ) -> Result<(Vec<u64>, Vec<u64>)> {
-    let plugin = start_over(program, "bench-unary", Sandbox::best_effort(), None, wire).await?;
+    let plugin = start_over(program, "bench-unary", sandbox, None, wire).await?;
     let mut health = Vec::with_capacity(calls);
     for i in 0..calls / 10 + calls {
         let began = Instant::now();
@@ -186,10 +187,15 @@ pub(crate) async fn unary(
 }
 
 /// Plugin -> host: `GetEnv` over the reused brokered connection, timed in the plugin.
-pub(crate) async fn host_calls(program: &Path, calls: usize, wire: Wire) -> Result<Vec<u64>> {
+pub(crate) async fn host_calls(
+    program: &Path,
+    calls: usize,
+    wire: Wire,
+    sandbox: Sandbox,
+) -> Result<Vec<u64>> {
     let name = "bench-callback".to_owned();
     let host = Host::new(std::slice::from_ref(&name), Limits::default())?;
-    let plugin = start_over(program, &name, Sandbox::best_effort(), Some(&host), wire).await?;
+    let plugin = start_over(program, &name, sandbox, Some(&host), wire).await?;
     let count = u32::try_from(calls).context("too many calls")?;
     let nanos = plugin
         .bench()
