@@ -243,7 +243,8 @@ impl Gate {
         let started = Instant::now();
         let identity = PluginIdentity::of(request)?.clone();
         let context = Correlation::from_metadata(request.metadata());
-        let instance = self.instance(&identity);
+        // The instance the call was admitted for (looked up once, on arrival).
+        let instance = mark.instance;
         let mut call = Call {
             gate: self.clone(),
             identity,
@@ -428,6 +429,15 @@ struct Correlation {
     invalid_traceparent: Option<String>,
 }
 
+/// The metadata a call is correlated by, as header names parsed once (looking a header up
+/// by `&str` parses the name on every call).
+static REQUEST_ID: http::HeaderName =
+    http::HeaderName::from_static(tether_protocol::REQUEST_ID_METADATA);
+static GRPC_TIMEOUT: http::HeaderName =
+    http::HeaderName::from_static(tether_protocol::GRPC_TIMEOUT_METADATA);
+static TRACEPARENT: http::HeaderName =
+    http::HeaderName::from_static(tether_protocol::TRACEPARENT_METADATA);
+
 impl Correlation {
     fn from_metadata(metadata: &MetadataMap) -> Self {
         Correlation::from_headers(metadata.as_ref())
@@ -435,9 +445,9 @@ impl Correlation {
 
     fn from_headers(headers: &http::HeaderMap) -> Self {
         Correlation::from_values(
-            headers.get(tether_protocol::REQUEST_ID_METADATA),
-            headers.get(tether_protocol::GRPC_TIMEOUT_METADATA),
-            headers.get(tether_protocol::TRACEPARENT_METADATA),
+            headers.get(&REQUEST_ID),
+            headers.get(&GRPC_TIMEOUT),
+            headers.get(&TRACEPARENT),
         )
     }
 
@@ -689,22 +699,26 @@ impl Call {
     /// was never allowed answers with a denial instead (this guards against a method that
     /// forgot to authorize).
     pub fn finish<T>(&mut self, result: Result<T, Status>) -> Result<T, Status> {
-        let Some(allowed) = &self.allowed else {
+        let Some(allowed) = &mut self.allowed else {
             let status = Status::internal(
                 "the host service finished a call it never authorized; its answer was withheld",
             );
             return Err(self.deny(status, "not authorized"));
         };
-        let reason = allowed.reason.clone();
+        // Recorded once: the record takes the reason rather than a copy of it.
+        let reason = std::mem::take(&mut allowed.reason);
         match &result {
             Ok(_) => self.record(Decision::Allowed, reason),
             // Confinement refused it (a symlink on the way): that is a denial too.
-            Err(status) if status.code() == tonic::Code::PermissionDenied => self.record_as(
-                Decision::Denied,
-                Decider::Host,
-                allowed.capability.clone(),
-                format!("{reason} but refused: {}", status.message()),
-            ),
+            Err(status) if status.code() == tonic::Code::PermissionDenied => {
+                let capability = allowed.capability.take();
+                self.record_as(
+                    Decision::Denied,
+                    Decider::Host,
+                    capability,
+                    format!("{reason} but refused: {}", status.message()),
+                );
+            }
             Err(status) => self.record(
                 Decision::Allowed,
                 format!("{reason}; failed: {}", status.message()),
@@ -714,8 +728,8 @@ impl Call {
     }
 
     fn record(&mut self, decision: Decision, reason: String) {
-        let (decided_by, capability) = match &self.allowed {
-            Some(allowed) => (allowed.decided_by.clone(), allowed.capability.clone()),
+        let (decided_by, capability) = match &mut self.allowed {
+            Some(allowed) => (allowed.decided_by.clone(), allowed.capability.take()),
             None => (Decider::Host, None),
         };
         self.record_as(decision, decided_by, capability, reason);
@@ -790,6 +804,7 @@ pub(crate) async fn run_blocking<T: Send + 'static>(
 struct GateMark {
     operation: Operation,
     checked: Arc<AtomicBool>,
+    instance: Arc<Instance>,
 }
 
 /// Whether a request's body reached its end (`END_STREAM`), as opposed to being cut off:
@@ -898,21 +913,13 @@ where
         parts.extensions.insert(GateMark {
             operation: operation.clone(),
             checked: Arc::clone(&checked),
+            instance: Arc::clone(&admitted.0),
         });
         // Read only if the method never consults the gate: the three values, not the map.
         let correlation = (
-            parts
-                .headers
-                .get(tether_protocol::REQUEST_ID_METADATA)
-                .cloned(),
-            parts
-                .headers
-                .get(tether_protocol::GRPC_TIMEOUT_METADATA)
-                .cloned(),
-            parts
-                .headers
-                .get(tether_protocol::TRACEPARENT_METADATA)
-                .cloned(),
+            parts.headers.get(&REQUEST_ID).cloned(),
+            parts.headers.get(&GRPC_TIMEOUT).cloned(),
+            parts.headers.get(&TRACEPARENT).cloned(),
         );
         let request = http::Request::from_parts(parts, Body::new(Watched { inner: body, end }));
         let call = self.inner.call(request);

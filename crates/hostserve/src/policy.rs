@@ -132,16 +132,22 @@ impl Grant {
         }
     }
 
-    fn describe(&self) -> String {
-        let mut text = format!("`{}`", self.capability);
+    /// Why a call this grant covers is allowed, as its audit record says: built in one
+    /// string, since it is built on every allowed call.
+    fn reason(&self) -> String {
+        use std::fmt::Write as _;
+        let mut text = String::with_capacity(64);
+        // Writing into a String cannot fail.
+        let _ = write!(text, "granted by `{}`", self.capability);
         if let Some(expires) = self.expires {
-            text.push_str(&format!(
+            let _ = write!(
+                text,
                 " (until {})",
                 humantime::format_rfc3339_seconds(expires)
-            ));
+            );
         }
         if let Some(uses) = &self.uses {
-            text.push_str(&format!(" ({} use(s) left)", uses.load(Ordering::Relaxed)));
+            let _ = write!(text, " ({} use(s) left)", uses.load(Ordering::Relaxed));
         }
         text
     }
@@ -777,7 +783,7 @@ impl Policy {
                     Ok(()) => {
                         return Ruling::Allow {
                             capability: Some(grant.capability.as_str().to_owned()),
-                            reason: format!("granted by {}", grant.describe()),
+                            reason: grant.reason(),
                             decided_by: Decider::Policy,
                             workspace: entry.and_then(|e| e.workspace.clone()),
                         };
