@@ -1,6 +1,7 @@
 //! `cargo xtask bench`: builds `tether-bench` in release mode, and go-plugin's side (the
 //! `gobench` fixture with the Go plugins, against go-plugin 1.8.0, the newest release of
-//! the interop matrix) when Go is installed, then measures and writes
+//! the interop matrix, and against 1.0.1, the oldest) when Go is installed, then measures
+//! and writes
 //! `docs/benchmarks.md` and `docs/benchmarks.json`. Extra arguments go to `tether-bench`
 //! (`-- --help`).
 
@@ -31,21 +32,19 @@ pub(crate) fn run(extra: &[&str]) -> Result<()> {
     ];
     match go::missing() {
         None => {
-            let bin = target.join("go").join(go::BENCH_RELEASE);
-            run_step(
-                &format!(
-                    "building go-plugin's side (Go modules, tests/go/versions/{})",
-                    go::BENCH_RELEASE
-                ),
-                &mut go::build(
-                    go::BENCH_RELEASE,
-                    &GO_PROGRAMS,
-                    &bin,
-                    &target.join("go/cache"),
-                ),
-            )?;
-            args.push("--go-bin".into());
-            args.push(bin.display().to_string());
+            for release in go::BENCH_RELEASES {
+                let bin = target.join("go").join(release);
+                run_step(
+                    &format!("building go-plugin's side (Go modules, tests/go/versions/{release})"),
+                    &mut go::build(release, &GO_PROGRAMS, &bin, &target.join("go/cache")),
+                )?;
+                args.push("--go".into());
+                args.push(format!(
+                    "{}={}",
+                    go::release_version(release),
+                    bin.display()
+                ));
+            }
         }
         Some(why) => println!(
             "==> {why}: the go-plugin rows will say so ({})",

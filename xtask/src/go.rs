@@ -10,8 +10,29 @@ use std::process::Command;
 use crate::project_root;
 use crate::proto::on_path;
 
-/// The go-plugin release the benchmark measures: the newest of the matrix.
-pub(crate) const BENCH_RELEASE: &str = "v1_8_0";
+/// The go-plugin releases the benchmark measures: the newest of the matrix first (ratios
+/// are taken to it), then the oldest.
+pub(crate) const BENCH_RELEASES: [&str; 2] = ["v1_8_0", "v1_0_1"];
+
+/// The go-plugin version `tests/go/versions/<release>/go.mod` requires (`v1.8.0`), or the
+/// directory's name if it cannot be read.
+pub(crate) fn release_version(release: &str) -> String {
+    let go_mod = project_root()
+        .join("tests/go/versions")
+        .join(release)
+        .join("go.mod");
+    std::fs::read_to_string(go_mod)
+        .ok()
+        .and_then(|text| {
+            text.lines().find_map(|line| {
+                line.trim()
+                    .strip_prefix("github.com/hashicorp/go-plugin ")
+                    .and_then(|rest| rest.split_whitespace().next())
+                    .map(str::to_owned)
+            })
+        })
+        .unwrap_or_else(|| release.to_owned())
+}
 
 /// The Go version the modules need: the `go` line of `tests/go/fixtures/go.mod`.
 pub(crate) fn needed() -> String {

@@ -1,6 +1,6 @@
 //! go-plugin's side: the `gobench` fixture (tests/go/fixtures/gobench), built by
-//! `cargo xtask bench` against go-plugin 1.8.0 (tests/go/versions/v1_8_0) when Go is
-//! installed.
+//! `cargo xtask bench` against the newest go-plugin release of the interop matrix and
+//! against 1.0.1 (tests/go/versions/<release>) when Go is installed.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -20,6 +20,18 @@ pub(crate) enum Go {
 #[derive(Deserialize)]
 struct Output {
     nanos: Vec<u64>,
+}
+
+/// `RELEASE=DIR` of `--go`.
+pub(crate) fn parse_release(text: &str) -> Result<(String, PathBuf), String> {
+    match text.split_once('=') {
+        Some((release, dir)) if !release.is_empty() && !dir.is_empty() => {
+            Ok((release.to_owned(), PathBuf::from(dir)))
+        }
+        _ => Err(format!(
+            "`{text}` is not RELEASE=DIR (for example v1.8.0=target/go/v1_8_0)"
+        )),
+    }
 }
 
 impl Go {

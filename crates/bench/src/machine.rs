@@ -13,7 +13,6 @@ pub(crate) struct Machine {
     pub(crate) kernel: String,
     pub(crate) rustc: String,
     pub(crate) go: String,
-    pub(crate) go_plugin: String,
 }
 
 fn command(program: &str, args: &[&str]) -> Option<String> {
@@ -48,18 +47,6 @@ impl Machine {
                 .map_or_else(|_| "unknown".to_owned(), |k| k.trim().to_owned()),
             rustc: command("rustc", &["--version"]).unwrap_or_else(|| "unknown".to_owned()),
             go: command("go", &["version"]).unwrap_or_else(|| "not installed".to_owned()),
-            // The release `cargo xtask bench` builds gobench against (run from the root).
-            go_plugin: std::fs::read_to_string("tests/go/versions/v1_8_0/go.mod")
-                .ok()
-                .and_then(|text| {
-                    text.lines().find_map(|line| {
-                        line.trim()
-                            .strip_prefix("github.com/hashicorp/go-plugin ")
-                            .and_then(|rest| rest.split_whitespace().next())
-                            .map(|version| format!("{version} (Go module)"))
-                    })
-                })
-                .unwrap_or_else(|| "unknown".to_owned()),
         }
     }
 }

@@ -58,19 +58,22 @@ struct Args {
     /// Bytes written and read through host services.
     #[arg(long, default_value_t = 1 << 30)]
     bytes: u64,
-    /// Plugins started at once.
-    #[arg(long, default_value_t = 200)]
-    plugins: usize,
+    /// Plugins started at once: each count is a run of its own (the cost per plugin of the
+    /// larger counts is compared with the smallest's).
+    #[arg(long, value_delimiter = ',', default_values_t = [200, 2_000])]
+    plugins: Vec<usize>,
     /// Plugins making host-service calls at once for the aggregate figure.
     #[arg(long, default_value_t = 8)]
     load_plugins: usize,
     /// How long the aggregate load runs, in milliseconds.
     #[arg(long, default_value_t = 3_000)]
     load_millis: u64,
-    /// The directory of the Go programs (gobench, kvplugin, counterplugin); without it the
+    /// A go-plugin release to measure beside tether: `RELEASE=DIR`, DIR holding gobench,
+    /// kvplugin and counterplugin built against it (`v1.8.0=target/go/v1_8_0`). Give it
+    /// once per release, the newest first: ratios are taken to the first. Without it the
     /// go-plugin figures are skipped.
-    #[arg(long, value_name = "DIR")]
-    go_bin: Option<PathBuf>,
+    #[arg(long = "go", value_name = "RELEASE=DIR", value_parser = go::parse_release)]
+    go: Vec<(String, PathBuf)>,
     #[command(subcommand)]
     internal: Option<Internal>,
 }
@@ -99,6 +102,11 @@ enum Internal {
         /// Which direction (both by default).
         #[arg(long, value_enum)]
         only: Option<Direction>,
+    },
+    /// Only the many-plugins start: `count` plugins at once; prints the figures as JSON.
+    Many {
+        #[arg(long, default_value_t = 200)]
+        count: usize,
     },
 }
 
@@ -130,6 +138,14 @@ fn main() -> ExitCode {
         Some(Internal::TransferHost { bytes }) => {
             runtime().and_then(|rt| rt.block_on(runs::transfer_host(*bytes)))
         }
+        Some(Internal::Many { count }) => runtime().and_then(|rt| {
+            rt.block_on(async {
+                raise_fd_limit();
+                let many = runs::many(&runs::plugin_program()?, *count).await?;
+                println!("{}", serde_json::to_string(&many)?);
+                Ok(())
+            })
+        }),
         Some(Internal::Profile { calls, only }) => {
             runtime().and_then(|rt| rt.block_on(profile(*calls, *only)))
         }
@@ -221,8 +237,17 @@ fn floor_now(calls: usize) -> Result<Latency> {
 async fn run(args: &Args) -> Result<()> {
     raise_fd_limit();
     let program = runs::plugin_program()?;
-    let go = Go::new(args.go_bin.as_deref());
-    let go_built = matches!(go, Go::Built(_));
+    let releases: Vec<(String, Go)> = match args.go.is_empty() {
+        true => vec![(
+            "go-plugin".to_owned(),
+            Go::Skipped("skipped: no Go toolchain".to_owned()),
+        )],
+        false => args
+            .go
+            .iter()
+            .map(|(release, dir)| (release.clone(), Go::new(Some(dir))))
+            .collect(),
+    };
     let machine = machine::Machine::describe();
     println!(
         "tether-bench on {} ({} cores), {}",
@@ -247,8 +272,10 @@ async fn run(args: &Args) -> Result<()> {
             host_call: Paired::default(),
         })
         .collect();
-    let (mut go_ping, mut go_callback, mut go_cold_start) =
-        (Series::default(), Series::default(), Series::default());
+    let mut go_figures: Vec<GoFigures> = releases
+        .iter()
+        .map(|(release, go)| GoFigures::new(release, go))
+        .collect();
     for r in 1..=repeats {
         let of = format!("repetition {r}/{repeats}");
         step(&format!(
@@ -268,9 +295,13 @@ async fn run(args: &Args) -> Result<()> {
         health.figure.push(latency("health", h)?);
         ping.floor.push(now);
         ping.figure.push(latency("ping", p)?);
-        if go_built {
-            step(&format!("{of}: go-plugin health checks ({calls} calls)"));
-            go_ping.push(latency("go ping", go.run("ping", "kvplugin", calls)?)?);
+        for ((release, go), figures) in releases.iter().zip(&mut go_figures) {
+            if let (Go::Built(_), Some(series)) = (go, &mut figures.ping) {
+                step(&format!(
+                    "{of}: go-plugin {release} health checks ({calls} calls)"
+                ));
+                series.push(latency("go ping", go.run("ping", "kvplugin", calls)?)?);
+            }
         }
 
         step(&format!(
@@ -290,14 +321,16 @@ async fn run(args: &Args) -> Result<()> {
             "host calls",
             runs::host_calls(&program, calls, Wire::Plain, Sandbox::best_effort()).await?,
         )?);
-        if go_built {
-            step(&format!(
-                "{of}: go-plugin callbacks through its broker ({calls} calls)"
-            ));
-            go_callback.push(latency(
-                "go callback",
-                go.run("callback", "counterplugin", calls)?,
-            )?);
+        for ((release, go), figures) in releases.iter().zip(&mut go_figures) {
+            if let (Go::Built(_), Some(series)) = (go, &mut figures.callback) {
+                step(&format!(
+                    "{of}: go-plugin {release} callbacks through its broker ({calls} calls)"
+                ));
+                series.push(latency(
+                    "go callback",
+                    go.run("callback", "counterplugin", calls)?,
+                )?);
+            }
         }
 
         for (wire, figures) in Wire::OPT_IN.iter().zip(&mut wires) {
@@ -337,12 +370,14 @@ async fn run(args: &Args) -> Result<()> {
             "cold start",
             runs::cold_start(&program, starts, &Sandbox::off()).await?,
         )?);
-        if go_built {
-            step(&format!("{of}: go-plugin cold starts ({starts})"));
-            go_cold_start.push(latency(
-                "go cold start",
-                go.run("coldstart", "kvplugin", starts)?,
-            )?);
+        for ((release, go), figures) in releases.iter().zip(&mut go_figures) {
+            if let (Go::Built(_), Some(series)) = (go, &mut figures.cold_start) {
+                step(&format!("{of}: go-plugin {release} cold starts ({starts})"));
+                series.push(latency(
+                    "go cold start",
+                    go.run("coldstart", "kvplugin", starts)?,
+                )?);
+            }
         }
     }
 
@@ -354,8 +389,10 @@ async fn run(args: &Args) -> Result<()> {
             args.bytes
         ));
         transfer.push(runs::transfer(args.bytes)?);
-        step(&format!("{of}: {} plugins at once", args.plugins));
-        many.push(runs::many(&program, args.plugins).await?);
+        for count in &args.plugins {
+            step(&format!("{of}: {count} plugins at once"));
+            many.push(runs::many(&program, *count).await?);
+        }
         step(&format!(
             "{of}: aggregate host-service calls: {} plugins for {} ms",
             args.load_plugins, args.load_millis
@@ -363,23 +400,14 @@ async fn run(args: &Args) -> Result<()> {
         load.push(runs::load(&program, args.load_plugins, args.load_millis).await?);
     }
 
-    let go = match &go {
-        Go::Built(_) => GoFigures {
-            status: "measured".to_owned(),
-            cold_start: Some(go_cold_start),
-            ping: Some(go_ping),
-            callback: Some(go_callback),
-        },
-        Go::Skipped(why) => {
-            step(&format!("go-plugin: {why}"));
-            GoFigures {
-                status: why.clone(),
-                cold_start: None,
-                ping: None,
-                callback: None,
-            }
+    for figures in &go_figures {
+        if figures.ping.is_none() {
+            step(&format!(
+                "go-plugin {}: {}",
+                figures.release, figures.status
+            ));
         }
-    };
+    }
 
     let figures = Figures {
         machine,
@@ -388,7 +416,7 @@ async fn run(args: &Args) -> Result<()> {
             calls: args.calls,
             starts: args.starts,
             bytes: args.bytes,
-            plugins: args.plugins,
+            plugins: args.plugins.clone(),
             load_plugins: args.load_plugins,
             load_millis: args.load_millis,
         },
@@ -406,7 +434,7 @@ async fn run(args: &Args) -> Result<()> {
         transfer,
         many,
         load,
-        go,
+        go: go_figures,
     };
     report::write(&args.out, &figures)?;
     println!();

@@ -242,6 +242,9 @@ pub(crate) struct Transfer {
     pub(crate) disk_write_sync_seconds: f64,
     /// The same, without the fsync.
     pub(crate) disk_write_seconds: f64,
+    /// Reading that file back with `std::fs` in 1 MiB blocks, right after writing it (from
+    /// the page cache, as ReadFile reads the file it just wrote).
+    pub(crate) disk_read_seconds: f64,
     pub(crate) host_peak_rss_kib: u64,
     pub(crate) plugin_peak_rss_kib: u64,
 }
@@ -269,7 +272,7 @@ pub(crate) fn transfer(bytes: u64) -> Result<Transfer> {
 /// host services, and prints the figures as JSON.
 pub(crate) async fn transfer_host(bytes: u64) -> Result<()> {
     let program = plugin_program()?;
-    let (disk_write_sync_seconds, disk_write_seconds) = disk_floor(bytes)?;
+    let (disk_write_sync_seconds, disk_write_seconds, disk_read_seconds) = disk_floor(bytes)?;
     let mut durable = (0.0, 0.0, 0);
     let mut unsynced = 0.0;
     for durable_writes in [true, false] {
@@ -314,6 +317,7 @@ pub(crate) async fn transfer_host(bytes: u64) -> Result<()> {
         read_seconds: durable.1,
         disk_write_sync_seconds,
         disk_write_seconds,
+        disk_read_seconds,
         host_peak_rss_kib: status_kib("self", "VmHWM:")?,
         plugin_peak_rss_kib: durable.2,
     };
@@ -322,16 +326,17 @@ pub(crate) async fn transfer_host(bytes: u64) -> Result<()> {
 }
 
 /// Writes `bytes` to a file in 1 MiB blocks with `std::fs`: seconds with a final fsync,
-/// and seconds without; the best of three runs each, since a floor is the best the disk
-/// does (its fsync time swings with the writeback already under way).
-fn disk_floor(bytes: u64) -> Result<(f64, f64)> {
-    use std::io::Write;
+/// and seconds without, then seconds to read the file back; the best of three runs each,
+/// since a floor is the best the disk does (its fsync time swings with the writeback
+/// already under way).
+fn disk_floor(bytes: u64) -> Result<(f64, f64, f64)> {
+    use std::io::{Read, Write};
     let dir = tempfile::Builder::new()
         .prefix("tether-bench-disk-")
         .tempdir()
         .context("a directory for the disk floor")?;
-    let block = vec![0x5a_u8; 1 << 20];
-    let mut best = [f64::INFINITY; 2];
+    let mut block = vec![0x5a_u8; 1 << 20];
+    let mut best = [f64::INFINITY; 3];
     for _ in 0..3 {
         for (i, sync) in [true, false].into_iter().enumerate() {
             let path = dir.path().join(format!("floor-{i}.bin"));
@@ -348,10 +353,24 @@ fn disk_floor(bytes: u64) -> Result<(f64, f64)> {
             }
             best[i] = best[i].min(began.elapsed().as_secs_f64());
             drop(file);
+            if !sync {
+                let began = Instant::now();
+                let mut file = std::fs::File::open(&path).context("the disk floor's file")?;
+                let mut read = 0_u64;
+                loop {
+                    let n = file.read(&mut block)?;
+                    if n == 0 {
+                        break;
+                    }
+                    read += n as u64;
+                }
+                ensure!(read == bytes, "read {read} of {bytes} bytes back");
+                best[2] = best[2].min(began.elapsed().as_secs_f64());
+            }
             std::fs::remove_file(&path)?;
         }
     }
-    Ok((best[0], best[1]))
+    Ok((best[0], best[1], best[2]))
 }
 
 /// The floor of a cold start: starting `/bin/true` and waiting for it, `starts` times.

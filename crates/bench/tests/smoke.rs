@@ -15,7 +15,7 @@ fn the_harness_runs_every_measurement_and_writes_both_files() {
         .args(["--bytes", "1048576"])
         .args([
             "--plugins",
-            "4",
+            "2,4",
             "--load-plugins",
             "2",
             "--load-millis",
@@ -37,14 +37,17 @@ fn the_harness_runs_every_measurement_and_writes_both_files() {
     let markdown = std::fs::read_to_string(out.path().join("benchmarks.md")).expect("markdown");
     for figure in [
         "host -> plugin unary call (health) p50",
-        "plugin -> host service call (GetEnv, reused connection) p50",
+        "plugin -> host service call (GetEnv, audited, reused connection) p50",
         "cold start (spawn to first call, sandboxed) p50",
         "sandboxing overhead on cold start p50",
         "WriteFile of",
         "ReadFile of",
-        "4 plugins started at once, answering health",
+        "2 plugins started at once, each answering health",
+        "4 plugins started at once, each answering health",
+        "the cost per plugin of 2",
+        "low-latency lane between tether peers p50 | not built",
         "resident memory per idle plugin (PSS mean",
-        "aggregate host-service calls across 2 plugins",
+        "aggregate audited host-service calls across 2 plugins",
         "floor with tokio's current-thread runtime on both sides p50",
         "measured 2 times in this run",
         "## Analysis",
@@ -55,7 +58,7 @@ fn the_harness_runs_every_measurement_and_writes_both_files() {
         markdown.contains("4/4 in"),
         "every plugin answered:\n{markdown}"
     );
-    // Without --go-bin the go-plugin rows say why they are empty.
+    // Without --go the go-plugin rows say why they are empty.
     assert!(markdown.contains("skipped: no Go toolchain"), "{markdown}");
 
     let json: serde_json::Value = serde_json::from_str(
@@ -83,11 +86,14 @@ fn the_harness_runs_every_measurement_and_writes_both_files() {
             "{series}"
         );
     }
-    for list in ["transfer", "many", "load"] {
+    for list in ["transfer", "load"] {
         assert_eq!(figures[list].as_array().map(Vec::len), Some(2), "{list}");
     }
-    assert_eq!(figures["transfer"][0]["bytes"], 1_048_576);
+    // Two counts of plugins at once, each in both repetitions.
+    assert_eq!(figures["many"].as_array().map(Vec::len), Some(4));
     assert_eq!(figures["many"][1]["healthy"], 4);
+    assert_eq!(figures["transfer"][0]["bytes"], 1_048_576);
+    assert!(figures["transfer"][0]["disk_read_seconds"].as_f64() > Some(0.0));
     let rows = json["rows"].as_array().expect("rows");
     assert_eq!(
         rows.len(),
@@ -97,4 +103,19 @@ fn the_harness_runs_every_measurement_and_writes_both_files() {
             .count()
     );
     assert!(Path::new(&out.path().join("benchmarks.md")).is_file());
+}
+
+#[test]
+fn a_go_release_that_is_not_release_equals_dir_is_refused_with_an_example() {
+    #[allow(clippy::disallowed_methods, reason = "runs the benchmark harness")]
+    let output = Command::new(env!("CARGO_BIN_EXE_tether-bench"))
+        .args(["--go", "target/go/v1_8_0"])
+        .output()
+        .expect("tether-bench runs");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("is not RELEASE=DIR (for example v1.8.0=target/go/v1_8_0)"),
+        "{stderr}"
+    );
 }
