@@ -504,3 +504,79 @@ async fn another_sandboxed_plugin_cannot_call_or_stop_a_plugin_and_the_attempt_i
     let exit = victim.shutdown().await.unwrap();
     assert!(exit.status.success(), "{exit:?}");
 }
+
+/// A descriptor the host holds without close-on-exec (as any library may leave one) stays
+/// in the host: the child takes a descriptor table of its own with only what it is given,
+/// even unconfined, where no sandbox layer closes anything.
+#[tokio::test]
+async fn a_descriptor_the_host_leaks_reaches_no_plugin_even_an_unconfined_one() {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::File::open("/dev/null").expect("fixture setup");
+    // SAFETY: getrlimit writes the struct it is given.
+    let soft = unsafe {
+        let mut limit: libc::rlimit = std::mem::zeroed();
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+        limit.rlim_cur
+    };
+    // High, as in a host that holds many plugins' descriptors.
+    let at = libc::c_int::try_from(soft.saturating_sub(16).min(4000)).expect("a small number");
+    // SAFETY: duplicates an open descriptor; F_DUPFD (not F_DUPFD_CLOEXEC) leaves the copy
+    // inheritable across exec. Closed below.
+    let leaked = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_DUPFD, at) };
+    assert!(
+        leaked >= at,
+        "fixture setup: {}",
+        std::io::Error::last_os_error()
+    );
+    let started = hostile("leak-unconfined", Sandbox::off()).start().await;
+    let fds = match &started {
+        Ok(plugin) => Some(attempt(plugin, "fds", "").await),
+        Err(_) => None,
+    };
+    // SAFETY: the descriptor duplicated above, closed once.
+    unsafe { libc::close(leaked) };
+    let plugin = started.expect("the plugin starts unconfined");
+    let fds = fds.expect("the plugin answered");
+    assert!(
+        !fds.names.contains(&leaked.to_string()),
+        "the host's descriptor {leaked} reached the plugin: it holds {:?}",
+        fds.names
+    );
+    for stdio in ["0", "1", "2"] {
+        assert!(
+            fds.names.iter().any(|name| name == stdio),
+            "{:?}",
+            fds.names
+        );
+    }
+    plugin.shutdown().await.expect("it stops");
+}
+
+/// A program that exists and is executable but cannot be executed (its interpreter is
+/// missing) is refused with the step that failed, and leaves no process behind.
+#[tokio::test]
+async fn a_program_the_kernel_cannot_execute_is_refused_with_the_step_that_failed() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("fixture setup");
+    let script = dir.path().join("no-interpreter");
+    std::fs::write(&script, "#!/nonexistent/tether-interpreter\n").expect("fixture setup");
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))
+        .expect("fixture setup");
+    let err = PluginClient::builder("no-interpreter", &script)
+        .handshake(HANDSHAKE)
+        .sandbox(Sandbox::off())
+        .start()
+        .await
+        .expect_err("nothing can be executed");
+    let Error::Spawn { source, .. } = &err else {
+        panic!("expected a spawn error, got {err}");
+    };
+    assert_eq!(source.kind(), std::io::ErrorKind::NotFound, "{err}");
+    let message = err.to_string();
+    assert!(
+        message.contains("executing the program")
+            && message.contains("no-interpreter")
+            && message.contains("check the path and that it is executable"),
+        "{message}"
+    );
+}

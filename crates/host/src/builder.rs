@@ -1,12 +1,11 @@
 //! [`PluginBuilder`]: what to start, and the start sequence ([`PluginBuilder::start`]):
 //! sandbox, spawn, handshake, connection, broker and stdio streams, health.
 
-use std::ffi::OsString;
+use std::collections::BTreeMap;
+use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::os::fd::AsFd;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -487,48 +486,54 @@ impl PluginBuilder {
             })?),
             false => None,
         };
-        let mut command = match &verified {
-            // The child inherits the descriptor (close-on-exec: it closes only once the
-            // kernel has opened the file through it) and keeps the usual argv[0].
-            Some(file) => {
-                let mut command = std::process::Command::new(verify::exec_path(file));
-                command.arg0(&program);
-                command
-            }
-            None => std::process::Command::new(&program),
+        // The plugin's environment: nothing of the host's, then (later values win) what
+        // the host set, and what go-plugin's protocol passes.
+        let mut environment: BTreeMap<OsString, OsString> = self.env.iter().cloned().collect();
+        let mut set = |key: &str, value: &OsStr| {
+            environment.insert(key.into(), value.to_owned());
         };
-        command
-            .args(&self.args)
-            .env_clear()
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .env(
-                self.handshake.magic_cookie_key.as_ref(),
-                self.handshake.magic_cookie_value.as_ref(),
-            )
-            .env(env::PROTOCOL_VERSIONS, format_versions(&self.versions))
-            .env(env::UNIX_SOCKET_DIR, socket_dir.path())
-            .env(env::TMPDIR, socket_dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        set(
+            self.handshake.magic_cookie_key.as_ref(),
+            OsStr::new(self.handshake.magic_cookie_value.as_ref()),
+        );
+        set(
+            env::PROTOCOL_VERSIONS,
+            OsStr::new(&format_versions(&self.versions)),
+        );
+        set(env::UNIX_SOCKET_DIR, socket_dir.path().as_os_str());
+        set(env::TMPDIR, socket_dir.path().as_os_str());
         if let Some(identity) = &identity {
-            command.env(env::CLIENT_CERT, identity.certificate_pem());
+            set(env::CLIENT_CERT, OsStr::new(identity.certificate_pem()));
         }
         if self.multiplex {
-            command.env(env::MULTIPLEX_GRPC, "true");
+            set(env::MULTIPLEX_GRPC, OsStr::new("true"));
         }
         if let Some(group) = &self.socket_group {
-            command.env(env::UNIX_SOCKET_GROUP, group);
+            set(env::UNIX_SOCKET_GROUP, OsStr::new(group));
         }
+        if let Some(data_dir) = &data_dir {
+            set(env::DATA_DIR, data_dir.path().as_os_str());
+        }
+        let exec = spawn::Exec {
+            // The verified binary is executed through its open descriptor (inherited, and
+            // close-on-exec: it closes only once the kernel has opened the file through
+            // it), keeping the usual argv[0].
+            program: match &verified {
+                Some(file) => spawn::Program::Verified(
+                    file.try_clone()
+                        .map_err(|err| internal(&format!("the verified binary: {err}")))?,
+                ),
+                None => spawn::Program::Path(program.clone()),
+            },
+            arg0: program.clone().into_os_string(),
+            args: self.args.clone(),
+            env: environment,
+            cwd: data_dir.as_ref().map(|dir| dir.path().to_owned()),
+        };
         // With a socket group the plugin's sockets are born group-writable (the sandbox
         // forbids it changing file modes and owners) in a set-group-id directory.
         let umask = socket_gid.map(|_| 0o007);
-        if let Some(data_dir) = &data_dir {
-            command
-                .current_dir(data_dir.path())
-                .env(env::DATA_DIR, data_dir.path());
-        }
-        let mut child = spawn::spawn(command, sandbox, umask)
+        let spawned = spawn::spawn(exec, sandbox, umask)
             .await
             .map_err(|source| Error::Spawn {
                 plugin: name.clone(),
@@ -536,20 +541,14 @@ impl PluginBuilder {
                 source,
             })?;
         drop(verified);
-        let pid = child.id();
-        // The process is watched and reaped through its `Group`; the std handle only hands
-        // over the pipes (dropping it neither waits nor kills).
-        let stdout = child
-            .stdout
-            .take()
-            .and_then(|pipe| tokio::process::ChildStdout::from_std(pipe).ok())
-            .ok_or_else(|| internal("no stdout pipe"))?;
-        let stderr = child
-            .stderr
-            .take()
-            .and_then(|pipe| tokio::process::ChildStderr::from_std(pipe).ok())
-            .ok_or_else(|| internal("no stderr pipe"))?;
-        drop(child);
+        let pid = spawned.pid;
+        // The process is watched and reaped through its `Group`.
+        let stdout =
+            tokio::process::ChildStdout::from_std(std::process::ChildStdout::from(spawned.stdout))
+                .map_err(|err| internal(&format!("the stdout pipe: {err}")))?;
+        let stderr =
+            tokio::process::ChildStderr::from_std(std::process::ChildStderr::from(spawned.stderr))
+                .map_err(|err| internal(&format!("the stderr pipe: {err}")))?;
 
         let dir = socket_dir.path().to_owned();
         let files_confined = sandbox_status.is_enforced(Layer::LandlockFilesystem)

@@ -12,7 +12,7 @@ use tether_protocol::HandshakeParseError;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The plugin's executable could not be started.
-    #[error("could not start plugin `{plugin}` from {}: {source} (check the path and that it is executable)", program.display())]
+    #[error("could not start plugin `{plugin}` from {}: {source}{}", program.display(), spawn_hint(source))]
     Spawn {
         /// The plugin's name.
         plugin: String,
@@ -343,5 +343,22 @@ fn tail_suffix(tail: &str) -> String {
         "; it wrote nothing on stderr".to_owned()
     } else {
         format!("; the end of its stderr:\n{tail}")
+    }
+}
+
+/// What to do about a plugin that could not be started, where the error says.
+fn spawn_hint(source: &io::Error) -> &'static str {
+    match (source.kind(), crate::spawn::ChildFailed::errno(source)) {
+        (io::ErrorKind::NotFound | io::ErrorKind::PermissionDenied, _) => {
+            " (check the path and that it is executable)"
+        }
+        (_, Some(libc::EMFILE | libc::ENFILE)) => {
+            " (out of file descriptors: raise the host's limit, `ulimit -n`, or run fewer \
+             plugins at once)"
+        }
+        (_, Some(libc::EAGAIN)) => {
+            " (out of processes or threads: see `ulimit -u` and /proc/sys/kernel/threads-max)"
+        }
+        _ => "",
     }
 }

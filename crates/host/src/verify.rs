@@ -5,7 +5,7 @@
 
 use std::fmt;
 use std::io::{self, Read};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::str::FromStr;
 
@@ -196,12 +196,6 @@ pub(crate) fn open_verified(program: &Path, expected: &Sha256) -> Result<OwnedFd
         });
     }
     Ok(file)
-}
-
-/// The path that executes the open file `file` in the child, which inherits the descriptor
-/// across fork (it closes only at exec, after the kernel has opened the file through it).
-pub(crate) fn exec_path(file: &OwnedFd) -> String {
-    format!("/proc/self/fd/{}", file.as_raw_fd())
 }
 
 #[cfg(test)]

@@ -3,10 +3,9 @@
 
 use std::fmt;
 use std::io;
-use std::os::fd::BorrowedFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::Path;
 
-use landlock::RulesetCreated;
 use rustix::process::{Resource, Rlimit};
 use seccompiler::BpfProgram;
 
@@ -18,7 +17,8 @@ use crate::{
 pub struct Prepared {
     rlimits: Vec<(Resource, Rlimit)>,
     close_fds: bool,
-    ruleset: Option<RulesetCreated>,
+    /// The Landlock ruleset, enforced with `landlock_restrict_self` (no logging flags).
+    ruleset: Option<OwnedFd>,
     filters: Vec<BpfProgram>,
     status: SandboxStatus,
 }
@@ -129,7 +129,7 @@ fn prepare_program(
             Layer::LandlockFilesystem,
             format!("ABI {abi}; {paths} paths readable, sockets in its own directory{data}"),
         )?;
-        Some(ruleset)
+        Option::<OwnedFd>::from(ruleset)
     } else {
         report_kernel(Layer::LandlockFilesystem, String::new())?;
         None
@@ -171,9 +171,27 @@ impl Prepared {
         &self.status
     }
 
-    /// Confines the calling process. Runs between fork and exec: raw system calls only on
-    /// state built by [`prepare`]; no allocation, no lock.
-    pub fn apply(&mut self) -> io::Result<()> {
+    /// The Landlock ruleset the child restricts itself with, if there is one: for a
+    /// spawner that gives the child a descriptor table of its own, which must put a copy
+    /// of it there and apply with [`Prepared::apply_with_ruleset_at`].
+    pub fn ruleset(&self) -> Option<BorrowedFd<'_>> {
+        self.ruleset.as_ref().map(AsFd::as_fd)
+    }
+
+    /// Confines the calling process. Runs between fork (or vfork) and exec: raw system
+    /// calls only on state built by [`prepare`]; no allocation, no lock, and nothing of
+    /// that state changed (a vfork child shares the host's memory).
+    pub fn apply(&self) -> io::Result<()> {
+        self.confine(self.ruleset.as_ref().map(AsRawFd::as_raw_fd))
+    }
+
+    /// [`Prepared::apply`], with the ruleset (see [`Prepared::ruleset`]) found at `fd` in
+    /// the calling process's descriptor table. Ignored if there is no ruleset.
+    pub fn apply_with_ruleset_at(&self, fd: RawFd) -> io::Result<()> {
+        self.confine(self.ruleset.as_ref().map(|_| fd))
+    }
+
+    fn confine(&self, ruleset: Option<RawFd>) -> io::Result<()> {
         let os = |errno: rustix::io::Errno| io::Error::from_raw_os_error(errno.raw_os_error());
         for (resource, limit) in &self.rlimits {
             rustix::process::setrlimit(*resource, *limit).map_err(os)?;
@@ -192,10 +210,17 @@ impl Prepared {
                 return Err(io::Error::last_os_error());
             }
         }
-        if let Some(ruleset) = self.ruleset.take() {
-            ruleset
-                .restrict_self()
-                .map_err(|_| io::Error::from_raw_os_error(libc::EPERM))?;
+        if let Some(fd) = ruleset {
+            // What the landlock crate's `restrict_self` does on a kernel that supports
+            // the ruleset (it was created): no new privileges, then the restriction.
+            // SAFETY: prctl and landlock_restrict_self on this process only.
+            unsafe {
+                if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+                    || libc::syscall(libc::SYS_landlock_restrict_self, fd, 0) != 0
+                {
+                    return Err(io::Error::last_os_error());
+                }
+            }
         }
         for filter in &self.filters {
             seccompiler::apply_filter(filter)

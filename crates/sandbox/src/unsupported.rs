@@ -28,8 +28,18 @@ impl Prepared {
         &self.status
     }
 
+    /// None here.
+    pub fn ruleset(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        None
+    }
+
     /// Does nothing: there is nothing to apply.
-    pub fn apply(&mut self) -> io::Result<()> {
+    pub fn apply(&self) -> io::Result<()> {
+        Ok(())
+    }
+
+    /// Does nothing: there is nothing to apply.
+    pub fn apply_with_ruleset_at(&self, _fd: i32) -> io::Result<()> {
         Ok(())
     }
 }
@@ -100,10 +110,12 @@ mod tests {
         let err = prepare(&Sandbox::strict(), dir, dir, None).unwrap_err();
         assert!(err.reason.contains("unsupported"), "{err}");
         for sandbox in [Sandbox::best_effort(), Sandbox::off()] {
-            let mut prepared = prepare(&sandbox, dir, dir, None).unwrap();
+            let prepared = prepare(&sandbox, dir, dir, None).unwrap();
             assert_eq!(prepared.status().layers.len(), Layer::ALL.len());
             assert!(!prepared.status().layers.iter().any(|l| l.enforced));
             prepared.apply().unwrap();
+            assert!(prepared.ruleset().is_none());
+            prepared.apply_with_ruleset_at(-1).unwrap();
         }
         assert!(!probe().is_complete());
     }

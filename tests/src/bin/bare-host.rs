@@ -38,7 +38,7 @@ fn main() -> anyhow::Result<()> {
     let program = tether_sandbox::resolve_program(Path::new(plugin)).context("the plugin")?;
     let sockets = dir.join("sockets");
     std::fs::create_dir(&sockets).context("the socket directory")?;
-    let mut prepared = tether_sandbox::prepare(&sandbox, &program, &sockets, None)
+    let prepared = tether_sandbox::prepare(&sandbox, &program, &sockets, None)
         .context("the plugin's sandbox")?;
     let log = std::fs::File::create(dir.join("plugin.log")).context("the log file")?;
     let mut command = Command::new(&program);
