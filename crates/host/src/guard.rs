@@ -17,7 +17,7 @@ use std::os::fd::AsRawFd;
 use std::sync::{Mutex, OnceLock, PoisonError};
 
 /// The most groups the guard tracks at once; more are not protected (and logged).
-const MAX_GROUPS: usize = 8192;
+const MAX_GROUPS: usize = 32_768;
 
 /// The write end of the pipe to the guard, or why there is no guard.
 fn pipe() -> &'static Result<Mutex<std::fs::File>, String> {
