@@ -24,6 +24,7 @@ mod interop_real;
 mod lifecycle;
 mod metrics;
 mod multiplex;
+mod pool;
 mod sandbox;
 mod socket_group;
 mod supervision;

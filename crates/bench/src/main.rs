@@ -350,8 +350,12 @@ async fn run(args: &Args) -> Result<()> {
     }
 
     let starts = args.starts;
-    let (mut spawn_floor, mut cold_sandboxed, mut cold_unsandboxed) =
-        (Series::default(), Series::default(), Series::default());
+    let (mut spawn_floor, mut cold_sandboxed, mut cold_unsandboxed, mut warm) = (
+        Series::default(),
+        Series::default(),
+        Series::default(),
+        Series::default(),
+    );
     for r in 1..=repeats {
         let of = format!("repetition {r}/{repeats}");
         step(&format!(
@@ -369,6 +373,13 @@ async fn run(args: &Args) -> Result<()> {
         cold_unsandboxed.push(latency(
             "cold start",
             runs::cold_start(&program, starts, &Sandbox::off()).await?,
+        )?);
+        step(&format!(
+            "{of}: warm starts: taking a plugin started ahead from a pool ({starts})"
+        ));
+        warm.push(latency(
+            "warm start",
+            runs::warm_start(&program, starts).await?,
         )?);
         for ((release, go), figures) in releases.iter().zip(&mut go_figures) {
             if let (Go::Built(_), Some(series)) = (go, &mut figures.cold_start) {
@@ -431,6 +442,7 @@ async fn run(args: &Args) -> Result<()> {
         spawn_floor,
         cold_start_sandboxed: cold_sandboxed,
         cold_start_unsandboxed: cold_unsandboxed,
+        warm_start: warm,
         transfer,
         many,
         load,

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use serde::{Deserialize, Serialize};
-use tether_host::{PluginChannel, PluginClient, Sandbox, StdioSink};
+use tether_host::{PluginBuilder, PluginChannel, PluginClient, Pool, Sandbox, StdioSink};
 use tether_hostconn::{HostConnection, Outcome};
 use tether_hostserve::{Audit, HostServices, Limits, Policy};
 use tether_protocol::HandshakeConfig;
@@ -129,17 +129,7 @@ pub(crate) async fn start_over(
     host: Option<&Host>,
     wire: Wire,
 ) -> Result<Running> {
-    let client = PluginClient::builder(name, program)
-        .handshake(HANDSHAKE)
-        .auto_mtls(matches!(wire, Wire::AutoMtls | Wire::MultiplexedAutoMtls))
-        .multiplex(matches!(
-            wire,
-            Wire::Multiplexed | Wire::MultiplexedAutoMtls
-        ))
-        .sandbox(sandbox)
-        .stdio(StdioSink::Discard)
-        // Transfers of any size and loads of any length: no default deadline.
-        .call_timeout(None)
+    let client = builder(program, name, sandbox, wire)
         .start()
         .await
         .with_context(|| format!("starting {name}"))?;
@@ -151,6 +141,21 @@ pub(crate) async fn start_over(
         None => None,
     };
     Ok(Running { client, connection })
+}
+
+/// How every benchmark plugin is started.
+fn builder(program: &Path, name: &str, sandbox: Sandbox, wire: Wire) -> PluginBuilder {
+    PluginClient::builder(name, program)
+        .handshake(HANDSHAKE)
+        .auto_mtls(matches!(wire, Wire::AutoMtls | Wire::MultiplexedAutoMtls))
+        .multiplex(matches!(
+            wire,
+            Wire::Multiplexed | Wire::MultiplexedAutoMtls
+        ))
+        .sandbox(sandbox)
+        .stdio(StdioSink::Discard)
+        // Transfers of any size and loads of any length: no default deadline.
+        .call_timeout(None)
 }
 
 /// Host -> plugin: the health check (go-plugin's Ping) and a 32-byte unary call.
@@ -226,6 +231,40 @@ pub(crate) async fn cold_start(
         }
         plugin.stop().await?;
     }
+    Ok(nanos)
+}
+
+/// Taking a plugin from a [`Pool`] of one, started ahead, to its health check answered
+/// (`take` ends with one), `starts` times; between takes, the pool refills and the plugin
+/// waits a few milliseconds, as a pooled plugin waits for its job (not timed).
+pub(crate) async fn warm_start(program: &Path, starts: usize) -> Result<Vec<u64>> {
+    let owned = program.to_owned();
+    let pool = Pool::start(1, move || {
+        builder(&owned, "bench-warm", Sandbox::best_effort(), Wire::Plain)
+    });
+    let mut nanos = Vec::with_capacity(starts);
+    for i in 0..starts + 1 {
+        let waited = Instant::now();
+        while pool.ready() < 1 {
+            if let Some(why) = pool.last_failure() {
+                bail!("the pool cannot start bench-warm: {why}");
+            }
+            ensure!(
+                waited.elapsed() < Duration::from_secs(60),
+                "the pool did not refill within a minute"
+            );
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+        // A pooled plugin waits for its job: let the refill's own work finish first.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let began = Instant::now();
+        let plugin = pool.take().await.context("taking a pooled plugin")?;
+        if i > 0 {
+            nanos.push(self::nanos(began.elapsed()));
+        }
+        plugin.shutdown().await?;
+    }
+    pool.shutdown().await;
     Ok(nanos)
 }
 

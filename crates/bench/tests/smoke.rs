@@ -39,6 +39,7 @@ fn the_harness_runs_every_measurement_and_writes_both_files() {
         "host -> plugin unary call (health) p50",
         "plugin -> host service call (GetEnv, audited, reused connection) p50",
         "cold start (spawn to first call, sandboxed) p50",
+        "warm start (taken from a Pool, to first call answered, sandboxed) p50",
         "sandboxing overhead on cold start p50",
         "WriteFile of",
         "ReadFile of",
@@ -77,6 +78,7 @@ fn the_harness_runs_every_measurement_and_writes_both_files() {
         &figures["host_call"]["figure"],
         &figures["health"]["floor"],
         &figures["cold_start_sandboxed"],
+        &figures["warm_start"],
     ] {
         let runs = series["runs"].as_array().expect("runs");
         assert_eq!(runs.len(), 2, "{series}");

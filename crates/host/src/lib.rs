@@ -50,7 +50,8 @@
 //!
 //! [`Supervisor`] restarts a plugin by policy with backoff and health checks, and with an
 //! idle timeout stops a plugin nothing is under way with and starts it again on the next
-//! call ([`Supervisor::channel`]).
+//! call ([`Supervisor::channel`]). A [`Pool`] keeps plugins started ahead of need, for
+//! hosts that start one per job: taking one costs a queue pop, not a process start.
 //!
 //! # Attaching to a running plugin
 //!
@@ -76,8 +77,9 @@
 //! `builder` ([`PluginBuilder`] and the start sequence), `handshake` (reading and
 //! checking the handshake line), `process` (a spawned process: its exit watch, stderr and
 //! stdout readers and stdio forwarding; and an attached one), `client` ([`PluginClient`]),
-//! `reattach` ([`ReattachConfig`]), `supervisor` ([`Supervisor`]), `spawn` (forking from
-//! one long-lived thread, process groups, reaping). Sockets (the private directory, the
+//! `reattach` ([`ReattachConfig`]), `supervisor` ([`Supervisor`]), `pool` ([`Pool`]), `spawn`
+//! (starting plugins from one long-lived thread with a vfork-style clone, process groups,
+//! reaping). Sockets (the private directory, the
 //! address check, connecting with peer credentials) are in the `tether-transport` crate;
 //! `transport` is this crate's thin wrapper over it, mapping its errors to [`Error`]. The
 //! sandbox is the `tether-sandbox` crate, the broker `tether-broker`.
@@ -95,6 +97,7 @@ mod lifecycle;
 mod lines;
 mod logs;
 pub mod metric;
+mod pool;
 mod process;
 mod reattach;
 mod spawn;
@@ -108,6 +111,7 @@ pub use channel::PluginChannel;
 pub use client::{DEFAULT_CALL_TIMEOUT, Exit, PluginClient, PluginExit, Stop};
 pub use error::{Error, ExitReport};
 pub use lifecycle::{LifecycleEvent, LifecycleHook, LifecycleKind};
+pub use pool::Pool;
 pub use reattach::{GoAddr, GoReattachConfig, ReattachConfig};
 pub use stdio::StdioSink;
 pub use supervisor::{
