@@ -103,6 +103,14 @@ enum Internal {
         #[arg(long, value_enum)]
         only: Option<Direction>,
     },
+    /// Only cold starts, one after another: the run to profile the start path with.
+    Cold {
+        #[arg(long, default_value_t = 500)]
+        starts: usize,
+        /// Without the sandbox.
+        #[arg(long)]
+        unsandboxed: bool,
+    },
     /// Only the many-plugins start: `count` plugins at once; prints the figures as JSON.
     Many {
         #[arg(long, default_value_t = 200)]
@@ -143,6 +151,20 @@ fn main() -> ExitCode {
                 raise_fd_limit();
                 let many = runs::many(&runs::plugin_program()?, *count).await?;
                 println!("{}", serde_json::to_string(&many)?);
+                Ok(())
+            })
+        }),
+        Some(Internal::Cold {
+            starts,
+            unsandboxed,
+        }) => runtime().and_then(|rt| {
+            rt.block_on(async {
+                let sandbox = match unsandboxed {
+                    true => Sandbox::off(),
+                    false => Sandbox::best_effort(),
+                };
+                let nanos = runs::cold_start(&runs::plugin_program()?, *starts, &sandbox).await?;
+                println!("cold start p50 {:.1} us", latency("cold", nanos)?.p50_us);
                 Ok(())
             })
         }),

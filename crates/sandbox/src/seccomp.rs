@@ -4,8 +4,7 @@
 use std::collections::BTreeMap;
 
 use seccompiler::{
-    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
-    SeccompRule, TargetArch,
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompRule,
 };
 
 use crate::{Layer, SandboxError, syscalls};
@@ -60,20 +59,48 @@ const ALLOWED_FCNTLS: [libc::c_int; 13] = [
 /// The kernel takes the strictest answer of all programs, and of two errors the later
 /// program's, so a refusal by name reads `EPERM` although the allowlist says `ENOSYS`.
 pub(crate) fn filters(allow_processes: bool) -> Result<Vec<BpfProgram>, SandboxError> {
+    let arch = audit_arch()?;
+    programs(allow_processes)?
+        .into_iter()
+        .map(|(rules, mismatch, matched)| {
+            crate::bpf::compile(arch, rules, mismatch.into(), matched.into()).map_err(|reason| {
+                SandboxError {
+                    layer: Layer::Seccomp,
+                    reason,
+                }
+            })
+        })
+        .collect()
+}
+
+/// The architecture every call must be made for (`AUDIT_ARCH_*` of linux/audit.h: the ELF
+/// machine, 64-bit, little-endian).
+fn audit_arch() -> Result<u32, SandboxError> {
+    const ARCH_64_LE: u32 = 0x8000_0000 | 0x4000_0000;
+    match std::env::consts::ARCH {
+        "x86_64" => Ok(ARCH_64_LE | 62),
+        "aarch64" => Ok(ARCH_64_LE | 183),
+        "riscv64" => Ok(ARCH_64_LE | 243),
+        other => Err(SandboxError {
+            layer: Layer::Seccomp,
+            reason: format!("no seccomp filter for the {other} architecture"),
+        }),
+    }
+}
+
+/// One program's rules: for each listed call the rules of which one must hold (none: the
+/// call alone), what a call answers otherwise, and what it answers when listed and held.
+type Program = (
+    BTreeMap<i64, Vec<SeccompRule>>,
+    SeccompAction,
+    SeccompAction,
+);
+
+/// The three programs of [`filters`], as rules.
+fn programs(allow_processes: bool) -> Result<Vec<Program>, SandboxError> {
     let fail = |err: seccompiler::BackendError| SandboxError {
         layer: Layer::Seccomp,
         reason: err.to_string(),
-    };
-    let arch = match std::env::consts::ARCH {
-        "x86_64" => TargetArch::x86_64,
-        "aarch64" => TargetArch::aarch64,
-        "riscv64" => TargetArch::riscv64,
-        other => {
-            return Err(SandboxError {
-                layer: Layer::Seccomp,
-                reason: format!("no seccomp filter for the {other} architecture"),
-            });
-        }
     };
     // Every value compared is a non-negative constant of the kernel's ABI.
     let value = |constant: i64| constant.unsigned_abs();
@@ -81,10 +108,6 @@ pub(crate) fn filters(allow_processes: bool) -> Result<Vec<BpfProgram>, SandboxE
         SeccompCondition::new(arg, SeccompCmpArgLen::Dword, op, value).map_err(fail)
     };
     let rule = |conditions: Vec<SeccompCondition>| SeccompRule::new(conditions).map_err(fail);
-    let program = |rules: BTreeMap<i64, Vec<SeccompRule>>, otherwise, matched| {
-        BpfProgram::try_from(SeccompFilter::new(rules, otherwise, matched, arch).map_err(fail)?)
-            .map_err(fail)
-    };
     let errno = |code: libc::c_int| SeccompAction::Errno(code.unsigned_abs());
 
     let unix = value(libc::AF_UNIX.into());
@@ -171,9 +194,9 @@ pub(crate) fn filters(allow_processes: bool) -> Result<Vec<BpfProgram>, SandboxE
     let terminal_rules = BTreeMap::from([(libc::SYS_ioctl, one_of(1, &terminal)?)]);
 
     Ok(vec![
-        program(allowed, errno(libc::ENOSYS), SeccompAction::Allow)?,
-        program(refused, SeccompAction::Allow, errno(libc::EPERM))?,
-        program(terminal_rules, SeccompAction::Allow, errno(libc::ENOTTY))?,
+        (allowed, errno(libc::ENOSYS), SeccompAction::Allow),
+        (refused, SeccompAction::Allow, errno(libc::EPERM)),
+        (terminal_rules, SeccompAction::Allow, errno(libc::ENOTTY)),
     ])
 }
 
@@ -182,6 +205,76 @@ mod tests {
     use std::collections::BTreeSet;
 
     use super::*;
+
+    /// Every value an argument is compared with in `rules`, and its neighbours, at both
+    /// halves of the argument.
+    fn probes(rules: &BTreeMap<i64, Vec<SeccompRule>>) -> Vec<u64> {
+        let text = format!("{rules:?}");
+        let mut values: BTreeSet<u64> = [0, 1, 2, 0xffff_ffff, u64::MAX, 1 << 32].into();
+        // The values seccompiler keeps: every number in the rules' debug text (masks too).
+        for word in text.split(|c: char| !c.is_ascii_digit()) {
+            if let Ok(value) = word.parse::<u64>() {
+                for v in [value, value.wrapping_add(1), value.wrapping_sub(1)] {
+                    values.insert(v);
+                    values.insert(v | (1 << 32));
+                }
+            }
+        }
+        values.into_iter().collect()
+    }
+
+    /// The search layout answers exactly as seccompiler's chain, for every call number
+    /// (and x32's), and for every argument value any rule compares, at every argument.
+    #[test]
+    fn the_search_answers_every_call_as_seccompilers_chain_does() {
+        use seccompiler::{SeccompFilter, TargetArch};
+        let arch = audit_arch().unwrap();
+        for processes in [false, true] {
+            for (rules, mismatch, matched) in programs(processes).unwrap() {
+                let chain = BpfProgram::try_from(
+                    SeccompFilter::new(
+                        rules.clone(),
+                        mismatch.clone(),
+                        matched.clone(),
+                        TargetArch::try_from(std::env::consts::ARCH).unwrap(),
+                    )
+                    .unwrap(),
+                )
+                .unwrap();
+                let search =
+                    crate::bpf::compile(arch, rules.clone(), mismatch.into(), matched.into())
+                        .unwrap();
+                let probes = probes(&rules);
+                let run = crate::bpf::tests::run;
+                for number in (0..1024).chain((0..1024).map(|n| n | 0x4000_0000)) {
+                    assert_eq!(
+                        run(&chain, arch, number, [0; 6]),
+                        run(&search, arch, number, [0; 6]),
+                        "call {number}"
+                    );
+                    if !rules.contains_key(&i64::from(number)) {
+                        continue;
+                    }
+                    for arg in 0..3 {
+                        for &value in &probes {
+                            let mut args = [0; 6];
+                            args[arg] = value;
+                            assert_eq!(
+                                run(&chain, arch, number, args),
+                                run(&search, arch, number, args),
+                                "call {number}, argument {arg} = {value:#x}"
+                            );
+                        }
+                    }
+                }
+                assert_eq!(
+                    run(&chain, arch ^ 1, 0, [0; 6]),
+                    run(&search, arch ^ 1, 0, [0; 6]),
+                    "another architecture"
+                );
+            }
+        }
+    }
 
     #[test]
     fn the_seccomp_filters_build_with_and_without_processes() {
