@@ -1,6 +1,6 @@
 //! go-plugin's side: the `gobench` fixture (tests/go/fixtures/gobench), built by
 //! `cargo xtask bench` against the newest go-plugin release of the interop matrix and
-//! against 1.0.1 (tests/go/versions/<release>) when Go is installed.
+//! against 1.0.1 (`tests/go/versions/<release>`) when Go is installed.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
