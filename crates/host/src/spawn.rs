@@ -78,27 +78,16 @@ fn spawner() -> io::Result<&'static mpsc::Sender<Request>> {
     std::thread::Builder::new()
         .name("tether-spawner".into())
         .spawn(move || {
-            let host = rustix::process::getpid();
             // One stack and one set of slots for every child: they run one at a time, and
             // this thread waits for each to exec before the next.
-            let mut ready = match (ChildStack::new(), Slots::new()) {
-                (Ok(stack), Ok(slots)) => Ok((stack, slots)),
-                (Err(err), _) | (_, Err(err)) => {
-                    tracing::error!(%err, "cannot prepare for starting plugins");
-                    Err(err.to_string())
-                }
-            };
+            let mut spawner = Spawner::new().map_err(|err| {
+                tracing::error!(%err, "cannot prepare for starting plugins");
+                err.to_string()
+            });
             // Lives until the process exits: the sender is in a static.
             for request in requests {
-                let result = match &mut ready {
-                    Ok((stack, slots)) => start(
-                        stack,
-                        slots,
-                        host,
-                        &request.exec,
-                        &request.sandbox,
-                        request.umask,
-                    ),
+                let result = match &mut spawner {
+                    Ok(spawner) => spawner.start(&request),
                     Err(why) => Err(io::Error::other(format!(
                         "the host cannot start plugins: {why}"
                     ))),
@@ -359,139 +348,152 @@ fn above_stdio(fd: OwnedFd) -> io::Result<OwnedFd> {
     Ok(rustix::io::fcntl_dupfd_cloexec(&fd, 3)?)
 }
 
-/// Starts the child (see [`spawn`]); runs on the spawner thread, which the clone suspends
-/// until the child has exec'd or exited.
-fn start(
-    stack: &mut ChildStack,
-    slots: &mut Slots,
+/// What the spawner thread keeps: the stack children run on, the slots they take their
+/// descriptors from, and the host's pid, which a child checks is still its parent's.
+struct Spawner {
+    stack: ChildStack,
+    slots: Slots,
     host: Pid,
-    exec: &Exec,
-    sandbox: &Prepared,
-    umask: Option<u32>,
-) -> io::Result<Spawned> {
-    let started = start_in_slots(stack, slots, host, exec, sandbox, umask);
-    // Whatever happened, the host must not keep the plugin's pipes open.
-    let cleared = slots.clear();
-    let spawned = started?;
-    cleared?;
-    Ok(spawned)
 }
 
-fn start_in_slots(
-    stack: &mut ChildStack,
-    slots: &mut Slots,
-    host: Pid,
-    exec: &Exec,
-    sandbox: &Prepared,
-    umask: Option<u32>,
-) -> io::Result<Spawned> {
-    // Everything the child reads is built here: it must not allocate.
-    let path = match &exec.program {
-        Program::Path(path) => cstring(path.as_os_str().as_bytes(), "the program's path")?,
-        Program::Verified(file) => {
-            Slots::fill(&mut slots.program, file)?;
-            cstring(
-                format!("/proc/self/fd/{}", slots.program.as_raw_fd()).as_bytes(),
-                "the program's path",
-            )?
-        }
-    };
-    let mut strings = vec![cstring(exec.arg0.as_bytes(), "argv[0]")?];
-    for arg in &exec.args {
-        strings.push(cstring(arg.as_bytes(), "an argument")?);
+impl Spawner {
+    fn new() -> io::Result<Spawner> {
+        Ok(Spawner {
+            stack: ChildStack::new()?,
+            slots: Slots::new()?,
+            host: rustix::process::getpid(),
+        })
     }
-    let argc = strings.len();
-    for (key, value) in &exec.env {
-        let mut pair = key.as_bytes().to_vec();
-        pair.push(b'=');
-        pair.extend_from_slice(value.as_bytes());
-        strings.push(cstring(&pair, "an environment variable")?);
-    }
-    let mut argv: Vec<*const libc::c_char> = strings[..argc].iter().map(|s| s.as_ptr()).collect();
-    argv.push(std::ptr::null());
-    let mut envp: Vec<*const libc::c_char> = strings[argc..].iter().map(|s| s.as_ptr()).collect();
-    envp.push(std::ptr::null());
-    let cwd = match &exec.cwd {
-        Some(dir) => Some(cstring(
-            dir.as_os_str().as_bytes(),
-            "the working directory",
-        )?),
-        None => None,
-    };
-    if let Some(ruleset) = sandbox.ruleset() {
-        Slots::fill(&mut slots.ruleset, ruleset)?;
-    }
-    let (stdout_read, stdout_write) = pipe()?;
-    let (stderr_read, stderr_write) = pipe()?;
-    Slots::fill(&mut slots.stdout, &stdout_write)?;
-    Slots::fill(&mut slots.stderr, &stderr_write)?;
-    drop((stdout_write, stderr_write));
-    let mut child = Child {
-        path: &path,
-        argv: &argv,
-        envp: &envp,
-        cwd: cwd.as_ref(),
-        keep_below: slots.end(),
-        stdin: slots.stdin.as_raw_fd(),
-        stdout: slots.stdout.as_raw_fd(),
-        stderr: slots.stderr.as_raw_fd(),
-        ruleset: slots.ruleset.as_raw_fd(),
-        umask,
-        host,
-        sandbox,
-        failed: (Step::None, 0),
-    };
 
-    // No signal may reach the child before it has reset the handlers it shares with the
-    // host: blocked here, unblocked by the child once reset (and here once it has exec'd).
-    // SAFETY: sigset_t is plain data, filled by sigfillset before use.
-    let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: plain data, written by pthread_sigmask.
-    let mut previous: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: both sets are valid for writing; pthread_sigmask changes this thread only.
-    unsafe {
-        libc::sigfillset(&mut all);
-        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut previous);
+    /// Starts the child of `request` (see [`spawn`]); the clone suspends this thread until
+    /// the child has exec'd or exited.
+    fn start(&mut self, request: &Request) -> io::Result<Spawned> {
+        let started = self.start_in_slots(&request.exec, &request.sandbox, request.umask);
+        // Whatever happened, the host must not keep the plugin's pipes open.
+        let cleared = self.slots.clear();
+        let spawned = started?;
+        cleared?;
+        Ok(spawned)
     }
-    // SAFETY: `run_child` runs on `stack` (mapped, with a guard page) in a process that
-    // shares this memory until it execs or exits; CLONE_VFORK suspends this thread until
-    // then, so `child` outlives every use the child makes of it. The child only makes
-    // async-signal-safe system calls on data built above, and writes only `failed`.
-    let pid = unsafe {
-        libc::clone(
-            run_child,
-            stack.top(),
-            libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_FILES | libc::SIGCHLD,
-            std::ptr::from_mut(&mut child).cast(),
-        )
-    };
-    let clone_error = io::Error::last_os_error();
-    // SAFETY: restores this thread's mask saved above.
-    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &previous, std::ptr::null_mut()) };
-    if pid < 0 {
-        return Err(clone_error);
-    }
-    let (step, errno) = child.failed;
-    if step != Step::None {
-        // The child has exited: reap it, so that no zombie is left.
-        if let Some(pid) = Pid::from_raw(pid) {
-            let _ = waitid(WaitId::Pid(pid), WaitIdOptions::EXITED);
+
+    fn start_in_slots(
+        &mut self,
+        exec: &Exec,
+        sandbox: &Prepared,
+        umask: Option<u32>,
+    ) -> io::Result<Spawned> {
+        let Spawner { stack, slots, host } = self;
+        let host = *host;
+        // Everything the child reads is built here: it must not allocate.
+        let path = match &exec.program {
+            Program::Path(path) => cstring(path.as_os_str().as_bytes(), "the program's path")?,
+            Program::Verified(file) => {
+                Slots::fill(&mut slots.program, file)?;
+                cstring(
+                    format!("/proc/self/fd/{}", slots.program.as_raw_fd()).as_bytes(),
+                    "the program's path",
+                )?
+            }
+        };
+        let mut strings = vec![cstring(exec.arg0.as_bytes(), "argv[0]")?];
+        for arg in &exec.args {
+            strings.push(cstring(arg.as_bytes(), "an argument")?);
         }
-        let source = io::Error::from_raw_os_error(errno);
-        return Err(io::Error::new(
-            source.kind(),
-            ChildFailed {
-                step: step.describe(),
-                error: source,
-            },
-        ));
+        let argc = strings.len();
+        for (key, value) in &exec.env {
+            let mut pair = key.as_bytes().to_vec();
+            pair.push(b'=');
+            pair.extend_from_slice(value.as_bytes());
+            strings.push(cstring(&pair, "an environment variable")?);
+        }
+        let mut argv: Vec<*const libc::c_char> =
+            strings[..argc].iter().map(|s| s.as_ptr()).collect();
+        argv.push(std::ptr::null());
+        let mut envp: Vec<*const libc::c_char> =
+            strings[argc..].iter().map(|s| s.as_ptr()).collect();
+        envp.push(std::ptr::null());
+        let cwd = match &exec.cwd {
+            Some(dir) => Some(cstring(
+                dir.as_os_str().as_bytes(),
+                "the working directory",
+            )?),
+            None => None,
+        };
+        if let Some(ruleset) = sandbox.ruleset() {
+            Slots::fill(&mut slots.ruleset, ruleset)?;
+        }
+        let (stdout_read, stdout_write) = pipe()?;
+        let (stderr_read, stderr_write) = pipe()?;
+        Slots::fill(&mut slots.stdout, &stdout_write)?;
+        Slots::fill(&mut slots.stderr, &stderr_write)?;
+        drop((stdout_write, stderr_write));
+        let mut child = Child {
+            path: &path,
+            argv: &argv,
+            envp: &envp,
+            cwd: cwd.as_ref(),
+            keep_below: slots.end(),
+            stdin: slots.stdin.as_raw_fd(),
+            stdout: slots.stdout.as_raw_fd(),
+            stderr: slots.stderr.as_raw_fd(),
+            ruleset: slots.ruleset.as_raw_fd(),
+            umask,
+            host,
+            sandbox,
+            failed: (Step::None, 0),
+        };
+
+        // No signal may reach the child before it has reset the handlers it shares with the
+        // host: blocked here, unblocked by the child once reset (and here once it has exec'd).
+        // SAFETY: sigset_t is plain data, filled by sigfillset before use.
+        let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
+        // SAFETY: plain data, written by pthread_sigmask.
+        let mut previous: libc::sigset_t = unsafe { std::mem::zeroed() };
+        // SAFETY: both sets are valid for writing; pthread_sigmask changes this thread only.
+        unsafe {
+            libc::sigfillset(&mut all);
+            libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut previous);
+        }
+        // SAFETY: `run_child` runs on `stack` (mapped, with a guard page) in a process that
+        // shares this memory until it execs or exits; CLONE_VFORK suspends this thread until
+        // then, so `child` outlives every use the child makes of it. The child only makes
+        // async-signal-safe system calls on data built above, and writes only `failed`.
+        let pid = unsafe {
+            libc::clone(
+                run_child,
+                stack.top(),
+                libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_FILES | libc::SIGCHLD,
+                std::ptr::from_mut(&mut child).cast(),
+            )
+        };
+        let clone_error = io::Error::last_os_error();
+        // SAFETY: restores this thread's mask saved above.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &previous, std::ptr::null_mut()) };
+        if pid < 0 {
+            return Err(clone_error);
+        }
+        let (step, errno) = child.failed;
+        if step != Step::None {
+            // The child has exited: reap it, so that no zombie is left.
+            if let Some(pid) = Pid::from_raw(pid) {
+                let _ = waitid(WaitId::Pid(pid), WaitIdOptions::EXITED);
+            }
+            let source = io::Error::from_raw_os_error(errno);
+            return Err(io::Error::new(
+                source.kind(),
+                ChildFailed {
+                    step: step.describe(),
+                    error: source,
+                },
+            ));
+        }
+        let pid = u32::try_from(pid).map_err(io::Error::other)?;
+        Ok(Spawned {
+            pid,
+            stdout: stdout_read,
+            stderr: stderr_read,
+        })
     }
-    let pid = u32::try_from(pid).map_err(io::Error::other)?;
-    Ok(Spawned {
-        pid,
-        stdout: stdout_read,
-        stderr: stderr_read,
-    })
 }
 
 /// The child, between the clone and the exec. Async-signal-safe system calls only; no
