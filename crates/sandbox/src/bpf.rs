@@ -6,7 +6,8 @@
 //! call number to build its cache of calls that are always allowed (with a chain of 900
 //! instructions: 0.7 ms of the plugin's start, under a spinlock), and each call the cache
 //! does not cover runs it again. Here the number is found in a few comparisons (a binary
-//! search, then at most four in a leaf), and each call's rules are those seccompiler builds
+//! search, then at most four in a leaf, which answers a call without rules itself), and
+//! each call's rules are those seccompiler builds
 //! ([`SeccompRule`] into BPF), so what a program answers is unchanged: the tests run both
 //! layouts on every number and on the arguments every rule compares.
 
@@ -60,6 +61,8 @@ enum Target {
 
 #[derive(Default)]
 struct Layout {
+    /// What a listed call answers when its rules hold (or it has none).
+    matched: u32,
     code: Vec<sock_filter>,
     /// Each jump to resolve: its index in `code`, and where it goes.
     jumps: Vec<(usize, Target)>,
@@ -81,15 +84,36 @@ impl Layout {
         self.labels.len() - 1
     }
 
-    /// The search over `entries` (number, block), sorted by number; the number is loaded.
-    fn search(&mut self, entries: &[(u32, usize)]) {
+    /// The search over `entries` (number, its block of rules if it has rules), sorted by
+    /// number; the number is loaded.
+    fn search(&mut self, entries: &[(u32, Option<usize>)]) {
         if entries.len() <= LEAF {
+            // Instructions left in the leaf before its `matched` answer, after each entry.
+            let mut left: usize = entries
+                .iter()
+                .map(|(_, block)| if block.is_some() { 2 } else { 1 })
+                .sum::<usize>()
+                + 1;
             for &(number, block) in entries {
-                // Equal: on to the jump to its rules; else past it.
-                self.push(jump(BPF_JMP | BPF_JEQ | BPF_K, number, 0, 1));
-                self.jump_to(Target::Block(block));
+                match block {
+                    // Equal: on to the jump to its rules; else past it.
+                    Some(block) => {
+                        left -= 2;
+                        self.push(jump(BPF_JMP | BPF_JEQ | BPF_K, number, 0, 1));
+                        self.jump_to(Target::Block(block));
+                    }
+                    // Equal: to the leaf's `matched` answer (a few instructions on).
+                    None => {
+                        left -= 1;
+                        let to = u8::try_from(left).expect("a leaf is a few instructions");
+                        self.push(jump(BPF_JMP | BPF_JEQ | BPF_K, number, to, 0));
+                    }
+                }
             }
             self.jump_to(Target::Unlisted);
+            if entries.iter().any(|(_, block)| block.is_none()) {
+                self.push(stmt(BPF_RET | BPF_K, self.matched));
+            }
             return;
         }
         let middle = entries.len() / 2;
@@ -118,24 +142,28 @@ pub(crate) fn compile(
     for (number, chain) in rules {
         let number = u32::try_from(number)
             .map_err(|_| format!("system call number {number} is out of range"))?;
-        let mut block = Vec::new();
         if chain.is_empty() {
-            block.push(stmt(BPF_RET | BPF_K, matched));
-        } else {
-            // Each rule, entered at its start, answers `matched` or falls through to the
-            // next; after the last, `mismatch`.
-            for rule in chain {
-                block.extend(BpfProgram::from(rule));
-                block.push(stmt(BPF_RET | BPF_K, matched));
-            }
-            block.push(stmt(BPF_RET | BPF_K, mismatch));
+            // Answered in the search's leaf.
+            entries.push((number, None));
+            continue;
         }
-        entries.push((number, blocks.len()));
+        // Each rule, entered at its start, answers `matched` or falls through to the next;
+        // after the last, `mismatch`.
+        let mut block = Vec::new();
+        for rule in chain {
+            block.extend(BpfProgram::from(rule));
+            block.push(stmt(BPF_RET | BPF_K, matched));
+        }
+        block.push(stmt(BPF_RET | BPF_K, mismatch));
+        entries.push((number, Some(blocks.len())));
         blocks.push(block);
     }
     entries.sort_unstable();
 
-    let mut layout = Layout::default();
+    let mut layout = Layout {
+        matched,
+        ..Layout::default()
+    };
     layout.push(stmt(BPF_LD | BPF_W | BPF_ABS, ARCH_OFFSET));
     layout.push(jump(BPF_JMP | BPF_JEQ | BPF_K, audit_arch, 1, 0));
     layout.push(stmt(BPF_RET | BPF_K, libc::SECCOMP_RET_KILL_PROCESS));
