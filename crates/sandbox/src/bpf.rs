@@ -48,12 +48,23 @@ fn jump(code: u16, k: u32, jt: u8, jf: u8) -> sock_filter {
     sock_filter { code, jt, jf, k }
 }
 
+/// How a listed call is answered: always the same, or by its block of rules.
+#[derive(Debug, Clone, Copy)]
+enum Answer {
+    Always(u32),
+    Rules(usize),
+}
+
+/// A call's groups of rules, in order, each with its answer: the first group one of whose
+/// rules holds answers (a group without rules always holds).
+pub(crate) type Groups = Vec<(Vec<SeccompRule>, u32)>;
+
 /// Where an unconditional jump goes, resolved once the program is laid out.
 #[derive(Debug, Clone, Copy)]
 enum Target {
-    /// The rules of the `n`th listed call.
+    /// The block of rules numbered so.
     Block(usize),
-    /// No rule for this number: the filter's `mismatch` answer.
+    /// Not listed: the program's `otherwise` answer.
     Unlisted,
     /// A point in the search, bound later.
     Label(usize),
@@ -61,8 +72,6 @@ enum Target {
 
 #[derive(Default)]
 struct Layout {
-    /// What a listed call answers when its rules hold (or it has none).
-    matched: u32,
     code: Vec<sock_filter>,
     /// Each jump to resolve: its index in `code`, and where it goes.
     jumps: Vec<(usize, Target)>,
@@ -84,36 +93,10 @@ impl Layout {
         self.labels.len() - 1
     }
 
-    /// The search over `entries` (number, its block of rules if it has rules), sorted by
-    /// number; the number is loaded.
-    fn search(&mut self, entries: &[(u32, Option<usize>)]) {
+    /// The search over `entries` (number, answer), sorted by number; the number is loaded.
+    fn search(&mut self, entries: &[(u32, Answer)]) {
         if entries.len() <= LEAF {
-            // Instructions left in the leaf before its `matched` answer, after each entry.
-            let mut left: usize = entries
-                .iter()
-                .map(|(_, block)| if block.is_some() { 2 } else { 1 })
-                .sum::<usize>()
-                + 1;
-            for &(number, block) in entries {
-                match block {
-                    // Equal: on to the jump to its rules; else past it.
-                    Some(block) => {
-                        left -= 2;
-                        self.push(jump(BPF_JMP | BPF_JEQ | BPF_K, number, 0, 1));
-                        self.jump_to(Target::Block(block));
-                    }
-                    // Equal: to the leaf's `matched` answer (a few instructions on).
-                    None => {
-                        left -= 1;
-                        let to = u8::try_from(left).expect("a leaf is a few instructions");
-                        self.push(jump(BPF_JMP | BPF_JEQ | BPF_K, number, to, 0));
-                    }
-                }
-            }
-            self.jump_to(Target::Unlisted);
-            if entries.iter().any(|(_, block)| block.is_none()) {
-                self.push(stmt(BPF_RET | BPF_K, self.matched));
-            }
+            self.leaf(entries);
             return;
         }
         let middle = entries.len() / 2;
@@ -125,45 +108,95 @@ impl Layout {
         self.labels[upper] = self.code.len();
         self.search(&entries[middle..]);
     }
+
+    /// A few numbers compared in turn: a call always answered the same is answered here,
+    /// by one of the leaf's returns just after its comparisons; one with rules jumps to them.
+    fn leaf(&mut self, entries: &[(u32, Answer)]) {
+        let mut answers: Vec<u32> = Vec::new();
+        for (_, answer) in entries {
+            if let Answer::Always(action) = answer
+                && !answers.contains(action)
+            {
+                answers.push(*action);
+            }
+        }
+        // The comparisons and jumps, then the jump for a number not listed.
+        let comparisons: usize = entries
+            .iter()
+            .map(|(_, answer)| match answer {
+                Answer::Always(_) => 1,
+                Answer::Rules(_) => 2,
+            })
+            .sum::<usize>()
+            + 1;
+        let start = self.code.len();
+        for &(number, answer) in entries {
+            match answer {
+                // Equal: on to the jump to its rules; else past it.
+                Answer::Rules(block) => {
+                    self.push(jump(BPF_JMP | BPF_JEQ | BPF_K, number, 0, 1));
+                    self.jump_to(Target::Block(block));
+                }
+                // Equal: to the leaf's return of its answer.
+                Answer::Always(action) => {
+                    let at = self.code.len() - start;
+                    let index = answers.iter().position(|a| *a == action).unwrap_or(0);
+                    let to = u8::try_from(comparisons + index - (at + 1))
+                        .expect("a leaf is a few instructions");
+                    self.push(jump(BPF_JMP | BPF_JEQ | BPF_K, number, to, 0));
+                }
+            }
+        }
+        self.jump_to(Target::Unlisted);
+        for action in answers {
+            self.push(stmt(BPF_RET | BPF_K, action));
+        }
+    }
 }
 
-/// The program answering `matched` for a call whose number is listed in `rules` and for
-/// which one of its rules holds (or which has no rules), `mismatch` for any other call,
-/// and killing the process for a call of another architecture (`audit_arch`), as
-/// seccompiler's filters do.
+/// The program that answers a call listed in `calls` as its [`Groups`] say (and
+/// `otherwise` when none holds), any other call `otherwise`, and kills the process for a
+/// call of another architecture (`audit_arch`), as seccompiler's filters do.
 pub(crate) fn compile(
     audit_arch: u32,
-    rules: BTreeMap<i64, Vec<SeccompRule>>,
-    mismatch: u32,
-    matched: u32,
+    calls: BTreeMap<i64, Groups>,
+    otherwise: u32,
 ) -> Result<BpfProgram, String> {
-    let mut entries = Vec::with_capacity(rules.len());
-    let mut blocks: Vec<Vec<sock_filter>> = Vec::with_capacity(rules.len());
-    for (number, chain) in rules {
+    let mut entries = Vec::with_capacity(calls.len());
+    let mut blocks: Vec<Vec<sock_filter>> = Vec::new();
+    for (number, groups) in calls {
         let number = u32::try_from(number)
             .map_err(|_| format!("system call number {number} is out of range"))?;
-        if chain.is_empty() {
-            // Answered in the search's leaf.
-            entries.push((number, None));
+        if let Some((rules, action)) = groups.first()
+            && rules.is_empty()
+        {
+            entries.push((number, Answer::Always(*action)));
             continue;
         }
-        // Each rule, entered at its start, answers `matched` or falls through to the next;
-        // after the last, `mismatch`.
+        // Each rule, entered at its start, answers or falls through to the next; a group
+        // without rules answers; after the last, `otherwise`.
         let mut block = Vec::new();
-        for rule in chain {
-            block.extend(BpfProgram::from(rule));
-            block.push(stmt(BPF_RET | BPF_K, matched));
+        let mut ended = false;
+        for (rules, action) in groups {
+            if rules.is_empty() {
+                block.push(stmt(BPF_RET | BPF_K, action));
+                ended = true;
+                break;
+            }
+            for rule in rules {
+                block.extend(BpfProgram::from(rule));
+                block.push(stmt(BPF_RET | BPF_K, action));
+            }
         }
-        block.push(stmt(BPF_RET | BPF_K, mismatch));
-        entries.push((number, Some(blocks.len())));
+        if !ended {
+            block.push(stmt(BPF_RET | BPF_K, otherwise));
+        }
+        entries.push((number, Answer::Rules(blocks.len())));
         blocks.push(block);
     }
-    entries.sort_unstable();
+    entries.sort_unstable_by_key(|(number, _)| *number);
 
-    let mut layout = Layout {
-        matched,
-        ..Layout::default()
-    };
+    let mut layout = Layout::default();
     layout.push(stmt(BPF_LD | BPF_W | BPF_ABS, ARCH_OFFSET));
     layout.push(jump(BPF_JMP | BPF_JEQ | BPF_K, audit_arch, 1, 0));
     layout.push(stmt(BPF_RET | BPF_K, libc::SECCOMP_RET_KILL_PROCESS));
@@ -175,7 +208,7 @@ pub(crate) fn compile(
         layout.code.extend(block);
     }
     let unlisted = layout.code.len();
-    layout.push(stmt(BPF_RET | BPF_K, mismatch));
+    layout.push(stmt(BPF_RET | BPF_K, otherwise));
     if layout.code.len() > MAX_LEN {
         return Err(format!(
             "the filter has {} instructions, more than the kernel's {MAX_LEN}",
@@ -244,7 +277,8 @@ pub(crate) mod tests {
 
     #[test]
     fn the_interpreter_follows_a_hand_written_program() {
-        let program = compile(7, BTreeMap::from([(3, Vec::new())]), 11, 22).expect("compiles");
+        let program =
+            compile(7, BTreeMap::from([(3, vec![(Vec::new(), 22)])]), 11).expect("compiles");
         assert_eq!(run(&program, 7, 3, [0; 6]), 22);
         assert_eq!(run(&program, 7, 4, [0; 6]), 11);
         assert_eq!(run(&program, 8, 3, [0; 6]), libc::SECCOMP_RET_KILL_PROCESS);
@@ -253,13 +287,14 @@ pub(crate) mod tests {
     #[test]
     fn every_number_is_found_however_many_are_listed() {
         for count in [0_u32, 1, 2, 4, 5, 9, 17, 300] {
-            let listed: BTreeMap<i64, Vec<SeccompRule>> = (0..count)
-                .map(|i| (i64::from(i * 3 + 1), Vec::new()))
+            // Two answers in turn, so that leaves hold more than one return.
+            let listed: BTreeMap<i64, Groups> = (0..count)
+                .map(|i| (i64::from(i * 3 + 1), vec![(Vec::new(), 20 + i % 2)]))
                 .collect();
-            let program = compile(7, listed, 11, 22).expect("compiles");
+            let program = compile(7, listed, 11).expect("compiles");
             for number in 0..count * 3 + 5 {
                 let expected = if number % 3 == 1 && number < count * 3 {
-                    22
+                    20 + (number / 3) % 2
                 } else {
                     11
                 };

@@ -47,7 +47,8 @@ const ALLOWED_FCNTLS: [libc::c_int; 13] = [
     libc::F_GETPIPE_SZ,
 ];
 
-/// The plugin's system call filter, as three programs applied in order:
+/// The plugin's system call filter: one program that answers each call as three sets of
+/// rules would, applied in order:
 /// 1. the allowlist ([`syscalls`]): what is listed is allowed (some calls only with
 ///    some arguments); everything else fails with `ENOSYS`, as on a kernel that lacks it,
 ///    so the C library and the Go runtime fall back cleanly (`clone3` to `clone`);
@@ -57,8 +58,11 @@ const ALLOWED_FCNTLS: [libc::c_int; 13] = [
 ///    setting resource limits;
 /// 3. terminal queries, with `ENOTTY`.
 ///
-/// The kernel takes the strictest answer of all programs, and of two errors the later
-/// program's, so a refusal by name reads `EPERM` although the allowlist says `ENOSYS`.
+/// As the kernel combines separate programs (the strictest answer, and of two errors the
+/// later program's), a terminal query reads `ENOTTY`, else a refusal `EPERM` although the
+/// allowlist says `ENOSYS`, else the allowlist decides. One program rather than three:
+/// each program installed costs the plugin's start (the kernel runs it for every call
+/// number), and each call the kernel's cache does not cover runs every program.
 pub(crate) fn filters(allow_processes: bool) -> Result<Vec<BpfProgram>, SandboxError> {
     // The same for every plugin of a host: built once for each setting (56 us a start).
     static BUILT: [OnceLock<Vec<BpfProgram>>; 2] = [OnceLock::new(), OnceLock::new()];
@@ -71,18 +75,33 @@ pub(crate) fn filters(allow_processes: bool) -> Result<Vec<BpfProgram>, SandboxE
 }
 
 fn build(allow_processes: bool) -> Result<Vec<BpfProgram>, SandboxError> {
-    let arch = audit_arch()?;
-    programs(allow_processes)?
-        .into_iter()
-        .map(|(rules, mismatch, matched)| {
-            crate::bpf::compile(arch, rules, mismatch.into(), matched.into()).map_err(|reason| {
-                SandboxError {
-                    layer: Layer::Seccomp,
-                    reason,
-                }
-            })
-        })
-        .collect()
+    let (calls, otherwise) = merged(programs(allow_processes)?);
+    let program =
+        crate::bpf::compile(audit_arch()?, calls, otherwise).map_err(|reason| SandboxError {
+            layer: Layer::Seccomp,
+            reason,
+        })?;
+    Ok(vec![program])
+}
+
+/// The three programs' rules as one: for each call, the groups of the later programs first,
+/// each with the answer its program gives when it holds (a program whose answer is to
+/// allow, when its rules do not hold, has no say then); the first program's answer when it
+/// does not hold, `otherwise`.
+fn merged(programs: Vec<Program>) -> (BTreeMap<i64, crate::bpf::Groups>, u32) {
+    let otherwise = programs
+        .first()
+        .map_or(libc::SECCOMP_RET_ALLOW, |(_, mismatch, _)| {
+            mismatch.clone().into()
+        });
+    let mut calls: BTreeMap<i64, crate::bpf::Groups> = BTreeMap::new();
+    for (rules, _, matched) in programs.into_iter().rev() {
+        let matched: u32 = matched.into();
+        for (number, chain) in rules {
+            calls.entry(number).or_default().push((chain, matched));
+        }
+    }
+    (calls, otherwise)
 }
 
 /// The architecture every call must be made for (`AUDIT_ARCH_*` of linux/audit.h: the ELF
@@ -235,63 +254,84 @@ mod tests {
         values.into_iter().collect()
     }
 
-    /// The search layout answers exactly as seccompiler's chain, for every call number
-    /// (and x32's), and for every argument value any rule compares, at every argument.
+    /// What the kernel answers for a call with several programs installed (`answers`, in
+    /// the order installed): the strictest action, and of equals the latest program's.
+    fn combined(answers: &[u32]) -> u32 {
+        let action = |ret: u32| (ret & libc::SECCOMP_RET_ACTION_FULL).cast_signed();
+        let mut ret = libc::SECCOMP_RET_ALLOW;
+        for &answer in answers.iter().rev() {
+            if action(answer) < action(ret) {
+                ret = answer;
+            }
+        }
+        ret
+    }
+
+    /// The one program answers exactly as seccompiler's three chains, installed in order,
+    /// answer together: for every call number (and x32's), and for every argument value
+    /// any rule compares, at every argument.
     #[test]
-    fn the_search_answers_every_call_as_seccompilers_chain_does() {
+    fn the_one_program_answers_every_call_as_seccompilers_three_programs_do() {
         use seccompiler::{SeccompFilter, TargetArch};
         let arch = audit_arch().unwrap();
+        let run = crate::bpf::tests::run;
         for processes in [false, true] {
-            for (rules, mismatch, matched) in programs(processes).unwrap() {
-                let chain = BpfProgram::try_from(
-                    SeccompFilter::new(
-                        rules.clone(),
-                        mismatch.clone(),
-                        matched.clone(),
-                        TargetArch::try_from(std::env::consts::ARCH).unwrap(),
+            let programs = programs(processes).unwrap();
+            let chains: Vec<BpfProgram> = programs
+                .iter()
+                .map(|(rules, mismatch, matched)| {
+                    BpfProgram::try_from(
+                        SeccompFilter::new(
+                            rules.clone(),
+                            mismatch.clone(),
+                            matched.clone(),
+                            TargetArch::try_from(std::env::consts::ARCH).unwrap(),
+                        )
+                        .unwrap(),
                     )
-                    .unwrap(),
-                )
-                .unwrap();
-                let search =
-                    crate::bpf::compile(arch, rules.clone(), mismatch.into(), matched.into())
-                        .unwrap();
-                let probes = probes(&rules);
-                let run = crate::bpf::tests::run;
-                for number in (0..1024).chain((0..1024).map(|n| n | 0x4000_0000)) {
-                    assert_eq!(
-                        run(&chain, arch, number, [0; 6]),
-                        run(&search, arch, number, [0; 6]),
-                        "call {number}"
-                    );
-                    if !rules.contains_key(&i64::from(number)) {
-                        continue;
-                    }
-                    for arg in 0..3 {
-                        for &value in &probes {
-                            let mut args = [0; 6];
-                            args[arg] = value;
-                            assert_eq!(
-                                run(&chain, arch, number, args),
-                                run(&search, arch, number, args),
-                                "call {number}, argument {arg} = {value:#x}"
-                            );
-                        }
+                    .unwrap()
+                })
+                .collect();
+            let one = filters(processes).unwrap();
+            assert_eq!(one.len(), 1);
+            let one = &one[0];
+            let every_rule: BTreeMap<i64, Vec<SeccompRule>> = programs
+                .iter()
+                .flat_map(|(rules, _, _)| rules.clone())
+                .collect();
+            let probes = probes(&every_rule);
+            let check = |arch: u32, number: u32, args: [u64; 6]| {
+                let answers: Vec<u32> = chains
+                    .iter()
+                    .map(|chain| run(chain, arch, number, args))
+                    .collect();
+                assert_eq!(
+                    run(one, arch, number, args),
+                    combined(&answers),
+                    "call {number}, arguments {args:x?}, processes {processes}"
+                );
+            };
+            for number in (0..1024).chain((0..1024).map(|n| n | 0x4000_0000)) {
+                check(arch, number, [0; 6]);
+                if !every_rule.contains_key(&i64::from(number)) {
+                    continue;
+                }
+                for arg in 0..3 {
+                    for &value in &probes {
+                        let mut args = [0; 6];
+                        args[arg] = value;
+                        check(arch, number, args);
                     }
                 }
-                assert_eq!(
-                    run(&chain, arch ^ 1, 0, [0; 6]),
-                    run(&search, arch ^ 1, 0, [0; 6]),
-                    "another architecture"
-                );
             }
+            check(arch ^ 1, 0, [0; 6]);
         }
     }
 
     #[test]
     fn the_seccomp_filters_build_with_and_without_processes() {
-        assert_eq!(filters(false).unwrap().len(), 3);
-        assert_eq!(filters(true).unwrap().len(), 3);
+        assert_eq!(filters(false).unwrap().len(), 1);
+        assert_eq!(filters(true).unwrap().len(), 1);
     }
 
     #[test]
