@@ -89,16 +89,15 @@ impl Pool {
     pub async fn take(&self) -> Result<PluginClient, Error> {
         loop {
             let next = lock(&self.shared.ready).pop_front();
+            // The replacement starts once this one is handed out or discarded (on a
+            // current-thread runtime its start would hold up the health check), and also
+            // if this call is dropped meanwhile.
+            let _replace = Replace(&self.shared.taken);
             let Some(plugin) = next else {
-                self.shared.taken.notify_one();
                 return (self.shared.factory)().start().await;
             };
             if plugin.exit_status().is_none() {
-                let answered = plugin.health().await;
-                // The replacement starts once this one is handed out: on a current-thread
-                // runtime its start would hold up the health check.
-                self.shared.taken.notify_one();
-                match answered {
+                match plugin.health().await {
                     Ok(()) => return Ok(plugin),
                     Err(err) => {
                         tracing::warn!(target: "tether::host", plugin = plugin.name(), pid = plugin.pid(),
@@ -106,7 +105,6 @@ impl Pool {
                     }
                 }
             } else {
-                self.shared.taken.notify_one();
                 tracing::warn!(target: "tether::host", plugin = plugin.name(), pid = plugin.pid(),
                     "a pooled plugin ended while it waited; discarded");
             }
@@ -149,6 +147,15 @@ impl Pool {
 impl Drop for Pool {
     fn drop(&mut self) {
         self.filler.abort();
+    }
+}
+
+/// Wakes the pool's filler when dropped: a plugin was taken from the pool.
+struct Replace<'a>(&'a Notify);
+
+impl Drop for Replace<'_> {
+    fn drop(&mut self) {
+        self.0.notify_one();
     }
 }
 

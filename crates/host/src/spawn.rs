@@ -1,9 +1,10 @@
 //! Starting plugin processes from one long-lived thread, and watching them end.
 //!
-//! `PR_SET_PDEATHSIG` fires when the *thread* that forked the child exits, and tokio's
-//! blocking-pool threads exit when idle; so every plugin is forked from a dedicated thread
-//! that lives as long as the host process. The child gets its own process group (so the
-//! host can signal it and everything it forks) and SIGKILL when the host dies.
+//! `PR_SET_PDEATHSIG` fires when the *thread* that started the child exits, and tokio's
+//! blocking-pool threads exit when idle; so every plugin is started from a dedicated
+//! thread that lives as long as the host process, with a vfork-style clone (see [`spawn`]).
+//! The child gets its own process group (so the host can signal it and everything it
+//! forks) and SIGKILL when the host dies.
 //!
 //! A plugin's end is watched through a pidfd without reaping it ([`Group::exited`]): while
 //! the leader is a zombie its pid, and so its process group id, cannot be reused, so the
@@ -190,8 +191,9 @@ unsafe impl Send for ChildStack {}
 
 /// Low descriptor numbers, reserved when the spawner starts (before the host holds the
 /// descriptors of many plugins), where the child's stdin, stdout, stderr, program and
-/// Landlock ruleset are put before each clone. The child then copies only the descriptors below
-/// [`Slots::end`] into a table of its own: a constant cost, however many the host holds.
+/// Landlock ruleset are put before each clone. The child then copies only the descriptors
+/// below [`Slots::end`] into a table of its own: a constant cost, however many the host
+/// holds.
 /// Between spawns every slot but stdin (always /dev/null) holds /dev/null as well, so that
 /// the host keeps no end of a plugin's pipes.
 struct Slots {
@@ -572,6 +574,18 @@ fn prepare_child(child: &Child<'_>) -> Result<(), (Step, io::Error)> {
     // SAFETY: setpgid(0, 0): a process group of its own, led by the child.
     if unsafe { libc::setpgid(0, 0) } != 0 {
         return Err(last(Step::ProcessGroup));
+    }
+    // What lies below the slots and is not close-on-exec (opened by the host before its
+    // first plugin) must not reach the plugin either, sandboxed or not. Best effort: a
+    // kernel before 5.11 lacks the flag (and the sandbox reports that layer off).
+    // SAFETY: marks 3.. of the child's own table close-on-exec.
+    unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3 as libc::c_uint,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        );
     }
     for (from, to) in [(child.stdin, 0), (child.stdout, 1), (child.stderr, 2)] {
         // SAFETY: the slots, numbered 3 or above, onto 0-2 of the child's own table;
