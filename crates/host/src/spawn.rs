@@ -336,13 +336,13 @@ fn cstring(bytes: &[u8], what: &str) -> io::Result<CString> {
     })
 }
 
-/// A pipe whose ends are both close-on-exec and numbered 3 or above (so that connecting
-/// them to 0-2 in the child never overwrites another).
+/// A pipe whose ends are both close-on-exec (the child's end goes to it through a slot).
 fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
-    Ok((above_stdio(read)?, above_stdio(write)?))
+    Ok(rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?)
 }
 
+/// `fd`, or a copy numbered 3 or above: a slot must never be 0-2, which the child
+/// connects the slots to.
 fn above_stdio(fd: OwnedFd) -> io::Result<OwnedFd> {
     if fd.as_raw_fd() > 2 {
         return Ok(fd);
