@@ -514,6 +514,9 @@ impl PluginBuilder {
         if let Some(data_dir) = &data_dir {
             set(env::DATA_DIR, data_dir.path().as_os_str());
         }
+        // The descriptor channel: how the host hands the plugin pipes for bulk transfers.
+        let (descriptors, plugin_end) = tether_transport::descriptor_pair()
+            .map_err(|err| internal(&format!("the descriptor channel: {err}")))?;
         let exec = spawn::Exec {
             // The verified binary is executed through its open descriptor (inherited, and
             // close-on-exec: it closes only once the kernel has opened the file through
@@ -529,6 +532,7 @@ impl PluginBuilder {
             args: self.args.clone(),
             env: environment,
             cwd: data_dir.as_ref().map(|dir| dir.path().to_owned()),
+            descriptors: Some(plugin_end),
         };
         // With a socket group the plugin's sockets are born group-writable (the sandbox
         // forbids it changing file modes and owners) in a set-group-id directory.
@@ -633,6 +637,7 @@ impl PluginBuilder {
                 process,
                 broker,
                 sandbox: sandbox_status,
+                descriptors: Arc::new(descriptors),
             },
         });
         client.health().await?;

@@ -4,6 +4,7 @@
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -25,6 +26,7 @@ use crate::channel::PluginChannel;
 use crate::error::{Error, ExitReport};
 use crate::process::{Attached, Process};
 use tether_sandbox::SandboxStatus;
+use tether_transport::DescriptorSender;
 use tether_transport::activity::Activity;
 
 /// How a plugin process came to stop.
@@ -140,6 +142,8 @@ pub(crate) enum Owner {
         broker: Broker,
         /// What confines the process.
         sandbox: SandboxStatus,
+        /// The host's end of the plugin's descriptor channel.
+        descriptors: Arc<DescriptorSender>,
     },
     /// Another host spawned it and owns all of that; this one only calls it, sees its end
     /// and may stop it.
@@ -217,6 +221,18 @@ impl PluginClient {
     pub fn broker(&self) -> Option<&Broker> {
         match &self.owner {
             Owner::Spawned { broker, .. } => Some(broker),
+            Owner::Attached(_) => None,
+        }
+    }
+
+    /// The host's end of the plugin's descriptor channel (see
+    /// [`tether_transport::descriptor_pair`]), on which host services hand the plugin the
+    /// pipes of bulk file transfers.
+    ///
+    /// `None` for an attached client: the channel stays with the host that started it.
+    pub fn descriptors(&self) -> Option<&Arc<DescriptorSender>> {
+        match &self.owner {
+            Owner::Spawned { descriptors, .. } => Some(descriptors),
             Owner::Attached(_) => None,
         }
     }

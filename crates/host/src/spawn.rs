@@ -46,6 +46,9 @@ pub(crate) struct Exec {
     /// The environment; a later value of a variable replaces an earlier one.
     pub(crate) env: BTreeMap<OsString, OsString>,
     pub(crate) cwd: Option<PathBuf>,
+    /// The plugin's end of its descriptor channel, if it gets one: it keeps it under the
+    /// number [`tether_protocol::env::DESCRIPTOR_FD`] names.
+    pub(crate) descriptors: Option<OwnedFd>,
 }
 
 /// The file a plugin is executed from.
@@ -202,6 +205,7 @@ struct Slots {
     stderr: OwnedFd,
     program: OwnedFd,
     ruleset: OwnedFd,
+    descriptors: OwnedFd,
 }
 
 impl Slots {
@@ -221,6 +225,7 @@ impl Slots {
             stderr: null()?,
             program: null()?,
             ruleset: null()?,
+            descriptors: null()?,
         })
     }
 
@@ -232,6 +237,7 @@ impl Slots {
             &self.stderr,
             &self.program,
             &self.ruleset,
+            &self.descriptors,
         ]
         .iter()
         .map(|fd| fd.as_raw_fd())
@@ -250,7 +256,8 @@ impl Slots {
         Self::fill(&mut self.stdout, &self.stdin)?;
         Self::fill(&mut self.stderr, &self.stdin)?;
         Self::fill(&mut self.program, &self.stdin)?;
-        Self::fill(&mut self.ruleset, &self.stdin)
+        Self::fill(&mut self.ruleset, &self.stdin)?;
+        Self::fill(&mut self.descriptors, &self.stdin)
     }
 }
 
@@ -267,6 +274,8 @@ struct Child<'a> {
     stdout: RawFd,
     stderr: RawFd,
     ruleset: RawFd,
+    /// The descriptor channel's slot, kept across the exec; -1 when there is none.
+    descriptors: RawFd,
     umask: Option<u32>,
     host: Pid,
     sandbox: &'a Prepared,
@@ -402,7 +411,23 @@ impl Spawner {
             strings.push(cstring(arg.as_bytes(), "an argument")?);
         }
         let argc = strings.len();
+        let descriptors = match &exec.descriptors {
+            Some(fd) => {
+                Slots::fill(&mut slots.descriptors, fd)?;
+                let number = slots.descriptors.as_raw_fd();
+                strings.push(cstring(
+                    format!("{}={number}", tether_protocol::env::DESCRIPTOR_FD).as_bytes(),
+                    "an environment variable",
+                )?);
+                number
+            }
+            None => -1,
+        };
         for (key, value) in &exec.env {
+            if descriptors >= 0 && key.as_bytes() == tether_protocol::env::DESCRIPTOR_FD.as_bytes()
+            {
+                continue;
+            }
             let mut pair = key.as_bytes().to_vec();
             pair.push(b'=');
             pair.extend_from_slice(value.as_bytes());
@@ -439,6 +464,7 @@ impl Spawner {
             stdout: slots.stdout.as_raw_fd(),
             stderr: slots.stderr.as_raw_fd(),
             ruleset: slots.ruleset.as_raw_fd(),
+            descriptors,
             umask,
             host,
             sandbox,
@@ -611,7 +637,14 @@ fn prepare_child(child: &Child<'_>) -> Result<(), (Step, io::Error)> {
     child
         .sandbox
         .apply_with_ruleset_at(child.ruleset)
-        .map_err(|err| (Step::Sandbox, err))
+        .map_err(|err| (Step::Sandbox, err))?;
+    // The descriptor channel is the one slot the plugin keeps, under its own number: given
+    // on purpose, after the sandbox marked every descriptor above 2 close-on-exec.
+    // SAFETY: clears the close-on-exec flag of a slot in the child's own table.
+    if child.descriptors >= 0 && unsafe { libc::fcntl(child.descriptors, libc::F_SETFD, 0) } != 0 {
+        return Err(last(Step::Descriptors));
+    }
+    Ok(())
 }
 
 /// A plugin's process group, led by the spawned process, until the host reaps the leader.
@@ -732,6 +765,7 @@ mod tests {
             args: vec!["30".into()],
             env: BTreeMap::new(),
             cwd: None,
+            descriptors: None,
         };
         spawn(exec, prepared, None).await.expect("sleep starts")
     }

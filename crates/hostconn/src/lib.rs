@@ -47,7 +47,7 @@ pub use tether_broker::{Refusal, RefusalHook};
 use tether_host::{PluginChannel, PluginClient};
 use tether_protocol::hostconn::acceptor_client::AcceptorClient;
 use tether_protocol::hostconn::{DisconnectRequest, EstablishRequest};
-use tether_transport::Conn;
+use tether_transport::{Conn, DescriptorSender};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tonic::service::Routes;
 use tonic::transport::server::Connected;
@@ -70,11 +70,29 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 16;
 /// [`PluginIdentity::of`]. It cannot be forged by the plugin: it comes from the endpoint the
 /// call arrived on, and the connection's peer credentials were checked to be that plugin's
 /// process.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+///
+/// Two identities are equal when name, instance and pid are: the descriptor channel it
+/// carries is the plugin's, not part of who it is.
+#[derive(Debug, Clone)]
 pub struct PluginIdentity {
     name: Arc<str>,
     instance: u64,
     pid: u32,
+    descriptors: Option<Arc<DescriptorSender>>,
+}
+
+impl PartialEq for PluginIdentity {
+    fn eq(&self, other: &Self) -> bool {
+        (&self.name, self.instance, self.pid) == (&other.name, other.instance, other.pid)
+    }
+}
+
+impl Eq for PluginIdentity {}
+
+impl std::hash::Hash for PluginIdentity {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (&self.name, self.instance, self.pid).hash(state);
+    }
 }
 
 impl PluginIdentity {
@@ -108,6 +126,14 @@ impl PluginIdentity {
     /// The pid of the calling process (checked to be the plugin's).
     pub fn pid(&self) -> u32 {
         self.pid
+    }
+
+    /// The host's end of the plugin's descriptor channel
+    /// ([`PluginClient::descriptors`]), on which a service hands the plugin a pipe or
+    /// another open descriptor. `None` when the plugin has none (served
+    /// [`in_process`]).
+    pub fn descriptors(&self) -> Option<&Arc<DescriptorSender>> {
+        self.descriptors.as_ref()
     }
 }
 
@@ -410,6 +436,7 @@ pub async fn establish_host_services_with(
         listener = listener.on_refused(Arc::clone(hook));
     }
     let (name_arc, instance) = (Arc::<str>::from(name.as_str()), plugin.instance());
+    let descriptors = plugin.descriptors().cloned();
     let (socket, limit, pid) = (
         listener.path().to_owned(),
         options.max_connections,
@@ -454,6 +481,7 @@ pub async fn establish_host_services_with(
             name: Arc::clone(&name_arc),
             instance,
             pid,
+            descriptors: descriptors.clone(),
         };
         Ok(Counted {
             conn: conn.with_info(identity),

@@ -57,6 +57,7 @@ pub async fn in_process(
         name: Arc::from(plugin),
         instance: 0,
         pid: std::process::id(),
+        descriptors: None,
     };
     let (connections, accepted) = mpsc::channel::<io::Result<Local>>(4);
     let task = tokio::spawn(async move {

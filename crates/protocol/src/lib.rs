@@ -70,6 +70,10 @@ pub mod env {
     /// tether's own: the plugin's private, writable data directory (also its working
     /// directory), when the host gave it one. Unset otherwise.
     pub const DATA_DIR: &str = "TETHER_DATA_DIR";
+    /// tether's own: the number of the plugin's end of its descriptor channel, the socket
+    /// on which the host hands it pipes for bulk file transfers (`ReadFileBulk`,
+    /// `WriteFileBulk`). Set by tether hosts for every plugin they start.
+    pub const DESCRIPTOR_FD: &str = "TETHER_DESCRIPTOR_FD";
 }
 
 #[allow(

@@ -14,6 +14,9 @@
 //! - [`tls`] is go-plugin's AutoMTLS: throwaway certificates ([`tls::Identity`]) and TLS
 //!   that pins the peer's exact certificate, required both ways ([`tls::MutualTls`]), which
 //!   [`Listener::tls`] and [`connect_with`] speak on every connection;
+//! - [`descriptor_pair`] is the descriptor channel a host gives a plugin it starts, to hand
+//!   it open descriptors ([`DescriptorSender`], [`DescriptorReceiver`]): the pipes of bulk
+//!   file transfers;
 //! - [`mux`] is go-plugin's multiplexing: yamux on the main connection
 //!   ([`connect_multiplexed`], [`mux::Session`]), its streams served by
 //!   [`Listener::over_streams`] and dialed by [`channel_over`].
@@ -47,6 +50,8 @@ compile_error!(
 
 #[cfg(unix)]
 pub mod activity;
+#[cfg(target_os = "linux")]
+mod descriptors;
 #[cfg(unix)]
 mod dir;
 pub mod mux;
@@ -54,6 +59,8 @@ pub mod tls;
 #[cfg(unix)]
 mod unix;
 
+#[cfg(target_os = "linux")]
+pub use descriptors::{DescriptorError, DescriptorReceiver, DescriptorSender, descriptor_pair};
 #[cfg(unix)]
 pub use dir::{GroupError, resolve_group, share_with_group, socket_dir};
 #[cfg(unix)]
