@@ -562,6 +562,8 @@ async fn a_gibibyte_written_and_read_through_host_services_in_bounded_memory() {
     };
     assert_eq!(value("written"), 1 << 30);
     assert_eq!(value("read"), 1 << 30);
+    assert_eq!(value("bulk_written"), 1 << 30);
+    assert_eq!(value("bulk_read"), 1 << 30);
     let (host, plugin) = (value("host_peak_kib"), value("plugin_peak_kib"));
     println!("1 GiB through host services: host peak {host} KiB, plugin peak {plugin} KiB");
     assert!(host < 64 * 1024, "host peak {host} KiB");

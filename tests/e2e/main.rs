@@ -6,6 +6,7 @@
 )]
 
 mod automtls;
+mod bulk;
 mod cli;
 mod corpus_rows;
 mod datadir;

@@ -102,10 +102,16 @@ impl FileOperation {
     }
 
     /// The operation whose gRPC method name is `method` (`ReadDir` …), if any.
+    /// `ReadFileBulk` and `WriteFileBulk` are `ReadFile` and `WriteFile`: the same access
+    /// to the same file, its bytes carried through a pipe.
     pub fn from_method(method: &str) -> Option<Self> {
-        FileOperation::ALL
-            .into_iter()
-            .find(|operation| operation.method() == method)
+        match method {
+            "ReadFileBulk" => Some(FileOperation::ReadFile),
+            "WriteFileBulk" => Some(FileOperation::WriteFile),
+            _ => FileOperation::ALL
+                .into_iter()
+                .find(|operation| operation.method() == method),
+        }
     }
 }
 
@@ -1123,6 +1129,14 @@ mod tests {
                 Some(operation)
             );
         }
+        assert_eq!(
+            Operation::from_grpc_path("/tether.hostserve.v1.Files/ReadFileBulk"),
+            Operation::File(FileOperation::ReadFile)
+        );
+        assert_eq!(
+            Operation::from_grpc_path("/tether.hostserve.v1.Files/WriteFileBulk"),
+            Operation::File(FileOperation::WriteFile)
+        );
         assert_eq!(
             json(&Operation::File(FileOperation::ReadDir)),
             "\"read_dir\""

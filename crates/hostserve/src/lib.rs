@@ -103,6 +103,7 @@
 //! job), or follow symbolic links.
 
 mod audit;
+mod bulk;
 pub mod capability;
 mod confine;
 #[cfg(feature = "fuzzing")]

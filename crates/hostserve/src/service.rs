@@ -3,6 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,9 +15,10 @@ use tether_host::{LifecycleEvent, LifecycleKind, PluginBuilder, PluginClient};
 use tether_hostconn::{Options, Outcome, Refusal, RefusalHook, establish_host_services_with};
 use tether_protocol::hostserve::files_server::{Files as FilesRpc, FilesServer};
 use tether_protocol::hostserve::{
-    CreateDirRequest, CreateDirResponse, DeleteFileRequest, DeleteFileResponse, DirEntry,
-    EntryKind, GetEnvRequest, GetEnvResponse, ReadDirRequest, ReadDirResponse, ReadFileChunk,
-    ReadFileRequest, StatRequest, StatResponse, WriteFileChunk, WriteFileResponse,
+    BulkEvent, CreateDirRequest, CreateDirResponse, DeleteFileRequest, DeleteFileResponse,
+    DirEntry, EntryKind, GetEnvRequest, GetEnvResponse, ReadDirRequest, ReadDirResponse,
+    ReadFileChunk, ReadFileRequest, StatRequest, StatResponse, WriteFileBulkRequest,
+    WriteFileChunk, WriteFileResponse,
 };
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
@@ -28,11 +30,13 @@ use tonic::{Code, Request, Response, Status, Streaming};
 
 use crate::Audit;
 use crate::audit::{AuditRecord, Decider, Decision, Operation};
+use crate::bulk::{self, BulkEvents, Pipe};
 use crate::capability::{Need, Verb, is_env_name};
 use crate::confine::{self, Target};
 use crate::gate::{Call, Gate, Limits, RequestEnd, run_blocking as blocking};
 use crate::path::{self, RequestPath};
 use crate::policy::Policy;
+use tether_transport::{DescriptorError, DescriptorSender};
 
 /// The digest the signed manifest beside `program` names for it, if `key` signed it and it
 /// names `plugin`.
@@ -387,8 +391,46 @@ async fn authorize_path(
     }
 }
 
+/// The calling plugin's descriptor channel, for a bulk call; a plugin without one (attached
+/// to another host, or served in-process) is refused (audited).
+fn descriptor_channel(call: &mut Call, method: &str) -> Result<Arc<DescriptorSender>, Status> {
+    match call.identity().descriptors() {
+        Some(channel) => Ok(Arc::clone(channel)),
+        None => {
+            let status = Status::failed_precondition(format!(
+                "{method}: plugin `{}` has no descriptor channel to receive the pipe on (only \
+                 a plugin this host started has one); use {} instead",
+                call.identity().name(),
+                method.trim_end_matches("Bulk"),
+            ));
+            Err(call.deny(status, "no descriptor channel"))
+        }
+    }
+}
+
+/// Sends the plugin a copy of `fd` on `channel`, returning the token it went under.
+async fn hand_over(
+    channel: &DescriptorSender,
+    fd: BorrowedFd<'_>,
+    stall: Duration,
+) -> Result<u64, Status> {
+    channel.send(fd, stall).await.map_err(|err| match err {
+        DescriptorError::Closed => Status::unavailable(err.to_string()),
+        DescriptorError::Stalled { .. } => Status::deadline_exceeded(err.to_string()),
+        _ => Status::internal(err.to_string()),
+    })
+}
+
+/// Records `status` as the outcome of `call`, and returns it.
+fn failed(call: &mut Call, status: Status) -> Status {
+    match call.finish::<()>(Err(status)) {
+        Err(status) => status,
+        Ok(()) => Status::internal("a failed call finished as a success"),
+    }
+}
+
 /// An OS error as a status that says what happened to which path.
-fn io_status(path: &str, err: &io::Error) -> Status {
+pub(crate) fn io_status(path: &str, err: &io::Error) -> Status {
     let message = format!("{path:?}: {err}");
     match (err.kind(), err.raw_os_error()) {
         (_, Some(code)) if code == rustix::io::Errno::LOOP.raw_os_error() => {
@@ -495,11 +537,8 @@ async fn pump_file(
     }
 }
 
-/// The plugin's next `WriteFile` message, waiting at most `stall`.
-async fn next_chunk(
-    stream: &mut Streaming<WriteFileChunk>,
-    stall: Duration,
-) -> Result<Option<WriteFileChunk>, Status> {
+/// The plugin's next message of a write, waiting at most `stall`.
+async fn next_chunk<T>(stream: &mut Streaming<T>, stall: Duration) -> Result<Option<T>, Status> {
     tokio::time::timeout(stall, stream.message())
         .await
         .map_err(|_| {
@@ -715,6 +754,168 @@ impl FilesRpc for Files {
             });
         call.finish(result)
             .map(|bytes_written| Response::new(WriteFileResponse { bytes_written }))
+    }
+
+    type ReadFileBulkStream = BulkEvents;
+
+    async fn read_file_bulk(
+        &self,
+        request: Request<ReadFileRequest>,
+    ) -> Result<Response<BulkEvents>, Status> {
+        let resource = path::display(&request.get_ref().path);
+        let mut call = self.gate.begin_on(&request, resource).await?;
+        let path = checked_path(&mut call, &request.get_ref().path)?;
+        let channel = descriptor_channel(&mut call, "ReadFileBulk")?;
+        let workspace = authorize_path(&mut call, Verb::Read, &path).await?;
+        let shown = path.as_str().to_owned();
+        let hard_links = self.limits().allow_hard_links;
+        let stall = self.limits().stall_timeout;
+        // Opened as ReadFile opens it (no link followed, a regular file only, read-only),
+        // then handed over: the host keeps no copy.
+        let opened = call
+            .blocking(move || -> io::Result<_> {
+                let file = Target::locate(&workspace, &path)?.open_file(hard_links)?;
+                let size = file.metadata()?.len();
+                Ok((file, size))
+            })
+            .await?
+            .map_err(|err| io_status(&shown, &err));
+        let handed = match opened {
+            Ok((file, size)) => hand_over(&channel, file.as_fd(), stall)
+                .await
+                .map(|token| (token, size)),
+            Err(status) => Err(status),
+        };
+        let (token, size) = call.finish(handed)?;
+        let event = BulkEvent {
+            token,
+            size,
+            done: true,
+            bytes: 0,
+        };
+        Ok(Response::new(Box::pin(tokio_stream::iter([Ok(event)]))))
+    }
+
+    type WriteFileBulkStream = BulkEvents;
+
+    async fn write_file_bulk(
+        &self,
+        request: Request<Streaming<WriteFileBulkRequest>>,
+    ) -> Result<Response<BulkEvents>, Status> {
+        let mut call = self.gate.begin(&request).await?;
+        let mut stream = request.into_inner();
+        let stall = self.limits().stall_timeout;
+        let first = match next_chunk(&mut stream, stall).await {
+            Ok(Some(first)) if !first.end => first,
+            Ok(_) => {
+                let status = Status::invalid_argument(
+                    "WriteFileBulk: the first message names the file to write; the stream \
+                     ended or was ended without it",
+                );
+                return Err(call.deny(status, "no first message"));
+            }
+            Err(status) => return Err(call.deny(status, "no first message")),
+        };
+        call.set_resource(path::display(&first.path));
+        let path = checked_path(&mut call, &first.path)?;
+        let channel = descriptor_channel(&mut call, "WriteFileBulk")?;
+        let workspace = authorize_path(&mut call, Verb::Write, &path).await?;
+        let mode = if first.mode == 0 {
+            0o644
+        } else {
+            first.mode & 0o777
+        };
+        let shown = path.as_str().to_owned();
+        let written = self.written_counter(call.identity().name());
+        let (quota, durable) = (self.limits().write_quota, self.limits().durable_writes);
+        let shown_setup = shown.clone();
+        let setup = async {
+            let (target, temp, file, pipe) = blocking(move || -> io::Result<_> {
+                let target = Target::locate(&workspace, &path)?;
+                let (temp, file) = target.create_temp(mode)?;
+                Ok((target, temp, file, Pipe::new()?))
+            })
+            .await?
+            .map_err(|err| io_status(&shown_setup, &err))?;
+            let unfinished = Unfinished {
+                target: Arc::new(target),
+                temp,
+                written: Arc::clone(&written),
+                counted: 0,
+                done: false,
+            };
+            let token = hand_over(&channel, pipe.plugin.as_fd(), stall).await?;
+            Ok::<_, Status>((unfinished, file, pipe.host, token))
+        };
+        let (mut unfinished, file, reader, token) = match setup.await {
+            Ok(ready) => ready,
+            Err(status) => return Err(failed(&mut call, status)),
+        };
+        let (events, receiver) = mpsc::channel(2);
+        let _ = events.try_send(Ok(BulkEvent {
+            token,
+            ..BulkEvent::default()
+        }));
+        let permit = call.take_slot();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let watch = events.clone();
+            let received = blocking(move || {
+                let ended = || watch.is_closed();
+                let room = || quota.saturating_sub(written.load(Ordering::Relaxed));
+                let moved = bulk::receive_file(&reader, &file, stall, &ended, &room, &mut |n| {
+                    unfinished.count(n, quota)
+                });
+                (file, unfinished, moved)
+            })
+            .await;
+            let finished = async {
+                let (file, unfinished, moved) = received?;
+                let moved = moved.map_err(|(stop, moved)| stop.status(&shown, moved))?;
+                // The pipe's end is not the data's: the plugin confirms it, with its count.
+                match next_chunk(&mut stream, stall).await? {
+                    Some(last) if last.end && last.bytes == moved => {}
+                    Some(last) if last.end => {
+                        return Err(Status::data_loss(format!(
+                            "{shown:?}: the plugin wrote {} bytes, the host received {moved}; \
+                             nothing was written",
+                            last.bytes
+                        )));
+                    }
+                    Some(_) => {
+                        return Err(Status::invalid_argument(format!(
+                            "{shown:?}: after the pipe is closed, the only message is the end \
+                             (`end` and the byte count); nothing was written"
+                        )));
+                    }
+                    None => {
+                        return Err(Status::cancelled(format!(
+                            "{shown:?}: the pipe was closed without the end being confirmed \
+                             (the plugin gave up or died); nothing was written"
+                        )));
+                    }
+                }
+                // The last step runs to its end: it owns the unfinished write.
+                blocking(move || -> io::Result<()> {
+                    if durable {
+                        file.sync_all()?;
+                    }
+                    unfinished.commit()
+                })
+                .await?
+                .map_err(|err| io_status(&shown, &err))?;
+                Ok(moved)
+            };
+            let outcome = call.finish(finished.await).map(|bytes| BulkEvent {
+                done: true,
+                bytes,
+                ..BulkEvent::default()
+            });
+            let _ = events.send(outcome).await;
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(receiver),
+        )))
     }
 
     async fn delete_file(

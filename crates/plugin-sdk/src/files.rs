@@ -1,13 +1,15 @@
 //! [`HostFiles`]: typed access to tether's ready-made host services (`tether.hostserve.v1`).
 
 use futures_util::{Stream, StreamExt};
+use std::io::Read;
 use std::time::Duration;
 use tether_protocol::hostserve::files_client::FilesClient;
 use tether_protocol::hostserve::{
-    CreateDirRequest, DeleteFileRequest, DirEntry, GetEnvRequest, ReadDirRequest, ReadFileRequest,
-    StatRequest, StatResponse, WriteFileChunk,
+    BulkEvent, CreateDirRequest, DeleteFileRequest, DirEntry, GetEnvRequest, ReadDirRequest,
+    ReadFileRequest, StatRequest, StatResponse, WriteFileBulkRequest, WriteFileChunk,
 };
 use tether_protocol::{CAPABILITY_METADATA, CallContext};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tonic::{Code, Request, Status};
 
 use crate::host::HostChannel;
@@ -17,6 +19,13 @@ pub type FileChunks = std::pin::Pin<Box<dyn Stream<Item = Result<Vec<u8>, HostCa
 
 /// Bytes per chunk `write_file` sends.
 const WRITE_CHUNK: usize = 64 * 1024;
+
+/// Bytes per read or write of a bulk transfer (the host asks for pipes this large).
+const PIPE_CHUNK: usize = 1 << 20;
+
+/// How long a bulk call waits for its pipe on the descriptor channel: the host sent it
+/// before naming it, so it is there unless something is badly wrong.
+const PIPE_WAIT: Duration = Duration::from_secs(30);
 
 /// Why a host-service call failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -215,12 +224,32 @@ impl HostFiles {
         })))
     }
 
-    /// A whole file, refusing (with [`HostCallError::TooLarge`]) past `cap` bytes.
+    /// A whole file, refusing (with [`HostCallError::TooLarge`]) past `cap` bytes. Read
+    /// from the open file the host hands over when it started this plugin (see
+    /// [`HostFiles::open_file`]), else in [`HostFiles::read_file`]'s chunks.
     pub async fn read_file_to_vec(
         &self,
         path: impl AsRef<[u8]>,
         cap: usize,
     ) -> Result<Vec<u8>, HostCallError> {
+        if let Some((size, file)) = self.open_bulk(path.as_ref()).await? {
+            let reading = tokio::task::spawn_blocking(move || {
+                let mut contents =
+                    Vec::with_capacity(usize::try_from(size).unwrap_or(cap).min(cap));
+                let limit = u64::try_from(cap).unwrap_or(u64::MAX).saturating_add(1);
+                file.take(limit)
+                    .read_to_end(&mut contents)
+                    .map(|_| contents)
+            });
+            let contents = reading
+                .await
+                .map_err(|err| task_error(&err))?
+                .map_err(|err| file_error("read", &err))?;
+            if contents.len() > cap {
+                return Err(HostCallError::TooLarge { cap });
+            }
+            return Ok(contents);
+        }
         let mut stream = self.read_file(path).await?;
         let mut contents = Vec::new();
         while let Some(chunk) = stream.next().await {
@@ -233,12 +262,205 @@ impl HostFiles {
         Ok(contents)
     }
 
-    /// Writes `contents` to `path` (mode `0o644`), replacing it atomically.
+    /// The file at `path`, open read-only: when the host started this plugin, it checks
+    /// the capability, opens the file as `ReadFile` would (no symbolic link followed, a
+    /// regular file only), audits the read, and hands over the open file on this plugin's
+    /// descriptor channel (`ReadFileBulk`). Read it at the disk's speed, seek in it, map
+    /// it: it is the host's file, as it was when opened. A grant revoked later does not
+    /// take it back (as with any open file); the next call is checked anew.
+    ///
+    /// Fails with [`HostCallError::Other`] (`FAILED_PRECONDITION`) when this plugin has no
+    /// descriptor channel (a Go host, a plugin attached to or run by hand): use
+    /// [`HostFiles::read_file`] or [`HostFiles::copy_file_to`], which fall back to gRPC
+    /// messages.
+    pub async fn open_file(&self, path: impl AsRef<[u8]>) -> Result<std::fs::File, HostCallError> {
+        match self.open_bulk(path.as_ref()).await? {
+            Some((_, file)) => Ok(file),
+            None => Err(HostCallError::Other {
+                code: Code::FailedPrecondition,
+                message: "this plugin has no descriptor channel to receive an open file on \
+                          (only a tether host that started it gives one, and serves \
+                          ReadFileBulk); use read_file or copy_file_to"
+                    .to_owned(),
+            }),
+        }
+    }
+
+    /// Copies a whole file into `sink`, returning its size: from the open file the host
+    /// hands over when it started this plugin ([`HostFiles::open_file`]), read on a
+    /// blocking thread in 1 MiB pieces while the last is written to `sink`; otherwise from
+    /// [`HostFiles::read_file`]'s chunks. Either way the same capability is checked and the
+    /// same audit record written.
+    pub async fn copy_file_to(
+        &self,
+        path: impl AsRef<[u8]>,
+        sink: &mut (impl AsyncWrite + Unpin + Send),
+    ) -> Result<u64, HostCallError> {
+        if let Some((_, file)) = self.open_bulk(path.as_ref()).await? {
+            return copy_from_file(file, sink).await;
+        }
+        let mut stream = self.read_file(path).await?;
+        let mut copied = 0u64;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            sink.write_all(&chunk)
+                .await
+                .map_err(|err| file_error("copy", &err))?;
+            copied += chunk.len() as u64;
+        }
+        Ok(copied)
+    }
+
+    /// A `ReadFileBulk`: the file's size and the open file. `None` when this plugin has no
+    /// descriptor channel or the host does not serve bulk calls: then the caller streams.
+    async fn open_bulk(&self, path: &[u8]) -> Result<Option<(u64, std::fs::File)>, HostCallError> {
+        let Some(channel) = crate::descriptors::descriptor_channel() else {
+            return Ok(None);
+        };
+        let request = Request::new(ReadFileRequest {
+            path: path.to_vec(),
+        });
+        let mut events = match self.client.clone().read_file_bulk(request).await {
+            Ok(response) => response.into_inner(),
+            Err(status) if status.code() == Code::Unimplemented => return Ok(None),
+            Err(status) => return Err(status.into()),
+        };
+        let first = first_event(&mut events).await?;
+        let fd = channel
+            .take(first.token, PIPE_WAIT)
+            .await
+            .map_err(|err| channel_error(&err))?;
+        Ok(Some((first.size, std::fs::File::from(fd))))
+    }
+
+    /// Writes everything `source` gives to `path` with `mode`, replacing it atomically
+    /// when `source` ends (readers never see half a file), and returns the bytes written.
+    /// When the host started this plugin, the bytes go through a pipe the host hands it
+    /// (`WriteFileBulk`); otherwise as [`HostFiles::write_file_stream`]'s chunks. Either
+    /// way the same capability, quota and audit apply, and a write that does not end
+    /// cleanly (an error from `source`, the plugin dying) leaves the target untouched.
+    pub async fn write_file_from(
+        &self,
+        path: impl AsRef<[u8]>,
+        mode: u32,
+        source: &mut (impl AsyncRead + Unpin + Send),
+    ) -> Result<u64, HostCallError> {
+        let mut reader = BufReader::with_capacity(PIPE_CHUNK, source);
+        if let Some(written) = self
+            .write_bulk(path.as_ref(), mode, async |pipe| {
+                tokio::io::copy_buf(&mut reader, pipe).await
+            })
+            .await?
+        {
+            return Ok(written);
+        }
+        // Nothing was read from `source` yet: the bulk call was not served.
+        let (sender, receiver) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+        let path = path.as_ref().to_vec();
+        let files = self.clone();
+        let writing = tokio::spawn(async move {
+            files
+                .write_file_stream(
+                    path,
+                    mode,
+                    tokio_stream::wrappers::ReceiverStream::new(receiver),
+                )
+                .await
+        });
+        loop {
+            let buffer = reader
+                .fill_buf()
+                .await
+                .map_err(|err| pipe_error("read the source of", &err))?;
+            if buffer.is_empty() {
+                break;
+            }
+            let chunk = buffer[..buffer.len().min(WRITE_CHUNK)].to_vec();
+            reader.consume(chunk.len());
+            if sender.send(chunk).await.is_err() {
+                break;
+            }
+        }
+        drop(sender);
+        writing.await.map_err(|err| HostCallError::Other {
+            code: Code::Internal,
+            message: format!("the write's task failed: {err}"),
+        })?
+    }
+
+    /// A `WriteFileBulk` whose data `fill` writes into the pipe. `None` when this plugin
+    /// has no descriptor channel or the host does not serve bulk calls (`fill` was not
+    /// called).
+    async fn write_bulk(
+        &self,
+        path: &[u8],
+        mode: u32,
+        fill: impl AsyncFnOnce(&mut tokio::net::unix::pipe::Sender) -> std::io::Result<u64>,
+    ) -> Result<Option<u64>, HostCallError> {
+        let Some(channel) = crate::descriptors::descriptor_channel() else {
+            return Ok(None);
+        };
+        let (requests, outgoing) = tokio::sync::mpsc::channel(2);
+        let _ = requests
+            .send(WriteFileBulkRequest {
+                path: path.to_vec(),
+                mode,
+                ..WriteFileBulkRequest::default()
+            })
+            .await;
+        let mut client = self.client.clone();
+        let call = client.write_file_bulk(tokio_stream::wrappers::ReceiverStream::new(outgoing));
+        let mut events = match call.await {
+            Ok(response) => response.into_inner(),
+            Err(status) if status.code() == Code::Unimplemented => return Ok(None),
+            Err(status) => return Err(status.into()),
+        };
+        let first = first_event(&mut events).await?;
+        let fd = channel
+            .take(first.token, PIPE_WAIT)
+            .await
+            .map_err(|err| channel_error(&err))?;
+        let mut pipe = tokio::net::unix::pipe::Sender::from_owned_fd(fd)
+            .map_err(|err| pipe_error("open", &err))?;
+        let filled = fill(&mut pipe).await;
+        drop(pipe);
+        let written = match filled {
+            Ok(written) => written,
+            // The host stopped taking the data (a quota, a failure): its answer says why.
+            Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => {
+                finish_bulk(events, u64::MAX).await?;
+                return Err(pipe_error("write", &err));
+            }
+            // The source failed: no end is confirmed, so the host writes nothing.
+            Err(err) => return Err(pipe_error("write", &err)),
+        };
+        let _ = requests
+            .send(WriteFileBulkRequest {
+                end: true,
+                bytes: written,
+                ..WriteFileBulkRequest::default()
+            })
+            .await;
+        drop(requests);
+        finish_bulk(events, written).await.map(Some)
+    }
+
+    /// Writes `contents` to `path` (mode `0o644`), replacing it atomically; through a pipe
+    /// when the host started this plugin (see [`HostFiles::write_file_from`]).
     pub async fn write_file(
         &self,
         path: impl AsRef<[u8]>,
         contents: &[u8],
     ) -> Result<u64, HostCallError> {
+        if let Some(written) = self
+            .write_bulk(path.as_ref(), 0o644, async |pipe| {
+                pipe.write_all(contents).await?;
+                Ok(contents.len() as u64)
+            })
+            .await?
+        {
+            return Ok(written);
+        }
         let chunks: Vec<Vec<u8>> = contents.chunks(WRITE_CHUNK).map(<[u8]>::to_vec).collect();
         self.write_file_stream(path, 0o644, futures_util::stream::iter(chunks))
             .await
@@ -317,6 +539,112 @@ impl HostFiles {
             }))
             .await?;
         Ok(())
+    }
+}
+
+/// A bulk call's events (see `tether.hostserve.v1.BulkEvent`).
+type Events = tonic::Streaming<BulkEvent>;
+
+/// The first event of a bulk call, which names the pipe.
+async fn first_event(events: &mut Events) -> Result<BulkEvent, HostCallError> {
+    events.message().await?.ok_or_else(|| HostCallError::Other {
+        code: Code::Internal,
+        message: "the host ended the bulk call before naming its pipe".to_owned(),
+    })
+}
+
+/// The outcome of a bulk call once its pipe is done with: the host's error if it had one,
+/// else a check that both sides counted `moved` bytes.
+async fn finish_bulk(mut events: Events, moved: u64) -> Result<u64, HostCallError> {
+    match events.message().await? {
+        Some(last) if last.done && last.bytes == moved => Ok(moved),
+        Some(last) if last.done => Err(HostCallError::Other {
+            code: Code::DataLoss,
+            message: format!(
+                "the host moved {} bytes through the pipe, this plugin {moved}",
+                last.bytes
+            ),
+        }),
+        _ => Err(HostCallError::Other {
+            code: Code::Internal,
+            message: "the host ended the bulk call without its outcome".to_owned(),
+        }),
+    }
+}
+
+/// Reads `file` on a blocking thread, 1 MiB at a time, into `sink`: the next piece is read
+/// while the last is written.
+async fn copy_from_file(
+    file: std::fs::File,
+    sink: &mut (impl AsyncWrite + Unpin + Send),
+) -> Result<u64, HostCallError> {
+    let (full, mut filled) = tokio::sync::mpsc::channel::<std::io::Result<Vec<u8>>>(1);
+    let (empty, mut emptied) = tokio::sync::mpsc::channel::<Vec<u8>>(2);
+    for _ in 0..2 {
+        let _ = empty.try_send(vec![0; PIPE_CHUNK]);
+    }
+    let reader = tokio::task::spawn_blocking(move || {
+        let mut file = file;
+        while let Some(mut buffer) = emptied.blocking_recv() {
+            buffer.resize(PIPE_CHUNK, 0);
+            let read = loop {
+                match file.read(&mut buffer) {
+                    Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+                    other => break other,
+                }
+            };
+            let end = matches!(read, Ok(0) | Err(_));
+            let sent = read.map(|n| {
+                buffer.truncate(n);
+                buffer
+            });
+            if full.blocking_send(sent).is_err() || end {
+                return;
+            }
+        }
+    });
+    let mut copied = 0u64;
+    while let Some(piece) = filled.recv().await {
+        let buffer = piece.map_err(|err| file_error("read", &err))?;
+        if buffer.is_empty() {
+            break;
+        }
+        sink.write_all(&buffer)
+            .await
+            .map_err(|err| file_error("copy", &err))?;
+        copied += buffer.len() as u64;
+        let _ = empty.send(buffer).await;
+    }
+    drop(empty);
+    reader.await.map_err(|err| task_error(&err))?;
+    Ok(copied)
+}
+
+fn task_error(err: &tokio::task::JoinError) -> HostCallError {
+    HostCallError::Other {
+        code: Code::Internal,
+        message: format!("reading the file failed: {err}"),
+    }
+}
+
+fn file_error(action: &str, err: &std::io::Error) -> HostCallError {
+    HostCallError::Other {
+        code: Code::Unavailable,
+        message: format!("could not {action} the file the host handed over: {err}"),
+    }
+}
+
+fn pipe_error(action: &str, err: &std::io::Error) -> HostCallError {
+    HostCallError::Other {
+        code: Code::Unavailable,
+        message: format!("could not {action} the transfer's pipe: {err}"),
+    }
+}
+
+fn channel_error(err: &tether_transport::DescriptorError) -> HostCallError {
+    HostCallError::Other {
+        code: Code::Unavailable,
+        message: format!("the transfer's pipe did not arrive: {err}"),
     }
 }
 

@@ -124,6 +124,7 @@
 
 mod builtin;
 mod calls;
+mod descriptors;
 mod error;
 mod files;
 mod host;
@@ -132,6 +133,7 @@ mod parent;
 mod serve;
 mod stdio;
 
+pub use descriptors::descriptor_channel;
 pub use error::ServeError;
 pub use files::{DEFAULT_HOST_CALL_TIMEOUT, FileChunks, HostCallError, HostFiles};
 pub use host::{CallHost, Host, HostChannel, HostServicesError};
@@ -139,6 +141,7 @@ pub use log::JsonLogLayer;
 pub use serve::{NoHost, Plugin, WithHost};
 pub use tether_broker::{Broker, BrokerError};
 pub use tether_protocol::{CallContext, HandshakeConfig};
+pub use tether_transport::{DescriptorError, DescriptorReceiver};
 pub use tonic::service::Routes;
 
 /// The protocol crate, re-exported so plugins need only this one dependency for it.

@@ -18,8 +18,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tether_broker::Served;
-use tether_plugin_sdk::protocol::hostserve::ReadFileRequest;
 use tether_plugin_sdk::protocol::hostserve::files_client::FilesClient;
+use tether_plugin_sdk::protocol::hostserve::{BulkEvent, ReadFileRequest, WriteFileBulkRequest};
 use tether_plugin_sdk::tonic::metadata::MetadataValue;
 use tether_plugin_sdk::tonic::{self, Request, Response, Status};
 use tether_plugin_sdk::{
@@ -44,6 +44,85 @@ struct Service {
     served: Arc<Mutex<Vec<Served>>>,
     /// `ReadFile` streams opened by `hold_reads` and not read yet.
     held: Arc<Mutex<Vec<FileChunks>>>,
+    /// `WriteFileBulk` calls opened by `bulk_write_stall`, with their pipes, never written.
+    held_bulk: Arc<Mutex<Vec<HeldWrite>>>,
+}
+
+/// A `WriteFileBulk` left hanging: its events, its pipe and its request stream.
+type HeldWrite = (
+    tonic::Streaming<BulkEvent>,
+    std::os::fd::OwnedFd,
+    tokio::sync::mpsc::Sender<WriteFileBulkRequest>,
+);
+
+/// How long a raw bulk call waits for its pipe.
+const PIPE_WAIT: Duration = Duration::from_secs(30);
+
+/// The outcome of a raw bulk call's last event: `ok <bytes>` or `<code>: <message>`.
+async fn bulk_ending(events: &mut tonic::Streaming<BulkEvent>) -> String {
+    loop {
+        match events.message().await {
+            Ok(Some(event)) if event.done => return format!("ok {}", event.bytes),
+            Ok(Some(_)) => {}
+            Ok(None) => return "ended without an outcome".to_owned(),
+            Err(status) => return format!("{:?}: {}", status.code(), status.message()),
+        }
+    }
+}
+
+/// A raw `WriteFileBulk` of `data` to `path`, ending as `ending` says: `confirm` (the end
+/// and the true count), `lie` (the end with one byte too many) or `abandon` (the request
+/// stream ends without the end). Returns the call's outcome.
+async fn raw_bulk_write(
+    raw: &FilesClient<HostChannel>,
+    path: &[u8],
+    data: &[u8],
+    ending: &str,
+) -> Result<String, HostCallError> {
+    use tokio::io::AsyncWriteExt;
+    let channel = tether_plugin_sdk::descriptor_channel()
+        .ok_or_else(|| HostCallError::Invalid("no descriptor channel".into()))?;
+    let (requests, outgoing) = tokio::sync::mpsc::channel(2);
+    let _ = requests
+        .send(WriteFileBulkRequest {
+            path: path.to_vec(),
+            ..WriteFileBulkRequest::default()
+        })
+        .await;
+    let mut events = raw
+        .clone()
+        .write_file_bulk(tokio_stream::wrappers::ReceiverStream::new(outgoing))
+        .await?
+        .into_inner();
+    let first = events
+        .message()
+        .await?
+        .ok_or_else(|| HostCallError::Invalid("no first event".into()))?;
+    let fd = channel
+        .take(first.token, PIPE_WAIT)
+        .await
+        .map_err(|err| HostCallError::Invalid(err.to_string()))?;
+    let mut pipe = tokio::net::unix::pipe::Sender::from_owned_fd(fd)
+        .map_err(|err| HostCallError::Invalid(err.to_string()))?;
+    pipe.write_all(data)
+        .await
+        .map_err(|err| HostCallError::Invalid(err.to_string()))?;
+    drop(pipe);
+    let bytes = data.len() as u64;
+    match ending {
+        "confirm" | "lie" => {
+            let _ = requests
+                .send(WriteFileBulkRequest {
+                    end: true,
+                    bytes: if ending == "lie" { bytes + 1 } else { bytes },
+                    ..WriteFileBulkRequest::default()
+                })
+                .await;
+        }
+        _ => {}
+    }
+    drop(requests);
+    Ok(bulk_ending(&mut events).await)
 }
 
 #[tonic::async_trait]
@@ -489,6 +568,162 @@ impl Service {
                     ..ok
                 }
             }
+            "has_descriptor_channel" => HostOpResponse {
+                size: u64::from(tether_plugin_sdk::descriptor_channel().is_some()),
+                ..ok
+            },
+            "copy_file" => {
+                // Through the SDK's copy_file_to (a pipe when the host started us).
+                let mut data = Vec::new();
+                let size = files.copy_file_to(&path, &mut data).await?;
+                HostOpResponse { data, size, ..ok }
+            }
+            "copy_count" => {
+                // Through the SDK's copy_file_to, into a sink that only counts.
+                let size = files.copy_file_to(&path, &mut tokio::io::sink()).await?;
+                HostOpResponse { size, ..ok }
+            }
+            "write_from" => {
+                // Through the SDK's write_file_from: `data`, or `size` zeros if `data` is empty.
+                let size = if request.data.is_empty() {
+                    let mut zeros =
+                        tokio::io::AsyncReadExt::take(tokio::io::repeat(0), request.size);
+                    files.write_file_from(&path, 0o644, &mut zeros).await?
+                } else {
+                    files
+                        .write_file_from(&path, 0o644, &mut request.data.as_slice())
+                        .await?
+                };
+                HostOpResponse { size, ..ok }
+            }
+            "raw_bulk_read" => {
+                // ReadFileBulk by hand: the file taken from the SDK's descriptor channel,
+                // then read, and written to (which must fail: it is open read-only).
+                use std::io::{Read, Write};
+                let channel = tether_plugin_sdk::descriptor_channel()
+                    .ok_or_else(|| HostCallError::Invalid("no descriptor channel".into()))?;
+                let mut events = raw
+                    .clone()
+                    .read_file_bulk(ReadFileRequest { path: path.clone() })
+                    .await?
+                    .into_inner();
+                let first = events
+                    .message()
+                    .await?
+                    .ok_or_else(|| HostCallError::Invalid("no first event".into()))?;
+                let fd = channel
+                    .take(first.token, PIPE_WAIT)
+                    .await
+                    .map_err(|err| HostCallError::Invalid(err.to_string()))?;
+                let mut file = std::fs::File::from(fd);
+                let mut data = Vec::new();
+                file.read_to_end(&mut data)
+                    .map_err(|err| HostCallError::Invalid(err.to_string()))?;
+                let written = match file.write(b"overwritten") {
+                    Ok(n) => format!("wrote {n} bytes"),
+                    Err(err) => format!("write refused: {}", err.raw_os_error().unwrap_or(0)),
+                };
+                let ending = if first.done {
+                    "done".to_owned()
+                } else {
+                    bulk_ending(&mut events).await
+                };
+                HostOpResponse {
+                    size: first.size,
+                    names: vec![ending, written],
+                    data,
+                    ..ok
+                }
+            }
+            "raw_bulk_write" => {
+                // WriteFileBulk by hand, ending as `data`'s first line says (confirm, lie,
+                // abandon); the rest of `data` is written.
+                let text = request.data.clone();
+                let (ending, contents) = match text.iter().position(|b| *b == b'\n') {
+                    Some(at) => (
+                        String::from_utf8_lossy(&text[..at]).into_owned(),
+                        &text[at + 1..],
+                    ),
+                    None => (
+                        String::from_utf8_lossy(&text).into_owned(),
+                        &text[text.len()..],
+                    ),
+                };
+                HostOpResponse {
+                    names: vec![raw_bulk_write(&raw, &path, contents, &ending).await?],
+                    ..ok
+                }
+            }
+            "bulk_write_stall" => {
+                // Opens a WriteFileBulk, takes its pipe and never writes to it or closes it
+                // (until `drain_bulk`).
+                let channel = tether_plugin_sdk::descriptor_channel()
+                    .ok_or_else(|| HostCallError::Invalid("no descriptor channel".into()))?;
+                let (requests, outgoing) = tokio::sync::mpsc::channel(2);
+                let _ = requests
+                    .send(WriteFileBulkRequest {
+                        path: path.clone(),
+                        ..WriteFileBulkRequest::default()
+                    })
+                    .await;
+                let mut events = raw
+                    .clone()
+                    .write_file_bulk(tokio_stream::wrappers::ReceiverStream::new(outgoing))
+                    .await?
+                    .into_inner();
+                let first = events
+                    .message()
+                    .await?
+                    .ok_or_else(|| HostCallError::Invalid("no first event".into()))?;
+                let pipe = channel
+                    .take(first.token, PIPE_WAIT)
+                    .await
+                    .map_err(|err| HostCallError::Invalid(err.to_string()))?;
+                self.held_bulk
+                    .lock()
+                    .map_err(|_| poisoned())?
+                    .push((events, pipe, requests));
+                ok
+            }
+            "drain_bulk" => {
+                // The outcome of every held write.
+                let held = std::mem::take(&mut *self.held_bulk.lock().map_err(|_| poisoned())?);
+                let mut endings = Vec::new();
+                for (mut events, _pipe, _requests) in held {
+                    endings.push(bulk_ending(&mut events).await);
+                }
+                HostOpResponse {
+                    names: endings,
+                    ..ok
+                }
+            }
+            "push_into_channel" => {
+                // Tries to send the host data and a descriptor on the descriptor channel,
+                // whose host end only sends.
+                use std::os::fd::AsFd;
+                let channel = tether_plugin_sdk::descriptor_channel()
+                    .ok_or_else(|| HostCallError::Invalid("no descriptor channel".into()))?;
+                let (read, _write) =
+                    rustix::pipe::pipe().map_err(|err| HostCallError::Invalid(err.to_string()))?;
+                let mut space =
+                    [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+                let mut control = rustix::net::SendAncillaryBuffer::new(&mut space);
+                let fds = [read.as_fd()];
+                control.push(rustix::net::SendAncillaryMessage::ScmRights(&fds));
+                let sent = rustix::net::sendmsg(
+                    channel.as_fd(),
+                    &[std::io::IoSlice::new(&[0xAB; 8])],
+                    &mut control,
+                    rustix::net::SendFlags::NOSIGNAL | rustix::net::SendFlags::DONTWAIT,
+                );
+                HostOpResponse {
+                    message: match sent {
+                        Ok(n) => format!("sent {n} bytes"),
+                        Err(errno) => format!("refused: {errno}"),
+                    },
+                    ..ok
+                }
+            }
             "hold_reads" => {
                 // Opens `size` reads of `path` and never reads them (until `drain_held`).
                 let mut outcomes = Vec::new();
@@ -732,6 +967,7 @@ fn run<H>(
 ) -> ExitCode {
     let served = Arc::default();
     let held = Arc::default();
+    let held_bulk = Arc::default();
     for version in versions {
         let service = Service {
             version,
@@ -739,6 +975,7 @@ fn run<H>(
             broker: plugin.broker(),
             served: Arc::clone(&served),
             held: Arc::clone(&held),
+            held_bulk: Arc::clone(&held_bulk),
         };
         // Tests send large `HostOp` payloads to exercise the host services' own limits.
         let server = TestingServer::new(service)

@@ -57,6 +57,43 @@ pub struct WriteFileResponse {
     #[prost(uint64, tag = "1")]
     pub bytes_written: u64,
 }
+/// ReadFileBulk and WriteFileBulk move a file's bytes without gRPC messages, for plugins the
+/// host started: the host hands the plugin an open descriptor on the plugin's descriptor
+/// channel (a socket the host gave it at start, named by `TETHER_DESCRIPTOR_FD`) under a
+/// token, which the call's first event names.
+/// - ReadFileBulk: the file itself, opened read-only after the same checks as ReadFile. The
+///    plugin reads it as it likes; the call ends with that first event (`done`).
+/// - WriteFileBulk: a pipe, which the host empties into a temporary file, counting every
+///    byte against the write quota, and renames into place once the plugin confirms the end.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct BulkEvent {
+    /// First event: the token the descriptor was sent under on the descriptor channel.
+    #[prost(uint64, tag = "1")]
+    pub token: u64,
+    /// ReadFileBulk: the file's size when it was opened.
+    #[prost(uint64, tag = "2")]
+    pub size: u64,
+    /// Last event: the call is complete; for WriteFileBulk, `bytes` went through the pipe.
+    #[prost(bool, tag = "3")]
+    pub done: bool,
+    #[prost(uint64, tag = "4")]
+    pub bytes: u64,
+}
+/// The first message names the file; after the plugin has written all its data into the
+/// pipe and closed it, a last message with `end` and the byte count confirms the data is
+/// whole. Without it (the plugin died, or cancelled), nothing is written to the target.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct WriteFileBulkRequest {
+    #[prost(bytes = "vec", tag = "1")]
+    pub path: ::prost::alloc::vec::Vec<u8>,
+    /// Unix permission bits for a new file; 0 means 0o644.
+    #[prost(uint32, tag = "2")]
+    pub mode: u32,
+    #[prost(bool, tag = "3")]
+    pub end: bool,
+    #[prost(uint64, tag = "4")]
+    pub bytes: u64,
+}
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct DeleteFileRequest {
     #[prost(bytes = "vec", tag = "1")]
@@ -292,6 +329,60 @@ pub mod files_client {
                 .insert(GrpcMethod::new("tether.hostserve.v1.Files", "WriteFile"));
             self.inner.client_streaming(req, path, codec).await
         }
+        /// ReadFile by handing the plugin the open file (see BulkEvent): for plugins the host
+        /// started, which have a descriptor channel. Same checks and audit as ReadFile.
+        pub async fn read_file_bulk(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ReadFileRequest>,
+        ) -> std::result::Result<
+            tonic::Response<tonic::codec::Streaming<super::BulkEvent>>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/tether.hostserve.v1.Files/ReadFileBulk",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("tether.hostserve.v1.Files", "ReadFileBulk"));
+            self.inner.server_streaming(req, path, codec).await
+        }
+        /// WriteFile through a pipe (see BulkEvent and WriteFileBulkRequest): same capability,
+        /// audit, quota and atomic rename as WriteFile.
+        pub async fn write_file_bulk(
+            &mut self,
+            request: impl tonic::IntoStreamingRequest<
+                Message = super::WriteFileBulkRequest,
+            >,
+        ) -> std::result::Result<
+            tonic::Response<tonic::codec::Streaming<super::BulkEvent>>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/tether.hostserve.v1.Files/WriteFileBulk",
+            );
+            let mut req = request.into_streaming_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("tether.hostserve.v1.Files", "WriteFileBulk"));
+            self.inner.streaming(req, path, codec).await
+        }
         /// Deletes a file (not a directory).
         pub async fn delete_file(
             &mut self,
@@ -423,6 +514,36 @@ pub mod files_server {
             request: tonic::Request<tonic::Streaming<super::WriteFileChunk>>,
         ) -> std::result::Result<
             tonic::Response<super::WriteFileResponse>,
+            tonic::Status,
+        >;
+        /// Server streaming response type for the ReadFileBulk method.
+        type ReadFileBulkStream: tonic::codegen::tokio_stream::Stream<
+                Item = std::result::Result<super::BulkEvent, tonic::Status>,
+            >
+            + std::marker::Send
+            + 'static;
+        /// ReadFile by handing the plugin the open file (see BulkEvent): for plugins the host
+        /// started, which have a descriptor channel. Same checks and audit as ReadFile.
+        async fn read_file_bulk(
+            &self,
+            request: tonic::Request<super::ReadFileRequest>,
+        ) -> std::result::Result<
+            tonic::Response<Self::ReadFileBulkStream>,
+            tonic::Status,
+        >;
+        /// Server streaming response type for the WriteFileBulk method.
+        type WriteFileBulkStream: tonic::codegen::tokio_stream::Stream<
+                Item = std::result::Result<super::BulkEvent, tonic::Status>,
+            >
+            + std::marker::Send
+            + 'static;
+        /// WriteFile through a pipe (see BulkEvent and WriteFileBulkRequest): same capability,
+        /// audit, quota and atomic rename as WriteFile.
+        async fn write_file_bulk(
+            &self,
+            request: tonic::Request<tonic::Streaming<super::WriteFileBulkRequest>>,
+        ) -> std::result::Result<
+            tonic::Response<Self::WriteFileBulkStream>,
             tonic::Status,
         >;
         /// Deletes a file (not a directory).
@@ -660,6 +781,100 @@ pub mod files_server {
                                 max_encoding_message_size,
                             );
                         let res = grpc.client_streaming(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/tether.hostserve.v1.Files/ReadFileBulk" => {
+                    #[allow(non_camel_case_types)]
+                    struct ReadFileBulkSvc<T: Files>(pub Arc<T>);
+                    impl<
+                        T: Files,
+                    > tonic::server::ServerStreamingService<super::ReadFileRequest>
+                    for ReadFileBulkSvc<T> {
+                        type Response = super::BulkEvent;
+                        type ResponseStream = T::ReadFileBulkStream;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::ResponseStream>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ReadFileRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Files>::read_file_bulk(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ReadFileBulkSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.server_streaming(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/tether.hostserve.v1.Files/WriteFileBulk" => {
+                    #[allow(non_camel_case_types)]
+                    struct WriteFileBulkSvc<T: Files>(pub Arc<T>);
+                    impl<
+                        T: Files,
+                    > tonic::server::StreamingService<super::WriteFileBulkRequest>
+                    for WriteFileBulkSvc<T> {
+                        type Response = super::BulkEvent;
+                        type ResponseStream = T::WriteFileBulkStream;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::ResponseStream>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<
+                                tonic::Streaming<super::WriteFileBulkRequest>,
+                            >,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Files>::write_file_bulk(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = WriteFileBulkSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.streaming(method, req).await;
                         Ok(res)
                     };
                     Box::pin(fut)
