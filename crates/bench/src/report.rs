@@ -284,32 +284,76 @@ pub(crate) fn rows(f: &Figures) -> Vec<Row> {
     let gb = bytes as f64 / 1e9;
     let gib = bytes as f64 / (1u64 << 30) as f64;
     let rate = |spread: Spread| spread_with(spread, |v| format!("{v:.2} GB/s"));
-    let bulk = |figure: &str, seconds: fn(&Transfer) -> f64, floor: fn(&Transfer) -> f64, of| {
+    // The pipes carry the target; gRPC messages (what a Go host or an attached plugin
+    // uses) are shown beside them, judged against the same floor but not the target.
+    let bulk = |figure: &str,
+                seconds: fn(&Transfer) -> f64,
+                floor: fn(&Transfer) -> f64,
+                of,
+                judged: bool| {
         let ratio = over(t, |t| floor(t) / seconds(t));
         Row {
             floor: format!("{} ({of})", rate(over(t, |t| gb / floor(t)))),
             ratio: times(ratio, 2, "floor"),
-            met: met(ratio.median >= 0.8),
-            ..row(figure, rate(over(t, |t| gb / seconds(t))), ">= 0.8x floor")
+            met: if judged {
+                met(ratio.median >= 0.8)
+            } else {
+                "(the pipe row is judged)".to_owned()
+            },
+            ..row(
+                figure,
+                rate(over(t, |t| gb / seconds(t))),
+                if judged {
+                    ">= 0.8x floor"
+                } else {
+                    "none: the fallback"
+                },
+            )
         }
     };
     rows.push(bulk(
-        &format!("WriteFile of {gib:.2} GiB through host services (durable: fsync, rename)"),
+        &format!(
+            "WriteFile of {gib:.2} GiB through a pipe (WriteFileBulk; durable: fsync, rename)"
+        ),
+        |t| t.pipe_write_seconds,
+        |t| t.disk_write_sync_seconds,
+        "std::fs + fsync",
+        true,
+    ));
+    rows.push(bulk(
+        &format!("WriteFile of {gib:.2} GiB through a pipe, durable_writes off"),
+        |t| t.pipe_write_unsynced_seconds,
+        |t| t.disk_write_seconds,
+        "std::fs",
+        true,
+    ));
+    rows.push(bulk(
+        &format!("ReadFile of {gib:.2} GiB through a pipe (ReadFileBulk)"),
+        |t| t.pipe_read_seconds,
+        |t| t.disk_read_seconds,
+        "std::fs, page cache",
+        true,
+    ));
+    rows.push(bulk(
+        &format!("WriteFile of {gib:.2} GiB in gRPC messages (durable)"),
         |t| t.write_seconds,
         |t| t.disk_write_sync_seconds,
         "std::fs + fsync",
+        false,
     ));
     rows.push(bulk(
-        &format!("WriteFile of {gib:.2} GiB with durable_writes off"),
+        &format!("WriteFile of {gib:.2} GiB in gRPC messages, durable_writes off"),
         |t| t.write_unsynced_seconds,
         |t| t.disk_write_seconds,
         "std::fs",
+        false,
     ));
     rows.push(bulk(
-        &format!("ReadFile of {gib:.2} GiB through host services"),
+        &format!("ReadFile of {gib:.2} GiB in gRPC messages"),
         |t| t.read_seconds,
         |t| t.disk_read_seconds,
         "std::fs, page cache",
+        false,
     ));
     let mib = |kib: u64| kib as f64 / 1024.0;
     let host_peak = t.iter().map(|t| t.host_peak_rss_kib).max().unwrap_or(0);

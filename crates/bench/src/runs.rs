@@ -277,6 +277,10 @@ pub(crate) struct Transfer {
     /// WriteFile with `durable_writes` off.
     pub(crate) write_unsynced_seconds: f64,
     pub(crate) read_seconds: f64,
+    /// The same three through pipes (WriteFileBulk, ReadFileBulk).
+    pub(crate) pipe_write_seconds: f64,
+    pub(crate) pipe_write_unsynced_seconds: f64,
+    pub(crate) pipe_read_seconds: f64,
     /// The disk's floor: the same bytes written with `std::fs` in 1 MiB blocks, then fsync.
     pub(crate) disk_write_sync_seconds: f64,
     /// The same, without the fsync.
@@ -312,9 +316,10 @@ pub(crate) fn transfer(bytes: u64) -> Result<Transfer> {
 pub(crate) async fn transfer_host(bytes: u64) -> Result<()> {
     let program = plugin_program()?;
     let (disk_write_sync_seconds, disk_write_seconds, disk_read_seconds) = disk_floor(bytes)?;
-    let mut durable = (0.0, 0.0, 0);
-    let mut unsynced = 0.0;
-    for durable_writes in [true, false] {
+    // (write, read, plugin's peak) for gRPC messages, then for pipes.
+    let mut durable = [(0.0, 0.0, 0); 2];
+    let mut unsynced = [0.0; 2];
+    for (durable_writes, bulk) in [(true, false), (false, false), (true, true), (false, true)] {
         let name = "bench-transfer".to_owned();
         let limits = Limits {
             write_quota: bytes.saturating_mul(2),
@@ -323,12 +328,14 @@ pub(crate) async fn transfer_host(bytes: u64) -> Result<()> {
         };
         let host = Host::new(std::slice::from_ref(&name), limits)?;
         let plugin = start(&program, &name, Sandbox::best_effort(), Some(&host)).await?;
+        settle();
         let done = plugin
             .bench()
             .transfer(TransferRequest {
                 path: "data/big.bin".into(),
                 bytes,
                 chunk: 64 * 1024,
+                bulk,
             })
             .await?
             .into_inner();
@@ -338,30 +345,44 @@ pub(crate) async fn transfer_host(bytes: u64) -> Result<()> {
             done.written,
             done.read
         );
+        // The plugin's peak, read by the host: what the plugin reports of itself
+        // (getrusage) starts from the host's peak, whose memory it shared until its exec.
+        let plugin_peak = status_kib(&plugin.client.pid().to_string(), "VmHWM:")?;
         plugin.stop().await?;
+        let lane = usize::from(bulk);
         if durable_writes {
-            durable = (
+            durable[lane] = (
                 done.write_nanos as f64 / 1e9,
                 done.read_nanos as f64 / 1e9,
-                done.peak_rss_kib,
+                plugin_peak,
             );
         } else {
-            unsynced = done.write_nanos as f64 / 1e9;
+            unsynced[lane] = done.write_nanos as f64 / 1e9;
         }
     }
     let figures = Transfer {
         bytes,
-        write_seconds: durable.0,
-        write_unsynced_seconds: unsynced,
-        read_seconds: durable.1,
+        write_seconds: durable[0].0,
+        write_unsynced_seconds: unsynced[0],
+        read_seconds: durable[0].1,
+        pipe_write_seconds: durable[1].0,
+        pipe_write_unsynced_seconds: unsynced[1],
+        pipe_read_seconds: durable[1].1,
         disk_write_sync_seconds,
         disk_write_seconds,
         disk_read_seconds,
         host_peak_rss_kib: status_kib("self", "VmHWM:")?,
-        plugin_peak_rss_kib: durable.2,
+        plugin_peak_rss_kib: durable[0].2.max(durable[1].2),
     };
     println!("{}", serde_json::to_string(&figures)?);
     Ok(())
+}
+
+/// Waits for the data earlier runs left dirty to reach the disk (`sync`), so that a write
+/// measured next does not pay for their writeback.
+fn settle() {
+    // SAFETY: sync takes no arguments and cannot fail.
+    unsafe { libc::sync() };
 }
 
 /// Writes `bytes` to a file in 1 MiB blocks with `std::fs`: seconds with a final fsync,
@@ -379,6 +400,7 @@ fn disk_floor(bytes: u64) -> Result<(f64, f64, f64)> {
     for _ in 0..3 {
         for (i, sync) in [true, false].into_iter().enumerate() {
             let path = dir.path().join(format!("floor-{i}.bin"));
+            settle();
             let began = Instant::now();
             let mut file = std::fs::File::create(&path).context("the disk floor's file")?;
             let mut left = bytes;

@@ -101,8 +101,46 @@ impl Bench for Service {
         &self,
         request: Request<TransferRequest>,
     ) -> Result<Response<TransferResponse>, Status> {
-        let TransferRequest { path, bytes, chunk } = request.into_inner();
+        let TransferRequest {
+            path,
+            bytes,
+            chunk,
+            bulk,
+        } = request.into_inner();
         let files = self.files()?;
+        if bulk {
+            // In bulk: the bytes are made as they are written into the pipe (a 1 MiB
+            // buffer); the file handed over is read into a 1 MiB buffer, as the floor does.
+            let mut source = tokio::io::AsyncReadExt::take(tokio::io::repeat(0x5a), bytes);
+            let began = Instant::now();
+            let written = files.write_file_from(&path, 0o644, &mut source).await?;
+            let write_nanos = nanos(began.elapsed());
+            // The file the host hands over, read as the disk floor reads it: 1 MiB blocks.
+            let began = Instant::now();
+            let file = files.open_file(&path).await?;
+            let read = tokio::task::spawn_blocking(move || {
+                let (mut file, mut block, mut read) = (file, vec![0u8; 1 << 20], 0u64);
+                loop {
+                    match std::io::Read::read(&mut file, &mut block) {
+                        Ok(0) => return Ok(read),
+                        Ok(n) => read += n as u64,
+                        Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(err) => return Err(err),
+                    }
+                }
+            })
+            .await
+            .map_err(|err| Status::internal(err.to_string()))?
+            .map_err(|err| Status::internal(err.to_string()))?;
+            let read_nanos = nanos(began.elapsed());
+            return Ok(Response::new(TransferResponse {
+                written,
+                read,
+                write_nanos,
+                read_nanos,
+                peak_rss_kib: peak_rss_kib(),
+            }));
+        }
         let chunk = u64::from(chunk.max(1));
         let count = bytes.div_ceil(chunk);
         // Chunks are made as they are sent: the plugin never holds the whole file.

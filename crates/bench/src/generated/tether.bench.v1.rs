@@ -52,6 +52,9 @@ pub struct TransferRequest {
     pub bytes: u64,
     #[prost(uint32, tag = "3")]
     pub chunk: u32,
+    /// Through pipes (WriteFileBulk, ReadFileBulk) rather than gRPC messages.
+    #[prost(bool, tag = "4")]
+    pub bulk: bool,
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct TransferResponse {
