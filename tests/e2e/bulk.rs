@@ -1,6 +1,6 @@
 //! Bulk file transfers between the host and real plugin processes: `ReadFileBulk` hands
-//! the plugin the open file (read-only), `WriteFileBulk` a pipe the host empties into the
-//! file; both arrive on the plugin's descriptor channel, the same capability, quota and
+//! the plugin the open file (read-only), `WriteFileBulk` a ring of shared memory the host
+//! empties into the file; both arrive on the plugin's descriptor channel, the same capability, quota and
 //! audit apply as to `ReadFile` and `WriteFile`, and a plugin that abuses what it is given
 //! holds nothing of the host's.
 
@@ -33,7 +33,7 @@ fn audited(fixture: &Fixture, plugin: &str, resource: &str) -> Vec<String> {
 }
 
 #[tokio::test]
-async fn bulk_transfers_hand_over_the_file_or_a_pipe_checked_and_audited_as_reads_and_writes() {
+async fn bulk_transfers_hand_over_the_file_or_a_ring_checked_and_audited_as_reads_and_writes() {
     let fixture = Fixture::new(Limits::default());
     fixture.grant("bulk", &GRANTS);
     let (plugin, _connection) = fixture.start("bulk").await;
@@ -43,8 +43,9 @@ async fn bulk_transfers_hand_over_the_file_or_a_pipe_checked_and_audited_as_read
         "a plugin this host started has its channel"
     );
 
-    // 3 MiB and a bit: more than the pipe holds, so the host waits on the plugin.
-    let contents = pattern((3 << 20) + 17);
+    // 3 MiB and a bit: more than the ring holds at once (4 slots of 1 MiB), so slots go
+    // round.
+    let contents = pattern((5 << 20) + 17);
     let wrote = op_with(
         &plugin,
         "write_from",
@@ -124,7 +125,7 @@ async fn a_bulk_write_past_the_quota_or_not_confirmed_leaves_nothing_behind() {
     let (plugin, _connection) = fixture.start("bulk-quota").await;
     let fits = op_with(&plugin, "write_from", b"output/fits", Vec::new(), 600 << 10).await;
     assert_eq!(fits.outcome, "ok", "{}", fits.message);
-    // Over the quota: the host stops reading the pipe, the plugin is told why.
+    // Over the quota: the host stops taking slots, the plugin is told why.
     let over = op_with(&plugin, "write_from", b"output/over", Vec::new(), 600 << 10).await;
     assert_eq!(over.outcome, "exhausted", "{}", over.message);
     assert!(over.message.contains("quota"), "{}", over.message);
@@ -228,6 +229,29 @@ async fn a_plugin_that_abuses_its_pipe_or_channel_holds_nothing_of_the_host() {
         .count();
     assert_eq!(left, 0, "no temporary file is left");
     assert_eq!(fixture.services.bytes_written("hoarder"), 0);
+
+    // The ring's memory cannot be pulled from under the host, and a record that does not
+    // fit the ring ends the write, with nothing written.
+    let abused = op(&plugin, "ring_abuse", b"output/abused").await;
+    assert_eq!(abused.outcome, "ok", "{}", abused.message);
+    assert!(
+        abused.names[0].starts_with("shrink refused"),
+        "{:?}",
+        abused.names
+    );
+    assert!(
+        abused.names[1].starts_with("InvalidArgument:") && abused.names[1].contains("slot 9"),
+        "{:?}",
+        abused.names
+    );
+    assert!(!fixture.workspace.join("output/abused").exists());
+    assert_eq!(
+        std::fs::read_dir(fixture.workspace.join("output"))
+            .unwrap()
+            .count(),
+        0,
+        "no temporary file is left"
+    );
 
     // The host's end of the channel takes nothing from the plugin.
     let pushed = op(&plugin, "push_into_channel", b"").await;

@@ -1,204 +1,167 @@
-//! The pipe under `WriteFileBulk`: the plugin writes a file's bytes into a pipe, and the
-//! host moves them into a temporary file with `splice`, so they never pass through a gRPC
-//! message or the host's memory.
+//! The host's side of `WriteFileBulk`: the plugin fills slots of a shared-memory ring
+//! ([`tether_transport::ring`]), and the host writes each slot into a temporary file, so
+//! the bytes pass through no gRPC message, and are copied once in each process.
 //!
-//! The plugin gets a pipe, never the file: the host alone writes the file, so it counts
-//! every byte against the write quota as it lands, and stops as soon as the call ends (the
-//! plugin cancelled, went away, or wrote nothing for the stall timeout). What the plugin
-//! writes is data the host copies into a temporary file; nothing of it is parsed.
+//! The plugin gets the ring, never the file: the host alone writes the file, so it counts
+//! every slot against the write quota before writing it, and stops as soon as the call
+//! ends (the plugin cancelled, went away, or sent nothing for the stall timeout). The
+//! ring's memory is the plugin's to change at any time: the host checks each record
+//! against the ring's geometry, never reads the bytes itself, and the kernel copies them
+//! straight into the file.
 
-use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::pin::Pin;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use rustix::event::{PollFd, PollFlags};
-use rustix::io::Errno;
-use rustix::pipe::SpliceFlags;
 use tether_protocol::hostserve::BulkEvent;
+use tether_transport::ring::{RingError, RingReceiver};
 use tokio_stream::Stream;
 use tonic::Status;
 
 /// The events of a bulk call: the descriptor's token first, the outcome last.
 pub(crate) type BulkEvents = Pin<Box<dyn Stream<Item = Result<BulkEvent, Status>> + Send>>;
 
-/// The pipe's capacity, asked for (Linux's default is 64 KiB; an unprivileged process may
-/// have up to `/proc/sys/fs/pipe-max-size`, 1 MiB by default), and the most one `splice`
-/// moves.
-const PIPE_SIZE: usize = 1 << 20;
+/// Slots in a write's ring, and bytes per slot: 8 MiB of shared memory per write under
+/// way, so the plugin fills slots while the host writes others. Measured on 1 GiB: 4 slots
+/// of 1 MiB reached 0.71-0.79x of the disk floor without fsync, 8 reach 0.82-0.84x.
+pub(crate) const SLOTS: u32 = 8;
+pub(crate) const SLOT_SIZE: u32 = 1 << 20;
 
-/// How often a transfer waiting on the plugin looks whether its call has ended.
-const TICK: Duration = Duration::from_millis(100);
-
-/// A write's pipe: the host's end (the read end), non-blocking, and the write end the
-/// plugin is sent.
-pub(crate) struct Pipe {
-    pub(crate) host: OwnedFd,
-    pub(crate) plugin: OwnedFd,
-}
-
-impl Pipe {
-    pub(crate) fn new() -> io::Result<Pipe> {
-        let (host, plugin) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
-        // The host's end is an open file of its own: non-blocking there leaves the
-        // plugin's end as the plugin wants it.
-        rustix::io::ioctl_fionbio(&host, true)?;
-        // Best effort: a smaller pipe only means more round trips.
-        let _ = rustix::pipe::fcntl_setpipe_size(&host, PIPE_SIZE);
-        Ok(Pipe { host, plugin })
-    }
-}
-
-/// Why a transfer stopped before its end.
+/// Why a write stopped before its end.
 #[derive(Debug)]
 pub(crate) enum Stop {
-    /// The call ended (the plugin cancelled it or went away).
-    Ended,
-    /// The plugin wrote nothing for this long.
-    Stalled(Duration),
+    /// The ring failed: the call ended, the plugin stalled, or sent a malformed record.
+    Ring(RingError),
     /// The write quota refused more bytes.
     Quota(Status),
-    /// Reading or writing the file failed.
-    File(io::Error),
-    /// The pipe failed.
-    Pipe(io::Error),
+    /// Writing the file failed.
+    File(std::io::Error),
 }
 
 impl Stop {
     /// The status the plugin is answered with, about `path` after `moved` bytes.
     pub(crate) fn status(self, path: &str, moved: u64) -> Status {
         match self {
-            Stop::Ended => Status::cancelled(format!(
-                "{path:?}: the call ended after {moved} bytes; the transfer stopped"
+            Stop::Ring(RingError::Ended) => Status::cancelled(format!(
+                "{path:?}: the call ended after {moved} bytes; nothing was written"
             )),
-            Stop::Stalled(stall) => Status::deadline_exceeded(format!(
-                "{path:?}: the plugin moved nothing through the pipe for {stall:?} (after \
+            Stop::Ring(RingError::Stalled(stall)) => Status::deadline_exceeded(format!(
+                "{path:?}: the plugin moved nothing through the ring for {stall:?} (after \
                  {moved} bytes); the host ended the write and wrote nothing"
+            )),
+            Stop::Ring(RingError::Malformed(what)) => Status::invalid_argument(format!(
+                "{path:?}: the plugin sent {what} through the ring; the host ended the write \
+                 and wrote nothing"
+            )),
+            Stop::Ring(RingError::Closed) => Status::cancelled(format!(
+                "{path:?}: the plugin closed the ring without ending its data, after {moved} \
+                 bytes (it went away?); nothing was written"
+            )),
+            Stop::Ring(err) => Status::internal(format!(
+                "{path:?}: the write's ring failed after {moved} bytes: {err}"
             )),
             Stop::Quota(status) => status,
             Stop::File(err) => crate::service::io_status(path, &err),
-            Stop::Pipe(err) => Status::internal(format!(
-                "{path:?}: the transfer's pipe failed after {moved} bytes: {err}"
-            )),
         }
     }
 }
 
-/// Waits until `pipe` is ready for `flags`, for at most `stall`, looking every [`TICK`]
-/// whether the call has `ended`.
-fn wait(
-    pipe: &OwnedFd,
-    flags: PollFlags,
-    stall: Duration,
-    ended: &dyn Fn() -> bool,
-) -> Result<(), Stop> {
-    let since = Instant::now();
-    loop {
-        if ended() {
-            return Err(Stop::Ended);
-        }
-        let left = stall.saturating_sub(since.elapsed());
-        if left.is_zero() {
-            return Err(Stop::Stalled(stall));
-        }
-        let slice = left.min(TICK);
-        let timeout = rustix::event::Timespec {
-            tv_sec: 0,
-            tv_nsec: i64::from(slice.subsec_nanos()),
-        };
-        let mut fds = [PollFd::new(pipe, flags)];
-        match rustix::event::poll(&mut fds, Some(&timeout)) {
-            Ok(0) | Err(Errno::INTR) => {}
-            // Ready, or its other end is closed: the next splice says which.
-            Ok(_) => return Ok(()),
-            Err(errno) => return Err(Stop::Pipe(errno.into())),
-        }
-    }
-}
-
-/// Moves what the plugin writes into the pipe whose read end is `pipe` into `file`, until
-/// every write end is closed. Blocking. `room` is how many more bytes the quota allows;
-/// `count` takes each piece as it lands in `file` (the file is a temporary one: bytes
-/// past the quota are refused with it). Returns the bytes moved.
+/// Writes what the plugin sends through `ring` into `file`, until the plugin closes its
+/// control socket. Blocking. `count` takes each slot's bytes before they are written (the
+/// file is a temporary one: past the quota, nothing more is written to it). Returns the
+/// bytes moved, or why it stopped and after how many.
 pub(crate) fn receive_file(
-    pipe: &OwnedFd,
+    ring: &RingReceiver,
     file: &impl AsFd,
     stall: Duration,
     ended: &dyn Fn() -> bool,
-    room: &dyn Fn() -> u64,
     count: &mut dyn FnMut(u64) -> Result<(), Status>,
 ) -> Result<u64, (Stop, u64)> {
     let mut moved = 0u64;
     loop {
-        // One byte past the quota's room, so that a plugin over it is told.
-        let most = usize::try_from(room().saturating_add(1))
-            .unwrap_or(usize::MAX)
-            .min(PIPE_SIZE);
-        match rustix::pipe::splice(
-            pipe,
-            None,
-            file,
-            None,
-            most,
-            SpliceFlags::NONBLOCK | SpliceFlags::MOVE,
-        ) {
-            Ok(0) => return Ok(moved),
-            Ok(n) => {
-                count(n as u64).map_err(|status| (Stop::Quota(status), moved))?;
-                moved += n as u64;
-            }
-            Err(Errno::INTR) => {}
-            Err(Errno::AGAIN) => wait(pipe, PollFlags::IN, stall, ended).map_err(|s| (s, moved))?,
-            Err(errno) => return Err((Stop::File(errno.into()), moved)),
-        }
+        let filled = match ring.next(stall, ended) {
+            Ok(Some(filled)) => filled,
+            Ok(None) => return Ok(moved),
+            Err(err) => return Err((Stop::Ring(err), moved)),
+        };
+        count(filled.len()).map_err(|status| (Stop::Quota(status), moved))?;
+        ring.write_to(filled, file.as_fd())
+            .map_err(|err| (Stop::File(err), moved))?;
+        moved += filled.len();
+        ring.release(filled, stall, ended)
+            .map_err(|err| (Stop::Ring(err), moved))?;
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write;
+    use tether_transport::ring::{RingWriter, ring};
+
+    #[tokio::test]
+    async fn a_writer_past_the_quota_is_refused_before_its_bytes_are_written() {
+        let (receiver, offer) = ring(2, 4096).unwrap();
+        let file = tempfile::tempfile().unwrap();
+        let probe = file.try_clone().unwrap();
+        let host = std::thread::spawn(move || {
+            let mut taken = 0u64;
+            let quota = 10_000u64;
+            receive_file(
+                &receiver,
+                &file,
+                Duration::from_secs(30),
+                &|| false,
+                &mut |n| {
+                    if taken + n > quota {
+                        return Err(Status::resource_exhausted("quota"));
+                    }
+                    taken += n;
+                    Ok(())
+                },
+            )
+        });
+        let mut writer = RingWriter::new(offer).unwrap();
+        // Refused part way: what the writer sees is the host going away.
+        let _ = writer.write_from(&mut &[7u8; 50_000][..]).await;
+        drop(writer);
+        let stopped = host.join().unwrap();
+        assert!(
+            matches!(stopped, Err((Stop::Quota(_), 8192))),
+            "{stopped:?}"
+        );
+        assert_eq!(
+            probe.metadata().unwrap().len(),
+            8192,
+            "nothing past the quota"
+        );
+    }
 
     #[test]
-    fn a_writer_past_the_quota_is_refused_and_one_that_never_ends_is_stopped() {
+    fn a_writer_that_never_sends_is_stopped_and_a_call_that_ends_stops_it() {
+        let (receiver, offer) = ring(2, 4096).unwrap();
         let file = tempfile::tempfile().unwrap();
-        let pipe = Pipe::new().unwrap();
-        let writer = std::thread::spawn(move || {
-            let mut end = std::fs::File::from(pipe.plugin);
-            // Refused once the host stops reading: the error is the writer's to see.
-            let _ = end.write_all(&vec![1u8; 3 * PIPE_SIZE]);
-        });
-        let quota = PIPE_SIZE as u64 + 10;
-        let taken = std::cell::Cell::new(0u64);
-        let stopped = receive_file(
-            &pipe.host,
-            &file,
-            Duration::from_secs(30),
-            &|| false,
-            &|| quota - taken.get(),
-            &mut |n| {
-                if taken.get() + n > quota {
-                    return Err(Status::resource_exhausted("quota"));
-                }
-                taken.set(taken.get() + n);
-                Ok(())
-            },
-        );
-        assert!(matches!(stopped, Err((Stop::Quota(_), _))), "{stopped:?}");
-        assert!(taken.get() <= quota);
-        drop(pipe.host);
-        writer.join().unwrap();
-
-        let pipe = Pipe::new().unwrap();
-        let stopped = receive_file(
-            &pipe.host,
+        let stalled = receive_file(
+            &receiver,
             &file,
             Duration::from_millis(200),
             &|| false,
-            &|| u64::MAX,
             &mut |_| Ok(()),
         );
-        assert!(matches!(stopped, Err((Stop::Stalled(_), 0))), "{stopped:?}");
-        drop(pipe.plugin);
+        assert!(
+            matches!(stalled, Err((Stop::Ring(RingError::Stalled(_)), 0))),
+            "{stalled:?}"
+        );
+        let ended = receive_file(
+            &receiver,
+            &file,
+            Duration::from_secs(30),
+            &|| true,
+            &mut |_| Ok(()),
+        );
+        assert!(
+            matches!(ended, Err((Stop::Ring(RingError::Ended), 0))),
+            "{ended:?}"
+        );
+        drop(offer);
     }
 }

@@ -30,7 +30,7 @@ use tonic::{Code, Request, Response, Status, Streaming};
 
 use crate::Audit;
 use crate::audit::{AuditRecord, Decider, Decision, Operation};
-use crate::bulk::{self, BulkEvents, Pipe};
+use crate::bulk::{self, BulkEvents};
 use crate::capability::{Need, Verb, is_env_name};
 use crate::confine::{self, Target};
 use crate::gate::{Call, Gate, Limits, RequestEnd, run_blocking as blocking};
@@ -791,7 +791,7 @@ impl FilesRpc for Files {
             token,
             size,
             done: true,
-            bytes: 0,
+            ..BulkEvent::default()
         };
         Ok(Response::new(Box::pin(tokio_stream::iter([Ok(event)]))))
     }
@@ -830,10 +830,10 @@ impl FilesRpc for Files {
         let (quota, durable) = (self.limits().write_quota, self.limits().durable_writes);
         let shown_setup = shown.clone();
         let setup = async {
-            let (target, temp, file, pipe) = blocking(move || -> io::Result<_> {
+            let (target, temp, file) = blocking(move || -> io::Result<_> {
                 let target = Target::locate(&workspace, &path)?;
                 let (temp, file) = target.create_temp(mode)?;
-                Ok((target, temp, file, Pipe::new()?))
+                Ok((target, temp, file))
             })
             .await?
             .map_err(|err| io_status(&shown_setup, &err))?;
@@ -844,16 +844,23 @@ impl FilesRpc for Files {
                 counted: 0,
                 done: false,
             };
-            let token = hand_over(&channel, pipe.plugin.as_fd(), stall).await?;
-            Ok::<_, Status>((unfinished, file, pipe.host, token))
+            let (ring, offer) = tether_transport::ring::ring(bulk::SLOTS, bulk::SLOT_SIZE)
+                .map_err(|err| Status::internal(format!("the write's ring: {err}")))?;
+            // The plugin gets the ring's memory and control socket; the host keeps its side.
+            let token = hand_over(&channel, offer.control.as_fd(), stall).await?;
+            let ring_token = hand_over(&channel, offer.memory.as_fd(), stall).await?;
+            Ok::<_, Status>((unfinished, file, ring, token, ring_token))
         };
-        let (mut unfinished, file, reader, token) = match setup.await {
+        let (mut unfinished, file, ring, token, ring_token) = match setup.await {
             Ok(ready) => ready,
             Err(status) => return Err(failed(&mut call, status)),
         };
         let (events, receiver) = mpsc::channel(2);
         let _ = events.try_send(Ok(BulkEvent {
             token,
+            ring_token,
+            slots: bulk::SLOTS,
+            slot_size: bulk::SLOT_SIZE,
             ..BulkEvent::default()
         }));
         let permit = call.take_slot();
@@ -862,8 +869,7 @@ impl FilesRpc for Files {
             let watch = events.clone();
             let received = blocking(move || {
                 let ended = || watch.is_closed();
-                let room = || quota.saturating_sub(written.load(Ordering::Relaxed));
-                let moved = bulk::receive_file(&reader, &file, stall, &ended, &room, &mut |n| {
+                let moved = bulk::receive_file(&ring, &file, stall, &ended, &mut |n| {
                     unfinished.count(n, quota)
                 });
                 (file, unfinished, moved)
@@ -872,7 +878,7 @@ impl FilesRpc for Files {
             let finished = async {
                 let (file, unfinished, moved) = received?;
                 let moved = moved.map_err(|(stop, moved)| stop.status(&shown, moved))?;
-                // The pipe's end is not the data's: the plugin confirms it, with its count.
+                // The ring's end is not the data's: the plugin confirms it, with its count.
                 match next_chunk(&mut stream, stall).await? {
                     Some(last) if last.end && last.bytes == moved => {}
                     Some(last) if last.end => {
@@ -884,13 +890,13 @@ impl FilesRpc for Files {
                     }
                     Some(_) => {
                         return Err(Status::invalid_argument(format!(
-                            "{shown:?}: after the pipe is closed, the only message is the end \
+                            "{shown:?}: after the ring is closed, the only message is the end \
                              (`end` and the byte count); nothing was written"
                         )));
                     }
                     None => {
                         return Err(Status::cancelled(format!(
-                            "{shown:?}: the pipe was closed without the end being confirmed \
+                            "{shown:?}: the ring was closed without the end being confirmed \
                              (the plugin gave up or died); nothing was written"
                         )));
                     }

@@ -13,6 +13,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader
 use tonic::{Code, Request, Status};
 
 use crate::host::HostChannel;
+use tether_transport::ring::{RingError, RingOffer, RingWriter};
 
 /// A file's contents, chunk by chunk, from [`HostFiles::read_file`].
 pub type FileChunks = std::pin::Pin<Box<dyn Stream<Item = Result<Vec<u8>, HostCallError>> + Send>>;
@@ -335,26 +336,23 @@ impl HostFiles {
 
     /// Writes everything `source` gives to `path` with `mode`, replacing it atomically
     /// when `source` ends (readers never see half a file), and returns the bytes written.
-    /// When the host started this plugin, the bytes go through a pipe the host hands it
-    /// (`WriteFileBulk`); otherwise as [`HostFiles::write_file_stream`]'s chunks. Either
-    /// way the same capability, quota and audit apply, and a write that does not end
-    /// cleanly (an error from `source`, the plugin dying) leaves the target untouched.
+    /// When the host started this plugin, `source` is read straight into shared memory
+    /// the host hands it (`WriteFileBulk`), from which the host writes the file: one copy
+    /// in each process, no gRPC message. Otherwise the bytes go as
+    /// [`HostFiles::write_file_stream`]'s chunks. Either way the same capability, quota and
+    /// audit apply, and a write that does not end cleanly (an error from `source`, the
+    /// plugin dying) leaves the target untouched.
     pub async fn write_file_from(
         &self,
         path: impl AsRef<[u8]>,
         mode: u32,
         source: &mut (impl AsyncRead + Unpin + Send),
     ) -> Result<u64, HostCallError> {
-        let mut reader = BufReader::with_capacity(PIPE_CHUNK, source);
-        if let Some(written) = self
-            .write_bulk(path.as_ref(), mode, async |pipe| {
-                tokio::io::copy_buf(&mut reader, pipe).await
-            })
-            .await?
-        {
+        if let Some(written) = self.write_bulk(path.as_ref(), mode, source).await? {
             return Ok(written);
         }
         // Nothing was read from `source` yet: the bulk call was not served.
+        let mut reader = BufReader::with_capacity(PIPE_CHUNK, source);
         let (sender, receiver) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
         let path = path.as_ref().to_vec();
         let files = self.clone();
@@ -388,14 +386,13 @@ impl HostFiles {
         })?
     }
 
-    /// A `WriteFileBulk` whose data `fill` writes into the pipe. `None` when this plugin
-    /// has no descriptor channel or the host does not serve bulk calls (`fill` was not
-    /// called).
+    /// A `WriteFileBulk` of what `source` gives. `None` when this plugin has no descriptor
+    /// channel or the host does not serve bulk calls (nothing was read from `source`).
     async fn write_bulk(
         &self,
         path: &[u8],
         mode: u32,
-        fill: impl AsyncFnOnce(&mut tokio::net::unix::pipe::Sender) -> std::io::Result<u64>,
+        source: &mut (impl AsyncRead + Unpin + Send),
     ) -> Result<Option<u64>, HostCallError> {
         let Some(channel) = crate::descriptors::descriptor_channel() else {
             return Ok(None);
@@ -416,23 +413,32 @@ impl HostFiles {
             Err(status) => return Err(status.into()),
         };
         let first = first_event(&mut events).await?;
-        let fd = channel
+        let control = channel
             .take(first.token, PIPE_WAIT)
             .await
             .map_err(|err| channel_error(&err))?;
-        let mut pipe = tokio::net::unix::pipe::Sender::from_owned_fd(fd)
-            .map_err(|err| pipe_error("open", &err))?;
-        let filled = fill(&mut pipe).await;
-        drop(pipe);
-        let written = match filled {
+        let memory = channel
+            .take(first.ring_token, PIPE_WAIT)
+            .await
+            .map_err(|err| channel_error(&err))?;
+        let mut ring = RingWriter::new(RingOffer {
+            control,
+            memory,
+            slots: first.slots,
+            slot_size: first.slot_size,
+        })
+        .map_err(|err| ring_error(&err))?;
+        // The ring is kept open until the host has answered (see RingWriter::finish).
+        let sent = ring.write_from(source).await;
+        let written = match sent.and_then(|written| ring.finish().map(|()| written)) {
             Ok(written) => written,
             // The host stopped taking the data (a quota, a failure): its answer says why.
-            Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => {
+            Err(RingError::Closed) => {
                 finish_bulk(events, u64::MAX).await?;
-                return Err(pipe_error("write", &err));
+                return Err(ring_error(&RingError::Closed));
             }
             // The source failed: no end is confirmed, so the host writes nothing.
-            Err(err) => return Err(pipe_error("write", &err)),
+            Err(err) => return Err(ring_error(&err)),
         };
         let _ = requests
             .send(WriteFileBulkRequest {
@@ -442,21 +448,20 @@ impl HostFiles {
             })
             .await;
         drop(requests);
-        finish_bulk(events, written).await.map(Some)
+        let finished = finish_bulk(events, written).await.map(Some);
+        drop(ring);
+        finished
     }
 
-    /// Writes `contents` to `path` (mode `0o644`), replacing it atomically; through a pipe
-    /// when the host started this plugin (see [`HostFiles::write_file_from`]).
+    /// Writes `contents` to `path` (mode `0o644`), replacing it atomically; through shared
+    /// memory when the host started this plugin (see [`HostFiles::write_file_from`]).
     pub async fn write_file(
         &self,
         path: impl AsRef<[u8]>,
         contents: &[u8],
     ) -> Result<u64, HostCallError> {
         if let Some(written) = self
-            .write_bulk(path.as_ref(), 0o644, async |pipe| {
-                pipe.write_all(contents).await?;
-                Ok(contents.len() as u64)
-            })
+            .write_bulk(path.as_ref(), 0o644, &mut { contents })
             .await?
         {
             return Ok(written);
@@ -637,7 +642,14 @@ fn file_error(action: &str, err: &std::io::Error) -> HostCallError {
 fn pipe_error(action: &str, err: &std::io::Error) -> HostCallError {
     HostCallError::Other {
         code: Code::Unavailable,
-        message: format!("could not {action} the transfer's pipe: {err}"),
+        message: format!("could not {action} the transfer: {err}"),
+    }
+}
+
+fn ring_error(err: &RingError) -> HostCallError {
+    HostCallError::Other {
+        code: Code::Unavailable,
+        message: format!("the write's shared-memory ring failed: {err}"),
     }
 }
 

@@ -30,8 +30,9 @@ const ALLOWED_PRCTLS: [libc::c_int; 7] = [
 ];
 
 /// The fcntl commands a plugin may use: no signals to other processes (`F_SETOWN`,
-/// `F_SETSIG`), no leases or directory notifications.
-const ALLOWED_FCNTLS: [libc::c_int; 13] = [
+/// `F_SETSIG`), no leases or directory notifications. `F_GET_SEALS` reads the seals of a
+/// memory file the host handed over (a bulk write's ring), to check them.
+const ALLOWED_FCNTLS: [libc::c_int; 14] = [
     libc::F_DUPFD,
     libc::F_DUPFD_CLOEXEC,
     libc::F_GETFD,
@@ -45,6 +46,7 @@ const ALLOWED_FCNTLS: [libc::c_int; 13] = [
     libc::F_OFD_SETLK,
     libc::F_OFD_SETLKW,
     libc::F_GETPIPE_SZ,
+    libc::F_GET_SEALS,
 ];
 
 /// The plugin's system call filter: one program that answers each call as three sets of

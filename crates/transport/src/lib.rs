@@ -55,6 +55,8 @@ mod descriptors;
 #[cfg(unix)]
 mod dir;
 pub mod mux;
+#[cfg(target_os = "linux")]
+pub mod ring;
 pub mod tls;
 #[cfg(unix)]
 mod unix;

@@ -239,8 +239,8 @@ fn test_plugin(name: &str, program: &str) -> tether_host::PluginBuilder {
 }
 
 async fn flood(program: &str, mib: u32) -> anyhow::Result<ExitCode> {
+    use tether_test_contract::testing::PrintRequest;
     use tether_test_contract::testing::testing_client::TestingClient;
-    use tether_test_contract::testing::{HostOpRequest, PrintRequest};
 
     let plugin = test_plugin("flooder", program).start().await?;
     let mut client = TestingClient::new(plugin.channel());

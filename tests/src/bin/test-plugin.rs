@@ -29,6 +29,7 @@ use tether_test_contract::testing::host_tally_client::HostTallyClient;
 use tether_test_contract::testing::host_testing_client::HostTestingClient;
 use tether_test_contract::testing::testing_server::{Testing, TestingServer};
 use tether_test_contract::testing::*;
+use tether_transport::ring::{RingOffer, RingWriter};
 use tracing::level_filters::LevelFilter;
 
 /// The cookie the end-to-end tests use.
@@ -48,12 +49,54 @@ struct Service {
     held_bulk: Arc<Mutex<Vec<HeldWrite>>>,
 }
 
-/// A `WriteFileBulk` left hanging: its events, its pipe and its request stream.
-type HeldWrite = (
+/// A `WriteFileBulk` opened by hand: its events, its ring and its request stream.
+type RawWrite = (
     tonic::Streaming<BulkEvent>,
-    std::os::fd::OwnedFd,
+    RingOffer,
     tokio::sync::mpsc::Sender<WriteFileBulkRequest>,
 );
+
+/// A `WriteFileBulk` left hanging (see [`RawWrite`]).
+type HeldWrite = RawWrite;
+
+/// Opens a `WriteFileBulk` of `path` by hand, and takes its ring from the SDK's descriptor
+/// channel.
+async fn open_raw_write(
+    raw: &FilesClient<HostChannel>,
+    path: &[u8],
+) -> Result<RawWrite, HostCallError> {
+    let channel = tether_plugin_sdk::descriptor_channel()
+        .ok_or_else(|| HostCallError::Invalid("no descriptor channel".into()))?;
+    let (requests, outgoing) = tokio::sync::mpsc::channel(2);
+    let _ = requests
+        .send(WriteFileBulkRequest {
+            path: path.to_vec(),
+            ..WriteFileBulkRequest::default()
+        })
+        .await;
+    let mut events = raw
+        .clone()
+        .write_file_bulk(tokio_stream::wrappers::ReceiverStream::new(outgoing))
+        .await?
+        .into_inner();
+    let first = events
+        .message()
+        .await?
+        .ok_or_else(|| HostCallError::Invalid("no first event".into()))?;
+    let take = |token| async move {
+        channel
+            .take(token, PIPE_WAIT)
+            .await
+            .map_err(|err| HostCallError::Invalid(err.to_string()))
+    };
+    let offer = RingOffer {
+        control: take(first.token).await?,
+        memory: take(first.ring_token).await?,
+        slots: first.slots,
+        slot_size: first.slot_size,
+    };
+    Ok((events, offer, requests))
+}
 
 /// How long a raw bulk call waits for its pipe.
 const PIPE_WAIT: Duration = Duration::from_secs(30);
@@ -79,35 +122,13 @@ async fn raw_bulk_write(
     data: &[u8],
     ending: &str,
 ) -> Result<String, HostCallError> {
-    use tokio::io::AsyncWriteExt;
-    let channel = tether_plugin_sdk::descriptor_channel()
-        .ok_or_else(|| HostCallError::Invalid("no descriptor channel".into()))?;
-    let (requests, outgoing) = tokio::sync::mpsc::channel(2);
-    let _ = requests
-        .send(WriteFileBulkRequest {
-            path: path.to_vec(),
-            ..WriteFileBulkRequest::default()
-        })
-        .await;
-    let mut events = raw
-        .clone()
-        .write_file_bulk(tokio_stream::wrappers::ReceiverStream::new(outgoing))
-        .await?
-        .into_inner();
-    let first = events
-        .message()
-        .await?
-        .ok_or_else(|| HostCallError::Invalid("no first event".into()))?;
-    let fd = channel
-        .take(first.token, PIPE_WAIT)
+    let (mut events, offer, requests) = open_raw_write(raw, path).await?;
+    let mut ring = RingWriter::new(offer).map_err(|err| HostCallError::Invalid(err.to_string()))?;
+    ring.write_from(&mut { data })
         .await
         .map_err(|err| HostCallError::Invalid(err.to_string()))?;
-    let mut pipe = tokio::net::unix::pipe::Sender::from_owned_fd(fd)
+    ring.finish()
         .map_err(|err| HostCallError::Invalid(err.to_string()))?;
-    pipe.write_all(data)
-        .await
-        .map_err(|err| HostCallError::Invalid(err.to_string()))?;
-    drop(pipe);
     let bytes = data.len() as u64;
     match ending {
         "confirm" | "lie" => {
@@ -122,7 +143,9 @@ async fn raw_bulk_write(
         _ => {}
     }
     drop(requests);
-    Ok(bulk_ending(&mut events).await)
+    let ending = bulk_ending(&mut events).await;
+    drop(ring);
+    Ok(ending)
 }
 
 #[tonic::async_trait]
@@ -655,41 +678,35 @@ impl Service {
                 }
             }
             "bulk_write_stall" => {
-                // Opens a WriteFileBulk, takes its pipe and never writes to it or closes it
-                // (until `drain_bulk`).
-                let channel = tether_plugin_sdk::descriptor_channel()
-                    .ok_or_else(|| HostCallError::Invalid("no descriptor channel".into()))?;
-                let (requests, outgoing) = tokio::sync::mpsc::channel(2);
-                let _ = requests
-                    .send(WriteFileBulkRequest {
-                        path: path.clone(),
-                        ..WriteFileBulkRequest::default()
-                    })
-                    .await;
-                let mut events = raw
-                    .clone()
-                    .write_file_bulk(tokio_stream::wrappers::ReceiverStream::new(outgoing))
-                    .await?
-                    .into_inner();
-                let first = events
-                    .message()
-                    .await?
-                    .ok_or_else(|| HostCallError::Invalid("no first event".into()))?;
-                let pipe = channel
-                    .take(first.token, PIPE_WAIT)
-                    .await
-                    .map_err(|err| HostCallError::Invalid(err.to_string()))?;
-                self.held_bulk
-                    .lock()
-                    .map_err(|_| poisoned())?
-                    .push((events, pipe, requests));
+                // Opens a WriteFileBulk, takes its ring and never sends through it or closes
+                // it (until `drain_bulk`).
+                let held = open_raw_write(&raw, &path).await?;
+                self.held_bulk.lock().map_err(|_| poisoned())?.push(held);
                 ok
+            }
+            "ring_abuse" => {
+                // Tries to shrink the ring's memory under the host, then sends a record for
+                // a slot the ring does not have; the outcome of each.
+                use std::os::fd::AsFd;
+                let (mut events, offer, _requests) = open_raw_write(&raw, &path).await?;
+                let shrunk = match rustix::fs::ftruncate(&offer.memory, 0) {
+                    Ok(()) => "shrunk".to_owned(),
+                    Err(errno) => format!("shrink refused: {errno}"),
+                };
+                let ring = RingWriter::new(offer)
+                    .map_err(|err| HostCallError::Invalid(err.to_string()))?;
+                let record = [9u8, 0, 0, 0, 16, 0, 0, 0];
+                let _ = rustix::net::send(ring.as_fd(), &record, rustix::net::SendFlags::empty());
+                HostOpResponse {
+                    names: vec![shrunk, bulk_ending(&mut events).await],
+                    ..ok
+                }
             }
             "drain_bulk" => {
                 // The outcome of every held write.
                 let held = std::mem::take(&mut *self.held_bulk.lock().map_err(|_| poisoned())?);
                 let mut endings = Vec::new();
-                for (mut events, _pipe, _requests) in held {
+                for (mut events, _ring, _requests) in held {
                     endings.push(bulk_ending(&mut events).await);
                 }
                 HostOpResponse {

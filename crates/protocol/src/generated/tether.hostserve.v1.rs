@@ -63,11 +63,16 @@ pub struct WriteFileResponse {
 /// token, which the call's first event names.
 /// - ReadFileBulk: the file itself, opened read-only after the same checks as ReadFile. The
 ///    plugin reads it as it likes; the call ends with that first event (`done`).
-/// - WriteFileBulk: a pipe, which the host empties into a temporary file, counting every
-///    byte against the write quota, and renames into place once the plugin confirms the end.
+/// - WriteFileBulk: a ring of shared-memory slots (a sealed memory file, under
+///    `ring_token`) and a SEQPACKET control socket (under `token`). The plugin fills a free
+///    slot and sends `\[slot, len\]` (little-endian u32s); the host writes those bytes into a
+///    temporary file, counting them against the write quota first, and sends `\[slot\]` back.
+///    The plugin closes the socket after its last record, then confirms the end (see
+///    WriteFileBulkRequest); the host renames the file into place.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct BulkEvent {
-    /// First event: the token the descriptor was sent under on the descriptor channel.
+    /// First event: the token the descriptor was sent under on the descriptor channel (for
+    /// WriteFileBulk, the control socket's).
     #[prost(uint64, tag = "1")]
     pub token: u64,
     /// ReadFileBulk: the file's size when it was opened.
@@ -78,9 +83,16 @@ pub struct BulkEvent {
     pub done: bool,
     #[prost(uint64, tag = "4")]
     pub bytes: u64,
+    /// First event of WriteFileBulk: the ring's memory file's token, and its geometry.
+    #[prost(uint64, tag = "5")]
+    pub ring_token: u64,
+    #[prost(uint32, tag = "6")]
+    pub slots: u32,
+    #[prost(uint32, tag = "7")]
+    pub slot_size: u32,
 }
-/// The first message names the file; after the plugin has written all its data into the
-/// pipe and closed it, a last message with `end` and the byte count confirms the data is
+/// The first message names the file; after the plugin has sent all its data through the
+/// ring and closed the control socket, a last message with `end` and the byte count confirms the data is
 /// whole. Without it (the plugin died, or cancelled), nothing is written to the target.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct WriteFileBulkRequest {
@@ -355,8 +367,8 @@ pub mod files_client {
                 .insert(GrpcMethod::new("tether.hostserve.v1.Files", "ReadFileBulk"));
             self.inner.server_streaming(req, path, codec).await
         }
-        /// WriteFile through a pipe (see BulkEvent and WriteFileBulkRequest): same capability,
-        /// audit, quota and atomic rename as WriteFile.
+        /// WriteFile through shared memory (see BulkEvent and WriteFileBulkRequest): same
+        /// capability, audit, quota and atomic rename as WriteFile.
         pub async fn write_file_bulk(
             &mut self,
             request: impl tonic::IntoStreamingRequest<
@@ -537,8 +549,8 @@ pub mod files_server {
             >
             + std::marker::Send
             + 'static;
-        /// WriteFile through a pipe (see BulkEvent and WriteFileBulkRequest): same capability,
-        /// audit, quota and atomic rename as WriteFile.
+        /// WriteFile through shared memory (see BulkEvent and WriteFileBulkRequest): same
+        /// capability, audit, quota and atomic rename as WriteFile.
         async fn write_file_bulk(
             &self,
             request: tonic::Request<tonic::Streaming<super::WriteFileBulkRequest>>,
