@@ -60,7 +60,7 @@ async fn bulk_transfers_hand_over_the_file_or_a_ring_checked_and_audited_as_read
     assert_eq!(
         fixture.services.bytes_written("bulk"),
         contents.len() as u64,
-        "the host counted the pipe's bytes against the quota"
+        "the host counted the ring's bytes against the quota"
     );
 
     std::fs::write(fixture.workspace.join("config/bulk.bin"), &contents).unwrap();
@@ -196,7 +196,7 @@ async fn a_bulk_write_past_the_quota_or_not_confirmed_leaves_nothing_behind() {
 }
 
 #[tokio::test]
-async fn a_plugin_that_abuses_its_pipe_or_channel_holds_nothing_of_the_host() {
+async fn a_plugin_that_abuses_its_ring_or_channel_holds_nothing_of_the_host() {
     let fixture = Fixture::new(Limits {
         stall_timeout: Duration::from_secs(1),
         ..Limits::default()

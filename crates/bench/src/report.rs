@@ -284,7 +284,7 @@ pub(crate) fn rows(f: &Figures) -> Vec<Row> {
     let gb = bytes as f64 / 1e9;
     let gib = bytes as f64 / (1u64 << 30) as f64;
     let rate = |spread: Spread| spread_with(spread, |v| format!("{v:.2} GB/s"));
-    // The pipes carry the target; gRPC messages (what a Go host or an attached plugin
+    // The bulk calls carry the target; gRPC messages (what a Go host or an attached plugin
     // uses) are shown beside them, judged against the same floor but not the target.
     let bulk = |figure: &str,
                 seconds: fn(&Transfer) -> f64,
@@ -298,7 +298,7 @@ pub(crate) fn rows(f: &Figures) -> Vec<Row> {
             met: if judged {
                 met(ratio.median >= 0.8)
             } else {
-                "(the pipe row is judged)".to_owned()
+                "(the bulk row is judged)".to_owned()
             },
             ..row(
                 figure,
@@ -313,23 +313,23 @@ pub(crate) fn rows(f: &Figures) -> Vec<Row> {
     };
     rows.push(bulk(
         &format!(
-            "WriteFile of {gib:.2} GiB through a pipe (WriteFileBulk; durable: fsync, rename)"
+            "WriteFile of {gib:.2} GiB through shared memory (WriteFileBulk; durable: fsync, rename)"
         ),
-        |t| t.pipe_write_seconds,
+        |t| t.bulk_write_seconds,
         |t| t.disk_write_sync_seconds,
         "std::fs + fsync",
         true,
     ));
     rows.push(bulk(
-        &format!("WriteFile of {gib:.2} GiB through a pipe, durable_writes off"),
-        |t| t.pipe_write_unsynced_seconds,
+        &format!("WriteFile of {gib:.2} GiB through shared memory, durable_writes off"),
+        |t| t.bulk_write_unsynced_seconds,
         |t| t.disk_write_seconds,
         "std::fs",
         true,
     ));
     rows.push(bulk(
-        &format!("ReadFile of {gib:.2} GiB through a pipe (ReadFileBulk)"),
-        |t| t.pipe_read_seconds,
+        &format!("ReadFile of {gib:.2} GiB from the file handed over (ReadFileBulk)"),
+        |t| t.bulk_read_seconds,
         |t| t.disk_read_seconds,
         "std::fs, page cache",
         true,

@@ -277,10 +277,10 @@ pub(crate) struct Transfer {
     /// WriteFile with `durable_writes` off.
     pub(crate) write_unsynced_seconds: f64,
     pub(crate) read_seconds: f64,
-    /// The same three through pipes (WriteFileBulk, ReadFileBulk).
-    pub(crate) pipe_write_seconds: f64,
-    pub(crate) pipe_write_unsynced_seconds: f64,
-    pub(crate) pipe_read_seconds: f64,
+    /// The same three in bulk (WriteFileBulk's shared memory, ReadFileBulk's open file).
+    pub(crate) bulk_write_seconds: f64,
+    pub(crate) bulk_write_unsynced_seconds: f64,
+    pub(crate) bulk_read_seconds: f64,
     /// The disk's floor: the same bytes written with `std::fs` in 1 MiB blocks, then fsync.
     pub(crate) disk_write_sync_seconds: f64,
     /// The same, without the fsync.
@@ -316,7 +316,7 @@ pub(crate) fn transfer(bytes: u64) -> Result<Transfer> {
 pub(crate) async fn transfer_host(bytes: u64) -> Result<()> {
     let program = plugin_program()?;
     let (disk_write_sync_seconds, disk_write_seconds, disk_read_seconds) = disk_floor(bytes)?;
-    // (write, read, plugin's peak) for gRPC messages, then for pipes.
+    // (write, read, plugin's peak) for gRPC messages, then in bulk.
     let mut durable = [(0.0, 0.0, 0); 2];
     let mut unsynced = [0.0; 2];
     for (durable_writes, bulk) in [(true, false), (false, false), (true, true), (false, true)] {
@@ -365,9 +365,9 @@ pub(crate) async fn transfer_host(bytes: u64) -> Result<()> {
         write_seconds: durable[0].0,
         write_unsynced_seconds: unsynced[0],
         read_seconds: durable[0].1,
-        pipe_write_seconds: durable[1].0,
-        pipe_write_unsynced_seconds: unsynced[1],
-        pipe_read_seconds: durable[1].1,
+        bulk_write_seconds: durable[1].0,
+        bulk_write_unsynced_seconds: unsynced[1],
+        bulk_read_seconds: durable[1].1,
         disk_write_sync_seconds,
         disk_write_seconds,
         disk_read_seconds,

@@ -227,7 +227,7 @@ impl PluginClient {
 
     /// The host's end of the plugin's descriptor channel (see
     /// [`tether_transport::descriptor_pair`]), on which host services hand the plugin the
-    /// pipes of bulk file transfers.
+    /// descriptors of bulk file transfers.
     ///
     /// `None` for an attached client: the channel stays with the host that started it.
     pub fn descriptors(&self) -> Option<&Arc<DescriptorSender>> {

@@ -129,8 +129,8 @@ impl PluginIdentity {
     }
 
     /// The host's end of the plugin's descriptor channel
-    /// ([`PluginClient::descriptors`]), on which a service hands the plugin a pipe or
-    /// another open descriptor. `None` when the plugin has none (served
+    /// ([`PluginClient::descriptors`]), on which a service hands the plugin an open file,
+    /// shared memory or another descriptor. `None` when the plugin has none (served
     /// [`in_process`]).
     pub fn descriptors(&self) -> Option<&Arc<DescriptorSender>> {
         self.descriptors.as_ref()

@@ -398,7 +398,7 @@ fn descriptor_channel(call: &mut Call, method: &str) -> Result<Arc<DescriptorSen
         Some(channel) => Ok(Arc::clone(channel)),
         None => {
             let status = Status::failed_precondition(format!(
-                "{method}: plugin `{}` has no descriptor channel to receive the pipe on (only \
+                "{method}: plugin `{}` has no descriptor channel to receive the file or ring on (only \
                  a plugin this host started has one); use {} instead",
                 call.identity().name(),
                 method.trim_end_matches("Bulk"),

@@ -1,6 +1,6 @@
 //! The plugin's end of its descriptor channel, inherited from a tether host (see
-//! [`tether_transport::descriptor_pair`]): where the host hands it the pipes of bulk file
-//! transfers.
+//! [`tether_transport::descriptor_pair`]): where the host hands it the descriptors of bulk
+//! file transfers.
 
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::sync::OnceLock;
@@ -9,8 +9,8 @@ use tether_protocol::env::DESCRIPTOR_FD;
 use tether_transport::DescriptorReceiver;
 
 /// This plugin's descriptor channel: where a tether host that started it hands it open
-/// descriptors, such as the pipes of `ReadFileBulk` and `WriteFileBulk` (whose first event
-/// names the token to [take](DescriptorReceiver::take) the pipe under). Taken from
+/// descriptors, such as the file of `ReadFileBulk` and the ring of `WriteFileBulk` (whose
+/// first event names the tokens to [take](DescriptorReceiver::take) them under). Taken from
 /// `TETHER_DESCRIPTOR_FD` on first use; `None` when the host gave none (a Go host, a
 /// plugin run by hand) or what it named is not one.
 ///

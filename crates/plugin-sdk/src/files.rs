@@ -21,12 +21,12 @@ pub type FileChunks = std::pin::Pin<Box<dyn Stream<Item = Result<Vec<u8>, HostCa
 /// Bytes per chunk `write_file` sends.
 const WRITE_CHUNK: usize = 64 * 1024;
 
-/// Bytes per read or write of a bulk transfer (the host asks for pipes this large).
-const PIPE_CHUNK: usize = 1 << 20;
+/// Bytes per read of a bulk transfer, and per chunk of a write falling back to messages.
+const BULK_CHUNK: usize = 1 << 20;
 
-/// How long a bulk call waits for its pipe on the descriptor channel: the host sent it
+/// How long a bulk call waits for its descriptors on the descriptor channel: the host
 /// before naming it, so it is there unless something is badly wrong.
-const PIPE_WAIT: Duration = Duration::from_secs(30);
+const DESCRIPTOR_WAIT: Duration = Duration::from_secs(30);
 
 /// Why a host-service call failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -328,7 +328,7 @@ impl HostFiles {
         };
         let first = first_event(&mut events).await?;
         let fd = channel
-            .take(first.token, PIPE_WAIT)
+            .take(first.token, DESCRIPTOR_WAIT)
             .await
             .map_err(|err| channel_error(&err))?;
         Ok(Some((first.size, std::fs::File::from(fd))))
@@ -352,7 +352,7 @@ impl HostFiles {
             return Ok(written);
         }
         // Nothing was read from `source` yet: the bulk call was not served.
-        let mut reader = BufReader::with_capacity(PIPE_CHUNK, source);
+        let mut reader = BufReader::with_capacity(BULK_CHUNK, source);
         let (sender, receiver) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
         let path = path.as_ref().to_vec();
         let files = self.clone();
@@ -369,7 +369,7 @@ impl HostFiles {
             let buffer = reader
                 .fill_buf()
                 .await
-                .map_err(|err| pipe_error("read the source of", &err))?;
+                .map_err(|err| transfer_error("read the source of", &err))?;
             if buffer.is_empty() {
                 break;
             }
@@ -414,11 +414,11 @@ impl HostFiles {
         };
         let first = first_event(&mut events).await?;
         let control = channel
-            .take(first.token, PIPE_WAIT)
+            .take(first.token, DESCRIPTOR_WAIT)
             .await
             .map_err(|err| channel_error(&err))?;
         let memory = channel
-            .take(first.ring_token, PIPE_WAIT)
+            .take(first.ring_token, DESCRIPTOR_WAIT)
             .await
             .map_err(|err| channel_error(&err))?;
         let mut ring = RingWriter::new(RingOffer {
@@ -550,15 +550,15 @@ impl HostFiles {
 /// A bulk call's events (see `tether.hostserve.v1.BulkEvent`).
 type Events = tonic::Streaming<BulkEvent>;
 
-/// The first event of a bulk call, which names the pipe.
+/// The first event of a bulk call, which names its descriptors.
 async fn first_event(events: &mut Events) -> Result<BulkEvent, HostCallError> {
     events.message().await?.ok_or_else(|| HostCallError::Other {
         code: Code::Internal,
-        message: "the host ended the bulk call before naming its pipe".to_owned(),
+        message: "the host ended the bulk call before naming its descriptors".to_owned(),
     })
 }
 
-/// The outcome of a bulk call once its pipe is done with: the host's error if it had one,
+/// The outcome of a bulk write once its ring is done with: the host's error if it had one,
 /// else a check that both sides counted `moved` bytes.
 async fn finish_bulk(mut events: Events, moved: u64) -> Result<u64, HostCallError> {
     match events.message().await? {
@@ -566,7 +566,7 @@ async fn finish_bulk(mut events: Events, moved: u64) -> Result<u64, HostCallErro
         Some(last) if last.done => Err(HostCallError::Other {
             code: Code::DataLoss,
             message: format!(
-                "the host moved {} bytes through the pipe, this plugin {moved}",
+                "the host received {} bytes through the ring, this plugin sent {moved}",
                 last.bytes
             ),
         }),
@@ -586,12 +586,12 @@ async fn copy_from_file(
     let (full, mut filled) = tokio::sync::mpsc::channel::<std::io::Result<Vec<u8>>>(1);
     let (empty, mut emptied) = tokio::sync::mpsc::channel::<Vec<u8>>(2);
     for _ in 0..2 {
-        let _ = empty.try_send(vec![0; PIPE_CHUNK]);
+        let _ = empty.try_send(vec![0; BULK_CHUNK]);
     }
     let reader = tokio::task::spawn_blocking(move || {
         let mut file = file;
         while let Some(mut buffer) = emptied.blocking_recv() {
-            buffer.resize(PIPE_CHUNK, 0);
+            buffer.resize(BULK_CHUNK, 0);
             let read = loop {
                 match file.read(&mut buffer) {
                     Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
@@ -639,7 +639,7 @@ fn file_error(action: &str, err: &std::io::Error) -> HostCallError {
     }
 }
 
-fn pipe_error(action: &str, err: &std::io::Error) -> HostCallError {
+fn transfer_error(action: &str, err: &std::io::Error) -> HostCallError {
     HostCallError::Other {
         code: Code::Unavailable,
         message: format!("could not {action} the transfer: {err}"),
@@ -656,7 +656,7 @@ fn ring_error(err: &RingError) -> HostCallError {
 fn channel_error(err: &tether_transport::DescriptorError) -> HostCallError {
     HostCallError::Other {
         code: Code::Unavailable,
-        message: format!("the transfer's pipe did not arrive: {err}"),
+        message: format!("the transfer's descriptors did not arrive: {err}"),
     }
 }
 

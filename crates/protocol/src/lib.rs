@@ -71,7 +71,7 @@ pub mod env {
     /// directory), when the host gave it one. Unset otherwise.
     pub const DATA_DIR: &str = "TETHER_DATA_DIR";
     /// tether's own: the number of the plugin's end of its descriptor channel, the socket
-    /// on which the host hands it pipes for bulk file transfers (`ReadFileBulk`,
+    /// on which the host hands it descriptors for bulk file transfers (`ReadFileBulk`,
     /// `WriteFileBulk`). Set by tether hosts for every plugin they start.
     pub const DESCRIPTOR_FD: &str = "TETHER_DESCRIPTOR_FD";
 }

@@ -1,4 +1,4 @@
-//! The descriptor channel: a host hands open descriptors (pipes, for bulk file data) to a
+//! The descriptor channel: a host hands open descriptors (files and shared memory, for bulk file data) to a
 //! plugin it started.
 //!
 //! The host makes a connected pair of `SOCK_SEQPACKET` sockets before the spawn

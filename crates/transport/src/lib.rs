@@ -15,8 +15,8 @@
 //!   that pins the peer's exact certificate, required both ways ([`tls::MutualTls`]), which
 //!   [`Listener::tls`] and [`connect_with`] speak on every connection;
 //! - [`descriptor_pair`] is the descriptor channel a host gives a plugin it starts, to hand
-//!   it open descriptors ([`DescriptorSender`], [`DescriptorReceiver`]): the pipes of bulk
-//!   file transfers;
+//!   it open descriptors ([`DescriptorSender`], [`DescriptorReceiver`]): the files and
+//!   [`ring`]s of bulk file transfers;
 //! - [`mux`] is go-plugin's multiplexing: yamux on the main connection
 //!   ([`connect_multiplexed`], [`mux::Session`]), its streams served by
 //!   [`Listener::over_streams`] and dialed by [`channel_over`].

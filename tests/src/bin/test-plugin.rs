@@ -45,7 +45,7 @@ struct Service {
     served: Arc<Mutex<Vec<Served>>>,
     /// `ReadFile` streams opened by `hold_reads` and not read yet.
     held: Arc<Mutex<Vec<FileChunks>>>,
-    /// `WriteFileBulk` calls opened by `bulk_write_stall`, with their pipes, never written.
+    /// `WriteFileBulk` calls opened by `bulk_write_stall`, with their rings, never written.
     held_bulk: Arc<Mutex<Vec<HeldWrite>>>,
 }
 
@@ -85,7 +85,7 @@ async fn open_raw_write(
         .ok_or_else(|| HostCallError::Invalid("no first event".into()))?;
     let take = |token| async move {
         channel
-            .take(token, PIPE_WAIT)
+            .take(token, DESCRIPTOR_WAIT)
             .await
             .map_err(|err| HostCallError::Invalid(err.to_string()))
     };
@@ -98,8 +98,8 @@ async fn open_raw_write(
     Ok((events, offer, requests))
 }
 
-/// How long a raw bulk call waits for its pipe.
-const PIPE_WAIT: Duration = Duration::from_secs(30);
+/// How long a raw bulk call waits for its descriptors.
+const DESCRIPTOR_WAIT: Duration = Duration::from_secs(30);
 
 /// The outcome of a raw bulk call's last event: `ok <bytes>` or `<code>: <message>`.
 async fn bulk_ending(events: &mut tonic::Streaming<BulkEvent>) -> String {
@@ -596,7 +596,7 @@ impl Service {
                 ..ok
             },
             "copy_file" => {
-                // Through the SDK's copy_file_to (a pipe when the host started us).
+                // Through the SDK's copy_file_to (the open file, when the host started us).
                 let mut data = Vec::new();
                 let size = files.copy_file_to(&path, &mut data).await?;
                 HostOpResponse { data, size, ..ok }
@@ -635,7 +635,7 @@ impl Service {
                     .await?
                     .ok_or_else(|| HostCallError::Invalid("no first event".into()))?;
                 let fd = channel
-                    .take(first.token, PIPE_WAIT)
+                    .take(first.token, DESCRIPTOR_WAIT)
                     .await
                     .map_err(|err| HostCallError::Invalid(err.to_string()))?;
                 let mut file = std::fs::File::from(fd);

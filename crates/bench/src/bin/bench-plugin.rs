@@ -109,8 +109,8 @@ impl Bench for Service {
         } = request.into_inner();
         let files = self.files()?;
         if bulk {
-            // In bulk: the bytes are made as they are written into the pipe (a 1 MiB
-            // buffer); the file handed over is read into a 1 MiB buffer, as the floor does.
+            // In bulk: the bytes are made as they are written, straight into the shared
+            // memory; the file handed over is read into a 1 MiB buffer, as the floor does.
             let mut source = tokio::io::AsyncReadExt::take(tokio::io::repeat(0x5a), bytes);
             let began = Instant::now();
             let written = files.write_file_from(&path, 0o644, &mut source).await?;
