@@ -128,23 +128,8 @@ impl DescriptorSender {
             }
             Err(errno) => return Err(io_error("send a descriptor")(errno)),
         }
-        // Full: wait for room, on a registration of its own (the channel is used from
-        // whatever runtime serves the call).
-        let copy = self
-            .socket
-            .try_clone()
-            .map_err(|source| DescriptorError::Io {
-                action: "copy its socket",
-                source,
-            })?;
-        // SAFETY: the AsyncFd owns `copy` until it is dropped, and an OwnedFd always
-        // returns that same open descriptor.
-        let ready = unsafe { AsyncFd::register_with_interest(copy, Interest::WRITABLE) }.map_err(
-            |err| DescriptorError::Io {
-                action: "wait for room",
-                source: err.into(),
-            },
-        )?;
+        // Full: wait for room.
+        let ready = registered(&self.socket, Interest::WRITABLE, "wait for room")?;
         let sending = async {
             loop {
                 let mut guard = ready
@@ -180,6 +165,26 @@ impl DescriptorSender {
 }
 
 const EPIPE: i32 = rustix::io::Errno::PIPE.raw_os_error();
+
+/// A copy of `socket` registered with the current runtime for `interest`: a registration
+/// of its own for each wait, so that the channel can be used from whatever runtime serves
+/// the call.
+fn registered(
+    socket: &OwnedFd,
+    interest: Interest,
+    action: &'static str,
+) -> Result<AsyncFd<OwnedFd>, DescriptorError> {
+    let copy = socket.try_clone().map_err(|source| DescriptorError::Io {
+        action: "copy its socket",
+        source,
+    })?;
+    // SAFETY: the AsyncFd owns `copy` until it is dropped, and an OwnedFd always returns
+    // that same open descriptor.
+    unsafe { AsyncFd::register_with_interest(copy, interest) }.map_err(|err| DescriptorError::Io {
+        action,
+        source: err.into(),
+    })
+}
 
 /// The plugin's end of a descriptor channel. Not tied to a runtime: each wait registers
 /// with the runtime it runs on.
@@ -217,20 +222,7 @@ impl DescriptorReceiver {
         if let Some(fd) = unclaimed.remove(&token) {
             return Ok(fd);
         }
-        let copy = self
-            .socket
-            .try_clone()
-            .map_err(|source| DescriptorError::Io {
-                action: "copy its socket",
-                source,
-            })?;
-        // SAFETY: as in `DescriptorSender::send`: the AsyncFd owns `copy`.
-        let ready = unsafe { AsyncFd::register_with_interest(copy, Interest::READABLE) }.map_err(
-            |err| DescriptorError::Io {
-                action: "wait for a descriptor",
-                source: err.into(),
-            },
-        )?;
+        let ready = registered(&self.socket, Interest::READABLE, "wait for a descriptor")?;
         let reading = async {
             loop {
                 let (got, fd) = next(&ready).await?;
