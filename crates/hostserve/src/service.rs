@@ -729,11 +729,7 @@ impl FilesRpc for Files {
         call.set_resource(path::display(&first.path));
         let path = checked_path(&mut call, &first.path)?;
         let workspace = authorize_path(&mut call, Verb::Write, &path).await?;
-        let mode = if first.mode == 0 {
-            0o644
-        } else {
-            first.mode & 0o777
-        };
+        let mode = file_mode(first.mode);
         let shown = path.as_str().to_owned();
         let written = self.written_counter(call.identity().name());
         let quota = self.limits().write_quota;
@@ -820,30 +816,15 @@ impl FilesRpc for Files {
         let path = checked_path(&mut call, &first.path)?;
         let channel = descriptor_channel(&mut call, "WriteFileBulk")?;
         let workspace = authorize_path(&mut call, Verb::Write, &path).await?;
-        let mode = if first.mode == 0 {
-            0o644
-        } else {
-            first.mode & 0o777
-        };
+        let mode = file_mode(first.mode);
         let shown = path.as_str().to_owned();
         let written = self.written_counter(call.identity().name());
         let (quota, durable) = (self.limits().write_quota, self.limits().durable_writes);
         let shown_setup = shown.clone();
         let setup = async {
-            let (target, temp, file) = blocking(move || -> io::Result<_> {
-                let target = Target::locate(&workspace, &path)?;
-                let (temp, file) = target.create_temp(mode)?;
-                Ok((target, temp, file))
-            })
-            .await?
-            .map_err(|err| io_status(&shown_setup, &err))?;
-            let unfinished = Unfinished {
-                target: Arc::new(target),
-                temp,
-                written: Arc::clone(&written),
-                counted: 0,
-                done: false,
-            };
+            let (unfinished, file) =
+                Unfinished::create(workspace, path, mode, Arc::clone(&written), &shown_setup)
+                    .await?;
             let (ring, offer) = tether_transport::ring::ring(bulk::SLOTS, bulk::SLOT_SIZE)
                 .map_err(|err| Status::internal(format!("the write's ring: {err}")))?;
             // The plugin gets the ring's memory and control socket; the host keeps its side.
@@ -1001,6 +982,11 @@ impl FilesRpc for Files {
     }
 }
 
+/// The permission bits of a new file from a write's `mode`: 0 means 0o644.
+fn file_mode(mode: u32) -> u32 {
+    if mode == 0 { 0o644 } else { mode & 0o777 }
+}
+
 /// A write not yet renamed into place: its temporary file and the quota its bytes took.
 /// Dropped unfinished (a failure, or the call cancelled because the plugin went away in
 /// the middle of it), it removes the temporary file and gives the quota back, so an
@@ -1014,6 +1000,32 @@ struct Unfinished {
 }
 
 impl Unfinished {
+    /// A new temporary file beside `path`'s target with `mode`, its bytes to count in
+    /// `written`.
+    async fn create(
+        workspace: PathBuf,
+        path: RequestPath,
+        mode: u32,
+        written: Arc<AtomicU64>,
+        shown: &str,
+    ) -> Result<(Unfinished, cap_std::fs::File), Status> {
+        let (target, temp, file) = blocking(move || -> io::Result<_> {
+            let target = Target::locate(&workspace, &path)?;
+            let (temp, file) = target.create_temp(mode)?;
+            Ok((target, temp, file))
+        })
+        .await?
+        .map_err(|err| io_status(shown, &err))?;
+        let unfinished = Unfinished {
+            target: Arc::new(target),
+            temp,
+            written,
+            counted: 0,
+            done: false,
+        };
+        Ok((unfinished, file))
+    }
+
     /// Counts `len` more bytes against `quota`, or refuses them.
     fn count(&mut self, len: u64, quota: u64) -> Result<(), Status> {
         let before = self.written.fetch_add(len, Ordering::Relaxed);
@@ -1062,20 +1074,8 @@ impl Files {
     ) -> Result<u64, Status> {
         let stall = self.limits().stall_timeout;
         let shown = path.as_str().to_owned();
-        let (target, temp, file) = blocking(move || -> io::Result<_> {
-            let target = Target::locate(&workspace, &path)?;
-            let (temp, file) = target.create_temp(mode)?;
-            Ok((target, temp, file))
-        })
-        .await?
-        .map_err(|err| io_status(&shown, &err))?;
-        let mut unfinished = Unfinished {
-            target: Arc::new(target),
-            temp,
-            written,
-            counted: 0,
-            done: false,
-        };
+        let (mut unfinished, file) =
+            Unfinished::create(workspace, path, mode, written, &shown).await?;
         let mut file = Some(file);
         let mut next = Some(first);
         // Chunks are written in batches of about WRITE_BATCH bytes: one hand-off to a
