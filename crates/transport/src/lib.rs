@@ -54,6 +54,8 @@ pub mod activity;
 mod descriptors;
 #[cfg(unix)]
 mod dir;
+pub mod frames;
+mod link;
 pub mod mux;
 #[cfg(target_os = "linux")]
 pub mod ring;
@@ -65,8 +67,10 @@ mod unix;
 pub use descriptors::{DescriptorError, DescriptorReceiver, DescriptorSender, descriptor_pair};
 #[cfg(unix)]
 pub use dir::{GroupError, resolve_group, share_with_group, socket_dir};
+pub use link::{Link, LinkError};
 #[cfg(unix)]
 pub use unix::{
     Conn, ConnectError, ConnectionCounts, Listener, Peer, PeerCredentials, PeerSet, Refusal,
-    RefusalHook, address_in_dir, channel_over, connect, connect_multiplexed, connect_with,
+    RefusalHook, address_in_dir, channel_over, connect, connect_framed, connect_multiplexed,
+    connect_with,
 };

@@ -359,6 +359,26 @@ pub async fn connect_with(
         })
 }
 
+/// A [`FramedChannel`](crate::frames::FramedChannel) to the socket at `path`: the
+/// connection is checked to be served by `peer` and speaks TLS when `tls` is given, as
+/// [`connect_with`]'s, then carries gRPC's calls as tether's frames instead of HTTP/2. Only
+/// for a peer that agreed to frames (a tether plugin answering a tether host's offer).
+/// `label` names the peer in errors and logs. A framed channel does not reconnect.
+pub async fn connect_framed(
+    path: &Path,
+    peer: Peer,
+    tls: Option<&MutualTls>,
+    label: &str,
+) -> Result<crate::frames::FramedChannel, ConnectError> {
+    let io = connect_checked(path, peer, tls).await?;
+    crate::frames::FramedChannel::start(io, label)
+        .await
+        .map_err(|source| ConnectError::Io {
+            address: path.display().to_string(),
+            source,
+        })
+}
+
 /// `address` as a path, if it is spelled exactly `dir/<name>`: no `.`, `..`, doubled or
 /// trailing `/`, nothing in a subdirectory.
 pub fn address_in_dir(address: &str, dir: &Path) -> Option<PathBuf> {
