@@ -35,14 +35,19 @@ pub enum Protocol {
     Grpc,
     /// Go's `net/rpc`: Go-only; a missing field 5 also means this.
     NetRpc,
+    /// tether's own: gRPC's calls carried as tether's frames instead of HTTP/2 (see
+    /// `tether_transport::frames`). A tether plugin answers this only to a host that offered
+    /// it ([`crate::env::FRAMES`]); it still serves HTTP/2 on the same socket.
+    TetherFrames,
 }
 
 impl Protocol {
-    /// The wire spelling: `grpc` or `netrpc`.
+    /// The wire spelling: `grpc`, `netrpc` or `tether-frames`.
     pub fn as_str(self) -> &'static str {
         match self {
             Protocol::Grpc => "grpc",
             Protocol::NetRpc => "netrpc",
+            Protocol::TetherFrames => "tether-frames",
         }
     }
 }
@@ -163,7 +168,15 @@ impl FromStr for Handshake {
         let protocol = match fields.get(4).copied() {
             None | Some("netrpc") => Protocol::NetRpc,
             Some("grpc") => Protocol::Grpc,
-            Some(other) => return Err(invalid(5, "protocol", other, "`grpc` or `netrpc`")),
+            Some("tether-frames") => Protocol::TetherFrames,
+            Some(other) => {
+                return Err(invalid(
+                    5,
+                    "protocol",
+                    other,
+                    "`grpc`, `netrpc` or `tether-frames`",
+                ));
+            }
         };
         let server_cert = match fields.get(5).copied() {
             None | Some("") => None,

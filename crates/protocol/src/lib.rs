@@ -74,6 +74,10 @@ pub mod env {
     /// on which the host hands it descriptors for bulk file transfers (`ReadFileBulk`,
     /// `WriteFileBulk`). Set by tether hosts for every plugin they start.
     pub const DESCRIPTOR_FD: &str = "TETHER_DESCRIPTOR_FD";
+    /// tether's own: set (to `1`) by a tether host that speaks tether's frames. A tether
+    /// plugin then answers `tether-frames` in field 5 of its handshake line, and the host
+    /// carries its calls as frames instead of HTTP/2. Go hosts never set it.
+    pub const FRAMES: &str = "TETHER_FRAMES";
 }
 
 #[allow(

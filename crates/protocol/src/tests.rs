@@ -55,6 +55,13 @@ fn parses_go_plugin_lines() {
 }
 
 #[test]
+fn a_tether_plugin_that_takes_frames_says_so_in_field_5() {
+    let line: Handshake = "1|1|unix|/tmp/p.sock|tether-frames|".parse().unwrap();
+    assert_eq!(line.protocol, Protocol::TetherFrames);
+    assert_eq!(line.to_string(), "1|1|unix|/tmp/p.sock|tether-frames|");
+}
+
+#[test]
 fn rejects_bad_lines_with_the_field_named() {
     let cases: &[(&str, HandshakeParseError)] = &[
         (
@@ -108,7 +115,7 @@ fn rejects_bad_lines_with_the_field_named() {
                 position: 5,
                 name: "protocol",
                 value: "http".into(),
-                expected: "`grpc` or `netrpc`",
+                expected: "`grpc`, `netrpc` or `tether-frames`",
             },
         ),
         (
@@ -191,7 +198,11 @@ mod properties {
             any::<u32>(),
             prop_oneof![Just(Network::Unix), Just(Network::Tcp)],
             "[^|]{1,40}",
-            prop_oneof![Just(Protocol::Grpc), Just(Protocol::NetRpc)],
+            prop_oneof![
+                Just(Protocol::Grpc),
+                Just(Protocol::NetRpc),
+                Just(Protocol::TetherFrames)
+            ],
             proptest::option::of(
                 "[A-Za-z0-9+/]{1,64}".prop_filter("a base64 length", |cert| cert.len() % 4 != 1),
             ),
@@ -302,7 +313,7 @@ mod properties {
             if word.is_empty() {
                 prop_assert_eq!(invalid_at(&with_field(&handshake, 4, &word)), Some(4));
             }
-            if !["grpc", "netrpc"].contains(&word.as_str()) {
+            if !["grpc", "netrpc", "tether-frames"].contains(&word.as_str()) {
                 prop_assert_eq!(invalid_at(&with_field(&handshake, 5, &word)), Some(5));
             }
             let base64 = word.bytes().all(|b| b.is_ascii_alphanumeric() || b"+/".contains(&b));
