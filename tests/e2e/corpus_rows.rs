@@ -93,8 +93,13 @@ async fn b15_a_cleared_environment() {
         .iter()
         .filter(|name| {
             !name.starts_with("PLUGIN_")
-                && !["TMPDIR", "TETHER_TEST_PLUGIN", "TETHER_DESCRIPTOR_FD"]
-                    .contains(&name.as_str())
+                && ![
+                    "TMPDIR",
+                    "TETHER_TEST_PLUGIN",
+                    "TETHER_DESCRIPTOR_FD",
+                    "TETHER_FRAMES",
+                ]
+                .contains(&name.as_str())
         })
         .collect();
     assert!(unexpected.is_empty(), "the plugin inherited {unexpected:?}");

@@ -261,6 +261,37 @@ fn corpus() -> Vec<Row> {
     ]
 }
 
+/// Host services answer the same, audited the same, whether the two tether peers carry
+/// their calls as frames (the default) or as HTTP/2 (frames turned off).
+#[tokio::test]
+async fn host_services_are_the_same_over_frames_and_over_http2() {
+    let fixture = Fixture::new(Limits::default());
+    fixture.grant("wire-frames", &GRANTS);
+    fixture.grant("wire-http2", &GRANTS);
+    for (name, frames) in [("wire-frames", true), ("wire-http2", false)] {
+        let plugin = test_plugin(name)
+            .arg("--host-files")
+            .frames(frames)
+            .start()
+            .await
+            .expect("start");
+        assert_eq!(plugin.framed(), frames, "{name}");
+        let _connection = fixture.connect(&plugin).await;
+        let read = op(&plugin, "read_file", b"config/a.txt").await;
+        assert_eq!(read.outcome, "ok", "{name}: {}", read.message);
+        let denied = op(&plugin, "read_file", b"secrets/key").await;
+        assert_eq!(denied.outcome, "denied", "{name}: {}", denied.message);
+        plugin.shutdown().await.expect("a graceful stop");
+    }
+    let lines = fixture.audit_lines();
+    for name in ["wire-frames", "wire-http2"] {
+        let mine: Vec<&Value> = lines.iter().filter(|line| line["plugin"] == name).collect();
+        assert_eq!(mine.len(), 2, "{name}: one record per call: {mine:?}");
+        assert_eq!(mine[0]["decision"], "allowed", "{name}");
+        assert_eq!(mine[1]["decision"], "denied", "{name}");
+    }
+}
+
 #[tokio::test]
 async fn the_bad_input_corpus_gets_clear_answers_and_one_audit_record_each() {
     let fixture = Fixture::new(Limits::default());

@@ -25,7 +25,7 @@ use crate::error::BrokerError;
 use crate::serve::Served;
 use tether_transport::mux::{self, MuxStream, Session};
 use tether_transport::tls::MutualTls;
-use tether_transport::{Listener, Peer, PeerCredentials};
+use tether_transport::{Link, Listener, Peer, PeerCredentials};
 
 /// go-plugin's dial timeout, and how long it keeps an unclaimed connection info.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -48,6 +48,7 @@ pub struct BrokerConfig {
     unclaimed_ttl: Duration,
     tls: Option<MutualTls>,
     socket_group: Option<u32>,
+    frames: bool,
 }
 
 impl BrokerConfig {
@@ -64,7 +65,16 @@ impl BrokerConfig {
             unclaimed_ttl: DEFAULT_TIMEOUT,
             tls: None,
             socket_group: None,
+            frames: false,
         }
+    }
+
+    /// Dial with tether's frames instead of HTTP/2 (off by default): only when the other
+    /// side is known to be a tether peer that serves them (a tether host that offered them,
+    /// a tether plugin that took them). Brokered servers accept both either way.
+    pub fn frames(mut self, on: bool) -> Self {
+        self.frames = on;
+        self
     }
 
     /// Gives every brokered socket to group `gid`, mode 0660 (go-plugin's
@@ -193,7 +203,12 @@ impl Broker {
     /// Host side: opens `StartStream` on the plugin's `channel` in the background and runs
     /// the broker on it until either side closes. The task is returned so its owner can
     /// abort it; it also ends on its own when the stream ends.
-    pub fn start_stream(&self, channel: Channel, max_message_size: usize) -> JoinHandle<()> {
+    pub fn start_stream(
+        &self,
+        channel: impl Into<Link>,
+        max_message_size: usize,
+    ) -> JoinHandle<()> {
+        let channel: Link = channel.into();
         let broker = self.clone();
         let unsent = self.take_unsent();
         tokio::spawn(async move {
@@ -379,10 +394,10 @@ impl Broker {
     /// Waits (up to the dial timeout) for the other side to offer `id`, then connects to it,
     /// checking that the configured peer serves the socket. The channel reconnects on its
     /// own, with the same check, if the connection drops; dial once and reuse it.
-    pub async fn dial(&self, id: u32) -> Result<Channel, BrokerError> {
+    pub async fn dial(&self, id: u32) -> Result<Link, BrokerError> {
         let peer = || self.peer_name().to_owned();
         if self.shared.mux.get().is_some() {
-            return self.dial_multiplexed(id).await;
+            return self.dial_multiplexed(id).await.map(Link::from);
         }
         let receiver = {
             let mut pending = self.pending();
@@ -578,18 +593,31 @@ impl Broker {
     }
 
     /// Checks an offered connection info and connects to it.
-    async fn connect(&self, id: u32, info: ConnInfo) -> Result<Channel, BrokerError> {
+    async fn connect(&self, id: u32, info: ConnInfo) -> Result<Link, BrokerError> {
         let config = &self.shared.config;
         let peer = || self.peer_name().to_owned();
         let path = self.check_offer(id, info)?;
         let tls = self.shared.tls.get().cloned();
-        let channel = tether_transport::connect_with(&path, config.peer.clone(), tls)
+        let failed = |source| BrokerError::Connect {
+            peer: peer(),
+            id,
+            source,
+        };
+        let channel: Link = match config.frames {
+            true => tether_transport::connect_framed(
+                &path,
+                config.peer.clone(),
+                tls.as_ref(),
+                &format!("{} (broker id {id})", self.peer_name()),
+            )
             .await
-            .map_err(|source| BrokerError::Connect {
-                peer: peer(),
-                id,
-                source,
-            })?;
+            .map_err(failed)?
+            .into(),
+            false => tether_transport::connect_with(&path, config.peer.clone(), tls)
+                .await
+                .map_err(failed)?
+                .into(),
+        };
         tracing::debug!(target: "tether::broker", plugin = %self.peer_name(), id, socket = %path.display(), "dialed");
         Ok(channel)
     }

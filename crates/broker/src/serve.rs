@@ -54,14 +54,25 @@ impl Served {
         let counts = listener.counts();
         let peer = broker.peer_name().to_owned();
         let incoming = listener.map(move |conn| conn.and_then(&mut wrap));
+        // A tether peer's connections carry frames; the others go to tonic's server.
+        let framed_service =
+            tower::Layer::layer(&ActivityLayer::new(activity.clone()), routes.clone());
+        let (incoming, framed) =
+            tether_transport::frames::accept(incoming, framed_service, stop.clone());
         let server = Server::builder()
             .layer(ActivityLayer::new(activity))
             .add_routes(routes)
             .serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned());
         let stopping = stop.clone();
         let task = tokio::spawn(async move {
+            let served = async {
+                let result = server.await;
+                stopping.cancel();
+                framed.drained().await;
+                result
+            };
             let result = tokio::select! {
-                result = server => result,
+                result = served => result,
                 () = async { stopping.cancelled().await; tokio::time::sleep(STOP_GRACE).await } => {
                     tracing::debug!(target: "tether::broker", plugin = %peer, id, "calls still running {STOP_GRACE:?} after stop; closing anyway");
                     Ok(())

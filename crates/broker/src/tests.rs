@@ -11,7 +11,7 @@ use tether_protocol::plugin::ConnInfo;
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
 use tonic::service::Routes;
-use tonic::transport::{Channel, Server};
+use tonic::transport::Server;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
@@ -80,7 +80,8 @@ fn health_routes() -> Routes {
     Routes::new(service)
 }
 
-async fn healthy(channel: Channel) -> bool {
+async fn healthy(channel: impl Into<tether_transport::Link>) -> bool {
+    let channel: tether_transport::Link = channel.into();
     HealthClient::new(channel)
         .check(HealthCheckRequest {
             service: String::new(),
@@ -113,6 +114,27 @@ async fn either_side_serves_and_the_other_dials() {
         .unwrap();
     let channel = pair.host.dial(id).await.unwrap();
     assert!(healthy(channel).await);
+}
+
+#[tokio::test]
+async fn a_side_that_dials_with_frames_is_served_frames_on_the_same_socket() {
+    let pair = start(|c| c.frames(true), |c| c.frames(true), true).await;
+    let id = pair.host.next_id();
+    let served = pair
+        .host
+        .accept_and_serve(id, health_routes())
+        .await
+        .unwrap();
+    let framed = pair.plugin.dial(id).await.unwrap();
+    assert!(framed.is_framed(), "{framed:?}");
+    assert!(healthy(framed.clone()).await);
+    assert!(healthy(framed).await);
+    // A peer that speaks HTTP/2 is served on the same socket.
+    let http2 = tether_transport::connect(served.address(), Peer::Process(std::process::id()))
+        .await
+        .unwrap();
+    assert!(healthy(http2).await);
+    assert_eq!(served.connections().accepted(), 2, "one framed, one HTTP/2");
 }
 
 #[tokio::test]

@@ -5,11 +5,10 @@ use std::time::Duration;
 
 use tether_protocol::GRPC_TIMEOUT_METADATA as GRPC_TIMEOUT;
 use tether_transport::activity::{Activity, Tracked, TrackedFuture};
+use tether_transport::{Link, LinkError};
 use tonic::body::Body;
 use tonic::codegen::Service;
 use tonic::codegen::http::{self, HeaderValue};
-use tonic::transport::Channel;
-use tonic::transport::channel::ResponseFuture;
 
 /// The gRPC channel to a plugin's main connection, from [`crate::PluginClient::channel`]:
 /// build any generated client on it (`MyClient::new(plugin.channel())`). Cheap to clone.
@@ -25,13 +24,13 @@ use tonic::transport::channel::ResponseFuture;
 /// response ends: an open stream keeps the plugin from counting as idle.
 #[derive(Debug, Clone)]
 pub struct PluginChannel {
-    inner: Tracked<Channel>,
+    inner: Tracked<Link>,
     deadline: Option<HeaderValue>,
 }
 
 impl PluginChannel {
     pub(crate) fn new(
-        inner: Channel,
+        inner: Link,
         deadline: Option<Duration>,
         activity: &Activity,
     ) -> PluginChannel {
@@ -46,8 +45,8 @@ impl PluginChannel {
 
 impl Service<http::Request<Body>> for PluginChannel {
     type Response = http::Response<Body>;
-    type Error = tonic::transport::Error;
-    type Future = TrackedFuture<ResponseFuture>;
+    type Error = LinkError;
+    type Future = TrackedFuture<<Link as Service<http::Request<Body>>>::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         Service::poll_ready(&mut self.inner, cx)

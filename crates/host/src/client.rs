@@ -15,8 +15,8 @@ use tether_protocol::admission::AdmitRequest;
 use tether_protocol::admission::admission_client::AdmissionClient;
 use tether_protocol::plugin::Empty;
 use tether_protocol::plugin::grpc_controller_client::GrpcControllerClient;
+use tether_transport::Link;
 use tokio::time::{Instant, timeout, timeout_at};
-use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -113,13 +113,13 @@ static NEXT_INSTANCE: AtomicU64 = AtomicU64::new(1);
 pub struct PluginClient {
     name: String,
     version: u32,
-    channel: Channel,
+    channel: Link,
     max_message_size: usize,
     graceful_timeout: Duration,
     call_timeout: Option<Duration>,
     kill_timeout: Duration,
-    controller: GrpcControllerClient<Channel>,
-    health: HealthClient<Channel>,
+    controller: GrpcControllerClient<Link>,
+    health: HealthClient<Link>,
     instance: u64,
     /// Calls under way, both ways.
     activity: Activity,
@@ -154,7 +154,7 @@ pub(crate) enum Owner {
 pub(crate) struct Parts {
     pub(crate) name: String,
     pub(crate) version: u32,
-    pub(crate) channel: Channel,
+    pub(crate) channel: Link,
     pub(crate) max_message_size: usize,
     pub(crate) graceful_timeout: Duration,
     pub(crate) call_timeout: Option<Duration>,
@@ -270,6 +270,13 @@ impl PluginClient {
     /// deadline of their own get the default one ([`PluginBuilder::call_timeout`]).
     pub fn channel(&self) -> PluginChannel {
         PluginChannel::new(self.channel.clone(), self.call_timeout, &self.activity)
+    }
+
+    /// Whether calls to this plugin travel as tether's frames (a tether plugin that took
+    /// the host's offer, [`PluginBuilder::frames`]) rather than HTTP/2 (a Go plugin, an
+    /// attached one, or frames turned off or not taken).
+    pub fn framed(&self) -> bool {
+        self.channel.is_framed()
     }
 
     /// The SHA-256 of the binary this instance runs, if the host verified it at the start

@@ -10,11 +10,11 @@ use std::time::Duration;
 
 use rustix::process::{Pid, PidfdFlags, Signal, pidfd_open};
 use tether_protocol::plugin::grpc_stdio_client::GrpcStdioClient;
+use tether_transport::Link;
 use tokio::io::{AsyncRead, BufReader};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
-use tonic::transport::Channel;
 
 use crate::error::Error;
 use crate::lines::{self, Read, Tail};
@@ -332,11 +332,7 @@ pub(crate) async fn drain_stdout(plugin: String, stdout: BufReader<impl AsyncRea
 }
 
 /// Forwards the plugin's stdio stream (go-plugin's `GRPCStdio`) to `sink`.
-pub(crate) async fn run_stdio(
-    plugin: String,
-    mut client: GrpcStdioClient<Channel>,
-    sink: StdioSink,
-) {
+pub(crate) async fn run_stdio(plugin: String, mut client: GrpcStdioClient<Link>, sink: StdioSink) {
     match client.stream_stdio(()).await {
         Ok(response) => stdio::forward(plugin, response.into_inner(), sink).await,
         Err(status) if status.code() == tonic::Code::Unimplemented => {

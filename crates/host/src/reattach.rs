@@ -120,7 +120,7 @@ impl PluginClient {
         let client = PluginClient::new(Parts {
             name,
             version: config.protocol_version,
-            channel,
+            channel: channel.into(),
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             graceful_timeout: Duration::from_secs(2),
             call_timeout: Some(DEFAULT_CALL_TIMEOUT),

@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use tether_transport::frames::FramedChannel;
 use tether_transport::mux::{Inbound, Session};
 use tether_transport::tls::MutualTls;
 use tether_transport::{ConnectError, Peer, PeerCredentials};
@@ -51,6 +52,18 @@ pub(crate) async fn connect(
     tls: Option<MutualTls>,
 ) -> Result<Channel, Error> {
     tether_transport::connect_with(path, Peer::Process(expected_pid), tls)
+        .await
+        .map_err(|err| connect_failed(plugin, path, expected_pid, err))
+}
+
+/// [`connect`], with the calls carried as tether's frames (the plugin agreed to them).
+pub(crate) async fn connect_framed(
+    plugin: &str,
+    path: &Path,
+    expected_pid: u32,
+    tls: Option<MutualTls>,
+) -> Result<FramedChannel, Error> {
+    tether_transport::connect_framed(path, Peer::Process(expected_pid), tls.as_ref(), plugin)
         .await
         .map_err(|err| connect_failed(plugin, path, expected_pid, err))
 }

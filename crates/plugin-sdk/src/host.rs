@@ -16,11 +16,11 @@ use tether_protocol::hostconn::acceptor_server::Acceptor;
 use tether_protocol::hostconn::{
     DisconnectRequest, DisconnectResponse, EstablishRequest, EstablishResponse,
 };
+use tether_transport::Link as Channel;
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 use tonic::body::Body;
 use tonic::codegen::{Bytes, http};
-use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use crate::files::HostFiles;
@@ -98,9 +98,9 @@ impl Host {
 
     /// A handle already connected through `channel`: for tests of a plugin's logic, with
     /// the channel of `tether_hostconn::in_process`.
-    pub fn from_channel(channel: Channel) -> Host {
+    pub fn from_channel(channel: impl Into<Channel>) -> Host {
         let (host, set) = Host::new();
-        set.send_replace(Link::Connected(channel));
+        set.send_replace(Link::Connected(channel.into()));
         host
     }
 
@@ -251,14 +251,14 @@ impl tower::Service<http::Request<Body>> for HostChannel {
     fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
         let Some(context) = self.context.clone() else {
             let call = self.channel.call(request);
-            return Box::pin(async move { call.await.map_err(Into::into) });
+            return Box::pin(call);
         };
         if let Err(status) = context.apply_to_headers(request.headers_mut()) {
             return Box::pin(std::future::ready(Err(status.into())));
         }
         let call = self.channel.call(request);
         let Some(deadline) = context.deadline() else {
-            return Box::pin(async move { call.await.map_err(Into::into) });
+            return Box::pin(call);
         };
         let deadline = Instant::from_std(deadline);
         Box::pin(async move {
@@ -271,7 +271,7 @@ impl tower::Service<http::Request<Body>> for HostChannel {
                         expired: false,
                     })
                 })),
-                Ok(Err(err)) if Instant::now() < deadline => Err(err.into()),
+                Ok(Err(err)) if Instant::now() < deadline => Err(err),
                 // Past the deadline, whatever ended the call (this timer, or tonic's own
                 // on the same `grpc-timeout`, which reports CANCELLED) is the deadline.
                 _ => Err(context.deadline_exceeded().into()),

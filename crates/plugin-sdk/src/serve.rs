@@ -311,6 +311,8 @@ impl<H> Plugin<H> {
         // Multiplexing, when the host asks for it: yamux on the one connection the host
         // makes, TLS per stream rather than on the socket.
         let multiplex = std::env::var(env::MULTIPLEX_GRPC).is_ok_and(|value| value == "true");
+        // A tether host offers frames; taken only on a socket of its own (not multiplexed).
+        let frames = !multiplex && std::env::var(env::FRAMES).is_ok_and(|value| value == "1");
         let listener = match (&tls, multiplex) {
             (Some(tls), false) => listener.tls(tls.clone()),
             _ => listener,
@@ -358,6 +360,7 @@ impl<H> Plugin<H> {
             &socket_path,
             certificate,
             multiplex,
+            frames,
         )?;
         tracing::debug!(version, socket = %socket_path.display(), "plugin serving");
 
@@ -444,14 +447,36 @@ impl<H> Plugin<H> {
             }
         };
         let served = calls::served_services(&routes);
+        // Connections that open with tether's frames are served here, with the same
+        // layers and span as tonic's server gives the others.
+        let framed_service = {
+            let inner = tower::Layer::layer(&CallLayer::new(served.clone()), routes.clone());
+            tower::service_fn(
+                move |request: tonic::codegen::http::Request<tonic::body::Body>| {
+                    let span = call_span(&request);
+                    tracing::Instrument::instrument(
+                        tower::ServiceExt::oneshot(inner.clone(), request),
+                        span,
+                    )
+                },
+            )
+        };
+        let (incoming, framed) =
+            tether_transport::frames::accept(incoming, framed_service, shutdown.clone());
         let server = Server::builder()
             .trace_fn(call_span)
             .layer(CallLayer::new(served))
             .add_routes(routes)
             .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());
+        let served_all = async {
+            let result = server.await;
+            shutdown.cancel();
+            framed.drained().await;
+            result
+        };
         let grace = self.shutdown_grace;
         let result = tokio::select! {
-            result = server => result.map_err(|source| ServeError::Serve { source }),
+            result = served_all => result.map_err(|source| ServeError::Serve { source }),
             () = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
                 tracing::warn!(?grace, "calls still running after the shutdown grace period; stopping anyway");
                 Ok(())
@@ -469,7 +494,7 @@ impl<H> Plugin<H> {
 /// (see [`tether_protocol::CallContext`]), so the plugin's events while serving it carry them; none for a
 /// call without one. At `ERROR` level so that it is enabled whatever level the plugin logs
 /// at, and its fields reach events of every level.
-fn call_span(request: &tonic::codegen::http::Request<()>) -> tracing::Span {
+fn call_span<B>(request: &tonic::codegen::http::Request<B>) -> tracing::Span {
     let trace = request
         .headers()
         .get(tether_protocol::TRACEPARENT_METADATA)
@@ -514,13 +539,17 @@ fn write_handshake(
     socket: &Path,
     certificate: Option<String>,
     multiplex: bool,
+    frames: bool,
 ) -> Result<(), ServeError> {
     let line = Handshake {
         core_version: CORE_PROTOCOL_VERSION,
         app_version: version,
         network: Network::Unix,
         address: socket.display().to_string(),
-        protocol: Protocol::Grpc,
+        protocol: match frames {
+            true => Protocol::TetherFrames,
+            false => Protocol::Grpc,
+        },
         server_cert: certificate,
         multiplex,
     };
@@ -544,7 +573,10 @@ fn socket_group() -> Result<Option<u32>, ServeError> {
 /// The broker's configuration: brokered sockets where the host says, given to its socket
 /// group if it named one (an unknown group fails `serve`, which checks it again).
 fn broker_config(admitted: PeerSet) -> BrokerConfig {
-    let config = BrokerConfig::new("host", broker_socket_dir(), Peer::Processes(admitted));
+    // A tether host that offers frames serves them on its brokered sockets too.
+    let frames = std::env::var(env::FRAMES).is_ok_and(|value| value == "1");
+    let config =
+        BrokerConfig::new("host", broker_socket_dir(), Peer::Processes(admitted)).frames(frames);
     match socket_group() {
         Ok(Some(gid)) => config.socket_group(gid),
         _ => config,
