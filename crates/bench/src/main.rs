@@ -102,6 +102,9 @@ enum Internal {
         /// Which direction (both by default).
         #[arg(long, value_enum)]
         only: Option<Direction>,
+        /// Over HTTP/2 instead of tether's frames.
+        #[arg(long)]
+        http2: bool,
     },
     /// Only cold starts, one after another: the run to profile the start path with.
     Cold {
@@ -168,8 +171,8 @@ fn main() -> ExitCode {
                 Ok(())
             })
         }),
-        Some(Internal::Profile { calls, only }) => {
-            runtime().and_then(|rt| rt.block_on(profile(*calls, *only)))
+        Some(Internal::Profile { calls, only, http2 }) => {
+            runtime().and_then(|rt| rt.block_on(profile(*calls, *only, *http2)))
         }
         None => runtime().and_then(|rt| rt.block_on(run(&args))),
     };
@@ -225,21 +228,26 @@ fn raise_fd_limit() {
 }
 
 /// The unary calls alone, both directions, without a sandbox; prints their p50s.
-async fn profile(calls: usize, only: Option<Direction>) -> Result<()> {
+async fn profile(calls: usize, only: Option<Direction>, http2: bool) -> Result<()> {
     let program = runs::plugin_program()?;
+    let wire = match http2 {
+        true => Wire::Http2,
+        false => Wire::Plain,
+    };
     let mut figures = Vec::new();
     if only != Some(Direction::ToHost) {
-        let (health, ping) = runs::unary(&program, calls, Wire::Plain, Sandbox::off()).await?;
+        let (health, ping) = runs::unary(&program, calls, wire, Sandbox::off()).await?;
         figures.push(("host -> plugin health", health));
         figures.push(("host -> plugin 32-byte call", ping));
     }
     if only != Some(Direction::ToPlugin) {
-        let nanos = runs::host_calls(&program, calls, Wire::Plain, Sandbox::off()).await?;
+        let nanos = runs::host_calls(&program, calls, wire, Sandbox::off()).await?;
         figures.push(("plugin -> host GetEnv", nanos));
     }
     for (what, nanos) in figures {
         println!("{what}: p50 {:.1} us", latency(what, nanos)?.p50_us);
     }
+    println!("the floor, now: p50 {:.1} us", floor_now(calls)?.p50_us);
     Ok(())
 }
 

@@ -93,19 +93,27 @@ impl Running {
 /// and multiplexing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Wire {
+    /// tether's frames (the default between tether peers).
     Plain,
+    /// HTTP/2, as with a go-plugin peer: frames not offered.
+    Http2,
     AutoMtls,
     Multiplexed,
     MultiplexedAutoMtls,
 }
 
 impl Wire {
-    pub(crate) const OPT_IN: [Wire; 3] =
-        [Wire::AutoMtls, Wire::Multiplexed, Wire::MultiplexedAutoMtls];
+    pub(crate) const OPT_IN: [Wire; 4] = [
+        Wire::Http2,
+        Wire::AutoMtls,
+        Wire::Multiplexed,
+        Wire::MultiplexedAutoMtls,
+    ];
 
     pub(crate) fn name(self) -> &'static str {
         match self {
             Wire::Plain => "plain",
+            Wire::Http2 => "HTTP/2 (frames off)",
             Wire::AutoMtls => "AutoMTLS",
             Wire::Multiplexed => "multiplexed",
             Wire::MultiplexedAutoMtls => "multiplexed + AutoMTLS",
@@ -152,6 +160,7 @@ fn builder(program: &Path, name: &str, sandbox: Sandbox, wire: Wire) -> PluginBu
             wire,
             Wire::Multiplexed | Wire::MultiplexedAutoMtls
         ))
+        .frames(!matches!(wire, Wire::Http2))
         .sandbox(sandbox)
         .stdio(StdioSink::Discard)
         // Transfers of any size and loads of any length: no default deadline.
