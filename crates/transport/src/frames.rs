@@ -63,6 +63,16 @@ pub const MAX_STREAMS: usize = 100;
 /// The largest frame payload accepted; a body is sent in pieces no larger.
 const MAX_PAYLOAD: usize = 256 * 1024;
 
+/// The most bytes waiting to be written on one connection. Body bytes are bounded by the
+/// windows (at most `MAX_STREAMS * WINDOW`); what goes beyond means a peer that keeps
+/// sending calls but stopped reading their answers, and loses the connection.
+/// (Tests reach a smaller one quickly.)
+const MAX_QUEUED: usize = if cfg!(test) {
+    2 * WINDOW + MAX_PAYLOAD
+} else {
+    MAX_STREAMS * WINDOW + 16 * 1024 * 1024
+};
+
 const HEADER_LEN: usize = 9;
 
 const OPEN: u8 = 0;
@@ -262,6 +272,13 @@ impl Out {
         if state.failed {
             return Err(Closed);
         }
+        if state.queue.len() + frames.len() > MAX_QUEUED {
+            let stalled = io::Error::other(format!(
+                "the peer stopped reading: more than {MAX_QUEUED} bytes wait to be sent"
+            ));
+            tracing::warn!(target: "tether::frames", err = %stalled, "closing a framed connection");
+            return Err(self.fail(&mut state, &stalled));
+        }
         if state.queue.is_empty() {
             state.queue = frames;
         } else {
@@ -310,9 +327,17 @@ impl Out {
     async fn flush(self, mut io: Pin<Box<dyn AsyncWrite + Send>>) {
         loop {
             let chunk = std::mem::take(&mut lock(&self.0.state).queue);
-            let written = match chunk.is_empty() {
-                true => io.flush().await,
-                false => io.write_all(&chunk).await,
+            let write = async {
+                match chunk.is_empty() {
+                    true => io.flush().await,
+                    false => io.write_all(&chunk).await,
+                }
+            };
+            // A connection that ended lets go of its socket even if the peer stopped
+            // reading.
+            let written = tokio::select! {
+                written = write => written,
+                () = self.0.closed.cancelled() => return,
             };
             let mut state = lock(&self.0.state);
             if let Err(err) = written {
@@ -1093,6 +1118,9 @@ where
     };
     if let Err(reason) = outcome {
         tracing::warn!(target: "tether::frames", %reason, "closing a framed connection: the client broke the protocol or the connection failed");
+        // Stops a write waiting on a client that does not read. After a clean end the
+        // last answers are still written.
+        closed.cancel();
     }
     let streams: Vec<ServerStream> = lock(&served.streams).drain().map(|(_, s)| s).collect();
     for entry in streams {
@@ -1796,6 +1824,40 @@ mod tests {
         for (what, bytes) in cases {
             the_server_closes_on(what, bytes).await;
         }
+    }
+
+    #[tokio::test]
+    async fn a_client_that_calls_without_reading_the_answers_is_cut_off() {
+        let (client, server) = UnixStream::pair().unwrap();
+        let serving = tokio::spawn(serve_framed(server, health(), (), CancellationToken::new()));
+        let (reader, mut writer) = tokio::io::split(client);
+        // Health checks, each answered at once, whose answers are never read.
+        let sending = tokio::spawn(async move {
+            let empty_request = [0u8, 0, 0, 0, 0];
+            for call in 0..200_000u32 {
+                let stream = 2 * call + 1;
+                let mut bytes = open_frame(stream, "/grpc.health.v1.Health/Check");
+                bytes.extend(frame(stream, DATA, &empty_request));
+                bytes.extend(frame(stream, END, b""));
+                if writer.write_all(&bytes).await.is_err() {
+                    return call;
+                }
+            }
+            200_000
+        });
+        tokio::time::timeout(PATIENCE, serving)
+            .await
+            .expect("the server cut the connection off")
+            .expect("no panic");
+        let sent = tokio::time::timeout(PATIENCE, sending)
+            .await
+            .expect("no hang")
+            .unwrap();
+        assert!(
+            sent < 200_000,
+            "the client's writes failed once it was cut off"
+        );
+        drop(reader);
     }
 
     #[tokio::test]
