@@ -41,6 +41,7 @@ use std::time::Duration;
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::{FutureExt, Stream};
 use http_body::{Body as HttpBody, Frame};
+use tether_protocol::{GRPC_TIMEOUT_METADATA, parse_grpc_timeout};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -419,6 +420,15 @@ impl Inflow {
         )
     }
 
+    /// Hands `data` to the body's reader, returning credit for it when due.
+    fn hand_over(&mut self, stream: u32, out: &Out, data: Bytes) -> Frame<Bytes> {
+        if let Some(credit) = self.consumed(stream, data.len()) {
+            // A connection that failed has no use for the credit.
+            let _ = out.send(credit);
+        }
+        Frame::data(data)
+    }
+
     /// After `len` bytes were handed to the reader: a WINDOW frame to send, when due.
     fn consumed(&mut self, stream: u32, len: usize) -> Option<Vec<u8>> {
         self.buffered.fetch_sub(len, Ordering::AcqRel);
@@ -783,12 +793,11 @@ impl HttpBody for ResponseBody {
         let this = &mut *self;
         match this.received.poll_recv(cx) {
             Poll::Pending => Poll::Pending,
-            Poll::Ready(Some(Event::Data(data))) => {
-                if let Some(frame) = this.inflow.consumed(this.guard.stream, data.len()) {
-                    let _ = this.guard.connection.out.send(frame);
-                }
-                Poll::Ready(Some(Ok(Frame::data(data))))
-            }
+            Poll::Ready(Some(Event::Data(data))) => Poll::Ready(Some(Ok(this.inflow.hand_over(
+                this.guard.stream,
+                &this.guard.connection.out,
+                data,
+            )))),
             Poll::Ready(Some(Event::Trailers(trailers))) => {
                 this.done = true;
                 this.guard.armed = false;
@@ -983,12 +992,9 @@ impl HttpBody for RequestBody {
         let this = &mut *self;
         match this.received.poll_recv(cx) {
             Poll::Pending => Poll::Pending,
-            Poll::Ready(Some(RequestEvent::Data(data))) => {
-                if let Some(frame) = this.inflow.consumed(this.stream, data.len()) {
-                    let _ = this.served.out.send(frame);
-                }
-                Poll::Ready(Some(Ok(Frame::data(data))))
-            }
+            Poll::Ready(Some(RequestEvent::Data(data))) => Poll::Ready(Some(Ok(this
+                .inflow
+                .hand_over(this.stream, &this.served.out, data)))),
             Poll::Ready(Some(RequestEvent::End)) => {
                 this.done = true;
                 Poll::Ready(None)
@@ -1005,23 +1011,10 @@ impl HttpBody for RequestBody {
     }
 }
 
-/// A `grpc-timeout` value (`<digits><H|M|S|m|u|n>`, at most 8 digits), as gRPC spells it.
+/// A call's deadline, from its `grpc-timeout` metadata.
 fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
-    let value = headers.get("grpc-timeout")?.to_str().ok()?;
-    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
-    if digits.is_empty() || digits.len() > 8 {
-        return None;
-    }
-    let amount: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(amount * 3600),
-        "M" => Duration::from_secs(amount * 60),
-        "S" => Duration::from_secs(amount),
-        "m" => Duration::from_millis(amount),
-        "u" => Duration::from_micros(amount),
-        "n" => Duration::from_nanos(amount),
-        _ => return None,
-    })
+    let value = headers.get(GRPC_TIMEOUT_METADATA)?.to_str().ok()?;
+    parse_grpc_timeout(value)
 }
 
 fn trailers_of(status: &Status) -> HeaderMap {
