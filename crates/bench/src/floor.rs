@@ -173,3 +173,139 @@ pub(crate) fn echo(path: &Path) -> Result<()> {
         }
     }
 }
+
+/// A bare tonic call: the bench contract's 32-byte `Ping` served by tonic alone in a child
+/// process (this program, `tonic-echo`), over HTTP/2 on a Unix socket, both sides on
+/// current-thread runtimes, no tether on either side: what tether over HTTP/2 (a go-plugin
+/// peer's wire) is compared with. Returns the latencies in nanoseconds.
+pub(crate) fn measure_bare_tonic(calls: usize) -> Result<Vec<u64>> {
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the bare tonic client's runtime")?
+            .block_on(bare_tonic_here(calls))
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the bare tonic run panicked"))?
+}
+
+async fn bare_tonic_here(calls: usize) -> Result<Vec<u64>> {
+    let dir = tempfile::tempdir().context("a directory for the bare tonic socket")?;
+    let path = dir.path().join("tonic.sock");
+    let exe = std::env::current_exe().context("finding tether-bench")?;
+    let mut child = Command::new(exe)
+        .arg("tonic-echo")
+        .arg(&path)
+        .spawn()
+        .context("starting the bare tonic server")?;
+    let nanos = bare_tonic_calls(&path, calls).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    nanos
+}
+
+async fn bare_tonic_calls(path: &Path, calls: usize) -> Result<Vec<u64>> {
+    use crate::contract::PingRequest;
+    use crate::contract::bench_client::BenchClient;
+
+    let waited = Instant::now();
+    while !path.exists() {
+        if waited.elapsed() > std::time::Duration::from_secs(10) {
+            bail!("the bare tonic server did not listen within 10 s");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let socket = path.to_owned();
+    let connector = tower::service_fn(move |_: tonic::transport::Uri| {
+        let socket = socket.clone();
+        async move {
+            let stream = tokio::net::UnixStream::connect(socket).await?;
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+        }
+    });
+    let channel = tonic::transport::Endpoint::from_static("http://bare-tonic.invalid")
+        .connect_with_connector(connector)
+        .await
+        .context("connecting to the bare tonic server")?;
+    let mut client = BenchClient::new(channel);
+    let mut nanos = Vec::with_capacity(calls);
+    for i in 0..calls / 10 + calls {
+        let began = Instant::now();
+        client
+            .ping(PingRequest {
+                payload: vec![0x42; MESSAGE],
+            })
+            .await
+            .context("a bare tonic call")?;
+        record(&mut nanos, i, calls, began);
+    }
+    Ok(nanos)
+}
+
+/// The bare tonic server's side: serves `Ping` at `socket` until killed.
+pub(crate) fn tonic_echo(socket: &Path) -> Result<()> {
+    use crate::contract::bench_server::BenchServer;
+
+    let listener = UnixListener::bind(socket)
+        .with_context(|| format!("binding {}", socket.display()))?;
+    listener.set_nonblocking(true)?;
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the bare tonic server's runtime")?
+        .block_on(async move {
+            let listener = tokio::net::UnixListener::from_std(listener)?;
+            let incoming = futures_util::stream::unfold(listener, |listener| async move {
+                let accepted = listener.accept().await.map(|(stream, _)| stream);
+                Some((accepted, listener))
+            });
+            tonic::transport::Server::builder()
+                .add_service(BenchServer::new(BarePing))
+                .serve_with_incoming(incoming)
+                .await
+                .context("serving bare tonic")
+        })
+}
+
+/// `Ping` and nothing else.
+struct BarePing;
+
+#[tonic::async_trait]
+impl crate::contract::bench_server::Bench for BarePing {
+    async fn ping(
+        &self,
+        request: tonic::Request<crate::contract::PingRequest>,
+    ) -> Result<tonic::Response<crate::contract::PingResponse>, tonic::Status> {
+        Ok(tonic::Response::new(crate::contract::PingResponse {
+            payload: request.into_inner().payload,
+        }))
+    }
+
+    async fn host_calls(
+        &self,
+        _request: tonic::Request<crate::contract::HostCallsRequest>,
+    ) -> Result<tonic::Response<crate::contract::HostCallsResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented(
+            "the bare tonic server only answers Ping",
+        ))
+    }
+
+    async fn host_load(
+        &self,
+        _request: tonic::Request<crate::contract::HostLoadRequest>,
+    ) -> Result<tonic::Response<crate::contract::HostLoadResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented(
+            "the bare tonic server only answers Ping",
+        ))
+    }
+
+    async fn transfer(
+        &self,
+        _request: tonic::Request<crate::contract::TransferRequest>,
+    ) -> Result<tonic::Response<crate::contract::TransferResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented(
+            "the bare tonic server only answers Ping",
+        ))
+    }
+}

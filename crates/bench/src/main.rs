@@ -92,6 +92,9 @@ enum Internal {
     /// The host side of the throughput run, in a process of its own.
     #[command(hide = true)]
     TransferHost { bytes: u64 },
+    /// The bare tonic server the HTTP/2 wire is compared with.
+    #[command(hide = true)]
+    TonicEcho { socket: PathBuf },
     /// Only the unary calls, both directions, unsandboxed: the run to profile, for example
     /// under `valgrind --tool=callgrind --trace-children=yes` (a sandboxed plugin could not
     /// execute valgrind's tools).
@@ -146,6 +149,7 @@ fn main() -> ExitCode {
             false => floor::echo(socket),
             true => floor::echo_tokio(socket),
         },
+        Some(Internal::TonicEcho { socket }) => floor::tonic_echo(socket),
         Some(Internal::TransferHost { bytes }) => {
             runtime().and_then(|rt| rt.block_on(runs::transfer_host(*bytes)))
         }
@@ -302,6 +306,7 @@ async fn run(args: &Args) -> Result<()> {
             host_call: Paired::default(),
         })
         .collect();
+    let mut bare_tonic = Paired::default();
     let mut go_figures: Vec<GoFigures> = releases
         .iter()
         .map(|(release, go)| GoFigures::new(release, go))
@@ -369,7 +374,18 @@ async fn run(args: &Args) -> Result<()> {
                 wire.name()
             ));
             figures.ping.floor.push(floor_now(calls)?);
+            if *wire == Wire::Http2 {
+                bare_tonic.floor.push(latency(
+                    "bare tonic",
+                    tokio::task::spawn_blocking(move || floor::measure_bare_tonic(calls)).await??,
+                )?);
+            }
             let (_, p) = runs::unary(&program, calls, *wire, Sandbox::best_effort()).await?;
+            if *wire == Wire::Http2 {
+                bare_tonic
+                    .figure
+                    .push(latency("ping over HTTP/2", p.clone())?);
+            }
             figures.ping.figure.push(latency("ping", p)?);
             figures.host_call.floor.push(floor_now(calls)?);
             figures.host_call.figure.push(latency(
@@ -469,6 +485,7 @@ async fn run(args: &Args) -> Result<()> {
         ping,
         host_call,
         wires,
+        bare_tonic,
         spawn_floor,
         cold_start_sandboxed: cold_sandboxed,
         cold_start_unsandboxed: cold_unsandboxed,

@@ -79,6 +79,8 @@ pub(crate) struct Figures {
     pub(crate) host_call: Paired,
     /// The same calls over go-plugin's opt-in wires.
     pub(crate) wires: Vec<WireFigures>,
+    /// A bare tonic 32-byte call (as `floor`) beside tether's over HTTP/2 (as `figure`).
+    pub(crate) bare_tonic: Paired,
     /// Starting `/bin/true` and waiting for it: the floor of any cold start.
     pub(crate) spawn_floor: Series,
     pub(crate) cold_start_sandboxed: Series,
@@ -236,6 +238,18 @@ pub(crate) fn rows(f: &Figures) -> Vec<Row> {
         "<= 1/4 of go-plugin",
         String::new(),
     ));
+    // Peers that speak only HTTP/2 (go-plugin): tether's wire against tonic alone.
+    let ratio = f.bare_tonic.ratio();
+    rows.push(Row {
+        floor: format!("{} (bare tonic)", us(f.bare_tonic.floor.p50())),
+        ratio: times(ratio, 2, "bare tonic"),
+        met: met(ratio.median <= 1.1),
+        ..row(
+            "host -> plugin 32-byte unary call over HTTP/2 (frames off, a go-plugin peer's wire) vs a bare tonic call p50",
+            us(f.bare_tonic.figure.p50()),
+            "<= 1.1x bare tonic",
+        )
+    });
     rows.push(Row {
         met: "no".to_owned(),
         ..row(

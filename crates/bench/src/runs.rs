@@ -89,8 +89,8 @@ impl Running {
     }
 }
 
-/// How host and plugin connect: go-plugin's classic sockets, or with its opt-in AutoMTLS
-/// and multiplexing.
+/// How host and plugin connect: tether's frames, HTTP/2 on go-plugin's classic sockets, or with
+/// go-plugin's opt-in AutoMTLS and multiplexing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Wire {
     /// tether's frames (the default between tether peers).
