@@ -247,8 +247,8 @@ async fn bare_tonic_calls(path: &Path, calls: usize) -> Result<Vec<u64>> {
 pub(crate) fn tonic_echo(socket: &Path) -> Result<()> {
     use crate::contract::bench_server::BenchServer;
 
-    let listener = UnixListener::bind(socket)
-        .with_context(|| format!("binding {}", socket.display()))?;
+    let listener =
+        UnixListener::bind(socket).with_context(|| format!("binding {}", socket.display()))?;
     listener.set_nonblocking(true)?;
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
