@@ -602,26 +602,17 @@ async fn a_gibibyte_written_and_read_through_host_services_in_bounded_memory() {
     assert!(plugin < 64 * 1024, "plugin peak {plugin} KiB");
 }
 
-/// The name of the threads of the FIFO test's own runtime: the host services it serves
-/// run their blocking steps there, so other tests' threads are not counted.
-const FIFO_HOST_THREADS: &str = "fifo-host";
-
-/// The threads of this process named [`FIFO_HOST_THREADS`], from `/proc/self/task`.
-fn host_threads() -> usize {
-    std::fs::read_dir("/proc/self/task")
-        .expect("tasks")
-        .flatten()
-        .filter(|task| {
-            std::fs::read_to_string(task.path().join("comm"))
-                .is_ok_and(|comm| comm.trim() == FIFO_HOST_THREADS)
-        })
-        .count()
-}
+/// The blocking threads the FIFO test's own runtime may have: the host services it serves
+/// run their blocking steps there. A few more than a plugin's call slots, so that a read
+/// that blocked its thread without holding a slot would soon leave no thread for the
+/// next reads, which then never answer.
+const FIFO_HOST_THREADS: usize = 16 + 8;
 
 #[test]
 fn fifos_sockets_and_devices_under_a_read_grant_are_refused_at_once() {
+    assert_eq!(Limits::default().max_concurrent_calls, 16);
     tokio::runtime::Builder::new_current_thread()
-        .thread_name(FIFO_HOST_THREADS)
+        .max_blocking_threads(FIFO_HOST_THREADS)
         .enable_all()
         .build()
         .expect("a runtime")
@@ -665,9 +656,10 @@ async fn fifos_sockets_and_devices() {
             answer.message
         );
     }
-    // Hundreds of reads of the FIFO, none left waiting on a host thread; another plugin
-    // is served meanwhile and after.
-    let before = host_threads();
+    // Hundreds of reads of the FIFO, none left waiting on a host thread (there are only
+    // FIFO_HOST_THREADS); another plugin is served meanwhile and after. (Counting the
+    // threads instead flaked: how many idle ones tokio's pool keeps depends on how bursty
+    // the calls are and how loaded the machine is, not on whether any is blocked.)
     let reads =
         futures_util::future::join_all((0..300).map(|_| op(&plugin, "read_file", b"config/fifo")));
     let answers = tokio::time::timeout(PATIENCE, reads)
@@ -676,16 +668,6 @@ async fn fifos_sockets_and_devices() {
     assert!(answers.iter().all(|answer| answer.outcome != "ok"));
     let served = op(&bystander, "read_file", b"config/a.txt").await;
     assert_eq!(served.outcome, "ok", "{}", served.message);
-    let after = host_threads();
-    // A read that blocked its thread without holding one of the plugin's 16 slots would
-    // leave hundreds; the margin is tokio's: its blocking pool may start a thread for a
-    // step that arrives just as another finishes, more of them on a loaded machine (9
-    // over the slots were seen in a soak).
-    let limit = before + Limits::default().max_concurrent_calls + 24;
-    assert!(
-        after <= limit,
-        "host threads {before} -> {after} (limit {limit})"
-    );
     // Each read left its one audit record: refused as not a regular file, or (past the
     // plugin's open-call limit, as 300 at once are) refused at the door.
     let records = fixture.audit_records(3 + 300 + 1).await;
