@@ -54,15 +54,28 @@ fn pin_to_cpu0() -> Result<libc::cpu_set_t> {
 /// The floor on tokio: both sides on a current-thread runtime (the echo child is this
 /// program, `floor-echo --tokio`), measured on a thread of its own.
 pub(crate) fn measure_tokio(calls: usize) -> Result<Vec<u64>> {
+    on_a_thread_of_its_own("the tokio floor", move || measure_tokio_here(calls))
+}
+
+/// Runs the future `make` gives on a current-thread runtime, on a thread of its own (so
+/// that it measures the same way from any caller); `what` names it in errors.
+fn on_a_thread_of_its_own<T, Fut>(
+    what: &'static str,
+    make: impl FnOnce() -> Fut + Send + 'static,
+) -> Result<T>
+where
+    T: Send + 'static,
+    Fut: Future<Output = Result<T>>,
+{
     std::thread::spawn(move || {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .context("starting the tokio floor's runtime")?
-            .block_on(measure_tokio_here(calls))
+            .with_context(|| format!("starting the runtime of {what}"))?
+            .block_on(make())
     })
     .join()
-    .map_err(|_| anyhow::anyhow!("the tokio floor panicked"))?
+    .map_err(|_| anyhow::anyhow!("{what} panicked"))?
 }
 
 async fn measure_tokio_here(calls: usize) -> Result<Vec<u64>> {
@@ -179,15 +192,7 @@ pub(crate) fn echo(path: &Path) -> Result<()> {
 /// current-thread runtimes, no tether on either side: what tether over HTTP/2 (a go-plugin
 /// peer's wire) is compared with. Returns the latencies in nanoseconds.
 pub(crate) fn measure_bare_tonic(calls: usize) -> Result<Vec<u64>> {
-    std::thread::spawn(move || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("starting the bare tonic client's runtime")?
-            .block_on(bare_tonic_here(calls))
-    })
-    .join()
-    .map_err(|_| anyhow::anyhow!("the bare tonic run panicked"))?
+    on_a_thread_of_its_own("the bare tonic client", move || bare_tonic_here(calls))
 }
 
 async fn bare_tonic_here(calls: usize) -> Result<Vec<u64>> {
