@@ -55,10 +55,14 @@ mod descriptors;
 #[cfg(unix)]
 mod dir;
 pub mod frames;
+#[cfg(target_os = "linux")]
+pub mod lane;
 mod link;
 pub mod mux;
 #[cfg(target_os = "linux")]
 pub mod ring;
+#[cfg(target_os = "linux")]
+mod shm;
 pub mod tls;
 #[cfg(unix)]
 mod unix;

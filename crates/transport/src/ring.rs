@@ -17,16 +17,16 @@
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::ptr::NonNull;
 use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags};
 use rustix::fs::{MemfdFlags, SealFlags};
 use rustix::io::Errno;
-use rustix::mm::{MapFlags, ProtFlags};
 use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketFlags, SocketType};
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncReadExt, Interest};
+
+use crate::shm::Mapping;
 
 /// How often a host waiting on the plugin looks whether its call has ended.
 const TICK: Duration = Duration::from_millis(100);
@@ -78,55 +78,6 @@ pub struct RingOffer {
     pub slot_size: u32,
 }
 
-/// A shared mapping, unmapped when dropped.
-#[derive(Debug)]
-struct Mapping {
-    start: NonNull<u8>,
-    len: usize,
-}
-
-// SAFETY: the mapping is plain memory owned by this value; nothing in it is tied to a
-// thread.
-unsafe impl Send for Mapping {}
-// SAFETY: as above; shared access only passes the address to the kernel (host) or goes
-// through `&mut self` (plugin).
-unsafe impl Sync for Mapping {}
-
-impl Mapping {
-    fn new(memory: &OwnedFd, len: usize, writable: bool) -> Result<Mapping, RingError> {
-        let protection = if writable {
-            ProtFlags::READ | ProtFlags::WRITE
-        } else {
-            ProtFlags::READ
-        };
-        // SAFETY: a new shared mapping of `len` bytes of `memory`, which is at least that
-        // long and sealed against shrinking (checked by the caller), chosen by the kernel.
-        let start = unsafe {
-            rustix::mm::mmap(
-                std::ptr::null_mut(),
-                len,
-                protection,
-                MapFlags::SHARED,
-                memory,
-                0,
-            )
-        }
-        .map_err(io_error("map its memory"))?;
-        let start = NonNull::new(start.cast::<u8>()).ok_or(RingError::Io {
-            action: "map its memory",
-            source: io::Error::other("the kernel mapped it at address 0"),
-        })?;
-        Ok(Mapping { start, len })
-    }
-}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: the mapping made in `new`, unmapped once.
-        let _ = unsafe { rustix::mm::munmap(self.start.as_ptr().cast(), self.len) };
-    }
-}
-
 /// A new ring of `slots` slots of `slot_size` bytes: the host's side, and what to hand
 /// the plugin.
 pub fn ring(slots: u32, slot_size: u32) -> Result<(RingReceiver, RingOffer), RingError> {
@@ -147,7 +98,10 @@ pub fn ring(slots: u32, slot_size: u32) -> Result<(RingReceiver, RingOffer), Rin
         SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL,
     )
     .map_err(io_error("seal its memory"))?;
-    let mapping = Mapping::new(&memory, len, false)?;
+    let mapping = Mapping::new(&memory, len, false).map_err(|source| RingError::Io {
+        action: "map its memory",
+        source,
+    })?;
     let (host, plugin) = rustix::net::socketpair(
         AddressFamily::UNIX,
         SocketType::SEQPACKET,
@@ -263,7 +217,7 @@ impl RingReceiver {
             let written = unsafe {
                 libc_write(
                     file,
-                    self.mapping.start.as_ptr().add(offset + done),
+                    self.mapping.start().as_ptr().add(offset + done),
                     len - done,
                 )
             };
@@ -388,7 +342,10 @@ impl RingWriter {
             ));
         }
         rustix::io::ioctl_fionbio(&control, true).map_err(io_error("make it non-blocking"))?;
-        let mapping = Mapping::new(&memory, len, true)?;
+        let mapping = Mapping::new(&memory, len, true).map_err(|source| RingError::Io {
+            action: "map its memory",
+            source,
+        })?;
         // SAFETY: the AsyncFd owns `control` until it is dropped, and an OwnedFd always
         // returns that same open descriptor.
         let control = unsafe {
@@ -421,7 +378,7 @@ impl RingWriter {
             // sent (the host only reads a slot it was sent, and never writes any).
             let buffer = unsafe {
                 std::slice::from_raw_parts_mut(
-                    self.mapping.start.as_ptr().add(slot as usize * size),
+                    self.mapping.start().as_ptr().add(slot as usize * size),
                     size,
                 )
             };
