@@ -294,6 +294,59 @@ async fn host_services_are_the_same_over_frames_and_over_http2() {
 }
 
 #[tokio::test]
+async fn host_services_on_a_lane_check_revoke_and_audit_as_on_the_socket() {
+    let fixture = Fixture::new(Limits::default());
+    fixture.grant("on-lane", &GRANTS);
+    let plugin = test_plugin("on-lane")
+        .arg("--host-files")
+        .start()
+        .await
+        .expect("start");
+    let services = fixture.services.as_ref().clone().lane(true);
+    let connection = match services.connect(&plugin).await.expect("host services") {
+        Outcome::Connected(connection) => connection,
+        Outcome::NotRequested => panic!("the test plugin did not request host services"),
+    };
+    assert!(connection.on_lane(), "a tether plugin takes the lane");
+    let read = op(&plugin, "read_file", b"config/a.txt").await;
+    assert_eq!(read.outcome, "ok", "{}", read.message);
+    assert_eq!(
+        read.data,
+        std::fs::read(fixture.workspace.join("config/a.txt")).unwrap()
+    );
+    let denied = op(&plugin, "read_file", b"secrets/key").await;
+    assert_eq!(denied.outcome, "denied", "{}", denied.message);
+    assert!(
+        fixture
+            .services
+            .policy()
+            .revoke("on-lane", "read:config/**")
+    );
+    let revoked = op(&plugin, "read_file", b"config/a.txt").await;
+    assert_eq!(revoked.outcome, "denied", "{}", revoked.message);
+    assert_eq!(revoked.capability, "read:config/a.txt");
+
+    let records = fixture.audit_records(3).await;
+    let decisions: Vec<&str> = records
+        .iter()
+        .map(|r| r["decision"].as_str().unwrap())
+        .collect();
+    assert_eq!(decisions, ["allowed", "denied", "denied"]);
+    for record in &records {
+        // The identity is the plugin the lane was made for, as on its socket.
+        assert_eq!(record["plugin"], "on-lane", "{record}");
+        assert_eq!(record["pid"], plugin.pid(), "{record}");
+        assert_eq!(record["instance"], plugin.instance(), "{record}");
+    }
+
+    // Closing the connection ends the lane: the plugin's later calls fail clearly.
+    connection.close().await;
+    let after = op(&plugin, "read_file", b"config/a.txt").await;
+    assert_ne!(after.outcome, "ok", "{after:?}");
+    plugin.shutdown().await.expect("a graceful stop");
+}
+
+#[tokio::test]
 async fn the_bad_input_corpus_gets_clear_answers_and_one_audit_record_each() {
     let fixture = Fixture::new(Limits::default());
     fixture.grant("corpus", &GRANTS);

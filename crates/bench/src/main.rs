@@ -106,8 +106,11 @@ enum Internal {
         #[arg(long, value_enum)]
         only: Option<Direction>,
         /// Over HTTP/2 instead of tether's frames.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "lane")]
         http2: bool,
+        /// Plugin -> host calls over a lane (shared memory) instead of the socket.
+        #[arg(long)]
+        lane: bool,
     },
     /// Only cold starts, one after another: the run to profile the start path with.
     Cold {
@@ -175,9 +178,12 @@ fn main() -> ExitCode {
                 Ok(())
             })
         }),
-        Some(Internal::Profile { calls, only, http2 }) => {
-            runtime().and_then(|rt| rt.block_on(profile(*calls, *only, *http2)))
-        }
+        Some(Internal::Profile {
+            calls,
+            only,
+            http2,
+            lane,
+        }) => runtime().and_then(|rt| rt.block_on(profile(*calls, *only, *http2, *lane))),
         None => runtime().and_then(|rt| rt.block_on(run(&args))),
     };
     match result {
@@ -232,11 +238,12 @@ fn raise_fd_limit() {
 }
 
 /// The unary calls alone, both directions, without a sandbox; prints their p50s.
-async fn profile(calls: usize, only: Option<Direction>, http2: bool) -> Result<()> {
+async fn profile(calls: usize, only: Option<Direction>, http2: bool, lane: bool) -> Result<()> {
     let program = runs::plugin_program()?;
-    let wire = match http2 {
-        true => Wire::Http2,
-        false => Wire::Plain,
+    let wire = match (http2, lane) {
+        (true, _) => Wire::Http2,
+        (false, true) => Wire::Lane,
+        (false, false) => Wire::Plain,
     };
     let mut figures = Vec::new();
     if only != Some(Direction::ToHost) {

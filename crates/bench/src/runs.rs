@@ -56,8 +56,11 @@ impl Host {
                 policy.grant(name, grant)?;
             }
         }
-        let audit = Audit::to_file(dir.path().join("audit.jsonl"), 1 << 40)
-            .context("the benchmark's audit log")?;
+        let audit = if std::env::var_os("XAUDIT").is_some() {
+            Audit::tracing_only()
+        } else {
+            Audit::to_file(dir.path().join("audit.jsonl"), 1 << 40).context("audit")?
+        };
         let services = Arc::new(HostServices::new(policy, audit.clone(), limits));
         Ok(Host {
             _dir: dir,
@@ -97,13 +100,16 @@ pub(crate) enum Wire {
     Plain,
     /// HTTP/2, as with a go-plugin peer: frames not offered.
     Http2,
+    /// Frames, with the plugin's calls to the host on a lane (shared memory).
+    Lane,
     AutoMtls,
     Multiplexed,
     MultiplexedAutoMtls,
 }
 
 impl Wire {
-    pub(crate) const OPT_IN: [Wire; 4] = [
+    pub(crate) const OPT_IN: [Wire; 5] = [
+        Wire::Lane,
         Wire::Http2,
         Wire::AutoMtls,
         Wire::Multiplexed,
@@ -114,6 +120,7 @@ impl Wire {
         match self {
             Wire::Plain => "plain",
             Wire::Http2 => "HTTP/2 (frames off)",
+            Wire::Lane => "lane",
             Wire::AutoMtls => "AutoMTLS",
             Wire::Multiplexed => "multiplexed",
             Wire::MultiplexedAutoMtls => "multiplexed + AutoMTLS",
@@ -142,7 +149,14 @@ pub(crate) async fn start_over(
         .await
         .with_context(|| format!("starting {name}"))?;
     let connection = match host {
-        Some(host) => match host.services.connect(&client).await? {
+        Some(host) => match host
+            .services
+            .as_ref()
+            .clone()
+            .lane(wire == Wire::Lane)
+            .connect(&client)
+            .await?
+        {
             Outcome::Connected(connection) => Some(connection),
             Outcome::NotRequested => bail!("{name} did not take host services"),
         },

@@ -116,6 +116,7 @@ pub struct HostServices {
     gate: Gate,
     files: Arc<Files>,
     routes: Routes,
+    lane: bool,
 }
 
 impl HostServices {
@@ -145,7 +146,19 @@ impl HostServices {
             gate,
             files,
             routes,
+            lane: false,
         }
+    }
+
+    /// Offers each plugin [`connect`](HostServices::connect)ed from now on a lane for its
+    /// calls (see [`Options::lane`]): shared memory instead of its socket, for calls that
+    /// follow one another closely, at the price of up to 50 us of spinning CPU on both
+    /// sides after each. The gate, the audit and the plugin's identity are the same on
+    /// either. Off by default.
+    #[must_use]
+    pub fn lane(mut self, on: bool) -> Self {
+        self.lane = on;
+        self
     }
 
     /// These services plus `service` (a generated tonic server of the host's own, whose
@@ -264,7 +277,8 @@ impl HostServices {
         });
         let options = Options::default()
             .on_refused(hook)
-            .max_connections(self.gate.limits().max_connections);
+            .max_connections(self.gate.limits().max_connections)
+            .lane(self.lane);
         establish_host_services_with(plugin, self.routes(), options).await
     }
 

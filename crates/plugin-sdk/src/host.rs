@@ -8,6 +8,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use http_body::{Frame, SizeHint};
 use tether_broker::Broker;
@@ -17,6 +18,8 @@ use tether_protocol::hostconn::{
     DisconnectRequest, DisconnectResponse, EstablishRequest, EstablishResponse,
 };
 use tether_transport::Link as Channel;
+use tether_transport::frames::FramedChannel;
+use tether_transport::lane::{LaneOffer, LaneStream};
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 use tonic::body::Body;
@@ -316,6 +319,35 @@ impl http_body::Body for DeadlineBody {
     }
 }
 
+/// How long the plugin waits for a lane's descriptors, which the host sent before asking.
+const LANE_WAIT: Duration = Duration::from_secs(5);
+
+/// Takes the lane the host offered in `request`: its three descriptors from the descriptor
+/// channel, checked to be a lane, and a framed channel on it.
+async fn take_lane(request: &EstablishRequest) -> Result<FramedChannel, String> {
+    let channel = crate::descriptors::descriptor_channel()
+        .ok_or("this plugin has no descriptor channel to take it from")?;
+    let take = |token| channel.take(token, LANE_WAIT);
+    let memory = take(request.lane_memory)
+        .await
+        .map_err(|err| err.to_string())?;
+    let data_bell = take(request.lane_data_bell)
+        .await
+        .map_err(|err| err.to_string())?;
+    let room_bell = take(request.lane_room_bell)
+        .await
+        .map_err(|err| err.to_string())?;
+    let stream = LaneStream::open(LaneOffer {
+        memory,
+        data_bell,
+        room_bell,
+    })
+    .map_err(|err| err.to_string())?;
+    FramedChannel::start(stream, "the host's services (lane)")
+        .await
+        .map_err(|err| format!("could not start frames on the lane: {err}"))
+}
+
 /// `tether.hostconn.v1.Acceptor`, served when the plugin opted in.
 pub(crate) struct AcceptorService {
     pub(crate) broker: Broker,
@@ -328,7 +360,20 @@ impl Acceptor for AcceptorService {
         &self,
         request: Request<EstablishRequest>,
     ) -> Result<Response<EstablishResponse>, Status> {
-        let id = request.into_inner().broker_id;
+        let request = request.into_inner();
+        if request.lane_memory != 0 {
+            match take_lane(&request).await {
+                Ok(channel) => {
+                    self.set.send_replace(Link::Connected(channel.into()));
+                    tracing::debug!("host services connected on a lane");
+                    return Ok(Response::new(EstablishResponse { lane: true }));
+                }
+                Err(reason) => {
+                    tracing::warn!(%reason, "could not take the lane the host offered; dialing its socket instead");
+                }
+            }
+        }
+        let id = request.broker_id;
         let channel = self.broker.dial(id).await.map_err(|err| {
             tracing::warn!(%err, "could not connect to the host's services");
             Status::unavailable(format!(
@@ -337,7 +382,7 @@ impl Acceptor for AcceptorService {
         })?;
         self.set.send_replace(Link::Connected(channel));
         tracing::debug!(broker_id = id, "host services connected");
-        Ok(Response::new(EstablishResponse {}))
+        Ok(Response::new(EstablishResponse { lane: false }))
     }
 
     async fn disconnect(

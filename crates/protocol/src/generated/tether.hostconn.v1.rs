@@ -6,9 +6,23 @@ pub struct EstablishRequest {
     /// The broker id the host accepts on; the plugin dials it.
     #[prost(uint32, tag = "1")]
     pub broker_id: u32,
+    /// A lane offered instead (all three set, or none): the descriptor-channel tokens of
+    /// its memory file and of the plugin's ends of its data and room doorbells. A plugin
+    /// that takes the lane does not dial `broker_id`; one that cannot, or does not know
+    /// lanes, dials it as before.
+    #[prost(uint64, tag = "2")]
+    pub lane_memory: u64,
+    #[prost(uint64, tag = "3")]
+    pub lane_data_bell: u64,
+    #[prost(uint64, tag = "4")]
+    pub lane_room_bell: u64,
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
-pub struct EstablishResponse {}
+pub struct EstablishResponse {
+    /// The plugin took the lane it was offered: its calls to the host's services go there.
+    #[prost(bool, tag = "1")]
+    pub lane: bool,
+}
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct DisconnectRequest {}
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
