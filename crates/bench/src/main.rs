@@ -252,7 +252,16 @@ async fn profile(calls: usize, only: Option<Direction>, http2: bool, lane: bool)
         figures.push(("host -> plugin 32-byte call", ping));
     }
     if only != Some(Direction::ToPlugin) {
+        let (host_before, plugin_before) =
+            (cpu_time(libc::RUSAGE_SELF), cpu_time(libc::RUSAGE_CHILDREN));
         let nanos = runs::host_calls(&program, calls, wire, Sandbox::off()).await?;
+        // The plugin has exited and been waited for: its CPU time is the children's.
+        let per_call = |before: f64, now: f64| (now - before) * 1e6 / (calls + calls / 10) as f64;
+        println!(
+            "CPU per plugin -> host call (start and stop included): host {:.1} us, plugin {:.1} us",
+            per_call(host_before, cpu_time(libc::RUSAGE_SELF)),
+            per_call(plugin_before, cpu_time(libc::RUSAGE_CHILDREN)),
+        );
         figures.push(("plugin -> host GetEnv", nanos));
     }
     for (what, nanos) in figures {
@@ -260,6 +269,19 @@ async fn profile(calls: usize, only: Option<Direction>, http2: bool, lane: bool)
     }
     println!("the floor, now: p50 {:.1} us", floor_now(calls)?.p50_us);
     Ok(())
+}
+
+/// User and system CPU seconds of this process (`RUSAGE_SELF`) or of its waited-for
+/// children (`RUSAGE_CHILDREN`).
+fn cpu_time(who: libc::c_int) -> f64 {
+    // SAFETY: getrusage writes the struct it is given.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(who, &mut usage);
+        usage
+    };
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    seconds(usage.ru_utime) + seconds(usage.ru_stime)
 }
 
 fn latency(what: &str, nanos: Vec<u64>) -> Result<Latency> {

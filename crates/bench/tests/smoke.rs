@@ -46,7 +46,7 @@ fn the_harness_runs_every_measurement_and_writes_both_files() {
         "2 plugins started at once, each answering health",
         "4 plugins started at once, each answering health",
         "the cost per plugin of 2",
-        "low-latency lane between tether peers p50 | not built",
+        "low-latency lane between tether peers: plugin -> host GetEnv (audited) p50",
         "resident memory per idle plugin (PSS mean",
         "aggregate audited host-service calls across 2 plugins",
         "floor with tokio's current-thread runtime on both sides p50",

@@ -16,7 +16,8 @@
 //!   [`Listener::tls`] and [`connect_with`] speak on every connection;
 //! - [`descriptor_pair`] is the descriptor channel a host gives a plugin it starts, to hand
 //!   it open descriptors ([`DescriptorSender`], [`DescriptorReceiver`]): the files and
-//!   [`ring`]s of bulk file transfers;
+//!   [`ring`]s of bulk file transfers, and the [`lane`]s of host-service calls in shared
+//!   memory;
 //! - [`mux`] is go-plugin's multiplexing: yamux on the main connection
 //!   ([`connect_multiplexed`], [`mux::Session`]), its streams served by
 //!   [`Listener::over_streams`] and dialed by [`channel_over`].
