@@ -1049,7 +1049,15 @@ where
     let mut reader = tokio::io::BufReader::with_capacity(64 * 1024, &mut reader);
     let mut buffer = BytesMut::with_capacity(64 * 1024);
     let mut stopping = false;
+    // Calls opened and not yet polled: a call is first polled once the frames that came
+    // with its OPEN (a unary request's DATA and END) are handed to it too.
+    let mut fresh: Vec<(u32, Call)> = Vec::new();
     let outcome: Result<(), String> = loop {
+        if !fresh.is_empty() && !frame_buffered(reader.buffer()) {
+            for (stream, call) in fresh.drain(..) {
+                start(&served, stream, call);
+            }
+        }
         if stopping && lock(&served.streams).is_empty() {
             break Ok(());
         }
@@ -1072,6 +1080,7 @@ where
                     Err(format!("stream id {stream} is even or already open"))
                 } else {
                     open(&served, stream, payload, &service, &info, stopping)
+                        .map(|call| fresh.extend(call.map(|call| (stream, call))))
                 }
             }
             DATA => {
@@ -1124,6 +1133,39 @@ where
     }
 }
 
+/// A call's future, from its request to its last frame sent.
+type Call = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Whether `buffered` holds a whole frame.
+fn frame_buffered(buffered: &[u8]) -> bool {
+    match buffered.first_chunk::<HEADER_LEN>() {
+        Some([l0, l1, l2, l3, ..]) => {
+            let len = u32::from_le_bytes([*l0, *l1, *l2, *l3]) as usize;
+            buffered.len() - HEADER_LEN >= len
+        }
+        None => false,
+    }
+}
+
+/// Polls a new call once, here: a call that completes at once (most unary calls) is
+/// answered without a hop to another task. One that does not continues in a task of its
+/// own, which a CANCEL aborts.
+fn start(served: &Served, stream: u32, mut call: Call) {
+    if !lock(&served.streams).contains_key(&stream) {
+        // Cancelled by the client before it started.
+        return;
+    }
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    if call.as_mut().poll(&mut cx).is_pending() {
+        let task = tokio::spawn(call);
+        if let Some(entry) = lock(&served.streams).get_mut(&stream) {
+            entry.task = Some(task.abort_handle());
+        }
+    }
+}
+
+/// Registers the call a client opened, and returns it to be started ([`start`]); a call
+/// refused at once is answered here, and `None` returned.
 fn open<S, B, I>(
     served: &Arc<Served>,
     stream: u32,
@@ -1131,7 +1173,7 @@ fn open<S, B, I>(
     service: &S,
     info: &I,
     stopping: bool,
-) -> Result<(), String>
+) -> Result<Option<Call>, String>
 where
     S: tower::Service<http::Request<Body>, Response = http::Response<B>> + Clone + Send + 'static,
     S::Future: Send + 'static,
@@ -1146,7 +1188,7 @@ where
         let mut frame = Vec::new();
         put_frame(&mut frame, stream, CANCEL, &cancel_payload(&status));
         let _ = served.out.send(frame);
-        Ok::<(), String>(())
+        Ok::<Option<Call>, String>(None)
     };
     if stopping {
         return refuse(Status::unavailable("the server is stopping"));
@@ -1181,9 +1223,8 @@ where
     *request.headers_mut() = headers;
     request.extensions_mut().insert(info.clone());
 
-    // The call is registered first (it removes itself when it is done), then polled here
-    // once: a call that completes at once (most unary calls) is answered without a hop to
-    // another task. One that does not continues in a task of its own, which a CANCEL aborts.
+    // The call is registered (it removes itself when it is done), so that the frames
+    // after its OPEN reach it, and started by the caller.
     lock(&served.streams).insert(
         stream,
         ServerStream {
@@ -1193,22 +1234,14 @@ where
             task: None,
         },
     );
-    let mut call = Box::pin(respond(
+    Ok(Some(Box::pin(respond(
         served.clone(),
         stream,
         credit,
         deadline,
         service.clone(),
         request,
-    ));
-    let mut cx = Context::from_waker(std::task::Waker::noop());
-    if call.as_mut().poll(&mut cx).is_pending() {
-        let task = tokio::spawn(call);
-        if let Some(entry) = lock(&served.streams).get_mut(&stream) {
-            entry.task = Some(task.abort_handle());
-        }
-    }
-    Ok(())
+    ))))
 }
 
 async fn respond<S, B>(
