@@ -314,3 +314,73 @@ impl crate::contract::bench_server::Bench for BarePing {
         ))
     }
 }
+
+/// The lane alone: the same 32-byte round trip as the floor, between this process and a
+/// child (this program, `lane-echo`), through a lane (`tether_transport::lane`: shared
+/// memory, each reader looking before it sleeps), both sides on current-thread runtimes.
+/// Returns the latencies in nanoseconds.
+pub(crate) fn measure_lane(calls: usize) -> Result<Vec<u64>> {
+    on_a_thread_of_its_own("the lane's round trip", move || lane_here(calls))
+}
+
+async fn lane_here(calls: usize) -> Result<Vec<u64>> {
+    use std::os::fd::AsRawFd;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut stream, offer) = tether_transport::lane::lane().context("making a lane")?;
+    let exe = std::env::current_exe().context("finding tether-bench")?;
+    let fds = [&offer.memory, &offer.data_bell, &offer.room_bell];
+    for fd in fds {
+        // The child inherits these three (and only these are named to it).
+        rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())
+            .context("letting the echo process inherit the lane")?;
+    }
+    let child = Command::new(exe)
+        .arg("lane-echo")
+        .args(fds.map(|fd| fd.as_raw_fd().to_string()))
+        .spawn()
+        .context("starting the lane's echo process")?;
+    drop(offer);
+    let request = [0x42u8; MESSAGE];
+    let mut response = [0u8; MESSAGE];
+    let mut nanos = Vec::with_capacity(calls);
+    for i in 0..calls / 10 + calls {
+        let began = Instant::now();
+        stream.write_all(&request).await?;
+        stream.read_exact(&mut response).await?;
+        record(&mut nanos, i, calls, began);
+    }
+    drop(stream);
+    finish(child)?;
+    Ok(nanos)
+}
+
+/// The lane's echo side: answers each 32-byte message with itself until the lane closes.
+pub(crate) fn lane_echo(memory: i32, data_bell: i32, room_bell: i32) -> Result<()> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // SAFETY: the three descriptors were inherited from the parent, which named them, and
+    // nothing else in this process owns them.
+    let offer = unsafe {
+        tether_transport::lane::LaneOffer {
+            memory: OwnedFd::from_raw_fd(memory),
+            data_bell: OwnedFd::from_raw_fd(data_bell),
+            room_bell: OwnedFd::from_raw_fd(room_bell),
+        }
+    };
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the echo's runtime")?
+        .block_on(async move {
+            let mut stream =
+                tether_transport::lane::LaneStream::open(offer).context("opening the lane")?;
+            let mut buffer = [0u8; MESSAGE];
+            loop {
+                match stream.read_exact(&mut buffer).await {
+                    Ok(_) => stream.write_all(&buffer).await?,
+                    Err(err) if err.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+                    Err(err) => return Err(err.into()),
+                }
+            }
+        })
+}

@@ -95,6 +95,13 @@ enum Internal {
     /// The bare tonic server the HTTP/2 wire is compared with.
     #[command(hide = true)]
     TonicEcho { socket: PathBuf },
+    /// The lane's echo side, on the three descriptors it inherited.
+    #[command(hide = true)]
+    LaneEcho {
+        memory: i32,
+        data_bell: i32,
+        room_bell: i32,
+    },
     /// Only the unary calls, both directions, unsandboxed: the run to profile, for example
     /// under `valgrind --tool=callgrind --trace-children=yes` (a sandboxed plugin could not
     /// execute valgrind's tools).
@@ -153,6 +160,11 @@ fn main() -> ExitCode {
             true => floor::echo_tokio(socket),
         },
         Some(Internal::TonicEcho { socket }) => floor::tonic_echo(socket),
+        Some(Internal::LaneEcho {
+            memory,
+            data_bell,
+            room_bell,
+        }) => floor::lane_echo(*memory, *data_bell, *room_bell),
         Some(Internal::TransferHost { bytes }) => {
             runtime().and_then(|rt| rt.block_on(runs::transfer_host(*bytes)))
         }
@@ -268,6 +280,13 @@ async fn profile(calls: usize, only: Option<Direction>, http2: bool, lane: bool)
         println!("{what}: p50 {:.1} us", latency(what, nanos)?.p50_us);
     }
     println!("the floor, now: p50 {:.1} us", floor_now(calls)?.p50_us);
+    if lane {
+        let lane = latency("the lane", floor::measure_lane(calls)?)?;
+        println!(
+            "the lane alone (32-byte round trip), now: p50 {:.1} us",
+            lane.p50_us
+        );
+    }
     Ok(())
 }
 
@@ -319,8 +338,12 @@ async fn run(args: &Args) -> Result<()> {
     let calls = args.calls;
     let repeats = args.repeats;
 
-    let (mut floor, mut floor_pinned, mut floor_tokio) =
-        (Series::default(), Series::default(), Series::default());
+    let (mut floor, mut floor_pinned, mut floor_tokio, mut lane) = (
+        Series::default(),
+        Series::default(),
+        Series::default(),
+        Series::default(),
+    );
     let (mut health, mut ping, mut health_multi_thread, mut host_call) = (
         Paired::default(),
         Paired::default(),
@@ -344,11 +367,12 @@ async fn run(args: &Args) -> Result<()> {
         let of = format!("repetition {r}/{repeats}");
         step(&format!(
             "{of}: floors: 32-byte round trips over a Unix socket, blocking, both on CPU 0, \
-             and on tokio ({calls} calls each)"
+             and on tokio; then over a lane ({calls} calls each)"
         ));
         floor.push(floor_now(calls)?);
         floor_pinned.push(latency("the pinned floor", floor::measure(calls, true)?)?);
         floor_tokio.push(latency("the tokio floor", floor::measure_tokio(calls)?)?);
+        lane.push(latency("the lane", floor::measure_lane(calls)?)?);
 
         step(&format!(
             "{of}: floor, then host -> plugin health checks and 32-byte calls ({calls} each)"
@@ -509,6 +533,7 @@ async fn run(args: &Args) -> Result<()> {
         floor,
         floor_pinned,
         floor_tokio,
+        lane,
         health,
         health_multi_thread,
         ping,

@@ -72,6 +72,8 @@ pub(crate) struct Figures {
     pub(crate) floor_pinned: Series,
     /// The floor with tokio's current-thread runtime on both sides.
     pub(crate) floor_tokio: Series,
+    /// The same round trip over a lane (shared memory), tokio on both sides.
+    pub(crate) lane: Series,
     pub(crate) health: Paired,
     /// The same health checks from a multi-thread host runtime.
     pub(crate) health_multi_thread: Paired,
@@ -250,7 +252,17 @@ pub(crate) fn rows(f: &Figures) -> Vec<Row> {
             "<= 1.1x bare tonic",
         )
     });
-    // The lane: plugin -> host calls over shared memory instead of the socket.
+    // The lane: its own round trip, then plugin -> host calls over it.
+    rows.push(Row {
+        floor: us(f.floor.p50()),
+        ratio: times(f.lane.ratio_to(&f.floor), 2, "floor"),
+        met: met(f.lane.p50().median <= 2.0),
+        ..row(
+            "low-latency lane between tether peers: a 32-byte round trip between two processes (tokio on both sides) p50",
+            us(f.lane.p50()),
+            "<= 2 us",
+        )
+    });
     if let Some(lane) = f.wires.iter().find(|wire| wire.wire == Wire::Lane.name()) {
         let p50 = lane.host_call.figure.p50();
         rows.push(Row {

@@ -47,6 +47,7 @@ fn the_harness_runs_every_measurement_and_writes_both_files() {
         "4 plugins started at once, each answering health",
         "the cost per plugin of 2",
         "low-latency lane between tether peers: plugin -> host GetEnv (audited) p50",
+        "low-latency lane between tether peers: a 32-byte round trip between two processes",
         "resident memory per idle plugin (PSS mean",
         "aggregate audited host-service calls across 2 plugins",
         "floor with tokio's current-thread runtime on both sides p50",
