@@ -127,6 +127,14 @@ enum Internal {
         #[arg(long)]
         unsandboxed: bool,
     },
+    /// Only the aggregate load: `plugins` plugins calling their host services, 16 calls
+    /// at once each, for `millis`; prints the calls per second.
+    Load {
+        #[arg(long, default_value_t = 8)]
+        plugins: usize,
+        #[arg(long, default_value_t = 2_000)]
+        millis: u64,
+    },
     /// Only the many-plugins start: `count` plugins at once; prints the figures as JSON.
     Many {
         #[arg(long, default_value_t = 200)]
@@ -168,6 +176,14 @@ fn main() -> ExitCode {
         Some(Internal::TransferHost { bytes }) => {
             runtime().and_then(|rt| rt.block_on(runs::transfer_host(*bytes)))
         }
+        Some(Internal::Load { plugins, millis }) => runtime().and_then(|rt| {
+            rt.block_on(async {
+                let program = runs::plugin_program()?;
+                let load = runs::load(&program, *plugins, *millis).await?;
+                println!("{}", serde_json::to_string(&load)?);
+                Ok(())
+            })
+        }),
         Some(Internal::Many { count }) => runtime().and_then(|rt| {
             rt.block_on(async {
                 raise_fd_limit();

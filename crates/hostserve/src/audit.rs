@@ -37,6 +37,9 @@ const DEFAULT_WAIT: Duration = Duration::from_secs(2);
 const BATCH: usize = 256;
 /// How often a failing writer tries again.
 const RETRY: Duration = Duration::from_millis(100);
+/// How long the writer waits after writing, for more records to write together: while it
+/// waits, it is not blocked on the queue, so queuing a record costs no wake-up.
+const GATHER: Duration = Duration::from_millis(1);
 /// How long the writer waits before trying again a rotation that failed.
 const ROTATION_RETRY: Duration = Duration::from_secs(10);
 /// Bytes kept of a gRPC service or method name (a plugin chooses them).
@@ -799,6 +802,9 @@ impl Writer {
             }
             self.write_pending();
             if self.pending.is_empty() {
+                // A busy trail's records then cost their senders no wake-up of this thread
+                // each; a quiet one's last record waits no longer for this.
+                std::thread::sleep(GATHER);
                 continue;
             }
             // The file fails: try again in a while, taking in new records meanwhile.
