@@ -79,7 +79,6 @@ where
 }
 
 async fn measure_tokio_here(calls: usize) -> Result<Vec<u64>> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let dir = tempfile::tempdir().context("a directory for the floor's socket")?;
     let path = dir.path().join("floor.sock");
     let listener = tokio::net::UnixListener::bind(&path).context("binding the floor's socket")?;
@@ -88,6 +87,18 @@ async fn measure_tokio_here(calls: usize) -> Result<Vec<u64>> {
         .accept()
         .await
         .context("the echo process connecting")?;
+    let nanos = round_trips(&mut stream, calls).await?;
+    drop(stream);
+    finish(child)?;
+    Ok(nanos)
+}
+
+/// `calls` 32-byte round trips (after `calls / 10` to warm up) on `stream`, timed.
+async fn round_trips<S>(stream: &mut S, calls: usize) -> Result<Vec<u64>>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let request = [0x42u8; MESSAGE];
     let mut response = [0u8; MESSAGE];
     let mut nanos = Vec::with_capacity(calls);
@@ -97,8 +108,6 @@ async fn measure_tokio_here(calls: usize) -> Result<Vec<u64>> {
         stream.read_exact(&mut response).await?;
         record(&mut nanos, i, calls, began);
     }
-    drop(stream);
-    finish(child)?;
     Ok(nanos)
 }
 
@@ -325,7 +334,6 @@ pub(crate) fn measure_lane(calls: usize) -> Result<Vec<u64>> {
 
 async fn lane_here(calls: usize) -> Result<Vec<u64>> {
     use std::os::fd::AsRawFd;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (mut stream, offer) = tether_transport::lane::lane().context("making a lane")?;
     let exe = std::env::current_exe().context("finding tether-bench")?;
     let fds = [&offer.memory, &offer.data_bell, &offer.room_bell];
@@ -340,15 +348,7 @@ async fn lane_here(calls: usize) -> Result<Vec<u64>> {
         .spawn()
         .context("starting the lane's echo process")?;
     drop(offer);
-    let request = [0x42u8; MESSAGE];
-    let mut response = [0u8; MESSAGE];
-    let mut nanos = Vec::with_capacity(calls);
-    for i in 0..calls / 10 + calls {
-        let began = Instant::now();
-        stream.write_all(&request).await?;
-        stream.read_exact(&mut response).await?;
-        record(&mut nanos, i, calls, began);
-    }
+    let nanos = round_trips(&mut stream, calls).await?;
     drop(stream);
     finish(child)?;
     Ok(nanos)

@@ -42,7 +42,7 @@ use std::sync::atomic::{AtomicU8, AtomicU64, Ordering, fence};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use rustix::fs::{MemfdFlags, SealFlags};
+use rustix::fs::SealFlags;
 use rustix::io::Errno;
 use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketFlags, SocketType};
 use tokio::io::unix::AsyncFd;
@@ -126,18 +126,8 @@ pub struct LaneOffer {
 
 /// A new lane: the host's side, and what to hand the plugin.
 pub fn lane() -> Result<(LaneStream, LaneOffer), LaneError> {
-    let flags = MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING;
-    let memory = rustix::fs::memfd_create("tether-lane", flags | MemfdFlags::NOEXEC_SEAL)
-        .or_else(|_| rustix::fs::memfd_create("tether-lane", flags))
-        .map_err(io_error("create its memory"))?;
-    rustix::fs::fchmod(&memory, rustix::fs::Mode::from_raw_mode(0o600))
-        .map_err(io_error("set its memory's mode"))?;
-    rustix::fs::ftruncate(&memory, LEN as u64).map_err(io_error("size its memory"))?;
-    rustix::fs::fcntl_add_seals(
-        &memory,
-        SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL,
-    )
-    .map_err(io_error("seal its memory"))?;
+    let memory = crate::shm::sealed_memory("tether-lane", LEN as u64)
+        .map_err(|(action, source)| LaneError::Io { action, source })?;
     let mapping = Mapping::new(&memory, LEN, true).map_err(|source| LaneError::Io {
         action: "map its memory",
         source,
@@ -781,7 +771,8 @@ mod tests {
     async fn memory_that_is_not_a_lane_is_refused() {
         let (_host, offer) = lane().unwrap();
         // A memory file of another size.
-        let other = rustix::fs::memfd_create("not-a-lane", MemfdFlags::CLOEXEC).unwrap();
+        let other =
+            rustix::fs::memfd_create("not-a-lane", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
         rustix::fs::ftruncate(&other, 4096).unwrap();
         let err = LaneStream::open(LaneOffer {
             memory: other,
@@ -791,7 +782,8 @@ mod tests {
         .unwrap_err();
         assert!(err.to_string().contains("bytes, a lane's is"), "{err}");
         // The right size, but not sealed: it could shrink under the reader.
-        let unsealed = rustix::fs::memfd_create("not-a-lane", MemfdFlags::CLOEXEC).unwrap();
+        let unsealed =
+            rustix::fs::memfd_create("not-a-lane", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
         rustix::fs::ftruncate(&unsealed, LEN as u64).unwrap();
         let err = LaneStream::open(LaneOffer {
             memory: unsealed,

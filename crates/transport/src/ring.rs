@@ -20,7 +20,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags};
-use rustix::fs::{MemfdFlags, SealFlags};
+use rustix::fs::SealFlags;
 use rustix::io::Errno;
 use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketFlags, SocketType};
 use tokio::io::unix::AsyncFd;
@@ -85,19 +85,8 @@ pub fn ring(slots: u32, slot_size: u32) -> Result<(RingReceiver, RingOffer), Rin
         .checked_mul(slot_size as usize)
         .filter(|len| *len > 0)
         .ok_or_else(|| RingError::Malformed(format!("{slots} slots of {slot_size} bytes")))?;
-    // No execute bits, and (Linux 6.3) sealed against ever getting them.
-    let flags = MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING;
-    let memory = rustix::fs::memfd_create("tether-bulk", flags | MemfdFlags::NOEXEC_SEAL)
-        .or_else(|_| rustix::fs::memfd_create("tether-bulk", flags))
-        .map_err(io_error("create its memory"))?;
-    rustix::fs::fchmod(&memory, rustix::fs::Mode::from_raw_mode(0o600))
-        .map_err(io_error("set its memory's mode"))?;
-    rustix::fs::ftruncate(&memory, len as u64).map_err(io_error("size its memory"))?;
-    rustix::fs::fcntl_add_seals(
-        &memory,
-        SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL,
-    )
-    .map_err(io_error("seal its memory"))?;
+    let memory = crate::shm::sealed_memory("tether-bulk", len as u64)
+        .map_err(|(action, source)| RingError::Io { action, source })?;
     let mapping = Mapping::new(&memory, len, false).map_err(|source| RingError::Io {
         action: "map its memory",
         source,

@@ -4,7 +4,29 @@ use std::io;
 use std::os::fd::OwnedFd;
 use std::ptr::NonNull;
 
+use rustix::fs::{MemfdFlags, SealFlags};
 use rustix::mm::{MapFlags, ProtFlags};
+
+/// A new memory file of `len` bytes named `name`, mode 0600, without execute permission
+/// (and, from Linux 6.3, sealed against ever getting it), sealed against shrinking and
+/// growing so that no mapping of it can lose its pages. On failure, says which step failed.
+pub(crate) fn sealed_memory(name: &str, len: u64) -> Result<OwnedFd, (&'static str, io::Error)> {
+    let step =
+        |action: &'static str| move |errno: rustix::io::Errno| (action, io::Error::from(errno));
+    let flags = MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING;
+    let memory = rustix::fs::memfd_create(name, flags | MemfdFlags::NOEXEC_SEAL)
+        .or_else(|_| rustix::fs::memfd_create(name, flags))
+        .map_err(step("create its memory"))?;
+    rustix::fs::fchmod(&memory, rustix::fs::Mode::from_raw_mode(0o600))
+        .map_err(step("set its memory's mode"))?;
+    rustix::fs::ftruncate(&memory, len).map_err(step("size its memory"))?;
+    rustix::fs::fcntl_add_seals(
+        &memory,
+        SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL,
+    )
+    .map_err(step("seal its memory"))?;
+    Ok(memory)
+}
 
 /// A shared mapping, unmapped when dropped.
 #[derive(Debug)]
