@@ -223,25 +223,29 @@ async fn bare_tonic_calls(path: &Path, calls: usize) -> Result<Vec<u64>> {
     use crate::contract::PingRequest;
     use crate::contract::bench_client::BenchClient;
 
+    // The socket file appears at bind, a moment before the server listens: until it
+    // does, connecting is refused, so the connection is retried for a while.
     let waited = Instant::now();
-    while !path.exists() {
-        if waited.elapsed() > std::time::Duration::from_secs(10) {
-            bail!("the bare tonic server did not listen within 10 s");
+    let channel = loop {
+        let socket = path.to_owned();
+        let connector = tower::service_fn(move |_: tonic::transport::Uri| {
+            let socket = socket.clone();
+            async move {
+                let stream = tokio::net::UnixStream::connect(socket).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        });
+        match tonic::transport::Endpoint::from_static("http://bare-tonic.invalid")
+            .connect_with_connector(connector)
+            .await
+        {
+            Ok(channel) => break channel,
+            Err(err) if waited.elapsed() > std::time::Duration::from_secs(10) => {
+                return Err(err).context("the bare tonic server did not listen within 10 s");
+            }
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(5)).await,
         }
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
-    let socket = path.to_owned();
-    let connector = tower::service_fn(move |_: tonic::transport::Uri| {
-        let socket = socket.clone();
-        async move {
-            let stream = tokio::net::UnixStream::connect(socket).await?;
-            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
-        }
-    });
-    let channel = tonic::transport::Endpoint::from_static("http://bare-tonic.invalid")
-        .connect_with_connector(connector)
-        .await
-        .context("connecting to the bare tonic server")?;
+    };
     let mut client = BenchClient::new(channel);
     let mut nanos = Vec::with_capacity(calls);
     for i in 0..calls / 10 + calls {
