@@ -553,8 +553,15 @@ pub async fn establish_host_services_with(
     }
     let (name_arc, instance) = (Arc::<str>::from(name.as_str()), plugin.instance());
     let descriptors = plugin.descriptors().cloned();
-    let lane_descriptors = descriptors.clone();
-    let lane_services = services.clone();
+    // What a lane needs, kept before the socket's endpoint takes its own.
+    let lane_offer = options
+        .lane
+        .then(|| {
+            descriptors
+                .clone()
+                .map(|channel| (channel, services.clone()))
+        })
+        .flatten();
     let (socket, limit, pid) = (
         listener.path().to_owned(),
         options.max_connections,
@@ -615,19 +622,19 @@ pub async fn establish_host_services_with(
         broker_id: id,
         ..EstablishRequest::default()
     };
-    let lane = match (options.lane, &lane_descriptors) {
-        (true, Some(channel)) => {
+    let lane = match lane_offer {
+        Some((channel, lane_services)) => {
             let identity = PluginIdentity {
                 name: Arc::from(name.as_str()),
                 instance,
                 pid,
-                descriptors: lane_descriptors.clone(),
+                descriptors: Some(Arc::clone(&channel)),
             };
             let service = tower::Layer::layer(
                 &ActivityLayer::new(Some(plugin.activity().clone())),
                 lane_services,
             );
-            match LaneServer::offer(channel, &mut request, service, identity).await {
+            match LaneServer::offer(&channel, &mut request, service, identity).await {
                 Ok(lane) => Some(lane),
                 Err(reason) => {
                     tracing::warn!(target: "tether::hostconn", plugin = name, %reason, "could not offer the plugin a lane; it uses the socket");
@@ -635,7 +642,7 @@ pub async fn establish_host_services_with(
                 }
             }
         }
-        _ => None,
+        None => None,
     };
 
     let limit = plugin.max_message_size();
