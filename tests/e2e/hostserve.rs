@@ -14,7 +14,7 @@ use tether_hostserve::{Audit, HostServices, Limits, Policy};
 use tether_test_contract::testing::testing_client::TestingClient;
 use tether_test_contract::testing::{HostOpRequest, HostOpResponse};
 
-use crate::support::{HOST_HELPER, PATIENCE, TEST_PLUGIN, eventually, test_plugin};
+use crate::support::{HOST_HELPER, PATIENCE, TEST_PLUGIN, eventually, sandbox, test_plugin};
 
 /// The grant the corpus assumes, plus `env:PATH` for an allowed environment read.
 pub(crate) const GRANTS: [&str; 5] = [
@@ -343,6 +343,128 @@ async fn host_services_on_a_lane_check_revoke_and_audit_as_on_the_socket() {
     connection.close().await;
     let after = op(&plugin, "read_file", b"config/a.txt").await;
     assert_ne!(after.outcome, "ok", "{after:?}");
+    plugin.shutdown().await.expect("a graceful stop");
+}
+
+/// The audit record of the connection the host closed because the plugin broke the
+/// protocol, once it is written.
+async fn violation_record(fixture: &Fixture) -> Value {
+    let found = eventually(PATIENCE, || {
+        fixture
+            .audit_lines()
+            .iter()
+            .any(|record| record["operation"] == "connect")
+    })
+    .await;
+    let records = fixture.audit_lines();
+    assert!(found, "no connect record: {records:?}");
+    records
+        .into_iter()
+        .find(|record| record["operation"] == "connect")
+        .expect("found above")
+}
+
+#[tokio::test]
+async fn a_plugin_that_forges_its_lanes_counts_loses_the_lane_and_is_audited() {
+    let fixture = Fixture::new(Limits::default());
+    fixture.grant("forger", &GRANTS);
+    fixture.grant("bystander", &GRANTS);
+    let services = fixture.services.as_ref().clone().lane(true);
+    // The forger may read /proc, to find the lane among its mappings (the SDK keeps no
+    // descriptor of it); its sandbox stands otherwise.
+    let start = |name: &'static str| {
+        let services = services.clone();
+        async move {
+            let plugin = test_plugin(name)
+                .sandbox(sandbox().allow_read("/proc"))
+                .arg("--host-files")
+                .start()
+                .await
+                .expect("start");
+            let connection = match services.connect(&plugin).await.expect("host services") {
+                Outcome::Connected(connection) => connection,
+                Outcome::NotRequested => panic!("the test plugin did not request host services"),
+            };
+            assert!(connection.on_lane(), "a tether plugin takes the lane");
+            (plugin, connection)
+        }
+    };
+    let (plugin, _connection) = start("forger").await;
+    let honest = op(&plugin, "read_file", b"config/a.txt").await;
+    assert_eq!(honest.outcome, "ok", "{honest:?}");
+
+    // The plugin writes a count into the shared memory that no honest reader writes, then
+    // calls: the host refuses to write its answer into a ring it cannot trust.
+    let forged = op(&plugin, "forge_lane", b"config/a.txt").await;
+    assert_eq!(forged.outcome, "ok", "{forged:?}");
+    assert!(forged.names[0].starts_with("forged at"), "{forged:?}");
+    assert!(
+        !forged.names[1].starts_with("ok"),
+        "a call through a forged lane fails: {forged:?}"
+    );
+
+    // One audit record says what happened, to whom, and where.
+    let record = violation_record(&fixture).await;
+    assert_eq!(record["decision"], "denied", "{record}");
+    assert_eq!(record["plugin"], "forger", "{record}");
+    assert_eq!(record["pid"], plugin.pid(), "{record}");
+    assert_eq!(record["instance"], plugin.instance(), "{record}");
+    assert_eq!(record["resource"], "lane", "{record}");
+    let reason = record["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("broke the protocol") && reason.contains("count of bytes read"),
+        "{record}"
+    );
+
+    // The lane is gone for good: later calls fail at once, without a hang.
+    let after = op(&plugin, "read_file", b"config/a.txt").await;
+    assert_ne!(after.outcome, "ok", "{after:?}");
+    // The host goes on serving its other plugins, on their lanes.
+    let (bystander, _bystander_connection) = start("bystander").await;
+    let served = op(&bystander, "read_file", b"config/a.txt").await;
+    assert_eq!(served.outcome, "ok", "{served:?}");
+    plugin.shutdown().await.expect("a graceful stop");
+    bystander.shutdown().await.expect("a graceful stop");
+}
+
+#[tokio::test]
+async fn a_plugin_that_breaks_the_frames_on_its_socket_loses_that_connection_and_is_audited() {
+    let fixture = Fixture::new(Limits::default());
+    fixture.grant("framebreaker", &GRANTS);
+    let (plugin, connection) = fixture.start("framebreaker").await;
+    let endpoint = connection
+        .address()
+        .expect("a spawned plugin's endpoint")
+        .to_owned();
+    // The plugin dials its host-service socket itself and sends a frame of a kind no
+    // client sends.
+    let broken = op(
+        &plugin,
+        "garbage_frames",
+        endpoint.display().to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(broken.outcome, "ok", "{broken:?}");
+    assert!(broken.names[0].starts_with("closed"), "{broken:?}");
+
+    let record = violation_record(&fixture).await;
+    assert_eq!(record["decision"], "denied", "{record}");
+    assert_eq!(record["plugin"], "framebreaker", "{record}");
+    assert_eq!(record["pid"], plugin.pid(), "{record}");
+    assert_eq!(
+        record["resource"],
+        endpoint.display().to_string(),
+        "{record}"
+    );
+    let reason = record["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("broke the protocol") && reason.contains("kind 127"),
+        "{record}"
+    );
+    // Only that connection was lost: the plugin's own calls go on.
+    let read = op(&plugin, "read_file", b"config/a.txt").await;
+    assert_eq!(read.outcome, "ok", "{read:?}");
+    drop(connection);
     plugin.shutdown().await.expect("a graceful stop");
 }
 

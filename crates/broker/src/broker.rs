@@ -388,7 +388,7 @@ impl Broker {
         routes: tonic::service::Routes,
     ) -> Result<Served, BrokerError> {
         let listener = self.accept(id).await?;
-        Ok(Served::start(self, id, listener, Ok, routes, None))
+        Ok(Served::start(self, id, listener, Ok, routes, None, None))
     }
 
     /// Waits (up to the dial timeout) for the other side to offer `id`, then connects to it,

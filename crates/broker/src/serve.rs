@@ -15,6 +15,7 @@ use tonic::transport::server::Connected;
 
 use crate::broker::Broker;
 use tether_transport::activity::{Activity, ActivityLayer};
+use tether_transport::frames::ViolationHook;
 use tether_transport::{Conn, ConnectionCounts, Listener};
 
 /// How long in-flight calls may finish after a served endpoint is told to stop.
@@ -35,8 +36,10 @@ pub struct Served {
 impl Served {
     /// Serves `routes` on `listener` (accepted for `id` on `broker`), each accepted
     /// connection first passed through `wrap`: the place to attach what every request on
-    /// that connection should carry, through the IO type's [`Connected::ConnectInfo`]. The
-    /// server stops when the result is dropped or stopped, or when the broker closes.
+    /// that connection should carry, through the IO type's [`Connected::ConnectInfo`].
+    /// `on_violation` is told of each framed connection closed because the peer broke the
+    /// frame protocol ([`tether_transport::frames::accept`]). The server stops when the
+    /// result is dropped or stopped, or when the broker closes.
     pub fn start<IO, W>(
         broker: &Broker,
         id: u32,
@@ -44,6 +47,7 @@ impl Served {
         mut wrap: W,
         routes: Routes,
         activity: Option<Activity>,
+        on_violation: Option<ViolationHook<IO::ConnectInfo>>,
     ) -> Self
     where
         W: FnMut(Conn) -> io::Result<IO> + Send + 'static,
@@ -58,7 +62,7 @@ impl Served {
         let framed_service =
             tower::Layer::layer(&ActivityLayer::new(activity.clone()), routes.clone());
         let (incoming, framed) =
-            tether_transport::frames::accept(incoming, framed_service, stop.clone());
+            tether_transport::frames::accept(incoming, framed_service, stop.clone(), on_violation);
         let server = Server::builder()
             .layer(ActivityLayer::new(activity))
             .add_routes(routes)

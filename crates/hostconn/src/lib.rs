@@ -36,7 +36,7 @@ pub use local::{InProcess, in_process};
 
 use std::io;
 use std::os::fd::AsFd;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -49,7 +49,7 @@ use tether_host::{PluginChannel, PluginClient};
 use tether_protocol::hostconn::acceptor_client::AcceptorClient;
 use tether_protocol::hostconn::{DisconnectRequest, EstablishRequest};
 use tether_transport::activity::ActivityLayer;
-use tether_transport::frames::{PREFACE, serve_framed};
+use tether_transport::frames::{Broken, PREFACE, serve_framed};
 use tether_transport::lane::lane;
 use tether_transport::{Conn, DescriptorSender};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
@@ -327,14 +327,32 @@ pub async fn establish_host_services(
 #[derive(Clone)]
 pub struct Options {
     on_refused: Option<RefusalHook>,
+    on_violation: Option<ViolationHook>,
     max_connections: usize,
     lane: bool,
 }
+
+/// A connection to a plugin's host services that the host closed because the plugin broke
+/// its protocol ([`Options::on_violation`]): frames that are not, or a lane's shared counts
+/// forged.
+#[derive(Debug, Clone)]
+pub struct Violation {
+    /// The plugin the connection was made for.
+    pub plugin: PluginIdentity,
+    /// The host-service socket the connection came through; `None` for the plugin's lane.
+    pub socket: Option<PathBuf>,
+    /// What the plugin did, in words.
+    pub reason: String,
+}
+
+/// Called for each [`Violation`], on the task that served the connection: keep it quick.
+pub type ViolationHook = Arc<dyn Fn(&Violation) + Send + Sync>;
 
 impl Default for Options {
     fn default() -> Self {
         Options {
             on_refused: None,
+            on_violation: None,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             lane: false,
         }
@@ -345,6 +363,7 @@ impl std::fmt::Debug for Options {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Options")
             .field("on_refused", &self.on_refused.is_some())
+            .field("on_violation", &self.on_violation.is_some())
             .field("max_connections", &self.max_connections)
             .field("lane", &self.lane)
             .finish()
@@ -375,6 +394,17 @@ impl Options {
     #[must_use]
     pub fn on_refused(mut self, hook: RefusalHook) -> Self {
         self.on_refused = Some(hook);
+        self
+    }
+
+    /// Calls `hook` for every connection to the host's services (on the socket or the lane)
+    /// that the host closed because the plugin broke the protocol, for example to audit
+    /// it. Violations are always logged (target `tether::frames`, and `tether::lane` for a
+    /// lane's counts) either way. The plugin's calls on that connection fail; the host and
+    /// its other plugins go on.
+    #[must_use]
+    pub fn on_violation(mut self, hook: ViolationHook) -> Self {
+        self.on_violation = Some(hook);
         self
     }
 
@@ -465,6 +495,7 @@ impl LaneServer {
         request: &mut EstablishRequest,
         service: S,
         identity: PluginIdentity,
+        on_violation: Option<ViolationHook>,
     ) -> Result<LaneServer, String>
     where
         S: tower::Service<
@@ -498,7 +529,15 @@ impl LaneServer {
             };
             match started {
                 Ok(Ok(_)) if &preface == PREFACE => {
-                    serve_framed(stream, service, identity, stopping).await;
+                    let outcome = serve_framed(stream, service, identity.clone(), stopping).await;
+                    if let (Err(broken @ Broken::Protocol(_)), Some(hook)) = (outcome, on_violation)
+                    {
+                        hook(&Violation {
+                            plugin: identity,
+                            socket: None,
+                            reason: broken.reason().to_owned(),
+                        });
+                    }
                 }
                 Ok(Ok(_)) => {
                     tracing::warn!(target: "tether::hostconn", %plugin, "the plugin's lane did not start with frames: lane closed")
@@ -567,6 +606,7 @@ pub async fn establish_host_services_with(
         options.max_connections,
         plugin.pid(),
     );
+    let listener_path = socket.clone();
     let open = Arc::new(AtomicUsize::new(0));
     let identify = move |conn: Conn| {
         if open.fetch_add(1, Ordering::Relaxed) >= limit {
@@ -616,7 +656,25 @@ pub async fn establish_host_services_with(
     // Host-service calls count as the plugin's activity: a plugin at work for the host is
     // not idle.
     let activity = Some(plugin.activity().clone());
-    let served = Served::start(broker, id, listener, identify, services, activity);
+    let on_violation = options.on_violation.clone().map(|hook| {
+        let socket = listener_path;
+        Arc::new(move |plugin: &PluginIdentity, broken: &Broken| {
+            hook(&Violation {
+                plugin: plugin.clone(),
+                socket: Some(socket.clone()),
+                reason: broken.reason().to_owned(),
+            });
+        }) as tether_transport::frames::ViolationHook<PluginIdentity>
+    });
+    let served = Served::start(
+        broker,
+        id,
+        listener,
+        identify,
+        services,
+        activity,
+        on_violation,
+    );
 
     let mut request = EstablishRequest {
         broker_id: id,
@@ -634,7 +692,8 @@ pub async fn establish_host_services_with(
                 &ActivityLayer::new(Some(plugin.activity().clone())),
                 lane_services,
             );
-            match LaneServer::offer(&channel, &mut request, service, identity).await {
+            let on_violation = options.on_violation.clone();
+            match LaneServer::offer(&channel, &mut request, service, identity, on_violation).await {
                 Ok(lane) => Some(lane),
                 Err(reason) => {
                     tracing::warn!(target: "tether::hostconn", plugin = name, %reason, "could not offer the plugin a lane; it uses the socket");

@@ -139,8 +139,9 @@ impl Serialize for FileOperation {
 pub enum Operation {
     /// A file operation of `tether.hostserve.v1.Files`.
     File(FileOperation),
-    /// A refused connection to a plugin's host-service socket: from another process, or
-    /// past the plugin's connection limit.
+    /// A refused connection to a plugin's host-service socket (from another process, or
+    /// past the plugin's connection limit), or one the host closed because the plugin
+    /// broke the protocol on it (the socket, or its lane).
     Connect,
     /// Something that happened to the plugin's process: a start, a start refused (its
     /// binary failed verification) or failed, an idle stop

@@ -12,7 +12,9 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use cap_std::fs::{FileType, Metadata, PermissionsExt};
 use tether_host::{LifecycleEvent, LifecycleKind, PluginBuilder, PluginClient};
-use tether_hostconn::{Options, Outcome, Refusal, RefusalHook, establish_host_services_with};
+use tether_hostconn::{
+    Options, Outcome, Refusal, RefusalHook, Violation, ViolationHook, establish_host_services_with,
+};
 use tether_protocol::hostserve::files_server::{Files as FilesRpc, FilesServer};
 use tether_protocol::hostserve::{
     BulkEvent, CreateDirRequest, CreateDirResponse, DeleteFileRequest, DeleteFileResponse,
@@ -229,8 +231,10 @@ impl HostServices {
     ///
     /// [`tether_hostconn::establish_host_services`] with [`HostServices::routes`], plus an
     /// audit record (operation `connect`, decision `denied`) for every process other than
-    /// the plugin's that connects to its host-service socket, and for every connection of
-    /// the plugin's past [`Limits::max_connections`]. Keep the returned connection:
+    /// the plugin's that connects to its host-service socket, for every connection of the
+    /// plugin's past [`Limits::max_connections`], and for every connection (socket or lane)
+    /// the host closed because the plugin broke the protocol (resource: the socket, or
+    /// `lane`). Keep the returned connection:
     /// dropping it disconnects the plugin. A plugin that takes no host services is
     /// [`Outcome::NotRequested`]; [`Outcome::required`] makes that an error.
     ///
@@ -275,8 +279,34 @@ impl HostServices {
                 trace_id: None,
             });
         });
+        let audit = self.gate.audit().clone();
+        let on_violation: ViolationHook = Arc::new(move |violation: &Violation| {
+            let plugin = &violation.plugin;
+            audit.record(AuditRecord {
+                time: AuditRecord::now(),
+                plugin: plugin.name().to_owned(),
+                instance: plugin.instance(),
+                pid: Some(plugin.pid()),
+                operation: Operation::Connect,
+                resource: violation
+                    .socket
+                    .as_ref()
+                    .map_or_else(|| "lane".to_owned(), |socket| socket.display().to_string()),
+                decision: Decision::Denied,
+                decided_by: Decider::Host,
+                capability: None,
+                reason: format!(
+                    "connection closed: the plugin broke the protocol ({})",
+                    violation.reason
+                ),
+                request_id: None,
+                timeout_ms: None,
+                trace_id: None,
+            });
+        });
         let options = Options::default()
             .on_refused(hook)
+            .on_violation(on_violation)
             .max_connections(self.gate.limits().max_connections)
             .lane(self.lane);
         establish_host_services_with(plugin, self.routes(), options).await

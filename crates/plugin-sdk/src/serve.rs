@@ -462,7 +462,7 @@ impl<H> Plugin<H> {
             )
         };
         let (incoming, framed) =
-            tether_transport::frames::accept(incoming, framed_service, shutdown.clone());
+            tether_transport::frames::accept(incoming, framed_service, shutdown.clone(), None);
         let server = Server::builder()
             .trace_fn(call_span)
             .layer(CallLayer::new(served))

@@ -122,7 +122,8 @@ pub mod host {
     pub use tether_hostconn::{
         DEFAULT_MAX_CONNECTIONS, ESTABLISH_TIMEOUT, Error as HostConnectionError, HostConnection,
         InProcess, Options as HostConnectionOptions, Outcome, PluginIdentity, Refusal, RefusalHook,
-        establish_host_services, establish_host_services_with, in_process,
+        Violation, ViolationHook, establish_host_services, establish_host_services_with,
+        in_process,
     };
 }
 

@@ -198,33 +198,73 @@ fn status_of_cancel(payload: &[u8]) -> Status {
 async fn read_frame<R: AsyncRead + Unpin>(
     reader: &mut R,
     buffer: &mut BytesMut,
-) -> Result<Option<(u32, u8, Bytes)>, String> {
+) -> Result<Option<(u32, u8, Bytes)>, Broken> {
     let mut header = [0u8; HEADER_LEN];
     match reader.read(&mut header[..1]).await {
         Ok(0) => return Ok(None),
         Ok(_) => {}
-        Err(err) => return Err(format!("reading failed: {err}")),
+        Err(err) => return Err(Broken::io("reading failed", &err)),
     }
     reader
         .read_exact(&mut header[1..])
         .await
-        .map_err(|err| format!("reading a frame failed: {err}"))?;
+        .map_err(|err| Broken::io("reading a frame failed", &err))?;
     let [l0, l1, l2, l3, s0, s1, s2, s3, kind] = header;
     let len = u32::from_le_bytes([l0, l1, l2, l3]) as usize;
     let stream = u32::from_le_bytes([s0, s1, s2, s3]);
     if len > MAX_PAYLOAD {
-        return Err(format!(
+        return Err(Broken::Protocol(format!(
             "a frame of {len} bytes is larger than the {MAX_PAYLOAD} allowed"
-        ));
+        )));
     }
     buffer.clear();
     buffer.resize(len, 0);
     reader
         .read_exact(&mut buffer[..])
         .await
-        .map_err(|err| format!("reading a frame failed: {err}"))?;
+        .map_err(|err| Broken::io("reading a frame failed", &err))?;
     Ok(Some((stream, kind, buffer.split().freeze())))
 }
+
+/// Why [`serve_framed`] closed a connection its client had not ended.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Broken {
+    /// The client broke the protocol: a frame too large, or of a kind a client may not
+    /// send, a stream id even or in use, more body than a stream's window, metadata that is
+    /// not valid HTTP, or bytes that are not data at all (a lane whose shared counts were
+    /// forged, say: [`io::ErrorKind::InvalidData`]). A faulty or hostile client: hosts audit
+    /// it ([`ViolationHook`]).
+    #[error("the client broke the frame protocol: {0}")]
+    Protocol(String),
+    /// Reading from or writing to the connection failed (reset, or the client stopped
+    /// reading its answers).
+    #[error("the connection failed: {0}")]
+    Failed(String),
+}
+
+impl Broken {
+    /// What happened, in words.
+    pub fn reason(&self) -> &str {
+        match self {
+            Broken::Protocol(reason) | Broken::Failed(reason) => reason,
+        }
+    }
+
+    /// An I/O error while `action`: bytes that are not valid data (`InvalidData`) are the
+    /// peer's doing, anything else the connection's.
+    fn io(action: &str, err: &io::Error) -> Broken {
+        let reason = format!("{action}: {err}");
+        match err.kind() {
+            io::ErrorKind::InvalidData => Broken::Protocol(reason),
+            _ => Broken::Failed(reason),
+        }
+    }
+}
+
+/// Called by [`accept`] with a connection's [`Connected::connect_info`] and what its client
+/// did, for each connection closed because its client broke the protocol
+/// ([`Broken::Protocol`]), on the task that served it: keep it quick.
+pub type ViolationHook<I> = Arc<dyn Fn(&I, &Broken) + Send + Sync>;
 
 fn credit_of(payload: &[u8]) -> Result<usize, String> {
     let bytes: [u8; 4] = payload
@@ -249,7 +289,8 @@ struct OutState {
     /// `None` while the flushing task has it.
     io: Option<Pin<Box<dyn AsyncWrite + Send>>>,
     queue: Vec<u8>,
-    failed: bool,
+    /// Why writing failed, the first time it did: nothing more is sent after it.
+    failed: Option<Broken>,
 }
 
 /// The connection failed: nothing more can be sent.
@@ -262,7 +303,7 @@ impl Out {
             state: Mutex::new(OutState {
                 io: Some(Box::pin(writer)),
                 queue: Vec::new(),
-                failed: false,
+                failed: None,
             }),
             closed,
         }))
@@ -270,7 +311,7 @@ impl Out {
 
     fn send(&self, frames: Vec<u8>) -> Result<(), Closed> {
         let mut state = lock(&self.0.state);
-        if state.failed {
+        if state.failed.is_some() {
             return Err(Closed);
         }
         if state.queue.len() + frames.len() > MAX_QUEUED {
@@ -318,10 +359,17 @@ impl Out {
 
     fn fail(&self, state: &mut OutState, err: &io::Error) -> Closed {
         tracing::debug!(target: "tether::frames", %err, "writing to a framed connection failed");
-        state.failed = true;
+        state
+            .failed
+            .get_or_insert_with(|| Broken::io("writing failed", err));
         state.queue = Vec::new();
         self.0.closed.cancel();
         Closed
+    }
+
+    /// Why writing failed, if it did.
+    fn failure(&self) -> Option<Broken> {
+        lock(&self.0.state).failed.clone()
     }
 
     /// Writes the queue until it is empty, then gives the socket back.
@@ -882,7 +930,7 @@ impl FramedChannel {
                         }
                     }
                     Ok(None) => break "the server closed the connection".to_owned(),
-                    Err(reason) => break reason,
+                    Err(broken) => break broken.reason().to_owned(),
                 }
             };
             if let Some(connection) = weak.upgrade() {
@@ -1029,7 +1077,16 @@ fn trailers_of(status: &Status) -> HeaderMap {
 /// client closes it, breaks the protocol, or `stop` is cancelled and the calls under way
 /// have ended. Every request carries `info` in its extensions, as tonic's server puts a
 /// connection's [`Connected::connect_info`] there.
-pub async fn serve_framed<IO, S, B, I>(io: IO, service: S, info: I, stop: CancellationToken)
+///
+/// `Ok` when the client ended the connection or `stop` did; otherwise why the server
+/// closed it (logged here too, target `tether::frames`). Either way, every call still
+/// under way on it has ended.
+pub async fn serve_framed<IO, S, B, I>(
+    io: IO,
+    service: S,
+    info: I,
+    stop: CancellationToken,
+) -> Result<(), Broken>
 where
     IO: AsyncRead + AsyncWrite + Send + 'static,
     S: tower::Service<http::Request<Body>, Response = http::Response<B>> + Clone + Send + 'static,
@@ -1052,7 +1109,7 @@ where
     // Calls opened and not yet polled: a call is first polled once the frames that came
     // with its OPEN (a unary request's DATA and END) are handed to it too.
     let mut fresh: Vec<(u32, Call)> = Vec::new();
-    let outcome: Result<(), String> = loop {
+    let outcome: Result<(), Broken> = loop {
         if !fresh.is_empty() && !frame_buffered(reader.buffer()) {
             for (stream, call) in fresh.drain(..) {
                 start(&served, stream, call);
@@ -1065,7 +1122,9 @@ where
             frame = read_frame(&mut reader, &mut buffer) => frame,
             () = stop.cancelled(), if !stopping => { stopping = true; continue; }
             () = served.finished.notified(), if stopping => continue,
-            () = closed.cancelled() => break Err("writing to the client failed".into()),
+            () = closed.cancelled() => break Err(served.out.failure().unwrap_or_else(|| {
+                Broken::Failed("writing to the client failed".into())
+            })),
         };
         let (stream, kind, payload) = match frame {
             Ok(Some(frame)) => frame,
@@ -1115,11 +1174,11 @@ where
             other => Err(format!("a client may not send frames of kind {other}")),
         };
         if let Err(reason) = result {
-            break Err(reason);
+            break Err(Broken::Protocol(reason));
         }
     };
-    if let Err(reason) = outcome {
-        tracing::warn!(target: "tether::frames", %reason, "closing a framed connection: the client broke the protocol or the connection failed");
+    if let Err(broken) = &outcome {
+        tracing::warn!(target: "tether::frames", reason = %broken, "closing a framed connection");
         // Stops a write waiting on a client that does not read. After a clean end the
         // last answers are still written.
         closed.cancel();
@@ -1131,6 +1190,7 @@ where
             task.abort();
         }
     }
+    outcome
 }
 
 /// A call's future, from its request to its last frame sent.
@@ -1429,10 +1489,13 @@ impl FramedConnections {
 /// so a silent one holds up no other); those that begin with [`PREFACE`] are served with
 /// `service` by [`serve_framed`], the rest are returned, their first bytes intact, for
 /// tonic's server. `stop` ends the framed connections gracefully and the sorting.
+/// `on_violation`, if given, is called for each framed connection closed because its
+/// client broke the protocol.
 pub fn accept<St, IO, E, S, B>(
     incoming: St,
     service: S,
     stop: CancellationToken,
+    on_violation: Option<ViolationHook<IO::ConnectInfo>>,
 ) -> (
     impl Stream<Item = Result<Rewound<IO>, E>> + Send + 'static,
     FramedConnections,
@@ -1470,6 +1533,7 @@ where
             let sorted = sorted.clone();
             let service = service.clone();
             let stop = stop.clone();
+            let on_violation = on_violation.clone();
             framed.spawn(async move {
                 let mut conn = conn;
                 let mut prefix = [0u8; PREFACE.len()];
@@ -1491,7 +1555,11 @@ where
                 }
                 if read == prefix.len() && &prefix == PREFACE {
                     let info = conn.connect_info();
-                    serve_framed(conn, service, info, stop).await;
+                    let outcome = serve_framed(conn, service, info.clone(), stop).await;
+                    if let (Err(broken @ Broken::Protocol(_)), Some(hook)) = (outcome, on_violation)
+                    {
+                        hook(&info, &broken);
+                    }
                 } else {
                     let _ = sorted.send(Ok(Rewound {
                         prefix: Bytes::copy_from_slice(&prefix[..read]),
@@ -1558,7 +1626,7 @@ mod tests {
             let mut preface = [0u8; PREFACE.len()];
             server.read_exact(&mut preface).await.unwrap();
             assert_eq!(&preface, PREFACE);
-            serve_framed(server, service, (), stopping).await;
+            let _ = serve_framed(server, service, (), stopping).await;
         });
         let channel = FramedChannel::start(client, "test server").await.unwrap();
         (channel, task, stop)
@@ -1794,10 +1862,14 @@ mod tests {
         let stop = CancellationToken::new();
         let serving = tokio::spawn(serve_framed(server, service.clone(), (), stop.clone()));
         client.write_all(&bytes).await.unwrap();
-        tokio::time::timeout(PATIENCE, serving)
+        let outcome = tokio::time::timeout(PATIENCE, serving)
             .await
             .unwrap_or_else(|_| panic!("{what}: the server kept the connection"))
             .expect("no panic");
+        assert!(
+            matches!(outcome, Err(Broken::Protocol(_))),
+            "{what}: a protocol violation, not {outcome:?}"
+        );
         let mut rest = Vec::new();
         // EOF or a reset: either way the server let go of the socket.
         let _closed = tokio::time::timeout(PATIENCE, client.read_to_end(&mut rest))
@@ -1871,10 +1943,15 @@ mod tests {
             }
             200_000
         });
-        tokio::time::timeout(PATIENCE, serving)
+        let outcome = tokio::time::timeout(PATIENCE, serving)
             .await
             .expect("the server cut the connection off")
             .expect("no panic");
+        // A client that stops reading is cut off, but has broken no frame.
+        assert!(
+            matches!(&outcome, Err(Broken::Failed(reason)) if reason.contains("stopped reading")),
+            "{outcome:?}"
+        );
         let sent = tokio::time::timeout(PATIENCE, sending)
             .await
             .expect("no hang")

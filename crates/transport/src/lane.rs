@@ -658,7 +658,9 @@ mod tests {
                 assert_eq!(&preface, PREFACE);
                 let (_, service) = tonic_health::server::health_reporter();
                 let routes = tonic::service::Routes::new(service);
-                serve_framed(host, routes, (), stopping).await;
+                serve_framed(host, routes, (), stopping)
+                    .await
+                    .expect("the client ended the connection cleanly");
             });
             let channel = FramedChannel::start(plugin, "the host").await.unwrap();
             let mut client = HealthClient::new(channel);
@@ -765,6 +767,43 @@ mod tests {
             .expect("the bytes were read")
             .unwrap();
         assert_ne!(&preface, PREFACE, "a server would refuse this connection");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_served_lane_whose_counts_are_forged_ends_as_a_protocol_violation() {
+        let (mut host, plugin, memory) = pair(DEFAULT_SPIN);
+        let forged = scribble(&memory);
+        let server = tokio::spawn(async move {
+            let mut preface = [0u8; PREFACE.len()];
+            host.read_exact(&mut preface).await.unwrap();
+            let (_, service) = tonic_health::server::health_reporter();
+            let routes = tonic::service::Routes::new(service);
+            serve_framed(host, routes, (), CancellationToken::new()).await
+        });
+        let channel = FramedChannel::start(plugin, "the host").await.unwrap();
+        let mut client = HealthClient::new(channel);
+        let check = || HealthCheckRequest {
+            service: String::new(),
+        };
+        client.check(check()).await.expect("an honest call");
+        // The plugin's count of bytes read from the host's ring, forged: the host refuses
+        // to write its next answer into a ring it cannot trust.
+        control(&forged).read[0]
+            .0
+            .store(u64::MAX, Ordering::Release);
+        let status = tokio::time::timeout(PATIENCE, client.check(check()))
+            .await
+            .expect("no hang")
+            .expect_err("the call fails");
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status}");
+        let outcome = tokio::time::timeout(PATIENCE, server)
+            .await
+            .expect("the server ended")
+            .unwrap();
+        assert!(
+            matches!(&outcome, Err(crate::frames::Broken::Protocol(reason)) if reason.contains("count of bytes read")),
+            "{outcome:?}"
+        );
     }
 
     #[tokio::test]

@@ -845,6 +845,54 @@ impl Service {
                 }
                 HostOpResponse { names, ..ok }
             }
+            "forge_lane" => {
+                // A hostile plugin: finds its lane's memory among its descriptors, writes
+                // into it a count no honest reader writes (bytes read from the host's ring,
+                // far past what the host wrote), then calls the host through the lane.
+                // `names`: what it forged, and how the call ended.
+                let forged = forge_lane_count()?;
+                let call = match files.read_file_to_vec(&path, 1 << 20).await {
+                    Ok(_) => "ok".to_owned(),
+                    Err(err) => {
+                        let message = err.to_string();
+                        format!("{}: {message}", failure(err).outcome)
+                    }
+                };
+                HostOpResponse {
+                    names: vec![forged, call],
+                    ..ok
+                }
+            }
+            "garbage_frames" => {
+                // Dials the host-service socket at `path` itself, starts frames on it, and
+                // sends a frame of a kind no client sends; `names`: how the host answered.
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let socket = std::path::PathBuf::from(String::from_utf8_lossy(&path).into_owned());
+                let mut conn = tokio::net::UnixStream::connect(&socket)
+                    .await
+                    .map_err(|err| HostCallError::Invalid(format!("dial {socket:?}: {err}")))?;
+                let mut bytes = tether_transport::frames::PREFACE.to_vec();
+                // A 9-byte header: no payload, stream 1, kind 0x7f.
+                bytes.extend_from_slice(&[0, 0, 0, 0, 1, 0, 0, 0, 0x7f]);
+                conn.write_all(&bytes)
+                    .await
+                    .map_err(|err| HostCallError::Invalid(format!("write: {err}")))?;
+                let mut rest = Vec::new();
+                let ending = match tokio::time::timeout(
+                    Duration::from_secs(30),
+                    conn.read_to_end(&mut rest),
+                )
+                .await
+                {
+                    Ok(Ok(read)) => format!("closed after {read} bytes"),
+                    Ok(Err(err)) => format!("closed: {err}"),
+                    Err(_) => "still open".to_owned(),
+                };
+                HostOpResponse {
+                    names: vec![ending],
+                    ..ok
+                }
+            }
             "open_connections" => {
                 // Dials the socket at `path` `size` times (each dial waits while the host's
                 // backlog is full) and keeps every connection open, sending nothing: `size`
@@ -881,6 +929,26 @@ impl Service {
             other => return Err(HostCallError::Invalid(format!("unknown op {other:?}"))),
         })
     }
+}
+
+/// Finds the lane's memory among this process's mappings (the SDK keeps only the
+/// mapping, not the descriptor) and sets the count of bytes read from the host's ring (the
+/// fourth control line) to `u64::MAX`, as a hostile plugin could. Says where.
+fn forge_lane_count() -> Result<String, HostCallError> {
+    const READ_FROM_HOST_RING: usize = 3 * 128;
+    let maps = std::fs::read_to_string("/proc/self/maps")
+        .map_err(|err| HostCallError::Invalid(format!("read /proc/self/maps: {err}")))?;
+    let start = maps
+        .lines()
+        .find(|line| line.contains("tether-lane"))
+        .and_then(|line| line.split('-').next())
+        .and_then(|start| usize::from_str_radix(start, 16).ok())
+        .ok_or_else(|| HostCallError::Invalid("no lane among this process's mappings".into()))?;
+    // SAFETY: the line is inside the lane's mapping, which the SDK keeps while the lane is
+    // open, and is written as the atomic it is.
+    let count = unsafe { &*((start + READ_FROM_HOST_RING) as *const std::sync::atomic::AtomicU64) };
+    count.store(u64::MAX, std::sync::atomic::Ordering::SeqCst);
+    Ok(format!("forged at {start:#x}"))
 }
 
 /// Connections opened by `open_connections`, kept open for the plugin's life.
