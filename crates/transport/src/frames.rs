@@ -233,11 +233,11 @@ pub enum Broken {
     /// send, a stream id even or in use, more body than a stream's window, metadata that is
     /// not valid HTTP, or bytes that are not data at all (a lane whose shared counts were
     /// forged, say: [`io::ErrorKind::InvalidData`]). A faulty or hostile client: hosts audit
-    /// it ([`ViolationHook`]).
+    /// it ([`ViolationHook`]). A client that keeps calling without reading the answers,
+    /// until more than the bound waits to be sent, ends here too.
     #[error("the client broke the frame protocol: {0}")]
     Protocol(String),
-    /// Reading from or writing to the connection failed (reset, or the client stopped
-    /// reading its answers).
+    /// Reading from or writing to the connection failed (reset, say).
     #[error("the connection failed: {0}")]
     Failed(String),
 }
@@ -315,11 +315,13 @@ impl Out {
             return Err(Closed);
         }
         if state.queue.len() + frames.len() > MAX_QUEUED {
-            let stalled = io::Error::other(format!(
+            // The peer keeps calling without reading the answers: its doing, not the
+            // connection's.
+            let stalled = Broken::Protocol(format!(
                 "the peer stopped reading: more than {MAX_QUEUED} bytes wait to be sent"
             ));
             tracing::warn!(target: "tether::frames", err = %stalled, "closing a framed connection");
-            return Err(self.fail(&mut state, &stalled));
+            return Err(self.fail(&mut state, stalled));
         }
         if state.queue.is_empty() {
             state.queue = frames;
@@ -337,18 +339,18 @@ impl Out {
                         state.io = Some(io);
                         return Ok(());
                     }
-                    Poll::Ready(Err(err)) => return Err(self.fail(&mut state, &err)),
+                    Poll::Ready(Err(err)) => return Err(self.fail_io(&mut state, &err)),
                     Poll::Pending => break,
                 }
             }
             match io.as_mut().poll_write(&mut cx, &state.queue) {
                 Poll::Ready(Ok(0)) => {
-                    return Err(self.fail(&mut state, &io::ErrorKind::WriteZero.into()));
+                    return Err(self.fail_io(&mut state, &io::ErrorKind::WriteZero.into()));
                 }
                 Poll::Ready(Ok(n)) => {
                     state.queue.drain(..n);
                 }
-                Poll::Ready(Err(err)) => return Err(self.fail(&mut state, &err)),
+                Poll::Ready(Err(err)) => return Err(self.fail_io(&mut state, &err)),
                 Poll::Pending => break,
             }
         }
@@ -357,11 +359,14 @@ impl Out {
         Ok(())
     }
 
-    fn fail(&self, state: &mut OutState, err: &io::Error) -> Closed {
+    fn fail_io(&self, state: &mut OutState, err: &io::Error) -> Closed {
         tracing::debug!(target: "tether::frames", %err, "writing to a framed connection failed");
-        state
-            .failed
-            .get_or_insert_with(|| Broken::io("writing failed", err));
+        self.fail(state, Broken::io("writing failed", err))
+    }
+
+    /// Nothing more is sent, for `why` (the first reason is kept).
+    fn fail(&self, state: &mut OutState, why: Broken) -> Closed {
+        state.failed.get_or_insert(why);
         state.queue = Vec::new();
         self.0.closed.cancel();
         Closed
@@ -390,7 +395,7 @@ impl Out {
             };
             let mut state = lock(&self.0.state);
             if let Err(err) = written {
-                self.fail(&mut state, &err);
+                self.fail_io(&mut state, &err);
                 return;
             }
             if chunk.is_empty() && state.queue.is_empty() {
@@ -1947,9 +1952,9 @@ mod tests {
             .await
             .expect("the server cut the connection off")
             .expect("no panic");
-        // A client that stops reading is cut off, but has broken no frame.
+        // A client that calls on without reading the answers is cut off, its doing.
         assert!(
-            matches!(&outcome, Err(Broken::Failed(reason)) if reason.contains("stopped reading")),
+            matches!(&outcome, Err(Broken::Protocol(reason)) if reason.contains("stopped reading")),
             "{outcome:?}"
         );
         let sent = tokio::time::timeout(PATIENCE, sending)
