@@ -113,24 +113,32 @@ where
 
 /// The tokio echo side: [`echo`] on a current-thread runtime.
 pub(crate) fn echo_tokio(path: &Path) -> Result<()> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the echo's runtime")?
         .block_on(async {
-            let mut stream = tokio::net::UnixStream::connect(path)
+            let stream = tokio::net::UnixStream::connect(path)
                 .await
                 .context("connecting to the floor's socket")?;
-            let mut buffer = [0u8; MESSAGE];
-            loop {
-                match stream.read_exact(&mut buffer).await {
-                    Ok(_) => stream.write_all(&buffer).await?,
-                    Err(err) if err.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
-                    Err(err) => return Err(err.into()),
-                }
-            }
+            echo_async(stream).await
         })
+}
+
+/// Answers each `MESSAGE`-byte message on `stream` with itself until the other side closes.
+async fn echo_async<S>(mut stream: S) -> Result<()>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buffer = [0u8; MESSAGE];
+    loop {
+        match stream.read_exact(&mut buffer).await {
+            Ok(_) => stream.write_all(&buffer).await?,
+            Err(err) if err.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(err) => return Err(err.into()),
+        }
+    }
 }
 
 fn measure_here(calls: usize) -> Result<Vec<u64>> {
@@ -361,7 +369,6 @@ async fn lane_here(calls: usize) -> Result<Vec<u64>> {
 /// The lane's echo side: answers each 32-byte message with itself until the lane closes.
 pub(crate) fn lane_echo(memory: i32, data_bell: i32, room_bell: i32) -> Result<()> {
     use std::os::fd::{FromRawFd, OwnedFd};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     // SAFETY: the three descriptors were inherited from the parent, which named them, and
     // nothing else in this process owns them.
     let offer = unsafe {
@@ -376,15 +383,8 @@ pub(crate) fn lane_echo(memory: i32, data_bell: i32, room_bell: i32) -> Result<(
         .build()
         .context("starting the echo's runtime")?
         .block_on(async move {
-            let mut stream =
+            let stream =
                 tether_transport::lane::LaneStream::open(offer).context("opening the lane")?;
-            let mut buffer = [0u8; MESSAGE];
-            loop {
-                match stream.read_exact(&mut buffer).await {
-                    Ok(_) => stream.write_all(&buffer).await?,
-                    Err(err) if err.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
-                    Err(err) => return Err(err.into()),
-                }
-            }
+            echo_async(stream).await
         })
 }
