@@ -574,7 +574,11 @@ struct Connection {
 
 impl Connection {
     fn unavailable(&self) -> Status {
-        let reason = lock(&self.failure).clone();
+        // Why reading ended, else why writing failed (a lane whose counts the server
+        // forged, say), else this side closed it.
+        let reason = lock(&self.failure)
+            .clone()
+            .or_else(|| self.out.failure().map(|broken| broken.reason().to_owned()));
         Status::unavailable(format!(
             "the framed connection to {} is closed: {}",
             self.label,
@@ -922,7 +926,17 @@ impl FramedChannel {
             let reason = loop {
                 let frame = tokio::select! {
                     frame = read_frame(&mut reader, &mut buffer) => frame,
-                    () = closed.cancelled() => break "the connection was closed".to_owned(),
+                    () = closed.cancelled() => {
+                        let Some(connection) = weak.upgrade() else { return };
+                        match connection.out.failure() {
+                            Some(Broken::Protocol(reason)) => {
+                                tracing::warn!(target: "tether::frames", peer = %connection.label, %reason, "closing a framed connection: the server broke the protocol");
+                                break reason;
+                            }
+                            Some(Broken::Failed(reason)) => break reason,
+                            None => break "the connection was closed".to_owned(),
+                        }
+                    }
                 };
                 let Some(connection) = weak.upgrade() else {
                     return;

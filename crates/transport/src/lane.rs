@@ -49,6 +49,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 
 use crate::shm::Mapping;
+use crate::unix::PeerCredentials;
 
 /// How long a reader that found nothing keeps looking before it sleeps, by default. Each
 /// side spends up to this much CPU after the last byte it read.
@@ -327,6 +328,13 @@ impl LaneStream {
             ));
         }
         LaneStream::new(mapping, offer.data_bell, offer.room_bell, 1)
+    }
+
+    /// The kernel's word on the other side: `SO_PEERCRED` of a doorbell, which names the
+    /// process that made the lane (the host) on the plugin's side. What a server on the
+    /// lane puts in its requests, as a socket's server puts its peer's credentials.
+    pub fn peer_credentials(&self) -> io::Result<PeerCredentials> {
+        PeerCredentials::of_socket(self.data_bell.get_ref().as_fd())
     }
 
     /// Sets how long a reader that found nothing keeps looking before it sleeps

@@ -138,11 +138,36 @@ pub struct PeerCredentials {
 impl PeerCredentials {
     /// The credentials of the process at the other end of `stream`.
     pub fn of(stream: &UnixStream) -> io::Result<Self> {
-        let cred = stream.peer_cred()?;
+        PeerCredentials::of_socket(std::os::fd::AsFd::as_fd(stream))
+    }
+
+    /// The credentials of the process at the other end of the Unix socket `socket`; for a
+    /// socket pair, of the process that made the pair.
+    pub fn of_socket(socket: std::os::fd::BorrowedFd<'_>) -> io::Result<Self> {
+        let mut cred = libc::ucred {
+            pid: 0,
+            uid: 0,
+            gid: 0,
+        };
+        let mut len = size_of::<libc::ucred>() as libc::socklen_t;
+        // SAFETY: SO_PEERCRED writes a `ucred`, at most `len` bytes of it, into `cred`.
+        let done = unsafe {
+            libc::getsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&socket),
+                libc::SOL_SOCKET,
+                libc::SO_PEERCRED,
+                (&raw mut cred).cast(),
+                &mut len,
+            )
+        };
+        if done != 0 {
+            return Err(io::Error::last_os_error());
+        }
         Ok(PeerCredentials {
-            pid: cred.pid().and_then(|pid| u32::try_from(pid).ok()),
-            uid: cred.uid(),
-            gid: cred.gid(),
+            // 0: the peer is outside this process's pid namespace.
+            pid: u32::try_from(cred.pid).ok().filter(|pid| *pid != 0),
+            uid: cred.uid,
+            gid: cred.gid,
         })
     }
 }
