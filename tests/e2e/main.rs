@@ -22,6 +22,7 @@ mod idle;
 mod interop;
 mod interop_inspect;
 mod interop_real;
+mod lane;
 mod lifecycle;
 mod metrics;
 mod multiplex;

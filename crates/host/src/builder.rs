@@ -51,6 +51,7 @@ pub struct PluginBuilder {
     auto_mtls: bool,
     multiplex: bool,
     frames: bool,
+    lane: bool,
     socket_group: Option<String>,
     data_dir: Option<PathBuf>,
     sha256: Option<Sha256>,
@@ -104,6 +105,7 @@ impl PluginBuilder {
             auto_mtls: false,
             multiplex: false,
             frames: true,
+            lane: false,
             socket_group: None,
             data_dir: None,
             sha256: None,
@@ -304,6 +306,23 @@ impl PluginBuilder {
     /// Generated clients on [`PluginClient::channel`] work the same either way.
     pub fn frames(mut self, on: bool) -> Self {
         self.frames = on;
+        self
+    }
+
+    /// Whether to move the host's calls to the plugin onto a lane (default off): shared
+    /// memory the host makes and hands the plugin after the handshake
+    /// (`tether.lane.v1.Lanes`), the same frames as on the socket, without a system call
+    /// while calls follow each other closely. Every call on [`PluginClient::channel`] goes
+    /// there, with the same deadlines, metadata, cancellation and streams; a plugin that
+    /// breaks the lane's protocol loses it, and calls fail with `UNAVAILABLE` saying why.
+    ///
+    /// It costs CPU: after each answer, the host's reader keeps looking for the next one
+    /// for 50 us before it sleeps, as the plugin's does after each call. Only with
+    /// [`frames`](Self::frames) taken: a plugin that cannot take the lane (a Go plugin, an
+    /// older tether SDK, one without the descriptor channel) keeps its calls on the socket,
+    /// with a warning; [`PluginClient::on_lane`] says which.
+    pub fn lane(mut self, on: bool) -> Self {
+        self.lane = on;
         self
     }
 
@@ -623,6 +642,18 @@ impl PluginBuilder {
             }
         };
         let limit = self.max_message_size;
+        // A lane, when asked for and the plugin speaks frames: every call after this one
+        // goes there, the broker and stdio streams included.
+        let (channel, on_lane) = match self.lane && framed {
+            true => match transport::open_lane(&name, &channel, &descriptors, limit).await {
+                Ok(lane) => (Link::from(lane), true),
+                Err(reason) => {
+                    tracing::warn!(target: "tether::host", plugin = %name, %reason, "the plugin did not take a lane; its calls stay on its socket");
+                    (channel, false)
+                }
+            },
+            false => (channel, false),
+        };
 
         // The broker and stdio streams are opened in the background: a Go plugin sends no
         // response headers on them until it has something to send.
@@ -669,6 +700,7 @@ impl PluginBuilder {
                 broker,
                 sandbox: sandbox_status,
                 descriptors: Arc::new(descriptors),
+                on_lane,
             },
         });
         client.health().await?;

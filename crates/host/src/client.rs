@@ -144,6 +144,8 @@ pub(crate) enum Owner {
         sandbox: SandboxStatus,
         /// The host's end of the plugin's descriptor channel.
         descriptors: Arc<DescriptorSender>,
+        /// Whether the host's calls go over a lane ([`crate::PluginBuilder::lane`]).
+        on_lane: bool,
     },
     /// Another host spawned it and owns all of that; this one only calls it, sees its end
     /// and may stop it.
@@ -277,6 +279,12 @@ impl PluginClient {
     /// attached one, or frames turned off or not taken).
     pub fn framed(&self) -> bool {
         self.channel.is_framed()
+    }
+
+    /// Whether calls to this plugin travel in shared memory, on a lane the plugin took
+    /// ([`PluginBuilder::lane`]), rather than on its socket.
+    pub fn on_lane(&self) -> bool {
+        matches!(self.owner, Owner::Spawned { on_lane: true, .. })
     }
 
     /// The SHA-256 of the binary this instance runs, if the host verified it at the start

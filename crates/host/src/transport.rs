@@ -1,12 +1,17 @@
 //! The host's use of `tether-transport`: its errors, in the host's terms (which plugin,
 //! which address, which process).
 
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tether_protocol::lane::OpenRequest;
+use tether_protocol::lane::lanes_client::LanesClient;
 
 use tether_transport::frames::FramedChannel;
 use tether_transport::mux::{Inbound, Session};
 use tether_transport::tls::MutualTls;
-use tether_transport::{ConnectError, Peer, PeerCredentials};
+use tether_transport::{ConnectError, DescriptorSender, Link, Peer, PeerCredentials};
 use tonic::transport::Channel;
 
 use crate::error::Error;
@@ -66,6 +71,49 @@ pub(crate) async fn connect_framed(
     tether_transport::connect_framed(path, Peer::Process(expected_pid), tls.as_ref(), plugin)
         .await
         .map_err(|err| connect_failed(plugin, path, expected_pid, err))
+}
+
+/// How long a plugin has to take the lane it is offered.
+const LANE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Makes a lane, hands the plugin its descriptors on `descriptors`, asks the plugin on
+/// `channel` to serve on it (`tether.lane.v1.Lanes/Open`), and starts frames on the host's
+/// side. Why not, when the plugin cannot take it.
+pub(crate) async fn open_lane(
+    plugin: &str,
+    channel: &Link,
+    descriptors: &DescriptorSender,
+    limit: usize,
+) -> Result<FramedChannel, String> {
+    let (stream, offer) = tether_transport::lane::lane().map_err(|err| err.to_string())?;
+    let hand_over = |fd, what: &'static str| async move {
+        descriptors
+            .send(fd, LANE_TIMEOUT)
+            .await
+            .map_err(|err| format!("handing over the lane's {what}: {err}"))
+    };
+    let request = OpenRequest {
+        memory: hand_over(offer.memory.as_fd(), "memory").await?,
+        data_bell: hand_over(offer.data_bell.as_fd(), "data doorbell").await?,
+        room_bell: hand_over(offer.room_bell.as_fd(), "room doorbell").await?,
+    };
+    let mut lanes = LanesClient::new(channel.clone())
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit);
+    match tokio::time::timeout(LANE_TIMEOUT, lanes.open(request)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(status)) => {
+            return Err(format!(
+                "it answered {:?}: {}",
+                status.code(),
+                status.message()
+            ));
+        }
+        Err(_) => return Err(format!("it did not answer within {LANE_TIMEOUT:?}")),
+    }
+    FramedChannel::start(stream, format!("plugin `{plugin}` (lane)"))
+        .await
+        .map_err(|err| format!("could not start frames on the lane: {err}"))
 }
 
 /// A failed connection to the plugin's socket, in the host's terms.

@@ -8,7 +8,6 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use http_body::{Frame, SizeHint};
 use tether_broker::Broker;
@@ -19,7 +18,6 @@ use tether_protocol::hostconn::{
 };
 use tether_transport::Link as Channel;
 use tether_transport::frames::FramedChannel;
-use tether_transport::lane::{LaneOffer, LaneStream};
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 use tonic::body::Body;
@@ -319,30 +317,14 @@ impl http_body::Body for DeadlineBody {
     }
 }
 
-/// How long the plugin waits for a lane's descriptors, which the host sent before asking.
-const LANE_WAIT: Duration = Duration::from_secs(5);
-
-/// Takes the lane the host offered in `request`: its three descriptors from the descriptor
-/// channel, checked to be a lane, and a framed channel on it.
+/// Takes the lane the host offered in `request` and starts frames on it.
 async fn take_lane(request: &EstablishRequest) -> Result<FramedChannel, String> {
-    let channel = crate::descriptors::descriptor_channel()
-        .ok_or("this plugin has no descriptor channel to take it from")?;
-    let take = |token| channel.take(token, LANE_WAIT);
-    let memory = take(request.lane_memory)
-        .await
-        .map_err(|err| err.to_string())?;
-    let data_bell = take(request.lane_data_bell)
-        .await
-        .map_err(|err| err.to_string())?;
-    let room_bell = take(request.lane_room_bell)
-        .await
-        .map_err(|err| err.to_string())?;
-    let stream = LaneStream::open(LaneOffer {
-        memory,
-        data_bell,
-        room_bell,
-    })
-    .map_err(|err| err.to_string())?;
+    let stream = crate::lanes::take(
+        request.lane_memory,
+        request.lane_data_bell,
+        request.lane_room_bell,
+    )
+    .await?;
     FramedChannel::start(stream, "the host's services (lane)")
         .await
         .map_err(|err| format!("could not start frames on the lane: {err}"))

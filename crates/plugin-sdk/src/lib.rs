@@ -128,6 +128,7 @@ mod descriptors;
 mod error;
 mod files;
 mod host;
+mod lanes;
 mod log;
 mod parent;
 mod serve;

@@ -7,11 +7,13 @@ use std::marker::PhantomData;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use tether_broker::{Broker, BrokerConfig, Peer};
 use tether_protocol::admission::admission_server::AdmissionServer;
 use tether_protocol::hostconn::acceptor_server::AcceptorServer;
+use tether_protocol::lane::lanes_server::LanesServer;
 use tether_protocol::plugin::grpc_controller_server::GrpcControllerServer;
 use tether_protocol::plugin::grpc_stdio_server::GrpcStdioServer;
 use tether_protocol::{
@@ -35,6 +37,7 @@ use crate::builtin::{Admission, Controller};
 use crate::calls::{self, CallLayer};
 use crate::error::ServeError;
 use crate::host::{AcceptorService, Host, LinkSetter};
+use crate::lanes::{self, LanesService};
 use crate::log::JsonLogLayer;
 use crate::stdio::{self, StdioService};
 
@@ -402,6 +405,19 @@ impl<H> Plugin<H> {
             ),
             None => routes,
         };
+        // A host that offers frames may move its calls onto a lane: `Lanes` takes it, and
+        // the lane is served below with the same services as the socket.
+        let (routes, offered_lanes) = match frames {
+            true => {
+                let (offered, lanes) = tokio::sync::mpsc::channel(1);
+                let service = LanesServer::new(LanesService {
+                    offered,
+                    taken: AtomicBool::new(false),
+                });
+                (routes.add_service(service), Some(lanes))
+            }
+            false => (routes, None),
+        };
         // Stopping ends the broker stream (so the server can drain) and brokered endpoints.
         let broker = self.broker.clone();
         let stopping = shutdown.clone();
@@ -461,6 +477,14 @@ impl<H> Plugin<H> {
                 },
             )
         };
+        let lanes = tokio::spawn(match offered_lanes {
+            Some(offered) => futures_util::future::Either::Left(lanes::serve_lanes(
+                offered,
+                framed_service.clone(),
+                shutdown.clone(),
+            )),
+            None => futures_util::future::Either::Right(std::future::ready(())),
+        });
         let (incoming, framed) =
             tether_transport::frames::accept(incoming, framed_service, shutdown.clone(), None);
         let server = Server::builder()
@@ -472,6 +496,7 @@ impl<H> Plugin<H> {
             let result = server.await;
             shutdown.cancel();
             framed.drained().await;
+            let _ = lanes.await;
             result
         };
         let grace = self.shutdown_grace;

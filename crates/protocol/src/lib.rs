@@ -100,6 +100,9 @@ mod generated {
     pub mod hostserve {
         include!("generated/tether.hostserve.v1.rs");
     }
+    pub mod lane {
+        include!("generated/tether.lane.v1.rs");
+    }
 }
 
 /// go-plugin's internal services (package `plugin`): `GRPCBroker`, `GRPCController`,
@@ -126,6 +129,14 @@ pub mod hostconn {
 /// the SDK's typed `HostFiles` client.
 pub mod hostserve {
     pub use crate::generated::hostserve::*;
+}
+
+/// `tether.lane.v1`: how a tether host moves its calls to a tether plugin onto a lane
+/// (shared memory) after the handshake: `Open` with the descriptor-channel tokens of the
+/// lane's memory and doorbells. The host side is `tether-host` (`PluginBuilder::lane`);
+/// the plugin side is served by `tether-plugin-sdk` whenever the host offers frames.
+pub mod lane {
+    pub use crate::generated::lane::*;
 }
 
 #[cfg(test)]

@@ -363,6 +363,14 @@ impl Service {
                 },
             });
         }
+        if request.op == "forge_host_lane" {
+            // A hostile plugin on the lane its host calls it on: forges the count of bytes
+            // it read from the host's ring, and answers. `names`: what it forged.
+            return Ok(HostOpResponse {
+                names: vec![forge_lane_count()?],
+                ..ok
+            });
+        }
         if request.op == "own_env" {
             return Ok(HostOpResponse {
                 names: std::env::vars_os()
