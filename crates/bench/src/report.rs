@@ -275,6 +275,21 @@ pub(crate) fn rows(f: &Figures) -> Vec<Row> {
                 "<= 2 us",
             )
         });
+        // The host's calls to the plugin on a lane of their own (`PluginBuilder::lane`).
+        let ping = "low-latency lane between tether peers: host -> plugin 32-byte unary call p50";
+        rows.push(Row {
+            floor: us(lane.ping.floor.p50()),
+            ratio: times(lane.ping.ratio(), 1, "floor"),
+            met: met(lane.ping.figure.p50().median <= 2.0),
+            ..row(ping, us(lane.ping.figure.p50()), "<= 2 us")
+        });
+        rows.push(vs_go(
+            "host -> plugin 32-byte unary call on a lane vs go-plugin's health call p50",
+            &lane.ping.figure,
+            |go| go.ping.as_ref(),
+            "<= 1/4 of go-plugin",
+            String::new(),
+        ));
     }
     // Starts: a plugin taken from a pool, for hosts that start plugins often, and the cold
     // path itself (judged against no target: it is the process start, profiled).

@@ -100,7 +100,8 @@ pub(crate) enum Wire {
     Plain,
     /// HTTP/2, as with a go-plugin peer: frames not offered.
     Http2,
-    /// Frames, with the plugin's calls to the host on a lane (shared memory).
+    /// Frames on lanes (shared memory): the host's calls to the plugin and the plugin's
+    /// calls to the host.
     Lane,
     AutoMtls,
     Multiplexed,
@@ -148,6 +149,16 @@ pub(crate) async fn start_over(
         .start()
         .await
         .with_context(|| format!("starting {name}"))?;
+    ensure!(
+        client.on_lane() == (wire == Wire::Lane),
+        "{name}: a lane was {}, and the host's calls are {}on one",
+        if wire == Wire::Lane {
+            "asked for"
+        } else {
+            "not asked for"
+        },
+        if client.on_lane() { "" } else { "not " },
+    );
     let connection = match host {
         Some(host) => match host
             .services
@@ -175,6 +186,7 @@ fn builder(program: &Path, name: &str, sandbox: Sandbox, wire: Wire) -> PluginBu
             Wire::Multiplexed | Wire::MultiplexedAutoMtls
         ))
         .frames(!matches!(wire, Wire::Http2))
+        .lane(wire == Wire::Lane)
         .sandbox(sandbox)
         .stdio(StdioSink::Discard)
         // Transfers of any size and loads of any length: no default deadline.

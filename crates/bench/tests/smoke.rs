@@ -48,6 +48,8 @@ fn the_harness_runs_every_measurement_and_writes_both_files() {
         "the cost per plugin of 2",
         "low-latency lane between tether peers: plugin -> host GetEnv (audited) p50",
         "low-latency lane between tether peers: a 32-byte round trip between two processes",
+        "low-latency lane between tether peers: host -> plugin 32-byte unary call p50",
+        "host -> plugin 32-byte unary call on a lane vs go-plugin's health call p50",
         "resident memory per idle plugin (PSS mean",
         "aggregate audited host-service calls across 2 plugins",
         "floor with tokio's current-thread runtime on both sides p50",
