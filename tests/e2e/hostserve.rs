@@ -469,6 +469,71 @@ async fn a_plugin_that_breaks_the_frames_on_its_socket_loses_that_connection_and
 }
 
 #[tokio::test]
+async fn a_plugin_that_breaks_http2_or_speaks_no_protocol_on_its_socket_is_audited() {
+    let fixture = Fixture::new(Limits::default());
+    fixture.grant("h2breaker", &GRANTS);
+    let (plugin, connection) = fixture.start("h2breaker").await;
+    let endpoint = connection
+        .address()
+        .expect("a spawned plugin's endpoint")
+        .to_owned();
+    let socket = endpoint.display().to_string();
+    // An HTTP/1 request: neither tether's frames nor HTTP/2.
+    let http1 = b"GET / HTTP/1.1\r\nHost: host\r\n\r\n".to_vec();
+    // HTTP/2's preface and SETTINGS, then DATA on stream 0, which HTTP/2 forbids: hyper,
+    // inside tonic's server, ends the connection with GOAWAY PROTOCOL_ERROR.
+    let mut http2 = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    http2.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+    http2.extend_from_slice(&[0, 0, 1, 0, 0, 0, 0, 0, 0, b'x']);
+    for bytes in [http1, http2] {
+        let sent = op_with(&plugin, "garbage_wire", socket.as_bytes(), bytes, 0).await;
+        assert_eq!(sent.outcome, "ok", "{sent:?}");
+        assert!(sent.names[0].starts_with("closed"), "{sent:?}");
+    }
+
+    // One record each, naming the plugin, the socket and what it did.
+    let connects = || {
+        fixture
+            .audit_lines()
+            .into_iter()
+            .filter(|record| record["operation"] == "connect")
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        eventually(PATIENCE, || connects().len() >= 2).await,
+        "{:?}",
+        fixture.audit_lines()
+    );
+    let records = connects();
+    assert_eq!(records.len(), 2, "{records:?}");
+    for record in &records {
+        assert_eq!(record["decision"], "denied", "{record}");
+        assert_eq!(record["plugin"], "h2breaker", "{record}");
+        assert_eq!(record["pid"], plugin.pid(), "{record}");
+        assert_eq!(record["resource"], socket, "{record}");
+    }
+    let reasons: Vec<&str> = records
+        .iter()
+        .map(|record| record["reason"].as_str().unwrap_or_default())
+        .collect();
+    assert!(
+        reasons.iter().any(|reason| reason.contains("neither")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|reason| reason.contains("GOAWAY PROTOCOL_ERROR")),
+        "{reasons:?}"
+    );
+    // Only those connections were lost: the plugin's own calls go on.
+    let read = op(&plugin, "read_file", b"config/a.txt").await;
+    assert_eq!(read.outcome, "ok", "{read:?}");
+    drop(connection);
+    plugin.shutdown().await.expect("a graceful stop");
+}
+
+#[tokio::test]
 async fn the_bad_input_corpus_gets_clear_answers_and_one_audit_record_each() {
     let fixture = Fixture::new(Limits::default());
     fixture.grant("corpus", &GRANTS);

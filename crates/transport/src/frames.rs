@@ -1098,8 +1098,8 @@ fn trailers_of(status: &Status) -> HeaderMap {
 /// connection's [`Connected::connect_info`] there.
 ///
 /// `Ok` when the client ended the connection or `stop` did; otherwise why the server
-/// closed it (logged here too, target `tether::frames`). Either way, every call still
-/// under way on it has ended.
+/// closed it (logged here too, target `tether::frames`: a warning for a breach, debug for
+/// a failure). Either way, every call still under way on it has ended.
 pub async fn serve_framed<IO, S, B, I>(
     io: IO,
     service: S,
@@ -1197,7 +1197,16 @@ where
         }
     };
     if let Err(broken) = &outcome {
-        tracing::warn!(target: "tether::frames", reason = %broken, "closing a framed connection");
+        // A breach is the client's doing and worth a warning; a connection that failed
+        // (a client that went away, a TLS peer that did not say goodbye) is not.
+        match broken {
+            Broken::Protocol(_) => {
+                tracing::warn!(target: "tether::frames", reason = %broken, "closing a framed connection");
+            }
+            Broken::Failed(_) => {
+                tracing::debug!(target: "tether::frames", reason = %broken, "closing a framed connection");
+            }
+        }
         // Stops a write waiting on a client that does not read. After a clean end the
         // last answers are still written.
         closed.cancel();
@@ -1419,10 +1428,42 @@ async fn respond<S, B>(
 // Telling framed connections from HTTP/2 ones.
 
 /// A connection whose first bytes were read to tell its protocol, and are read again.
-#[derive(Debug)]
+///
+/// It is an HTTP/2 connection: what the server writes on it is watched for a `GOAWAY` that
+/// blames the client (a protocol error, a flood), which [`accept`] reports as a violation
+/// when the connection is dropped.
 pub struct Rewound<IO> {
     prefix: Bytes,
     inner: IO,
+    watch: GoawayWatch,
+    on_breach: Option<BreachHook>,
+}
+
+/// Told of a connection's breach: a [`ViolationHook`] with the connection's info bound.
+type BreachHook = Box<dyn Fn(&Broken) + Send + Sync>;
+
+impl<IO: std::fmt::Debug> std::fmt::Debug for Rewound<IO> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rewound")
+            .field("prefix", &self.prefix)
+            .field("inner", &self.inner)
+            .field("blamed", &self.watch.blamed)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<IO> Drop for Rewound<IO> {
+    fn drop(&mut self) {
+        if let (Some(code), Some(hook)) = (self.watch.blamed, &self.on_breach) {
+            let broken = Broken::Protocol(format!(
+                "the HTTP/2 server ended the connection with GOAWAY {}: the client broke \
+                 HTTP/2's rules",
+                h2_error_name(code)
+            ));
+            tracing::warn!(target: "tether::frames", reason = %broken, "an HTTP/2 client broke the protocol");
+            hook(&broken);
+        }
+    }
 }
 
 impl<IO: AsyncRead + Unpin> AsyncRead for Rewound<IO> {
@@ -1447,7 +1488,12 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Rewound<IO> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let this = &mut *self;
+        let written = Pin::new(&mut this.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = written {
+            this.watch.observe(&buf[..n]);
+        }
+        written
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -1463,7 +1509,20 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Rewound<IO> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let this = &mut *self;
+        let written = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = written {
+            let mut left = n;
+            for buf in bufs {
+                if left == 0 {
+                    break;
+                }
+                let part = left.min(buf.len());
+                this.watch.observe(&buf[..part]);
+                left -= part;
+            }
+        }
+        written
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -1477,6 +1536,82 @@ impl<IO: Connected> Connected for Rewound<IO> {
     fn connect_info(&self) -> Self::ConnectInfo {
         self.inner.connect_info()
     }
+}
+
+/// What an HTTP/2 client writes first (RFC 9113, section 3.4).
+const HTTP2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Follows the frames an HTTP/2 server writes, only their 9-byte headers and the error
+/// code of a `GOAWAY`, to learn whether the server ended the connection blaming its client.
+#[derive(Debug, Default)]
+struct GoawayWatch {
+    /// The header being read, and how much of it.
+    header: [u8; 9],
+    header_len: usize,
+    /// Payload bytes of the current frame still to come.
+    remaining: usize,
+    /// The first 8 payload bytes of a `GOAWAY` being read (last stream id, error code).
+    goaway: Option<([u8; 8], usize)>,
+    /// The error code of the first `GOAWAY` that blames the client.
+    blamed: Option<u32>,
+}
+
+impl GoawayWatch {
+    const GOAWAY: u8 = 0x7;
+
+    fn observe(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            if self.remaining == 0 {
+                let n = (self.header.len() - self.header_len).min(bytes.len());
+                self.header[self.header_len..self.header_len + n].copy_from_slice(&bytes[..n]);
+                self.header_len += n;
+                bytes = &bytes[n..];
+                if self.header_len == self.header.len() {
+                    let [l0, l1, l2, kind, ..] = self.header;
+                    self.remaining = u32::from_be_bytes([0, l0, l1, l2]) as usize;
+                    self.header_len = 0;
+                    self.goaway = (kind == Self::GOAWAY).then_some(([0; 8], 0));
+                }
+                continue;
+            }
+            let n = self.remaining.min(bytes.len());
+            if let Some((payload, have)) = &mut self.goaway {
+                let take = (payload.len() - *have).min(n);
+                payload[*have..*have + take].copy_from_slice(&bytes[..take]);
+                *have += take;
+                if *have == payload.len() {
+                    let code = u32::from_be_bytes([payload[4], payload[5], payload[6], payload[7]]);
+                    if h2_blames_client(code) {
+                        self.blamed.get_or_insert(code);
+                    }
+                    self.goaway = None;
+                }
+            }
+            self.remaining -= n;
+            bytes = &bytes[n..];
+        }
+    }
+}
+
+/// Whether an HTTP/2 error code ends a connection for what the peer did: not `NO_ERROR`
+/// (a graceful end), `INTERNAL_ERROR` (the server's own) nor the codes a server uses for
+/// its own refusals.
+fn h2_blames_client(code: u32) -> bool {
+    matches!(code, 0x1 | 0x3 | 0x4 | 0x5 | 0x6 | 0x9 | 0xb)
+}
+
+fn h2_error_name(code: u32) -> String {
+    let name = match code {
+        0x1 => "PROTOCOL_ERROR",
+        0x3 => "FLOW_CONTROL_ERROR",
+        0x4 => "SETTINGS_TIMEOUT",
+        0x5 => "STREAM_CLOSED",
+        0x6 => "FRAME_SIZE_ERROR",
+        0x9 => "COMPRESSION_ERROR",
+        0xb => "ENHANCE_YOUR_CALM",
+        other => return format!("error {other:#x}"),
+    };
+    name.to_owned()
 }
 
 /// The framed connections [`accept`] serves: wait for them after the HTTP/2 server stopped.
@@ -1506,10 +1641,15 @@ impl FramedConnections {
 
 /// Sorts `incoming` connections: each is read until it shows its protocol (in its own task,
 /// so a silent one holds up no other); those that begin with [`PREFACE`] are served with
-/// `service` by [`serve_framed`], the rest are returned, their first bytes intact, for
-/// tonic's server. `stop` ends the framed connections gracefully and the sorting.
-/// `on_violation`, if given, is called for each framed connection closed because its
-/// client broke the protocol.
+/// `service` by [`serve_framed`], those that begin with HTTP/2's preface are returned,
+/// their first bytes intact, for tonic's server, and any other is closed. `stop` ends the
+/// framed connections gracefully and the sorting.
+///
+/// `on_violation`, if given, is called for each connection closed because its client broke
+/// the protocol ([`Broken::Protocol`]): a framed one ([`serve_framed`]'s reasons), one that
+/// began with neither preface, and an HTTP/2 one that tonic's server ended with a `GOAWAY`
+/// blaming the client (`PROTOCOL_ERROR`, `FRAME_SIZE_ERROR`, `ENHANCE_YOUR_CALM`, ...),
+/// reported when the server drops it.
 pub fn accept<St, IO, E, S, B>(
     incoming: St,
     service: S,
@@ -1555,40 +1695,81 @@ where
             let on_violation = on_violation.clone();
             framed.spawn(async move {
                 let mut conn = conn;
-                let mut prefix = [0u8; PREFACE.len()];
+                let info = conn.connect_info();
+                // The two prefaces differ in their first byte: read no further than the
+                // one the connection starts with, so nothing after it is taken.
+                let mut prefix = [0u8; HTTP2_PREFACE.len()];
                 let mut read = 0;
-                while read < prefix.len() {
+                let opened = loop {
+                    let want = match prefix.first() {
+                        _ if read == 0 => PREFACE.len(),
+                        Some(b'P') => HTTP2_PREFACE.len(),
+                        _ => PREFACE.len(),
+                    };
+                    let got = &prefix[..read];
+                    if !PREFACE.starts_with(got) && !HTTP2_PREFACE.starts_with(got) {
+                        break Opened::Neither;
+                    }
+                    if read == want {
+                        break if got == PREFACE {
+                            Opened::Frames
+                        } else {
+                            Opened::Http2
+                        };
+                    }
                     let n = tokio::select! {
-                        n = conn.read(&mut prefix[read..]) => n,
+                        n = conn.read(&mut prefix[read..want]) => n,
                         () = stop.cancelled() => return,
                     };
                     match n {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => {
-                            read += n;
-                            if prefix[..read] != PREFACE[..read] {
-                                break;
-                            }
+                        // Closed or failed before it said anything: nothing to serve.
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => read += n,
+                    }
+                };
+                match opened {
+                    Opened::Frames => {
+                        let outcome = serve_framed(conn, service, info.clone(), stop).await;
+                        if let (Err(broken @ Broken::Protocol(_)), Some(hook)) =
+                            (outcome, on_violation)
+                        {
+                            hook(&info, &broken);
                         }
                     }
-                }
-                if read == prefix.len() && &prefix == PREFACE {
-                    let info = conn.connect_info();
-                    let outcome = serve_framed(conn, service, info.clone(), stop).await;
-                    if let (Err(broken @ Broken::Protocol(_)), Some(hook)) = (outcome, on_violation)
-                    {
-                        hook(&info, &broken);
+                    Opened::Http2 => {
+                        let on_breach = on_violation.map(|hook| {
+                            Box::new(move |broken: &Broken| hook(&info, broken)) as BreachHook
+                        });
+                        let _ = sorted.send(Ok(Rewound {
+                            prefix: Bytes::copy_from_slice(&prefix[..read]),
+                            inner: conn,
+                            watch: GoawayWatch::default(),
+                            on_breach,
+                        }));
                     }
-                } else {
-                    let _ = sorted.send(Ok(Rewound {
-                        prefix: Bytes::copy_from_slice(&prefix[..read]),
-                        inner: conn,
-                    }));
+                    Opened::Neither => {
+                        let broken = Broken::Protocol(format!(
+                            "the connection started with neither tether's frames nor HTTP/2 \
+                             ({:?})",
+                            String::from_utf8_lossy(&prefix[..read])
+                        ));
+                        tracing::warn!(target: "tether::frames", reason = %broken, "closing a connection");
+                        if let Some(hook) = on_violation {
+                            hook(&info, &broken);
+                        }
+                    }
                 }
             });
         }
     });
     (UnboundedStream(others), FramedConnections { tasks })
+}
+
+/// How a connection opened.
+enum Opened {
+    Frames,
+    Http2,
+    Neither,
 }
 
 struct UnboundedStream<T>(mpsc::UnboundedReceiver<T>);
@@ -2047,5 +2228,135 @@ mod tests {
         assert_eq!(of("S"), None);
         assert_eq!(of("5x"), None);
         assert_eq!(grpc_timeout(&HeaderMap::new()), None);
+    }
+
+    /// An HTTP/2 frame: 24-bit length, type, flags, stream id, payload.
+    fn h2_frame(kind: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let len = u32::try_from(payload.len()).unwrap().to_be_bytes();
+        let mut frame = vec![len[1], len[2], len[3], kind, 0];
+        frame.extend_from_slice(&stream.to_be_bytes());
+        frame.extend_from_slice(payload);
+        frame
+    }
+
+    fn goaway(code: u32) -> Vec<u8> {
+        let mut payload = 0u32.to_be_bytes().to_vec();
+        payload.extend_from_slice(&code.to_be_bytes());
+        payload.extend_from_slice(b"debug data");
+        h2_frame(0x7, 0, &payload)
+    }
+
+    #[test]
+    fn the_goaway_watch_finds_a_goaway_that_blames_the_client_however_it_is_written() {
+        let settings = h2_frame(0x4, 0, &[0, 3, 0, 0, 0, 100]);
+        let data = h2_frame(0x0, 1, &[7; 300]);
+        for (code, blamed) in [(0x1, Some(0x1)), (0xb, Some(0xb)), (0x0, None), (0x2, None)] {
+            let written: Vec<u8> = [settings.clone(), data.clone(), goaway(code)].concat();
+            // Whole, byte by byte, and in uneven pieces.
+            for piece in [written.len(), 1, 7] {
+                let mut watch = GoawayWatch::default();
+                for chunk in written.chunks(piece) {
+                    watch.observe(chunk);
+                }
+                assert_eq!(watch.blamed, blamed, "code {code:#x}, pieces of {piece}");
+            }
+        }
+        // A GOAWAY's bytes inside another frame's payload are not one.
+        let mut watch = GoawayWatch::default();
+        watch.observe(&h2_frame(0x0, 1, &goaway(0x1)));
+        assert_eq!(watch.blamed, None);
+    }
+
+    /// tonic's server behind `accept` on a socket in `dir`: its path, what the violation
+    /// hook was told, and its stop.
+    fn h2_server(
+        dir: &std::path::Path,
+    ) -> (
+        std::path::PathBuf,
+        Arc<Mutex<Vec<Broken>>>,
+        CancellationToken,
+    ) {
+        let path = dir.join("server.sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let stop = CancellationToken::new();
+        let record = seen.clone();
+        let hook: ViolationHook<tonic::transport::server::UdsConnectInfo> =
+            Arc::new(move |_info, broken| lock(&record).push(broken.clone()));
+        let (sorted, _framed) = accept(
+            tokio_stream::wrappers::UnixListenerStream::new(listener),
+            health(),
+            stop.clone(),
+            Some(hook),
+        );
+        let stopping = stop.clone();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_routes(health())
+                .serve_with_incoming_shutdown(sorted, stopping.cancelled_owned()),
+        );
+        (path, seen, stop)
+    }
+
+    /// Writes `bytes` on a new connection to the server, then reads until it closes.
+    async fn send_raw(path: &std::path::Path, bytes: &[u8]) {
+        let mut client = UnixStream::connect(path).await.unwrap();
+        // The server may close before it read everything (a reset, then): closed either way.
+        let _ = client.write_all(bytes).await;
+        let mut rest = Vec::new();
+        let _ = tokio::time::timeout(PATIENCE, client.read_to_end(&mut rest))
+            .await
+            .expect("the server closes a connection that broke the protocol");
+    }
+
+    async fn reported(seen: &Mutex<Vec<Broken>>, count: usize) -> Vec<Broken> {
+        let began = std::time::Instant::now();
+        while lock(seen).len() < count && began.elapsed() < PATIENCE {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        lock(seen).clone()
+    }
+
+    #[tokio::test]
+    async fn connections_that_break_http2_or_speak_neither_protocol_are_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, seen, stop) = h2_server(dir.path());
+
+        // An honest HTTP/2 client is served, and reported for nothing.
+        let channel = crate::connect_with(&path, crate::Peer::Process(std::process::id()), None)
+            .await
+            .unwrap();
+        let mut health_client = HealthClient::new(channel);
+        health_client
+            .check(HealthCheckRequest::default())
+            .await
+            .expect("an HTTP/2 call is served");
+        drop(health_client);
+
+        // Neither preface: closed at once.
+        send_raw(&path, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        // HTTP/2's preface, then DATA on stream 0, which HTTP/2 forbids.
+        let broken = [
+            &HTTP2_PREFACE[..],
+            &h2_frame(0x4, 0, &[]),
+            &h2_frame(0x0, 0, b"x"),
+        ]
+        .concat();
+        send_raw(&path, &broken).await;
+
+        let reports = reported(&seen, 2).await;
+        assert_eq!(reports.len(), 2, "{reports:?}");
+        assert!(
+            matches!(&reports[0], Broken::Protocol(reason) if reason.contains("neither") && reason.contains("GET /")),
+            "{reports:?}"
+        );
+        assert!(
+            matches!(&reports[1], Broken::Protocol(reason) if reason.contains("GOAWAY PROTOCOL_ERROR")),
+            "{reports:?}"
+        );
+        // A graceful end (GOAWAY NO_ERROR) is no violation.
+        stop.cancel();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(lock(&seen).len(), 2, "{:?}", lock(&seen));
     }
 }

@@ -871,6 +871,33 @@ impl Service {
                     ..ok
                 }
             }
+            "garbage_wire" => {
+                // Dials the host-service socket at `path` itself, sends `data` as it is (any
+                // protocol, or none), and reads until the host closes; `names`: how it ended.
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let socket = std::path::PathBuf::from(String::from_utf8_lossy(&path).into_owned());
+                let mut conn = tokio::net::UnixStream::connect(&socket)
+                    .await
+                    .map_err(|err| HostCallError::Invalid(format!("dial {socket:?}: {err}")))?;
+                conn.write_all(&request.data)
+                    .await
+                    .map_err(|err| HostCallError::Invalid(format!("write: {err}")))?;
+                let mut rest = Vec::new();
+                let ending = match tokio::time::timeout(
+                    Duration::from_secs(30),
+                    conn.read_to_end(&mut rest),
+                )
+                .await
+                {
+                    Ok(Ok(read)) => format!("closed after {read} bytes"),
+                    Ok(Err(err)) => format!("closed: {err}"),
+                    Err(_) => "still open".to_owned(),
+                };
+                HostOpResponse {
+                    names: vec![ending],
+                    ..ok
+                }
+            }
             "garbage_frames" => {
                 // Dials the host-service socket at `path` itself, starts frames on it, and
                 // sends a frame of a kind no client sends; `names`: how the host answered.
