@@ -436,12 +436,16 @@ async fn a_plugin_that_breaks_the_frames_on_its_socket_loses_that_connection_and
         .address()
         .expect("a spawned plugin's endpoint")
         .to_owned();
-    // The plugin dials its host-service socket itself and sends a frame of a kind no
-    // client sends.
-    let broken = op(
+    // The plugin dials its host-service socket itself, starts frames, and sends a frame of
+    // a kind no client sends (a 9-byte header: no payload, stream 1, kind 0x7f).
+    let mut bytes = tether_transport::frames::PREFACE.to_vec();
+    bytes.extend_from_slice(&[0, 0, 0, 0, 1, 0, 0, 0, 0x7f]);
+    let broken = op_with(
         &plugin,
-        "garbage_frames",
+        "garbage_wire",
         endpoint.display().to_string().as_bytes(),
+        bytes,
+        0,
     )
     .await;
     assert_eq!(broken.outcome, "ok", "{broken:?}");

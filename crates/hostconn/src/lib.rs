@@ -49,10 +49,10 @@ use tether_host::{PluginChannel, PluginClient};
 use tether_protocol::hostconn::acceptor_client::AcceptorClient;
 use tether_protocol::hostconn::{DisconnectRequest, EstablishRequest};
 use tether_transport::activity::ActivityLayer;
-use tether_transport::frames::{Broken, PREFACE, serve_framed};
+use tether_transport::frames::{Broken, serve_framed_after_preface};
 use tether_transport::lane::lane;
 use tether_transport::{Conn, DescriptorSender};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 use tonic::transport::server::Connected;
@@ -507,7 +507,7 @@ impl LaneServer {
         S::Future: Send + 'static,
         S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let (mut stream, offer) = lane().map_err(|err| err.to_string())?;
+        let (stream, offer) = lane().map_err(|err| err.to_string())?;
         let hand_over = |fd| channel.send(fd, ESTABLISH_TIMEOUT);
         request.lane_memory = hand_over(offer.memory.as_fd())
             .await
@@ -521,17 +521,18 @@ impl LaneServer {
         let stop = CancellationToken::new();
         let stopping = stop.clone();
         let task = tokio::spawn(async move {
-            let plugin = Arc::clone(&identity.name);
-            let mut preface = [0u8; PREFACE.len()];
-            let started = tokio::select! {
-                read = tokio::time::timeout(ESTABLISH_TIMEOUT, stream.read_exact(&mut preface)) => read,
-                () = stopping.cancelled() => return,
-            };
-            match started {
-                Ok(Ok(_)) if &preface == PREFACE => {
-                    let outcome = serve_framed(stream, service, identity.clone(), stopping).await;
-                    if let (Err(broken @ Broken::Protocol(_)), Some(hook)) = (outcome, on_violation)
-                    {
+            let outcome = serve_framed_after_preface(
+                stream,
+                service,
+                identity.clone(),
+                stopping,
+                ESTABLISH_TIMEOUT,
+            )
+            .await;
+            match outcome {
+                Ok(()) => {}
+                Err(broken @ Broken::Protocol(_)) => {
+                    if let Some(hook) = on_violation {
                         hook(&Violation {
                             plugin: identity,
                             socket: None,
@@ -539,14 +540,8 @@ impl LaneServer {
                         });
                     }
                 }
-                Ok(Ok(_)) => {
-                    tracing::warn!(target: "tether::hostconn", %plugin, "the plugin's lane did not start with frames: lane closed")
-                }
-                Ok(Err(err)) => {
-                    tracing::debug!(target: "tether::hostconn", %plugin, %err, "the plugin's lane closed before it started")
-                }
-                Err(_) => {
-                    tracing::debug!(target: "tether::hostconn", %plugin, "the plugin did not start the lane it was offered: lane closed")
+                Err(broken) => {
+                    tracing::debug!(target: "tether::hostconn", plugin = %identity.name, reason = %broken, "the plugin's lane closed");
                 }
             }
         });

@@ -7,9 +7,8 @@ use std::time::Duration;
 
 use tether_protocol::lane::lanes_server::Lanes;
 use tether_protocol::lane::{OpenRequest, OpenResponse};
-use tether_transport::frames::{PREFACE, serve_framed};
+use tether_transport::frames::serve_framed_after_preface;
 use tether_transport::lane::{LaneOffer, LaneStream};
-use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::body::Body;
@@ -109,7 +108,7 @@ pub(crate) async fn serve_lanes<S, B>(
     lanes.wait().await;
 }
 
-async fn serve_lane<S, B>(mut stream: LaneStream, service: S, stop: CancellationToken)
+async fn serve_lane<S, B>(stream: LaneStream, service: S, stop: CancellationToken)
 where
     S: tower::Service<http::Request<Body>, Response = http::Response<B>> + Clone + Send + 'static,
     S::Future: Send + 'static,
@@ -126,22 +125,7 @@ where
             return;
         }
     };
-    let mut preface = [0u8; PREFACE.len()];
-    let started = tokio::select! {
-        read = tokio::time::timeout(START_WAIT, stream.read_exact(&mut preface)) => read,
-        () = stop.cancelled() => return,
-    };
-    match started {
-        Ok(Ok(_)) if &preface == PREFACE => {
-            // A breach is logged by `serve_framed`; the host's calls on the lane then fail,
-            // and the host decides what to do with this plugin.
-            let _ = serve_framed(stream, service, host, stop).await;
-        }
-        Ok(Ok(_)) => tracing::warn!("the host's lane did not start with frames: lane closed"),
-        Ok(Err(err)) => tracing::debug!(%err, "the host's lane closed before it started"),
-        Err(_) => tracing::warn!(
-            ?START_WAIT,
-            "the host did not start the lane it offered: lane closed"
-        ),
-    }
+    // A breach is logged there; the host's calls on the lane then fail, and the host
+    // decides what to do with this plugin.
+    let _ = serve_framed_after_preface(stream, service, host, stop, START_WAIT).await;
 }

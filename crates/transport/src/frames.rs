@@ -1221,6 +1221,53 @@ where
     outcome
 }
 
+/// Serves a connection whose client must open with [`PREFACE`] (a lane, where nothing else
+/// can come): waits up to `within` for it, then [`serve_framed`]. `Ok` also when `stop`
+/// came first or the client closed before writing anything; a connection that opens with
+/// anything else is a [`Broken::Protocol`] (logged as a warning, as `serve_framed` logs its
+/// own), one that says nothing for `within` is [`Broken::Failed`].
+pub async fn serve_framed_after_preface<IO, S, B, I>(
+    mut io: IO,
+    service: S,
+    info: I,
+    stop: CancellationToken,
+    within: Duration,
+) -> Result<(), Broken>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: tower::Service<http::Request<Body>, Response = http::Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: Clone + Send + Sync + 'static,
+{
+    let mut preface = [0u8; PREFACE.len()];
+    let started = tokio::select! {
+        read = tokio::time::timeout(within, io.read_exact(&mut preface)) => read,
+        () = stop.cancelled() => return Ok(()),
+    };
+    let broken = match started {
+        Ok(Ok(_)) if &preface == PREFACE => return serve_framed(io, service, info, stop).await,
+        Ok(Ok(_)) => Broken::Protocol(format!(
+            "the connection did not open with tether's frames ({:?})",
+            String::from_utf8_lossy(&preface)
+        )),
+        Ok(Err(err)) if err.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
+        Ok(Err(err)) => Broken::io("reading the preface failed", &err),
+        Err(_) => Broken::Failed(format!("the client did not open frames within {within:?}")),
+    };
+    match &broken {
+        Broken::Protocol(_) => {
+            tracing::warn!(target: "tether::frames", reason = %broken, "closing a framed connection");
+        }
+        Broken::Failed(_) => {
+            tracing::debug!(target: "tether::frames", reason = %broken, "closing a framed connection");
+        }
+    }
+    Err(broken)
+}
+
 /// A call's future, from its request to its last frame sent.
 type Call = Pin<Box<dyn Future<Output = ()> + Send>>;
 
@@ -2358,5 +2405,39 @@ mod tests {
         stop.cancel();
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(lock(&seen).len(), 2, "{:?}", lock(&seen));
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_must_open_with_frames_is_served_refused_or_let_go() {
+        let serve = |server: UnixStream, within: Duration| {
+            serve_framed_after_preface(server, health(), (), CancellationToken::new(), within)
+        };
+        // The preface, then calls.
+        let (client, server) = UnixStream::pair().unwrap();
+        let served = tokio::spawn(serve(server, PATIENCE));
+        let channel = FramedChannel::start(client, "test server").await.unwrap();
+        HealthClient::new(channel.clone())
+            .check(HealthCheckRequest::default())
+            .await
+            .expect("served after the preface");
+        drop(channel);
+        assert_eq!(served.await.unwrap(), Ok(()));
+
+        // Anything else: a breach, naming what came.
+        let (mut client, server) = UnixStream::pair().unwrap();
+        client.write_all(b"PRI * HTTP/2.0\r\n\r\n").await.unwrap();
+        let outcome = serve(server, PATIENCE).await;
+        assert!(
+            matches!(&outcome, Err(Broken::Protocol(reason)) if reason.contains("PRI *")),
+            "{outcome:?}"
+        );
+        // Closed before a word: nothing to report.
+        let (client, server) = UnixStream::pair().unwrap();
+        drop(client);
+        assert_eq!(serve(server, PATIENCE).await, Ok(()));
+        // Silent: let go after `within`, as a failure, not a breach.
+        let (_client, server) = UnixStream::pair().unwrap();
+        let outcome = serve(server, Duration::from_millis(50)).await;
+        assert!(matches!(outcome, Err(Broken::Failed(_))), "{outcome:?}");
     }
 }

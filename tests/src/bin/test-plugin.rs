@@ -898,36 +898,6 @@ impl Service {
                     ..ok
                 }
             }
-            "garbage_frames" => {
-                // Dials the host-service socket at `path` itself, starts frames on it, and
-                // sends a frame of a kind no client sends; `names`: how the host answered.
-                use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                let socket = std::path::PathBuf::from(String::from_utf8_lossy(&path).into_owned());
-                let mut conn = tokio::net::UnixStream::connect(&socket)
-                    .await
-                    .map_err(|err| HostCallError::Invalid(format!("dial {socket:?}: {err}")))?;
-                let mut bytes = tether_transport::frames::PREFACE.to_vec();
-                // A 9-byte header: no payload, stream 1, kind 0x7f.
-                bytes.extend_from_slice(&[0, 0, 0, 0, 1, 0, 0, 0, 0x7f]);
-                conn.write_all(&bytes)
-                    .await
-                    .map_err(|err| HostCallError::Invalid(format!("write: {err}")))?;
-                let mut rest = Vec::new();
-                let ending = match tokio::time::timeout(
-                    Duration::from_secs(30),
-                    conn.read_to_end(&mut rest),
-                )
-                .await
-                {
-                    Ok(Ok(read)) => format!("closed after {read} bytes"),
-                    Ok(Err(err)) => format!("closed: {err}"),
-                    Err(_) => "still open".to_owned(),
-                };
-                HostOpResponse {
-                    names: vec![ending],
-                    ..ok
-                }
-            }
             "open_connections" => {
                 // Dials the socket at `path` `size` times (each dial waits while the host's
                 // backlog is full) and keeps every connection open, sending nothing: `size`
