@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use tether_protocol::lane::OpenRequest;
 use tether_protocol::lane::lanes_client::LanesClient;
-
 use tether_transport::frames::FramedChannel;
 use tether_transport::mux::{Inbound, Session};
 use tether_transport::tls::MutualTls;
