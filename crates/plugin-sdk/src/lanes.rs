@@ -30,14 +30,11 @@ pub(crate) async fn take(
 ) -> Result<LaneStream, String> {
     let channel = crate::descriptors::descriptor_channel()
         .ok_or("this plugin has no descriptor channel to take it from")?;
-    let take = |token, what: &str| {
-        let what = what.to_owned();
-        async move {
-            channel
-                .take(token, LANE_WAIT)
-                .await
-                .map_err(|err| format!("its {what}: {err}"))
-        }
+    let take = |token, what: &'static str| async move {
+        channel
+            .take(token, LANE_WAIT)
+            .await
+            .map_err(|err| format!("its {what}: {err}"))
     };
     let offer = LaneOffer {
         memory: take(memory, "memory").await?,
