@@ -1,15 +1,18 @@
-//! A seccomp program that finds a system call's rules by binary search.
+//! A seccomp program that finds a system call's answer by binary search.
 //!
 //! seccompiler lays a filter out as one chain: every system call number is compared in
 //! turn, so a call listed last, or not listed, runs through every comparison. That costs
 //! twice per plugin start: the kernel, when a filter is installed, runs it for every system
 //! call number to build its cache of calls that are always allowed (with a chain of 900
 //! instructions: 0.7 ms of the plugin's start, under a spinlock), and each call the cache
-//! does not cover runs it again. Here the number is found in a few comparisons (a binary
-//! search, then at most four in a leaf, which answers a call without rules itself), and
-//! each call's rules are those seccompiler builds
-//! ([`SeccompRule`] into BPF), so what a program answers is unchanged: the tests run both
-//! layouts on every number and on the arguments every rule compares.
+//! does not cover runs it again. Here the number line is cut into runs of numbers that
+//! answer the same (a stretch of calls always allowed, the gap of unlisted ones after it,
+//! one call with rules) and the run is found by binary search, one comparison per level.
+//! The program is short as well as quick: installing it costs the kernel time for each
+//! instruction (it translates and compiles the whole program, on the plugin's start).
+//! Each call's rules are those seccompiler builds ([`SeccompRule`] into BPF), so what a
+//! program answers is unchanged: the tests run both layouts on every number and on the
+//! arguments every rule compares.
 
 use std::collections::BTreeMap;
 
@@ -32,9 +35,6 @@ const ARCH_OFFSET: u32 = 4;
 /// The most instructions a classic BPF program may have (`BPF_MAXINSNS`).
 const MAX_LEN: usize = 4096;
 
-/// Leaves of the search compare at most this many numbers in turn.
-const LEAF: usize = 4;
-
 fn stmt(code: u16, k: u32) -> sock_filter {
     sock_filter {
         code,
@@ -49,7 +49,7 @@ fn jump(code: u16, k: u32, jt: u8, jf: u8) -> sock_filter {
 }
 
 /// How a listed call is answered: always the same, or by its block of rules.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Answer {
     Always(u32),
     Rules(usize),
@@ -64,10 +64,35 @@ pub(crate) type Groups = Vec<(Vec<SeccompRule>, u32)>;
 enum Target {
     /// The block of rules numbered so.
     Block(usize),
-    /// Not listed: the program's `otherwise` answer.
-    Unlisted,
     /// A point in the search, bound later.
     Label(usize),
+}
+
+/// The numbers from `.0` up to the next run's first answer `.1`.
+type Run = (u32, Answer);
+
+/// Every number from 0 to `u32::MAX` in runs of the same answer: `entries` (number,
+/// answer), sorted by number, and `otherwise` between and after them. Neighbours that
+/// answer the same are one run, so a stretch of calls always allowed is one comparison.
+fn runs(entries: &[(u32, Answer)], otherwise: u32) -> Vec<Run> {
+    let mut runs: Vec<Run> = Vec::with_capacity(2 * entries.len() + 1);
+    let mut add = |first: u32, answer: Answer| {
+        if runs.last().is_none_or(|&(_, last)| last != answer) {
+            runs.push((first, answer));
+        }
+    };
+    let mut next = Some(0_u32);
+    for &(number, answer) in entries {
+        if let Some(gap) = next.filter(|&next| next < number) {
+            add(gap, Answer::Always(otherwise));
+        }
+        add(number, answer);
+        next = number.checked_add(1);
+    }
+    if let Some(next) = next {
+        add(next, Answer::Always(otherwise));
+    }
+    runs
 }
 
 #[derive(Default)]
@@ -93,64 +118,46 @@ impl Layout {
         self.labels.len() - 1
     }
 
-    /// The search over `entries` (number, answer), sorted by number; the number is loaded.
-    fn search(&mut self, entries: &[(u32, Answer)]) {
-        if entries.len() <= LEAF {
-            self.leaf(entries);
+    /// The search over `runs` (at least one), with the number loaded: a comparison with
+    /// the middle run's first number, the lower half, then the upper half, down to one
+    /// run, which returns its answer or jumps to its rules.
+    fn search(&mut self, runs: &[Run]) {
+        let [(_, answer)] = runs else {
+            let middle = runs.len() / 2;
+            let lower = Self::search_len(&runs[..middle]);
+            match u8::try_from(lower) {
+                // At least the middle number: over the lower half.
+                Ok(over) => self.push(jump(BPF_JMP | BPF_JGE | BPF_K, runs[middle].0, over, 0)),
+                // Too far for a conditional jump: on to a jump over it; else past that.
+                Err(_) => {
+                    let upper = self.label();
+                    self.push(jump(BPF_JMP | BPF_JGE | BPF_K, runs[middle].0, 0, 1));
+                    self.jump_to(Target::Label(upper));
+                    self.search(&runs[..middle]);
+                    self.labels[upper] = self.code.len();
+                    self.search(&runs[middle..]);
+                    return;
+                }
+            }
+            self.search(&runs[..middle]);
+            self.search(&runs[middle..]);
             return;
+        };
+        match *answer {
+            Answer::Always(action) => self.push(stmt(BPF_RET | BPF_K, action)),
+            Answer::Rules(block) => self.jump_to(Target::Block(block)),
         }
-        let middle = entries.len() / 2;
-        let upper = self.label();
-        // At least the middle number: on to the jump to the upper half; else past it.
-        self.push(jump(BPF_JMP | BPF_JGE | BPF_K, entries[middle].0, 0, 1));
-        self.jump_to(Target::Label(upper));
-        self.search(&entries[..middle]);
-        self.labels[upper] = self.code.len();
-        self.search(&entries[middle..]);
     }
 
-    /// A few numbers compared in turn: a call always answered the same is answered here,
-    /// by one of the leaf's returns just after its comparisons; one with rules jumps to them.
-    fn leaf(&mut self, entries: &[(u32, Answer)]) {
-        let mut answers: Vec<u32> = Vec::new();
-        for (_, answer) in entries {
-            if let Answer::Always(action) = answer
-                && !answers.contains(action)
-            {
-                answers.push(*action);
-            }
+    /// How many instructions [`Layout::search`] lays out for `runs`.
+    fn search_len(runs: &[Run]) -> usize {
+        if runs.len() <= 1 {
+            return 1;
         }
-        // The comparisons and jumps, then the jump for a number not listed.
-        let comparisons: usize = entries
-            .iter()
-            .map(|(_, answer)| match answer {
-                Answer::Always(_) => 1,
-                Answer::Rules(_) => 2,
-            })
-            .sum::<usize>()
-            + 1;
-        let start = self.code.len();
-        for &(number, answer) in entries {
-            match answer {
-                // Equal: on to the jump to its rules; else past it.
-                Answer::Rules(block) => {
-                    self.push(jump(BPF_JMP | BPF_JEQ | BPF_K, number, 0, 1));
-                    self.jump_to(Target::Block(block));
-                }
-                // Equal: to the leaf's return of its answer.
-                Answer::Always(action) => {
-                    let at = self.code.len() - start;
-                    let index = answers.iter().position(|a| *a == action).unwrap_or(0);
-                    let to = u8::try_from(comparisons + index - (at + 1))
-                        .expect("a leaf is a few instructions");
-                    self.push(jump(BPF_JMP | BPF_JEQ | BPF_K, number, to, 0));
-                }
-            }
-        }
-        self.jump_to(Target::Unlisted);
-        for action in answers {
-            self.push(stmt(BPF_RET | BPF_K, action));
-        }
+        let middle = runs.len() / 2;
+        let lower = Self::search_len(&runs[..middle]);
+        let far = usize::from(u8::try_from(lower).is_err());
+        1 + far + lower + Self::search_len(&runs[middle..])
     }
 }
 
@@ -201,13 +208,15 @@ pub(crate) fn compile(
     layout.push(jump(BPF_JMP | BPF_JEQ | BPF_K, audit_arch, 1, 0));
     layout.push(stmt(BPF_RET | BPF_K, libc::SECCOMP_RET_KILL_PROCESS));
     layout.push(stmt(BPF_LD | BPF_W | BPF_ABS, NR_OFFSET));
-    layout.search(&entries);
+    layout.search(&runs(&entries, otherwise));
     let mut starts = Vec::with_capacity(blocks.len());
     for block in blocks {
         starts.push(layout.code.len());
         layout.code.extend(block);
     }
-    let unlisted = layout.code.len();
+    // Never reached, but needed: seccompiler's code for a rule holds a jump that is never
+    // taken to one past the rule's end, and the kernel refuses a program with a jump out
+    // of it.
     layout.push(stmt(BPF_RET | BPF_K, otherwise));
     if layout.code.len() > MAX_LEN {
         return Err(format!(
@@ -218,7 +227,6 @@ pub(crate) fn compile(
     for &(at, target) in &layout.jumps {
         let to = match target {
             Target::Block(block) => starts[block],
-            Target::Unlisted => unlisted,
             Target::Label(label) => layout.labels[label],
         };
         // Forward only, as classic BPF jumps are.
@@ -227,7 +235,39 @@ pub(crate) fn compile(
             .ok_or_else(|| "a backward jump in the filter".to_owned())?;
         layout.code[at].k = u32::try_from(offset).map_err(|_| "a jump too far".to_owned())?;
     }
+    check(&layout.code)?;
     Ok(layout.code)
+}
+
+/// What the kernel checks of a classic BPF program's shape before it takes it: every
+/// jump, taken or not, lands inside the program, and the last instruction returns. A
+/// program that fails here would fail every plugin's start with `EINVAL`.
+fn check(program: &[sock_filter]) -> Result<(), String> {
+    let len = program.len();
+    for (at, instruction) in program.iter().enumerate() {
+        if instruction.code & 0x07 != BPF_JMP {
+            continue;
+        }
+        let offsets: &[u32] = if instruction.code == BPF_JMP | BPF_JA {
+            &[instruction.k]
+        } else {
+            &[u32::from(instruction.jt), u32::from(instruction.jf)]
+        };
+        for &offset in offsets {
+            let to = usize::try_from(offset)
+                .ok()
+                .and_then(|offset| (at + 1).checked_add(offset));
+            if to.is_none_or(|to| to >= len) {
+                return Err(format!(
+                    "the filter's jump at {at} (of {len} instructions) lands outside it"
+                ));
+            }
+        }
+    }
+    match program.last() {
+        Some(last) if last.code == BPF_RET | BPF_K => Ok(()),
+        _ => Err("the filter does not end with a return".to_owned()),
+    }
 }
 
 #[cfg(test)]
@@ -282,6 +322,21 @@ pub(crate) mod tests {
         assert_eq!(run(&program, 7, 3, [0; 6]), 22);
         assert_eq!(run(&program, 7, 4, [0; 6]), 11);
         assert_eq!(run(&program, 8, 3, [0; 6]), libc::SECCOMP_RET_KILL_PROCESS);
+    }
+
+    #[test]
+    fn a_program_the_kernel_would_refuse_is_refused_with_its_reason() {
+        let ret = || stmt(BPF_RET | BPF_K, 0);
+        assert_eq!(
+            check(&[jump(BPF_JMP | BPF_JEQ | BPF_K, 1, 0, 0), ret()]),
+            Ok(())
+        );
+        let out = check(&[jump(BPF_JMP | BPF_JEQ | BPF_K, 1, 1, 0), ret()]).unwrap_err();
+        assert!(out.contains("jump at 0 (of 2 instructions)"), "{out}");
+        let out = check(&[stmt(BPF_JMP | BPF_JA, 1), ret()]).unwrap_err();
+        assert!(out.contains("lands outside"), "{out}");
+        let out = check(&[ret(), stmt(BPF_LD | BPF_W | BPF_ABS, 0)]).unwrap_err();
+        assert!(out.contains("does not end with a return"), "{out}");
     }
 
     #[test]
