@@ -8,15 +8,19 @@
 //! does not cover runs it again. Here the number line is cut into runs of numbers that
 //! answer the same (a stretch of calls always allowed, the gap of unlisted ones after it,
 //! one call with rules) and the run is found by binary search, one comparison per level.
+//!
 //! The program is short as well as quick: installing it costs the kernel time for each
-//! instruction (it translates and compiles the whole program, on the plugin's start).
-//! Each call's rules are those seccompiler builds ([`SeccompRule`] into BPF), so what a
-//! program answers is unchanged: the tests run both layouts on every number and on the
-//! arguments every rule compares.
+//! instruction (it translates and compiles the whole program, on the plugin's start), so
+//! a call's rules are laid out here too ([`Condition`]s, as seccompiler's, in rules and
+//! groups), with an argument loaded once for as long as it stays in the accumulator: a
+//! set of allowed values is one load and one comparison each, where seccompiler's code
+//! for a rule takes five or more. What a program answers is unchanged: the tests run
+//! seccompiler's chains and this program on every number and on the arguments every rule
+//! compares, and this block layout against what its rules read as.
 
 use std::collections::BTreeMap;
 
-use seccompiler::{BpfProgram, SeccompRule, sock_filter};
+use seccompiler::{BpfProgram, sock_filter};
 
 const BPF_LD: u16 = 0x00;
 const BPF_W: u16 = 0x00;
@@ -25,6 +29,9 @@ const BPF_JMP: u16 = 0x05;
 const BPF_JA: u16 = 0x00;
 const BPF_JEQ: u16 = 0x10;
 const BPF_JGE: u16 = 0x30;
+const BPF_JSET: u16 = 0x40;
+const BPF_ALU: u16 = 0x04;
+const BPF_AND: u16 = 0x50;
 const BPF_K: u16 = 0x00;
 const BPF_RET: u16 = 0x06;
 
@@ -55,9 +62,56 @@ enum Answer {
     Rules(usize),
 }
 
+/// How a [`Condition`] compares its argument with its value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Op {
+    Eq,
+    Ne,
+    /// The argument's bits in the mask equal the value.
+    MaskedEq(u64),
+}
+
+/// A comparison of one of a call's arguments, as seccompiler's `SeccompCondition`: of its
+/// low 32 bits (a C `int`, whatever the upper half holds) or of all 64.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Condition {
+    pub(crate) arg: u8,
+    pub(crate) wide: bool,
+    pub(crate) op: Op,
+    pub(crate) value: u64,
+}
+
+impl Condition {
+    /// A comparison of argument `arg` (0-5); of its low 32 bits unless `wide`, when `value`
+    /// (and a mask) must fit in them.
+    pub(crate) fn new(arg: u8, wide: bool, op: Op, value: u64) -> Result<Self, String> {
+        let mask = match op {
+            Op::MaskedEq(mask) => mask,
+            Op::Eq | Op::Ne => 0,
+        };
+        if arg > 5 {
+            return Err(format!("argument {arg}: a system call's are 0 to 5"));
+        }
+        if !wide && (value > u64::from(u32::MAX) || mask > u64::from(u32::MAX)) {
+            return Err(format!(
+                "{value:#x} (mask {mask:#x}) compared with 32 bits of argument {arg}"
+            ));
+        }
+        Ok(Self {
+            arg,
+            wide,
+            op,
+            value,
+        })
+    }
+}
+
+/// Conditions that hold together (at least one).
+pub(crate) type Rule = Vec<Condition>;
+
 /// A call's groups of rules, in order, each with its answer: the first group one of whose
 /// rules holds answers (a group without rules always holds).
-pub(crate) type Groups = Vec<(Vec<SeccompRule>, u32)>;
+pub(crate) type Groups = Vec<(Vec<Rule>, u32)>;
 
 /// Where an unconditional jump goes, resolved once the program is laid out.
 #[derive(Debug, Clone, Copy)]
@@ -180,26 +234,11 @@ pub(crate) fn compile(
             entries.push((number, Answer::Always(*action)));
             continue;
         }
-        // Each rule, entered at its start, answers or falls through to the next; a group
-        // without rules answers; after the last, `otherwise`.
-        let mut block = Vec::new();
-        let mut ended = false;
-        for (rules, action) in groups {
-            if rules.is_empty() {
-                block.push(stmt(BPF_RET | BPF_K, action));
-                ended = true;
-                break;
-            }
-            for rule in rules {
-                block.extend(BpfProgram::from(rule));
-                block.push(stmt(BPF_RET | BPF_K, action));
-            }
-        }
-        if !ended {
-            block.push(stmt(BPF_RET | BPF_K, otherwise));
-        }
         entries.push((number, Answer::Rules(blocks.len())));
-        blocks.push(block);
+        blocks.push(
+            block(&groups, otherwise)
+                .map_err(|reason| format!("system call {number}: {reason}"))?,
+        );
     }
     entries.sort_unstable_by_key(|(number, _)| *number);
 
@@ -214,10 +253,6 @@ pub(crate) fn compile(
         starts.push(layout.code.len());
         layout.code.extend(block);
     }
-    // Never reached, but needed: seccompiler's code for a rule holds a jump that is never
-    // taken to one past the rule's end, and the kernel refuses a program with a jump out
-    // of it.
-    layout.push(stmt(BPF_RET | BPF_K, otherwise));
     if layout.code.len() > MAX_LEN {
         return Err(format!(
             "the filter has {} instructions, more than the kernel's {MAX_LEN}",
@@ -237,6 +272,172 @@ pub(crate) fn compile(
     }
     check(&layout.code)?;
     Ok(layout.code)
+}
+
+/// Where argument `arg`'s low (or high) 32 bits are in `struct seccomp_data`, on the
+/// little-endian machines the sandbox supports.
+fn word_offset(arg: u8, high: bool) -> u32 {
+    16 + 8 * u32::from(arg) + if high { 4 } else { 0 }
+}
+
+/// A 32-bit word of an argument: which argument, and whether its high half.
+type Word = (u8, bool);
+
+/// A block of rules being laid out: conditional jumps go to labels, bound as it goes.
+#[derive(Default)]
+struct Block {
+    /// Each instruction, with the labels its conditional jumps go to.
+    code: Vec<(sock_filter, usize, usize)>,
+    /// Where each label is bound, and what the accumulator holds on the jumps to it so far
+    /// (`None` before the first; `Some(None)` when they disagree, or hold no word).
+    labels: Vec<(Option<usize>, Option<Option<Word>>)>,
+    /// The word the accumulator holds here, on every path that reaches this point.
+    holds: Option<Word>,
+}
+
+impl Block {
+    fn label(&mut self) -> usize {
+        self.labels.push((None, None));
+        self.labels.len() - 1
+    }
+
+    /// Binds `label` here, just after a jump or a return: the accumulator holds what every
+    /// jump to it left there.
+    fn bind(&mut self, label: usize) {
+        let (at, reached) = &mut self.labels[label];
+        *at = Some(self.code.len());
+        self.holds = reached.flatten();
+    }
+
+    /// An instruction that does not jump.
+    fn stmt(&mut self, code: u16, k: u32) {
+        self.code.push((stmt(code, k), usize::MAX, usize::MAX));
+    }
+
+    fn load(&mut self, word: Word) {
+        if self.holds != Some(word) {
+            self.stmt(BPF_LD | BPF_W | BPF_ABS, word_offset(word.0, word.1));
+            self.holds = Some(word);
+        }
+    }
+
+    /// A jump to `yes` if the test holds, else to `no`.
+    fn test(&mut self, code: u16, k: u32, yes: usize, no: usize) {
+        for label in [yes, no] {
+            let reached = &mut self.labels[label].1;
+            *reached = Some(match *reached {
+                None => self.holds,
+                Some(before) => before.filter(|_| before == self.holds),
+            });
+        }
+        self.code.push((stmt(BPF_JMP | code | BPF_K, k), yes, no));
+    }
+
+    /// The accumulator's 32 bits `word` of the argument, masked, tested equal to `value`:
+    /// on to `yes` or `no`. A mask of one bit tested equal to itself, or any mask tested
+    /// equal to zero, is one `JSET`, which leaves the accumulator as it was.
+    fn equal(&mut self, word: Word, mask: u32, value: u32, yes: usize, no: usize) {
+        self.load(word);
+        match mask {
+            u32::MAX => self.test(BPF_JEQ, value, yes, no),
+            _ if value == 0 => self.test(BPF_JSET, mask, no, yes),
+            _ if value == mask && mask.is_power_of_two() => self.test(BPF_JSET, mask, yes, no),
+            _ => {
+                self.stmt(BPF_ALU | BPF_AND | BPF_K, mask);
+                self.holds = None;
+                self.test(BPF_JEQ, value, yes, no);
+            }
+        }
+    }
+
+    /// `condition`: on to `holds` if it holds, else to `fails`.
+    fn condition(&mut self, condition: &Condition, holds: usize, fails: usize) {
+        let (mask, equal) = match condition.op {
+            Op::Eq => (u64::MAX, true),
+            Op::Ne => (u64::MAX, false),
+            Op::MaskedEq(mask) => (mask, true),
+        };
+        let (arg, value) = (condition.arg, condition.value);
+        // Truncations meant: the halves of 64-bit values.
+        let (low_mask, low_value) = (mask as u32, value as u32);
+        let (high_mask, high_value) = ((mask >> 32) as u32, (value >> 32) as u32);
+        let (yes, no) = if equal {
+            (holds, fails)
+        } else {
+            (fails, holds)
+        };
+        if condition.wide {
+            // Equal when both halves are.
+            let low = self.label();
+            self.equal((arg, true), high_mask, high_value, low, no);
+            self.bind(low);
+            self.equal((arg, false), low_mask, low_value, yes, no);
+        } else {
+            self.equal((arg, false), low_mask, low_value, yes, no);
+        }
+    }
+
+    /// The block's instructions, with every jump's offset.
+    fn finish(self) -> Result<Vec<sock_filter>, String> {
+        let mut code = Vec::with_capacity(self.code.len());
+        for (at, (mut instruction, yes, no)) in self.code.into_iter().enumerate() {
+            let offset = |label: usize| -> Result<u8, String> {
+                let to = self
+                    .labels
+                    .get(label)
+                    .and_then(|(to, _)| *to)
+                    .ok_or("a jump to a place never laid out")?;
+                to.checked_sub(at + 1)
+                    .and_then(|offset| u8::try_from(offset).ok())
+                    .ok_or_else(|| format!("a jump from {at} to {to} in its rules"))
+            };
+            if instruction.code & 0x07 == BPF_JMP {
+                instruction.jt = offset(yes)?;
+                instruction.jf = offset(no)?;
+            }
+            code.push(instruction);
+        }
+        Ok(code)
+    }
+}
+
+/// The code of a call's [`Groups`]: each group's rules in turn, each rule's conditions in
+/// turn, a condition that fails going on to the next rule (after the group's last rule,
+/// the next group), a rule that holds to its group's answer; after the last group,
+/// `otherwise`. An argument's word is loaded once for as long as it stays in the
+/// accumulator: a set of values is one load and one comparison each.
+fn block(groups: &Groups, otherwise: u32) -> Result<Vec<sock_filter>, String> {
+    let mut block = Block::default();
+    for (rules, action) in groups {
+        let answer = block.label();
+        let next_group = block.label();
+        for (index, rule) in rules.iter().enumerate() {
+            let last_rule = index + 1 == rules.len();
+            let fails = if last_rule { next_group } else { block.label() };
+            let Some((last, conditions)) = rule.split_last() else {
+                return Err("a rule without conditions".into());
+            };
+            for condition in conditions {
+                let next = block.label();
+                block.condition(condition, next, fails);
+                block.bind(next);
+            }
+            // After the group's last rule, the answer is the next instruction.
+            block.condition(last, answer, fails);
+            if !last_rule {
+                block.bind(fails);
+            }
+        }
+        if rules.is_empty() {
+            block.stmt(BPF_RET | BPF_K, *action);
+            return block.finish();
+        }
+        block.bind(answer);
+        block.stmt(BPF_RET | BPF_K, *action);
+        block.bind(next_group);
+    }
+    block.stmt(BPF_RET | BPF_K, otherwise);
+    block.finish()
 }
 
 /// What the kernel checks of a classic BPF program's shape before it takes it: every
@@ -274,10 +475,7 @@ fn check(program: &[sock_filter]) -> Result<(), String> {
 pub(crate) mod tests {
     use super::*;
 
-    const BPF_ALU: u16 = 0x04;
-    const BPF_AND: u16 = 0x50;
     const BPF_JGT: u16 = 0x20;
-    const BPF_JSET: u16 = 0x40;
 
     /// What `program` answers for a call of `arch` with `number` and `args`: a classic BPF
     /// interpreter for the instructions seccomp filters use, as the kernel runs them.
@@ -337,6 +535,96 @@ pub(crate) mod tests {
         assert!(out.contains("lands outside"), "{out}");
         let out = check(&[ret(), stmt(BPF_LD | BPF_W | BPF_ABS, 0)]).unwrap_err();
         assert!(out.contains("does not end with a return"), "{out}");
+    }
+
+    /// What `groups` answer for `args`, read as their types say.
+    fn answer(groups: &Groups, otherwise: u32, args: [u64; 6]) -> u32 {
+        let holds = |c: &Condition| {
+            let arg = args[usize::from(c.arg)];
+            let arg = if c.wide { arg } else { arg & 0xffff_ffff };
+            match c.op {
+                Op::Eq => arg == c.value,
+                Op::Ne => arg != c.value,
+                Op::MaskedEq(mask) => arg & mask == c.value,
+            }
+        };
+        for (rules, action) in groups {
+            if rules.is_empty() || rules.iter().any(|rule| rule.iter().all(holds)) {
+                return *action;
+            }
+        }
+        otherwise
+    }
+
+    #[test]
+    fn rules_answer_as_they_read_whatever_the_accumulator_held_before() {
+        let c = |arg, wide, op, value| Condition::new(arg, wide, op, value).unwrap();
+        let groups: Groups = vec![
+            // A mask that needs an AND, then the same argument unmasked: loaded again.
+            (
+                vec![
+                    vec![c(0, false, Op::MaskedEq(0xf0), 0x30)],
+                    vec![c(0, false, Op::Eq, 5)],
+                    vec![c(0, false, Op::MaskedEq(0x8), 0), c(1, false, Op::Eq, 2)],
+                ],
+                11,
+            ),
+            (
+                vec![
+                    vec![c(1, true, Op::Ne, 0x1_0000_0002), c(0, false, Op::Eq, 7)],
+                    // After a rule whose failures leave different words: loaded again.
+                    vec![c(1, false, Op::Eq, 9)],
+                    vec![c(
+                        2,
+                        true,
+                        Op::MaskedEq(0xffff_0000_0000_00ff),
+                        0x1234_0000_0000_0012,
+                    )],
+                    vec![c(2, true, Op::Eq, 0x1_0000_0000)],
+                ],
+                12,
+            ),
+            // A set of values left out, one load for all.
+            (
+                vec![vec![
+                    c(0, false, Op::Eq, 8),
+                    c(1, false, Op::Ne, 3),
+                    c(1, false, Op::Ne, 4),
+                ]],
+                13,
+            ),
+            (
+                vec![vec![
+                    c(0, false, Op::MaskedEq(0x4), 0x4),
+                    c(1, false, Op::Eq, 4),
+                ]],
+                16,
+            ),
+            // Two bits, both set: not one `JSET`.
+            (vec![vec![c(0, false, Op::MaskedEq(0x6), 0x6)]], 17),
+        ];
+        let ended = [groups.clone(), vec![(Vec::new(), 15)]].concat();
+        let mut values: Vec<u64> = vec![0, 2, 3, 4, 5, 6, 7, 8, 9, 0x30, 0x38, 0x34, 0xff];
+        values.extend([0x1_0000_0000, 0x1_0000_0002, 0x2_0000_0000, 0x2_0000_0007]);
+        values.extend([0x1234_0000_0000_0012, 0x1234_0000_0000_1012]);
+        values.extend([0x1235_0000_0000_0012, 0x1234_0000_0000_0013, u64::MAX]);
+        for groups in [groups, ended] {
+            let code = block(&groups, 14).expect("compiles");
+            check(&code).expect("well formed");
+            let program = [vec![stmt(BPF_LD | BPF_W | BPF_ABS, NR_OFFSET)], code].concat();
+            for &a in &values {
+                for &b in &values {
+                    for &d in &values {
+                        let args = [a, b, d, 0, 0, 0];
+                        assert_eq!(
+                            run(&program, 0, 0, args),
+                            answer(&groups, 14, args),
+                            "{args:x?}"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]

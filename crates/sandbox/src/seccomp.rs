@@ -4,10 +4,9 @@
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
-use seccompiler::{
-    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompRule,
-};
+use seccompiler::{BpfProgram, SeccompAction};
 
+use crate::bpf::{Condition, Op, Rule};
 use crate::{Layer, SandboxError, syscalls};
 
 /// The ioctl requests a plugin may make on any descriptor: none reaches a file's inode or
@@ -123,24 +122,17 @@ fn audit_arch() -> Result<u32, SandboxError> {
 
 /// One program's rules: for each listed call the rules of which one must hold (none: the
 /// call alone), what a call answers otherwise, and what it answers when listed and held.
-type Program = (
-    BTreeMap<i64, Vec<SeccompRule>>,
-    SeccompAction,
-    SeccompAction,
-);
+type Program = (BTreeMap<i64, Vec<Rule>>, SeccompAction, SeccompAction);
 
 /// The three programs of [`filters`], as rules.
 fn programs(allow_processes: bool) -> Result<Vec<Program>, SandboxError> {
-    let fail = |err: seccompiler::BackendError| SandboxError {
+    let fail = |reason: String| SandboxError {
         layer: Layer::Seccomp,
-        reason: err.to_string(),
+        reason,
     };
     // Every value compared is a non-negative constant of the kernel's ABI.
     let value = |constant: i64| constant.unsigned_abs();
-    let dword = |arg: u8, op: SeccompCmpOp, value: u64| {
-        SeccompCondition::new(arg, SeccompCmpArgLen::Dword, op, value).map_err(fail)
-    };
-    let rule = |conditions: Vec<SeccompCondition>| SeccompRule::new(conditions).map_err(fail);
+    let dword = |arg: u8, op: Op, value: u64| Condition::new(arg, false, op, value).map_err(fail);
     let errno = |code: libc::c_int| SeccompAction::Errno(code.unsigned_abs());
 
     let unix = value(libc::AF_UNIX.into());
@@ -161,49 +153,47 @@ fn programs(allow_processes: bool) -> Result<Vec<Program>, SandboxError> {
     );
     let thread = value(libc::CLONE_THREAD.into());
     // prlimit64(pid, resource, new_limit, old_limit): reading only, a null new_limit.
-    let no_new_limit =
-        SeccompCondition::new(2, SeccompCmpArgLen::Qword, SeccompCmpOp::Eq, 0).map_err(fail)?;
-    let some_new_limit =
-        SeccompCondition::new(2, SeccompCmpArgLen::Qword, SeccompCmpOp::Ne, 0).map_err(fail)?;
+    let no_new_limit = Condition::new(2, true, Op::Eq, 0).map_err(fail)?;
+    let some_new_limit = Condition::new(2, true, Op::Ne, 0).map_err(fail)?;
 
     // 1. The allowlist.
-    let mut allowed: BTreeMap<i64, Vec<SeccompRule>> = syscalls::allowed_syscalls(allow_processes)
+    let mut allowed: BTreeMap<i64, Vec<Rule>> = syscalls::allowed_syscalls(allow_processes)
         .iter()
         .map(|call| (call.number, Vec::new()))
         .collect();
     for call in [libc::SYS_socket, libc::SYS_socketpair] {
-        allowed.insert(call, vec![rule(vec![dword(0, SeccompCmpOp::Eq, unix)?])?]);
+        allowed.insert(call, vec![vec![dword(0, Op::Eq, unix)?]]);
     }
-    let one_of = |arg: u8, values: &[u64]| -> Result<Vec<SeccompRule>, SandboxError> {
+    let one_of = |arg: u8, values: &[u64]| -> Result<Vec<Rule>, SandboxError> {
         values
             .iter()
-            .map(|&allowed| rule(vec![dword(arg, SeccompCmpOp::Eq, allowed)?]))
+            .map(|&allowed| Ok(vec![dword(arg, Op::Eq, allowed)?]))
             .collect()
     };
     allowed.insert(libc::SYS_ioctl, one_of(1, &ioctls)?);
     allowed.insert(libc::SYS_prctl, one_of(0, &prctls)?);
     allowed.insert(libc::SYS_fcntl, one_of(1, &fcntls)?);
-    let mut clone = vec![dword(0, SeccompCmpOp::MaskedEq(forbidden_clone), 0)?];
+    let mut clone = vec![dword(0, Op::MaskedEq(forbidden_clone), 0)?];
     if !allow_processes {
-        clone.push(dword(0, SeccompCmpOp::MaskedEq(thread), thread)?);
+        clone.push(dword(0, Op::MaskedEq(thread), thread)?);
     }
-    allowed.insert(libc::SYS_clone, vec![rule(clone)?]);
-    allowed.insert(libc::SYS_prlimit64, vec![rule(vec![no_new_limit])?]);
+    allowed.insert(libc::SYS_clone, vec![clone]);
+    allowed.insert(libc::SYS_prlimit64, vec![vec![no_new_limit]]);
 
     // 2. Refusals with EPERM.
-    let mut refused: BTreeMap<i64, Vec<SeccompRule>> = syscalls::refused_syscalls(allow_processes)
+    let mut refused: BTreeMap<i64, Vec<Rule>> = syscalls::refused_syscalls(allow_processes)
         .iter()
         .map(|call| (call.number, Vec::new()))
         .collect();
     for call in [libc::SYS_socket, libc::SYS_socketpair] {
-        refused.insert(call, vec![rule(vec![dword(0, SeccompCmpOp::Ne, unix)?])?]);
+        refused.insert(call, vec![vec![dword(0, Op::Ne, unix)?]]);
     }
-    let none_of = |arg: u8, values: &[u64]| -> Result<Vec<SeccompRule>, SandboxError> {
+    let none_of = |arg: u8, values: &[u64]| -> Result<Vec<Rule>, SandboxError> {
         let conditions = values
             .iter()
-            .map(|&allowed| dword(arg, SeccompCmpOp::Ne, allowed))
+            .map(|&allowed| dword(arg, Op::Ne, allowed))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(vec![rule(conditions)?])
+        Ok(vec![conditions])
     };
     let answered = [ioctls.as_slice(), terminal.as_slice()].concat();
     refused.insert(libc::SYS_ioctl, none_of(1, &answered)?);
@@ -215,13 +205,13 @@ fn programs(allow_processes: bool) -> Result<Vec<Program>, SandboxError> {
     while flags != 0 {
         let flag = flags & flags.wrapping_neg();
         flags &= !flag;
-        clone_refusals.push(rule(vec![dword(0, SeccompCmpOp::MaskedEq(flag), flag)?])?);
+        clone_refusals.push(vec![dword(0, Op::MaskedEq(flag), flag)?]);
     }
     if !allow_processes {
-        clone_refusals.push(rule(vec![dword(0, SeccompCmpOp::MaskedEq(thread), 0)?])?);
+        clone_refusals.push(vec![dword(0, Op::MaskedEq(thread), 0)?]);
     }
     refused.insert(libc::SYS_clone, clone_refusals);
-    refused.insert(libc::SYS_prlimit64, vec![rule(vec![some_new_limit])?]);
+    refused.insert(libc::SYS_prlimit64, vec![vec![some_new_limit]]);
 
     // 3. Terminal queries.
     let terminal_rules = BTreeMap::from([(libc::SYS_ioctl, one_of(1, &terminal)?)]);
@@ -239,14 +229,17 @@ mod tests {
 
     use super::*;
 
-    /// Every value an argument is compared with in `rules`, and its neighbours, at both
-    /// halves of the argument.
-    fn probes(rules: &BTreeMap<i64, Vec<SeccompRule>>) -> Vec<u64> {
-        let text = format!("{rules:?}");
+    /// Every value an argument is compared with in `rules`, every mask and each of its
+    /// bits, and their neighbours, at both halves of the argument.
+    fn probes(rules: &BTreeMap<i64, Vec<Rule>>) -> Vec<u64> {
         let mut values: BTreeSet<u64> = [0, 1, 2, 0xffff_ffff, u64::MAX, 1 << 32].into();
-        // The values seccompiler keeps: every number in the rules' debug text (masks too).
-        for word in text.split(|c: char| !c.is_ascii_digit()) {
-            if let Ok(value) = word.parse::<u64>() {
+        for condition in rules.values().flatten().flatten() {
+            let mut compared = vec![condition.value];
+            if let Op::MaskedEq(mask) = condition.op {
+                compared.push(mask);
+                compared.extend((0..64).map(|bit| 1 << bit).filter(|bit| mask & bit != 0));
+            }
+            for value in compared {
                 for v in [value, value.wrapping_add(1), value.wrapping_sub(1)] {
                     values.insert(v);
                     values.insert(v | (1 << 32));
@@ -254,6 +247,36 @@ mod tests {
             }
         }
         values.into_iter().collect()
+    }
+
+    /// `rules` as seccompiler's.
+    fn seccompiler_rules(
+        rules: &BTreeMap<i64, Vec<Rule>>,
+    ) -> BTreeMap<i64, Vec<seccompiler::SeccompRule>> {
+        use seccompiler::{SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompRule};
+        let condition = |c: &Condition| {
+            let op = match c.op {
+                Op::Eq => SeccompCmpOp::Eq,
+                Op::Ne => SeccompCmpOp::Ne,
+                Op::MaskedEq(mask) => SeccompCmpOp::MaskedEq(mask),
+            };
+            let len = if c.wide {
+                SeccompCmpArgLen::Qword
+            } else {
+                SeccompCmpArgLen::Dword
+            };
+            SeccompCondition::new(c.arg, len, op, c.value).unwrap()
+        };
+        rules
+            .iter()
+            .map(|(&number, rules)| {
+                let rules = rules
+                    .iter()
+                    .map(|rule| SeccompRule::new(rule.iter().map(condition).collect()).unwrap())
+                    .collect();
+                (number, rules)
+            })
+            .collect()
     }
 
     /// What the kernel answers for a call with several programs installed (`answers`, in
@@ -284,7 +307,7 @@ mod tests {
                 .map(|(rules, mismatch, matched)| {
                     BpfProgram::try_from(
                         SeccompFilter::new(
-                            rules.clone(),
+                            seccompiler_rules(rules),
                             mismatch.clone(),
                             matched.clone(),
                             TargetArch::try_from(std::env::consts::ARCH).unwrap(),
@@ -297,7 +320,7 @@ mod tests {
             let one = filters(processes).unwrap();
             assert_eq!(one.len(), 1);
             let one = &one[0];
-            let every_rule: BTreeMap<i64, Vec<SeccompRule>> = programs
+            let every_rule: BTreeMap<i64, Vec<Rule>> = programs
                 .iter()
                 .flat_map(|(rules, _, _)| rules.clone())
                 .collect();
