@@ -365,7 +365,11 @@ impl PluginBuilder {
         self
     }
 
-    /// Where private socket directories are created (default: the system temp dir).
+    /// Where private socket directories are created. By default `$XDG_RUNTIME_DIR` when it
+    /// is this user's private directory (owned by the effective user, no access for group or
+    /// others), as it is in a login session: usually a tmpfs, where a socket costs no disk
+    /// inode to create and remove (0.1-0.4 ms of a plugin's 3 ms start, measured where
+    /// `/tmp` is on ext4). Else the system temp dir (`$TMPDIR`, else `/tmp`).
     pub fn socket_base_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.socket_base = Some(dir.into());
         self
@@ -433,7 +437,10 @@ impl PluginBuilder {
             plugin: name.clone(),
             reason: reason.to_owned(),
         };
-        let base = self.socket_base.clone().unwrap_or_else(std::env::temp_dir);
+        let base = self
+            .socket_base
+            .clone()
+            .unwrap_or_else(|| default_socket_base(std::env::var_os("XDG_RUNTIME_DIR")));
         let program = sandbox::resolve_program(&self.program).map_err(|source| Error::Spawn {
             plugin: name.clone(),
             program: self.program.clone(),
@@ -720,9 +727,48 @@ fn log_sandbox(plugin: &str, status: &SandboxStatus) {
     }
 }
 
+/// Where socket directories go by default: `runtime_dir` (`$XDG_RUNTIME_DIR`) if it is an
+/// absolute path to a directory the effective user owns that no one else may enter, as the
+/// XDG specification requires of it; else the system temp dir.
+fn default_socket_base(runtime_dir: Option<OsString>) -> PathBuf {
+    use std::os::unix::fs::MetadataExt;
+    if let Some(dir) = runtime_dir.map(PathBuf::from)
+        && dir.is_absolute()
+        && let Ok(metadata) = std::fs::metadata(&dir)
+        && metadata.is_dir()
+        && metadata.uid() == rustix::process::geteuid().as_raw()
+        && metadata.mode() & 0o077 == 0
+    {
+        return dir;
+    }
+    std::env::temp_dir()
+}
+
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
+
+    #[test]
+    fn sockets_go_to_the_users_private_runtime_dir_else_the_temp_dir() {
+        let private = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(private.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        let runtime = Some(private.path().as_os_str().to_owned());
+        assert_eq!(default_socket_base(runtime.clone()), private.path());
+
+        let temp = std::env::temp_dir();
+        assert_eq!(default_socket_base(None), temp);
+        assert_eq!(default_socket_base(Some("relative/dir".into())), temp);
+        let missing = private.path().join("missing").into_os_string();
+        assert_eq!(default_socket_base(Some(missing)), temp);
+        let file = private.path().join("file");
+        std::fs::write(&file, b"").unwrap();
+        assert_eq!(default_socket_base(Some(file.into_os_string())), temp);
+        // Others may enter it: not the private directory the specification promises.
+        std::fs::set_permissions(private.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(default_socket_base(runtime), temp);
+    }
 
     fn assert_send<T: Send>(_: &T) {}
     fn assert_send_sync<T: Send + Sync>() {}
