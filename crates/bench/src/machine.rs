@@ -13,6 +13,9 @@ pub(crate) struct Machine {
     pub(crate) kernel: String,
     pub(crate) rustc: String,
     pub(crate) go: String,
+    /// Where the plugins' socket directories went, and the file system there: creating
+    /// and removing a socket costs an inode on a disk file system, nothing on a tmpfs.
+    pub(crate) sockets: String,
 }
 
 fn command(program: &str, args: &[&str]) -> Option<String> {
@@ -47,6 +50,22 @@ impl Machine {
                 .map_or_else(|_| "unknown".to_owned(), |k| k.trim().to_owned()),
             rustc: command("rustc", &["--version"]).unwrap_or_else(|| "unknown".to_owned()),
             go: command("go", &["version"]).unwrap_or_else(|| "not installed".to_owned()),
+            sockets: sockets(),
         }
     }
+}
+
+/// The default socket base of plugins started here, with its file system's type.
+fn sockets() -> String {
+    let dir = tether_host::PluginBuilder::default_socket_base_dir();
+    let kind = match rustix::fs::statfs(&dir).map(|fs| i64::from(fs.f_type)) {
+        Ok(0x0102_1994) => "tmpfs".to_owned(),
+        Ok(0xef53) => "ext2/3/4".to_owned(),
+        Ok(0x5846_5342) => "xfs".to_owned(),
+        Ok(0x9123_683e) => "btrfs".to_owned(),
+        Ok(0x794c_7630) => "overlayfs".to_owned(),
+        Ok(other) => format!("file system type {other:#x}"),
+        Err(err) => format!("file system unknown: {err}"),
+    };
+    format!("{} ({kind})", dir.display())
 }

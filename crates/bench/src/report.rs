@@ -611,8 +611,8 @@ fn markdown(f: &Figures, rows: &[Row], analysis: &str) -> String {
         "regenerated on every run, side by side in one run, and also in `benchmarks.json`.\n\n",
     );
     out.push_str(&format!(
-        "Machine: {}, {} cores, {} GiB; Linux {}; {}; {}; go-plugin {} (Go modules). Run \
-         {}.\n\n",
+        "Machine: {}, {} cores, {} GiB; Linux {}; {}; {}; go-plugin {} (Go modules); plugin \
+         sockets in {}. Run {}.\n\n",
         m.cpu,
         m.cores,
         m.memory_gib,
@@ -623,6 +623,7 @@ fn markdown(f: &Figures, rows: &[Row], analysis: &str) -> String {
             .map(|go| go.release.as_str())
             .collect::<Vec<_>>()
             .join(" and "),
+        m.sockets,
         m.date
     ));
     out.push_str(&format!(

@@ -62,6 +62,12 @@ fn the_harness_runs_every_measurement_and_writes_both_files() {
         markdown.contains("4/4 in"),
         "every plugin answered:\n{markdown}"
     );
+    // Where the sockets were, and on what: a disk file system makes every start dearer.
+    let temp = tether_host::PluginBuilder::default_socket_base_dir();
+    assert!(
+        markdown.contains(&format!("plugin sockets in {} (", temp.display())),
+        "{markdown}"
+    );
     // Without --go the go-plugin rows say why they are empty.
     assert!(markdown.contains("skipped: no Go toolchain"), "{markdown}");
 

@@ -365,6 +365,14 @@ impl PluginBuilder {
         self
     }
 
+    /// Where private socket directories go unless [`PluginBuilder::socket_base_dir`] says:
+    /// `$XDG_RUNTIME_DIR` when it is this user's private directory, else the system temp
+    /// dir. For reports and diagnostics: the file system it is on decides part of a start's
+    /// cost.
+    pub fn default_socket_base_dir() -> PathBuf {
+        default_socket_base(std::env::var_os("XDG_RUNTIME_DIR"))
+    }
+
     /// Where private socket directories are created. By default `$XDG_RUNTIME_DIR` when it
     /// is this user's private directory (owned by the effective user, no access for group or
     /// others), as it is in a login session: usually a tmpfs, where a socket costs no disk
@@ -440,7 +448,7 @@ impl PluginBuilder {
         let base = self
             .socket_base
             .clone()
-            .unwrap_or_else(|| default_socket_base(std::env::var_os("XDG_RUNTIME_DIR")));
+            .unwrap_or_else(Self::default_socket_base_dir);
         let program = sandbox::resolve_program(&self.program).map_err(|source| Error::Spawn {
             plugin: name.clone(),
             program: self.program.clone(),
