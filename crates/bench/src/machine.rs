@@ -58,13 +58,22 @@ impl Machine {
 /// The default socket base of plugins started here, with its file system's type.
 fn sockets() -> String {
     let dir = tether_host::PluginBuilder::default_socket_base_dir();
-    let kind = match rustix::fs::statfs(&dir).map(|fs| i64::from(fs.f_type)) {
-        Ok(0x0102_1994) => "tmpfs".to_owned(),
-        Ok(0xef53) => "ext2/3/4".to_owned(),
-        Ok(0x5846_5342) => "xfs".to_owned(),
-        Ok(0x9123_683e) => "btrfs".to_owned(),
-        Ok(0x794c_7630) => "overlayfs".to_owned(),
-        Ok(other) => format!("file system type {other:#x}"),
+    let kind = match rustix::fs::statfs(&dir) {
+        Ok(fs) => {
+            #[allow(
+                clippy::useless_conversion,
+                reason = "f_type is an i64 on x86_64 and narrower on some other targets"
+            )]
+            let magic = i64::from(fs.f_type);
+            match magic {
+                0x0102_1994 => "tmpfs".to_owned(),
+                0xef53 => "ext2/3/4".to_owned(),
+                0x5846_5342 => "xfs".to_owned(),
+                0x9123_683e => "btrfs".to_owned(),
+                0x794c_7630 => "overlayfs".to_owned(),
+                other => format!("file system type {other:#x}"),
+            }
+        }
         Err(err) => format!("file system unknown: {err}"),
     };
     format!("{} ({kind})", dir.display())
