@@ -58,7 +58,12 @@ impl Machine {
 /// The default socket base of plugins started here, with its file system's type.
 fn sockets() -> String {
     let dir = tether_host::PluginBuilder::default_socket_base_dir();
-    let kind = match rustix::fs::statfs(&dir) {
+    format!("{} ({})", dir.display(), file_system(&dir))
+}
+
+/// The type of the file system `dir` is on, by name where it is a common one.
+pub(crate) fn file_system(dir: &std::path::Path) -> String {
+    match rustix::fs::statfs(dir) {
         Ok(fs) => {
             #[allow(
                 clippy::useless_conversion,
@@ -75,6 +80,5 @@ fn sockets() -> String {
             }
         }
         Err(err) => format!("file system unknown: {err}"),
-    };
-    format!("{} ({kind})", dir.display())
+    }
 }

@@ -139,6 +139,9 @@ enum Internal {
     Many {
         #[arg(long, default_value_t = 200)]
         count: usize,
+        /// Where the plugins' socket directories go (the default socket base otherwise).
+        #[arg(long)]
+        socket_base: Option<PathBuf>,
     },
 }
 
@@ -184,10 +187,15 @@ fn main() -> ExitCode {
                 Ok(())
             })
         }),
-        Some(Internal::Many { count }) => runtime().and_then(|rt| {
+        Some(Internal::Many { count, socket_base }) => runtime().and_then(|rt| {
             rt.block_on(async {
                 raise_fd_limit();
-                let many = runs::many(&runs::plugin_program()?, *count).await?;
+                let variant = runs::ManyVariant {
+                    label: "as asked".to_owned(),
+                    program: runs::plugin_program()?,
+                    socket_base: socket_base.clone(),
+                };
+                let many = runs::many(&variant, *count).await?;
                 println!("{}", serde_json::to_string(&many)?);
                 Ok(())
             })
@@ -471,6 +479,8 @@ async fn run(args: &Args) -> Result<()> {
         Series::default(),
         Series::default(),
     );
+    let no_pie = runs::plugin_program_no_pie()?;
+    let mut cold_no_pie = no_pie.as_ref().map(|_| Series::default());
     for r in 1..=repeats {
         let of = format!("repetition {r}/{repeats}");
         step(&format!(
@@ -489,6 +499,15 @@ async fn run(args: &Args) -> Result<()> {
             "cold start",
             runs::cold_start(&program, starts, &Sandbox::off()).await?,
         )?);
+        if let (Some(no_pie), Some(series)) = (&no_pie, &mut cold_no_pie) {
+            step(&format!(
+                "{of}: cold starts of the plugin linked without PIE, sandboxed ({starts})"
+            ));
+            series.push(latency(
+                "cold start",
+                runs::cold_start(no_pie, starts, &Sandbox::best_effort()).await?,
+            )?);
+        }
         step(&format!(
             "{of}: warm starts: taking a plugin started ahead from a pool ({starts})"
         ));
@@ -508,6 +527,7 @@ async fn run(args: &Args) -> Result<()> {
     }
 
     let (mut transfer, mut many, mut load) = (Vec::new(), Vec::new(), Vec::new());
+    let variants = runs::many_variants(&program)?;
     for r in 1..=repeats {
         let of = format!("repetition {r}/{repeats}");
         step(&format!(
@@ -515,9 +535,11 @@ async fn run(args: &Args) -> Result<()> {
             args.bytes
         ));
         transfer.push(runs::transfer(args.bytes)?);
-        for count in &args.plugins {
-            step(&format!("{of}: {count} plugins at once"));
-            many.push(runs::many(&program, *count).await?);
+        for variant in &variants {
+            for count in &args.plugins {
+                step(&format!("{of}: {count} plugins at once, {}", variant.label));
+                many.push(runs::many(variant, *count).await?);
+            }
         }
         step(&format!(
             "{of}: aggregate host-service calls: {} plugins for {} ms",
@@ -559,6 +581,7 @@ async fn run(args: &Args) -> Result<()> {
         spawn_floor,
         cold_start_sandboxed: cold_sandboxed,
         cold_start_unsandboxed: cold_unsandboxed,
+        cold_start_no_pie: cold_no_pie,
         warm_start: warm,
         transfer,
         many,

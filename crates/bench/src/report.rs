@@ -87,6 +87,9 @@ pub(crate) struct Figures {
     pub(crate) spawn_floor: Series,
     pub(crate) cold_start_sandboxed: Series,
     pub(crate) cold_start_unsandboxed: Series,
+    /// The same plugin linked without PIE (as Go links its plugins), sandboxed; `None` when
+    /// that build was not made (`cargo xtask bench` makes it).
+    pub(crate) cold_start_no_pie: Option<Series>,
     /// Taking a plugin started ahead from a `Pool`, to its first call answered.
     pub(crate) warm_start: Series,
     pub(crate) transfer: Vec<Transfer>,
@@ -165,6 +168,75 @@ fn row(figure: &str, tether: String, target: &str) -> Row {
 /// The spread of `value` over the repetitions of `runs`.
 fn over<T>(runs: &[T], value: impl Fn(&T) -> f64) -> Spread {
     Spread::of(runs.iter().map(value).collect())
+}
+
+/// The rows of one way of starting many plugins at once (`runs`: all its counts and
+/// repetitions): one per count, judged linear against the smallest, and its memory.
+fn many_rows(rows: &mut Vec<Row>, variant: &str, runs: &[&Many]) {
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    let mut counts: Vec<usize> = runs.iter().map(|m| m.plugins).collect();
+    counts.sort_unstable();
+    counts.dedup();
+    let smallest = counts.first().copied();
+    let per_plugin_ms = |m: &Many| m.start_seconds * 1e3 / m.plugins.max(1) as f64;
+    let of_count = |count: usize| -> Vec<&Many> {
+        runs.iter()
+            .copied()
+            .filter(|m| m.plugins == count)
+            .collect()
+    };
+    for count in &counts {
+        let m = of_count(*count);
+        let healthy = m.iter().map(|m| m.healthy).min().unwrap_or(0);
+        let per_plugin = over(&m, |m| per_plugin_ms(m));
+        // Linear: a plugin costs no more when many more start with it.
+        let (ratio, linear) = match smallest.filter(|smallest| smallest != count) {
+            Some(smallest) => {
+                let base = over(&of_count(smallest), |m| per_plugin_ms(m));
+                let growth = per_plugin.median / base.median;
+                (
+                    format!("{growth:.2}x the cost per plugin of {smallest}"),
+                    growth <= 1.25,
+                )
+            }
+            None => (String::new(), true),
+        };
+        rows.push(Row {
+            ratio,
+            met: met(healthy == *count && linear),
+            ..row(
+                &format!("{count} plugins started at once, each answering health ({variant})"),
+                format!(
+                    "{healthy}/{count} in {}, {} per plugin",
+                    spread_with(over(&m, |m| m.start_seconds), |v| format!("{v:.2} s")),
+                    spread_with(per_plugin, |v| format!("{v:.2} ms"))
+                ),
+                "all answer; linear (<= 1.25x the smallest run's cost per plugin)",
+            )
+        });
+    }
+    let pss = over(runs, |m| mib(m.pss_per_plugin_kib_mean));
+    rows.push(Row {
+        ratio: format!(
+            "VmRSS {} mean, {:.1} MiB max",
+            spread_with(over(runs, |m| mib(m.rss_per_plugin_kib_mean)), |v| {
+                format!("{v:.1} MiB")
+            }),
+            mib(runs
+                .iter()
+                .map(|m| m.rss_per_plugin_kib_max)
+                .max()
+                .unwrap_or(0))
+        ),
+        met: met(pss.max <= 1.0),
+        ..row(
+            &format!(
+                "resident memory per idle plugin (PSS mean: shared code counted once; {variant})"
+            ),
+            spread_with(pss, |v| format!("{v:.2} MiB")),
+            "<= 1 MiB",
+        )
+    });
 }
 
 /// The table: every figure with a target (each target is written in its row below and
@@ -311,6 +383,34 @@ pub(crate) fn rows(f: &Figures) -> Vec<Row> {
             format!("{} (spawn /bin/true)", us(f.spawn_floor.p50())),
         )
     });
+    let no_pie = "cold start of the plugin linked without PIE, as Go links its plugins \
+                  (sandboxed) p50";
+    match &f.cold_start_no_pie {
+        Some(series) => rows.push(Row {
+            met: String::new(),
+            target: String::new(),
+            ..vs_go(
+                no_pie,
+                series,
+                |go| go.cold_start.as_ref(),
+                "",
+                times(
+                    series.ratio_to(&f.cold_start_sandboxed),
+                    2,
+                    "the PIE build's",
+                ),
+            )
+        }),
+        None => rows.push(Row {
+            met: String::new(),
+            target: String::new(),
+            ..row(
+                no_pie,
+                "not built here (`cargo xtask bench` builds it)".to_owned(),
+                "",
+            )
+        }),
+    }
     let overhead = f.cold_start_sandboxed.ratio_to(&f.cold_start_unsandboxed);
     rows.push(Row {
         ratio: format!(
@@ -413,69 +513,17 @@ pub(crate) fn rows(f: &Figures) -> Vec<Row> {
             "flat: <= 64 MiB each, for any file size",
         )
     });
-    // Many plugins, by how many were started at once.
-    let mut counts: Vec<usize> = f.many.iter().map(|m| m.plugins).collect();
-    counts.sort_unstable();
-    counts.dedup();
-    let smallest = counts.first().copied();
-    let per_plugin_ms = |m: &Many| m.start_seconds * 1e3 / m.plugins.max(1) as f64;
-    for count in &counts {
-        let m: Vec<&Many> = f.many.iter().filter(|m| m.plugins == *count).collect();
-        let healthy = m.iter().map(|m| m.healthy).min().unwrap_or(0);
-        let per_plugin = over(&m, |m| per_plugin_ms(m));
-        // Linear: a plugin costs no more when many more start with it.
-        let (ratio, linear) = match smallest.filter(|smallest| smallest != count) {
-            Some(smallest) => {
-                let base = over(
-                    &f.many
-                        .iter()
-                        .filter(|m| m.plugins == smallest)
-                        .collect::<Vec<_>>(),
-                    |m| per_plugin_ms(m),
-                );
-                let growth = per_plugin.median / base.median;
-                (
-                    format!("{growth:.2}x the cost per plugin of {smallest}"),
-                    growth <= 1.25,
-                )
-            }
-            None => (String::new(), true),
-        };
-        rows.push(Row {
-            ratio,
-            met: met(healthy == *count && linear),
-            ..row(
-                &format!("{count} plugins started at once, each answering health"),
-                format!(
-                    "{healthy}/{count} in {}, {} per plugin",
-                    spread_with(over(&m, |m| m.start_seconds), |v| format!("{v:.2} s")),
-                    spread_with(per_plugin, |v| format!("{v:.2} ms"))
-                ),
-                "all answer; linear (<= 1.25x the smallest run's cost per plugin)",
-            )
-        });
+    // Many plugins, by how many were started at once, for each way of starting them.
+    let mut variants: Vec<&str> = Vec::new();
+    for m in &f.many {
+        if !variants.contains(&m.variant.as_str()) {
+            variants.push(&m.variant);
+        }
     }
-    let pss = over(&f.many, |m| mib(m.pss_per_plugin_kib_mean));
-    rows.push(Row {
-        ratio: format!(
-            "VmRSS {} mean, {:.1} MiB max",
-            spread_with(over(&f.many, |m| mib(m.rss_per_plugin_kib_mean)), |v| {
-                format!("{v:.1} MiB")
-            }),
-            mib(f
-                .many
-                .iter()
-                .map(|m| m.rss_per_plugin_kib_max)
-                .max()
-                .unwrap_or(0))
-        ),
-        met: met(pss.max <= 1.0),
-        ..row(
-            "resident memory per idle plugin (PSS mean: shared code counted once)",
-            spread_with(pss, |v| format!("{v:.2} MiB")),
-            "<= 1 MiB",
-        )
-    });
+    for variant in variants {
+        let runs: Vec<&Many> = f.many.iter().filter(|m| m.variant == variant).collect();
+        many_rows(&mut rows, variant, &runs);
+    }
     let l = &f.load;
     let rate = over(l, |l| l.calls_per_second);
     let errors: u64 = l.iter().map(|l| l.errors).sum();

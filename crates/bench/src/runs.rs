@@ -33,6 +33,13 @@ pub(crate) fn plugin_program() -> Result<PathBuf> {
     Ok(program)
 }
 
+/// `bench-plugin` linked without PIE (as Go links its plugins), which `cargo xtask bench`
+/// builds beside it; `None` when it was not built.
+pub(crate) fn plugin_program_no_pie() -> Result<Option<PathBuf>> {
+    let program = plugin_program()?.with_file_name("bench-plugin-nopie");
+    Ok(program.is_file().then_some(program))
+}
+
 /// Host services for benchmark plugins: `env:PATH` and files under `data/` for each name,
 /// audited to a file like a real host's.
 pub(crate) struct Host {
@@ -488,9 +495,55 @@ pub(crate) fn spawn_floor(starts: usize) -> Result<Vec<u64>> {
     Ok(nanos)
 }
 
+/// A way of starting many plugins at once: which program, and where its sockets go.
+#[derive(Debug, Clone)]
+pub(crate) struct ManyVariant {
+    /// How the report names it.
+    pub(crate) label: String,
+    pub(crate) program: PathBuf,
+    /// `None`: the default socket base.
+    pub(crate) socket_base: Option<PathBuf>,
+}
+
+/// The ways the report starts many plugins at once: as any host would (the default socket
+/// base); with sockets on a tmpfs where the default is not one; and with the plugin linked
+/// without PIE where `cargo xtask bench` built it.
+pub(crate) fn many_variants(program: &Path) -> Result<Vec<ManyVariant>> {
+    let base = PluginBuilder::default_socket_base_dir();
+    let base_fs = crate::machine::file_system(&base);
+    let mut variants = vec![ManyVariant {
+        label: format!("sockets in {} ({base_fs})", base.display()),
+        program: program.to_owned(),
+        socket_base: None,
+    }];
+    let shm = Path::new("/dev/shm");
+    let tmpfs =
+        (base_fs != "tmpfs" && crate::machine::file_system(shm) == "tmpfs").then(|| shm.to_owned());
+    if let Some(dir) = &tmpfs {
+        variants.push(ManyVariant {
+            label: format!("sockets on a tmpfs ({})", dir.display()),
+            program: program.to_owned(),
+            socket_base: Some(dir.clone()),
+        });
+    }
+    if let Some(no_pie) = plugin_program_no_pie()? {
+        variants.push(ManyVariant {
+            label: match &tmpfs {
+                Some(dir) => format!("plugin linked without PIE, sockets on {}", dir.display()),
+                None => "plugin linked without PIE".to_owned(),
+            },
+            program: no_pie,
+            socket_base: tmpfs,
+        });
+    }
+    Ok(variants)
+}
+
 /// What starting many plugins at once measured.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct Many {
+    /// The [`ManyVariant`]'s label.
+    pub(crate) variant: String,
     pub(crate) plugins: usize,
     pub(crate) healthy: usize,
     pub(crate) start_seconds: f64,
@@ -502,11 +555,24 @@ pub(crate) struct Many {
 }
 
 /// Starts `count` plugins at once, checks each answers health, and reads their memory.
-pub(crate) async fn many(program: &Path, count: usize) -> Result<Many> {
+pub(crate) async fn many(variant: &ManyVariant, count: usize) -> Result<Many> {
     let began = Instant::now();
     let started = futures_util::future::join_all((0..count).map(|i| {
         let name = format!("bench-many-{i}");
-        async move { start(program, &name, Sandbox::best_effort(), None).await }
+        let mut builder = builder(&variant.program, &name, Sandbox::best_effort(), Wire::Plain);
+        if let Some(base) = &variant.socket_base {
+            builder = builder.socket_base_dir(base);
+        }
+        async move {
+            let client = builder
+                .start()
+                .await
+                .with_context(|| format!("starting {name}"))?;
+            anyhow::Ok(Running {
+                client,
+                connection: None,
+            })
+        }
     }))
     .await;
     let start_seconds = began.elapsed().as_secs_f64();
@@ -531,6 +597,7 @@ pub(crate) async fn many(program: &Path, count: usize) -> Result<Many> {
         .collect::<Result<_>>()?;
     futures_util::future::join_all(plugins.into_iter().map(Running::stop)).await;
     Ok(Many {
+        variant: variant.label.clone(),
         plugins: count,
         healthy,
         start_seconds,

@@ -68,6 +68,11 @@ fn the_harness_runs_every_measurement_and_writes_both_files() {
         markdown.contains(&format!("plugin sockets in {} (", temp.display())),
         "{markdown}"
     );
+    // The plugin linked without PIE is built by `cargo xtask bench` only.
+    assert!(
+        markdown.contains("not built here (`cargo xtask bench` builds it)"),
+        "{markdown}"
+    );
     // Without --go the go-plugin rows say why they are empty.
     assert!(markdown.contains("skipped: no Go toolchain"), "{markdown}");
 
@@ -100,9 +105,25 @@ fn the_harness_runs_every_measurement_and_writes_both_files() {
     for list in ["transfer", "load"] {
         assert_eq!(figures[list].as_array().map(Vec::len), Some(2), "{list}");
     }
-    // Two counts of plugins at once, each in both repetitions.
-    assert_eq!(figures["many"].as_array().map(Vec::len), Some(4));
-    assert_eq!(figures["many"][1]["healthy"], 4);
+    // Two counts of plugins at once, each in both repetitions, for each way of starting
+    // them: the default first; each has its rows.
+    let many = figures["many"].as_array().expect("many");
+    assert!(!many.is_empty() && many.len().is_multiple_of(4), "{many:?}");
+    assert_eq!(many[1]["healthy"], 4);
+    let default = many[0]["variant"].as_str().expect("a variant");
+    assert!(
+        default.starts_with(&format!("sockets in {} (", temp.display())),
+        "{default}"
+    );
+    for run in many {
+        let variant = run["variant"].as_str().expect("a variant");
+        assert!(
+            markdown.contains(&format!(
+                "4 plugins started at once, each answering health ({variant})"
+            )),
+            "{variant}: {markdown}"
+        );
+    }
     assert_eq!(figures["transfer"][0]["bytes"], 1_048_576);
     assert!(figures["transfer"][0]["disk_read_seconds"].as_f64() > Some(0.0));
     let rows = json["rows"].as_array().expect("rows");
