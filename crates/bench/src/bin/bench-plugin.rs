@@ -115,13 +115,16 @@ impl Bench for Service {
             let began = Instant::now();
             let written = files.write_file_from(&path, 0o644, &mut source).await?;
             let write_nanos = nanos(began.elapsed());
-            // The file the host hands over, read as the disk floor reads it: 1 MiB blocks.
+            // The file the host hands over, read as the disk floor reads it: into a
+            // page-aligned block of 1 MiB.
             let began = Instant::now();
             let file = files.open_file(&path).await?;
             let read = tokio::task::spawn_blocking(move || {
-                let (mut file, mut block, mut read) = (file, vec![0u8; 1 << 20], 0u64);
+                let (mut file, mut storage, mut read) = (file, vec![0u8; (1 << 20) + 4096], 0u64);
+                let start = storage.as_ptr().align_offset(4096);
+                let block = &mut storage[start..start + (1 << 20)];
                 loop {
-                    match std::io::Read::read(&mut file, &mut block) {
+                    match std::io::Read::read(&mut file, block) {
                         Ok(0) => return Ok(read),
                         Ok(n) => read += n as u64,
                         Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
