@@ -310,6 +310,15 @@ impl Out {
     }
 
     fn send(&self, frames: Vec<u8>) -> Result<(), Closed> {
+        self.send_with(frames, false)
+    }
+
+    /// Queues `frames` and writes them. Alone on the connection, they are written at once;
+    /// `in_company` (other calls are waiting for their answers), the write waits for the
+    /// other tasks ready on this runtime, so that the frames they send go out in the same
+    /// write: under concurrent calls, one system call and one wake-up of the peer for
+    /// many frames, for one yield's delay.
+    fn send_with(&self, frames: Vec<u8>, in_company: bool) -> Result<(), Closed> {
         let mut state = lock(&self.0.state);
         if state.failed.is_some() {
             return Err(Closed);
@@ -331,6 +340,11 @@ impl Out {
         let Some(mut io) = state.io.take() else {
             return Ok(());
         };
+        if in_company {
+            drop(state);
+            tokio::spawn(self.clone().flush(io, true));
+            return Ok(());
+        }
         let mut cx = Context::from_waker(std::task::Waker::noop());
         loop {
             if state.queue.is_empty() {
@@ -355,7 +369,7 @@ impl Out {
             }
         }
         drop(state);
-        tokio::spawn(self.clone().flush(io));
+        tokio::spawn(self.clone().flush(io, false));
         Ok(())
     }
 
@@ -377,8 +391,12 @@ impl Out {
         lock(&self.0.state).failed.clone()
     }
 
-    /// Writes the queue until it is empty, then gives the socket back.
-    async fn flush(self, mut io: Pin<Box<dyn AsyncWrite + Send>>) {
+    /// Writes the queue until it is empty, then gives the socket back; after the other
+    /// ready tasks have run, when `gather`.
+    async fn flush(self, mut io: Pin<Box<dyn AsyncWrite + Send>>, gather: bool) {
+        if gather {
+            tokio::task::yield_now().await;
+        }
         loop {
             let chunk = std::mem::take(&mut lock(&self.0.state).queue);
             let write = async {
@@ -749,7 +767,14 @@ impl Connection {
                 None => break,
             }
         }
-        if self.out.send(frames).is_err() {
+        // Other calls waiting for their answers: this request may wait for theirs, to
+        // share a write (a stream already answered, a log or a watch, does not count).
+        let in_company = lock(&self.streams)
+            .values()
+            .filter(|entry| entry.response.is_some())
+            .nth(1)
+            .is_some();
+        if self.out.send_with(frames, in_company).is_err() {
             return Err(self.unavailable());
         }
         if !ended {
@@ -1020,6 +1045,9 @@ struct ServerStream {
     credit: Arc<Semaphore>,
     /// `None` until the call is moved to a task of its own.
     task: Option<tokio::task::AbortHandle>,
+    /// Its response's headers are on their way: a stream (a log, a watch) that stays open
+    /// after them is no reason to hold another call's answer back.
+    answered: bool,
 }
 
 struct Served {
@@ -1029,6 +1057,21 @@ struct Served {
 }
 
 impl Served {
+    /// Whether calls other than `stream` are open and not yet answered on this connection:
+    /// their answers are likely to be ready within the same turn of the runtime.
+    fn in_company(&self, stream: u32) -> bool {
+        lock(&self.streams)
+            .iter()
+            .any(|(&other, entry)| other != stream && !entry.answered)
+    }
+
+    /// `stream`'s response headers are on their way.
+    fn answered(&self, stream: u32) {
+        if let Some(entry) = lock(&self.streams).get_mut(&stream) {
+            entry.answered = true;
+        }
+    }
+
     fn finish(&self, stream: u32) {
         if let Some(entry) = lock(&self.streams).remove(&stream) {
             entry.credit.close();
@@ -1367,6 +1410,7 @@ where
             buffered,
             credit: credit.clone(),
             task: None,
+            answered: false,
         },
     );
     Ok(Some(Box::pin(respond(
@@ -1411,7 +1455,7 @@ async fn respond<S, B>(
         Ok(response) => response,
         Err(status) => {
             let _ = put_headers(&mut frames, stream, TRAILERS, None, &trailers_of(&status));
-            let _ = served.out.send(frames);
+            let _ = served.out.send_with(frames, served.in_company(stream));
             served.finish(stream);
             return;
         }
@@ -1420,10 +1464,11 @@ async fn respond<S, B>(
     if let Err(status) = put_headers(&mut frames, stream, RESPONSE, None, &parts.headers) {
         frames.clear();
         let _ = put_headers(&mut frames, stream, TRAILERS, None, &trailers_of(&status));
-        let _ = served.out.send(frames);
+        let _ = served.out.send_with(frames, served.in_company(stream));
         served.finish(stream);
         return;
     }
+    served.answered(stream);
     let mut body = std::pin::pin!(body);
     // Frames that are ready go out together: a unary response is one write.
     loop {
@@ -1451,19 +1496,25 @@ async fn respond<S, B>(
                 Err(frame) => {
                     let trailers = frame.into_trailers().unwrap_or_default();
                     let _ = put_headers(&mut frames, stream, TRAILERS, None, &trailers);
-                    let _ = served.out.send(std::mem::take(&mut frames));
+                    let _ = served
+                        .out
+                        .send_with(std::mem::take(&mut frames), served.in_company(stream));
                     break;
                 }
             },
             Some(Err(status)) => {
                 let _ = put_headers(&mut frames, stream, TRAILERS, None, &trailers_of(&status));
-                let _ = served.out.send(std::mem::take(&mut frames));
+                let _ = served
+                    .out
+                    .send_with(std::mem::take(&mut frames), served.in_company(stream));
                 break;
             }
             None => {
                 // A body without trailers: the status was in the response's headers.
                 let _ = put_headers(&mut frames, stream, TRAILERS, None, &HeaderMap::new());
-                let _ = served.out.send(std::mem::take(&mut frames));
+                let _ = served
+                    .out
+                    .send_with(std::mem::take(&mut frames), served.in_company(stream));
                 break;
             }
         }
@@ -1970,6 +2021,172 @@ mod tests {
             0,
             "every finished call released its stream"
         );
+    }
+
+    /// A socket that counts the writes that reached it.
+    struct CountedWrites {
+        inner: UnixStream,
+        writes: Arc<AtomicUsize>,
+    }
+
+    impl AsyncRead for CountedWrites {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.inner).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for CountedWrites {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let written = Pin::new(&mut self.inner).poll_write(cx, buf);
+            if let Poll::Ready(Ok(n)) = written
+                && n > 0
+            {
+                self.writes.fetch_add(1, Ordering::SeqCst);
+            }
+            written
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.inner).poll_flush(cx)
+        }
+
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.inner).poll_shutdown(cx)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_lone_call_is_written_at_once_and_concurrent_calls_share_writes() {
+        let (client, server) = UnixStream::pair().unwrap();
+        let (client_writes, server_writes) = (Arc::default(), Arc::default());
+        let mut server = CountedWrites {
+            inner: server,
+            writes: Arc::clone(&server_writes),
+        };
+        let _server = tokio::spawn(async move {
+            let mut preface = [0u8; PREFACE.len()];
+            server.read_exact(&mut preface).await.unwrap();
+            let _ = serve_framed(server, health(), (), CancellationToken::new()).await;
+        });
+        let client = CountedWrites {
+            inner: client,
+            writes: Arc::clone(&client_writes),
+        };
+        let channel = FramedChannel::start(client, "test server").await.unwrap();
+        let writes = || {
+            (
+                client_writes.load(Ordering::SeqCst),
+                server_writes.load(Ordering::SeqCst),
+            )
+        };
+
+        // Alone, a request is one write and its answer one, each made at once.
+        let mut lone = HealthClient::new(channel.clone());
+        for _ in 0..3 {
+            let before = writes();
+            lone.check(HealthCheckRequest::default()).await.unwrap();
+            let after = writes();
+            assert_eq!(
+                (after.0 - before.0, after.1 - before.1),
+                (1, 1),
+                "a lone call and its answer"
+            );
+        }
+
+        // Together, calls share the writes of both sides.
+        let before = writes();
+        let calls = 32;
+        let answers = tokio::time::timeout(
+            PATIENCE,
+            futures_util::future::join_all((0..calls).map(|_| {
+                let mut client = HealthClient::new(channel.clone());
+                async move { client.check(HealthCheckRequest::default()).await }
+            })),
+        )
+        .await
+        .expect("the calls end");
+        assert!(answers.iter().all(Result::is_ok), "{answers:?}");
+        let after = writes();
+        let (requests, responses) = (after.0 - before.0, after.1 - before.1);
+        assert!(
+            requests <= calls / 4 && responses <= calls / 4,
+            "{calls} concurrent calls took {requests} writes of requests and {responses} of \
+             answers"
+        );
+        assert_eq!(channel.open_streams(), 0);
+    }
+
+    #[tokio::test]
+    async fn frames_sent_alone_are_written_at_once_and_in_company_after_a_yield() {
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        let writes = Arc::new(AtomicUsize::new(0));
+        let out = Out::new(
+            CountedWrites {
+                inner: ours,
+                writes: Arc::clone(&writes),
+            },
+            CancellationToken::new(),
+        );
+        out.send_with(frame(1, DATA, b"alone"), false).unwrap();
+        assert_eq!(
+            writes.load(Ordering::SeqCst),
+            1,
+            "written before send returned"
+        );
+
+        out.send_with(frame(3, DATA, b"first"), true).unwrap();
+        out.send_with(frame(5, DATA, b"second"), false).unwrap();
+        assert_eq!(
+            writes.load(Ordering::SeqCst),
+            1,
+            "in company, nothing is written before the other tasks have run"
+        );
+        let expected = [
+            frame(1, DATA, b"alone"),
+            frame(3, DATA, b"first"),
+            frame(5, DATA, b"second"),
+        ]
+        .concat();
+        let mut received = vec![0; expected.len()];
+        tokio::time::timeout(PATIENCE, theirs.read_exact(&mut received))
+            .await
+            .expect("the frames arrive")
+            .unwrap();
+        assert_eq!(received, expected, "in order");
+        assert_eq!(writes.load(Ordering::SeqCst), 2, "the two in one write");
+    }
+
+    #[tokio::test]
+    async fn only_calls_not_yet_answered_keep_company() {
+        let (ours, _theirs) = UnixStream::pair().unwrap();
+        let served = Served {
+            out: Out::new(ours, CancellationToken::new()),
+            streams: Mutex::new(HashMap::new()),
+            finished: tokio::sync::Notify::new(),
+        };
+        let entry = || ServerStream {
+            events: mpsc::unbounded_channel().0,
+            buffered: Arc::default(),
+            credit: Arc::new(Semaphore::new(WINDOW)),
+            task: None,
+            answered: false,
+        };
+        lock(&served.streams).insert(1, entry());
+        assert!(!served.in_company(1), "alone");
+        lock(&served.streams).insert(3, entry());
+        assert!(served.in_company(1) && served.in_company(3));
+        // Stream 3 is a log that stays open after its headers: no company.
+        served.answered(3);
+        assert!(!served.in_company(1), "an answered stream does not count");
+        assert!(served.in_company(3), "stream 1 still waits for its answer");
     }
 
     #[tokio::test]
