@@ -641,9 +641,9 @@ fn lead_to(address: usize, align: usize) -> usize {
 /// boundary (where malloc puts a large allocation), 15-19 GB/s on a 64-byte boundary or a
 /// page. Where the source starts made no difference.
 struct PageBlock {
+    /// A page longer than the block, which starts at `start`.
     storage: Vec<u8>,
     start: usize,
-    len: usize,
     filled: usize,
 }
 
@@ -656,14 +656,14 @@ impl PageBlock {
         Self {
             storage,
             start,
-            len,
             filled: 0,
         }
     }
 
     /// All of it, to read into.
     fn whole(&mut self) -> &mut [u8] {
-        &mut self.storage[self.start..self.start + self.len]
+        let end = self.storage.len() - Self::PAGE + self.start;
+        &mut self.storage[self.start..end]
     }
 
     /// What the last read filled.
