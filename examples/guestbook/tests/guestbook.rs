@@ -278,8 +278,14 @@ fn the_host_binary_exports_its_metrics_for_prometheus() {
         stream.read_to_string(&mut response).unwrap();
         response
     });
-    host.kill().unwrap();
-    host.wait().unwrap();
+    // Stopped as its operator would, with Ctrl-C: it ends cleanly and removes its
+    // temporary directory (a SIGKILL would leave it behind in the temp dir).
+    rustix::process::kill_process(
+        rustix::process::Pid::from_child(&host),
+        rustix::process::Signal::INT,
+    )
+    .unwrap();
+    let status = host.wait().unwrap();
     let mut stderr = String::new();
     host.stderr
         .take()
@@ -289,6 +295,22 @@ fn the_host_binary_exports_its_metrics_for_prometheus() {
     let Some(metrics) = scraped else {
         panic!("the host never served its metrics:\n{stdout}\n{stderr}");
     };
+    assert!(
+        status.success(),
+        "{status:?} after Ctrl-C:\n{stdout}\n{stderr}"
+    );
+    let workspace = stdout
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("workspace "))
+        .and_then(|rest| rest.trim().split(" (temporary").next())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| panic!("no workspace line in:\n{stdout}"));
+    let temporary = workspace.parent().expect("the workspace has a parent");
+    assert!(
+        !temporary.exists(),
+        "{} is still there after the host stopped",
+        temporary.display()
+    );
     assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
     assert!(
         stdout.contains(&format!("serving metrics at http://{address}/metrics")),

@@ -26,6 +26,7 @@ use tether_example_guestbook::proto::guestbook_server::GuestbookServer;
 use tether_example_guestbook::{
     BOOK, GREETING_FILE, Guestbook, HANDSHAKE, VERSION, capability_kind,
 };
+use tokio::signal::unix::SignalKind;
 use tonic::Code;
 use tracing::level_filters::LevelFilter;
 use tracing_subscriber::Layer as _;
@@ -255,11 +256,13 @@ async fn run(args: Args) -> Result<()> {
     println!("done. The {BOOK} book holds: {}", names.join(", "));
 
     if let Some(address) = args.metrics {
+        // Listening before saying so: a Ctrl-C right after the line below must stop the
+        // host cleanly (removing its temporary directory), not kill it.
+        let mut interrupt =
+            tokio::signal::unix::signal(SignalKind::interrupt()).context("listening for Ctrl-C")?;
         println!();
         println!("serving metrics at http://{address}/metrics until Ctrl-C");
-        tokio::signal::ctrl_c()
-            .await
-            .context("waiting for Ctrl-C")?;
+        interrupt.recv().await;
     }
     Ok(())
 }
