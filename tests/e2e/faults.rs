@@ -17,7 +17,9 @@ use tokio::io::AsyncBufReadExt;
 
 use crate::hostserve::{Fixture, GRANTS, op, op_with};
 use crate::supervision::{helper, value};
-use crate::support::{HOST_HELPER, PATIENCE, TEST_PLUGIN, eventually, is_gone, recorded};
+use crate::support::{
+    HOST_HELPER, PATIENCE, SocketBase, TEST_PLUGIN, eventually, is_gone, recorded,
+};
 
 /// Long enough that only noticing the plugin's end (never the stall timeout) can end a
 /// call within [`PATIENCE`].
@@ -419,6 +421,7 @@ async fn a_host_killed_in_the_middle_of_a_write_leaves_a_file_never_taken_and_sw
 
     // The host is another process: killed while a plugin's write to `output/target` is
     // half on disk.
+    let sockets = SocketBase::new();
     #[allow(
         clippy::disallowed_methods,
         reason = "the host must be a separate process, to be killed"
@@ -427,6 +430,7 @@ async fn a_host_killed_in_the_middle_of_a_write_leaves_a_file_never_taken_and_sw
         .arg("write-hang")
         .arg(TEST_PLUGIN)
         .arg(&fixture.workspace)
+        .envs(sockets.env())
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()

@@ -208,12 +208,14 @@ async fn a_flood_of_prints_neither_blocks_the_plugin_nor_breaks_the_protocol() {
 
 #[tokio::test]
 async fn plugins_die_when_their_host_is_killed() {
+    let sockets = SocketBase::new();
     #[allow(
         clippy::disallowed_methods,
         reason = "the test starts a host process in order to kill it"
     )]
     let mut host = Command::new(HOST_HELPER)
         .arg(TEST_PLUGIN)
+        .envs(sockets.env())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -237,16 +239,25 @@ async fn plugins_die_when_their_host_is_killed() {
         "plugin {pid} still alive {:?} after its host was killed",
         killed.elapsed()
     );
+    // Nobody was left to remove the plugin's socket directory: it is in `sockets`, which
+    // this test removes, not in the system temp dir.
+    let left = sockets.socket_dirs();
+    assert!(
+        left.len() == 1 && left[0].starts_with("tether-helper-child-"),
+        "{left:?}"
+    );
 }
 
 #[tokio::test]
 async fn nothing_a_plugin_forked_outlives_its_killed_host_not_even_an_orphan() {
+    let sockets = SocketBase::new();
     #[allow(
         clippy::disallowed_methods,
         reason = "the test starts a host process in order to kill it"
     )]
     let mut host = Command::new(HOST_HELPER)
         .args(["orphan-host", HOSTILE_PLUGIN])
+        .envs(sockets.env())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

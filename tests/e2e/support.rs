@@ -25,6 +25,37 @@ pub(crate) const PATIENCE: Duration = Duration::from_secs(60);
 
 pub(crate) const HANDSHAKE: HandshakeConfig = HandshakeConfig::new("TETHER_TEST_PLUGIN", "e2e");
 
+/// Where a host process that a test kills makes its plugins' socket directories. A host
+/// killed outright cannot remove them; here they are inside a directory the test removes,
+/// not left in the system temp dir. The host takes it as its private runtime directory
+/// (`XDG_RUNTIME_DIR`: it is ours, mode 0700), and as its temp dir should it not.
+pub(crate) struct SocketBase(tempfile::TempDir);
+
+impl SocketBase {
+    pub(crate) fn new() -> Self {
+        Self(tempfile::tempdir().expect("a temporary directory"))
+    }
+
+    /// The environment that points a host process at this directory.
+    pub(crate) fn env(&self) -> [(&'static str, &Path); 2] {
+        [
+            ("XDG_RUNTIME_DIR", self.0.path()),
+            ("TMPDIR", self.0.path()),
+        ]
+    }
+
+    /// The names of the socket directories in it (`tether-<plugin>-...`).
+    pub(crate) fn socket_dirs(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.0.path())
+            .expect("the socket base is readable")
+            .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+            .filter(|name| name.starts_with("tether-"))
+            .collect();
+        names.sort();
+        names
+    }
+}
+
 /// A builder for the well-behaved test plugin, named `name`, under the strict sandbox
 /// (where this kernel has every layer): every test of the other features also proves they
 /// work sandboxed.
