@@ -103,8 +103,8 @@ enum Internal {
         room_bell: i32,
     },
     /// Only the unary calls, both directions, unsandboxed: the run to profile, for example
-    /// under `valgrind --tool=callgrind --trace-children=yes` (a sandboxed plugin could not
-    /// execute valgrind's tools).
+    /// under `perf record -a -g`. Valgrind cannot run it: the host starts plugins with a
+    /// vfork-style clone (`CLONE_VM | CLONE_VFORK`), which valgrind does not support.
     Profile {
         /// Calls in each direction (after a tenth as many to warm up).
         #[arg(long, default_value_t = 2_000)]
